@@ -1,0 +1,1 @@
+//! Keel integration suite (tests/ and benches/).

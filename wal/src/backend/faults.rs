@@ -1,0 +1,126 @@
+//! Fault injection at the backend interface, for tests of every backend: a chosen write or
+//! fdatasync fails with an error instead of being performed.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use super::{Backend, BackendKind, Chain, ChainError, Completion};
+
+/// Which operations to fail. Counters count down per operation; a counter at 0 fails that
+/// operation (once) and disarms; a negative counter is disarmed.
+#[derive(Debug)]
+pub struct Faults {
+    write_countdown: AtomicI64,
+    sync_countdown: AtomicI64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            write_countdown: AtomicI64::new(-1),
+            sync_countdown: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl Faults {
+    /// A fault plan with nothing armed.
+    pub fn new() -> Arc<Faults> {
+        Arc::new(Faults::default())
+    }
+
+    /// The write `after` writes from now fails with EIO (0: the next one).
+    pub fn fail_write_after(&self, after: u32) {
+        self.write_countdown.store(after.into(), Ordering::SeqCst);
+    }
+
+    /// The fdatasync `after` syncs from now fails with EIO (0: the next one).
+    pub fn fail_sync_after(&self, after: u32) {
+        self.sync_countdown.store(after.into(), Ordering::SeqCst);
+    }
+
+    fn trips(counter: &AtomicI64) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n >= 0).then_some(n - 1)
+            })
+            .is_ok_and(|previous| previous == 0)
+    }
+}
+
+/// Wraps a backend and fails the operations its [`Faults`] plan names.
+#[derive(Debug)]
+pub struct FaultyBackend {
+    inner: Box<dyn Backend>,
+    faults: Arc<Faults>,
+    failed: Vec<Completion>,
+}
+
+impl FaultyBackend {
+    pub fn new(inner: Box<dyn Backend>, faults: Arc<Faults>) -> Self {
+        FaultyBackend {
+            inner,
+            faults,
+            failed: Vec::new(),
+        }
+    }
+
+    fn injected(chain: Chain, operation: &'static str) -> Completion {
+        let error = io::Error::other(format!("injected {operation} failure"));
+        let buf = chain.write.map(|w| w.buf);
+        Completion {
+            id: chain.id,
+            result: Err(ChainError { operation, error }),
+            buf,
+        }
+    }
+}
+
+impl Backend for FaultyBackend {
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+
+    fn depth(&self) -> usize {
+        self.inner.depth()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight() + self.failed.len()
+    }
+
+    fn submit(&mut self, chain: Chain) {
+        if chain.write.is_some() && Faults::trips(&self.faults.write_countdown) {
+            self.failed.push(Self::injected(chain, "write"));
+        } else if chain.sync && Faults::trips(&self.faults.sync_countdown) {
+            let id = chain.id;
+            self.inner.submit(Chain {
+                sync: false,
+                ..chain
+            });
+            let mut done = Vec::new();
+            let in_flight = self.inner.in_flight();
+            self.inner.wait(in_flight, &mut done);
+            for mut completion in done {
+                if completion.id == id && completion.result.is_ok() {
+                    let error = io::Error::other("injected fdatasync failure");
+                    completion.result = Err(ChainError {
+                        operation: "fdatasync",
+                        error,
+                    });
+                }
+                self.failed.push(completion);
+            }
+        } else {
+            self.inner.submit(chain);
+        }
+    }
+
+    fn wait(&mut self, min: usize, out: &mut Vec<Completion>) {
+        let from_failed = self.failed.len();
+        out.append(&mut self.failed);
+        let still = min.saturating_sub(from_failed).min(self.inner.in_flight());
+        self.inner.wait(still, out);
+    }
+}

@@ -1,0 +1,116 @@
+//! The entries a log holds. Each is one record; payloads are rkyv archives, read back with
+//! validated, zero-copy access (`ArchivedWalEntry` borrowed from the reader's buffer).
+
+use crate::ids::{Lsn, RunId, TxnId};
+
+/// One log entry. Every entry names its run; the transactional ones also name their
+/// transaction, so entries of interleaved transactions of one run are never confused.
+#[derive(Clone, PartialEq, Eq, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum WalEntry {
+    /// A transaction spilled entries to the log before committing.
+    BeginTxn { run_id: RunId, txn_id: TxnId },
+    /// `key` is set to `value` when the transaction commits.
+    Write {
+        run_id: RunId,
+        txn_id: TxnId,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// `key` is removed when the transaction commits.
+    Delete {
+        run_id: RunId,
+        txn_id: TxnId,
+        key: Vec<u8>,
+    },
+    /// The transaction's entries take effect, in the order of this entry's LSN.
+    CommitTxn { run_id: RunId, txn_id: TxnId },
+    /// The transaction's entries are void.
+    AbortTxn { run_id: RunId, txn_id: TxnId },
+    /// A snapshot covering every LSN up to `snapshot_lsn` is durable; usually by
+    /// [`RunId::SYSTEM`].
+    Checkpoint { run_id: RunId, snapshot_lsn: Lsn },
+}
+
+/// The kind of an entry, without its fields.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum EntryKind {
+    BeginTxn,
+    Write,
+    Delete,
+    CommitTxn,
+    AbortTxn,
+    Checkpoint,
+}
+
+impl EntryKind {
+    /// The name used in logs and in `keel dump`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::BeginTxn => "BeginTxn",
+            EntryKind::Write => "Write",
+            EntryKind::Delete => "Delete",
+            EntryKind::CommitTxn => "CommitTxn",
+            EntryKind::AbortTxn => "AbortTxn",
+            EntryKind::Checkpoint => "Checkpoint",
+        }
+    }
+}
+
+impl WalEntry {
+    /// The run this entry belongs to.
+    pub fn run_id(&self) -> RunId {
+        match self {
+            WalEntry::BeginTxn { run_id, .. }
+            | WalEntry::Write { run_id, .. }
+            | WalEntry::Delete { run_id, .. }
+            | WalEntry::CommitTxn { run_id, .. }
+            | WalEntry::AbortTxn { run_id, .. }
+            | WalEntry::Checkpoint { run_id, .. } => *run_id,
+        }
+    }
+}
+
+impl ArchivedWalEntry {
+    /// The kind of this entry.
+    pub fn kind(&self) -> EntryKind {
+        match self {
+            ArchivedWalEntry::BeginTxn { .. } => EntryKind::BeginTxn,
+            ArchivedWalEntry::Write { .. } => EntryKind::Write,
+            ArchivedWalEntry::Delete { .. } => EntryKind::Delete,
+            ArchivedWalEntry::CommitTxn { .. } => EntryKind::CommitTxn,
+            ArchivedWalEntry::AbortTxn { .. } => EntryKind::AbortTxn,
+            ArchivedWalEntry::Checkpoint { .. } => EntryKind::Checkpoint,
+        }
+    }
+
+    /// The run this entry belongs to.
+    pub fn run_id(&self) -> u128 {
+        match self {
+            ArchivedWalEntry::BeginTxn { run_id, .. }
+            | ArchivedWalEntry::Write { run_id, .. }
+            | ArchivedWalEntry::Delete { run_id, .. }
+            | ArchivedWalEntry::CommitTxn { run_id, .. }
+            | ArchivedWalEntry::AbortTxn { run_id, .. }
+            | ArchivedWalEntry::Checkpoint { run_id, .. } => run_id.as_u128(),
+        }
+    }
+
+    /// The transaction of a transactional entry; `None` for `Checkpoint`.
+    pub fn txn_id(&self) -> Option<TxnId> {
+        match self {
+            ArchivedWalEntry::BeginTxn { txn_id, .. }
+            | ArchivedWalEntry::Write { txn_id, .. }
+            | ArchivedWalEntry::Delete { txn_id, .. }
+            | ArchivedWalEntry::CommitTxn { txn_id, .. }
+            | ArchivedWalEntry::AbortTxn { txn_id, .. } => Some(txn_id.to_native()),
+            ArchivedWalEntry::Checkpoint { .. } => None,
+        }
+    }
+
+    /// An owned copy (a deserialization: not for the replay path).
+    pub fn to_owned_entry(&self) -> WalEntry {
+        rkyv::deserialize::<WalEntry, rkyv::rancor::Error>(self)
+            .expect("deserializing a validated archive cannot fail")
+    }
+}

@@ -1,0 +1,157 @@
+//! Every filesystem operation outside record IO: directory fsync, the lock, the identity file,
+//! atomic creation. Portable (Linux and macOS): `std::fs` and `std::os::unix` only.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::{CorruptionReason, Error, Result};
+use crate::ids::DatabaseId;
+use crate::record::{get_u32, put_u32};
+use crate::segment::FORMAT_VERSION;
+
+/// The lock file of a WAL directory.
+pub const LOCK_FILE: &str = "LOCK";
+/// The identity file of a WAL directory.
+pub const IDENTITY_FILE: &str = "IDENTITY";
+const IDENTITY_MAGIC: [u8; 8] = *b"KEELWID\0";
+const IDENTITY_LEN: usize = 36;
+
+/// Names Keel keeps in a WAL directory besides segments and spares.
+pub fn is_reserved_name(name: &str) -> bool {
+    name == LOCK_FILE || name == IDENTITY_FILE || name == "IDENTITY.tmp"
+}
+
+/// Makes the directory's entries (creations, renames, unlinks) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let handle = File::open(dir).map_err(|e| Error::io("opening directory", dir, e))?;
+    handle
+        .sync_all()
+        .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+/// Takes the exclusive lock of a WAL directory; it is held while the returned file is open.
+pub fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(e)) => Err(Error::io("locking", &path, e)),
+    }
+}
+
+/// Writes `bytes` to `dir/name` atomically: a temporary file, fsync, rename, directory fsync.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let target = dir.join(name);
+    let mut file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io("writing", &tmp, e))?;
+    file.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
+    drop(file);
+    std::fs::rename(&tmp, &target).map_err(|e| Error::io("renaming", &tmp, e))?;
+    sync_dir(dir)
+}
+
+/// Reads the directory's identity, or `None` when there is none yet.
+pub fn read_identity(dir: &Path) -> Result<Option<DatabaseId>> {
+    let path = dir.join(IDENTITY_FILE);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("opening", &path, e)),
+    };
+    let mut bytes = [0u8; IDENTITY_LEN];
+    let corrupt = |what| Error::corruption(&path, 0, CorruptionReason::Identity(what));
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|_| corrupt("shorter than 36 bytes"))?;
+    if bytes[..8] != IDENTITY_MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    if get_u32(&bytes, 32) != crc32fast::hash(&bytes[..32]) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let version = get_u32(&bytes, 8);
+    if version != FORMAT_VERSION {
+        return Err(Error::UnknownFormatVersion {
+            path,
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(Some(DatabaseId(
+        bytes[16..32].try_into().expect("16 bytes"),
+    )))
+}
+
+/// Writes the directory's identity atomically.
+pub fn write_identity(dir: &Path, id: DatabaseId) -> Result<()> {
+    let mut bytes = [0u8; IDENTITY_LEN];
+    bytes[..8].copy_from_slice(&IDENTITY_MAGIC);
+    put_u32(&mut bytes, 8, FORMAT_VERSION);
+    bytes[16..32].copy_from_slice(&id.0);
+    let crc = crc32fast::hash(&bytes[..32]);
+    put_u32(&mut bytes, 32, crc);
+    write_atomically(dir, IDENTITY_FILE, &bytes)
+}
+
+/// Writes zeros over `[from, to)` of `file`, skipping chunks that already read back as zeros.
+/// Returns how many bytes were not zero before.
+pub fn zero_range(file: &File, path: &Path, from: u64, to: u64) -> Result<u64> {
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    let zeros = vec![0u8; CHUNK];
+    let mut dirty = 0u64;
+    let mut offset = from;
+    while offset < to {
+        let len = usize::try_from((to - offset).min(CHUNK as u64)).expect("bounded by CHUNK");
+        file.read_exact_at(&mut buf[..len], offset)
+            .map_err(|e| Error::io("reading", path, e))?;
+        let nonzero = buf[..len].iter().filter(|&&b| b != 0).count();
+        if nonzero > 0 {
+            dirty += nonzero as u64;
+            file.write_all_at(&zeros[..len], offset)
+                .map_err(|e| Error::io("zeroing", path, e))?;
+        }
+        offset += len as u64;
+    }
+    Ok(dirty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_round_trips_and_damage_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_identity(dir.path()).unwrap(), None);
+        let id = DatabaseId([3; 16]);
+        write_identity(dir.path(), id).unwrap();
+        assert_eq!(read_identity(dir.path()).unwrap(), Some(id));
+        let path = dir.path().join(IDENTITY_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[20] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(
+            read_identity(dir.path()),
+            Err(Error::Corruption { .. })
+        ));
+    }
+
+    #[test]
+    fn second_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = lock_dir(dir.path()).unwrap();
+        assert!(matches!(lock_dir(dir.path()), Err(Error::Locked { .. })));
+    }
+}

@@ -1,0 +1,58 @@
+//! keel-wal: Keel's write-ahead log.
+//!
+//! - **Entries** ([`WalEntry`]): `BeginTxn`, `Write`, `Delete`, `CommitTxn`, `AbortTxn`,
+//!   `Checkpoint`, each carrying its run and (when transactional) its transaction, stored as
+//!   rkyv archives and read back zero-copy ([`ArchivedWalEntry`]).
+//! - **Records** (`record`): 8-byte aligned frames with a salted header checksum that covers
+//!   the length, a salted body checksum, the LSN and the durable mark. See `docs/FORMAT.md`.
+//! - **Segments** (`segment`): preallocated, zero-filled files named by their first LSN.
+//! - **The writer** (`writer`): one thread, group commit, [`Durability`] modes, sticky failure.
+//! - **Backends** (`backend`): the narrow interface the writer drives; `std` everywhere.
+//! - **Reading** ([`SegmentReader`], [`LogReader`]).
+//!
+//! ```no_run
+//! use keel_wal::{RunId, Wal, WalEntry, WalOptions};
+//! let wal = Wal::open("/tmp/keel-example/wal", WalOptions::default())?;
+//! let run_id = RunId::from_u128(1);
+//! let lsn = wal
+//!     .append(&[
+//!         WalEntry::Write { run_id, txn_id: 1, key: b"k".to_vec(), value: b"v".to_vec() },
+//!         WalEntry::CommitTxn { run_id, txn_id: 1 },
+//!     ])
+//!     .wait()?;
+//! assert_eq!(lsn, 2);
+//! # Ok::<(), keel_wal::Error>(())
+//! ```
+
+pub mod backend;
+mod checksum;
+mod completion;
+mod entry;
+mod error;
+pub mod fsutil;
+mod ids;
+mod options;
+mod prealloc;
+mod queue;
+pub mod reader;
+pub mod record;
+pub mod segment;
+mod stats;
+mod sync;
+mod tail;
+mod wal;
+mod watermark;
+mod writer;
+
+pub use backend::BackendKind;
+pub use backend::faults::Faults;
+pub use checksum::{ChecksumMismatch, Crc};
+pub use completion::CommitFuture;
+pub use entry::{ArchivedWalEntry, EntryKind, WalEntry};
+pub use error::{CorruptionReason, Error, PoisonCause, Result};
+pub use ids::{ArchivedRunId, DatabaseId, Lsn, RunId, TxnId};
+pub use options::{BackendChoice, Durability, WalOptions};
+pub use reader::{LogReader, RecordRef, SegmentEvent, SegmentReader};
+pub use record::EncodedBatch;
+pub use stats::{BATCH_BUCKETS, WalStats};
+pub use wal::{OpenSummary, Wal};

@@ -1,0 +1,136 @@
+//! How a log is opened: durability, sizes, backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::faults::Faults;
+use crate::error::{Error, Result};
+use crate::ids::DatabaseId;
+use crate::record::MAX_PAYLOAD_LEN;
+use crate::segment::{HEADER_BLOCK_LEN, MIN_SEGMENT_BYTES};
+
+/// When a commit resolves, and what a crash can take away.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Durability {
+    /// A commit resolves only after an fdatasync that covers it has completed. Nothing
+    /// acknowledged is lost to a process crash or a power loss. Commits queued while a flush
+    /// is in flight share the next write and fdatasync (group commit).
+    Strict,
+    /// A commit resolves once its write has reached the kernel. A timer issues fdatasync at
+    /// most `max_delay` after the oldest unsynced write, and sooner once `max_bytes` are
+    /// unsynced. A process crash loses nothing acknowledged; a power loss can lose the
+    /// commits of that window.
+    Batched { max_delay: Duration, max_bytes: u64 },
+    /// A commit resolves as soon as it is queued; the writer writes and syncs it in the
+    /// background within about `max_delay`. A process crash or power loss can lose the
+    /// commits queued in that window, and a failed write fails commits already resolved.
+    Async { max_delay: Duration },
+}
+
+impl Durability {
+    /// The point at which a commit under this mode resolves.
+    pub(crate) fn ack_level(self) -> AckLevel {
+        match self {
+            Durability::Strict => AckLevel::Durable,
+            Durability::Batched { .. } => AckLevel::Written,
+            Durability::Async { .. } => AckLevel::Enqueued,
+        }
+    }
+
+    /// How long written data may stay unsynced.
+    pub(crate) fn max_delay(self) -> Duration {
+        match self {
+            Durability::Strict => Duration::ZERO,
+            Durability::Batched { max_delay, .. } | Durability::Async { max_delay } => max_delay,
+        }
+    }
+
+    /// How many bytes may stay unsynced.
+    pub(crate) fn max_bytes(self) -> u64 {
+        match self {
+            Durability::Strict => 0,
+            Durability::Batched { max_bytes, .. } => max_bytes,
+            Durability::Async { .. } => u64::MAX,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) enum AckLevel {
+    Enqueued,
+    Written,
+    Durable,
+}
+
+/// Which IO backend runs under the writer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum BackendChoice {
+    /// The best available on this platform.
+    #[default]
+    Auto,
+    /// Portable `pwrite` + `fdatasync` (a full flush on macOS).
+    Std,
+}
+
+/// Options of [`crate::Wal::open`].
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// The default durability of commits; each commit may override it.
+    pub durability: Durability,
+    /// Size every segment file is created with.
+    pub segment_bytes: u64,
+    /// Largest payload of one record; must fit in a segment.
+    pub max_record_bytes: u32,
+    /// IO backend.
+    pub backend: BackendChoice,
+    /// When set, the directory must belong to this database; when creating, it is used.
+    pub database_id: Option<DatabaseId>,
+    /// Create the directory and a new log when there is none.
+    pub create_if_missing: bool,
+    /// Keep a zero-filled spare segment ready on a background thread.
+    pub preallocate: bool,
+    /// Fault injection for tests: failures returned instead of performing IO.
+    pub faults: Option<Arc<Faults>>,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            durability: Durability::Strict,
+            segment_bytes: 64 * 1024 * 1024,
+            max_record_bytes: 8 * 1024 * 1024,
+            backend: BackendChoice::Auto,
+            database_id: None,
+            create_if_missing: true,
+            preallocate: true,
+            faults: None,
+        }
+    }
+}
+
+impl WalOptions {
+    pub(crate) fn validate(&self) -> Result<()> {
+        let invalid = |msg: String| Err(Error::InvalidOptions(msg));
+        if self.segment_bytes < MIN_SEGMENT_BYTES || !self.segment_bytes.is_multiple_of(4096) {
+            return invalid(format!(
+                "segment_bytes {} must be a multiple of 4096 and at least {MIN_SEGMENT_BYTES}",
+                self.segment_bytes
+            ));
+        }
+        let capacity =
+            self.segment_bytes - HEADER_BLOCK_LEN - crate::record::RECORD_HEADER_LEN as u64;
+        if self.max_record_bytes == 0
+            || self.max_record_bytes > MAX_PAYLOAD_LEN
+            || u64::from(self.max_record_bytes) > capacity
+        {
+            return invalid(format!(
+                "max_record_bytes {} must be between 1 and min({MAX_PAYLOAD_LEN}, {capacity})",
+                self.max_record_bytes
+            ));
+        }
+        if let Durability::Batched { max_bytes: 0, .. } = self.durability {
+            return invalid("Batched max_bytes must be above 0".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,232 @@
+//! Spare segment files, created full size and zero-filled on a background thread so that
+//! rotation never waits for allocation. Overwriting written zeros is much cheaper for
+//! fdatasync than appending (no metadata changes per write), which is why the files are
+//! written, not just sized.
+//!
+//! A spare is written as `spare-<n>.tmp`, synced, then renamed to `spare-<n>.ready`; only
+//! `.ready` spares are ever used, so a crash mid-fill leaves nothing half-made in use.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+
+/// File names of spares start with this.
+pub const SPARE_PREFIX: &str = "spare-";
+const READY_SUFFIX: &str = ".ready";
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// A zero-filled file of the segment size, not yet named as a segment.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    pub file: File,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ready: Option<Spare>,
+    wanted: bool,
+    failed: Option<String>,
+    stopping: bool,
+    sequence: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    segment_bytes: u64,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// Keeps one spare ready.
+#[derive(Debug)]
+pub(crate) struct Preallocator {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Preallocator {
+    /// Starts the background thread (if `background`), reusing a ready spare from `found`
+    /// and deleting every other leftover spare.
+    pub(crate) fn start(
+        dir: &Path,
+        segment_bytes: u64,
+        background: bool,
+        found: &[PathBuf],
+    ) -> Result<Self> {
+        let mut state = State::default();
+        for path in found {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let usable = name.ends_with(READY_SUFFIX)
+                && state.ready.is_none()
+                && std::fs::metadata(path).is_ok_and(|m| m.len() == segment_bytes);
+            if usable {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::io("opening spare", path, e))?;
+                state.ready = Some(Spare {
+                    file,
+                    path: path.clone(),
+                });
+            } else {
+                std::fs::remove_file(path)
+                    .map_err(|e| Error::io("removing stale spare", path, e))?;
+            }
+            state.sequence = state.sequence.max(sequence_of(&name) + 1);
+        }
+        state.wanted = state.ready.is_none();
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        });
+        let thread = if background {
+            let worker = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name("keel-wal-prealloc".into())
+                .spawn(move || worker.run())
+                .map_err(|e| Error::io("starting preallocator thread", dir, e))?;
+            Some(handle)
+        } else {
+            None
+        };
+        Ok(Preallocator { shared, thread })
+    }
+
+    /// Takes the ready spare, waiting for the background thread (or, without one, making it
+    /// here). Returns the spare and whether the caller had to wait.
+    pub(crate) fn take(&self) -> Result<(Spare, bool)> {
+        let mut state = lock(&self.shared.state);
+        let mut waited = false;
+        loop {
+            if let Some(spare) = state.ready.take() {
+                state.wanted = true;
+                self.shared.changed.notify_all();
+                return Ok((spare, waited));
+            }
+            if let Some(why) = state.failed.take() {
+                state.wanted = true;
+                self.shared.changed.notify_all();
+                return Err(Error::io(
+                    "preallocating a segment",
+                    &self.shared.dir,
+                    std::io::Error::other(why),
+                ));
+            }
+            waited = true;
+            if self.thread.is_none() {
+                let sequence = state.sequence;
+                state.sequence += 1;
+                drop(state);
+                return Ok((self.shared.make(sequence)?, waited));
+            }
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .expect("preallocator lock poisoned");
+        }
+    }
+}
+
+impl Drop for Preallocator {
+    fn drop(&mut self) {
+        lock(&self.shared.state).stopping = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Shared {
+    fn run(&self) {
+        loop {
+            let sequence = {
+                let mut state = lock(&self.state);
+                while !state.stopping && !state.wanted {
+                    state = self
+                        .changed
+                        .wait(state)
+                        .expect("preallocator lock poisoned");
+                }
+                if state.stopping {
+                    return;
+                }
+                state.wanted = false;
+                state.sequence += 1;
+                state.sequence - 1
+            };
+            let made = self.make(sequence);
+            let mut state = lock(&self.state);
+            match made {
+                Ok(spare) => state.ready = Some(spare),
+                Err(error) => {
+                    tracing::warn!(%error, "could not preallocate a segment");
+                    state.failed = Some(error.to_string());
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        lock(&self.state).stopping
+    }
+
+    /// Creates, zero-fills, syncs and publishes one spare.
+    fn make(&self, sequence: u64) -> Result<Spare> {
+        let tmp = self.dir.join(format!("{SPARE_PREFIX}{sequence}.tmp"));
+        let ready = self
+            .dir
+            .join(format!("{SPARE_PREFIX}{sequence}{READY_SUFFIX}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("creating spare", &tmp, e))?;
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut offset = 0u64;
+        while offset < self.segment_bytes {
+            if self.stopping() {
+                drop(file);
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::Closed);
+            }
+            let len = (self.segment_bytes - offset).min(ZERO_CHUNK as u64);
+            let len = usize::try_from(len).expect("bounded by ZERO_CHUNK");
+            file.write_all_at(&zeros[..len], offset)
+                .map_err(|e| Error::io("zero-filling spare", &tmp, e))?;
+            offset += len as u64;
+        }
+        file.sync_all()
+            .map_err(|e| Error::io("syncing spare", &tmp, e))?;
+        std::fs::rename(&tmp, &ready).map_err(|e| Error::io("renaming spare", &tmp, e))?;
+        fsutil::sync_dir(&self.dir)?;
+        Ok(Spare { file, path: ready })
+    }
+}
+
+fn lock(mutex: &Mutex<State>) -> MutexGuard<'_, State> {
+    mutex.lock().expect("preallocator lock poisoned")
+}
+
+fn sequence_of(name: &str) -> u64 {
+    name.strip_prefix(SPARE_PREFIX)
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,182 @@
+//! The submission queue between callers and the writer thread. LSNs are assigned here, under
+//! the queue lock, so queue order is LSN order and an `Async` commit can resolve with its LSN
+//! the moment it is queued.
+
+use std::time::Duration;
+
+use crate::completion::{CommitFuture, Resolver};
+use crate::error::{Error, PoisonCause};
+use crate::ids::Lsn;
+use crate::options::{AckLevel, Durability};
+use crate::record::EncodedBatch;
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard, lock};
+
+#[derive(Debug)]
+pub(crate) struct AppendRequest {
+    pub first_lsn: Lsn,
+    pub batch: EncodedBatch,
+    pub ack: AckLevel,
+    pub max_delay: Duration,
+    pub max_bytes: u64,
+    /// `None` when the caller was answered at enqueue time (`Async`).
+    pub resolver: Option<Resolver>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Request {
+    Append(AppendRequest),
+    /// Resolve once everything up to `through` is durable.
+    Sync {
+        through: Lsn,
+        resolver: Resolver,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    pub requests: Vec<Request>,
+    pub next_lsn: Lsn,
+    pub poisoned: Option<Arc<PoisonCause>>,
+    pub closing: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    writer_wake: Condvar,
+}
+
+impl Queue {
+    pub(crate) fn new(next_lsn: Lsn) -> Self {
+        let state = QueueState {
+            requests: Vec::new(),
+            next_lsn,
+            poisoned: None,
+            closing: false,
+        };
+        Queue {
+            state: Mutex::new(state),
+            writer_wake: Condvar::new(),
+        }
+    }
+
+    fn refusal(state: &QueueState) -> Option<Error> {
+        if let Some(cause) = &state.poisoned {
+            return Some(Error::Poisoned {
+                cause: Arc::clone(cause),
+            });
+        }
+        state.closing.then_some(Error::Closed)
+    }
+
+    /// Queues a batch of framed entries; they get consecutive LSNs.
+    pub(crate) fn append(&self, batch: EncodedBatch, durability: Durability) -> CommitFuture {
+        let ack = durability.ack_level();
+        let mut state = lock(&self.state);
+        if let Some(error) = Self::refusal(&state) {
+            return CommitFuture::ready(Err(error));
+        }
+        let first_lsn = state.next_lsn;
+        state.next_lsn += u64::from(batch.len());
+        let last_lsn = state.next_lsn - 1;
+        let (resolver, future) = match ack {
+            AckLevel::Enqueued => (None, CommitFuture::ready(Ok(last_lsn))),
+            _ => {
+                let (resolver, future) = Resolver::pair();
+                (Some(resolver), future)
+            }
+        };
+        state.requests.push(Request::Append(AppendRequest {
+            first_lsn,
+            batch,
+            ack,
+            max_delay: durability.max_delay(),
+            max_bytes: durability.max_bytes(),
+            resolver,
+        }));
+        drop(state);
+        self.writer_wake.notify_one();
+        future
+    }
+
+    /// Queues a request to make everything queued so far durable.
+    pub(crate) fn sync(&self) -> CommitFuture {
+        let mut state = lock(&self.state);
+        if let Some(error) = Self::refusal(&state) {
+            return CommitFuture::ready(Err(error));
+        }
+        let (resolver, future) = Resolver::pair();
+        let through = state.next_lsn - 1;
+        state.requests.push(Request::Sync { through, resolver });
+        drop(state);
+        self.writer_wake.notify_one();
+        future
+    }
+
+    /// Refuses all later requests with the poison cause.
+    pub(crate) fn poison(&self, cause: Arc<PoisonCause>) {
+        lock(&self.state).poisoned = Some(cause);
+    }
+
+    /// Asks the writer to finish what is queued, sync, and stop.
+    pub(crate) fn close(&self) {
+        lock(&self.state).closing = true;
+        self.writer_wake.notify_one();
+    }
+
+    pub(crate) fn poisoned(&self) -> Option<Arc<PoisonCause>> {
+        lock(&self.state).poisoned.clone()
+    }
+
+    pub(crate) fn next_lsn(&self) -> Lsn {
+        lock(&self.state).next_lsn
+    }
+
+    /// Takes every queued request into `out`. Blocks while there is nothing to do, at most
+    /// until `deadline` (None: without limit) and not at all when `idle_wait` is false.
+    /// Returns whether the log is closing.
+    pub(crate) fn take(&self, out: &mut Vec<Request>, idle_wait: Option<Option<Duration>>) -> bool {
+        let mut state = lock(&self.state);
+        if let Some(limit) = idle_wait {
+            state = self.wait_for_work(state, limit);
+        }
+        std::mem::swap(out, &mut state.requests);
+        state.closing
+    }
+
+    fn wait_for_work<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, QueueState>,
+        limit: Option<Duration>,
+    ) -> MutexGuard<'a, QueueState> {
+        if !state.requests.is_empty() || state.closing {
+            return state;
+        }
+        match limit {
+            None => {
+                while state.requests.is_empty() && !state.closing {
+                    state = self.writer_wake.wait(state).expect("queue lock poisoned");
+                }
+                state
+            }
+            Some(limit) => {
+                self.writer_wake
+                    .wait_timeout(state, limit)
+                    .expect("queue lock poisoned")
+                    .0
+            }
+        }
+    }
+}
+
+/// Fails a request that can no longer be carried out.
+pub(crate) fn refuse(request: Request, error: impl Fn() -> Error) {
+    match request {
+        Request::Append(AppendRequest {
+            resolver: Some(resolver),
+            ..
+        })
+        | Request::Sync { resolver, .. } => resolver.resolve(Err(error())),
+        Request::Append(AppendRequest { resolver: None, .. }) => {}
+    }
+}

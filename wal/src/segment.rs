@@ -1,0 +1,305 @@
+//! Segment files: `<wal dir>/<first LSN, 20 digits>.wal`, created full size.
+//!
+//! ```text
+//! offset size field
+//!   0     8  magic             b"KEELWAL\0"
+//!   8     4  format_version    u32 LE, currently 1
+//!  12     4  flags             0, reserved
+//!  16    16  database_id       the database this segment belongs to
+//!  32     8  first_lsn         LSN of the first record, u64 LE
+//!  40     8  segment_bytes     size the file was created with, u64 LE
+//!  48     4  salt              seeds every record checksum in this segment, never 0
+//!  52     8  reserved          zeros
+//!  60     4  header_crc        CRC32 (unsalted) over bytes 0..60
+//!  64  4032  zeros             records start at offset 4096
+//! ```
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::checksum::{ChecksumMismatch, Crc};
+use crate::error::{CorruptionReason, Error, Result};
+use crate::ids::{DatabaseId, Lsn};
+use crate::record::{self, RECORD_ALIGN, RECORD_HEADER_LEN, get_u32, get_u64, put_u32, put_u64};
+
+pub const MAGIC: [u8; 8] = *b"KEELWAL\0";
+/// The segment and record format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MAGIC_OFFSET: usize = 0;
+pub const VERSION_OFFSET: usize = MAGIC_OFFSET + 8;
+pub const FLAGS_OFFSET: usize = VERSION_OFFSET + 4;
+pub const DATABASE_ID_OFFSET: usize = FLAGS_OFFSET + 4;
+pub const FIRST_LSN_OFFSET: usize = DATABASE_ID_OFFSET + 16;
+pub const SEGMENT_BYTES_OFFSET: usize = FIRST_LSN_OFFSET + 8;
+pub const SALT_OFFSET: usize = SEGMENT_BYTES_OFFSET + 8;
+pub const HEADER_CRC_OFFSET: usize = SALT_OFFSET + 4 + 8;
+/// Bytes of the header that carry fields.
+pub const HEADER_LEN: usize = HEADER_CRC_OFFSET + 4;
+/// The header block; the first record starts right after it.
+pub const HEADER_BLOCK_LEN: u64 = 4096;
+/// The smallest segment: a header block and room for a few small records.
+pub const MIN_SEGMENT_BYTES: u64 = HEADER_BLOCK_LEN + 4096;
+/// Segment file name extension.
+pub const EXTENSION: &str = "wal";
+
+const _: () = assert!(HEADER_LEN == 64);
+const _: () = assert!(HEADER_LEN as u64 <= HEADER_BLOCK_LEN);
+const _: () = assert!(HEADER_BLOCK_LEN.is_multiple_of(RECORD_ALIGN as u64));
+const _: () = assert!(FIRST_LSN_OFFSET.is_multiple_of(8) && SEGMENT_BYTES_OFFSET.is_multiple_of(8));
+
+/// A verified segment header.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SegmentHeader {
+    pub database_id: DatabaseId,
+    pub first_lsn: Lsn,
+    pub segment_bytes: u64,
+    pub salt: u32,
+}
+
+impl SegmentHeader {
+    /// A header with a fresh random salt. The salt is never 0, and never one under which an
+    /// all-zero record header would verify.
+    pub fn new(
+        database_id: DatabaseId,
+        first_lsn: Lsn,
+        segment_bytes: u64,
+    ) -> std::io::Result<Self> {
+        let zeros = [0u8; RECORD_HEADER_LEN];
+        loop {
+            let mut salt = [0u8; 4];
+            getrandom::fill(&mut salt).map_err(std::io::Error::other)?;
+            let salt = u32::from_le_bytes(salt);
+            if salt != 0 && Crc::salted(salt, &zeros[4..]).0 != 0 {
+                return Ok(SegmentHeader {
+                    database_id,
+                    first_lsn,
+                    segment_bytes,
+                    salt,
+                });
+            }
+        }
+    }
+
+    /// The header block as written to disk.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut block = vec![0u8; HEADER_BLOCK_LEN.try_into().expect("4096")];
+        block[MAGIC_OFFSET..MAGIC_OFFSET + 8].copy_from_slice(&MAGIC);
+        put_u32(&mut block, VERSION_OFFSET, FORMAT_VERSION);
+        block[DATABASE_ID_OFFSET..DATABASE_ID_OFFSET + 16].copy_from_slice(&self.database_id.0);
+        put_u64(&mut block, FIRST_LSN_OFFSET, self.first_lsn);
+        put_u64(&mut block, SEGMENT_BYTES_OFFSET, self.segment_bytes);
+        put_u32(&mut block, SALT_OFFSET, self.salt);
+        let crc = crc32fast::hash(&block[..HEADER_CRC_OFFSET]);
+        put_u32(&mut block, HEADER_CRC_OFFSET, crc);
+        block
+    }
+
+    /// Parses and checks a header block: magic, format version, checksum, field sanity.
+    pub fn decode(block: &[u8], path: &Path) -> Result<SegmentHeader> {
+        assert!(block.len() >= HEADER_LEN);
+        let corrupt = |reason| Error::corruption(path, 0, reason);
+        if block[..HEADER_LEN].iter().all(|&b| b == 0) {
+            return Err(corrupt(CorruptionReason::ZeroedSegmentHeader));
+        }
+        if block[MAGIC_OFFSET..MAGIC_OFFSET + 8] != MAGIC {
+            return Err(corrupt(CorruptionReason::BadMagic));
+        }
+        let stored = Crc(get_u32(block, HEADER_CRC_OFFSET));
+        let check = stored.check(Crc(crc32fast::hash(&block[..HEADER_CRC_OFFSET])));
+        let version = get_u32(block, VERSION_OFFSET);
+        if let Err(ChecksumMismatch { expected, actual }) = check {
+            return Err(corrupt(CorruptionReason::SegmentHeaderChecksum {
+                expected,
+                actual,
+            }));
+        }
+        if version != FORMAT_VERSION {
+            let path = path.to_path_buf();
+            return Err(Error::UnknownFormatVersion {
+                path,
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let header = SegmentHeader {
+            database_id: DatabaseId(
+                block[DATABASE_ID_OFFSET..DATABASE_ID_OFFSET + 16]
+                    .try_into()
+                    .expect("16"),
+            ),
+            first_lsn: get_u64(block, FIRST_LSN_OFFSET),
+            segment_bytes: get_u64(block, SEGMENT_BYTES_OFFSET),
+            salt: get_u32(block, SALT_OFFSET),
+        };
+        if header.first_lsn == 0 {
+            return Err(corrupt(CorruptionReason::SegmentHeaderField(
+                "first LSN is 0",
+            )));
+        }
+        if header.salt == 0 {
+            return Err(corrupt(CorruptionReason::SegmentHeaderField("salt is 0")));
+        }
+        if header.segment_bytes < MIN_SEGMENT_BYTES
+            || !header.segment_bytes.is_multiple_of(RECORD_ALIGN as u64)
+        {
+            return Err(corrupt(CorruptionReason::SegmentHeaderField(
+                "segment size out of range",
+            )));
+        }
+        Ok(header)
+    }
+
+    /// The largest payload a record starting at `offset` can carry in this segment.
+    pub fn payload_limit_at(&self, offset: u64) -> u64 {
+        self.segment_bytes
+            .saturating_sub(offset)
+            .saturating_sub(RECORD_HEADER_LEN as u64)
+            .min(record::MAX_PAYLOAD_LEN.into())
+    }
+}
+
+/// The file name of the segment whose first record has `first_lsn`.
+pub fn file_name(first_lsn: Lsn) -> String {
+    format!("{first_lsn:020}.{EXTENSION}")
+}
+
+/// The first LSN a segment file name stands for, if it is one.
+pub fn parse_file_name(name: &str) -> Option<Lsn> {
+    let stem = name.strip_suffix(".wal")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// One segment file found in a directory.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SegmentFile {
+    pub path: PathBuf,
+    /// The first LSN its name stands for.
+    pub first_lsn: Lsn,
+}
+
+/// What a directory holds besides segments.
+#[derive(Clone, Default, Debug)]
+pub struct DirectoryListing {
+    /// Segments in LSN order.
+    pub segments: Vec<SegmentFile>,
+    /// Preallocated spares left by an earlier writer.
+    pub spares: Vec<PathBuf>,
+    /// Files that are none of Keel's: reported, never touched.
+    pub unknown: Vec<PathBuf>,
+}
+
+/// Lists a WAL directory.
+pub fn list_directory(dir: &Path) -> Result<DirectoryListing> {
+    let mut listing = DirectoryListing::default();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if let Some(first_lsn) = parse_file_name(&name) {
+            listing.segments.push(SegmentFile { path, first_lsn });
+        } else if name.starts_with(crate::prealloc::SPARE_PREFIX) {
+            listing.spares.push(path);
+        } else if !crate::fsutil::is_reserved_name(&name) {
+            listing.unknown.push(path);
+        }
+    }
+    listing.segments.sort_by_key(|s| s.first_lsn);
+    Ok(listing)
+}
+
+/// Reads and checks the header of a segment file, and that its name agrees with it.
+pub fn read_header(file: &File, segment: &SegmentFile) -> Result<SegmentHeader> {
+    let path = &segment.path;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("reading metadata of", path, e))?
+        .len();
+    if len < HEADER_BLOCK_LEN {
+        return Err(Error::corruption(
+            path,
+            0,
+            CorruptionReason::SegmentTooShort { actual: len },
+        ));
+    }
+    let mut block = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut block, 0)
+        .map_err(|e| Error::io("reading header of", path, e))?;
+    let header = SegmentHeader::decode(&block, path)?;
+    if header.first_lsn != segment.first_lsn {
+        let reason = CorruptionReason::SegmentNameMismatch {
+            named: segment.first_lsn,
+            stored: header.first_lsn,
+        };
+        return Err(Error::corruption(path, 0, reason));
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> SegmentHeader {
+        SegmentHeader::new(DatabaseId([7; 16]), 42, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = header();
+        assert_eq!(
+            SegmentHeader::decode(&h.encode(), Path::new("x")).unwrap(),
+            h
+        );
+    }
+
+    #[test]
+    fn names_round_trip_and_sort() {
+        assert_eq!(file_name(1), "00000000000000000001.wal");
+        assert_eq!(parse_file_name(&file_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_file_name("1.wal"), None);
+        assert_eq!(parse_file_name("0000000000000000000x.wal"), None);
+    }
+
+    #[test]
+    fn every_damage_is_a_clear_error() {
+        let block = header().encode();
+        let zero = vec![0u8; 4096];
+        let err = SegmentHeader::decode(&zero, Path::new("s")).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Corruption {
+                reason: CorruptionReason::ZeroedSegmentHeader,
+                ..
+            }
+        ));
+        let mut flipped = block.clone();
+        flipped[33] ^= 1;
+        let err = SegmentHeader::decode(&flipped, Path::new("s")).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Corruption {
+                reason: CorruptionReason::SegmentHeaderChecksum { .. },
+                ..
+            }
+        ));
+        let mut future = block.clone();
+        put_u32(&mut future, VERSION_OFFSET, 9);
+        let crc = crc32fast::hash(&future[..HEADER_CRC_OFFSET]);
+        put_u32(&mut future, HEADER_CRC_OFFSET, crc);
+        let err = SegmentHeader::decode(&future, Path::new("s")).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::UnknownFormatVersion {
+                found: 9,
+                supported: 1,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,14 @@
+//! Synchronization primitives, swapped for loom's under `--cfg loom` so the group-commit
+//! hand-off can be model-checked.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Locks, treating a poisoned mutex (a panic while it was held) as the broken invariant it is.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .expect("a thread panicked while holding a keel-wal lock")
+}

@@ -1,0 +1,117 @@
+//! Finding where the log ends when a writer opens it, and making that end safe to append at.
+//!
+//! Only the last segment can end torn: the writer makes a segment's records durable before it
+//! writes anything to the next one (the rotation barrier in `writer.rs`). The tail is the first
+//! position of the last segment that does not hold the next expected record. What follows it
+//! decides what it means:
+//! - a later record whose durable mark reaches the missing LSN proves the missing record had
+//!   been acknowledged as durable: that is damage, never a torn tail, and opening fails;
+//! - otherwise everything from the tail on was never acknowledged as durable: it is zeroed
+//!   (and synced), so that no stale record beyond the cut can ever be read back after new
+//!   appends.
+//!
+//! Full validation of every segment, and the other policies, belong to keel-recovery.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use crate::error::{CorruptionReason, Error, Result};
+use crate::ids::Lsn;
+use crate::reader::{SegmentEvent, SegmentReader};
+use crate::record::{self, RECORD_ALIGN, RECORD_HEADER_LEN};
+use crate::segment::{SegmentFile, SegmentHeader};
+
+/// Where appends continue.
+#[derive(Debug)]
+pub(crate) struct Tail {
+    pub header: SegmentHeader,
+    /// Offset of the first free byte.
+    pub append_offset: u64,
+    /// LSN of the next record.
+    pub next_lsn: Lsn,
+    /// Non-zero bytes found beyond the tail and zeroed.
+    pub truncated_bytes: u64,
+}
+
+/// Scans the last segment (opened read-write as `file`) and repairs a torn tail.
+pub(crate) fn repair(file: File, segment: &SegmentFile) -> Result<(File, Tail)> {
+    let mut reader = SegmentReader::from_file(file, segment)?;
+    let header = *reader.header();
+    let mut expected = header.first_lsn;
+    let (tail_offset, damage) = loop {
+        match reader.next_event()? {
+            SegmentEvent::Record(found) if found.lsn == expected => expected += 1,
+            SegmentEvent::Record(found) => {
+                let reason = CorruptionReason::LsnMismatch {
+                    expected,
+                    found: found.lsn,
+                };
+                break (found.offset, Some(reason));
+            }
+            SegmentEvent::End { offset } => break (offset, None),
+            SegmentEvent::Damaged { offset, reason } => break (offset, Some(reason)),
+        }
+    };
+    let end = reader.end();
+    let file = reader.into_file();
+    if let Some(witness) = durable_witness(&file, segment, &header, tail_offset, end, expected)? {
+        let reason = CorruptionReason::DamageBelowDurableMark {
+            lsn: expected,
+            witness_lsn: witness.lsn,
+            witness_durable: witness.durable_lsn,
+        };
+        tracing::error!(segment = %segment.path.display(), offset = tail_offset, ?damage, "acknowledged record damaged");
+        return Err(Error::corruption(&segment.path, tail_offset, reason));
+    }
+    let truncated_bytes = crate::fsutil::zero_range(&file, &segment.path, tail_offset, end)?;
+    if truncated_bytes > 0 {
+        file.sync_data()
+            .map_err(|e| Error::io("syncing truncated segment", &segment.path, e))?;
+        tracing::warn!(
+            segment = %segment.path.display(), offset = tail_offset, truncated_bytes, ?damage,
+            "truncated a torn tail"
+        );
+    }
+    Ok((
+        file,
+        Tail {
+            header,
+            append_offset: tail_offset,
+            next_lsn: expected,
+            truncated_bytes,
+        },
+    ))
+}
+
+/// The first verifiable record header in `[from, end)` whose durable mark reaches `lsn`.
+pub(crate) fn durable_witness(
+    file: &File,
+    segment: &SegmentFile,
+    header: &SegmentHeader,
+    from: u64,
+    end: u64,
+    lsn: Lsn,
+) -> Result<Option<record::RecordHeader>> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; usize::try_from(CHUNK).expect("1 MiB") + RECORD_HEADER_LEN];
+    let mut chunk_start = from;
+    while chunk_start + RECORD_HEADER_LEN as u64 <= end {
+        let chunk_end = (chunk_start + CHUNK + RECORD_HEADER_LEN as u64).min(end);
+        let len = usize::try_from(chunk_end - chunk_start).expect("bounded by CHUNK");
+        file.read_exact_at(&mut buf[..len], chunk_start)
+            .map_err(|e| Error::io("reading segment", &segment.path, e))?;
+        let mut at = 0;
+        while at + RECORD_HEADER_LEN <= len && (at as u64) < CHUNK {
+            let candidate = &buf[at..at + RECORD_HEADER_LEN];
+            if candidate.iter().any(|&b| b != 0)
+                && let Ok(found) = record::parse_header(candidate, header.salt, u64::MAX)
+                && found.durable_lsn >= lsn
+            {
+                return Ok(Some(found));
+            }
+            at += RECORD_ALIGN;
+        }
+        chunk_start += CHUNK;
+    }
+    Ok(None)
+}

@@ -1,0 +1,352 @@
+//! The log handle: opening (lock, identity, tail repair), appending, syncing, closing.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use crate::backend::{self, BackendKind, IoFile};
+use crate::completion::CommitFuture;
+use crate::entry::WalEntry;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::ids::{DatabaseId, Lsn};
+use crate::options::{Durability, WalOptions};
+use crate::prealloc::Preallocator;
+use crate::queue::Queue;
+use crate::record::EncodedBatch;
+use crate::segment::{self, DirectoryListing, HEADER_BLOCK_LEN, SegmentFile, SegmentHeader};
+use crate::stats::{Counters, WalStats};
+use crate::sync::Arc;
+use crate::tail;
+use crate::writer::{self, ActiveSegment, Writer};
+
+/// State shared by the handle and the writer thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub queue: Queue,
+    pub counters: Counters,
+}
+
+/// What opening found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenSummary {
+    /// Segments present.
+    pub segments: usize,
+    /// LSN the next record gets.
+    pub next_lsn: Lsn,
+    /// Non-zero bytes of a torn tail that were zeroed.
+    pub truncated_bytes: u64,
+    /// Files in the directory that are not Keel's (left alone).
+    pub unknown_files: Vec<PathBuf>,
+    /// True when the log was created by this open.
+    pub created: bool,
+}
+
+/// A write-ahead log, open for appends. Cheap to share behind an `Arc`: every method takes
+/// `&self`. Dropping it finishes what is queued, syncs, and joins the writer thread.
+#[derive(Debug)]
+pub struct Wal {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+    dir: PathBuf,
+    database_id: DatabaseId,
+    durability: Durability,
+    max_record_bytes: u32,
+    backend: BackendKind,
+    summary: OpenSummary,
+    _lock: File,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`: takes its lock, checks identity and format, finds
+    /// the tail of the last segment and repairs a torn one, then starts the writer.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
+        let dir = dir.as_ref().to_path_buf();
+        options.validate()?;
+        let _span = tracing::info_span!("wal_open", dir = %dir.display()).entered();
+        if options.create_if_missing {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+        }
+        let lock = fsutil::lock_dir(&dir)?;
+        let listing = segment::list_directory(&dir)?;
+        let (database_id, created) = establish_identity(&dir, &options, &listing)?;
+        for unknown in &listing.unknown {
+            tracing::warn!(file = %unknown.display(), "ignoring a file that is not part of the log");
+        }
+        let preallocator = Preallocator::start(
+            &dir,
+            options.segment_bytes,
+            options.preallocate,
+            &listing.spares,
+        )?;
+        let (active, next_lsn, truncated_bytes) = match listing.segments.last() {
+            None => create_first_segment(&dir, database_id, options.segment_bytes, &preallocator)?,
+            Some(last) => {
+                check_headers(&listing.segments, database_id)?;
+                open_last_segment(last)?
+            }
+        };
+        let backend = backend::build(&options)?;
+        let backend_kind = backend.kind();
+        let shared = Arc::new(Shared {
+            queue: Queue::new(next_lsn),
+            counters: Counters::default(),
+        });
+        shared
+            .counters
+            .durable_lsn
+            .store(next_lsn - 1, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .counters
+            .written_lsn
+            .store(next_lsn - 1, std::sync::atomic::Ordering::Relaxed);
+        let writer = Writer::new(
+            Arc::clone(&shared),
+            backend,
+            dir.clone(),
+            database_id,
+            active.header.segment_bytes,
+            active,
+            preallocator,
+            next_lsn - 1,
+        );
+        let handle = std::thread::Builder::new()
+            .name("keel-wal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::io("starting writer thread", &dir, e))?;
+        let summary = OpenSummary {
+            segments: listing.segments.len().max(1),
+            next_lsn,
+            truncated_bytes,
+            unknown_files: listing.unknown,
+            created,
+        };
+        tracing::info!(
+            next_lsn,
+            backend = backend_kind.name(),
+            created,
+            truncated_bytes,
+            "opened write-ahead log"
+        );
+        Ok(Wal {
+            shared,
+            writer: Some(handle),
+            dir,
+            database_id,
+            durability: options.durability,
+            max_record_bytes: options.max_record_bytes,
+            backend: backend_kind,
+            summary,
+            _lock: lock,
+        })
+    }
+
+    /// Appends `entries` as one unit with the log's default durability: consecutive LSNs,
+    /// one write, acknowledged together. Resolves with the LSN of the last entry.
+    pub fn append(&self, entries: &[WalEntry]) -> CommitFuture {
+        self.append_with(entries, self.durability)
+    }
+
+    /// Appends `entries` as one unit with the given durability (a `Strict` commit inside a
+    /// `Batched` log, say).
+    pub fn append_with(&self, entries: &[WalEntry], durability: Durability) -> CommitFuture {
+        match EncodedBatch::encode(entries, self.max_record_bytes) {
+            Ok(batch) => self.append_encoded(batch, durability),
+            Err(error) => CommitFuture::ready(Err(error)),
+        }
+    }
+
+    /// Appends entries framed beforehand with [`EncodedBatch::encode`].
+    pub fn append_encoded(&self, batch: EncodedBatch, durability: Durability) -> CommitFuture {
+        if batch.is_empty() {
+            return CommitFuture::ready(Err(Error::Encode(
+                "an append needs at least one entry".into(),
+            )));
+        }
+        self.shared.queue.append(batch, durability)
+    }
+
+    /// Resolves once every entry appended before this call is durable, whatever its mode.
+    pub fn sync(&self) -> CommitFuture {
+        self.shared.queue.sync()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> WalStats {
+        self.shared.counters.snapshot(self.backend)
+    }
+
+    /// The LSN the next appended entry gets.
+    pub fn next_lsn(&self) -> Lsn {
+        self.shared.queue.next_lsn()
+    }
+
+    /// The database this log belongs to.
+    pub fn database_id(&self) -> DatabaseId {
+        self.database_id
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// The largest payload one entry may have.
+    pub fn max_record_bytes(&self) -> u32 {
+        self.max_record_bytes
+    }
+
+    /// What opening found.
+    pub fn open_summary(&self) -> &OpenSummary {
+        &self.summary
+    }
+
+    /// Finishes what is queued, syncs it, and stops the writer. Fails if the log was
+    /// poisoned, with the cause.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown();
+        match &self.shared.queue_poison() {
+            Some(cause) => Err(Error::Poisoned {
+                cause: Arc::clone(cause),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.queue.close();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(dir = %self.dir.display(), "the writer thread panicked");
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Shared {
+    fn queue_poison(&self) -> Option<Arc<crate::error::PoisonCause>> {
+        self.queue.poisoned()
+    }
+}
+
+/// Reads the identity, or creates it for a new log.
+fn establish_identity(
+    dir: &Path,
+    options: &WalOptions,
+    listing: &DirectoryListing,
+) -> Result<(DatabaseId, bool)> {
+    match fsutil::read_identity(dir)? {
+        Some(found) => {
+            if let Some(expected) = options.database_id
+                && expected != found
+            {
+                return Err(Error::ForeignDatabase {
+                    path: dir.to_path_buf(),
+                    expected,
+                    found,
+                });
+            }
+            Ok((found, false))
+        }
+        None if listing.segments.is_empty() && options.create_if_missing => {
+            let id = match options.database_id {
+                Some(id) => id,
+                None => {
+                    DatabaseId::random().map_err(|e| Error::io("generating an id for", dir, e))?
+                }
+            };
+            fsutil::write_identity(dir, id)?;
+            Ok((id, true))
+        }
+        None if listing.segments.is_empty() => Err(Error::io(
+            "opening log in",
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no log here and create_if_missing is off",
+            ),
+        )),
+        None => Err(Error::corruption(
+            dir.join(fsutil::IDENTITY_FILE),
+            0,
+            crate::error::CorruptionReason::Identity("missing while segments exist"),
+        )),
+    }
+}
+
+/// Every segment header must be readable, of this format, and of this database.
+fn check_headers(segments: &[SegmentFile], database_id: DatabaseId) -> Result<()> {
+    for segment in segments {
+        let file = File::open(&segment.path)
+            .map_err(|e| Error::io("opening segment", &segment.path, e))?;
+        let header = segment::read_header(&file, segment)?;
+        if header.database_id != database_id {
+            return Err(Error::ForeignDatabase {
+                path: segment.path.clone(),
+                expected: database_id,
+                found: header.database_id,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn create_first_segment(
+    dir: &Path,
+    database_id: DatabaseId,
+    segment_bytes: u64,
+    preallocator: &Preallocator,
+) -> Result<(ActiveSegment, Lsn, u64)> {
+    let (spare, _) = preallocator.take()?;
+    let header = SegmentHeader::new(database_id, 1, segment_bytes)
+        .map_err(|e| Error::io("generating salt in", dir, e))?;
+    let path = dir.join(segment::file_name(1));
+    writer::install_segment(&spare.file, &spare.path, &path, &header)?;
+    let file = Arc::new(IoFile {
+        file: spare.file,
+        path,
+    });
+    Ok((
+        ActiveSegment {
+            file,
+            header,
+            offset: HEADER_BLOCK_LEN,
+        },
+        1,
+        0,
+    ))
+}
+
+fn open_last_segment(segment: &SegmentFile) -> Result<(ActiveSegment, Lsn, u64)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment.path)
+        .map_err(|e| Error::io("opening segment", &segment.path, e))?;
+    let (file, tail) = tail::repair(file, segment)?;
+    // What was found may still sit only in the page cache (after a process crash): make it
+    // durable before new records claim it in their durable marks.
+    file.sync_data()
+        .map_err(|e| Error::io("syncing segment", &segment.path, e))?;
+    let io_file = Arc::new(IoFile {
+        file,
+        path: segment.path.clone(),
+    });
+    let active = ActiveSegment {
+        file: io_file,
+        header: tail.header,
+        offset: tail.append_offset,
+    };
+    Ok((active, tail.next_lsn, tail.truncated_bytes))
+}

@@ -1,0 +1,65 @@
+//! A watermark over LSN ranges that complete out of order: `through` is the end of the
+//! contiguous prefix of completed ranges. Completions of pipelined chains arrive in any order;
+//! only the prefix is ever reported durable or written.
+
+use std::collections::BTreeMap;
+
+use crate::ids::Lsn;
+
+#[derive(Debug)]
+pub(crate) struct Watermark {
+    through: Lsn,
+    pending: BTreeMap<Lsn, Lsn>,
+}
+
+impl Watermark {
+    /// A watermark with everything up to `through` complete.
+    pub(crate) fn new(through: Lsn) -> Self {
+        Watermark {
+            through,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// The end of the contiguous complete prefix.
+    pub(crate) fn through(&self) -> Lsn {
+        self.through
+    }
+
+    /// Marks `first..=last` complete and advances over whatever became contiguous.
+    pub(crate) fn complete(&mut self, first: Lsn, last: Lsn) {
+        assert!(first <= last, "empty range {first}..={last}");
+        if last <= self.through {
+            return;
+        }
+        let end = self.pending.entry(first).or_insert(last);
+        *end = (*end).max(last);
+        while let Some((&start, &end)) = self.pending.first_key_value() {
+            if start > self.through + 1 {
+                break;
+            }
+            self.pending.pop_first();
+            self.through = self.through.max(end);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advances_only_over_the_contiguous_prefix() {
+        let mut mark = Watermark::new(0);
+        mark.complete(4, 6);
+        assert_eq!(mark.through(), 0);
+        mark.complete(2, 3);
+        assert_eq!(mark.through(), 0);
+        mark.complete(1, 1);
+        assert_eq!(mark.through(), 6);
+        mark.complete(3, 9);
+        assert_eq!(mark.through(), 9);
+        mark.complete(5, 5);
+        assert_eq!(mark.through(), 9);
+    }
+}

@@ -1,0 +1,559 @@
+//! The writer thread: group commit over a [`Backend`].
+//!
+//! Each turn it takes everything queued, seals the records into one batch buffer (LSN,
+//! durable mark, salted checksums), and submits the batch as one chain: a write, linked to an
+//! fdatasync when a commit in it asked for durability, a sync timer fired, or the unsynced
+//! bytes passed their bound. Commits that arrive while a chain is in flight go into the next
+//! one: that is the group commit. Completions move two watermarks (`written`, `durable`) over
+//! the contiguous prefix of completed chains, and waiters are released in LSN order.
+//!
+//! Failure is sticky: the first failed write or sync poisons the log. Every pending and later
+//! commit fails with the cause; nothing is retried, and nothing past the failure is reported
+//! written or durable.
+//!
+//! Rotation barrier: before the first record goes to a new segment, every chain of the old
+//! one has completed and the old file is synced. So only the last segment can end torn.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, Chain, IoFile, WriteOp};
+use crate::completion::Resolver;
+use crate::error::{Error, PoisonCause};
+use crate::ids::{DatabaseId, Lsn};
+use crate::options::AckLevel;
+use crate::prealloc::Preallocator;
+use crate::queue::{AppendRequest, Request, refuse};
+use crate::record::{self, RECORD_HEADER_LEN, get_u32};
+use crate::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
+use crate::sync::Arc;
+use crate::wal::Shared;
+use crate::watermark::Watermark;
+use std::os::unix::fs::FileExt;
+
+/// A batch is submitted early once it holds this many bytes, bounding the buffer.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// The segment being appended to.
+#[derive(Debug)]
+pub(crate) struct ActiveSegment {
+    pub file: Arc<IoFile>,
+    pub header: SegmentHeader,
+    /// Where the next record goes.
+    pub offset: u64,
+}
+
+#[derive(Debug)]
+struct ChainInfo {
+    file: Arc<IoFile>,
+    write: Option<(Lsn, Lsn)>,
+    sync: bool,
+    segment_first_lsn: Lsn,
+    written_at_submit: Lsn,
+}
+
+/// Records sealed but not yet submitted.
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    offset: u64,
+    lsns: Option<(Lsn, Lsn)>,
+    commits: u32,
+}
+
+/// When the unsynced data must be synced.
+#[derive(Debug)]
+struct SyncDue {
+    now: bool,
+    deadline: Option<Instant>,
+    bytes_limit: u64,
+    unsynced_bytes: u64,
+}
+
+impl Default for SyncDue {
+    fn default() -> Self {
+        SyncDue {
+            now: false,
+            deadline: None,
+            bytes_limit: u64::MAX,
+            unsynced_bytes: 0,
+        }
+    }
+}
+
+impl SyncDue {
+    fn is_due(&self, now: Instant, closing: bool) -> bool {
+        let unsynced = self.unsynced_bytes > 0;
+        self.now
+            || self.deadline.is_some_and(|deadline| deadline <= now)
+            || (unsynced && self.unsynced_bytes >= self.bytes_limit)
+            || (unsynced && closing)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    backend: Box<dyn Backend>,
+    dir: PathBuf,
+    database_id: DatabaseId,
+    segment_bytes: u64,
+    active: ActiveSegment,
+    preallocator: Preallocator,
+    next_chain_id: u64,
+    in_flight: HashMap<u64, ChainInfo>,
+    written: Watermark,
+    durable: Watermark,
+    /// Highest LSN a submitted sync will cover.
+    sync_submitted_through: Lsn,
+    /// Highest LSN sealed into a batch.
+    sealed_through: Lsn,
+    batch: Batch,
+    spare_buffers: Vec<Vec<u8>>,
+    written_waiters: VecDeque<(Lsn, Resolver)>,
+    durable_waiters: VecDeque<(Lsn, Resolver)>,
+    sync_due: SyncDue,
+    poisoned: Option<Arc<PoisonCause>>,
+}
+
+impl Writer {
+    #[expect(clippy::too_many_arguments, reason = "assembled once, by Wal::open")]
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        backend: Box<dyn Backend>,
+        dir: PathBuf,
+        database_id: DatabaseId,
+        segment_bytes: u64,
+        active: ActiveSegment,
+        preallocator: Preallocator,
+        durable_through: Lsn,
+    ) -> Self {
+        let offset = active.offset;
+        Writer {
+            shared,
+            backend,
+            dir,
+            database_id,
+            segment_bytes,
+            active,
+            preallocator,
+            next_chain_id: 0,
+            in_flight: HashMap::new(),
+            written: Watermark::new(durable_through),
+            durable: Watermark::new(durable_through),
+            sync_submitted_through: durable_through,
+            sealed_through: durable_through,
+            batch: Batch {
+                offset,
+                ..Batch::default()
+            },
+            spare_buffers: Vec::new(),
+            written_waiters: VecDeque::new(),
+            durable_waiters: VecDeque::new(),
+            sync_due: SyncDue::default(),
+            poisoned: None,
+        }
+    }
+
+    /// The writer thread's body: runs until the log is closed and everything is settled.
+    pub(crate) fn run(mut self) {
+        let mut requests = Vec::new();
+        loop {
+            let closing = self.shared.queue.take(&mut requests, self.idle_wait());
+            let staged = !requests.is_empty();
+            for request in requests.drain(..) {
+                self.stage(request);
+            }
+            if self.poisoned.is_none() {
+                self.flush(closing);
+            }
+            self.reap(!staged);
+            if self.poisoned.is_some() {
+                self.fail_all();
+            }
+            if closing && self.settled() {
+                break;
+            }
+        }
+        self.drain_in_flight();
+        tracing::debug!(dir = %self.dir.display(), durable = self.durable.through(), "writer stopped");
+    }
+
+    /// How long the queue may block: not at all with chains in flight, until the sync
+    /// deadline when unsynced data waits for the timer, else until work arrives.
+    fn idle_wait(&self) -> Option<Option<Duration>> {
+        if self.backend.in_flight() > 0 || !self.batch.bytes.is_empty() {
+            return None;
+        }
+        match self.sync_due.deadline {
+            Some(deadline) => Some(Some(deadline.saturating_duration_since(Instant::now()))),
+            None => Some(None),
+        }
+    }
+
+    fn settled(&self) -> bool {
+        self.backend.in_flight() == 0
+            && self.batch.bytes.is_empty()
+            && (self.poisoned.is_some() || self.durable.through() == self.sealed_through)
+    }
+
+    fn stage(&mut self, request: Request) {
+        if let Some(cause) = &self.poisoned {
+            let cause = Arc::clone(cause);
+            return refuse(request, || Error::Poisoned {
+                cause: Arc::clone(&cause),
+            });
+        }
+        match request {
+            Request::Append(append) => self.stage_append(append),
+            Request::Sync { through, resolver } => {
+                if through <= self.durable.through() {
+                    resolver.resolve(Ok(through));
+                } else {
+                    self.durable_waiters.push_back((through, resolver));
+                    self.sync_due.now = true;
+                }
+            }
+        }
+    }
+
+    fn stage_append(&mut self, append: AppendRequest) {
+        let AppendRequest {
+            first_lsn,
+            batch,
+            ack,
+            max_delay,
+            max_bytes,
+            resolver,
+        } = append;
+        assert_eq!(
+            first_lsn,
+            self.sealed_through + 1,
+            "LSNs are assigned densely in queue order"
+        );
+        let mut bytes = batch.bytes;
+        let mut at = 0;
+        let mut lsn = first_lsn;
+        while at < bytes.len() {
+            let len = record::record_len(get_u32(&bytes, at + record::PAYLOAD_LEN_OFFSET) as usize);
+            if self.active.offset + len as u64 > self.segment_bytes {
+                self.rotate(lsn);
+                if self.poisoned.is_some() {
+                    break;
+                }
+            }
+            let sealed = record::seal(
+                &mut bytes[at..at + len],
+                lsn,
+                self.durable.through(),
+                self.active.header.salt,
+            );
+            debug_assert_eq!(sealed, len);
+            self.append_to_batch(&bytes[at..at + len], lsn);
+            at += len;
+            lsn += 1;
+        }
+        self.batch.commits += 1;
+        self.shared.counters.commits.fetch_add(1, Relaxed);
+        self.shared
+            .counters
+            .entries
+            .fetch_add(u64::from(batch.count), Relaxed);
+        let last_lsn = lsn - 1;
+        match (ack, resolver) {
+            (_, None) => {}
+            (AckLevel::Durable, Some(resolver)) => {
+                self.durable_waiters.push_back((last_lsn, resolver));
+                self.sync_due.now = true;
+            }
+            (_, Some(resolver)) => self.written_waiters.push_back((last_lsn, resolver)),
+        }
+        if ack != AckLevel::Durable {
+            let deadline = Instant::now() + max_delay;
+            self.sync_due.deadline =
+                Some(self.sync_due.deadline.map_or(deadline, |d| d.min(deadline)));
+            self.sync_due.bytes_limit = self.sync_due.bytes_limit.min(max_bytes);
+        }
+        if let Some(cause) = &self.poisoned {
+            let cause = Arc::clone(cause);
+            self.fail_waiters(&cause);
+        }
+        if self.batch.bytes.len() >= MAX_BATCH_BYTES {
+            self.submit_batch(false);
+        }
+    }
+
+    fn append_to_batch(&mut self, record: &[u8], lsn: Lsn) {
+        if self.batch.bytes.is_empty() {
+            self.batch.offset = self.active.offset;
+            self.batch.lsns = Some((lsn, lsn));
+            if self.batch.bytes.capacity() == 0 {
+                self.batch.bytes = self.spare_buffers.pop().unwrap_or_default();
+            }
+        }
+        self.batch.bytes.extend_from_slice(record);
+        if let Some((_, last)) = &mut self.batch.lsns {
+            *last = lsn;
+        }
+        self.active.offset += record.len() as u64;
+        self.sealed_through = lsn;
+        self.sync_due.unsynced_bytes += record.len() as u64;
+    }
+
+    /// Submits what is staged: the batch (with a linked sync when one is due), or a sync
+    /// alone when only a sync is due.
+    fn flush(&mut self, closing: bool) {
+        let sync = self.sync_due.is_due(Instant::now(), closing)
+            && self.sealed_through > self.sync_submitted_through;
+        if !self.batch.bytes.is_empty() {
+            self.submit_batch(sync);
+        } else if sync {
+            self.submit_sync();
+        }
+        if self.sync_due.now && self.sealed_through <= self.sync_submitted_through {
+            self.sync_due.now = false;
+        }
+    }
+
+    fn wait_for_capacity(&mut self) {
+        while self.backend.in_flight() >= self.backend.depth() {
+            self.reap(true);
+        }
+    }
+
+    fn submit_batch(&mut self, sync: bool) {
+        self.wait_for_capacity();
+        let batch = std::mem::take(&mut self.batch);
+        let (first, last) = batch.lsns.expect("a non-empty batch has LSNs");
+        self.shared
+            .counters
+            .record_write(batch.bytes.len(), batch.commits, sync);
+        let write = WriteOp {
+            offset: batch.offset,
+            buf: batch.bytes,
+        };
+        self.submit(Some(write), Some((first, last)), sync);
+        self.batch.offset = self.active.offset;
+    }
+
+    /// A sync alone covers only writes already completed, so it waits for those in flight.
+    fn submit_sync(&mut self) {
+        while self.backend.in_flight() > 0 {
+            self.reap(true);
+        }
+        if self.poisoned.is_some() {
+            return;
+        }
+        self.shared.counters.fsyncs.fetch_add(1, Relaxed);
+        self.submit(None, None, true);
+    }
+
+    fn submit(&mut self, write: Option<WriteOp>, lsns: Option<(Lsn, Lsn)>, sync: bool) {
+        let id = self.next_chain_id;
+        self.next_chain_id += 1;
+        let info = ChainInfo {
+            file: Arc::clone(&self.active.file),
+            write: lsns,
+            sync,
+            segment_first_lsn: self.active.header.first_lsn,
+            written_at_submit: self.written.through(),
+        };
+        if sync {
+            self.sync_submitted_through = self.sealed_through.max(self.sync_submitted_through);
+            self.sync_due = SyncDue::default();
+        }
+        self.in_flight.insert(id, info);
+        self.backend.submit(Chain {
+            id,
+            file: Arc::clone(&self.active.file),
+            write,
+            sync,
+        });
+    }
+
+    /// Collects completions (blocking for one when `block`), advances the watermarks and
+    /// releases waiters.
+    fn reap(&mut self, block: bool) {
+        let in_flight = self.backend.in_flight();
+        if in_flight == 0 {
+            return;
+        }
+        let mut completions = Vec::new();
+        self.backend.wait(usize::from(block), &mut completions);
+        for completion in completions {
+            let info = self
+                .in_flight
+                .remove(&completion.id)
+                .expect("completion of a known chain");
+            if let Some(mut buf) = completion.buf {
+                buf.clear();
+                self.spare_buffers.push(buf);
+            }
+            match completion.result {
+                Ok(()) => self.completed(&info),
+                Err(failure) => {
+                    let path = info.file.path.clone();
+                    self.poison(PoisonCause {
+                        operation: failure.operation,
+                        path,
+                        error: failure.error,
+                    });
+                }
+            }
+        }
+        self.release_waiters();
+    }
+
+    fn completed(&mut self, info: &ChainInfo) {
+        if let Some((first, last)) = info.write {
+            self.written.complete(first, last);
+        }
+        if info.sync {
+            if info.written_at_submit >= info.segment_first_lsn {
+                self.durable
+                    .complete(info.segment_first_lsn, info.written_at_submit);
+            }
+            if let Some((first, last)) = info.write {
+                self.durable.complete(first, last);
+            }
+        }
+    }
+
+    fn release_waiters(&mut self) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        let (written, durable) = (self.written.through(), self.durable.through());
+        self.shared.counters.written_lsn.store(written, Relaxed);
+        self.shared.counters.durable_lsn.store(durable, Relaxed);
+        while self
+            .written_waiters
+            .front()
+            .is_some_and(|(lsn, _)| *lsn <= written)
+        {
+            let (lsn, resolver) = self.written_waiters.pop_front().expect("checked");
+            resolver.resolve(Ok(lsn));
+        }
+        while self
+            .durable_waiters
+            .front()
+            .is_some_and(|(lsn, _)| *lsn <= durable)
+        {
+            let (lsn, resolver) = self.durable_waiters.pop_front().expect("checked");
+            resolver.resolve(Ok(lsn));
+        }
+    }
+
+    fn poison(&mut self, cause: PoisonCause) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        tracing::error!(%cause, "write-ahead log poisoned: every pending and later commit fails");
+        let cause = Arc::new(cause);
+        self.shared.queue.poison(Arc::clone(&cause));
+        self.poisoned = Some(Arc::clone(&cause));
+        self.fail_waiters(&cause);
+    }
+
+    fn fail_waiters(&mut self, cause: &Arc<PoisonCause>) {
+        let waiters = self
+            .written_waiters
+            .drain(..)
+            .chain(self.durable_waiters.drain(..));
+        for (_, resolver) in waiters {
+            resolver.resolve(Err(Error::Poisoned {
+                cause: Arc::clone(cause),
+            }));
+        }
+    }
+
+    fn fail_all(&mut self) {
+        let cause = Arc::clone(self.poisoned.as_ref().expect("poisoned"));
+        self.fail_waiters(&cause);
+        self.batch = Batch::default();
+        self.sync_due = SyncDue::default();
+        let mut late = Vec::new();
+        self.shared.queue.take(&mut late, None);
+        for request in late {
+            refuse(request, || Error::Poisoned {
+                cause: Arc::clone(&cause),
+            });
+        }
+    }
+
+    fn drain_in_flight(&mut self) {
+        while self.backend.in_flight() > 0 {
+            self.reap(true);
+        }
+    }
+
+    /// Starts the segment whose first record is `first_lsn`, after the barrier: the staged
+    /// batch written and synced, every chain of the old segment complete.
+    fn rotate(&mut self, first_lsn: Lsn) {
+        if !self.batch.bytes.is_empty() {
+            self.submit_batch(true);
+        } else if self.sealed_through > self.sync_submitted_through {
+            self.submit_sync();
+        }
+        self.drain_in_flight();
+        if self.poisoned.is_some() {
+            return;
+        }
+        if let Err(error) = self.start_segment(first_lsn) {
+            let error = match error {
+                Error::Io { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
+            };
+            let path = self.dir.join(segment::file_name(first_lsn));
+            self.poison(PoisonCause {
+                operation: "creating segment",
+                path,
+                error,
+            });
+        }
+    }
+
+    fn start_segment(&mut self, first_lsn: Lsn) -> crate::error::Result<()> {
+        let (spare, waited) = self.preallocator.take()?;
+        let header = SegmentHeader::new(self.database_id, first_lsn, self.segment_bytes)
+            .map_err(|e| Error::io("generating salt for", &spare.path, e))?;
+        let path = self.dir.join(segment::file_name(first_lsn));
+        install_segment(&spare.file, &spare.path, &path, &header)?;
+        self.shared.counters.rotations.fetch_add(1, Relaxed);
+        self.shared
+            .counters
+            .rotation_waits
+            .fetch_add(u64::from(waited), Relaxed);
+        tracing::info!(segment = %path.display(), first_lsn, waited_for_preallocation = waited, "rotated segment");
+        self.active = ActiveSegment {
+            file: Arc::new(IoFile {
+                file: spare.file,
+                path,
+            }),
+            header,
+            offset: HEADER_BLOCK_LEN,
+        };
+        self.batch.offset = HEADER_BLOCK_LEN;
+        Ok(())
+    }
+}
+
+/// Turns a zero-filled spare into the segment `path`: header written and synced, the file
+/// renamed, the directory synced. Nothing in it is acknowledged before this returns.
+pub(crate) fn install_segment(
+    file: &std::fs::File,
+    spare_path: &std::path::Path,
+    path: &std::path::Path,
+    header: &SegmentHeader,
+) -> crate::error::Result<()> {
+    debug_assert!(RECORD_HEADER_LEN as u64 <= HEADER_BLOCK_LEN);
+    file.write_all_at(&header.encode(), 0)
+        .map_err(|e| Error::io("writing header of", spare_path, e))?;
+    file.sync_data()
+        .map_err(|e| Error::io("syncing header of", spare_path, e))?;
+    std::fs::rename(spare_path, path).map_err(|e| Error::io("renaming spare to", path, e))?;
+    let dir = path.parent().expect("segments live in a directory");
+    crate::fsutil::sync_dir(dir)
+}
