@@ -72,6 +72,13 @@ pub enum BackendChoice {
     Std,
 }
 
+impl BackendChoice {
+    /// Every explicit backend this build can run on this platform; test suites iterate it.
+    pub fn available() -> &'static [BackendChoice] {
+        &[BackendChoice::Std]
+    }
+}
+
 /// Options of [`crate::Wal::open`].
 #[derive(Clone, Debug)]
 pub struct WalOptions {

@@ -1,0 +1,55 @@
+//! Helpers shared by keel-wal's integration tests.
+#![allow(dead_code, reason = "each test file uses its own subset")]
+
+use std::path::Path;
+
+use keel_wal::{BackendChoice, LogReader, Lsn, RunId, WalEntry, WalOptions};
+
+/// Every backend this build can run; each test runs on all of them.
+pub fn backends() -> Vec<BackendChoice> {
+    BackendChoice::available().to_vec()
+}
+
+/// Small segments so tests rotate often, and a bounded record size.
+pub fn small_options(backend: BackendChoice) -> WalOptions {
+    WalOptions {
+        segment_bytes: 64 * 1024,
+        max_record_bytes: 16 * 1024,
+        backend,
+        ..WalOptions::default()
+    }
+}
+
+/// The seed of a randomized test: `KEEL_SEED` when set, else `default`. Printed so that a
+/// failure can be replayed.
+pub fn seed(default: u64) -> u64 {
+    let seed = std::env::var("KEEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    println!("seed: {seed} (replay with KEEL_SEED={seed})");
+    seed
+}
+
+/// A write of `value_len` bytes.
+pub fn write(run: u128, txn_id: u64, key: &str, value_len: usize) -> WalEntry {
+    let value = (0..value_len)
+        .map(|i| (i as u64).wrapping_mul(txn_id + 31) as u8)
+        .collect();
+    WalEntry::Write {
+        run_id: RunId::from_u128(run),
+        txn_id,
+        key: key.as_bytes().to_vec(),
+        value,
+    }
+}
+
+/// Every record of the log, owned, with its LSN; panics on any damage.
+pub fn read_all(dir: &Path) -> Vec<(Lsn, WalEntry)> {
+    let mut reader = LogReader::open(dir).expect("open reader");
+    let mut out = Vec::new();
+    while let Some(record) = reader.next_record().expect("clean log") {
+        out.push((record.lsn, record.entry.to_owned_entry()));
+    }
+    out
+}
