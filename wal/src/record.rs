@@ -137,6 +137,11 @@ impl EncodedBatch {
         self.count == 0
     }
 
+    /// The framed records (checksums not yet salted, LSNs not yet stamped).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Bytes on disk.
     pub fn byte_len(&self) -> usize {
         self.bytes.len()
