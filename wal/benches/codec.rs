@@ -68,7 +68,7 @@ fn read(c: &mut Criterion) {
         let unit: Vec<WalEntry> = (0..100)
             .map(|i| write_entry(128, chunk * 100 + i))
             .collect();
-        let _ = wal.append(&unit);
+        drop(wal.append(&unit));
     }
     wal.close().unwrap();
     let segment = keel_wal::segment::list_directory(dir.path())

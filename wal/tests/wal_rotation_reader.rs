@@ -13,7 +13,12 @@ fn reader_walks_many_segments_in_lsn_order() {
         let mut expected: Vec<WalEntry> = Vec::new();
         for i in 0..600u64 {
             let unit = vec![
-                common::write(7, i, &format!("key-{i}"), (i as usize * 37) % 900),
+                common::write(
+                    7,
+                    i,
+                    &format!("key-{i}"),
+                    usize::try_from(i * 37 % 900).unwrap(),
+                ),
                 WalEntry::CommitTxn {
                     run_id: keel_wal::RunId::from_u128(7),
                     txn_id: i,

@@ -47,7 +47,7 @@ fn a_torn_last_record_is_cut_at_every_byte_and_never_resurrected() {
     let offsets = record_offsets(dir.path());
     let path = dir.path().join(segment::file_name(1));
     let pristine = std::fs::read(&path).unwrap();
-    let last = *offsets.last().unwrap() as usize;
+    let last = usize::try_from(*offsets.last().unwrap()).unwrap();
     let end = pristine[last..].iter().rposition(|&b| b != 0).unwrap() + last + 1;
     for cut in last..end {
         std::fs::write(&path, &pristine).unwrap();

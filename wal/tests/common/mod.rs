@@ -34,7 +34,7 @@ pub fn seed(default: u64) -> u64 {
 /// A write of `value_len` bytes.
 pub fn write(run: u128, txn_id: u64, key: &str, value_len: usize) -> WalEntry {
     let value = (0..value_len)
-        .map(|i| (i as u64).wrapping_mul(txn_id + 31) as u8)
+        .map(|i| (i as u64).wrapping_mul(txn_id + 31).to_le_bytes()[0])
         .collect();
     WalEntry::Write {
         run_id: RunId::from_u128(run),

@@ -1,0 +1,386 @@
+//! `keel bench`: a WAL workload generator for storage performance testing.
+//!
+//! `writers` threads each commit one `Write` entry of `value_size` bytes at a time and wait
+//! for it, for `duration` seconds. In `strict` mode the same workload first runs as a raw
+//! `pwrite + fdatasync` loop on a preallocated file (the physical limit of this machine), so
+//! Keel's figures read as a ratio of it: measured in one run, on one device.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use keel_wal::{BackendChoice, Durability, RunId, Wal, WalEntry, WalOptions};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each commit waits for an fdatasync that covers it.
+    Strict,
+    /// Each commit waits for its write; fdatasync on a timer (`--max-delay-ms`).
+    Batched,
+    /// Each commit resolves at enqueue; writes and syncs in the background.
+    Async,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    Auto,
+    Std,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent committers.
+    #[arg(long, default_value_t = 8)]
+    writers: u32,
+    /// Bytes of each value.
+    #[arg(long, default_value_t = 128)]
+    value_size: usize,
+    /// Durability mode.
+    #[arg(long, value_enum, default_value_t = Mode::Strict)]
+    mode: Mode,
+    /// Sync timer of the batched and async modes, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    max_delay_ms: u64,
+    /// IO backend.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
+    /// Seconds each run lasts.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Directory to run in (on the device to measure); default: a new temporary directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Segment size in MiB.
+    #[arg(long, default_value_t = 64)]
+    segment_mib: u64,
+    /// Skip the raw pwrite + fdatasync baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub target: String,
+    pub backend: String,
+    pub mode: Mode,
+    pub writers: u32,
+    pub value_bytes: usize,
+    pub seconds: f64,
+    pub commits: u64,
+    pub commits_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub fsyncs: u64,
+    pub fsyncs_per_commit: f64,
+    /// commits/s over the raw baseline's, when one ran.
+    pub ratio_to_raw: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    directory: PathBuf,
+    runs: Vec<Outcome>,
+}
+
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    if args.writers == 0 || args.duration <= 0.0 {
+        return Err("--writers and --duration must be above 0".into());
+    }
+    let temp;
+    let dir = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            tempfile::tempdir_in(dir).map_err(|e| format!("cannot use {}: {e}", dir.display()))?
+        }
+        None => {
+            tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?
+        }
+    };
+    temp = dir;
+    let mut runs = Vec::new();
+    if args.mode == Mode::Strict && !args.no_baseline {
+        runs.push(raw_baseline(args, &temp.path().join("raw"))?);
+    }
+    let mut keel = keel_run(args, &temp.path().join("wal"))?;
+    if let Some(raw) = runs.first() {
+        keel.ratio_to_raw = Some(keel.commits_per_sec / raw.commits_per_sec);
+    }
+    runs.push(keel);
+    let report = Report {
+        directory: temp.path().to_path_buf(),
+        runs,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn options(args: &BenchArgs) -> WalOptions {
+    let max_delay = Duration::from_millis(args.max_delay_ms);
+    WalOptions {
+        durability: match args.mode {
+            Mode::Strict => Durability::Strict,
+            Mode::Batched => Durability::Batched {
+                max_delay,
+                max_bytes: 64 << 20,
+            },
+            Mode::Async => Durability::Async { max_delay },
+        },
+        segment_bytes: args.segment_mib << 20,
+        backend: match args.backend {
+            Backend::Auto => BackendChoice::Auto,
+            Backend::Std => BackendChoice::Std,
+        },
+        ..WalOptions::default()
+    }
+}
+
+/// Runs `commit` on `writers` threads for the configured duration, with a progress bar.
+/// Returns the merged latency histogram, the commit count and the elapsed time.
+fn drive<F>(
+    args: &BenchArgs,
+    label: &str,
+    commit: F,
+) -> Result<(Histogram<u64>, u64, Duration), String>
+where
+    F: Fn(u32, u64) -> Result<(), String> + Send + Sync + 'static,
+{
+    let commit = Arc::new(commit);
+    let total = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let duration = Duration::from_secs_f64(args.duration);
+    let progress = progress_bar(args, label, duration);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..args.writers)
+        .map(|writer| {
+            let (commit, total, stop) =
+                (Arc::clone(&commit), Arc::clone(&total), Arc::clone(&stop));
+            std::thread::spawn(move || -> Result<Histogram<u64>, String> {
+                let mut latencies = Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3)
+                    .expect("valid bounds");
+                let mut sequence = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let began = Instant::now();
+                    commit(writer, sequence)?;
+                    latencies.saturating_record(
+                        u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                    );
+                    total.fetch_add(1, Ordering::Relaxed);
+                    sequence += 1;
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    while start.elapsed() < duration {
+        std::thread::sleep(
+            Duration::from_millis(100).min(duration.saturating_sub(start.elapsed())),
+        );
+        progress.set_position(start.elapsed().as_millis().try_into().unwrap_or(u64::MAX));
+        progress.set_message(format!("{} commits", total.load(Ordering::Relaxed)));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut merged =
+        Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid bounds");
+    for thread in threads {
+        let latencies = thread
+            .join()
+            .map_err(|_| "a bench thread panicked".to_string())??;
+        merged.add(&latencies).map_err(|e| e.to_string())?;
+    }
+    let elapsed = start.elapsed();
+    progress.finish_and_clear();
+    Ok((merged, total.load(Ordering::Relaxed), elapsed))
+}
+
+fn progress_bar(args: &BenchArgs, label: &str, duration: Duration) -> ProgressBar {
+    if args.json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(duration.as_millis().try_into().unwrap_or(u64::MAX));
+    let style =
+        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {msg}").expect("valid template");
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_prefix(label.to_owned());
+    bar
+}
+
+fn outcome(
+    args: &BenchArgs,
+    target: &str,
+    backend: &str,
+    run: (Histogram<u64>, u64, Duration),
+    fsyncs: u64,
+    bytes_per_commit: usize,
+) -> Outcome {
+    let (latencies, commits, elapsed) = run;
+    let seconds = elapsed.as_secs_f64();
+    let micros = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+    Outcome {
+        target: target.to_owned(),
+        backend: backend.to_owned(),
+        mode: args.mode,
+        writers: args.writers,
+        value_bytes: args.value_size,
+        seconds,
+        commits,
+        commits_per_sec: commits as f64 / seconds,
+        mb_per_sec: (commits as f64 * bytes_per_commit as f64) / seconds / 1e6,
+        p50_us: micros(0.50),
+        p99_us: micros(0.99),
+        p999_us: micros(0.999),
+        fsyncs,
+        fsyncs_per_commit: if commits == 0 {
+            0.0
+        } else {
+            fsyncs as f64 / commits as f64
+        },
+        ratio_to_raw: None,
+    }
+}
+
+fn entry(writer: u32, sequence: u64, value: &[u8]) -> WalEntry {
+    WalEntry::Write {
+        run_id: RunId::from_u128(u128::from(writer) + 1),
+        txn_id: sequence,
+        key: format!("w{writer}-{sequence:012}").into_bytes(),
+        value: value.to_vec(),
+    }
+}
+
+fn keel_run(args: &BenchArgs, dir: &Path) -> Result<Outcome, String> {
+    let wal = Arc::new(Wal::open(dir, options(args)).map_err(|e| e.to_string())?);
+    let backend = wal.backend().name();
+    let value = vec![0x6b; args.value_size];
+    let record_bytes = keel_wal::EncodedBatch::encode(&[entry(0, 0, &value)], u32::MAX >> 6)
+        .map_err(|e| e.to_string())?
+        .byte_len();
+    let committer = Arc::clone(&wal);
+    let label = format!("keel {backend} {:?}", args.mode).to_lowercase();
+    let run = drive(args, &label, move |writer, sequence| {
+        committer
+            .append(&[entry(writer, sequence, &value)])
+            .wait()
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })?;
+    let fsyncs = wal.stats().fsyncs;
+    Arc::into_inner(wal)
+        .ok_or("the log is still shared")?
+        .close()
+        .map_err(|e| e.to_string())?;
+    Ok(outcome(args, "keel", backend, run, fsyncs, record_bytes))
+}
+
+/// `writers` threads, each `pwrite`s one record's worth of bytes into its own region of a
+/// preallocated file and `fdatasync`s, in a loop.
+fn raw_baseline(args: &BenchArgs, dir: &Path) -> Result<Outcome, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let record_bytes = (args.value_size + 64).div_ceil(8) * 8;
+    let region = (record_bytes as u64 * 4096).max(1 << 20);
+    let size = region * u64::from(args.writers);
+    let path = dir.join("raw.dat");
+    let file =
+        preallocate(&path, size).map_err(|e| format!("preallocating {}: {e}", path.display()))?;
+    let file = Arc::new(file);
+    let fsyncs = Arc::new(AtomicU64::new(0));
+    let (worker_file, worker_fsyncs) = (Arc::clone(&file), Arc::clone(&fsyncs));
+    let buffer = vec![0x72u8; record_bytes];
+    let run = drive(args, "raw pwrite+fdatasync", move |writer, sequence| {
+        let slot = sequence % (region / record_bytes as u64);
+        let offset = u64::from(writer) * region + slot * record_bytes as u64;
+        worker_file
+            .write_all_at(&buffer, offset)
+            .map_err(|e| e.to_string())?;
+        worker_file.sync_data().map_err(|e| e.to_string())?;
+        worker_fsyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    })?;
+    Ok(outcome(
+        args,
+        "raw pwrite+fdatasync",
+        "std",
+        run,
+        fsyncs.load(Ordering::Relaxed),
+        record_bytes,
+    ))
+}
+
+fn preallocate(path: &Path, size: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < size {
+        file.write_all_at(&zeros, offset)?;
+        offset += zeros.len() as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+fn print_table(report: &Report) {
+    println!("directory: {}", report.directory.display());
+    println!(
+        "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>13} {:>8}",
+        "target",
+        "backend",
+        "mode",
+        "writers",
+        "value",
+        "commits",
+        "commits/s",
+        "MB/s",
+        "p50 us",
+        "p99 us",
+        "p999 us",
+        "fsyncs/commit",
+        "vs raw"
+    );
+    for run in &report.runs {
+        let ratio = run
+            .ratio_to_raw
+            .map_or("-".to_string(), |r| format!("{r:.2}x"));
+        println!(
+            "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12.0} {:>8.2} {:>9.1} {:>9.1} {:>9.1} {:>13.3} {:>8}",
+            run.target,
+            run.backend,
+            format!("{:?}", run.mode).to_lowercase(),
+            run.writers,
+            run.value_bytes,
+            run.commits,
+            run.commits_per_sec,
+            run.mb_per_sec,
+            run.p50_us,
+            run.p99_us,
+            run.p999_us,
+            run.fsyncs_per_commit,
+            ratio
+        );
+    }
+}
