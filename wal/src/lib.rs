@@ -56,3 +56,12 @@ pub use reader::{LogReader, RecordRef, SegmentEvent, SegmentReader};
 pub use record::EncodedBatch;
 pub use stats::{BATCH_BUCKETS, WalStats};
 pub use wal::{OpenSummary, Wal};
+
+/// Commit futures and the log handle cross threads and runtimes.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    const fn assert_send<T: Send>() {}
+    assert_send::<CommitFuture>();
+    assert_send_sync::<Wal>();
+    assert_send_sync::<Error>();
+};

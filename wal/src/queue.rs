@@ -124,6 +124,18 @@ impl Queue {
         self.writer_wake.notify_one();
     }
 
+    /// The writer thread is gone: refuse everything from now on, and what is still queued.
+    pub(crate) fn writer_stopped(&self) {
+        let queued = {
+            let mut state = lock(&self.state);
+            state.closing = true;
+            std::mem::take(&mut state.requests)
+        };
+        for request in queued {
+            refuse(request, || Error::Closed);
+        }
+    }
+
     pub(crate) fn poisoned(&self) -> Option<Arc<PoisonCause>> {
         lock(&self.state).poisoned.clone()
     }

@@ -254,6 +254,9 @@ impl Writer {
             self.append_to_batch(&bytes[at..at + len], lsn);
             at += len;
             lsn += 1;
+            if self.batch.bytes.len() >= MAX_BATCH_BYTES {
+                self.submit_batch(false);
+            }
         }
         self.batch.commits += 1;
         self.shared.counters.commits.fetch_add(1, Relaxed);
@@ -279,9 +282,6 @@ impl Writer {
         if let Some(cause) = &self.poisoned {
             let cause = Arc::clone(cause);
             self.fail_waiters(&cause);
-        }
-        if self.batch.bytes.len() >= MAX_BATCH_BYTES {
-            self.submit_batch(false);
         }
     }
 
@@ -537,6 +537,14 @@ impl Writer {
         };
         self.batch.offset = HEADER_BLOCK_LEN;
         Ok(())
+    }
+}
+
+impl Drop for Writer {
+    /// However the writer stops (a panic included), later and queued requests are refused
+    /// instead of waiting for a thread that is gone.
+    fn drop(&mut self) {
+        self.shared.queue.writer_stopped();
     }
 }
 
