@@ -26,6 +26,18 @@ impl Watermark {
         self.through
     }
 
+    /// Every complete range at or above `from`: the prefix (clipped) and the ranges complete
+    /// beyond it.
+    pub(crate) fn complete_ranges_from(&self, from: Lsn) -> Vec<(Lsn, Lsn)> {
+        let prefix = (self.through >= from).then_some((from, self.through));
+        let beyond = self
+            .pending
+            .iter()
+            .filter(|&(_, &end)| end >= from)
+            .map(|(&start, &end)| (start.max(from), end));
+        prefix.into_iter().chain(beyond).collect()
+    }
+
     /// Marks `first..=last` complete and advances over whatever became contiguous.
     pub(crate) fn complete(&mut self, first: Lsn, last: Lsn) {
         assert!(first <= last, "empty range {first}..={last}");
@@ -61,5 +73,12 @@ mod tests {
         assert_eq!(mark.through(), 9);
         mark.complete(5, 5);
         assert_eq!(mark.through(), 9);
+        mark.complete(12, 14);
+        mark.complete(20, 20);
+        assert_eq!(
+            mark.complete_ranges_from(4),
+            vec![(4, 9), (12, 14), (20, 20)]
+        );
+        assert_eq!(mark.complete_ranges_from(13), vec![(13, 14), (20, 20)]);
     }
 }

@@ -50,8 +50,9 @@ struct ChainInfo {
     file: Arc<IoFile>,
     write: Option<(Lsn, Lsn)>,
     sync: bool,
-    segment_first_lsn: Lsn,
-    written_at_submit: Lsn,
+    /// For a sync: the writes it covers besides its own, those complete when it was submitted
+    /// (an fdatasync covers only writes completed before it started).
+    covers: Vec<(Lsn, Lsn)>,
 }
 
 /// Records sealed but not yet submitted.
@@ -317,6 +318,15 @@ impl Writer {
         }
     }
 
+    /// A sync covers only writes complete before it starts, so before one is submitted every
+    /// write-only chain in flight must complete: then every sealed record is covered either by
+    /// this sync or by the sync linked to its own write.
+    fn wait_for_unsynced_writes(&mut self) {
+        while self.in_flight.values().any(|chain| !chain.sync) && self.poisoned.is_none() {
+            self.reap(true);
+        }
+    }
+
     fn wait_for_capacity(&mut self) {
         while self.backend.in_flight() >= self.backend.depth() {
             self.reap(true);
@@ -351,14 +361,22 @@ impl Writer {
     }
 
     fn submit(&mut self, write: Option<WriteOp>, lsns: Option<(Lsn, Lsn)>, sync: bool) {
+        if sync {
+            self.wait_for_unsynced_writes();
+        }
+        let covers = if sync {
+            self.written
+                .complete_ranges_from(self.active.header.first_lsn)
+        } else {
+            Vec::new()
+        };
         let id = self.next_chain_id;
         self.next_chain_id += 1;
         let info = ChainInfo {
             file: Arc::clone(&self.active.file),
             write: lsns,
             sync,
-            segment_first_lsn: self.active.header.first_lsn,
-            written_at_submit: self.written.through(),
+            covers,
         };
         if sync {
             self.sync_submitted_through = self.sealed_through.max(self.sync_submitted_through);
@@ -411,11 +429,7 @@ impl Writer {
             self.written.complete(first, last);
         }
         if info.sync {
-            if info.written_at_submit >= info.segment_first_lsn {
-                self.durable
-                    .complete(info.segment_first_lsn, info.written_at_submit);
-            }
-            if let Some((first, last)) = info.write {
+            for &(first, last) in info.covers.iter().chain(&info.write) {
                 self.durable.complete(first, last);
             }
         }

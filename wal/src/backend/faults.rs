@@ -1,9 +1,11 @@
 //! Fault injection at the backend interface, for tests of every backend: a chosen write or
-//! fdatasync fails with an error instead of being performed.
+//! fdatasync fails with an error instead of being performed, and completions can be held back
+//! and reported out of order (as a pipelined backend reports them), so the writer's
+//! watermarks are exercised on any backend.
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use super::{Backend, BackendKind, Chain, ChainError, Completion};
 
@@ -13,6 +15,7 @@ use super::{Backend, BackendKind, Chain, ChainError, Completion};
 pub struct Faults {
     write_countdown: AtomicI64,
     sync_countdown: AtomicI64,
+    held_completions: AtomicUsize,
 }
 
 impl Default for Faults {
@@ -20,6 +23,7 @@ impl Default for Faults {
         Faults {
             write_countdown: AtomicI64::new(-1),
             sync_countdown: AtomicI64::new(-1),
+            held_completions: AtomicUsize::new(0),
         }
     }
 }
@@ -40,6 +44,17 @@ impl Faults {
         self.sync_countdown.store(after.into(), Ordering::SeqCst);
     }
 
+    /// Lets up to `chains` chains be in flight and reports their completions newest first,
+    /// one at a time, so every chain but the oldest completes ahead of an earlier one
+    /// (0: report each as it completes).
+    pub fn hold_completions(&self, chains: usize) {
+        self.held_completions.store(chains, Ordering::SeqCst);
+    }
+
+    fn held(&self) -> usize {
+        self.held_completions.load(Ordering::SeqCst)
+    }
+
     fn trips(counter: &AtomicI64) -> bool {
         counter
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -54,7 +69,8 @@ impl Faults {
 pub struct FaultyBackend {
     inner: Box<dyn Backend>,
     faults: Arc<Faults>,
-    failed: Vec<Completion>,
+    /// Completions not yet reported.
+    finished: Vec<Completion>,
 }
 
 impl FaultyBackend {
@@ -62,7 +78,7 @@ impl FaultyBackend {
         FaultyBackend {
             inner,
             faults,
-            failed: Vec::new(),
+            finished: Vec::new(),
         }
     }
 
@@ -83,16 +99,16 @@ impl Backend for FaultyBackend {
     }
 
     fn depth(&self) -> usize {
-        self.inner.depth()
+        self.inner.depth().max(self.faults.held())
     }
 
     fn in_flight(&self) -> usize {
-        self.inner.in_flight() + self.failed.len()
+        self.inner.in_flight() + self.finished.len()
     }
 
     fn submit(&mut self, chain: Chain) {
         if chain.write.is_some() && Faults::trips(&self.faults.write_countdown) {
-            self.failed.push(Self::injected(chain, "write"));
+            self.finished.push(Self::injected(chain, "write"));
         } else if chain.sync && Faults::trips(&self.faults.sync_countdown) {
             let id = chain.id;
             self.inner.submit(Chain {
@@ -110,7 +126,7 @@ impl Backend for FaultyBackend {
                         error,
                     });
                 }
-                self.failed.push(completion);
+                self.finished.push(completion);
             }
         } else {
             self.inner.submit(chain);
@@ -118,9 +134,22 @@ impl Backend for FaultyBackend {
     }
 
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) {
-        let from_failed = self.failed.len();
-        out.append(&mut self.failed);
-        let still = min.saturating_sub(from_failed).min(self.inner.in_flight());
+        let hold = self.faults.held();
+        if hold > 0 {
+            let in_flight = self.inner.in_flight();
+            self.inner.wait(in_flight, &mut self.finished);
+            if min > 0 || self.finished.len() >= hold {
+                let release = min.max(1).min(self.finished.len());
+                let newest = self.finished.len() - release;
+                out.extend(self.finished.drain(newest..).rev());
+            }
+            return;
+        }
+        let from_finished = self.finished.len();
+        out.append(&mut self.finished);
+        let still = min
+            .saturating_sub(from_finished)
+            .min(self.inner.in_flight());
         self.inner.wait(still, out);
     }
 }
