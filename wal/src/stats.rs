@@ -25,8 +25,9 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn record_write(&self, bytes: usize, commits: u32, sync: bool) {
-        self.writes.fetch_add(1, Relaxed);
+    /// One chain: a write of `bytes` carrying `commits` (none for a sync alone), maybe a sync.
+    pub(crate) fn record_io(&self, bytes: usize, commits: u32, sync: bool) {
+        self.writes.fetch_add(u64::from(bytes > 0), Relaxed);
         self.bytes_written.fetch_add(bytes as u64, Relaxed);
         self.fsyncs.fetch_add(u64::from(sync), Relaxed);
         if commits > 0 {

@@ -237,7 +237,7 @@ impl Writer {
         let mut bytes = batch.bytes;
         let mut at = 0;
         let mut lsn = first_lsn;
-        while at < bytes.len() {
+        while at < bytes.len() && self.poisoned.is_none() {
             let len = record::record_len(get_u32(&bytes, at + record::PAYLOAD_LEN_OFFSET) as usize);
             if self.active.offset + len as u64 > self.segment_bytes {
                 self.rotate(lsn);
@@ -337,14 +337,11 @@ impl Writer {
         self.wait_for_capacity();
         let batch = std::mem::take(&mut self.batch);
         let (first, last) = batch.lsns.expect("a non-empty batch has LSNs");
-        self.shared
-            .counters
-            .record_write(batch.bytes.len(), batch.commits, sync);
         let write = WriteOp {
             offset: batch.offset,
             buf: batch.bytes,
         };
-        self.submit(Some(write), Some((first, last)), sync);
+        self.submit(Some(write), Some((first, last)), sync, batch.commits);
         self.batch.offset = self.active.offset;
     }
 
@@ -356,14 +353,25 @@ impl Writer {
         if self.poisoned.is_some() {
             return;
         }
-        self.shared.counters.fsyncs.fetch_add(1, Relaxed);
-        self.submit(None, None, true);
+        self.submit(None, None, true, 0);
     }
 
-    fn submit(&mut self, write: Option<WriteOp>, lsns: Option<(Lsn, Lsn)>, sync: bool) {
+    fn submit(
+        &mut self,
+        write: Option<WriteOp>,
+        lsns: Option<(Lsn, Lsn)>,
+        sync: bool,
+        commits: u32,
+    ) {
         if sync {
             self.wait_for_unsynced_writes();
         }
+        if self.poisoned.is_some() {
+            // Nothing is written after a failure; the batch's waiters fail with the cause.
+            return;
+        }
+        let bytes = write.as_ref().map_or(0, |w| w.buf.len());
+        self.shared.counters.record_io(bytes, commits, sync);
         let covers = if sync {
             self.written
                 .complete_ranges_from(self.active.header.first_lsn)

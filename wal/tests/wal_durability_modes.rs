@@ -54,12 +54,20 @@ fn batched_mode_syncs_on_its_timer_without_further_appends() {
         }
         wait_until(&wal, max_delay * 20, |s| s.durable_lsn >= lsn);
         let synced_after = appended_at.elapsed();
-        println!("{backend:?}: durable {synced_after:?} after the append (max_delay {max_delay:?})");
+        println!(
+            "{backend:?}: durable {synced_after:?} after the append (max_delay {max_delay:?})"
+        );
         assert_eq!(wal.stats().fsyncs, 1, "one timer sync");
         // The timer, not anything else, made it durable: not much before max_delay, and
         // within it (plus scheduling slack on a loaded machine).
-        assert!(synced_after + Duration::from_millis(5) >= max_delay, "synced early: {synced_after:?}");
-        assert!(synced_after <= max_delay + Duration::from_secs(1), "synced late: {synced_after:?}");
+        assert!(
+            synced_after + Duration::from_millis(5) >= max_delay,
+            "synced early: {synced_after:?}"
+        );
+        assert!(
+            synced_after <= max_delay + Duration::from_secs(1),
+            "synced late: {synced_after:?}"
+        );
         wal.close().unwrap();
     }
 }
