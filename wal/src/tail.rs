@@ -54,7 +54,8 @@ pub(crate) fn repair(file: File, segment: &SegmentFile) -> Result<(File, Tail)> 
     };
     let end = reader.end();
     let file = reader.into_file();
-    if let Some(witness) = durable_witness(&file, segment, &header, tail_offset, end, expected)? {
+    let beyond = scan_beyond(&file, segment, &header, tail_offset, end, expected)?;
+    if let Beyond::Witness(witness) = beyond {
         let reason = CorruptionReason::DamageBelowDurableMark {
             lsn: expected,
             witness_lsn: witness.lsn,
@@ -63,7 +64,10 @@ pub(crate) fn repair(file: File, segment: &SegmentFile) -> Result<(File, Tail)> 
         tracing::error!(segment = %segment.path.display(), offset = tail_offset, ?damage, "acknowledged record damaged");
         return Err(Error::corruption(&segment.path, tail_offset, reason));
     }
-    let truncated_bytes = crate::fsutil::zero_range(&file, &segment.path, tail_offset, end)?;
+    let truncated_bytes = match beyond {
+        Beyond::Debris => crate::fsutil::zero_range(&file, &segment.path, tail_offset, end)?,
+        _ => 0,
+    };
     if truncated_bytes > 0 {
         file.sync_data()
             .map_err(|e| Error::io("syncing truncated segment", &segment.path, e))?;
@@ -83,18 +87,30 @@ pub(crate) fn repair(file: File, segment: &SegmentFile) -> Result<(File, Tail)> 
     ))
 }
 
-/// The first verifiable record header in `[from, end)` whose durable mark reaches `lsn`.
-pub(crate) fn durable_witness(
+/// What lies beyond the tail of a segment.
+#[derive(Debug)]
+pub(crate) enum Beyond {
+    /// Nothing but zeros: a clean end.
+    Zeros,
+    /// Non-zero bytes, none of them a record proving the tail was durable: a torn tail.
+    Debris,
+    /// A verifiable record whose durable mark reaches the missing LSN.
+    Witness(record::RecordHeader),
+}
+
+/// Scans `[from, end)` for a verifiable record header whose durable mark reaches `lsn`.
+pub(crate) fn scan_beyond(
     file: &File,
     segment: &SegmentFile,
     header: &SegmentHeader,
     from: u64,
     end: u64,
     lsn: Lsn,
-) -> Result<Option<record::RecordHeader>> {
+) -> Result<Beyond> {
     const CHUNK: u64 = 1 << 20;
     let mut buf = vec![0u8; usize::try_from(CHUNK).expect("1 MiB") + RECORD_HEADER_LEN];
     let mut chunk_start = from;
+    let mut debris = false;
     while chunk_start + RECORD_HEADER_LEN as u64 <= end {
         let chunk_end = (chunk_start + CHUNK + RECORD_HEADER_LEN as u64).min(end);
         let len = usize::try_from(chunk_end - chunk_start).expect("bounded by CHUNK");
@@ -103,15 +119,21 @@ pub(crate) fn durable_witness(
         let mut at = 0;
         while at + RECORD_HEADER_LEN <= len && (at as u64) < CHUNK {
             let candidate = &buf[at..at + RECORD_HEADER_LEN];
-            if candidate.iter().any(|&b| b != 0)
-                && let Ok(found) = record::parse_header(candidate, header.salt, u64::MAX)
-                && found.durable_lsn >= lsn
-            {
-                return Ok(Some(found));
+            if candidate.iter().any(|&b| b != 0) {
+                debris = true;
+                if let Ok(found) = record::parse_header(candidate, header.salt, u64::MAX)
+                    && found.durable_lsn >= lsn
+                {
+                    return Ok(Beyond::Witness(found));
+                }
             }
             at += RECORD_ALIGN;
         }
         chunk_start += CHUNK;
     }
-    Ok(None)
+    Ok(if debris {
+        Beyond::Debris
+    } else {
+        Beyond::Zeros
+    })
 }
