@@ -27,7 +27,14 @@ fn pristine(
     };
     let wal = Wal::open(dir.path(), options).unwrap();
     let entries: Vec<WalEntry> = (0..count)
-        .map(|i| common::write(5, i, &format!("key{i}"), 40 + 13 * i as usize))
+        .map(|i| {
+            common::write(
+                5,
+                i,
+                &format!("key{i}"),
+                40 + 13 * usize::try_from(i).unwrap(),
+            )
+        })
         .collect();
     for entry in &entries {
         wal.append(std::slice::from_ref(entry)).wait().unwrap();
@@ -44,8 +51,12 @@ enum Damage {
     Garbage { offset: usize, bytes: Vec<u8> },
 }
 
+/// Where records start, as an index into the segment's bytes.
+const BASE: usize = 4096;
+const _: () = assert!(BASE as u64 == HEADER_BLOCK_LEN);
+
 fn damage(span: usize) -> impl Strategy<Value = Damage> {
-    let base = HEADER_BLOCK_LEN as usize;
+    let base = BASE;
     prop_oneof![
         (base..base + span, 0u8..8).prop_map(|(offset, bit)| Damage::Flip { offset, bit }),
         (base..base + span, 1usize..64).prop_map(|(offset, len)| Damage::Zero { offset, len }),
@@ -92,7 +103,7 @@ fn damage_one_log(seed: u64, durability: keel_wal::Durability) {
     let opened = std::cell::Cell::new(0u32);
     let refused = std::cell::Cell::new(0u32);
     let path = dir.path().join(segment::file_name(1));
-    let written = original.iter().rposition(|&b| b != 0).unwrap() + 64 - HEADER_BLOCK_LEN as usize;
+    let written = original.iter().rposition(|&b| b != 0).unwrap() + 64 - BASE;
     let config = Config {
         cases: 256,
         rng_seed: RngSeed::Fixed(seed),
@@ -115,15 +126,10 @@ fn damage_one_log(seed: u64, durability: keel_wal::Durability) {
             let listing = segment::list_directory(dir.path()).unwrap();
             let mut reader = SegmentReader::open(&listing.segments[0]).unwrap();
             let mut seen = 0;
-            loop {
-                match reader.next_event().unwrap() {
-                    SegmentEvent::Record(record) => {
-                        prop_assert!(seen < entries.len(), "more records than were written");
-                        prop_assert_eq!(record.entry.to_owned_entry(), entries[seen].clone());
-                        seen += 1;
-                    }
-                    SegmentEvent::End { .. } | SegmentEvent::Damaged { .. } => break,
-                }
+            while let SegmentEvent::Record(record) = reader.next_event().unwrap() {
+                prop_assert!(seen < entries.len(), "more records than were written");
+                prop_assert_eq!(record.entry.to_owned_entry(), entries[seen].clone());
+                seen += 1;
             }
             match Wal::open(
                 dir.path(),
@@ -132,12 +138,12 @@ fn damage_one_log(seed: u64, durability: keel_wal::Durability) {
                 Ok(wal) => {
                     opened.set(opened.get() + 1);
                     let next = wal.next_lsn();
-                    prop_assert!(next as usize <= entries.len() + 1);
+                    prop_assert!(next <= entries.len() as u64 + 1);
                     drop(wal);
                     let recovered = common::read_all(dir.path());
                     prop_assert_eq!(recovered.len() as u64, next - 1);
                     for (lsn, entry) in recovered {
-                        prop_assert_eq!(&entry, &entries[lsn as usize - 1]);
+                        prop_assert_eq!(&entry, &entries[usize::try_from(lsn - 1).unwrap()]);
                     }
                 }
                 Err(error) => {
