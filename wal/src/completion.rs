@@ -11,7 +11,8 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::{Error, Result};
 use crate::ids::Lsn;
-use crate::sync::{Arc, Condvar, Mutex, lock};
+use crate::sync::{Condvar, Mutex, lock};
+use std::sync::Arc;
 
 #[derive(Debug, Default)]
 struct SlotState {
@@ -155,5 +156,43 @@ mod tests {
         let task = std::thread::spawn(move || futures::executor::block_on(future).unwrap());
         resolver.resolve(Ok(10));
         assert_eq!(task.join().unwrap(), 10);
+    }
+}
+
+/// Model checks of the hand-off (`RUSTFLAGS="--cfg loom" cargo test -p keel-wal --lib loom`):
+/// under every interleaving, a waiter, blocking or polling, sees the outcome exactly once, and
+/// a dropped resolver never leaves it waiting.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+
+    #[test]
+    fn loom_a_blocking_waiter_is_never_missed() {
+        loom::model(|| {
+            let (resolver, future) = Resolver::pair();
+            let writer = loom::thread::spawn(move || resolver.resolve(Ok(7)));
+            assert_eq!(future.wait().unwrap(), 7);
+            writer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_a_polling_waiter_is_woken() {
+        loom::model(|| {
+            let (resolver, future) = Resolver::pair();
+            let writer = loom::thread::spawn(move || resolver.resolve(Ok(8)));
+            assert_eq!(loom::future::block_on(future).unwrap(), 8);
+            writer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_a_dropped_resolver_fails_the_waiter() {
+        loom::model(|| {
+            let (resolver, future) = Resolver::pair();
+            let writer = loom::thread::spawn(move || drop(resolver));
+            assert!(matches!(future.wait(), Err(Error::Closed)));
+            writer.join().unwrap();
+        });
     }
 }

@@ -9,7 +9,8 @@ use crate::error::{Error, PoisonCause};
 use crate::ids::Lsn;
 use crate::options::{AckLevel, Durability};
 use crate::record::EncodedBatch;
-use crate::sync::{Arc, Condvar, Mutex, MutexGuard, lock};
+use crate::sync::{Condvar, Mutex, MutexGuard, lock};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub(crate) struct AppendRequest {

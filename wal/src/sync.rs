@@ -1,10 +1,11 @@
 //! Synchronization primitives, swapped for loom's under `--cfg loom` so the group-commit
-//! hand-off can be model-checked.
+//! hand-off can be model-checked. `Arc` stays the standard one: it carries values between the
+//! layers (poison causes, files) that loom need not model.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Locks, treating a poisoned mutex (a panic while it was held) as the broken invariant it is.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -16,9 +16,9 @@ use crate::queue::Queue;
 use crate::record::EncodedBatch;
 use crate::segment::{self, DirectoryListing, HEADER_BLOCK_LEN, SegmentFile, SegmentHeader};
 use crate::stats::{Counters, WalStats};
-use crate::sync::Arc;
 use crate::tail;
 use crate::writer::{self, ActiveSegment, Writer};
+use std::sync::Arc;
 
 /// State shared by the handle and the writer thread.
 #[derive(Debug)]

@@ -28,10 +28,10 @@ use crate::prealloc::Preallocator;
 use crate::queue::{AppendRequest, Request, refuse};
 use crate::record::{self, RECORD_HEADER_LEN, get_u32};
 use crate::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
-use crate::sync::Arc;
 use crate::wal::Shared;
 use crate::watermark::Watermark;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 /// A batch is submitted early once it holds this many bytes, bounding the buffer.
 const MAX_BATCH_BYTES: usize = 4 << 20;
