@@ -52,3 +52,41 @@ fn reader_walks_many_segments_in_lsn_order() {
         assert_eq!(common::read_all(dir.path()).len(), expected.len() + 1);
     }
 }
+
+#[test]
+fn the_reader_refuses_a_missing_middle_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(
+        dir.path(),
+        common::small_options(keel_wal::BackendChoice::Std),
+    )
+    .unwrap();
+    for i in 0..300u64 {
+        wal.append(&[common::write(7, i, "k", 800)]).wait().unwrap();
+    }
+    wal.close().unwrap();
+    let segments = keel_wal::segment::list_directory(dir.path())
+        .unwrap()
+        .segments;
+    assert!(segments.len() >= 3);
+    std::fs::remove_file(&segments[1].path).unwrap();
+    let mut reader = keel_wal::LogReader::open(dir.path()).unwrap();
+    let err = loop {
+        match reader.next_record() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("a missing segment went unnoticed"),
+            Err(err) => break err,
+        }
+    };
+    assert!(
+        matches!(
+            err,
+            keel_wal::Error::Corruption {
+                reason: keel_wal::CorruptionReason::MissingSegment { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not contiguous"), "{err}");
+}
