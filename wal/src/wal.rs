@@ -210,10 +210,8 @@ impl Wal {
     /// poisoned, with the cause.
     pub fn close(mut self) -> Result<()> {
         self.shutdown();
-        match &self.shared.queue_poison() {
-            Some(cause) => Err(Error::Poisoned {
-                cause: Arc::clone(cause),
-            }),
+        match self.shared.queue.poisoned() {
+            Some(cause) => Err(Error::Poisoned { cause }),
             None => Ok(()),
         }
     }
@@ -231,12 +229,6 @@ impl Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-impl Shared {
-    fn queue_poison(&self) -> Option<Arc<crate::error::PoisonCause>> {
-        self.queue.poisoned()
     }
 }
 
