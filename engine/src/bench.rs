@@ -88,6 +88,8 @@ pub struct Outcome {
     pub fsyncs_per_commit: f64,
     /// commits/s over the raw baseline's, when one ran.
     pub ratio_to_raw: Option<f64>,
+    /// Segments started, and how many of those waited for the preallocator (Keel only).
+    pub rotations: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -257,6 +259,7 @@ fn outcome(
             fsyncs as f64 / commits as f64
         },
         ratio_to_raw: None,
+        rotations: None,
     }
 }
 
@@ -285,12 +288,14 @@ fn keel_run(args: &BenchArgs, dir: &Path) -> Result<Outcome, String> {
             .map(drop)
             .map_err(|e| e.to_string())
     })?;
-    let fsyncs = wal.stats().fsyncs;
+    let stats = wal.stats();
     Arc::into_inner(wal)
         .ok_or("the log is still shared")?
         .close()
         .map_err(|e| e.to_string())?;
-    Ok(outcome(args, "keel", backend, run, fsyncs, record_bytes))
+    let mut result = outcome(args, "keel", backend, run, stats.fsyncs, record_bytes);
+    result.rotations = Some((stats.rotations, stats.rotation_waits));
+    Ok(result)
 }
 
 /// `writers` threads, each `pwrite`s one record's worth of bytes into its own region of a
@@ -382,5 +387,13 @@ fn print_table(report: &Report) {
             run.fsyncs_per_commit,
             ratio
         );
+    }
+    for run in &report.runs {
+        if let Some((rotations, waits)) = run.rotations {
+            println!(
+                "{}: {rotations} segment rotations, {waits} waited for preallocation",
+                run.target
+            );
+        }
     }
 }

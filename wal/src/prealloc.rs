@@ -105,6 +105,17 @@ impl Preallocator {
         Ok(Preallocator { shared, thread })
     }
 
+    /// Starts making the next spare. Called once the spare just taken is installed: a file
+    /// being zero-filled while the directory is fsynced would make that fsync (a journal
+    /// commit) wait for its dirty data on ext4 in `data=ordered` mode.
+    pub(crate) fn replenish(&self) {
+        let mut state = lock(&self.shared.state);
+        if state.ready.is_none() && !state.wanted {
+            state.wanted = true;
+            self.shared.changed.notify_all();
+        }
+    }
+
     /// Takes the ready spare, waiting for the background thread (or, without one, making it
     /// here). Returns the spare and whether the caller had to wait.
     pub(crate) fn take(&self) -> Result<(Spare, bool)> {
@@ -112,8 +123,6 @@ impl Preallocator {
         let mut waited = false;
         loop {
             if let Some(spare) = state.ready.take() {
-                state.wanted = true;
-                self.shared.changed.notify_all();
                 return Ok((spare, waited));
             }
             if let Some(why) = state.failed.take() {
@@ -126,6 +135,10 @@ impl Preallocator {
                 ));
             }
             waited = true;
+            if !state.wanted {
+                state.wanted = true;
+                self.shared.changed.notify_all();
+            }
             if self.thread.is_none() {
                 let sequence = state.sequence;
                 state.sequence += 1;

@@ -305,6 +305,7 @@ fn create_first_segment(
         .map_err(|e| Error::io("generating salt in", dir, e))?;
     let path = dir.join(segment::file_name(1));
     writer::install_segment(&spare.file, &spare.path, &path, &header)?;
+    preallocator.replenish();
     let file = Arc::new(IoFile {
         file: spare.file,
         path,

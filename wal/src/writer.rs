@@ -543,6 +543,7 @@ impl Writer {
             .map_err(|e| Error::io("generating salt for", &spare.path, e))?;
         let path = self.dir.join(segment::file_name(first_lsn));
         install_segment(&spare.file, &spare.path, &path, &header)?;
+        self.preallocator.replenish();
         self.shared.counters.rotations.fetch_add(1, Relaxed);
         self.shared
             .counters
