@@ -5,7 +5,6 @@ mod common;
 
 use keel_wal::{Error, RunId, Wal, WalEntry};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestRunner};
 
 const MAX_RECORD: u32 = 16 * 1024;
 
@@ -50,13 +49,7 @@ fn entry() -> impl Strategy<Value = WalEntry> {
 fn every_entry_type_round_trips_through_a_segment() {
     let seed = common::seed(0x5eed_0001);
     for backend in common::backends() {
-        let config = Config {
-            cases: 48,
-            rng_seed: RngSeed::Fixed(seed),
-            failure_persistence: None,
-            ..Config::default()
-        };
-        let mut runner = TestRunner::new(config);
+        let mut runner = common::runner(seed, 48);
         let units = prop::collection::vec(prop::collection::vec(entry(), 1..6), 1..12);
         runner
             .run(&units, |units| {

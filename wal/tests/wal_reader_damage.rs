@@ -10,7 +10,6 @@ use std::os::unix::fs::FileExt;
 use keel_wal::segment::{self, HEADER_BLOCK_LEN};
 use keel_wal::{SegmentEvent, SegmentReader, Wal, WalEntry};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestRunner};
 
 /// A one-segment log of `count` records; returns its bytes and the entries.
 /// (In `Strict` mode every record's durable mark reaches the record before it, so damage
@@ -104,13 +103,7 @@ fn damage_one_log(seed: u64, durability: keel_wal::Durability) {
     let refused = std::cell::Cell::new(0u32);
     let path = dir.path().join(segment::file_name(1));
     let written = original.iter().rposition(|&b| b != 0).unwrap() + 64 - BASE;
-    let config = Config {
-        cases: 256,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
+    let mut runner = common::runner(seed, 256);
     runner
         .run(&prop::collection::vec(damage(written), 1..4), |damages| {
             let mut bytes = original.clone();

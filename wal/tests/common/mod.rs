@@ -31,6 +31,17 @@ pub fn seed(default: u64) -> u64 {
     seed
 }
 
+/// A proptest runner that replays from `seed` and leaves no regression files behind.
+pub fn runner(seed: u64, cases: u32) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, RngSeed, TestRunner};
+    TestRunner::new(Config {
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
 /// A write of `value_len` bytes.
 pub fn write(run: u128, txn_id: u64, key: &str, value_len: usize) -> WalEntry {
     let value = (0..value_len)
