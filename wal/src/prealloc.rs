@@ -85,6 +85,9 @@ impl Preallocator {
             }
             state.sequence = state.sequence.max(sequence_of(&name) + 1);
         }
+        if found.iter().any(|path| !path.exists()) {
+            fsutil::sync_dir(dir)?;
+        }
         state.wanted = state.ready.is_none();
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),

@@ -121,6 +121,27 @@ impl SegmentReader {
         Ok(header.iter().all(|&b| b == 0))
     }
 
+    /// Moves past the records below `lsn`, checking only their header checksums (their bodies
+    /// are not read). Stops early at anything that is not such a record, for
+    /// [`SegmentReader::next_event`] to report. Returns the LSN expected next.
+    pub fn skip_below(&mut self, lsn: Lsn) -> Result<Lsn> {
+        let mut expected = self.header.first_lsn;
+        while expected < lsn && !self.at_clean_end()? {
+            let offset = self.next_offset;
+            let limit = self.header.payload_limit_at(offset);
+            let salt = self.header.salt;
+            let parsed = record::parse_header(self.fill(offset, RECORD_HEADER_LEN)?, salt, limit);
+            let Ok(parsed) = parsed else { break };
+            let len = parsed.record_len() as u64;
+            if parsed.lsn != expected || offset + len > self.end {
+                break;
+            }
+            self.next_offset = offset + len;
+            expected += 1;
+        }
+        Ok(expected)
+    }
+
     /// Reads the next record. After `End` or `Damaged` the position does not move.
     pub fn next_event(&mut self) -> Result<SegmentEvent<'_>> {
         let offset = self.next_offset;
@@ -206,6 +227,7 @@ pub struct LogReader {
     current: Option<SegmentReader>,
     expected_lsn: Option<Lsn>,
     database_id: Option<DatabaseId>,
+    from_lsn: Lsn,
 }
 
 impl LogReader {
@@ -219,7 +241,22 @@ impl LogReader {
             current: None,
             expected_lsn: None,
             database_id,
+            from_lsn: 0,
         })
+    }
+
+    /// Reads the log in `dir` from `from_lsn` on: segments wholly below it are not opened and
+    /// the records below it are skipped. Reading starts at the first record still in the log
+    /// when `from_lsn` is below it (segments a checkpoint removed): check the first LSN.
+    pub fn open_from(dir: &Path, from_lsn: Lsn) -> Result<Self> {
+        let mut reader = Self::open(dir)?;
+        reader.next_segment = reader
+            .segments
+            .iter()
+            .rposition(|s| s.first_lsn <= from_lsn)
+            .unwrap_or(0);
+        reader.from_lsn = from_lsn;
+        Ok(reader)
     }
 
     /// The next record, or `None` after the last one.
@@ -281,7 +318,13 @@ impl LogReader {
             };
             return Err(Error::corruption(&segment.path, 0, reason));
         }
-        self.expected_lsn = Some(header.first_lsn);
+        let mut reader = reader;
+        let expected = if self.from_lsn > header.first_lsn {
+            reader.skip_below(self.from_lsn)?
+        } else {
+            header.first_lsn
+        };
+        self.expected_lsn = Some(expected);
         self.current = Some(reader);
         Ok(())
     }

@@ -171,6 +171,29 @@ impl Wal {
         self.shared.queue.sync()
     }
 
+    /// Deletes every segment all of whose records are below `lsn`, then syncs the directory;
+    /// the last segment (the one appended to) is never deleted. Returns how many were
+    /// deleted. For a checkpoint that made everything below `lsn` redundant.
+    pub fn remove_segments_before(&self, lsn: Lsn) -> Result<usize> {
+        let segments = segment::list_directory(&self.dir)?.segments;
+        let mut removed = 0;
+        for pair in segments.windows(2) {
+            if pair[1].first_lsn > lsn {
+                break;
+            }
+            match std::fs::remove_file(&pair[0].path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing segment", &pair[0].path, e)),
+            }
+        }
+        if removed > 0 {
+            fsutil::sync_dir(&self.dir)?;
+            tracing::info!(dir = %self.dir.display(), removed, below_lsn = lsn, "removed covered segments");
+        }
+        Ok(removed)
+    }
+
     /// Counters.
     pub fn stats(&self) -> WalStats {
         self.shared.counters.snapshot(self.backend)
