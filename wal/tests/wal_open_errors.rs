@@ -11,11 +11,7 @@ use keel_wal::segment::{self, HEADER_CRC_OFFSET, VERSION_OFFSET};
 use keel_wal::{CorruptionReason, DatabaseId, Error, Wal, WalOptions};
 
 fn make_log(dir: &Path, options: WalOptions, entries: u64) {
-    let wal = Wal::open(dir, options).unwrap();
-    for i in 0..entries {
-        wal.append(&[common::write(1, i, "k", 100)]).wait().unwrap();
-    }
-    wal.close().unwrap();
+    common::filled_log(dir, options, entries, 100);
 }
 
 fn first_segment(dir: &Path) -> PathBuf {

@@ -56,15 +56,12 @@ fn reader_walks_many_segments_in_lsn_order() {
 #[test]
 fn the_reader_refuses_a_missing_middle_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(
+    common::filled_log(
         dir.path(),
         common::small_options(keel_wal::BackendChoice::Std),
-    )
-    .unwrap();
-    for i in 0..300u64 {
-        wal.append(&[common::write(7, i, "k", 800)]).wait().unwrap();
-    }
-    wal.close().unwrap();
+        300,
+        800,
+    );
     let segments = keel_wal::segment::list_directory(dir.path())
         .unwrap()
         .segments;

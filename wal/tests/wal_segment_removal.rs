@@ -43,15 +43,12 @@ fn covered_segments_are_removed_and_the_log_goes_on() {
 #[test]
 fn reading_from_an_lsn_skips_what_is_below_it() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(
+    common::filled_log(
         dir.path(),
         common::small_options(keel_wal::BackendChoice::Std),
-    )
-    .unwrap();
-    for i in 0..300u64 {
-        wal.append(&[common::write(1, i, "k", 500)]).wait().unwrap();
-    }
-    wal.close().unwrap();
+        300,
+        500,
+    );
     let segments = segment::list_directory(dir.path()).unwrap().segments;
     assert!(segments.len() >= 3);
     for from in [

@@ -8,25 +8,16 @@ use std::os::unix::fs::FileExt;
 use keel_wal::segment::{self, HEADER_BLOCK_LEN};
 use keel_wal::{CorruptionReason, Error, Wal};
 
-fn log_with(dir: &std::path::Path, units: u64) -> Vec<u64> {
-    log_in_mode(dir, units, keel_wal::Durability::Strict)
+fn log_with(dir: &std::path::Path, units: u64) {
+    log_in_mode(dir, units, keel_wal::Durability::Strict);
 }
 
-fn log_in_mode(dir: &std::path::Path, units: u64, durability: keel_wal::Durability) -> Vec<u64> {
+fn log_in_mode(dir: &std::path::Path, units: u64, durability: keel_wal::Durability) {
     let options = keel_wal::WalOptions {
         durability,
         ..common::small_options(keel_wal::BackendChoice::Std)
     };
-    let wal = Wal::open(dir, options).unwrap();
-    let lsns = (0..units)
-        .map(|i| {
-            wal.append(&[common::write(1, i, "key", 200)])
-                .wait()
-                .unwrap()
-        })
-        .collect();
-    wal.close().unwrap();
-    lsns
+    common::filled_log(dir, options, units, 200);
 }
 
 /// Offsets of every record in the first segment.
