@@ -125,6 +125,12 @@ pub enum Error {
     #[error("invalid options: {0}")]
     InvalidOptions(String),
 
+    #[error("the {backend} backend was required but cannot run here: {reason}")]
+    BackendUnavailable {
+        backend: &'static str,
+        reason: String,
+    },
+
     #[error("cannot encode entry: {0}")]
     Encode(String),
 }

@@ -9,6 +9,11 @@ use crate::ids::DatabaseId;
 use crate::record::MAX_PAYLOAD_LEN;
 use crate::segment::{HEADER_BLOCK_LEN, MIN_SEGMENT_BYTES};
 
+/// The io_uring backend's default depth (see `docs/DESIGN.md`, "Choosing the depth").
+pub const DEFAULT_IO_DEPTH: usize = 8;
+/// The largest depth accepted.
+pub const MAX_IO_DEPTH: usize = 256;
+
 /// When a commit resolves, and what a crash can take away.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Durability {
@@ -70,12 +75,37 @@ pub enum BackendChoice {
     Auto,
     /// Portable `pwrite` + `fdatasync` (a full flush on macOS).
     Std,
+    /// io_uring (Linux, `uring` feature); opening fails when it cannot run here.
+    Uring,
 }
 
 impl BackendChoice {
-    /// Every explicit backend this build can run on this platform; test suites iterate it.
+    /// Every explicit backend this build can run here (io_uring is probed once); test
+    /// suites iterate it. `KEEL_BACKEND=std` or `KEEL_BACKEND=uring` narrows it to one.
     pub fn available() -> &'static [BackendChoice] {
-        &[BackendChoice::Std]
+        static AVAILABLE: std::sync::OnceLock<Vec<BackendChoice>> = std::sync::OnceLock::new();
+        AVAILABLE.get_or_init(|| {
+            let mut all = Vec::new();
+            if crate::backend::probe_uring(None).is_ok() {
+                all.push(BackendChoice::Uring);
+            }
+            all.push(BackendChoice::Std);
+            match std::env::var("KEEL_BACKEND").ok().as_deref() {
+                Some("std") => all.retain(|b| *b == BackendChoice::Std),
+                Some("uring") => all.retain(|b| *b == BackendChoice::Uring),
+                _ => {}
+            }
+            all
+        })
+    }
+
+    /// Its name in options and tool output.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Std => "std",
+            BackendChoice::Uring => "uring",
+        }
     }
 }
 
@@ -90,6 +120,9 @@ pub struct WalOptions {
     pub max_record_bytes: u32,
     /// IO backend.
     pub backend: BackendChoice,
+    /// Chains (a write and its sync) the io_uring backend keeps in flight at most. The std
+    /// backend runs one at a time.
+    pub io_depth: usize,
     /// When set, the directory must belong to this database; when creating, it is used.
     pub database_id: Option<DatabaseId>,
     /// Create the directory and a new log when there is none.
@@ -107,6 +140,7 @@ impl Default for WalOptions {
             segment_bytes: 64 * 1024 * 1024,
             max_record_bytes: 8 * 1024 * 1024,
             backend: BackendChoice::Auto,
+            io_depth: DEFAULT_IO_DEPTH,
             database_id: None,
             create_if_missing: true,
             preallocate: true,
@@ -133,6 +167,12 @@ impl WalOptions {
             return invalid(format!(
                 "max_record_bytes {} must be between 1 and min({MAX_PAYLOAD_LEN}, {capacity})",
                 self.max_record_bytes
+            ));
+        }
+        if !(1..=MAX_IO_DEPTH).contains(&self.io_depth) {
+            return invalid(format!(
+                "io_depth {} must be between 1 and {MAX_IO_DEPTH}",
+                self.io_depth
             ));
         }
         if let Durability::Batched { max_bytes: 0, .. } = self.durability {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::backend::Waker;
 use crate::completion::{CommitFuture, Resolver};
 use crate::error::{Error, PoisonCause};
 use crate::ids::Lsn;
@@ -39,26 +40,70 @@ pub(crate) struct QueueState {
     pub next_lsn: Lsn,
     pub poisoned: Option<Arc<PoisonCause>>,
     pub closing: bool,
+    /// The writer is blocked in its backend and must be woken through `waker`.
+    pub writer_parked: bool,
 }
 
 #[derive(Debug)]
 pub(crate) struct Queue {
     state: Mutex<QueueState>,
     writer_wake: Condvar,
+    backend_waker: BackendWaker,
+}
+
+/// The backend's [`Waker`], if it has one.
+struct BackendWaker(Option<Waker>);
+
+impl std::fmt::Debug for BackendWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(waker)"
+        } else {
+            "None"
+        })
+    }
 }
 
 impl Queue {
-    pub(crate) fn new(next_lsn: Lsn) -> Self {
+    pub(crate) fn new(next_lsn: Lsn, backend_waker: Option<Waker>) -> Self {
         let state = QueueState {
             requests: Vec::new(),
             next_lsn,
             poisoned: None,
             closing: false,
+            writer_parked: false,
         };
         Queue {
             state: Mutex::new(state),
             writer_wake: Condvar::new(),
+            backend_waker: BackendWaker(backend_waker),
         }
+    }
+
+    /// Wakes the writer after new work was queued under `state`'s lock (released here).
+    fn wake_writer(&self, mut state: MutexGuard<'_, QueueState>) {
+        let parked = std::mem::take(&mut state.writer_parked);
+        drop(state);
+        self.writer_wake.notify_one();
+        if parked && let Some(wake) = &self.backend_waker.0 {
+            wake();
+        }
+    }
+
+    /// The writer is about to block in its backend: returns false (do not block) when work
+    /// is already queued; otherwise later requests wake it through the backend's waker.
+    pub(crate) fn park(&self) -> bool {
+        let mut state = lock(&self.state);
+        if !state.requests.is_empty() {
+            return false;
+        }
+        state.writer_parked = self.backend_waker.0.is_some();
+        true
+    }
+
+    /// Whether nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.state).requests.is_empty()
     }
 
     fn refusal(state: &QueueState) -> Option<Error> {
@@ -95,8 +140,7 @@ impl Queue {
             max_bytes: durability.max_bytes(),
             resolver,
         }));
-        drop(state);
-        self.writer_wake.notify_one();
+        self.wake_writer(state);
         future
     }
 
@@ -109,8 +153,7 @@ impl Queue {
         let (resolver, future) = Resolver::pair();
         let through = state.next_lsn - 1;
         state.requests.push(Request::Sync { through, resolver });
-        drop(state);
-        self.writer_wake.notify_one();
+        self.wake_writer(state);
         future
     }
 
@@ -121,8 +164,9 @@ impl Queue {
 
     /// Asks the writer to finish what is queued, sync, and stop.
     pub(crate) fn close(&self) {
-        lock(&self.state).closing = true;
-        self.writer_wake.notify_one();
+        let mut state = lock(&self.state);
+        state.closing = true;
+        self.wake_writer(state);
     }
 
     /// The writer thread is gone: refuse everything from now on, and what is still queued.
@@ -150,6 +194,7 @@ impl Queue {
     /// Returns whether the log is closing.
     pub(crate) fn take(&self, out: &mut Vec<Request>, idle_wait: Option<Option<Duration>>) -> bool {
         let mut state = lock(&self.state);
+        state.writer_parked = false;
         if let Some(limit) = idle_wait {
             state = self.wait_for_work(state, limit);
         }

@@ -60,15 +60,30 @@ pub struct SegmentHeader {
 impl SegmentHeader {
     /// A header with a fresh random salt. The salt is never 0, and never one under which an
     /// all-zero record header would verify.
+    ///
+    /// With `salt_seed` (tests only) the salt is derived from the seed and the first LSN, so
+    /// the same workload writes the same bytes.
     pub fn new(
         database_id: DatabaseId,
         first_lsn: Lsn,
         segment_bytes: u64,
+        salt_seed: Option<u64>,
     ) -> std::io::Result<Self> {
         let zeros = [0u8; RECORD_HEADER_LEN];
+        let mut attempt = 0u64;
         loop {
+            attempt += 1;
             let mut salt = [0u8; 4];
-            getrandom::fill(&mut salt).map_err(std::io::Error::other)?;
+            match salt_seed {
+                None => getrandom::fill(&mut salt).map_err(std::io::Error::other)?,
+                Some(seed) => {
+                    let mut material = [0u8; 24];
+                    material[..8].copy_from_slice(&seed.to_le_bytes());
+                    material[8..16].copy_from_slice(&first_lsn.to_le_bytes());
+                    material[16..].copy_from_slice(&attempt.to_le_bytes());
+                    salt = crc32fast::hash(&material).to_le_bytes();
+                }
+            }
             let salt = u32::from_le_bytes(salt);
             if salt != 0 && Crc::salted(salt, &zeros[4..]).0 != 0 {
                 return Ok(SegmentHeader {
@@ -246,7 +261,7 @@ mod tests {
     use super::*;
 
     fn header() -> SegmentHeader {
-        SegmentHeader::new(DatabaseId([7; 16]), 42, 1 << 20).unwrap()
+        SegmentHeader::new(DatabaseId([7; 16]), 42, 1 << 20, None).unwrap()
     }
 
     #[test]

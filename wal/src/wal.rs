@@ -79,8 +79,15 @@ impl Wal {
             options.preallocate,
             &listing.spares,
         )?;
+        let salt_seed = options.faults.as_ref().and_then(|f| f.salt_seed());
         let (active, next_lsn, truncated_bytes) = match listing.segments.last() {
-            None => create_first_segment(&dir, database_id, options.segment_bytes, &preallocator)?,
+            None => create_first_segment(
+                &dir,
+                database_id,
+                options.segment_bytes,
+                &preallocator,
+                salt_seed,
+            )?,
             Some(last) => {
                 check_headers(&listing.segments, database_id)?;
                 open_last_segment(last)?
@@ -89,7 +96,7 @@ impl Wal {
         let backend = backend::build(&options)?;
         let backend_kind = backend.kind();
         let shared = Arc::new(Shared {
-            queue: Queue::new(next_lsn),
+            queue: Queue::new(next_lsn, backend.waker()),
             counters: Counters::default(),
         });
         shared
@@ -109,6 +116,7 @@ impl Wal {
             active,
             preallocator,
             next_lsn - 1,
+            salt_seed,
         );
         let handle = std::thread::Builder::new()
             .name("keel-wal-writer".into())
@@ -322,9 +330,10 @@ fn create_first_segment(
     database_id: DatabaseId,
     segment_bytes: u64,
     preallocator: &Preallocator,
+    salt_seed: Option<u64>,
 ) -> Result<(ActiveSegment, Lsn, u64)> {
     let (spare, _) = preallocator.take()?;
-    let header = SegmentHeader::new(database_id, 1, segment_bytes)
+    let header = SegmentHeader::new(database_id, 1, segment_bytes, salt_seed)
         .map_err(|e| Error::io("generating salt in", dir, e))?;
     let path = dir.join(segment::file_name(1));
     writer::install_segment(&spare.file, &spare.path, &path, &header)?;

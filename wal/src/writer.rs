@@ -117,6 +117,8 @@ pub(crate) struct Writer {
     durable_waiters: VecDeque<(Lsn, Resolver)>,
     sync_due: SyncDue,
     poisoned: Option<Arc<PoisonCause>>,
+    /// Test hook: derive segment salts from this seed.
+    salt_seed: Option<u64>,
 }
 
 impl Writer {
@@ -130,6 +132,7 @@ impl Writer {
         active: ActiveSegment,
         preallocator: Preallocator,
         durable_through: Lsn,
+        salt_seed: Option<u64>,
     ) -> Self {
         let offset = active.offset;
         Writer {
@@ -155,6 +158,7 @@ impl Writer {
             durable_waiters: VecDeque::new(),
             sync_due: SyncDue::default(),
             poisoned: None,
+            salt_seed,
         }
     }
 
@@ -170,7 +174,12 @@ impl Writer {
             if self.poisoned.is_none() {
                 self.flush(closing);
             }
-            self.reap(!staged);
+            if staged {
+                self.reap(false);
+            } else {
+                let block = self.shared.queue.park();
+                self.reap(block);
+            }
             if self.poisoned.is_some() {
                 self.fail_all();
             }
@@ -390,12 +399,16 @@ impl Writer {
             self.sync_submitted_through = self.sealed_through.max(self.sync_submitted_through);
             self.sync_due = SyncDue::default();
         }
+        // A chain runs alone when nothing is in flight and no other commit waits to join a
+        // chain behind it: then a backend may run it directly (see the uring backend).
+        let alone = self.in_flight.is_empty() && commits <= 1 && self.shared.queue.is_empty();
         self.in_flight.insert(id, info);
         self.backend.submit(Chain {
             id,
             file: Arc::clone(&self.active.file),
             write,
             sync,
+            alone,
         });
     }
 
@@ -539,8 +552,13 @@ impl Writer {
 
     fn start_segment(&mut self, first_lsn: Lsn) -> crate::error::Result<()> {
         let (spare, waited) = self.preallocator.take()?;
-        let header = SegmentHeader::new(self.database_id, first_lsn, self.segment_bytes)
-            .map_err(|e| Error::io("generating salt for", &spare.path, e))?;
+        let header = SegmentHeader::new(
+            self.database_id,
+            first_lsn,
+            self.segment_bytes,
+            self.salt_seed,
+        )
+        .map_err(|e| Error::io("generating salt for", &spare.path, e))?;
         let path = self.dir.join(segment::file_name(first_lsn));
         install_segment(&spare.file, &spare.path, &path, &header)?;
         self.preallocator.replenish();

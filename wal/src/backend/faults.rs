@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use super::{Backend, BackendKind, Chain, ChainError, Completion};
 
@@ -16,6 +16,10 @@ pub struct Faults {
     write_countdown: AtomicI64,
     sync_countdown: AtomicI64,
     held_completions: AtomicUsize,
+    uring_probe_fails: AtomicBool,
+    uring_short_writes: AtomicBool,
+    uring_bad_fd_countdown: AtomicI64,
+    salt_seed: AtomicU64,
 }
 
 impl Default for Faults {
@@ -24,6 +28,10 @@ impl Default for Faults {
             write_countdown: AtomicI64::new(-1),
             sync_countdown: AtomicI64::new(-1),
             held_completions: AtomicUsize::new(0),
+            uring_probe_fails: AtomicBool::new(false),
+            uring_short_writes: AtomicBool::new(false),
+            uring_bad_fd_countdown: AtomicI64::new(-1),
+            salt_seed: AtomicU64::new(0),
         }
     }
 }
@@ -49,6 +57,47 @@ impl Faults {
     /// (0: report each as it completes).
     pub fn hold_completions(&self, chains: usize) {
         self.held_completions.store(chains, Ordering::SeqCst);
+    }
+
+    /// The io_uring probe at open fails, as where io_uring is disabled or filtered.
+    pub fn fail_uring_probe(&self) {
+        self.uring_probe_fails.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn uring_probe_fails(&self) -> bool {
+        self.uring_probe_fails.load(Ordering::SeqCst)
+    }
+
+    /// The io_uring backend submits each write with half its length first, so that every
+    /// write comes back short and must be reissued before its sync counts.
+    pub fn uring_short_writes(&self, on: bool) {
+        self.uring_short_writes.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn uring_short_writes_on(&self) -> bool {
+        self.uring_short_writes.load(Ordering::SeqCst)
+    }
+
+    /// The io_uring write `after` writes from now (0: the next) is submitted on an invalid
+    /// file descriptor, so the kernel fails it (EBADF) and cancels its linked sync: a real
+    /// error travelling through the ring.
+    pub fn fail_uring_write_after(&self, after: u32) {
+        self.uring_bad_fd_countdown
+            .store(after.into(), Ordering::SeqCst);
+    }
+
+    pub(crate) fn uring_bad_fd_trips(&self) -> bool {
+        Self::trips(&self.uring_bad_fd_countdown)
+    }
+
+    /// Segment salts derived from `seed` instead of random ones (0: random), so the same
+    /// workload writes byte-identical segments on every backend.
+    pub fn deterministic_salts(&self, seed: u64) {
+        self.salt_seed.store(seed, Ordering::SeqCst);
+    }
+
+    pub(crate) fn salt_seed(&self) -> Option<u64> {
+        Some(self.salt_seed.load(Ordering::SeqCst)).filter(|&s| s != 0)
     }
 
     fn held(&self) -> usize {
@@ -116,8 +165,10 @@ impl Backend for FaultyBackend {
                 ..chain
             });
             let mut done = Vec::new();
-            let in_flight = self.inner.in_flight();
-            self.inner.wait(in_flight, &mut done);
+            while !done.iter().any(|c: &Completion| c.id == id) {
+                let in_flight = self.inner.in_flight();
+                self.inner.wait(in_flight, &mut done);
+            }
             for mut completion in done {
                 if completion.id == id && completion.result.is_ok() {
                     let error = io::Error::other("injected fdatasync failure");
@@ -133,11 +184,17 @@ impl Backend for FaultyBackend {
         }
     }
 
+    fn waker(&self) -> Option<super::Waker> {
+        self.inner.waker()
+    }
+
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) {
         let hold = self.faults.held();
         if hold > 0 {
-            let in_flight = self.inner.in_flight();
-            self.inner.wait(in_flight, &mut self.finished);
+            while self.inner.in_flight() > 0 {
+                let in_flight = self.inner.in_flight();
+                self.inner.wait(in_flight, &mut self.finished);
+            }
             if min > 0 || self.finished.len() >= hold {
                 let release = min.max(1).min(self.finished.len());
                 let newest = self.finished.len() - release;

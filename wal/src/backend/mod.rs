@@ -8,6 +8,12 @@
 
 pub mod faults;
 pub mod std_io;
+#[cfg(all(target_os = "linux", feature = "uring"))]
+#[expect(
+    unsafe_code,
+    reason = "io_uring submission and the eventfd wake are unsafe FFI; every block has a SAFETY comment"
+)]
+pub mod uring;
 
 use std::fs::File;
 use std::io;
@@ -16,12 +22,15 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::options::{BackendChoice, WalOptions};
+use faults::Faults;
 
 /// Which backend a log runs on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum BackendKind {
     /// `pwrite` + `fdatasync` on the writer thread.
     Std,
+    /// io_uring: linked write→fdatasync chains, several in flight.
+    Uring,
 }
 
 impl BackendKind {
@@ -29,6 +38,7 @@ impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Std => "std",
+            BackendKind::Uring => "uring",
         }
     }
 }
@@ -55,7 +65,13 @@ pub struct Chain {
     pub file: Arc<IoFile>,
     pub write: Option<WriteOp>,
     pub sync: bool,
+    /// The writer expects no other chain to overlap this one (nothing else in flight or
+    /// queued): a backend may then run it directly instead of pipelining it.
+    pub alone: bool,
 }
+
+/// Interrupts a backend blocked in [`Backend::wait`] so that new requests start promptly.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// What failed in a chain.
 #[derive(Debug)]
@@ -83,17 +99,77 @@ pub trait Backend: Send + std::fmt::Debug {
     /// Starts a chain. At most [`Backend::depth`] may be in flight.
     fn submit(&mut self, chain: Chain);
     /// Moves finished chains to `out`, blocking until at least `min` have finished
-    /// (`min` must not exceed [`Backend::in_flight`]).
+    /// (`min` must not exceed [`Backend::in_flight`]) or the [`Backend::waker`] was called.
+    /// Callers that need `min` completions call it in a loop.
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>);
+    /// How to interrupt [`Backend::wait`], for a backend whose waits can block while new
+    /// work arrives. `None`: waits never block for long (the chain ran at submission).
+    fn waker(&self) -> Option<Waker> {
+        None
+    }
 }
 
-/// Builds the backend `options` ask for.
+/// Whether io_uring can be used here; the reason when not.
+pub(crate) fn probe_uring(faults: Option<&Arc<Faults>>) -> std::result::Result<(), String> {
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    return uring::probe(faults);
+    #[cfg(not(all(target_os = "linux", feature = "uring")))]
+    {
+        let _ = faults;
+        Err(UNCOMPILED.into())
+    }
+}
+
+#[cfg(not(all(target_os = "linux", feature = "uring")))]
+const UNCOMPILED: &str =
+    "io_uring support is not compiled in (it needs Linux and the `uring` feature of keel-wal)";
+
+/// The io_uring backend `options` ask for, or why there is none.
+fn build_uring(options: &WalOptions) -> std::result::Result<Box<dyn Backend>, String> {
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    return uring::UringBackend::new(options.io_depth, options.faults.as_ref())
+        .map(|b| Box::new(b) as Box<dyn Backend>);
+    #[cfg(not(all(target_os = "linux", feature = "uring")))]
+    {
+        let _ = options;
+        Err(UNCOMPILED.into())
+    }
+}
+
+/// Builds the backend `options` ask for. `Auto` prefers io_uring and falls back to std with
+/// one warning a process; an explicit `Uring` that cannot run is an error.
 pub(crate) fn build(options: &WalOptions) -> Result<Box<dyn Backend>> {
     let backend: Box<dyn Backend> = match options.backend {
-        BackendChoice::Auto | BackendChoice::Std => Box::new(std_io::StdBackend::default()),
+        BackendChoice::Std => Box::new(std_io::StdBackend::default()),
+        BackendChoice::Uring => {
+            build_uring(options).map_err(|reason| crate::error::Error::BackendUnavailable {
+                backend: "uring",
+                reason,
+            })?
+        }
+        BackendChoice::Auto => match build_uring(options) {
+            Ok(backend) => backend,
+            Err(reason) => {
+                warn_fallback(&reason);
+                Box::new(std_io::StdBackend::default())
+            }
+        },
     };
     Ok(match &options.faults {
         Some(faults) => Box::new(faults::FaultyBackend::new(backend, Arc::clone(faults))),
         None => backend,
     })
+}
+
+/// The fallback warning, once a process; later fallbacks are logged at debug level.
+fn warn_fallback(reason: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(reason, "io_uring unavailable; using the std backend");
+    } else {
+        tracing::warn!(
+            reason,
+            "io_uring unavailable; falling back to the std backend"
+        );
+    }
 }

@@ -46,7 +46,8 @@ impl Backend for StdBackend {
     }
 }
 
-fn run_chain(chain: &Chain) -> Result<(), ChainError> {
+/// Runs a chain to completion on this thread.
+pub(crate) fn run_chain(chain: &Chain) -> Result<(), ChainError> {
     if let Some(write) = &chain.write {
         chain
             .file
