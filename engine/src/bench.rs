@@ -4,6 +4,9 @@
 //! for it, for `duration` seconds. In `strict` mode the same workload first runs as a raw
 //! `pwrite + fdatasync` loop on a preallocated file (the physical limit of this machine), so
 //! Keel's figures read as a ratio of it: measured in one run, on one device.
+//!
+//! `--writers`, `--value-size` and `--backend` take lists (`--writers 1,8,64 --backend
+//! uring,std`): every combination runs, side by side in one table.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -31,27 +34,34 @@ pub enum Mode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
+    /// io_uring where it runs, else std.
     Auto,
+    /// pwrite + fdatasync on the writer thread.
     Std,
+    /// io_uring (an error where it cannot run).
+    Uring,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Concurrent committers.
-    #[arg(long, default_value_t = 8)]
-    writers: u32,
-    /// Bytes of each value.
-    #[arg(long, default_value_t = 128)]
-    value_size: usize,
+    /// Concurrent committers (a list runs each).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    writers: Vec<u32>,
+    /// Bytes of each value (a list runs each).
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    value_size: Vec<usize>,
     /// Durability mode.
     #[arg(long, value_enum, default_value_t = Mode::Strict)]
     mode: Mode,
     /// Sync timer of the batched and async modes, in milliseconds.
     #[arg(long, default_value_t = 10)]
     max_delay_ms: u64,
-    /// IO backend.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    backend: Backend,
+    /// IO backend (a list runs each, side by side).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    backend: Vec<Backend>,
+    /// Chains the io_uring backend keeps in flight.
+    #[arg(long, default_value_t = keel_wal::DEFAULT_IO_DEPTH)]
+    io_depth: usize,
     /// Seconds each run lasts.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
@@ -88,6 +98,8 @@ pub struct Outcome {
     pub fsyncs_per_commit: f64,
     /// commits/s over the raw baseline's, when one ran.
     pub ratio_to_raw: Option<f64>,
+    /// commits/s over Keel's std backend in the same cell, when it ran.
+    pub ratio_to_std: Option<f64>,
     /// Segments started, and how many of those waited for the preallocator (Keel only).
     pub rotations: Option<(u64, u64)>,
 }
@@ -98,12 +110,19 @@ struct Report {
     runs: Vec<Outcome>,
 }
 
+/// One combination of the lists on the command line.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    writers: u32,
+    value_size: usize,
+    backend: Backend,
+}
+
 pub fn run(args: &BenchArgs) -> Result<(), String> {
-    if args.writers == 0 || args.duration <= 0.0 {
+    if args.writers.contains(&0) || args.duration <= 0.0 {
         return Err("--writers and --duration must be above 0".into());
     }
-    let temp;
-    let dir = match &args.dir {
+    let temp = match &args.dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -113,16 +132,41 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?
         }
     };
-    temp = dir;
     let mut runs = Vec::new();
-    if args.mode == Mode::Strict && !args.no_baseline {
-        runs.push(raw_baseline(args, &temp.path().join("raw"))?);
+    for &value_size in &args.value_size {
+        for &writers in &args.writers {
+            let cell = |backend| Cell {
+                writers,
+                value_size,
+                backend,
+            };
+            let first = runs.len();
+            let raw = if args.mode == Mode::Strict && !args.no_baseline {
+                let dir = temp.path().join(format!("raw-{writers}-{value_size}"));
+                let raw = raw_baseline(args, cell(Backend::Std), &dir)?;
+                let per_sec = raw.commits_per_sec;
+                runs.push(raw);
+                Some(per_sec)
+            } else {
+                None
+            };
+            for &backend in &args.backend {
+                let name = format!("wal-{writers}-{value_size}-{backend:?}").to_lowercase();
+                let mut keel = keel_run(args, cell(backend), &temp.path().join(name))?;
+                keel.ratio_to_raw = raw.map(|raw| keel.commits_per_sec / raw);
+                runs.push(keel);
+            }
+            let std = runs[first..]
+                .iter()
+                .find(|r| r.target == "keel" && r.backend == "std")
+                .map(|r| r.commits_per_sec);
+            if let Some(std) = std {
+                for run in runs[first..].iter_mut().filter(|r| r.target == "keel") {
+                    run.ratio_to_std = Some(run.commits_per_sec / std);
+                }
+            }
+        }
     }
-    let mut keel = keel_run(args, &temp.path().join("wal"))?;
-    if let Some(raw) = runs.first() {
-        keel.ratio_to_raw = Some(keel.commits_per_sec / raw.commits_per_sec);
-    }
-    runs.push(keel);
     let report = Report {
         directory: temp.path().to_path_buf(),
         runs,
@@ -138,7 +182,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn options(args: &BenchArgs) -> WalOptions {
+fn options(args: &BenchArgs, cell: Cell) -> WalOptions {
     let max_delay = Duration::from_millis(args.max_delay_ms);
     WalOptions {
         durability: match args.mode {
@@ -150,10 +194,12 @@ fn options(args: &BenchArgs) -> WalOptions {
             Mode::Async => Durability::Async { max_delay },
         },
         segment_bytes: args.segment_mib << 20,
-        backend: match args.backend {
+        backend: match cell.backend {
             Backend::Auto => BackendChoice::Auto,
             Backend::Std => BackendChoice::Std,
+            Backend::Uring => BackendChoice::Uring,
         },
+        io_depth: args.io_depth,
         ..WalOptions::default()
     }
 }
@@ -162,6 +208,7 @@ fn options(args: &BenchArgs) -> WalOptions {
 /// Returns the merged latency histogram, the commit count and the elapsed time.
 fn drive<F>(
     args: &BenchArgs,
+    writers: u32,
     label: &str,
     commit: F,
 ) -> Result<(Histogram<u64>, u64, Duration), String>
@@ -174,7 +221,7 @@ where
     let duration = Duration::from_secs_f64(args.duration);
     let progress = progress_bar(args, label, duration);
     let start = Instant::now();
-    let threads: Vec<_> = (0..args.writers)
+    let threads: Vec<_> = (0..writers)
         .map(|writer| {
             let (commit, total, stop) =
                 (Arc::clone(&commit), Arc::clone(&total), Arc::clone(&stop));
@@ -230,6 +277,7 @@ fn progress_bar(args: &BenchArgs, label: &str, duration: Duration) -> ProgressBa
 
 fn outcome(
     args: &BenchArgs,
+    cell: Cell,
     target: &str,
     backend: &str,
     run: (Histogram<u64>, u64, Duration),
@@ -243,8 +291,8 @@ fn outcome(
         target: target.to_owned(),
         backend: backend.to_owned(),
         mode: args.mode,
-        writers: args.writers,
-        value_bytes: args.value_size,
+        writers: cell.writers,
+        value_bytes: cell.value_size,
         seconds,
         commits,
         commits_per_sec: commits as f64 / seconds,
@@ -259,6 +307,7 @@ fn outcome(
             fsyncs as f64 / commits as f64
         },
         ratio_to_raw: None,
+        ratio_to_std: None,
         rotations: None,
     }
 }
@@ -272,16 +321,20 @@ fn entry(writer: u32, sequence: u64, value: &[u8]) -> WalEntry {
     }
 }
 
-fn keel_run(args: &BenchArgs, dir: &Path) -> Result<Outcome, String> {
-    let wal = Arc::new(Wal::open(dir, options(args)).map_err(|e| e.to_string())?);
+fn keel_run(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String> {
+    let wal = Arc::new(Wal::open(dir, options(args, cell)).map_err(|e| e.to_string())?);
     let backend = wal.backend().name();
-    let value = vec![0x6b; args.value_size];
+    let value = vec![0x6b; cell.value_size];
     let record_bytes = keel_wal::EncodedBatch::encode(&[entry(0, 0, &value)], u32::MAX >> 6)
         .map_err(|e| e.to_string())?
         .byte_len();
     let committer = Arc::clone(&wal);
-    let label = format!("keel {backend} {:?}", args.mode).to_lowercase();
-    let run = drive(args, &label, move |writer, sequence| {
+    let label = format!(
+        "keel {backend} {:?} w{} {}B",
+        args.mode, cell.writers, cell.value_size
+    )
+    .to_lowercase();
+    let run = drive(args, cell.writers, &label, move |writer, sequence| {
         committer
             .append(&[entry(writer, sequence, &value)])
             .wait()
@@ -293,18 +346,18 @@ fn keel_run(args: &BenchArgs, dir: &Path) -> Result<Outcome, String> {
         .ok_or("the log is still shared")?
         .close()
         .map_err(|e| e.to_string())?;
-    let mut result = outcome(args, "keel", backend, run, stats.fsyncs, record_bytes);
+    let mut result = outcome(args, cell, "keel", backend, run, stats.fsyncs, record_bytes);
     result.rotations = Some((stats.rotations, stats.rotation_waits));
     Ok(result)
 }
 
 /// `writers` threads, each `pwrite`s one record's worth of bytes into its own region of a
 /// preallocated file and `fdatasync`s, in a loop.
-fn raw_baseline(args: &BenchArgs, dir: &Path) -> Result<Outcome, String> {
+fn raw_baseline(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let record_bytes = (args.value_size + 64).div_ceil(8) * 8;
+    let record_bytes = (cell.value_size + 64).div_ceil(8) * 8;
     let region = (record_bytes as u64 * 4096).max(1 << 20);
-    let size = region * u64::from(args.writers);
+    let size = region * u64::from(cell.writers);
     let path = dir.join("raw.dat");
     let file =
         preallocate(&path, size).map_err(|e| format!("preallocating {}: {e}", path.display()))?;
@@ -312,7 +365,8 @@ fn raw_baseline(args: &BenchArgs, dir: &Path) -> Result<Outcome, String> {
     let fsyncs = Arc::new(AtomicU64::new(0));
     let (worker_file, worker_fsyncs) = (Arc::clone(&file), Arc::clone(&fsyncs));
     let buffer = vec![0x72u8; record_bytes];
-    let run = drive(args, "raw pwrite+fdatasync", move |writer, sequence| {
+    let label = format!("raw w{} {}B", cell.writers, cell.value_size);
+    let run = drive(args, cell.writers, &label, move |writer, sequence| {
         let slot = sequence % (region / record_bytes as u64);
         let offset = u64::from(writer) * region + slot * record_bytes as u64;
         worker_file
@@ -324,6 +378,7 @@ fn raw_baseline(args: &BenchArgs, dir: &Path) -> Result<Outcome, String> {
     })?;
     Ok(outcome(
         args,
+        cell,
         "raw pwrite+fdatasync",
         "std",
         run,
@@ -352,7 +407,7 @@ fn preallocate(path: &Path, size: u64) -> std::io::Result<File> {
 fn print_table(report: &Report) {
     println!("directory: {}", report.directory.display());
     println!(
-        "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>13} {:>8}",
+        "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>13} {:>8} {:>8}",
         "target",
         "backend",
         "mode",
@@ -365,14 +420,18 @@ fn print_table(report: &Report) {
         "p99 us",
         "p999 us",
         "fsyncs/commit",
-        "vs raw"
+        "vs raw",
+        "vs std"
     );
     for run in &report.runs {
         let ratio = run
             .ratio_to_raw
             .map_or("-".to_string(), |r| format!("{r:.2}x"));
+        let vs_std = run
+            .ratio_to_std
+            .map_or("-".to_string(), |r| format!("{r:.2}x"));
         println!(
-            "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12.0} {:>8.2} {:>9.1} {:>9.1} {:>9.1} {:>13.3} {:>8}",
+            "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12.0} {:>8.2} {:>9.1} {:>9.1} {:>9.1} {:>13.3} {:>8} {:>8}",
             run.target,
             run.backend,
             format!("{:?}", run.mode).to_lowercase(),
@@ -385,14 +444,15 @@ fn print_table(report: &Report) {
             run.p99_us,
             run.p999_us,
             run.fsyncs_per_commit,
-            ratio
+            ratio,
+            vs_std
         );
     }
     for run in &report.runs {
         if let Some((rotations, waits)) = run.rotations {
             println!(
-                "{}: {rotations} segment rotations, {waits} waited for preallocation",
-                run.target
+                "keel {} w{} {}B: {rotations} segment rotations, {waits} waited for preallocation",
+                run.backend, run.writers, run.value_bytes
             );
         }
     }

@@ -166,6 +166,11 @@ impl Writer {
     pub(crate) fn run(mut self) {
         let mut requests = Vec::new();
         loop {
+            // With no room for another chain, wait for one to finish before taking more work:
+            // what arrives meanwhile then joins the next chain whole.
+            while self.backend.in_flight() >= self.backend.depth() {
+                self.reap(true);
+            }
             let closing = self.shared.queue.take(&mut requests, self.idle_wait());
             let staged = !requests.is_empty();
             for request in requests.drain(..) {

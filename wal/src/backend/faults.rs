@@ -18,6 +18,7 @@ pub struct Faults {
     held_completions: AtomicUsize,
     uring_probe_fails: AtomicBool,
     uring_short_writes: AtomicBool,
+    uring_ring_only: AtomicBool,
     uring_bad_fd_countdown: AtomicI64,
     salt_seed: AtomicU64,
 }
@@ -30,6 +31,7 @@ impl Default for Faults {
             held_completions: AtomicUsize::new(0),
             uring_probe_fails: AtomicBool::new(false),
             uring_short_writes: AtomicBool::new(false),
+            uring_ring_only: AtomicBool::new(false),
             uring_bad_fd_countdown: AtomicI64::new(-1),
             salt_seed: AtomicU64::new(0),
         }
@@ -76,6 +78,16 @@ impl Faults {
 
     pub(crate) fn uring_short_writes_on(&self) -> bool {
         self.uring_short_writes.load(Ordering::SeqCst)
+    }
+
+    /// The io_uring backend sends every chain through the ring, never the direct path it
+    /// takes for a chain alone in flight, so tests exercise the ring with one committer.
+    pub fn uring_ring_only(&self, on: bool) {
+        self.uring_ring_only.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn uring_ring_only_on(&self) -> bool {
+        self.uring_ring_only.load(Ordering::SeqCst)
     }
 
     /// The io_uring write `after` writes from now (0: the next) is submitted on an invalid

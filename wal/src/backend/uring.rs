@@ -436,7 +436,8 @@ impl Backend for UringBackend {
 
     fn submit(&mut self, chain: Chain) {
         assert!(self.in_flight() < self.depth, "more chains than the depth");
-        if chain.alone && self.in_flight() == 0 {
+        let direct_allowed = !self.faults.as_ref().is_some_and(|f| f.uring_ring_only_on());
+        if chain.alone && self.in_flight() == 0 && direct_allowed {
             let result = std_io::run_chain(&chain);
             self.ready.push_back(Completion {
                 id: chain.id,
@@ -500,6 +501,36 @@ impl Drop for UringBackend {
             self.enter(1);
             self.drain_completions();
             self.ready.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Action, classify};
+
+    /// One assertion per row of the errno table in `classify`'s documentation.
+    #[test]
+    fn every_errno_has_a_deliberate_action() {
+        for errno in [libc::EINTR, libc::EAGAIN] {
+            assert_eq!(classify(errno), Action::Retry, "errno {errno}");
+        }
+        assert_eq!(classify(libc::ECANCELED), Action::Cancelled);
+        for errno in [
+            libc::EIO,
+            libc::ENOSPC,
+            libc::EDQUOT,
+            libc::EFBIG,
+            libc::EOVERFLOW,
+            libc::EINVAL,
+            libc::EBADF,
+            libc::EFAULT,
+            libc::EPERM,
+            libc::EROFS,
+            libc::ENODEV,
+            9999,
+        ] {
+            assert_eq!(classify(errno), Action::Fail, "errno {errno}");
         }
     }
 }

@@ -1,0 +1,237 @@
+//! What only the io_uring backend does: chains through the ring with short writes reissued,
+//! a real error from the ring poisoning the log, the probe's fallback and the "uring
+//! required" error, and byte-identical segments against the std backend for one seeded
+//! workload. (Everything else runs on both backends in the other test files.)
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use keel_wal::{BackendChoice, BackendKind, DatabaseId, Error, Faults, Wal, WalOptions};
+
+fn ring_options(faults: &Arc<Faults>) -> WalOptions {
+    faults.uring_ring_only(true);
+    WalOptions {
+        faults: Some(Arc::clone(faults)),
+        ..common::small_options(BackendChoice::Uring)
+    }
+}
+
+/// `threads` committers, `per_thread` awaited appends each; returns what was acknowledged.
+fn commit_concurrently(
+    wal: &Arc<Wal>,
+    threads: u64,
+    per_thread: u64,
+) -> Vec<(u64, keel_wal::Result<u64>)> {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let wal = Arc::clone(wal);
+            std::thread::spawn(move || {
+                (0..per_thread)
+                    .map(|i| {
+                        let key = format!("t{t}-{i}");
+                        let entry = common::write(
+                            u128::from(t),
+                            i,
+                            &key,
+                            100 + usize::try_from(i % 7).unwrap() * 300,
+                        );
+                        (t * 1_000_000 + i, wal.append(&[entry]).wait())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+#[test]
+fn short_writes_are_reissued_and_nothing_is_lost() {
+    if !common::uring_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    faults.uring_short_writes(true);
+    let wal = Arc::new(Wal::open(dir.path(), ring_options(&faults)).unwrap());
+    assert_eq!(wal.backend(), BackendKind::Uring);
+    let acked = commit_concurrently(&wal, 4, 150);
+    assert!(
+        acked.iter().all(|(_, r)| r.is_ok()),
+        "every commit succeeds"
+    );
+    let stats = wal.stats();
+    Arc::into_inner(wal).unwrap().close().unwrap();
+    assert!(stats.rotations > 0, "the workload crosses segments");
+    let records = common::read_all(dir.path());
+    assert_eq!(
+        records.len(),
+        600,
+        "every acknowledged record reads back whole"
+    );
+    for (i, (lsn, _)) in records.iter().enumerate() {
+        assert_eq!(*lsn, i as u64 + 1);
+    }
+}
+
+#[test]
+fn an_error_from_the_ring_poisons_and_keeps_what_was_acknowledged() {
+    if !common::uring_available() {
+        return;
+    }
+    for fail_after in [0u32, 5, 40] {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::new();
+        faults.fail_uring_write_after(fail_after);
+        let wal = Arc::new(Wal::open(dir.path(), ring_options(&faults)).unwrap());
+        let results = commit_concurrently(&wal, 4, 40);
+        let acked: Vec<u64> = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok().copied())
+            .collect();
+        let failed: Vec<&Error> = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().err())
+            .collect();
+        assert!(
+            !failed.is_empty(),
+            "fail_after {fail_after}: the bad write fails commits"
+        );
+        for error in &failed {
+            let Error::Poisoned { cause } = error else {
+                panic!("fail_after {fail_after}: expected poison, got {error}");
+            };
+            assert_eq!(cause.operation, "write");
+            assert_eq!(cause.error.raw_os_error(), Some(9), "EBADF from the kernel");
+        }
+        assert!(matches!(
+            wal.append(&[common::write(9, 9, "late", 10)]).wait(),
+            Err(Error::Poisoned { .. })
+        ));
+        drop(wal);
+        let reopened = Wal::open(dir.path(), common::small_options(BackendChoice::Uring)).unwrap();
+        reopened.close().unwrap();
+        let records = common::read_all(dir.path());
+        let highest = acked.iter().copied().max().unwrap_or(0);
+        assert!(
+            records.len() as u64 >= highest,
+            "fail_after {fail_after}: acknowledged LSN {highest} lost ({} records remain)",
+            records.len()
+        );
+    }
+}
+
+#[test]
+fn a_failed_probe_falls_back_to_std_unless_uring_was_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    faults.fail_uring_probe();
+    let auto = WalOptions {
+        faults: Some(Arc::clone(&faults)),
+        ..common::small_options(BackendChoice::Auto)
+    };
+    let wal = Wal::open(dir.path(), auto.clone()).unwrap();
+    assert_eq!(wal.backend(), BackendKind::Std);
+    assert_eq!(wal.stats().backend, BackendKind::Std);
+    wal.append(&[common::write(1, 1, "k", 10)]).wait().unwrap();
+    wal.close().unwrap();
+
+    let required = WalOptions {
+        backend: BackendChoice::Uring,
+        ..auto
+    };
+    match Wal::open(dir.path(), required) {
+        Err(Error::BackendUnavailable { backend, reason }) => {
+            assert_eq!(backend, "uring");
+            assert!(reason.contains("injected probe failure"), "{reason}");
+        }
+        other => panic!("expected BackendUnavailable, got {other:?}"),
+    }
+    // The failed open left the log usable.
+    assert_eq!(common::read_all(dir.path()).len(), 1);
+}
+
+#[test]
+fn auto_runs_on_uring_where_it_is_available() {
+    if !common::uring_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), common::small_options(BackendChoice::Auto)).unwrap();
+    assert_eq!(wal.stats().backend, BackendKind::Uring);
+    wal.close().unwrap();
+}
+
+/// A seeded workload of awaited appends (one committer, so each record's durable mark is
+/// determined by the workload alone), crossing several segments.
+fn seeded_workload(dir: &Path, backend: BackendChoice, seed: u64) {
+    let faults = Faults::new();
+    faults.deterministic_salts(seed | 1);
+    faults.uring_ring_only(true);
+    let options = WalOptions {
+        faults: Some(faults),
+        database_id: Some(DatabaseId([0x5a; 16])),
+        preallocate: false,
+        ..common::small_options(backend)
+    };
+    let wal = Wal::open(dir, options).unwrap();
+    let mut rng = common::SeededRng::new(seed);
+    for txn in 0..300u64 {
+        let entries: Vec<_> = (0..=rng.below(3))
+            .map(|i| {
+                let len = usize::try_from(rng.below(3000)).unwrap();
+                common::write(u128::from(rng.below(4)), txn, &format!("k{txn}-{i}"), len)
+            })
+            .collect();
+        wal.append(&entries).wait().unwrap();
+        if rng.below(10) == 0 {
+            wal.sync().wait().unwrap();
+        }
+    }
+    wal.close().unwrap();
+}
+
+fn log_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "wal")
+                || p.file_name().is_some_and(|n| n == "IDENTITY")
+        })
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn the_same_seeded_workload_writes_identical_bytes_on_both_backends() {
+    if !common::uring_available() {
+        return;
+    }
+    let seed = common::seed(0x0b17_1de7);
+    let (std_dir, uring_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    seeded_workload(std_dir.path(), BackendChoice::Std, seed);
+    seeded_workload(uring_dir.path(), BackendChoice::Uring, seed);
+    let (on_std, on_uring) = (log_files(std_dir.path()), log_files(uring_dir.path()));
+    assert!(on_std.len() > 3, "the workload spans several segments");
+    let names = |files: &[(String, Vec<u8>)]| files.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&on_std), names(&on_uring), "seed {seed}: same files");
+    for ((name, a), (_, b)) in on_std.iter().zip(&on_uring) {
+        let first_difference = a.iter().zip(b).position(|(x, y)| x != y);
+        assert!(
+            a.len() == b.len() && first_difference.is_none(),
+            "seed {seed}: {name} differs (lengths {} and {}, first difference at {first_difference:?})",
+            a.len(),
+            b.len()
+        );
+    }
+}
