@@ -32,6 +32,17 @@ pub enum Mode {
     Async,
 }
 
+/// What a committer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Committers {
+    /// One OS thread per committer, blocking on `CommitFuture::wait`.
+    Threads,
+    /// One tokio task per committer on a multi-threaded runtime (one worker per core),
+    /// awaiting its `CommitFuture`: an async service's shape.
+    Tasks,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
     /// io_uring where it runs, else std.
@@ -53,6 +64,9 @@ pub struct BenchArgs {
     /// Durability mode.
     #[arg(long, value_enum, default_value_t = Mode::Strict)]
     mode: Mode,
+    /// Committers as OS threads or as tokio tasks (the raw baseline always uses threads).
+    #[arg(long, value_enum, default_value_t = Committers::Threads)]
+    committers: Committers,
     /// Sync timer of the batched and async modes, in milliseconds.
     #[arg(long, default_value_t = 10)]
     max_delay_ms: u64,
@@ -62,6 +76,9 @@ pub struct BenchArgs {
     /// Chains the io_uring backend keeps in flight.
     #[arg(long, default_value_t = keel_wal::DEFAULT_IO_DEPTH)]
     io_depth: usize,
+    /// Rounds of the whole comparison; each cell reports its median round (noisy machines).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Seconds each run lasts.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
@@ -85,6 +102,7 @@ pub struct Outcome {
     pub target: String,
     pub backend: String,
     pub mode: Mode,
+    pub committers: Committers,
     pub writers: u32,
     pub value_bytes: usize,
     pub seconds: f64,
@@ -102,6 +120,10 @@ pub struct Outcome {
     pub ratio_to_std: Option<f64>,
     /// Segments started, and how many of those waited for the preallocator (Keel only).
     pub rotations: Option<(u64, u64)>,
+    /// Rounds this figure is the median of.
+    pub rounds: usize,
+    /// Lowest and highest of the ranking ratio across rounds (vs std, else vs raw).
+    pub spread: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,8 +141,8 @@ struct Cell {
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), String> {
-    if args.writers.contains(&0) || args.duration <= 0.0 {
-        return Err("--writers and --duration must be above 0".into());
+    if args.writers.contains(&0) || args.duration <= 0.0 || args.rounds == 0 {
+        return Err("--writers, --rounds and --duration must be above 0".into());
     }
     let temp = match &args.dir {
         Some(dir) => {
@@ -140,31 +162,26 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
                 value_size,
                 backend,
             };
-            let first = runs.len();
-            let raw = if args.mode == Mode::Strict && !args.no_baseline {
-                let dir = temp.path().join(format!("raw-{writers}-{value_size}"));
-                let raw = raw_baseline(args, cell(Backend::Std), &dir)?;
-                let per_sec = raw.commits_per_sec;
-                runs.push(raw);
-                Some(per_sec)
-            } else {
-                None
-            };
-            for &backend in &args.backend {
-                let name = format!("wal-{writers}-{value_size}-{backend:?}").to_lowercase();
-                let mut keel = keel_run(args, cell(backend), &temp.path().join(name))?;
-                keel.ratio_to_raw = raw.map(|raw| keel.commits_per_sec / raw);
-                runs.push(keel);
-            }
-            let std = runs[first..]
-                .iter()
-                .find(|r| r.target == "keel" && r.backend == "std")
-                .map(|r| r.commits_per_sec);
-            if let Some(std) = std {
-                for run in runs[first..].iter_mut().filter(|r| r.target == "keel") {
-                    run.ratio_to_std = Some(run.commits_per_sec / std);
+            // Every round runs each target once, interleaved, so a noisy machine's drift
+            // hits all of them alike; the reported run is the round with the median ratio.
+            let mut rounds = Vec::new();
+            for round in 0..args.rounds {
+                let mut targets = Vec::new();
+                if args.mode == Mode::Strict && !args.no_baseline {
+                    let dir = temp
+                        .path()
+                        .join(format!("raw-{writers}-{value_size}-{round}"));
+                    targets.push(raw_baseline(args, cell(Backend::Std), &dir)?);
                 }
+                for &backend in &args.backend {
+                    let name =
+                        format!("wal-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
+                    targets.push(keel_run(args, cell(backend), &temp.path().join(name))?);
+                }
+                set_ratios(&mut targets);
+                rounds.push(targets);
             }
+            runs.extend(median_round(rounds));
         }
     }
     let report = Report {
@@ -180,6 +197,48 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         print_table(&report);
     }
     Ok(())
+}
+
+/// Ratios of one round's Keel runs to its raw baseline and to its std backend run.
+fn set_ratios(targets: &mut [Outcome]) {
+    let per_sec = |target: &str, backend: &str| {
+        targets
+            .iter()
+            .find(|r| r.target == target && (target != "keel" || r.backend == backend))
+            .map(|r| r.commits_per_sec)
+    };
+    let raw = per_sec("raw pwrite+fdatasync", "");
+    let std = per_sec("keel", "std");
+    for run in targets.iter_mut().filter(|r| r.target == "keel") {
+        run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
+        run.ratio_to_std = std.map(|std| run.commits_per_sec / std);
+    }
+}
+
+/// Per target, the run of the round whose ratio (to std, else to raw, else commits/s) is the
+/// median across rounds; with `rounds` recorded so readers see the spread.
+fn median_round(rounds: Vec<Vec<Outcome>>) -> Vec<Outcome> {
+    let count = rounds.len();
+    let mut out = Vec::new();
+    let Some(first) = rounds.first() else {
+        return out;
+    };
+    for index in 0..first.len() {
+        let mut runs: Vec<Outcome> = rounds.iter().map(|r| r[index].clone()).collect();
+        let key = |r: &Outcome| {
+            r.ratio_to_std
+                .filter(|_| r.backend != "std")
+                .or(r.ratio_to_raw)
+                .unwrap_or(r.commits_per_sec)
+        };
+        runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        let spread = (key(&runs[0]), key(&runs[count - 1]));
+        let mut median = runs.swap_remove(count / 2);
+        median.rounds = count;
+        median.spread = (count > 1).then_some(spread);
+        out.push(median);
+    }
+    out
 }
 
 fn options(args: &BenchArgs, cell: Cell) -> WalOptions {
@@ -263,6 +322,68 @@ where
     Ok((merged, total.load(Ordering::Relaxed), elapsed))
 }
 
+/// Like [`drive`], with each committer a tokio task awaiting the future `commit` returns.
+fn drive_tasks<F>(
+    args: &BenchArgs,
+    writers: u32,
+    label: &str,
+    commit: F,
+) -> Result<(Histogram<u64>, u64, Duration), String>
+where
+    F: Fn(u32, u64) -> keel_wal::CommitFuture + Send + Sync + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
+    let commit = Arc::new(commit);
+    let total = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let duration = Duration::from_secs_f64(args.duration);
+    let progress = progress_bar(args, label, duration);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let (commit, total, stop) =
+                (Arc::clone(&commit), Arc::clone(&total), Arc::clone(&stop));
+            runtime.spawn(async move {
+                let mut latencies = Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3)
+                    .expect("valid bounds");
+                let mut sequence = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let began = Instant::now();
+                    commit(writer, sequence).await.map_err(|e| e.to_string())?;
+                    latencies.saturating_record(
+                        u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                    );
+                    total.fetch_add(1, Ordering::Relaxed);
+                    sequence += 1;
+                }
+                Ok::<_, String>(latencies)
+            })
+        })
+        .collect();
+    while start.elapsed() < duration {
+        std::thread::sleep(
+            Duration::from_millis(100).min(duration.saturating_sub(start.elapsed())),
+        );
+        progress.set_position(start.elapsed().as_millis().try_into().unwrap_or(u64::MAX));
+        progress.set_message(format!("{} commits", total.load(Ordering::Relaxed)));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut merged =
+        Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid bounds");
+    for task in tasks {
+        let latencies = runtime
+            .block_on(task)
+            .map_err(|_| "a bench task panicked".to_string())??;
+        merged.add(&latencies).map_err(|e| e.to_string())?;
+    }
+    let elapsed = start.elapsed();
+    progress.finish_and_clear();
+    Ok((merged, total.load(Ordering::Relaxed), elapsed))
+}
+
 fn progress_bar(args: &BenchArgs, label: &str, duration: Duration) -> ProgressBar {
     if args.json {
         return ProgressBar::hidden();
@@ -291,6 +412,11 @@ fn outcome(
         target: target.to_owned(),
         backend: backend.to_owned(),
         mode: args.mode,
+        committers: if target == "keel" {
+            args.committers
+        } else {
+            Committers::Threads
+        },
         writers: cell.writers,
         value_bytes: cell.value_size,
         seconds,
@@ -309,6 +435,8 @@ fn outcome(
         ratio_to_raw: None,
         ratio_to_std: None,
         rotations: None,
+        rounds: 1,
+        spread: None,
     }
 }
 
@@ -334,13 +462,18 @@ fn keel_run(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String>
         args.mode, cell.writers, cell.value_size
     )
     .to_lowercase();
-    let run = drive(args, cell.writers, &label, move |writer, sequence| {
-        committer
-            .append(&[entry(writer, sequence, &value)])
-            .wait()
-            .map(drop)
-            .map_err(|e| e.to_string())
-    })?;
+    let run = match args.committers {
+        Committers::Threads => drive(args, cell.writers, &label, move |writer, sequence| {
+            committer
+                .append(&[entry(writer, sequence, &value)])
+                .wait()
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })?,
+        Committers::Tasks => drive_tasks(args, cell.writers, &label, move |writer, sequence| {
+            committer.append(&[entry(writer, sequence, &value)])
+        })?,
+    };
     let stats = wal.stats();
     Arc::into_inner(wal)
         .ok_or("the log is still shared")?
@@ -406,8 +539,14 @@ fn preallocate(path: &Path, size: u64) -> std::io::Result<File> {
 
 fn print_table(report: &Report) {
     println!("directory: {}", report.directory.display());
+    if let Some(rounds) = report.runs.first().map(|r| r.rounds).filter(|&r| r > 1) {
+        println!(
+            "each row: the median of {rounds} interleaved rounds; range: lowest-highest ratio \
+             (vs std, else vs raw) across them"
+        );
+    }
     println!(
-        "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>13} {:>8} {:>8}",
+        "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>13} {:>8} {:>8} {:>11}",
         "target",
         "backend",
         "mode",
@@ -421,7 +560,8 @@ fn print_table(report: &Report) {
         "p999 us",
         "fsyncs/commit",
         "vs raw",
-        "vs std"
+        "vs std",
+        "range"
     );
     for run in &report.runs {
         let ratio = run
@@ -430,8 +570,15 @@ fn print_table(report: &Report) {
         let vs_std = run
             .ratio_to_std
             .map_or("-".to_string(), |r| format!("{r:.2}x"));
+        let range = run.spread.map_or("-".to_string(), |(low, high)| {
+            if low > 100.0 {
+                format!("{low:.0}-{high:.0}")
+            } else {
+                format!("{low:.2}-{high:.2}")
+            }
+        });
         println!(
-            "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12.0} {:>8.2} {:>9.1} {:>9.1} {:>9.1} {:>13.3} {:>8} {:>8}",
+            "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12.0} {:>8.2} {:>9.1} {:>9.1} {:>9.1} {:>13.3} {:>8} {:>8} {:>11}",
             run.target,
             run.backend,
             format!("{:?}", run.mode).to_lowercase(),
@@ -445,7 +592,8 @@ fn print_table(report: &Report) {
             run.p999_us,
             run.fsyncs_per_commit,
             ratio,
-            vs_std
+            vs_std,
+            range
         );
     }
     for run in &report.runs {

@@ -119,6 +119,8 @@ pub(crate) struct Writer {
     poisoned: Option<Arc<PoisonCause>>,
     /// Test hook: derive segment salts from this seed.
     salt_seed: Option<u64>,
+    /// Commits a chain carries, a moving average (weight 1/8) scaled by 8.
+    chain_commits_x8: u64,
 }
 
 impl Writer {
@@ -159,6 +161,7 @@ impl Writer {
             sync_due: SyncDue::default(),
             poisoned: None,
             salt_seed,
+            chain_commits_x8: 0,
         }
     }
 
@@ -322,6 +325,9 @@ impl Writer {
     fn flush(&mut self, closing: bool) {
         let sync = self.sync_due.is_due(Instant::now(), closing)
             && self.sealed_through > self.sync_submitted_through;
+        if self.hold_batch(closing) {
+            return;
+        }
         if !self.batch.bytes.is_empty() {
             self.submit_batch(sync);
         } else if sync {
@@ -330,6 +336,18 @@ impl Writer {
         if self.sync_due.now && self.sealed_through <= self.sync_submitted_through {
             self.sync_due.now = false;
         }
+    }
+
+    /// Whether the staged batch should wait for more commits instead of overlapping the
+    /// chains in flight. An overlapping chain pays for itself only when it carries as many
+    /// commits as the newest one in flight: smaller ones split the group commit into more
+    /// fsyncs, each slower under concurrency, and lose throughput (measured: see
+    /// `docs/DESIGN.md`, "Pipelining"). With nothing in flight nothing is held.
+    fn hold_batch(&self, closing: bool) -> bool {
+        !closing
+            && !self.in_flight.is_empty()
+            && self.batch.bytes.len() < MAX_BATCH_BYTES
+            && u64::from(self.batch.commits) * 8 < self.chain_commits_x8
     }
 
     /// A sync covers only writes complete before it starts, so before one is submitted every
@@ -406,7 +424,11 @@ impl Writer {
         }
         // A chain runs alone when nothing is in flight and no other commit waits to join a
         // chain behind it: then a backend may run it directly (see the uring backend).
-        let alone = self.in_flight.is_empty() && commits <= 1 && self.shared.queue.is_empty();
+        let alone = self.in_flight.is_empty() && self.shared.queue.is_empty();
+        if write.is_some() {
+            self.chain_commits_x8 =
+                self.chain_commits_x8 - self.chain_commits_x8 / 8 + u64::from(commits);
+        }
         self.in_flight.insert(id, info);
         self.backend.submit(Chain {
             id,

@@ -66,6 +66,10 @@ impl Faults {
         self.uring_probe_fails.store(true, Ordering::SeqCst);
     }
 
+    #[cfg_attr(
+        not(all(target_os = "linux", feature = "uring")),
+        expect(dead_code, reason = "read by the uring backend only")
+    )]
     pub(crate) fn uring_probe_fails(&self) -> bool {
         self.uring_probe_fails.load(Ordering::SeqCst)
     }
@@ -76,6 +80,10 @@ impl Faults {
         self.uring_short_writes.store(on, Ordering::SeqCst);
     }
 
+    #[cfg_attr(
+        not(all(target_os = "linux", feature = "uring")),
+        expect(dead_code, reason = "read by the uring backend only")
+    )]
     pub(crate) fn uring_short_writes_on(&self) -> bool {
         self.uring_short_writes.load(Ordering::SeqCst)
     }
@@ -86,6 +94,10 @@ impl Faults {
         self.uring_ring_only.store(on, Ordering::SeqCst);
     }
 
+    #[cfg_attr(
+        not(all(target_os = "linux", feature = "uring")),
+        expect(dead_code, reason = "read by the uring backend only")
+    )]
     pub(crate) fn uring_ring_only_on(&self) -> bool {
         self.uring_ring_only.load(Ordering::SeqCst)
     }
@@ -98,6 +110,10 @@ impl Faults {
             .store(after.into(), Ordering::SeqCst);
     }
 
+    #[cfg_attr(
+        not(all(target_os = "linux", feature = "uring")),
+        expect(dead_code, reason = "read by the uring backend only")
+    )]
     pub(crate) fn uring_bad_fd_trips(&self) -> bool {
         Self::trips(&self.uring_bad_fd_countdown)
     }
