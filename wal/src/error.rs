@@ -136,7 +136,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    /// An IO error on `path` during `operation`.
+    pub fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
             operation,
             path: path.into(),

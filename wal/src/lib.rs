@@ -39,7 +39,7 @@ pub mod record;
 pub mod segment;
 mod stats;
 mod sync;
-mod tail;
+pub mod tail;
 mod wal;
 mod watermark;
 mod writer;

@@ -31,6 +31,9 @@ pub struct RecordRef<'a> {
     pub len: u64,
     /// The entry, validated, zero-copy.
     pub entry: &'a ArchivedWalEntry,
+    /// The archive bytes the entry lives in (16-byte aligned in memory), for callers that
+    /// keep a record beyond the reader's next step.
+    pub payload: &'a [u8],
 }
 
 /// What a segment holds at the reader's position.
@@ -106,6 +109,21 @@ impl SegmentReader {
         self.end
     }
 
+    /// Continues reading at `offset` (8-byte aligned, inside the record area), for callers
+    /// that skip damaged bytes.
+    pub fn reposition(&mut self, offset: u64) {
+        assert!(
+            offset >= HEADER_BLOCK_LEN && offset.is_multiple_of(record::RECORD_ALIGN as u64),
+            "reposition to {offset}"
+        );
+        self.next_offset = offset;
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Gives the underlying file back.
     pub fn into_file(self) -> File {
         self.file
@@ -176,6 +194,7 @@ impl SegmentReader {
                     offset,
                     len,
                     entry,
+                    payload: &body[..parsed.payload_len as usize],
                 }))
             }
             Err(reason) => Ok(SegmentEvent::Damaged { offset, reason }),

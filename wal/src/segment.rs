@@ -256,6 +256,40 @@ pub fn read_header(file: &File, segment: &SegmentFile) -> Result<SegmentHeader> 
     Ok(header)
 }
 
+/// Creates an empty segment in `dir` whose first record will be `first_lsn`: a zero-filled
+/// file, its header written and synced, renamed into place, the directory synced. Recovery
+/// uses it to seal a damaged last segment or to keep LSNs going when it discards every
+/// segment. Returns its path.
+pub fn create_empty(
+    dir: &Path,
+    database_id: DatabaseId,
+    first_lsn: Lsn,
+    segment_bytes: u64,
+) -> Result<PathBuf> {
+    let tmp = dir.join(format!("{}.creating", file_name(first_lsn)));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("creating segment", &tmp, e))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < segment_bytes {
+        let len = usize::try_from((segment_bytes - offset).min(zeros.len() as u64))
+            .expect("bounded by the chunk");
+        file.write_all_at(&zeros[..len], offset)
+            .map_err(|e| Error::io("zero-filling segment", &tmp, e))?;
+        offset += len as u64;
+    }
+    let header = SegmentHeader::new(database_id, first_lsn, segment_bytes, None)
+        .map_err(|e| Error::io("generating salt for", &tmp, e))?;
+    let path = dir.join(file_name(first_lsn));
+    crate::writer::install_segment(&file, &tmp, &path, &header)?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,7 +89,7 @@ pub(crate) fn repair(file: File, segment: &SegmentFile) -> Result<(File, Tail)> 
 
 /// What lies beyond the tail of a segment.
 #[derive(Debug)]
-pub(crate) enum Beyond {
+pub enum Beyond {
     /// Nothing but zeros: a clean end.
     Zeros,
     /// Non-zero bytes, none of them a record proving the tail was durable: a torn tail.
@@ -99,7 +99,7 @@ pub(crate) enum Beyond {
 }
 
 /// Scans `[from, end)` for a verifiable record header whose durable mark reaches `lsn`.
-pub(crate) fn scan_beyond(
+pub fn scan_beyond(
     file: &File,
     segment: &SegmentFile,
     header: &SegmentHeader,
@@ -136,4 +136,40 @@ pub(crate) fn scan_beyond(
     } else {
         Beyond::Zeros
     })
+}
+
+/// The first verifiable record header in `[from, end)` (8-byte steps) with an LSN of at least
+/// `min_lsn`, and its offset: where salvage resumes after damage.
+pub fn next_valid_header(
+    file: &File,
+    segment: &SegmentFile,
+    header: &SegmentHeader,
+    from: u64,
+    end: u64,
+    min_lsn: Lsn,
+) -> Result<Option<(u64, record::RecordHeader)>> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; usize::try_from(CHUNK).expect("1 MiB") + RECORD_HEADER_LEN];
+    let mut chunk_start = from;
+    while chunk_start + RECORD_HEADER_LEN as u64 <= end {
+        let chunk_end = (chunk_start + CHUNK + RECORD_HEADER_LEN as u64).min(end);
+        let len = usize::try_from(chunk_end - chunk_start).expect("bounded by CHUNK");
+        file.read_exact_at(&mut buf[..len], chunk_start)
+            .map_err(|e| Error::io("reading segment", &segment.path, e))?;
+        let mut at = 0;
+        while at + RECORD_HEADER_LEN <= len && (at as u64) < CHUNK {
+            let offset = chunk_start + at as u64;
+            let candidate = &buf[at..at + RECORD_HEADER_LEN];
+            if candidate.iter().any(|&b| b != 0)
+                && let Ok(found) =
+                    record::parse_header(candidate, header.salt, header.payload_limit_at(offset))
+                && found.lsn >= min_lsn
+            {
+                return Ok(Some((offset, found)));
+            }
+            at += RECORD_ALIGN;
+        }
+        chunk_start += CHUNK;
+    }
+    Ok(None)
 }

@@ -1,0 +1,293 @@
+//! What a finding means: a pure function of (finding, policy).
+//!
+//! | finding                    | `TolerateTornTail` | `PointInTime` | `SkipCorrupted` | `Absolute` |
+//! |----------------------------|--------------------|---------------|-----------------|------------|
+//! | `TornTail`                 | truncate           | truncate      | truncate        | refuse     |
+//! | `DamageBelowDurableMark`   | refuse             | truncate      | skip            | refuse     |
+//! | `DamageInSealedSegment`    | refuse             | truncate      | skip            | refuse     |
+//! | `MissingSegment`           | refuse             | truncate      | skip            | refuse     |
+//! | `DamagedSegmentHeader`     | refuse             | truncate      | skip            | refuse     |
+//! | `ZeroedSegment`            | refuse             | truncate      | skip            | refuse     |
+//! | `ForeignSegment`           | refuse             | refuse        | skip            | refuse     |
+//! | `UnknownFormatVersion`     | refuse             | refuse        | refuse          | refuse     |
+//! | `UnknownFile`              | continue           | continue      | continue        | refuse     |
+//!
+//! - *truncate*: the log ends just before the finding. Everything after it is discarded:
+//!   the rest of the segment is zeroed and synced, later segments are renamed to
+//!   `*.discarded` (kept for inspection, never read again), and the directory is synced.
+//! - *skip*: the damaged record or segment is passed over and reading continues with the next
+//!   verifiable record; the LSNs in between are reported lost. Nothing on disk is changed
+//!   except that a damaged last segment is sealed by starting a fresh one.
+//! - *refuse*: recovery fails with the segment, offset and finding; nothing on disk changes.
+//! - *continue*: the anomaly is reported and has no effect on the log.
+//!
+//! A segment of another database is never truncated away (that would destroy another
+//! database's data), and a segment of an unknown format version is never interpreted.
+
+use std::fmt;
+
+use keel_wal::{CorruptionReason, DatabaseId, Lsn};
+
+/// How much damage recovery accepts, and what it does about it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RecoveryPolicy {
+    /// The default. Truncates a genuine torn tail: bytes at the end of the last segment that
+    /// no later record proves durable, so no commit that was acknowledged as durable is
+    /// affected. Refuses to open, naming segment, offset and reason, when acknowledged data
+    /// is damaged or missing. Guarantee: every acknowledged durable commit is replayed, or
+    /// recovery fails.
+    #[default]
+    TolerateTornTail,
+    /// Opens with the longest valid prefix of the log and reports what was cut. Guarantee:
+    /// what is replayed is exactly a prefix of the committed history, with no gap; commits
+    /// after the first damage are lost and counted.
+    PointInTime,
+    /// Salvages every verifiable record, passing over damaged records and segments.
+    /// Guarantee: every record replayed is one that was written, checksums intact; the
+    /// history may have gaps (reported), and transactions with entries in a gap are dropped
+    /// as incomplete.
+    SkipCorrupted,
+    /// Any anomaly, a torn tail included, is an error. Guarantee: success means the log is
+    /// exactly as written, end to end.
+    Absolute,
+}
+
+impl fmt::Display for RecoveryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecoveryPolicy::TolerateTornTail => "tolerate-torn-tail",
+            RecoveryPolicy::PointInTime => "point-in-time",
+            RecoveryPolicy::SkipCorrupted => "skip-corrupted",
+            RecoveryPolicy::Absolute => "absolute",
+        })
+    }
+}
+
+/// What recovery found at one place in the log directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Finding {
+    /// The last segment ends in bytes that are not the next record, and no later record's
+    /// durable mark reaches the missing LSN: only unacknowledged data is affected.
+    TornTail { lsn: Lsn, reason: CorruptionReason },
+    /// A damaged or unexpected record at `lsn` that a later record proves was durable.
+    DamageBelowDurableMark {
+        lsn: Lsn,
+        reason: CorruptionReason,
+        witness_lsn: Lsn,
+        witness_durable: Lsn,
+    },
+    /// Damage in a segment that is not the last: the rotation barrier made all of it durable
+    /// before the next segment was started.
+    DamageInSealedSegment { lsn: Lsn, reason: CorruptionReason },
+    /// A segment starts above the LSN expected next: the segments in between are missing.
+    MissingSegment { expected: Lsn, found: Lsn },
+    /// A segment header that fails its checks.
+    DamagedSegmentHeader { reason: CorruptionReason },
+    /// A segment file that is all zeros, header included.
+    ZeroedSegment,
+    /// A segment that belongs to another database.
+    ForeignSegment {
+        expected: DatabaseId,
+        found: DatabaseId,
+    },
+    /// A segment written by a format version this build does not read.
+    UnknownFormatVersion { found: u32, supported: u32 },
+    /// A file in the log directory that is not part of the log.
+    UnknownFile,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::TornTail { lsn, reason } => {
+                write!(
+                    f,
+                    "torn tail at LSN {lsn} (never acknowledged as durable): {reason}"
+                )
+            }
+            Finding::DamageBelowDurableMark {
+                lsn,
+                reason,
+                witness_lsn,
+                witness_durable,
+            } => write!(
+                f,
+                "acknowledged record at LSN {lsn} is damaged ({reason}); record {witness_lsn} \
+                 says LSN {witness_durable} was durable"
+            ),
+            Finding::DamageInSealedSegment { lsn, reason } => {
+                write!(f, "damage in a sealed segment at LSN {lsn}: {reason}")
+            }
+            Finding::MissingSegment { expected, found } => write!(
+                f,
+                "segments missing: expected first LSN {expected}, found {found}"
+            ),
+            Finding::DamagedSegmentHeader { reason } => {
+                write!(f, "damaged segment header: {reason}")
+            }
+            Finding::ZeroedSegment => f.write_str("segment is all zeros"),
+            Finding::ForeignSegment { expected, found } => write!(
+                f,
+                "segment belongs to database {found}, not to this database ({expected})"
+            ),
+            Finding::UnknownFormatVersion { found, supported } => write!(
+                f,
+                "segment has format version {found}; this build reads version {supported}"
+            ),
+            Finding::UnknownFile => f.write_str("file is not part of the log"),
+        }
+    }
+}
+
+/// What recovery does about a finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Report it; it does not affect the log.
+    Continue,
+    /// End the log just before it; discard everything after.
+    Truncate,
+    /// Pass over it and salvage what follows.
+    Skip,
+    /// Fail with the place and the finding; change nothing.
+    Refuse,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Decision::Continue => "reported",
+            Decision::Truncate => "truncated",
+            Decision::Skip => "skipped",
+            Decision::Refuse => "refused",
+        })
+    }
+}
+
+/// The decision table of the module documentation.
+pub fn decide(finding: &Finding, policy: RecoveryPolicy) -> Decision {
+    use Decision::{Continue, Refuse, Skip, Truncate};
+    use RecoveryPolicy::{Absolute, PointInTime, SkipCorrupted, TolerateTornTail};
+    match (finding, policy) {
+        (_, Absolute) => Refuse,
+        (Finding::UnknownFormatVersion { .. }, _) => Refuse,
+        (Finding::UnknownFile, _) => Continue,
+        (Finding::TornTail { .. }, _) => Truncate,
+        (Finding::ForeignSegment { .. }, SkipCorrupted) => Skip,
+        (Finding::ForeignSegment { .. }, _) => Refuse,
+        (_, TolerateTornTail) => Refuse,
+        (_, PointInTime) => Truncate,
+        (_, SkipCorrupted) => Skip,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Decision::{Continue, Refuse, Skip, Truncate};
+
+    fn reason() -> CorruptionReason {
+        CorruptionReason::TruncatedRecord
+    }
+
+    /// `(finding, [TolerateTornTail, PointInTime, SkipCorrupted, Absolute])`.
+    fn check(finding: Finding, expected: [Decision; 4]) {
+        let policies = [
+            RecoveryPolicy::TolerateTornTail,
+            RecoveryPolicy::PointInTime,
+            RecoveryPolicy::SkipCorrupted,
+            RecoveryPolicy::Absolute,
+        ];
+        for (policy, want) in policies.into_iter().zip(expected) {
+            assert_eq!(decide(&finding, policy), want, "{finding:?} under {policy}");
+        }
+    }
+
+    #[test]
+    fn torn_tail() {
+        check(
+            Finding::TornTail {
+                lsn: 9,
+                reason: reason(),
+            },
+            [Truncate, Truncate, Truncate, Refuse],
+        );
+    }
+
+    #[test]
+    fn damage_below_durable_mark() {
+        check(
+            Finding::DamageBelowDurableMark {
+                lsn: 9,
+                reason: reason(),
+                witness_lsn: 12,
+                witness_durable: 10,
+            },
+            [Refuse, Truncate, Skip, Refuse],
+        );
+    }
+
+    #[test]
+    fn damage_in_sealed_segment() {
+        check(
+            Finding::DamageInSealedSegment {
+                lsn: 9,
+                reason: reason(),
+            },
+            [Refuse, Truncate, Skip, Refuse],
+        );
+    }
+
+    #[test]
+    fn missing_segment() {
+        check(
+            Finding::MissingSegment {
+                expected: 10,
+                found: 20,
+            },
+            [Refuse, Truncate, Skip, Refuse],
+        );
+    }
+
+    #[test]
+    fn damaged_segment_header() {
+        check(
+            Finding::DamagedSegmentHeader {
+                reason: CorruptionReason::BadMagic,
+            },
+            [Refuse, Truncate, Skip, Refuse],
+        );
+    }
+
+    #[test]
+    fn zeroed_segment() {
+        check(Finding::ZeroedSegment, [Refuse, Truncate, Skip, Refuse]);
+    }
+
+    #[test]
+    fn foreign_segment() {
+        check(
+            Finding::ForeignSegment {
+                expected: DatabaseId([1; 16]),
+                found: DatabaseId([2; 16]),
+            },
+            [Refuse, Refuse, Skip, Refuse],
+        );
+    }
+
+    #[test]
+    fn unknown_format_version() {
+        check(
+            Finding::UnknownFormatVersion {
+                found: 9,
+                supported: 1,
+            },
+            [Refuse, Refuse, Refuse, Refuse],
+        );
+    }
+
+    #[test]
+    fn unknown_file() {
+        check(Finding::UnknownFile, [Continue, Continue, Continue, Refuse]);
+    }
+}

@@ -1,0 +1,116 @@
+//! What recovery found and did.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keel_wal::Lsn;
+
+use crate::policy::{Decision, Finding, RecoveryPolicy};
+
+/// One anomaly: where, what, and what was done about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anomaly {
+    /// The segment (or other file) it was found in.
+    pub path: PathBuf,
+    /// Byte offset in that file (0 for whole-file findings).
+    pub offset: u64,
+    pub finding: Finding,
+    pub decision: Decision,
+}
+
+impl fmt::Display for Anomaly {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at offset {}: {} ({})",
+            self.path.display(),
+            self.offset,
+            self.finding,
+            self.decision
+        )
+    }
+}
+
+/// The outcome of a recovery: fields for programs, `Display` for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub policy: RecoveryPolicy,
+    /// Segments read.
+    pub segments: usize,
+    /// Valid records read (replayed or not).
+    pub records: u64,
+    /// Bytes those records take on disk.
+    pub bytes: u64,
+    /// Committed transactions handed to the sink.
+    pub txns_applied: u64,
+    /// Transactions ended by `AbortTxn`, dropped.
+    pub txns_aborted: u64,
+    /// Transactions with no `CommitTxn` or `AbortTxn` in the recovered log, dropped.
+    pub txns_incomplete: u64,
+    /// `Checkpoint` entries seen.
+    pub checkpoints: u64,
+    /// Non-zero bytes zeroed by truncation.
+    pub bytes_truncated: u64,
+    /// Segments renamed to `*.discarded` by truncation.
+    pub segments_discarded: Vec<PathBuf>,
+    /// LSNs lost to skipped damage (`SkipCorrupted`), where they can be counted.
+    pub lsns_skipped: u64,
+    /// Every anomaly, in the order found.
+    pub anomalies: Vec<Anomaly>,
+    /// The first and last LSN of the recovered log (`None` when it holds no record).
+    pub first_lsn: Option<Lsn>,
+    pub last_lsn: Option<Lsn>,
+    /// The LSN the next append gets.
+    pub next_lsn: Lsn,
+    /// The most bytes open transactions held at once.
+    pub peak_txn_bytes: usize,
+    pub duration: Duration,
+}
+
+impl RecoveryReport {
+    /// True when nothing unusual was found.
+    pub fn is_clean(&self) -> bool {
+        self.anomalies.is_empty()
+    }
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "recovery ({}) in {:.1?}", self.policy, self.duration)?;
+        let range = match (self.first_lsn, self.last_lsn) {
+            (Some(first), Some(last)) => format!("LSN {first} to {last}"),
+            _ => "no records".to_string(),
+        };
+        writeln!(
+            f,
+            "  {} segments, {} records, {} bytes ({range}); next LSN {}",
+            self.segments, self.records, self.bytes, self.next_lsn
+        )?;
+        writeln!(
+            f,
+            "  transactions: {} applied, {} aborted, {} incomplete; {} checkpoints",
+            self.txns_applied, self.txns_aborted, self.txns_incomplete, self.checkpoints
+        )?;
+        if self.bytes_truncated > 0 || !self.segments_discarded.is_empty() {
+            writeln!(
+                f,
+                "  truncated: {} bytes zeroed, {} segments discarded",
+                self.bytes_truncated,
+                self.segments_discarded.len()
+            )?;
+        }
+        if self.lsns_skipped > 0 {
+            writeln!(f, "  skipped: {} LSNs lost to damage", self.lsns_skipped)?;
+        }
+        if self.anomalies.is_empty() {
+            write!(f, "  clean: no anomalies")
+        } else {
+            write!(f, "  {} anomalies:", self.anomalies.len())?;
+            for anomaly in &self.anomalies {
+                write!(f, "\n  - {anomaly}")?;
+            }
+            Ok(())
+        }
+    }
+}
