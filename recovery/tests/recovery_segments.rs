@@ -1,0 +1,241 @@
+//! Whole-segment findings and foreign files, each with its documented outcome per policy.
+
+mod common;
+
+use std::path::Path;
+
+use keel_recovery::{Decision, Error, Finding, RecoveryPolicy, RecoveryReport, recover};
+use keel_wal::Wal;
+use keel_wal::segment::{HEADER_CRC_OFFSET, VERSION_OFFSET};
+
+use common::Collect;
+
+/// A log of 100 transactions over at least three segments.
+fn log(dir: &Path) -> Vec<std::path::PathBuf> {
+    common::committed_log(dir, 100, 2, 1000);
+    let segments = common::segments(dir);
+    assert!(segments.len() >= 3, "{} segments", segments.len());
+    segments
+}
+
+fn run(dir: &Path, policy: RecoveryPolicy) -> (Result<RecoveryReport, Error>, Collect) {
+    let mut sink = Collect::default();
+    let result = recover(dir, policy, &mut sink);
+    (result, sink)
+}
+
+fn refused(dir: &Path, policy: RecoveryPolicy) -> Finding {
+    match run(dir, policy).0 {
+        Err(Error::Refused { finding, .. }) => finding,
+        other => panic!("{policy}: expected a refusal, got {other:?}"),
+    }
+}
+
+fn first_lsn_of(path: &Path) -> u64 {
+    keel_wal::segment::parse_file_name(&path.file_name().unwrap().to_string_lossy()).unwrap()
+}
+
+/// Appends work after recovery and land at `next_lsn`.
+fn appends_continue(dir: &Path, next_lsn: u64) {
+    let wal = Wal::open(dir, common::options()).unwrap();
+    let lsn = wal.append(&common::txn(5, 900, 1, 10)).wait().unwrap();
+    assert_eq!(lsn, next_lsn + 1);
+    wal.close().unwrap();
+}
+
+#[test]
+fn a_missing_middle_segment() {
+    let base = tempfile::tempdir().unwrap();
+    let original = base.path().join("log");
+    let segments = log(&original);
+    let gap_start = first_lsn_of(&segments[1]);
+    let gap_end = first_lsn_of(&segments[2]);
+    for policy in [
+        RecoveryPolicy::TolerateTornTail,
+        RecoveryPolicy::PointInTime,
+        RecoveryPolicy::SkipCorrupted,
+        RecoveryPolicy::Absolute,
+    ] {
+        let dir = base.path().join(policy.to_string());
+        common::copy_dir(&original, &dir);
+        std::fs::remove_file(dir.join(segments[1].file_name().unwrap())).unwrap();
+        match policy {
+            RecoveryPolicy::TolerateTornTail | RecoveryPolicy::Absolute => {
+                let finding = refused(&dir, policy);
+                assert_eq!(
+                    finding,
+                    Finding::MissingSegment {
+                        expected: gap_start,
+                        found: gap_end
+                    }
+                );
+            }
+            RecoveryPolicy::PointInTime => {
+                let (report, sink) = run(&dir, policy);
+                let report = report.unwrap();
+                assert_eq!(report.next_lsn, gap_start, "{report}");
+                assert!(sink.applied.iter().all(|a| a.commit_lsn < gap_start));
+                assert_eq!(report.segments_discarded.len(), segments.len() - 2);
+                assert!(report.anomalies[0].decision == Decision::Truncate);
+                appends_continue(&dir, gap_start);
+            }
+            RecoveryPolicy::SkipCorrupted => {
+                let (report, sink) = run(&dir, policy);
+                let report = report.unwrap();
+                assert_eq!(report.lsns_skipped, gap_end - gap_start, "{report}");
+                assert!(sink.applied.iter().any(|a| a.commit_lsn > gap_end));
+                assert!(
+                    sink.applied
+                        .iter()
+                        .all(|a| a.commit_lsn < gap_start || a.commit_lsn > gap_end)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_segment_of_another_database() {
+    let base = tempfile::tempdir().unwrap();
+    let ours = base.path().join("ours");
+    let theirs = base.path().join("theirs");
+    let segments = log(&ours);
+    log(&theirs);
+    let last = segments.last().unwrap().file_name().unwrap();
+    std::fs::copy(theirs.join(last), ours.join(last)).unwrap();
+    assert!(matches!(
+        refused(&ours, RecoveryPolicy::TolerateTornTail),
+        Finding::ForeignSegment { .. }
+    ));
+    assert!(matches!(
+        refused(&ours, RecoveryPolicy::PointInTime),
+        Finding::ForeignSegment { .. }
+    ));
+    let (report, _) = run(&ours, RecoveryPolicy::SkipCorrupted);
+    let report = report.unwrap();
+    assert_eq!(report.segments_discarded, [ours.join(last)], "{report}");
+    assert!(
+        theirs.join(last).exists(),
+        "the other database's file is untouched"
+    );
+}
+
+#[test]
+fn an_unknown_format_version_is_never_interpreted() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = log(dir.path());
+    let last = segments.last().unwrap();
+    common::patch(last, VERSION_OFFSET as u64, &99u32.to_le_bytes());
+    let header = std::fs::read(last).unwrap();
+    let crc = crc32fast::hash(&header[..HEADER_CRC_OFFSET]);
+    common::patch(last, HEADER_CRC_OFFSET as u64, &crc.to_le_bytes());
+    for policy in [
+        RecoveryPolicy::TolerateTornTail,
+        RecoveryPolicy::PointInTime,
+        RecoveryPolicy::SkipCorrupted,
+        RecoveryPolicy::Absolute,
+    ] {
+        assert_eq!(
+            refused(dir.path(), policy),
+            Finding::UnknownFormatVersion {
+                found: 99,
+                supported: keel_wal::segment::FORMAT_VERSION
+            }
+        );
+    }
+}
+
+#[test]
+fn an_all_zero_last_segment() {
+    let base = tempfile::tempdir().unwrap();
+    let original = base.path().join("log");
+    let segments = log(&original);
+    let last = segments.last().unwrap();
+    let len = usize::try_from(std::fs::metadata(last).unwrap().len()).unwrap();
+    let last_first = first_lsn_of(last);
+    for policy in [
+        RecoveryPolicy::TolerateTornTail,
+        RecoveryPolicy::PointInTime,
+    ] {
+        let dir = base.path().join(policy.to_string());
+        common::copy_dir(&original, &dir);
+        common::patch(&dir.join(last.file_name().unwrap()), 0, &vec![0; len]);
+        if policy == RecoveryPolicy::TolerateTornTail {
+            assert_eq!(refused(&dir, policy), Finding::ZeroedSegment);
+            continue;
+        }
+        let (report, sink) = run(&dir, policy);
+        let report = report.unwrap();
+        assert_eq!(report.next_lsn, last_first, "{report}");
+        assert!(sink.applied.iter().all(|a| a.commit_lsn < last_first));
+        appends_continue(&dir, last_first);
+    }
+}
+
+#[test]
+fn a_damaged_segment_header() {
+    let base = tempfile::tempdir().unwrap();
+    let original = base.path().join("log");
+    let segments = log(&original);
+    let middle = segments[1].file_name().unwrap();
+    for policy in [
+        RecoveryPolicy::TolerateTornTail,
+        RecoveryPolicy::SkipCorrupted,
+    ] {
+        let dir = base.path().join(policy.to_string());
+        common::copy_dir(&original, &dir);
+        common::patch(&dir.join(middle), 0, b"NOTKEEL!");
+        if policy == RecoveryPolicy::TolerateTornTail {
+            assert!(matches!(
+                refused(&dir, policy),
+                Finding::DamagedSegmentHeader { .. }
+            ));
+            continue;
+        }
+        let (report, sink) = run(&dir, policy);
+        let report = report.unwrap();
+        assert_eq!(report.segments_discarded, [dir.join(middle)], "{report}");
+        assert!(report.lsns_skipped > 0);
+        assert!(!sink.applied.is_empty());
+        // The set-aside segment lets the log open again; appends continue at the end.
+        let next = report.next_lsn;
+        appends_continue(&dir, next);
+    }
+}
+
+#[test]
+fn a_garbage_file_is_reported_and_left_alone_unless_absolute() {
+    let dir = tempfile::tempdir().unwrap();
+    log(dir.path());
+    std::fs::write(dir.path().join("notes.txt"), b"not a segment").unwrap();
+    let (report, sink) = run(dir.path(), RecoveryPolicy::default());
+    let report = report.unwrap();
+    assert_eq!(sink.applied.len(), 100);
+    assert!(matches!(
+        report.anomalies[..],
+        [ref a] if a.finding == Finding::UnknownFile && a.decision == Decision::Continue
+    ));
+    assert!(dir.path().join("notes.txt").exists());
+    assert_eq!(
+        refused(dir.path(), RecoveryPolicy::Absolute),
+        Finding::UnknownFile
+    );
+}
+
+#[test]
+fn a_clean_log_passes_every_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    log(dir.path());
+    for policy in [
+        RecoveryPolicy::TolerateTornTail,
+        RecoveryPolicy::PointInTime,
+        RecoveryPolicy::SkipCorrupted,
+        RecoveryPolicy::Absolute,
+    ] {
+        let (report, sink) = run(dir.path(), policy);
+        let report = report.unwrap();
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(sink.applied.len(), 100);
+        assert_eq!(report.next_lsn, 301);
+    }
+}
