@@ -75,6 +75,11 @@ pub(crate) struct TxnTable {
     /// Bytes held by open transactions, and the most ever held.
     held: usize,
     pub peak_held: usize,
+    /// Set once a gap was skipped: a later `CommitTxn` for a transaction not open may have
+    /// lost its entries in the gap, so it is dropped as incomplete, never applied empty.
+    gap: bool,
+    /// Commits dropped that way.
+    pub orphaned_commits: u64,
 }
 
 impl TxnTable {
@@ -117,6 +122,10 @@ impl TxnTable {
             }
             EntryKind::CommitTxn => {
                 let txn = self.open.remove(&key);
+                if txn.is_none() && self.gap {
+                    self.orphaned_commits += 1;
+                    return Ok(());
+                }
                 self.release(txn.as_ref());
                 self.commit(key, lsn, txn, replay)?;
             }
@@ -174,9 +183,9 @@ impl TxnTable {
         Ok(())
     }
 
-    /// Transactions still open: incomplete.
+    /// Transactions still open (incomplete), and commits orphaned by a gap.
     pub fn open_count(&self) -> u64 {
-        self.open.len() as u64
+        self.open.len() as u64 + self.orphaned_commits
     }
 
     /// Drops every open transaction (a skipped gap may have swallowed any of their entries).
@@ -184,6 +193,7 @@ impl TxnTable {
         let dropped = self.open.len() as u64;
         self.open.clear();
         self.held = 0;
+        self.gap = true;
         dropped
     }
 }
