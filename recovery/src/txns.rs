@@ -68,9 +68,20 @@ pub(crate) struct TxnCounts {
     pub checkpoints: u64,
 }
 
+/// Transactions kept in the pool for reuse, and the largest buffer kept.
+const POOL: usize = 64;
+const POOL_MAX_BYTES: usize = 1 << 20;
+
+type Key = (u128, TxnId);
+
 #[derive(Debug, Default)]
 pub(crate) struct TxnTable {
-    open: HashMap<(u128, TxnId), OpenTxn>,
+    /// The transaction the last record belonged to: most logs write one transaction's
+    /// entries together, so this skips the map (and its hashing) for nearly every record.
+    current: Option<(Key, OpenTxn)>,
+    open: HashMap<Key, OpenTxn>,
+    /// Emptied transactions whose buffers are reused.
+    pool: Vec<OpenTxn>,
     pub counts: TxnCounts,
     /// Bytes held by open transactions, and the most ever held.
     held: usize,
@@ -100,43 +111,84 @@ impl TxnTable {
         let key = (entry.run_id(), txn_id);
         match entry.kind() {
             EntryKind::BeginTxn => {
-                self.open.entry(key).or_insert_with(|| OpenTxn {
-                    first_lsn: lsn,
-                    bytes: AlignedVec::new(),
-                    spans: Vec::new(),
-                });
+                self.slot(key, lsn);
             }
             EntryKind::Write | EntryKind::Delete => {
-                let txn = self.open.entry(key).or_insert_with(|| OpenTxn {
-                    first_lsn: lsn,
-                    bytes: AlignedVec::new(),
-                    spans: Vec::new(),
-                });
+                let txn = self.slot(key, lsn);
                 let before = txn.bytes.len();
                 let start = before.next_multiple_of(16);
                 txn.bytes.resize(start, 0);
                 txn.bytes.extend_from_slice(payload);
                 txn.spans.push((lsn, start, payload.len()));
-                self.held += txn.bytes.len() - before;
+                let grown = txn.bytes.len() - before;
+                self.held += grown;
                 self.peak_held = self.peak_held.max(self.held);
             }
             EntryKind::CommitTxn => {
-                let txn = self.open.remove(&key);
+                let txn = self.take(key);
                 if txn.is_none() && self.gap {
                     self.orphaned_commits += 1;
                     return Ok(());
                 }
                 self.release(txn.as_ref());
-                self.commit(key, lsn, txn, replay)?;
+                let txn = self.commit(key, lsn, txn, replay)?;
+                self.recycle(txn);
             }
             EntryKind::AbortTxn => {
-                let txn = self.open.remove(&key);
+                let txn = self.take(key);
                 self.release(txn.as_ref());
                 self.counts.aborted += 1;
+                self.recycle(txn);
             }
             EntryKind::Checkpoint => unreachable!("checkpoints carry no transaction"),
         }
         Ok(())
+    }
+
+    /// The open transaction `key`, begun at `lsn` if it is new.
+    fn slot(&mut self, key: Key, lsn: Lsn) -> &mut OpenTxn {
+        if self.current.as_ref().is_none_or(|(k, _)| *k != key) {
+            if let Some((k, txn)) = self.current.take() {
+                self.open.insert(k, txn);
+            }
+            let txn = match self.open.remove(&key) {
+                Some(txn) => txn,
+                None => {
+                    let mut txn = self.pool.pop().unwrap_or_else(|| OpenTxn {
+                        first_lsn: lsn,
+                        bytes: AlignedVec::new(),
+                        spans: Vec::new(),
+                    });
+                    txn.first_lsn = lsn;
+                    txn
+                }
+            };
+            self.current = Some((key, txn));
+        }
+        match &mut self.current {
+            Some((_, txn)) => txn,
+            None => unreachable!("set above"),
+        }
+    }
+
+    /// Removes the open transaction `key`, if there is one.
+    fn take(&mut self, key: Key) -> Option<OpenTxn> {
+        if self.current.as_ref().is_some_and(|(k, _)| *k == key) {
+            return self.current.take().map(|(_, txn)| txn);
+        }
+        self.open.remove(&key)
+    }
+
+    /// Keeps an emptied transaction's buffers for the next one, within bounds.
+    fn recycle(&mut self, txn: Option<OpenTxn>) {
+        if let Some(mut txn) = txn
+            && self.pool.len() < POOL
+            && txn.bytes.capacity() <= POOL_MAX_BYTES
+        {
+            txn.bytes.clear();
+            txn.spans.clear();
+            self.pool.push(txn);
+        }
     }
 
     fn release(&mut self, txn: Option<&OpenTxn>) {
@@ -149,7 +201,7 @@ impl TxnTable {
         commit_lsn: Lsn,
         txn: Option<OpenTxn>,
         replay: &mut impl Replay,
-    ) -> Result<()> {
+    ) -> Result<Option<OpenTxn>> {
         let (first_lsn, entries) = match &txn {
             None => (commit_lsn, Vec::new()),
             Some(open) => {
@@ -180,18 +232,20 @@ impl TxnTable {
             source,
         })?;
         self.counts.applied += 1;
-        Ok(())
+        drop(committed);
+        Ok(txn)
     }
 
     /// Transactions still open (incomplete), and commits orphaned by a gap.
     pub fn open_count(&self) -> u64 {
-        self.open.len() as u64 + self.orphaned_commits
+        self.open.len() as u64 + u64::from(self.current.is_some()) + self.orphaned_commits
     }
 
     /// Drops every open transaction (a skipped gap may have swallowed any of their entries).
     pub fn drop_open(&mut self) -> u64 {
-        let dropped = self.open.len() as u64;
+        let dropped = self.open.len() as u64 + u64::from(self.current.is_some());
         self.open.clear();
+        self.current = None;
         self.held = 0;
         self.gap = true;
         dropped
