@@ -275,7 +275,10 @@ impl<R: Replay> Walk<'_, R> {
                         found: record.lsn,
                     },
                 ),
-                SegmentEvent::End { .. } => break,
+                // The end of a sealed segment is where its writer rotated.
+                SegmentEvent::End { .. } if !last => break,
+                // The end of the log, unless something after it says otherwise.
+                SegmentEvent::End { offset } => (offset, CorruptionReason::DebrisAfterEnd),
                 SegmentEvent::Damaged { offset, reason } => (offset, reason),
             };
             let finding = if last {
@@ -289,10 +292,14 @@ impl<R: Replay> Walk<'_, R> {
                 )? {
                     Beyond::Witness(witness) => Finding::DamageBelowDurableMark {
                         lsn: expected,
-                        reason,
+                        reason: match reason {
+                            CorruptionReason::DebrisAfterEnd => CorruptionReason::ZeroedRecord,
+                            other => other,
+                        },
                         witness_lsn: witness.lsn,
                         witness_durable: witness.durable_lsn,
                     },
+                    Beyond::Zeros if reason == CorruptionReason::DebrisAfterEnd => break,
                     Beyond::Zeros | Beyond::Debris => Finding::TornTail {
                         lsn: expected,
                         reason,

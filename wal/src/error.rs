@@ -37,6 +37,10 @@ pub enum CorruptionReason {
     LsnMismatch { expected: Lsn, found: Lsn },
     #[error("the file ends inside a record")]
     TruncatedRecord,
+    #[error("the log ends here, but non-zero bytes follow")]
+    DebrisAfterEnd,
+    #[error("an all-zero record header where a record was expected")]
+    ZeroedRecord,
     #[error(
         "record at LSN {lsn} is damaged but a later record (LSN {witness_lsn}) says LSN \
          {witness_durable} was already durable"
