@@ -29,6 +29,9 @@ pub enum Durability {
     /// A commit resolves as soon as it is queued; the writer writes and syncs it in the
     /// background within about `max_delay`. A process crash or power loss can lose the
     /// commits queued in that window, and a failed write fails commits already resolved.
+    /// Backpressure: while more than [`crate::MAX_QUEUED_BYTES`] wait in the queue, a commit
+    /// resolves once written instead, so a producer faster than the disk cannot grow memory
+    /// without bound.
     Async { max_delay: Duration },
 }
 

@@ -42,7 +42,12 @@ pub(crate) struct QueueState {
     pub closing: bool,
     /// The writer is blocked in its backend and must be woken through `waker`.
     pub writer_parked: bool,
+    /// Bytes of the requests waiting in `requests`.
+    pub queued_bytes: usize,
 }
+
+/// Above this many queued bytes an `Async` commit resolves once written, not at enqueue.
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 #[derive(Debug)]
 pub(crate) struct Queue {
@@ -72,6 +77,7 @@ impl Queue {
             poisoned: None,
             closing: false,
             writer_parked: false,
+            queued_bytes: 0,
         };
         Queue {
             state: Mutex::new(state),
@@ -117,10 +123,14 @@ impl Queue {
 
     /// Queues a batch of framed entries; they get consecutive LSNs.
     pub(crate) fn append(&self, batch: EncodedBatch, durability: Durability) -> CommitFuture {
-        let ack = durability.ack_level();
+        let mut ack = durability.ack_level();
         let mut state = lock(&self.state);
         if let Some(error) = Self::refusal(&state) {
             return CommitFuture::ready(Err(error));
+        }
+        state.queued_bytes += batch.byte_len();
+        if ack == AckLevel::Enqueued && state.queued_bytes > MAX_QUEUED_BYTES {
+            ack = AckLevel::Written;
         }
         let first_lsn = state.next_lsn;
         state.next_lsn += u64::from(batch.len());
@@ -199,6 +209,7 @@ impl Queue {
             state = self.wait_for_work(state, limit);
         }
         std::mem::swap(out, &mut state.requests);
+        state.queued_bytes = 0;
         state.closing
     }
 
@@ -236,5 +247,59 @@ pub(crate) fn refuse(request: Request, error: impl Fn() -> Error) {
         })
         | Request::Sync { resolver, .. } => resolver.resolve(Err(error())),
         Request::Append(AppendRequest { resolver: None, .. }) => {}
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::{RunId, WalEntry};
+
+    fn megabyte() -> EncodedBatch {
+        let entry = WalEntry::Write {
+            run_id: RunId::from_u128(1),
+            txn_id: 0,
+            key: Vec::new(),
+            value: vec![7; 1 << 20],
+        };
+        EncodedBatch::encode(&[entry], 2 << 20).unwrap()
+    }
+
+    fn waiting(requests: &[Request]) -> Vec<bool> {
+        requests
+            .iter()
+            .map(|r| matches!(r, Request::Append(a) if a.resolver.is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn async_commits_wait_for_their_write_while_the_queue_is_over_its_bound() {
+        let queue = Queue::new(1, None);
+        let lazy = Durability::Async {
+            max_delay: Duration::from_millis(1),
+        };
+        for _ in 0..70 {
+            drop(queue.append(megabyte(), lazy));
+        }
+        let mut taken = Vec::new();
+        queue.take(&mut taken, None);
+        let waiting = waiting(&taken);
+        let first = waiting
+            .iter()
+            .position(|&w| w)
+            .expect("backpressure engaged");
+        let per_commit = megabyte().byte_len();
+        assert_eq!(
+            first,
+            MAX_QUEUED_BYTES / per_commit,
+            "resolved at enqueue up to the bound"
+        );
+        assert!(waiting[first..].iter().all(|&w| w));
+        // Once the writer has taken the queue, commits resolve at enqueue again.
+        drop(taken);
+        drop(queue.append(megabyte(), lazy));
+        let mut again = Vec::new();
+        queue.take(&mut again, None);
+        assert_eq!(self::waiting(&again), [false]);
     }
 }
