@@ -129,6 +129,11 @@ pub fn recover(
     Ok(report)
 }
 
+/// The report of a recovery that found no log at all (a new database).
+pub fn recover_empty(policy: RecoveryPolicy) -> RecoveryReport {
+    empty_report(policy)
+}
+
 fn empty_report(policy: RecoveryPolicy) -> RecoveryReport {
     RecoveryReport {
         policy,
@@ -147,6 +152,7 @@ fn empty_report(policy: RecoveryPolicy) -> RecoveryReport {
         last_lsn: None,
         next_lsn: 1,
         peak_txn_bytes: 0,
+        max_txn_id: None,
         duration: std::time::Duration::ZERO,
     }
 }
@@ -391,6 +397,7 @@ impl<R: Replay> Walk<'_, R> {
         self.report.txns_applied = self.txns.counts.applied;
         self.report.checkpoints = self.txns.counts.checkpoints;
         self.report.peak_txn_bytes = self.txns.peak_held;
+        self.report.max_txn_id = self.txns.max_txn_id;
         let remaining = segments.len() - aside.len();
         let next_lsn = match self.expected {
             Some(expected) => expected,

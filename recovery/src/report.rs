@@ -65,6 +65,9 @@ pub struct RecoveryReport {
     pub next_lsn: Lsn,
     /// The most bytes open transactions held at once.
     pub peak_txn_bytes: usize,
+    /// The highest transaction id in any record read, committed or not: a writer must not
+    /// reuse it (an incomplete transaction's entries stay in the log).
+    pub max_txn_id: Option<keel_wal::TxnId>,
     pub duration: Duration,
 }
 

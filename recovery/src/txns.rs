@@ -91,6 +91,8 @@ pub(crate) struct TxnTable {
     gap: bool,
     /// Commits dropped that way.
     pub orphaned_commits: u64,
+    /// The highest transaction id seen in any record (committed, aborted or incomplete).
+    pub max_txn_id: Option<TxnId>,
 }
 
 impl TxnTable {
@@ -109,6 +111,7 @@ impl TxnTable {
                 .map_err(|source| Error::Replay { lsn, source });
         };
         let key = (entry.run_id(), txn_id);
+        self.max_txn_id = self.max_txn_id.max(Some(txn_id));
         match entry.kind() {
             EntryKind::BeginTxn => {
                 self.slot(key, lsn);

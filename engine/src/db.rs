@@ -1,0 +1,390 @@
+//! The database handle, its options, and transactions.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use keel_recovery::{RecoveryPolicy, RecoveryReport};
+use keel_wal::{
+    BackendChoice, Durability, EncodedBatch, Lsn, RunId, TxnId, Wal, WalEntry, WalOptions,
+    WalStats, fsutil,
+};
+
+use crate::state::{Change, RunInfo, RunRecord, RunState, SYSTEM_RUN, State, StateReplay};
+use crate::{Error, Result, Versioned};
+
+/// Options of [`Database::open`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// When a commit resolves (see [`Durability`]); also when its effects become visible.
+    pub durability: Durability,
+    pub backend: BackendChoice,
+    /// What recovery accepts at open.
+    pub recovery_policy: RecoveryPolicy,
+    /// Size of each log segment.
+    pub segment_bytes: u64,
+    /// Largest single entry.
+    pub max_record_bytes: u32,
+    /// Create the database when the directory holds none.
+    pub create_if_missing: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let wal = WalOptions::default();
+        Options {
+            durability: Durability::Strict,
+            backend: BackendChoice::Auto,
+            recovery_policy: RecoveryPolicy::default(),
+            segment_bytes: wal.segment_bytes,
+            max_record_bytes: wal.max_record_bytes,
+            create_if_missing: true,
+        }
+    }
+}
+
+/// A commit queued in the log and not yet applied to the state, in LSN order.
+#[derive(Debug)]
+struct Pending {
+    last_lsn: Lsn,
+    run: u128,
+    changes: Vec<Change>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    wal: Wal,
+    durability: Durability,
+    max_record_bytes: u32,
+    state: RwLock<State>,
+    /// Queued commits in LSN order; the lock also orders appends, so queue order is LSN order.
+    pending: Mutex<VecDeque<Pending>>,
+    next_txn_id: AtomicU64,
+    report: RecoveryReport,
+    _lock: File,
+}
+
+/// An open database. Cheap to clone; every clone is the same database.
+#[derive(Clone, Debug)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Database {
+    /// Opens (or creates) the database in `path`: takes its lock, recovers the log into the
+    /// state under `options.recovery_policy`, and starts the writer.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
+        let path = path.as_ref().to_path_buf();
+        let _span = tracing::info_span!("database_open", path = %path.display()).entered();
+        if options.create_if_missing {
+            std::fs::create_dir_all(&path)
+                .map_err(|e| keel_wal::Error::io("creating directory", &path, e))?;
+        }
+        let lock = fsutil::lock_dir(&path)?;
+        let wal_dir = path.join("wal");
+        let mut state = State::default();
+        let report = if wal_dir.exists() {
+            keel_recovery::recover(
+                &wal_dir,
+                options.recovery_policy,
+                &mut StateReplay { state: &mut state },
+            )?
+        } else {
+            keel_recovery::recover_empty(options.recovery_policy)
+        };
+        let wal = Wal::open(
+            &wal_dir,
+            WalOptions {
+                durability: options.durability,
+                segment_bytes: options.segment_bytes,
+                max_record_bytes: options.max_record_bytes,
+                backend: options.backend,
+                create_if_missing: options.create_if_missing,
+                ..WalOptions::default()
+            },
+        )?;
+        state.applied_through = wal.next_lsn() - 1;
+        let next_txn_id = report.max_txn_id.map_or(1, |id| id + 1);
+        tracing::info!(
+            runs = state.runs.len(),
+            keys = state.data.len(),
+            next_lsn = wal.next_lsn(),
+            "opened database"
+        );
+        Ok(Database {
+            inner: Arc::new(Inner {
+                path,
+                wal,
+                durability: options.durability,
+                max_record_bytes: options.max_record_bytes,
+                state: RwLock::new(state),
+                pending: Mutex::new(VecDeque::new()),
+                next_txn_id: AtomicU64::new(next_txn_id),
+                report,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// What recovery found and did when this database was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+
+    /// The database's directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Begins a run named `name` and returns its id, once the run is committed.
+    pub async fn begin_run(&self, name: &str) -> Result<RunId> {
+        let id = loop {
+            let random = keel_wal::DatabaseId::random()
+                .map_err(|e| keel_wal::Error::io("generating a run id", &self.inner.path, e))?;
+            let id = RunId::from_u128(u128::from_le_bytes(random.0));
+            if id.as_u128() != SYSTEM_RUN && self.run_info(id).is_none() {
+                break id;
+            }
+        };
+        let record = RunRecord {
+            name: name.to_owned(),
+            ended: false,
+        };
+        self.write_run_record(id, &record).await?;
+        Ok(id)
+    }
+
+    /// Ends a run: later writes to it fail with [`Error::RunEnded`].
+    pub async fn end_run(&self, run: RunId) -> Result<Lsn> {
+        let info = self.run_info(run).ok_or(Error::UnknownRun(run))?;
+        if let RunState::Ended(_) = info.state {
+            return Err(Error::RunEnded(run));
+        }
+        let record = RunRecord {
+            name: info.name,
+            ended: true,
+        };
+        self.write_run_record(run, &record).await
+    }
+
+    async fn write_run_record(&self, run: RunId, record: &RunRecord) -> Result<Lsn> {
+        let changes = vec![Change::Put(crate::state::run_key(run), record.encode())];
+        self.commit_changes(SYSTEM_RUN, changes).await
+    }
+
+    /// A run's metadata.
+    pub fn run_info(&self, run: RunId) -> Option<RunInfo> {
+        self.read().runs.get(&run.as_u128()).cloned()
+    }
+
+    /// Every run, active and ended.
+    pub fn list_runs(&self) -> Vec<RunInfo> {
+        self.read().runs.values().cloned().collect()
+    }
+
+    /// Starts a transaction in `run`.
+    pub fn transaction(&self, run: RunId) -> Result<Transaction> {
+        self.check_writable(run)?;
+        Ok(Transaction {
+            db: self.clone(),
+            run,
+            writes: BTreeMap::new(),
+        })
+    }
+
+    fn check_writable(&self, run: RunId) -> Result<()> {
+        match self.run_info(run) {
+            None => Err(Error::UnknownRun(run)),
+            Some(RunInfo {
+                state: RunState::Ended(_),
+                ..
+            }) => Err(Error::RunEnded(run)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The committed value of `key` in `run`.
+    pub fn get(&self, run: RunId, key: &[u8]) -> Result<Option<Versioned>> {
+        if self.run_info(run).is_none() {
+            return Err(Error::UnknownRun(run));
+        }
+        Ok(self
+            .read()
+            .data
+            .get(&(run.as_u128(), key.to_vec()))
+            .cloned())
+    }
+
+    /// Every committed `(key, value)` of `run` whose key starts with `prefix`, in key order.
+    pub fn scan(&self, run: RunId, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        if self.run_info(run).is_none() {
+            return Err(Error::UnknownRun(run));
+        }
+        let run = run.as_u128();
+        let state = self.read();
+        Ok(state
+            .data
+            .range((run, prefix.to_vec())..)
+            .take_while(|((r, key), _)| *r == run && key.starts_with(prefix))
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    /// The log's counters (commits, bytes, fsyncs, batch sizes, backend in use).
+    pub fn stats(&self) -> WalStats {
+        self.inner.wal.stats()
+    }
+
+    /// Closes the database: queued commits are written and synced, the writer stops.
+    pub fn close(self) -> Result<()> {
+        let inner = Arc::try_unwrap(self.inner).map_err(|_| {
+            Error::Wal(keel_wal::Error::InvalidOptions(
+                "close() needs the last handle; other clones are still open".into(),
+            ))
+        })?;
+        inner.wal.close()?;
+        Ok(())
+    }
+
+    /// The state with every acknowledged commit applied.
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.apply_visible();
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies, in LSN order, every queued commit the log has acknowledged.
+    fn apply_visible(&self) {
+        let visible = self.visible_lsn();
+        let mut pending = lock(&self.inner.pending);
+        if pending.front().is_none_or(|p| p.last_lsn > visible) {
+            return;
+        }
+        let mut state = self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while pending.front().is_some_and(|p| p.last_lsn <= visible) {
+            let commit = pending.pop_front().expect("checked");
+            if let Err(error) = state.apply(commit.run, commit.last_lsn, &commit.changes) {
+                tracing::error!(%error, lsn = commit.last_lsn, "could not apply a commit");
+            }
+        }
+    }
+
+    /// The highest LSN acknowledged under the database's durability.
+    fn visible_lsn(&self) -> Lsn {
+        let stats = self.inner.wal.stats();
+        match self.inner.durability {
+            Durability::Strict => stats.durable_lsn,
+            Durability::Batched { .. } => stats.written_lsn,
+            Durability::Async { .. } => self.inner.wal.next_lsn() - 1,
+        }
+    }
+
+    /// Logs `changes` of `run` as one transaction and waits for its acknowledgement.
+    async fn commit_changes(&self, run: u128, changes: Vec<Change>) -> Result<Lsn> {
+        let txn_id: TxnId = self.inner.next_txn_id.fetch_add(1, Ordering::Relaxed);
+        let run_id = RunId::from_u128(run);
+        let mut entries: Vec<WalEntry> = changes
+            .iter()
+            .map(|change| match change {
+                Change::Put(key, value) => WalEntry::Write {
+                    run_id,
+                    txn_id,
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                Change::Delete(key) => WalEntry::Delete {
+                    run_id,
+                    txn_id,
+                    key: key.clone(),
+                },
+            })
+            .collect();
+        entries.push(WalEntry::CommitTxn { run_id, txn_id });
+        let batch = EncodedBatch::encode(&entries, self.inner.max_record_bytes)?;
+        let count = u64::from(batch.len());
+        let future = {
+            let mut pending = lock(&self.inner.pending);
+            let first_lsn = self.inner.wal.next_lsn();
+            let future = self.inner.wal.append_encoded(batch, self.inner.durability);
+            pending.push_back(Pending {
+                last_lsn: first_lsn + count - 1,
+                run,
+                changes,
+            });
+            future
+        };
+        let lsn = future.await?;
+        self.apply_visible();
+        Ok(lsn)
+    }
+}
+
+/// Buffered writes to one run, committed as one atomic unit.
+#[derive(Debug)]
+pub struct Transaction {
+    db: Database,
+    run: RunId,
+    /// `None` marks a delete.
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Transaction {
+    /// The run this transaction writes to.
+    pub fn run(&self) -> RunId {
+        self.run
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+    }
+
+    pub fn delete(&mut self, key: &[u8]) {
+        self.writes.insert(key.to_vec(), None);
+    }
+
+    /// The value this transaction would commit for `key`: its own write, else the committed
+    /// value. (`version` of an uncommitted value is 0.)
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>> {
+        match self.writes.get(key) {
+            Some(Some(value)) => Ok(Some(Versioned {
+                value: value.clone(),
+                version: 0,
+            })),
+            Some(None) => Ok(None),
+            None => self.db.get(self.run, key),
+        }
+    }
+
+    /// Commits: one unit in the log; resolves with the commit version (its LSN) once
+    /// acknowledged, and the effects are then visible to every reader.
+    pub async fn commit(self) -> Result<Lsn> {
+        self.db.check_writable(self.run)?;
+        let changes = self
+            .writes
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => Change::Put(key, value),
+                None => Change::Delete(key),
+            })
+            .collect();
+        self.db.commit_changes(self.run.as_u128(), changes).await
+    }
+
+    /// Drops the transaction's writes; nothing reaches the log.
+    pub fn abort(self) {}
+}

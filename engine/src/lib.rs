@@ -1,0 +1,48 @@
+//! keel: an embedded storage engine on Keel's write-ahead log.
+//!
+//! [`Database::open`] locks the directory, recovers the log ([`keel_recovery`]) into the
+//! in-memory state and starts the writer. Every key belongs to a *run*
+//! ([`Database::begin_run`]); a [`Transaction`] buffers its writes, reads its own writes, and
+//! commits as one atomic unit in the log (`Write`/`Delete` entries and a `CommitTxn`), whose
+//! last LSN is the commit version.
+//!
+//! Commit order is LSN order, and the state applies commits in LSN order once they reach the
+//! database's acknowledgement point (durable under `Strict`), so the state a reopen recovers
+//! equals the state the live database had for every acknowledged commit.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keel::Error> {
+//! let db = keel::Database::open("/tmp/keel-demo", keel::Options::default())?;
+//! let run = db.begin_run("ingest").await?;
+//! let mut txn = db.transaction(run)?;
+//! txn.put(b"k", b"v");
+//! let version = txn.commit().await?;
+//! assert_eq!(db.get(run, b"k")?.unwrap().version, version);
+//! # Ok(()) }
+//! ```
+
+mod db;
+mod state;
+
+pub use db::{Database, Options, Transaction};
+pub use keel_recovery::{RecoveryPolicy, RecoveryReport};
+pub use keel_wal::{BackendChoice, Durability, Lsn, RunId};
+pub use state::{RunInfo, RunState, Versioned};
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Wal(#[from] keel_wal::Error),
+    #[error(transparent)]
+    Recovery(#[from] keel_recovery::Error),
+    #[error("run {0} does not exist")]
+    UnknownRun(RunId),
+    #[error("run {0} has ended and accepts no more writes")]
+    RunEnded(RunId),
+    #[error("the database's metadata is damaged: {0}")]
+    Metadata(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

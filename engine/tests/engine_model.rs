@@ -1,0 +1,196 @@
+//! Model-based test: random runs, transactions (committed and aborted), run ends, closes and
+//! drops without close, against a `BTreeMap` model; after every step and every reopen the
+//! database equals the model for every acknowledged commit. `KEEL_SEED` replays a run.
+
+use std::collections::BTreeMap;
+
+use futures::executor::block_on;
+use keel::{BackendChoice, Database, Error, Options, RunId, RunState};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestRunner};
+
+#[derive(Clone, Debug)]
+enum Op {
+    BeginRun,
+    EndRun(usize),
+    Txn {
+        run: usize,
+        writes: Vec<(u8, Option<u8>)>,
+        commit: bool,
+    },
+    Close,
+    DropWithoutClose,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => Just(Op::BeginRun),
+        1 => (0usize..8).prop_map(Op::EndRun),
+        8 => (
+            0usize..8,
+            proptest::collection::vec((0u8..12, proptest::option::weighted(0.8, any::<u8>())), 1..6),
+            proptest::bool::weighted(0.85),
+        )
+            .prop_map(|(run, writes, commit)| Op::Txn { run, writes, commit }),
+        1 => Just(Op::Close),
+        1 => Just(Op::DropWithoutClose),
+    ]
+}
+
+fn options(backend: BackendChoice) -> Options {
+    Options {
+        segment_bytes: 64 * 1024,
+        max_record_bytes: 16 * 1024,
+        backend,
+        ..Options::default()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    runs: Vec<(RunId, bool)>,
+    data: BTreeMap<(u128, Vec<u8>), Vec<u8>>,
+}
+
+fn key(k: u8) -> Vec<u8> {
+    format!("key-{k:02}").into_bytes()
+}
+
+fn value(v: u8, n: usize) -> Vec<u8> {
+    vec![v; 1 + n % 40]
+}
+
+fn check(db: &Database, model: &Model) -> Result<(), TestCaseError> {
+    let runs = db.list_runs();
+    prop_assert_eq!(runs.len(), model.runs.len());
+    for (run, ended) in &model.runs {
+        let info = db.run_info(*run).expect("a known run");
+        prop_assert_eq!(matches!(info.state, RunState::Ended(_)), *ended);
+        let scanned: Vec<(Vec<u8>, Vec<u8>)> = db
+            .scan(*run, b"")
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.value))
+            .collect();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = model
+            .data
+            .range((run.as_u128(), Vec::new())..)
+            .take_while(|((r, _), _)| *r == run.as_u128())
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect();
+        prop_assert_eq!(scanned, expected);
+    }
+    Ok(())
+}
+
+fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Some(Database::open(dir.path(), options(backend)).unwrap());
+    let mut model = Model::default();
+    for (step, op) in ops.into_iter().enumerate() {
+        let handle = db.as_ref().unwrap();
+        match op {
+            Op::BeginRun => {
+                let run = block_on(handle.begin_run(&format!("run-{step}"))).unwrap();
+                model.runs.push((run, false));
+            }
+            Op::EndRun(i) => {
+                if let Some((run, ended)) = model.runs.get_mut(i % 8) {
+                    match block_on(handle.end_run(*run)) {
+                        Ok(_) => {
+                            prop_assert!(!*ended);
+                            *ended = true;
+                        }
+                        Err(Error::RunEnded(_)) => prop_assert!(*ended),
+                        Err(other) => panic!("step {step}: {other}"),
+                    }
+                }
+            }
+            Op::Txn {
+                run,
+                writes,
+                commit,
+            } => {
+                let Some(&(run, ended)) = model.runs.get(run % 8) else {
+                    continue;
+                };
+                let mut txn = match handle.transaction(run) {
+                    Ok(txn) => txn,
+                    Err(Error::RunEnded(_)) => {
+                        prop_assert!(ended);
+                        continue;
+                    }
+                    Err(other) => panic!("step {step}: {other}"),
+                };
+                prop_assert!(!ended);
+                let mut staged = BTreeMap::new();
+                for (n, (k, v)) in writes.iter().enumerate() {
+                    match v {
+                        Some(v) => {
+                            txn.put(&key(*k), &value(*v, n));
+                            staged.insert(key(*k), Some(value(*v, n)));
+                        }
+                        None => {
+                            txn.delete(&key(*k));
+                            staged.insert(key(*k), None);
+                        }
+                    }
+                    // Read-your-writes.
+                    let own = txn.get(&key(*k)).unwrap().map(|v| v.value);
+                    prop_assert_eq!(own, staged[&key(*k)].clone());
+                }
+                if commit {
+                    let version = block_on(txn.commit()).unwrap();
+                    for (k, v) in staged {
+                        match v {
+                            Some(v) => {
+                                let seen = handle.get(run, &k).unwrap().unwrap();
+                                prop_assert_eq!(seen.version, version);
+                                model.data.insert((run.as_u128(), k), v);
+                            }
+                            None => {
+                                model.data.remove(&(run.as_u128(), k));
+                            }
+                        }
+                    }
+                } else {
+                    txn.abort();
+                }
+            }
+            Op::Close => {
+                db.take().unwrap().close().unwrap();
+                db = Some(Database::open(dir.path(), options(backend)).unwrap());
+            }
+            Op::DropWithoutClose => {
+                drop(db.take());
+                db = Some(Database::open(dir.path(), options(backend)).unwrap());
+                let report = db.as_ref().unwrap().recovery_report();
+                prop_assert_eq!(report.txns_incomplete, 0);
+            }
+        }
+        check(db.as_ref().unwrap(), &model)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_database_equals_the_model_after_every_step_and_reopen() {
+    let seed: u64 = std::env::var("KEEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6b65_656c);
+    println!("seed: {seed} (replay with KEEL_SEED={seed})");
+    for backend in keel_wal::BackendChoice::available() {
+        let mut runner = TestRunner::new(Config {
+            cases: 48,
+            rng_seed: RngSeed::Fixed(seed),
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&proptest::collection::vec(op(), 1..40), |ops| {
+                run_ops(ops, *backend)
+            })
+            .unwrap();
+    }
+}
