@@ -12,6 +12,7 @@ use keel_wal::{
     WalStats, fsutil,
 };
 
+use crate::snapshot;
 use crate::state::{Change, RunInfo, RunRecord, RunState, SYSTEM_RUN, State, StateReplay};
 use crate::{Error, Result, Versioned};
 
@@ -29,6 +30,9 @@ pub struct Options {
     pub max_record_bytes: u32,
     /// Create the database when the directory holds none.
     pub create_if_missing: bool,
+    /// A checkpoint runs (in the commit that crosses it) once the log has grown by this many
+    /// bytes since the last one, bounding recovery time and disk use; 0 turns it off.
+    pub checkpoint_log_bytes: u64,
 }
 
 impl Default for Options {
@@ -41,6 +45,7 @@ impl Default for Options {
             segment_bytes: wal.segment_bytes,
             max_record_bytes: wal.max_record_bytes,
             create_if_missing: true,
+            checkpoint_log_bytes: 256 << 20,
         }
     }
 }
@@ -48,6 +53,7 @@ impl Default for Options {
 /// A commit queued in the log and not yet applied to the state, in LSN order.
 #[derive(Debug)]
 struct Pending {
+    first_lsn: Lsn,
     last_lsn: Lsn,
     run: u128,
     changes: Vec<Change>,
@@ -64,6 +70,13 @@ struct Inner {
     pending: Mutex<VecDeque<Pending>>,
     next_txn_id: AtomicU64,
     report: RecoveryReport,
+    /// The snapshot the state was loaded from, and damaged newer ones passed over.
+    snapshot_lsn: Option<Lsn>,
+    snapshots_skipped: Vec<(PathBuf, String)>,
+    checkpoint_log_bytes: u64,
+    /// Log bytes written when the last checkpoint ran (this process).
+    checkpointed_at_bytes: AtomicU64,
+    checkpointing: std::sync::atomic::AtomicBool,
     _lock: File,
 }
 
@@ -91,12 +104,50 @@ impl Database {
         }
         let lock = fsutil::lock_dir(&path)?;
         let wal_dir = path.join("wal");
-        let mut state = State::default();
+        let (loaded, snapshots_skipped) = snapshot::load_newest(&path.join("snapshots"))?;
+        let snapshot_lsn = loaded.as_ref().map(|l| l.lsn);
+        let (mut state, snapshot_txn) = match loaded {
+            Some(loaded) => (loaded.state, loaded.max_txn_id),
+            None => (State::default(), 0),
+        };
+        let after = snapshot_lsn.unwrap_or(0);
+        let log_start = if wal_dir.exists() {
+            keel_wal::segment::list_directory(&wal_dir)?
+                .segments
+                .first()
+                .map(|s| s.first_lsn)
+        } else {
+            None
+        };
+        if let Some(first) = log_start
+            && first > after + 1
+        {
+            return Err(Error::Metadata(format!(
+                "the log starts at LSN {first}, but the newest readable snapshot covers only up                  to LSN {after}: commits {} to {} cannot be recovered{}",
+                after + 1,
+                first - 1,
+                if snapshots_skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (unreadable snapshots: {})",
+                        snapshots_skipped
+                            .iter()
+                            .map(|(p, why)| format!("{}: {why}", p.display()))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                }
+            )));
+        }
         let report = if wal_dir.exists() {
             keel_recovery::recover(
                 &wal_dir,
                 options.recovery_policy,
-                &mut StateReplay { state: &mut state },
+                &mut StateReplay {
+                    state: &mut state,
+                    after,
+                },
             )?
         } else {
             keel_recovery::recover_empty(options.recovery_policy)
@@ -112,8 +163,14 @@ impl Database {
                 ..WalOptions::default()
             },
         )?;
+        if wal.next_lsn() <= after {
+            return Err(Error::Metadata(format!(
+                "the snapshot covers LSN {after} but the log ends at LSN {}",
+                wal.next_lsn() - 1
+            )));
+        }
         state.applied_through = wal.next_lsn() - 1;
-        let next_txn_id = report.max_txn_id.map_or(1, |id| id + 1);
+        let next_txn_id = report.max_txn_id.unwrap_or(0).max(snapshot_txn) + 1;
         tracing::info!(
             runs = state.runs.len(),
             keys = state.data.len(),
@@ -130,9 +187,95 @@ impl Database {
                 pending: Mutex::new(VecDeque::new()),
                 next_txn_id: AtomicU64::new(next_txn_id),
                 report,
+                snapshot_lsn,
+                snapshots_skipped,
+                checkpoint_log_bytes: options.checkpoint_log_bytes,
+                checkpointed_at_bytes: AtomicU64::new(0),
+                checkpointing: std::sync::atomic::AtomicBool::new(false),
                 _lock: lock,
             }),
         })
+    }
+
+    /// The LSN of the snapshot the state was loaded from at open, if any.
+    pub fn snapshot_lsn(&self) -> Option<Lsn> {
+        self.inner.snapshot_lsn
+    }
+
+    /// Snapshots that could not be read at open (newest first), with the reason; the state
+    /// came from an older one plus the log.
+    pub fn snapshots_skipped(&self) -> &[(PathBuf, String)] {
+        &self.inner.snapshots_skipped
+    }
+
+    /// Writes a snapshot of the state, logs a `Checkpoint` entry, and deletes what it makes
+    /// redundant: the log is kept back to the previous snapshot (so a damaged newest snapshot
+    /// can fall back to it), older snapshots and segments are removed. Returns the snapshot's
+    /// LSN. Commits wait while the snapshot is written.
+    pub async fn checkpoint(&self) -> Result<Lsn> {
+        let dir = self.inner.path.join("snapshots");
+        let lsn = {
+            let mut pending = lock(&self.inner.pending);
+            self.apply_visible_locked(&mut pending);
+            let lsn = pending
+                .front()
+                .map_or(self.inner.wal.next_lsn() - 1, |p| p.first_lsn - 1);
+            // The log must be durable through the snapshot, or a crash could leave a log that
+            // restarts below it.
+            if self.inner.wal.stats().durable_lsn < lsn {
+                self.inner.wal.sync().wait()?;
+            }
+            let state = self
+                .inner
+                .state
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let max_txn_id = self.inner.next_txn_id.load(Ordering::Relaxed) - 1;
+            snapshot::write(&dir, lsn, max_txn_id, &state)?;
+            lsn
+        };
+        let entry = WalEntry::Checkpoint {
+            run_id: RunId::from_u128(SYSTEM_RUN),
+            snapshot_lsn: lsn,
+        };
+        self.inner
+            .wal
+            .append_with(&[entry], Durability::Strict)
+            .await?;
+        let snapshots = snapshot::list(&dir)?;
+        if let Some((previous, _)) = snapshots.get(1) {
+            self.inner.wal.remove_segments_before(previous + 1)?;
+        }
+        let mut removed = false;
+        for (_, old) in snapshots.iter().skip(2) {
+            std::fs::remove_file(old)
+                .map_err(|e| keel_wal::Error::io("removing old snapshot", old, e))?;
+            removed = true;
+        }
+        if removed {
+            fsutil::sync_dir(&dir)?;
+        }
+        self.inner
+            .checkpointed_at_bytes
+            .store(self.inner.wal.stats().bytes_written, Ordering::Relaxed);
+        tracing::info!(path = %self.inner.path.display(), lsn, "checkpoint written");
+        Ok(lsn)
+    }
+
+    /// Runs a checkpoint when the log has grown past the threshold since the last one.
+    async fn maybe_checkpoint(&self) -> Result<()> {
+        let threshold = self.inner.checkpoint_log_bytes;
+        if threshold == 0 {
+            return Ok(());
+        }
+        let grown = self.inner.wal.stats().bytes_written
+            - self.inner.checkpointed_at_bytes.load(Ordering::Relaxed);
+        if grown < threshold || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let outcome = self.checkpoint().await.map(drop);
+        self.inner.checkpointing.store(false, Ordering::Release);
+        outcome
     }
 
     /// What recovery found and did when this database was opened.
@@ -266,8 +409,12 @@ impl Database {
 
     /// Applies, in LSN order, every queued commit the log has acknowledged.
     fn apply_visible(&self) {
-        let visible = self.visible_lsn();
         let mut pending = lock(&self.inner.pending);
+        self.apply_visible_locked(&mut pending);
+    }
+
+    fn apply_visible_locked(&self, pending: &mut VecDeque<Pending>) {
+        let visible = self.visible_lsn();
         if pending.front().is_none_or(|p| p.last_lsn > visible) {
             return;
         }
@@ -322,6 +469,7 @@ impl Database {
             let first_lsn = self.inner.wal.next_lsn();
             let future = self.inner.wal.append_encoded(batch, self.inner.durability);
             pending.push_back(Pending {
+                first_lsn,
                 last_lsn: first_lsn + count - 1,
                 run,
                 changes,
@@ -330,6 +478,7 @@ impl Database {
         };
         let lsn = future.await?;
         self.apply_visible();
+        self.maybe_checkpoint().await?;
         Ok(lsn)
     }
 }

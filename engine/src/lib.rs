@@ -22,6 +22,7 @@
 //! ```
 
 mod db;
+mod snapshot;
 mod state;
 
 pub use db::{Database, Options, Transaction};

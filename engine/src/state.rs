@@ -138,14 +138,19 @@ impl State {
     }
 }
 
-/// Replays the log into a [`State`].
+/// Replays the log into a [`State`], skipping the commits a snapshot already holds.
 #[derive(Debug)]
 pub(crate) struct StateReplay<'a> {
     pub state: &'a mut State,
+    /// Commits at or below this LSN are in the snapshot the state was loaded from.
+    pub after: Lsn,
 }
 
 impl Replay for StateReplay<'_> {
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> Result<(), ReplayError> {
+        if txn.commit_lsn <= self.after {
+            return Ok(());
+        }
         let mut changes = Vec::with_capacity(txn.entries().len());
         for (lsn, entry) in txn.entries() {
             changes.push(match entry {

@@ -1,5 +1,5 @@
-//! Model-based test: random runs, transactions (committed and aborted), run ends, closes and
-//! drops without close, against a `BTreeMap` model; after every step and every reopen the
+//! Model-based test: random runs, transactions (committed and aborted), run ends,
+//! checkpoints, closes and drops without close, against a `BTreeMap` model; after every step and every reopen the
 //! database equals the model for every acknowledged commit. `KEEL_SEED` replays a run.
 
 use std::collections::BTreeMap;
@@ -18,6 +18,7 @@ enum Op {
         writes: Vec<(u8, Option<u8>)>,
         commit: bool,
     },
+    Checkpoint,
     Close,
     DropWithoutClose,
 }
@@ -32,6 +33,7 @@ fn op() -> impl Strategy<Value = Op> {
             proptest::bool::weighted(0.85),
         )
             .prop_map(|(run, writes, commit)| Op::Txn { run, writes, commit }),
+        1 => Just(Op::Checkpoint),
         1 => Just(Op::Close),
         1 => Just(Op::DropWithoutClose),
     ]
@@ -156,6 +158,9 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
                 } else {
                     txn.abort();
                 }
+            }
+            Op::Checkpoint => {
+                block_on(handle.checkpoint()).unwrap();
             }
             Op::Close => {
                 db.take().unwrap().close().unwrap();

@@ -1,0 +1,159 @@
+//! Checkpoints: a reopen recovers from the snapshot plus the log after it; automatic
+//! checkpoints keep the log bounded; a damaged newest snapshot falls back to the previous one
+//! plus the log, or is a clear error when that would lose commits.
+
+use std::path::Path;
+
+use futures::executor::block_on;
+use keel::{BackendChoice, Database, Error, Options, RunId};
+
+fn options(checkpoint_log_bytes: u64) -> Options {
+    Options {
+        segment_bytes: 64 * 1024,
+        max_record_bytes: 16 * 1024,
+        backend: BackendChoice::Std,
+        checkpoint_log_bytes,
+        ..Options::default()
+    }
+}
+
+fn commit_many(db: &Database, run: RunId, from: u32, count: u32) {
+    for i in from..from + count {
+        let mut txn = db.transaction(run).unwrap();
+        txn.put(
+            format!("k{:03}", i % 300).as_bytes(),
+            &i.to_le_bytes().repeat(250),
+        );
+        if i % 7 == 0 {
+            txn.delete(format!("k{:03}", (i + 1) % 300).as_bytes());
+        }
+        block_on(txn.commit()).unwrap();
+    }
+}
+
+fn contents(db: &Database, run: RunId) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
+    db.scan(run, b"")
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.value, v.version))
+        .collect()
+}
+
+fn segments(dir: &Path) -> usize {
+    keel_wal::segment::list_directory(&dir.join("wal"))
+        .unwrap()
+        .segments
+        .len()
+}
+
+fn snapshots(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir.join("snapshots")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_reopen_recovers_from_the_snapshot_plus_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options(0)).unwrap();
+    let run = block_on(db.begin_run("r")).unwrap();
+    commit_many(&db, run, 0, 400);
+    let lsn = block_on(db.checkpoint()).unwrap();
+    commit_many(&db, run, 400, 100);
+    let before = contents(&db, run);
+    db.close().unwrap();
+    let db = Database::open(dir.path(), options(0)).unwrap();
+    assert_eq!(db.snapshot_lsn(), Some(lsn));
+    assert_eq!(contents(&db, run), before);
+    assert_eq!(db.run_info(run).unwrap().name, "r");
+    // Transaction ids are not reused after a snapshot.
+    commit_many(&db, run, 500, 10);
+    db.close().unwrap();
+    let db = Database::open(dir.path(), options(0)).unwrap();
+    assert!(db.recovery_report().is_clean());
+    assert_eq!(db.recovery_report().txns_incomplete, 0);
+    db.close().unwrap();
+}
+
+#[test]
+fn automatic_checkpoints_keep_the_log_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options(128 * 1024)).unwrap();
+    let run = block_on(db.begin_run("long")).unwrap();
+    let mut most = 0;
+    for round in 0..30 {
+        commit_many(&db, run, round * 100, 100);
+        most = most.max(segments(dir.path()));
+        assert!(snapshots(dir.path()).len() <= 2);
+    }
+    let written = db.stats().bytes_written;
+    assert!(written > 3 << 20, "a long workload: {written} bytes");
+    assert!(
+        most <= 8,
+        "at most {most} segments of 64 KiB for {written} bytes"
+    );
+    let before = contents(&db, run);
+    db.close().unwrap();
+    let db = Database::open(dir.path(), options(128 * 1024)).unwrap();
+    assert!(db.snapshot_lsn().is_some());
+    assert_eq!(contents(&db, run), before);
+    db.close().unwrap();
+}
+
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options(0)).unwrap();
+    let run = block_on(db.begin_run("r")).unwrap();
+    commit_many(&db, run, 0, 200);
+    let first = block_on(db.checkpoint()).unwrap();
+    commit_many(&db, run, 200, 200);
+    block_on(db.checkpoint()).unwrap();
+    commit_many(&db, run, 400, 50);
+    let before = contents(&db, run);
+    db.close().unwrap();
+    let newest = snapshots(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&newest, bytes).unwrap();
+    let db = Database::open(dir.path(), options(0)).unwrap();
+    assert_eq!(db.snapshot_lsn(), Some(first));
+    assert_eq!(db.snapshots_skipped().len(), 1);
+    assert!(db.snapshots_skipped()[0].1.contains("checksum"));
+    assert_eq!(contents(&db, run), before);
+    db.close().unwrap();
+}
+
+#[test]
+fn damaged_snapshots_without_the_log_behind_them_are_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options(0)).unwrap();
+    let run = block_on(db.begin_run("r")).unwrap();
+    for round in 0..3 {
+        commit_many(&db, run, round * 300, 300);
+        block_on(db.checkpoint()).unwrap();
+    }
+    db.close().unwrap();
+    assert!(
+        keel_wal::segment::list_directory(&dir.path().join("wal"))
+            .unwrap()
+            .segments[0]
+            .first_lsn
+            > 1,
+        "checkpoints removed the oldest segments"
+    );
+    for snapshot in snapshots(dir.path()) {
+        std::fs::write(&snapshot, b"garbage").unwrap();
+    }
+    match Database::open(dir.path(), options(0)) {
+        Err(Error::Metadata(message)) => {
+            assert!(message.contains("cannot be recovered"), "{message}");
+            assert!(message.contains("bad magic"), "{message}");
+        }
+        other => panic!("expected a metadata error, got {other:?}"),
+    }
+}
