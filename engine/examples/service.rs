@@ -44,12 +44,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = db.stats();
     println!(
         "{} durable commits from {TASKS} tasks in {elapsed:.2?}: {:.0} commits/s, {} fdatasyncs \
-         ({:.3} per commit), backend {}",
+         ({:.3} per commit), commit latency p50 {:.0} µs / p99 {:.0} µs, backend {}",
         TASKS * PER_TASK,
         (TASKS * PER_TASK) as f64 / elapsed.as_secs_f64(),
-        stats.fsyncs,
-        stats.fsyncs as f64 / (TASKS * PER_TASK) as f64,
-        stats.backend.name()
+        stats.wal.fsyncs,
+        stats.wal.fsyncs as f64 / (TASKS * PER_TASK) as f64,
+        stats.commit_p50_us,
+        stats.commit_p99_us,
+        stats.wal.backend.name()
     );
     let orders = db.scan(run, b"order/007/")?;
     println!(

@@ -77,6 +77,9 @@ struct Inner {
     /// Log bytes written when the last checkpoint ran (this process).
     checkpointed_at_bytes: AtomicU64,
     checkpointing: std::sync::atomic::AtomicBool,
+    checkpoints: AtomicU64,
+    /// Commit latencies in nanoseconds.
+    latency: Mutex<hdrhistogram::Histogram<u64>>,
     _lock: File,
 }
 
@@ -192,6 +195,11 @@ impl Database {
                 checkpoint_log_bytes: options.checkpoint_log_bytes,
                 checkpointed_at_bytes: AtomicU64::new(0),
                 checkpointing: std::sync::atomic::AtomicBool::new(false),
+                checkpoints: AtomicU64::new(0),
+                latency: Mutex::new(
+                    hdrhistogram::Histogram::new_with_bounds(1_000, 600_000_000_000, 3)
+                        .map_err(|e| Error::Metadata(format!("latency histogram: {e}")))?,
+                ),
                 _lock: lock,
             }),
         })
@@ -258,6 +266,7 @@ impl Database {
         self.inner
             .checkpointed_at_bytes
             .store(self.inner.wal.stats().bytes_written, Ordering::Relaxed);
+        self.inner.checkpoints.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.inner.path.display(), lsn, "checkpoint written");
         Ok(lsn)
     }
@@ -382,9 +391,28 @@ impl Database {
             .collect())
     }
 
-    /// The log's counters (commits, bytes, fsyncs, batch sizes, backend in use).
-    pub fn stats(&self) -> WalStats {
-        self.inner.wal.stats()
+    /// Counters: the log's (commits, bytes, fsyncs, batch sizes, backend in use) and the
+    /// database's (commit latency percentiles, checkpoints, runs, keys).
+    pub fn stats(&self) -> Stats {
+        let latency = lock(&self.inner.latency);
+        let micros = |q: f64| {
+            if latency.is_empty() {
+                0.0
+            } else {
+                latency.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        let state = self.read();
+        Stats {
+            wal: self.inner.wal.stats(),
+            commits: latency.len(),
+            commit_p50_us: micros(0.50),
+            commit_p99_us: micros(0.99),
+            commit_p999_us: micros(0.999),
+            checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
+            runs: state.runs.len(),
+            keys: state.data.len(),
+        }
     }
 
     /// Closes the database: queued commits are written and synced, the writer stops.
@@ -464,6 +492,7 @@ impl Database {
         entries.push(WalEntry::CommitTxn { run_id, txn_id });
         let batch = EncodedBatch::encode(&entries, self.inner.max_record_bytes)?;
         let count = u64::from(batch.len());
+        let started = std::time::Instant::now();
         let future = {
             let mut pending = lock(&self.inner.pending);
             let first_lsn = self.inner.wal.next_lsn();
@@ -477,10 +506,29 @@ impl Database {
             future
         };
         let lsn = future.await?;
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        lock(&self.inner.latency).saturating_record(nanos);
         self.apply_visible();
         self.maybe_checkpoint().await?;
         Ok(lsn)
     }
+}
+
+/// A snapshot of a database's counters.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// The log's counters, including the backend in use.
+    pub wal: WalStats,
+    /// Commits made through this handle since open (transactions and run changes).
+    pub commits: u64,
+    /// Commit latency, from `commit()` to its acknowledgement, in microseconds.
+    pub commit_p50_us: f64,
+    pub commit_p99_us: f64,
+    pub commit_p999_us: f64,
+    /// Checkpoints written since open.
+    pub checkpoints: u64,
+    pub runs: usize,
+    pub keys: usize,
 }
 
 /// Buffered writes to one run, committed as one atomic unit.

@@ -25,7 +25,7 @@ mod db;
 mod snapshot;
 mod state;
 
-pub use db::{Database, Options, Transaction};
+pub use db::{Database, Options, Stats, Transaction};
 pub use keel_recovery::{RecoveryPolicy, RecoveryReport};
 pub use keel_wal::{BackendChoice, Durability, Lsn, RunId};
 pub use state::{RunInfo, RunState, Versioned};

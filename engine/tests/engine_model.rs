@@ -65,6 +65,10 @@ fn value(v: u8, n: usize) -> Vec<u8> {
 fn check(db: &Database, model: &Model) -> Result<(), TestCaseError> {
     let runs = db.list_runs();
     prop_assert_eq!(runs.len(), model.runs.len());
+    let stats = db.stats();
+    prop_assert_eq!(stats.runs, model.runs.len());
+    // The system run's metadata keys plus the users' keys.
+    prop_assert_eq!(stats.keys, model.runs.len() + model.data.len());
     for (run, ended) in &model.runs {
         let info = db.run_info(*run).expect("a known run");
         prop_assert_eq!(matches!(info.state, RunState::Ended(_)), *ended);
