@@ -33,6 +33,10 @@ pub struct Options {
     /// A checkpoint runs (in the commit that crosses it) once the log has grown by this many
     /// bytes since the last one, bounding recovery time and disk use; 0 turns it off.
     pub checkpoint_log_bytes: u64,
+    /// A transaction whose buffered writes pass this many bytes writes them to the log ahead
+    /// of its commit (after a `BeginTxn`), so its memory stays bounded; an abandoned one is
+    /// closed with an `AbortTxn`.
+    pub spill_txn_bytes: usize,
 }
 
 impl Default for Options {
@@ -46,6 +50,7 @@ impl Default for Options {
             max_record_bytes: wal.max_record_bytes,
             create_if_missing: true,
             checkpoint_log_bytes: 256 << 20,
+            spill_txn_bytes: 8 << 20,
         }
     }
 }
@@ -78,6 +83,9 @@ struct Inner {
     checkpointed_at_bytes: AtomicU64,
     checkpointing: std::sync::atomic::AtomicBool,
     checkpoints: AtomicU64,
+    spill_txn_bytes: usize,
+    /// First LSN of every spilled transaction still open: checkpoints keep the log from there.
+    open_spills: Mutex<BTreeMap<TxnId, Lsn>>,
     /// Commit latencies in nanoseconds.
     latency: Mutex<hdrhistogram::Histogram<u64>>,
     _lock: File,
@@ -196,6 +204,8 @@ impl Database {
                 checkpointed_at_bytes: AtomicU64::new(0),
                 checkpointing: std::sync::atomic::AtomicBool::new(false),
                 checkpoints: AtomicU64::new(0),
+                spill_txn_bytes: options.spill_txn_bytes.max(1),
+                open_spills: Mutex::new(BTreeMap::new()),
                 latency: Mutex::new(
                     hdrhistogram::Histogram::new_with_bounds(1_000, 600_000_000_000, 3)
                         .map_err(|e| Error::Metadata(format!("latency histogram: {e}")))?,
@@ -252,7 +262,9 @@ impl Database {
             .await?;
         let snapshots = snapshot::list(&dir)?;
         if let Some((previous, _)) = snapshots.get(1) {
-            self.inner.wal.remove_segments_before(previous + 1)?;
+            let open_spill = lock(&self.inner.open_spills).values().min().copied();
+            let keep_from = open_spill.map_or(previous + 1, |first| first.min(previous + 1));
+            self.inner.wal.remove_segments_before(keep_from)?;
         }
         let mut removed = false;
         for (_, old) in snapshots.iter().skip(2) {
@@ -350,6 +362,8 @@ impl Database {
             db: self.clone(),
             run,
             writes: BTreeMap::new(),
+            buffered_bytes: 0,
+            spill: None,
         })
     }
 
@@ -471,9 +485,18 @@ impl Database {
 
     /// Logs `changes` of `run` as one transaction and waits for its acknowledgement.
     async fn commit_changes(&self, run: u128, changes: Vec<Change>) -> Result<Lsn> {
-        let txn_id: TxnId = self.inner.next_txn_id.fetch_add(1, Ordering::Relaxed);
+        let txn_id = self.new_txn_id();
+        self.commit_unit(run, txn_id, changes, Vec::new()).await
+    }
+
+    fn new_txn_id(&self) -> TxnId {
+        self.inner.next_txn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The log entries of `changes`.
+    fn entries(run: u128, txn_id: TxnId, changes: &[Change]) -> Vec<WalEntry> {
         let run_id = RunId::from_u128(run);
-        let mut entries: Vec<WalEntry> = changes
+        changes
             .iter()
             .map(|change| match change {
                 Change::Put(key, value) => WalEntry::Write {
@@ -488,8 +511,66 @@ impl Database {
                     key: key.clone(),
                 },
             })
-            .collect();
+            .collect()
+    }
+
+    /// Appends `entries` outside any commit (a spill or an abort); returns the first LSN.
+    fn append_uncommitted(&self, entries: &[WalEntry]) -> Result<(Lsn, keel_wal::CommitFuture)> {
+        let batch = EncodedBatch::encode(entries, self.inner.max_record_bytes)?;
+        // Written, not synced: the commit's own fdatasync covers it.
+        let written = Durability::Batched {
+            max_delay: std::time::Duration::from_secs(1),
+            max_bytes: u64::MAX,
+        };
+        let _order = lock(&self.inner.pending);
+        let first = self.inner.wal.next_lsn();
+        Ok((first, self.inner.wal.append_encoded(batch, written)))
+    }
+
+    /// Reads back the entries at `lsns` (ascending) from the log.
+    fn read_logged(
+        &self,
+        lsns: &[Lsn],
+        mut f: impl FnMut(Lsn, &keel_wal::ArchivedWalEntry),
+    ) -> Result<()> {
+        let Some(&first) = lsns.first() else {
+            return Ok(());
+        };
+        let last = *lsns.last().expect("not empty");
+        let mut reader = keel_wal::LogReader::open_from(&self.inner.path.join("wal"), first)?;
+        let mut wanted = lsns.iter().peekable();
+        while let Some(record) = reader.next_record()? {
+            if record.lsn > last {
+                break;
+            }
+            if wanted.peek() == Some(&&record.lsn) {
+                wanted.next();
+                f(record.lsn, record.entry);
+            }
+        }
+        match wanted.next() {
+            None => Ok(()),
+            Some(missing) => Err(Error::Metadata(format!(
+                "spilled entry at LSN {missing} is not in the log"
+            ))),
+        }
+    }
+
+    /// Logs `logged` (and the `CommitTxn`) as one unit of transaction `txn_id`, whose
+    /// `earlier` changes were spilled before; waits for the acknowledgement and applies
+    /// `earlier` then `logged`.
+    async fn commit_unit(
+        &self,
+        run: u128,
+        txn_id: TxnId,
+        logged: Vec<Change>,
+        earlier: Vec<Change>,
+    ) -> Result<Lsn> {
+        let run_id = RunId::from_u128(run);
+        let mut entries = Self::entries(run, txn_id, &logged);
         entries.push(WalEntry::CommitTxn { run_id, txn_id });
+        let mut changes = earlier;
+        changes.extend(logged);
         let batch = EncodedBatch::encode(&entries, self.inner.max_record_bytes)?;
         let count = u64::from(batch.len());
         let started = std::time::Instant::now();
@@ -531,13 +612,28 @@ pub struct Stats {
     pub keys: usize,
 }
 
-/// Buffered writes to one run, committed as one atomic unit.
+/// Writes of a transaction already in the log.
+#[derive(Debug)]
+struct Spill {
+    txn_id: TxnId,
+    first_lsn: Lsn,
+    /// Each spilled key's latest entry: its LSN, and whether it is a delete.
+    entries: BTreeMap<Vec<u8>, (Lsn, bool)>,
+    /// The latest spill's append: waited for (written) before reading spilled entries back.
+    last: Option<keel_wal::CommitFuture>,
+}
+
+/// Buffered writes to one run, committed as one atomic unit. Past
+/// [`Options::spill_txn_bytes`] the buffered writes go to the log ahead of the commit; a
+/// transaction dropped without `commit` is then closed with an `AbortTxn`.
 #[derive(Debug)]
 pub struct Transaction {
     db: Database,
     run: RunId,
     /// `None` marks a delete.
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    buffered_bytes: usize,
+    spill: Option<Spill>,
 }
 
 impl Transaction {
@@ -546,42 +642,179 @@ impl Transaction {
         self.run
     }
 
-    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+    /// Writes `value` under `key` (in this transaction). Fails only when a spill to the log
+    /// fails.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.buffered_bytes += key.len() + value.len();
         self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        self.spill_if_large()
     }
 
-    pub fn delete(&mut self, key: &[u8]) {
+    /// Deletes `key` (in this transaction).
+    pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.buffered_bytes += key.len();
         self.writes.insert(key.to_vec(), None);
+        self.spill_if_large()
     }
 
-    /// The value this transaction would commit for `key`: its own write, else the committed
-    /// value. (`version` of an uncommitted value is 0.)
-    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>> {
-        match self.writes.get(key) {
-            Some(Some(value)) => Ok(Some(Versioned {
-                value: value.clone(),
-                version: 0,
-            })),
-            Some(None) => Ok(None),
-            None => self.db.get(self.run, key),
+    /// Whether some of this transaction's writes are already in the log.
+    pub fn spilled(&self) -> bool {
+        self.spill.is_some()
+    }
+
+    fn spill_if_large(&mut self) -> Result<()> {
+        if self.buffered_bytes < self.db.inner.spill_txn_bytes {
+            return Ok(());
         }
-    }
-
-    /// Commits: one unit in the log; resolves with the commit version (its LSN) once
-    /// acknowledged, and the effects are then visible to every reader.
-    pub async fn commit(self) -> Result<Lsn> {
-        self.db.check_writable(self.run)?;
-        let changes = self
-            .writes
+        let run = self.run.as_u128();
+        let buffered: Vec<Change> = std::mem::take(&mut self.writes)
             .into_iter()
             .map(|(key, value)| match value {
                 Some(value) => Change::Put(key, value),
                 None => Change::Delete(key),
             })
             .collect();
-        self.db.commit_changes(self.run.as_u128(), changes).await
+        self.buffered_bytes = 0;
+        let begin = self.spill.is_none();
+        let txn_id = match &self.spill {
+            Some(spill) => spill.txn_id,
+            None => self.db.new_txn_id(),
+        };
+        let mut entries = Vec::with_capacity(buffered.len() + 1);
+        if begin {
+            entries.push(WalEntry::BeginTxn {
+                run_id: self.run,
+                txn_id,
+            });
+        }
+        entries.extend(Database::entries(run, txn_id, &buffered));
+        let (first, future) = self.db.append_uncommitted(&entries)?;
+        let spill = self.spill.get_or_insert_with(|| Spill {
+            txn_id,
+            first_lsn: first,
+            entries: BTreeMap::new(),
+            last: None,
+        });
+        if begin {
+            lock(&self.db.inner.open_spills).insert(txn_id, first);
+        }
+        let data_first = first + u64::from(begin);
+        for (i, change) in buffered.into_iter().enumerate() {
+            let (key, delete) = match change {
+                Change::Put(key, _) => (key, false),
+                Change::Delete(key) => (key, true),
+            };
+            spill.entries.insert(key, (data_first + i as u64, delete));
+        }
+        spill.last = Some(future);
+        tracing::debug!(
+            txn_id,
+            first_lsn = spill.first_lsn,
+            "spilled a large transaction"
+        );
+        Ok(())
     }
 
-    /// Drops the transaction's writes; nothing reaches the log.
+    /// Waits until every spilled entry has been written, so it can be read back.
+    fn spilled_written(&mut self) -> Result<()> {
+        if let Some(future) = self.spill.as_mut().and_then(|s| s.last.take()) {
+            future.wait()?;
+        }
+        Ok(())
+    }
+
+    /// The value this transaction would commit for `key`: its own write (buffered, or read
+    /// back from the log when spilled), else the committed value. (`version` of an
+    /// uncommitted value is 0.)
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Versioned>> {
+        match self.writes.get(key) {
+            Some(Some(value)) => {
+                return Ok(Some(Versioned {
+                    value: value.clone(),
+                    version: 0,
+                }));
+            }
+            Some(None) => return Ok(None),
+            None => {}
+        }
+        let spilled = self
+            .spill
+            .as_ref()
+            .and_then(|s| s.entries.get(key).copied());
+        match spilled {
+            Some((_, true)) => Ok(None),
+            Some((lsn, false)) => {
+                self.spilled_written()?;
+                let mut value = None;
+                self.db.read_logged(&[lsn], |_, entry| {
+                    if let keel_wal::ArchivedWalEntry::Write { value: v, .. } = entry {
+                        value = Some(v.as_slice().to_vec());
+                    }
+                })?;
+                Ok(value.map(|value| Versioned { value, version: 0 }))
+            }
+            None => self.db.get(self.run, key),
+        }
+    }
+
+    /// Commits: one unit in the log; resolves with the commit version (its LSN) once
+    /// acknowledged, and the effects are then visible to every reader.
+    pub async fn commit(mut self) -> Result<Lsn> {
+        self.db.check_writable(self.run)?;
+        let logged: Vec<Change> = std::mem::take(&mut self.writes)
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => Change::Put(key, value),
+                None => Change::Delete(key),
+            })
+            .collect();
+        let run = self.run.as_u128();
+        let Some(mut spill) = self.spill.take() else {
+            return self.db.commit_changes(run, logged).await;
+        };
+        // The spilled writes, read back in LSN order, for the state.
+        if let Some(future) = spill.last.take() {
+            future.await?;
+        }
+        let mut lsns: Vec<Lsn> = spill.entries.values().map(|(lsn, _)| *lsn).collect();
+        lsns.sort_unstable();
+        let mut earlier = Vec::with_capacity(lsns.len());
+        self.db.read_logged(&lsns, |_, entry| match entry {
+            keel_wal::ArchivedWalEntry::Write { key, value, .. } => {
+                earlier.push(Change::Put(
+                    key.as_slice().to_vec(),
+                    value.as_slice().to_vec(),
+                ));
+            }
+            keel_wal::ArchivedWalEntry::Delete { key, .. } => {
+                earlier.push(Change::Delete(key.as_slice().to_vec()));
+            }
+            _ => {}
+        })?;
+        let outcome = self
+            .db
+            .commit_unit(run, spill.txn_id, logged, earlier)
+            .await;
+        lock(&self.db.inner.open_spills).remove(&spill.txn_id);
+        outcome
+    }
+
+    /// Drops the transaction's writes. Nothing reaches the log, unless it spilled: then an
+    /// `AbortTxn` tells recovery to drop the spilled entries.
     pub fn abort(self) {}
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if let Some(spill) = self.spill.take() {
+            let abort = WalEntry::AbortTxn {
+                run_id: self.run,
+                txn_id: spill.txn_id,
+            };
+            if let Err(error) = self.db.append_uncommitted(&[abort]) {
+                tracing::warn!(%error, txn_id = spill.txn_id, "could not log the abort of a spilled transaction; recovery will drop it as incomplete");
+            }
+            lock(&self.db.inner.open_spills).remove(&spill.txn_id);
+        }
+    }
 }

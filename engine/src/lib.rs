@@ -15,7 +15,7 @@
 //! let db = keel::Database::open("/tmp/keel-demo", keel::Options::default())?;
 //! let run = db.begin_run("ingest").await?;
 //! let mut txn = db.transaction(run)?;
-//! txn.put(b"k", b"v");
+//! txn.put(b"k", b"v")?;
 //! let version = txn.commit().await?;
 //! assert_eq!(db.get(run, b"k")?.unwrap().version, version);
 //! # Ok(()) }

@@ -23,9 +23,11 @@ fn commit_many(db: &Database, run: RunId, from: u32, count: u32) {
         txn.put(
             format!("k{:03}", i % 300).as_bytes(),
             &i.to_le_bytes().repeat(250),
-        );
+        )
+        .unwrap();
         if i % 7 == 0 {
-            txn.delete(format!("k{:03}", (i + 1) % 300).as_bytes());
+            txn.delete(format!("k{:03}", (i + 1) % 300).as_bytes())
+                .unwrap();
         }
         block_on(txn.commit()).unwrap();
     }

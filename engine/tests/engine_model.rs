@@ -43,6 +43,8 @@ fn options(backend: BackendChoice) -> Options {
     Options {
         segment_bytes: 64 * 1024,
         max_record_bytes: 16 * 1024,
+        // Small, so that many transactions spill to the log before their commit.
+        spill_txn_bytes: 64,
         backend,
         ..Options::default()
     }
@@ -133,11 +135,11 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
                 for (n, (k, v)) in writes.iter().enumerate() {
                     match v {
                         Some(v) => {
-                            txn.put(&key(*k), &value(*v, n));
+                            txn.put(&key(*k), &value(*v, n)).unwrap();
                             staged.insert(key(*k), Some(value(*v, n)));
                         }
                         None => {
-                            txn.delete(&key(*k));
+                            txn.delete(&key(*k)).unwrap();
                             staged.insert(key(*k), None);
                         }
                     }

@@ -33,7 +33,8 @@ fn database(dir: &Path) {
     let run = block_on(db.begin_run("tool-test")).unwrap();
     for i in 0..200u32 {
         let mut txn = db.transaction(run).unwrap();
-        txn.put(format!("key-{i:04}").as_bytes(), &[7; 100]);
+        txn.put(format!("key-{i:04}").as_bytes(), &[7; 100])
+            .unwrap();
         block_on(txn.commit()).unwrap();
     }
     db.close().unwrap();
