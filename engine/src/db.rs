@@ -37,6 +37,9 @@ pub struct Options {
     /// of its commit (after a `BeginTxn`), so its memory stays bounded; an abandoned one is
     /// closed with an `AbortTxn`.
     pub spill_txn_bytes: usize,
+    /// Fault injection for tests (see `keel_wal::Faults`).
+    #[doc(hidden)]
+    pub faults: Option<Arc<keel_wal::Faults>>,
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             create_if_missing: true,
             checkpoint_log_bytes: 256 << 20,
             spill_txn_bytes: 8 << 20,
+            faults: None,
         }
     }
 }
@@ -171,6 +175,7 @@ impl Database {
                 max_record_bytes: options.max_record_bytes,
                 backend: options.backend,
                 create_if_missing: options.create_if_missing,
+                faults: options.faults.clone(),
                 ..WalOptions::default()
             },
         )?;

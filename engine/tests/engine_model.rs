@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use futures::executor::block_on;
 use keel::{BackendChoice, Database, Error, Options, RunId, RunState};
+use keel_wal::Faults;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 
@@ -21,6 +24,13 @@ enum Op {
     Checkpoint,
     Close,
     DropWithoutClose,
+    /// The commit's fdatasync fails (the log is poisoned), then the process "crashes" (the
+    /// database is dropped) and reopens: the commit was not acknowledged, so it may or may
+    /// not be there, but whole or not at all.
+    FailedSyncThenCrash {
+        run: usize,
+        writes: Vec<(u8, Option<u8>)>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -36,11 +46,17 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Checkpoint),
         1 => Just(Op::Close),
         1 => Just(Op::DropWithoutClose),
+        1 => (
+            0usize..8,
+            proptest::collection::vec((0u8..12, proptest::option::weighted(0.8, any::<u8>())), 1..6),
+        )
+            .prop_map(|(run, writes)| Op::FailedSyncThenCrash { run, writes }),
     ]
 }
 
-fn options(backend: BackendChoice) -> Options {
+fn options(backend: BackendChoice, faults: &Arc<Faults>) -> Options {
     Options {
+        faults: Some(Arc::clone(faults)),
         segment_bytes: 64 * 1024,
         max_record_bytes: 16 * 1024,
         // Small, so that many transactions spill to the log before their commit.
@@ -93,7 +109,8 @@ fn check(db: &Database, model: &Model) -> Result<(), TestCaseError> {
 
 fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut db = Some(Database::open(dir.path(), options(backend)).unwrap());
+    let faults = Faults::new();
+    let mut db = Some(Database::open(dir.path(), options(backend, &faults)).unwrap());
     let mut model = Model::default();
     for (step, op) in ops.into_iter().enumerate() {
         let handle = db.as_ref().unwrap();
@@ -170,11 +187,45 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
             }
             Op::Close => {
                 db.take().unwrap().close().unwrap();
-                db = Some(Database::open(dir.path(), options(backend)).unwrap());
+                db = Some(Database::open(dir.path(), options(backend, &faults)).unwrap());
+            }
+            Op::FailedSyncThenCrash { run, writes } => {
+                let Some(&(run, false)) = model.runs.get(run % 8) else {
+                    continue;
+                };
+                let mut txn = handle.transaction(run).unwrap();
+                let mut staged = BTreeMap::new();
+                for (n, (k, v)) in writes.iter().enumerate() {
+                    match v {
+                        Some(v) => txn.put(&key(*k), &value(*v, n)).unwrap(),
+                        None => txn.delete(&key(*k)).unwrap(),
+                    }
+                    staged.insert(key(*k), v.map(|v| value(v, n)));
+                }
+                faults.fail_sync_after(0);
+                let outcome = block_on(txn.commit());
+                prop_assert!(outcome.is_err(), "step {step}: a commit whose sync failed");
+                drop(db.take());
+                faults.fail_sync_after(u32::MAX);
+                db = Some(Database::open(dir.path(), options(backend, &faults)).unwrap());
+                let mut with = Model {
+                    runs: model.runs.clone(),
+                    data: model.data.clone(),
+                };
+                for (k, v) in staged {
+                    match v {
+                        Some(v) => with.data.insert((run.as_u128(), k), v),
+                        None => with.data.remove(&(run.as_u128(), k)),
+                    };
+                }
+                // Whole or not at all: adopt whichever the database shows.
+                if check(db.as_ref().unwrap(), &with).is_ok() {
+                    model = with;
+                }
             }
             Op::DropWithoutClose => {
                 drop(db.take());
-                db = Some(Database::open(dir.path(), options(backend)).unwrap());
+                db = Some(Database::open(dir.path(), options(backend, &faults)).unwrap());
                 let report = db.as_ref().unwrap().recovery_report();
                 prop_assert_eq!(report.txns_incomplete, 0);
             }
