@@ -236,6 +236,12 @@ impl Database {
     /// can fall back to it), older snapshots and segments are removed. Returns the snapshot's
     /// LSN. Commits wait while the snapshot is written.
     pub async fn checkpoint(&self) -> Result<Lsn> {
+        use tracing::Instrument;
+        let span = tracing::info_span!("checkpoint", path = %self.inner.path.display());
+        self.write_checkpoint().instrument(span).await
+    }
+
+    async fn write_checkpoint(&self) -> Result<Lsn> {
         let dir = self.inner.path.join("snapshots");
         let lsn = {
             let mut pending = lock(&self.inner.pending);
