@@ -30,6 +30,23 @@ pub use keel_recovery::{RecoveryPolicy, RecoveryReport};
 pub use keel_wal::{BackendChoice, Durability, Lsn, RunId};
 pub use state::{RunInfo, RunState, Versioned};
 
+/// Reads every snapshot in the database at `path` (newest first) and says whether it reads
+/// back whole: `Ok(lsn)` or why not. Changes nothing.
+pub fn check_snapshots(
+    path: impl AsRef<std::path::Path>,
+) -> Result<Vec<(std::path::PathBuf, std::result::Result<Lsn, String>)>> {
+    let dir = path.as_ref().join("snapshots");
+    Ok(snapshot::list(&dir)?
+        .into_iter()
+        .map(|(_, file)| {
+            let outcome = snapshot::read(&file)
+                .map(|l| l.lsn)
+                .map_err(|e| e.to_string());
+            (file, outcome)
+        })
+        .collect())
+}
+
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -112,3 +112,37 @@ fn a_missing_directory_is_a_plain_error() {
         text(&output)
     );
 }
+
+#[test]
+fn verify_reads_snapshots_back() {
+    let dir = tempfile::tempdir().unwrap();
+    database(dir.path());
+    let db = Database::open(dir.path(), Options::default()).unwrap();
+    block_on(db.checkpoint()).unwrap();
+    db.close().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let clean = keel(&["verify", path]);
+    assert!(clean.status.success(), "{}", text(&clean));
+    assert!(
+        text(&clean).contains("reads back whole"),
+        "{}",
+        text(&clean)
+    );
+    let snapshot = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&snapshot, bytes).unwrap();
+    let damaged = keel(&["verify", path]);
+    assert_eq!(damaged.status.code(), Some(1), "{}", text(&damaged));
+    assert!(
+        text(&damaged).contains("checksum mismatch"),
+        "{}",
+        text(&damaged)
+    );
+}

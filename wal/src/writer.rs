@@ -554,6 +554,7 @@ impl Writer {
     /// Starts the segment whose first record is `first_lsn`, after the barrier: the staged
     /// batch written and synced, every chain of the old segment complete.
     fn rotate(&mut self, first_lsn: Lsn) {
+        let _span = tracing::info_span!("rotation", first_lsn).entered();
         if !self.batch.bytes.is_empty() {
             self.submit_batch(true);
         } else if self.sealed_through > self.sync_submitted_through {
