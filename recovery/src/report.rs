@@ -80,6 +80,9 @@ impl RecoveryReport {
 
 impl fmt::Display for RecoveryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.segments == 0 && self.anomalies.is_empty() {
+            return write!(f, "recovery ({}): no log yet (a new database)", self.policy);
+        }
         writeln!(f, "recovery ({}) in {:.1?}", self.policy, self.duration)?;
         let range = match (self.first_lsn, self.last_lsn) {
             (Some(first), Some(last)) => format!("LSN {first} to {last}"),
