@@ -263,6 +263,70 @@ fn options(args: &BenchArgs, cell: Cell) -> WalOptions {
     }
 }
 
+/// What the committers of one run share with the thread that watches the clock.
+struct Clock {
+    total: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+    duration: Duration,
+    progress: ProgressBar,
+}
+
+impl Clock {
+    fn start(args: &BenchArgs, label: &str) -> Clock {
+        let duration = Duration::from_secs_f64(args.duration);
+        Clock {
+            total: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: progress_bar(args, label, duration),
+            start: Instant::now(),
+            duration,
+        }
+    }
+
+    /// Shows progress until the duration has passed, then tells the committers to stop.
+    fn watch(&self) {
+        while self.start.elapsed() < self.duration {
+            std::thread::sleep(
+                Duration::from_millis(100).min(self.duration.saturating_sub(self.start.elapsed())),
+            );
+            let position = self
+                .start
+                .elapsed()
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX);
+            self.progress.set_position(position);
+            self.progress
+                .set_message(format!("{} commits", self.total.load(Ordering::Relaxed)));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Merges the committers' latencies: the run's outcome.
+    fn finish(
+        self,
+        latencies: impl IntoIterator<Item = Result<Histogram<u64>, String>>,
+    ) -> Result<(Histogram<u64>, u64, Duration), String> {
+        let mut merged = latency_histogram();
+        for one in latencies {
+            merged.add(&one?).map_err(|e| e.to_string())?;
+        }
+        let elapsed = self.start.elapsed();
+        self.progress.finish_and_clear();
+        Ok((merged, self.total.load(Ordering::Relaxed), elapsed))
+    }
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid bounds")
+}
+
+fn record_latency(latencies: &mut Histogram<u64>, began: Instant, total: &AtomicU64) {
+    latencies.saturating_record(u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    total.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Runs `commit` on `writers` threads for the configured duration, with a progress bar.
 /// Returns the merged latency histogram, the commit count and the elapsed time.
 fn drive<F>(
@@ -275,51 +339,34 @@ where
     F: Fn(u32, u64) -> Result<(), String> + Send + Sync + 'static,
 {
     let commit = Arc::new(commit);
-    let total = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let duration = Duration::from_secs_f64(args.duration);
-    let progress = progress_bar(args, label, duration);
-    let start = Instant::now();
+    let clock = Clock::start(args, label);
     let threads: Vec<_> = (0..writers)
         .map(|writer| {
-            let (commit, total, stop) =
-                (Arc::clone(&commit), Arc::clone(&total), Arc::clone(&stop));
+            let (commit, total, stop) = (
+                Arc::clone(&commit),
+                Arc::clone(&clock.total),
+                Arc::clone(&clock.stop),
+            );
             std::thread::spawn(move || -> Result<Histogram<u64>, String> {
-                let mut latencies = Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3)
-                    .expect("valid bounds");
+                let mut latencies = latency_histogram();
                 let mut sequence = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let began = Instant::now();
                     commit(writer, sequence)?;
-                    latencies.saturating_record(
-                        u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                    );
-                    total.fetch_add(1, Ordering::Relaxed);
+                    record_latency(&mut latencies, began, &total);
                     sequence += 1;
                 }
                 Ok(latencies)
             })
         })
         .collect();
-    while start.elapsed() < duration {
-        std::thread::sleep(
-            Duration::from_millis(100).min(duration.saturating_sub(start.elapsed())),
-        );
-        progress.set_position(start.elapsed().as_millis().try_into().unwrap_or(u64::MAX));
-        progress.set_message(format!("{} commits", total.load(Ordering::Relaxed)));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut merged =
-        Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid bounds");
-    for thread in threads {
-        let latencies = thread
+    clock.watch();
+    let joined = threads.into_iter().map(|thread| {
+        thread
             .join()
-            .map_err(|_| "a bench thread panicked".to_string())??;
-        merged.add(&latencies).map_err(|e| e.to_string())?;
-    }
-    let elapsed = start.elapsed();
-    progress.finish_and_clear();
-    Ok((merged, total.load(Ordering::Relaxed), elapsed))
+            .map_err(|_| "a bench thread panicked".to_string())?
+    });
+    clock.finish(joined.collect::<Vec<_>>())
 }
 
 /// Like [`drive`], with each committer a tokio task awaiting the future `commit` returns.
@@ -337,51 +384,34 @@ where
         .build()
         .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
     let commit = Arc::new(commit);
-    let total = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let duration = Duration::from_secs_f64(args.duration);
-    let progress = progress_bar(args, label, duration);
-    let start = Instant::now();
+    let clock = Clock::start(args, label);
     let tasks: Vec<_> = (0..writers)
         .map(|writer| {
-            let (commit, total, stop) =
-                (Arc::clone(&commit), Arc::clone(&total), Arc::clone(&stop));
+            let (commit, total, stop) = (
+                Arc::clone(&commit),
+                Arc::clone(&clock.total),
+                Arc::clone(&clock.stop),
+            );
             runtime.spawn(async move {
-                let mut latencies = Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3)
-                    .expect("valid bounds");
+                let mut latencies = latency_histogram();
                 let mut sequence = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let began = Instant::now();
                     commit(writer, sequence).await.map_err(|e| e.to_string())?;
-                    latencies.saturating_record(
-                        u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                    );
-                    total.fetch_add(1, Ordering::Relaxed);
+                    record_latency(&mut latencies, began, &total);
                     sequence += 1;
                 }
                 Ok::<_, String>(latencies)
             })
         })
         .collect();
-    while start.elapsed() < duration {
-        std::thread::sleep(
-            Duration::from_millis(100).min(duration.saturating_sub(start.elapsed())),
-        );
-        progress.set_position(start.elapsed().as_millis().try_into().unwrap_or(u64::MAX));
-        progress.set_message(format!("{} commits", total.load(Ordering::Relaxed)));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut merged =
-        Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid bounds");
-    for task in tasks {
-        let latencies = runtime
+    clock.watch();
+    let joined = tasks.into_iter().map(|task| {
+        runtime
             .block_on(task)
-            .map_err(|_| "a bench task panicked".to_string())??;
-        merged.add(&latencies).map_err(|e| e.to_string())?;
-    }
-    let elapsed = start.elapsed();
-    progress.finish_and_clear();
-    Ok((merged, total.load(Ordering::Relaxed), elapsed))
+            .map_err(|_| "a bench task panicked".to_string())?
+    });
+    clock.finish(joined.collect::<Vec<_>>())
 }
 
 fn progress_bar(args: &BenchArgs, label: &str, duration: Duration) -> ProgressBar {

@@ -673,19 +673,24 @@ impl Transaction {
         self.spill.is_some()
     }
 
-    fn spill_if_large(&mut self) -> Result<()> {
-        if self.buffered_bytes < self.db.inner.spill_txn_bytes {
-            return Ok(());
-        }
-        let run = self.run.as_u128();
-        let buffered: Vec<Change> = std::mem::take(&mut self.writes)
+    /// Empties the buffer into changes, in key order.
+    fn take_writes(&mut self) -> Vec<Change> {
+        self.buffered_bytes = 0;
+        std::mem::take(&mut self.writes)
             .into_iter()
             .map(|(key, value)| match value {
                 Some(value) => Change::Put(key, value),
                 None => Change::Delete(key),
             })
-            .collect();
-        self.buffered_bytes = 0;
+            .collect()
+    }
+
+    fn spill_if_large(&mut self) -> Result<()> {
+        if self.buffered_bytes < self.db.inner.spill_txn_bytes {
+            return Ok(());
+        }
+        let run = self.run.as_u128();
+        let buffered = self.take_writes();
         let begin = self.spill.is_none();
         let txn_id = match &self.spill {
             Some(spill) => spill.txn_id,
@@ -772,13 +777,7 @@ impl Transaction {
     /// acknowledged, and the effects are then visible to every reader.
     pub async fn commit(mut self) -> Result<Lsn> {
         self.db.check_writable(self.run)?;
-        let logged: Vec<Change> = std::mem::take(&mut self.writes)
-            .into_iter()
-            .map(|(key, value)| match value {
-                Some(value) => Change::Put(key, value),
-                None => Change::Delete(key),
-            })
-            .collect();
+        let logged = self.take_writes();
         let run = self.run.as_u128();
         let Some(mut spill) = self.spill.take() else {
             return self.db.commit_changes(run, logged).await;

@@ -98,6 +98,39 @@ pub enum Beyond {
     Witness(record::RecordHeader),
 }
 
+/// Visits every 8-byte aligned position of `[from, end)` that starts a non-zero
+/// record-header-sized window, in order, reading the file in bounded chunks, until `visit`
+/// returns something.
+fn scan_headers<T>(
+    file: &File,
+    segment: &SegmentFile,
+    from: u64,
+    end: u64,
+    mut visit: impl FnMut(u64, &[u8]) -> Option<T>,
+) -> Result<Option<T>> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; usize::try_from(CHUNK).expect("1 MiB") + RECORD_HEADER_LEN];
+    let mut chunk_start = from;
+    while chunk_start + RECORD_HEADER_LEN as u64 <= end {
+        let chunk_end = (chunk_start + CHUNK + RECORD_HEADER_LEN as u64).min(end);
+        let len = usize::try_from(chunk_end - chunk_start).expect("bounded by CHUNK");
+        file.read_exact_at(&mut buf[..len], chunk_start)
+            .map_err(|e| Error::io("reading segment", &segment.path, e))?;
+        let mut at = 0;
+        while at + RECORD_HEADER_LEN <= len && (at as u64) < CHUNK {
+            let candidate = &buf[at..at + RECORD_HEADER_LEN];
+            if candidate.iter().any(|&b| b != 0)
+                && let Some(found) = visit(chunk_start + at as u64, candidate)
+            {
+                return Ok(Some(found));
+            }
+            at += RECORD_ALIGN;
+        }
+        chunk_start += CHUNK;
+    }
+    Ok(None)
+}
+
 /// Scans `[from, end)` for a verifiable record header whose durable mark reaches `lsn`.
 pub fn scan_beyond(
     file: &File,
@@ -107,34 +140,17 @@ pub fn scan_beyond(
     end: u64,
     lsn: Lsn,
 ) -> Result<Beyond> {
-    const CHUNK: u64 = 1 << 20;
-    let mut buf = vec![0u8; usize::try_from(CHUNK).expect("1 MiB") + RECORD_HEADER_LEN];
-    let mut chunk_start = from;
     let mut debris = false;
-    while chunk_start + RECORD_HEADER_LEN as u64 <= end {
-        let chunk_end = (chunk_start + CHUNK + RECORD_HEADER_LEN as u64).min(end);
-        let len = usize::try_from(chunk_end - chunk_start).expect("bounded by CHUNK");
-        file.read_exact_at(&mut buf[..len], chunk_start)
-            .map_err(|e| Error::io("reading segment", &segment.path, e))?;
-        let mut at = 0;
-        while at + RECORD_HEADER_LEN <= len && (at as u64) < CHUNK {
-            let candidate = &buf[at..at + RECORD_HEADER_LEN];
-            if candidate.iter().any(|&b| b != 0) {
-                debris = true;
-                if let Ok(found) = record::parse_header(candidate, header.salt, u64::MAX)
-                    && found.durable_lsn >= lsn
-                {
-                    return Ok(Beyond::Witness(found));
-                }
-            }
-            at += RECORD_ALIGN;
-        }
-        chunk_start += CHUNK;
-    }
-    Ok(if debris {
-        Beyond::Debris
-    } else {
-        Beyond::Zeros
+    let witness = scan_headers(file, segment, from, end, |_, candidate| {
+        debris = true;
+        record::parse_header(candidate, header.salt, u64::MAX)
+            .ok()
+            .filter(|found| found.durable_lsn >= lsn)
+    })?;
+    Ok(match witness {
+        Some(found) => Beyond::Witness(found),
+        None if debris => Beyond::Debris,
+        None => Beyond::Zeros,
     })
 }
 
@@ -148,28 +164,10 @@ pub fn next_valid_header(
     end: u64,
     min_lsn: Lsn,
 ) -> Result<Option<(u64, record::RecordHeader)>> {
-    const CHUNK: u64 = 1 << 20;
-    let mut buf = vec![0u8; usize::try_from(CHUNK).expect("1 MiB") + RECORD_HEADER_LEN];
-    let mut chunk_start = from;
-    while chunk_start + RECORD_HEADER_LEN as u64 <= end {
-        let chunk_end = (chunk_start + CHUNK + RECORD_HEADER_LEN as u64).min(end);
-        let len = usize::try_from(chunk_end - chunk_start).expect("bounded by CHUNK");
-        file.read_exact_at(&mut buf[..len], chunk_start)
-            .map_err(|e| Error::io("reading segment", &segment.path, e))?;
-        let mut at = 0;
-        while at + RECORD_HEADER_LEN <= len && (at as u64) < CHUNK {
-            let offset = chunk_start + at as u64;
-            let candidate = &buf[at..at + RECORD_HEADER_LEN];
-            if candidate.iter().any(|&b| b != 0)
-                && let Ok(found) =
-                    record::parse_header(candidate, header.salt, header.payload_limit_at(offset))
-                && found.lsn >= min_lsn
-            {
-                return Ok(Some((offset, found)));
-            }
-            at += RECORD_ALIGN;
-        }
-        chunk_start += CHUNK;
-    }
-    Ok(None)
+    scan_headers(file, segment, from, end, |offset, candidate| {
+        record::parse_header(candidate, header.salt, header.payload_limit_at(offset))
+            .ok()
+            .filter(|found| found.lsn >= min_lsn)
+            .map(|found| (offset, found))
+    })
 }
