@@ -110,7 +110,9 @@ pub fn recover(
         segment_bytes: None,
     };
     for path in &listing.unknown {
-        if path.to_string_lossy().ends_with(DISCARDED_SUFFIX) {
+        // Left by an earlier recovery: set aside, or an empty segment it did not finish.
+        let name = path.to_string_lossy();
+        if name.ends_with(DISCARDED_SUFFIX) || name.ends_with(".wal.creating") {
             continue;
         }
         walk.judge(path, 0, Finding::UnknownFile)?;
