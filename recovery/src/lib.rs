@@ -283,8 +283,22 @@ impl<R: Replay> Walk<'_, R> {
                         found: record.lsn,
                     },
                 ),
-                // The end of a sealed segment is where its writer rotated.
-                SegmentEvent::End { .. } if !last => break,
+                // The end of a sealed segment is where its writer rotated, unless verifiable
+                // records of this log follow: then a zeroed record hides them.
+                SegmentEvent::End { offset } if !last => {
+                    let hidden = tail::next_valid_header(
+                        reader.file(),
+                        segment,
+                        header,
+                        offset,
+                        reader.end(),
+                        expected,
+                    )?;
+                    if hidden.is_none() {
+                        break;
+                    }
+                    (offset, CorruptionReason::ZeroedRecord)
+                }
                 // The end of the log, unless something after it says otherwise.
                 SegmentEvent::End { offset } => (offset, CorruptionReason::DebrisAfterEnd),
                 SegmentEvent::Damaged { offset, reason } => (offset, reason),
@@ -407,9 +421,10 @@ impl<R: Replay> Walk<'_, R> {
         };
         self.report.next_lsn = next_lsn;
         // A fresh last segment where appends could not continue in place: every segment set
-        // aside (LSNs must not restart at 1), or a skip inside the last one.
+        // aside (LSNs must not restart at 1), or a skip inside the last one (also when its
+        // tail was then cut: sealed, the skipped damage is judged the same way next time).
         let seal = (remaining == 0 && !segments.is_empty())
-            || (self.seal_last && cut.is_none() && !aside.contains(&(segments.len() - 1)));
+            || (self.seal_last && !aside.contains(&(segments.len() - 1)));
         if seal {
             let database_id = match self.identity {
                 Some(id) => id,
