@@ -403,8 +403,7 @@ impl<R: Replay> Walk<'_, R> {
                 .len();
             let zeroed = fsutil::zero_range(&file, path, offset, end)?;
             if zeroed > 0 {
-                file.sync_data()
-                    .map_err(|e| keel_wal::Error::io("syncing truncated segment", path, e))?;
+                fsutil::sync_file(&file, path, false)?;
             }
             self.report.bytes_truncated += zeroed;
         }

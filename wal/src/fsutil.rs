@@ -25,10 +25,29 @@ pub fn is_reserved_name(name: &str) -> bool {
 
 /// Makes the directory's entries (creations, renames, unlinks) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(feature = "sim")]
+    if let Some(sim) = crate::sim::lookup(dir) {
+        return sim.sync_dir(dir);
+    }
     let handle = File::open(dir).map_err(|e| Error::io("opening directory", dir, e))?;
     handle
         .sync_all()
         .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+/// Makes `file`'s data durable (`fdatasync`; with `all`, its metadata too: `fsync`). Every
+/// sync outside the IO backends goes through here, so that simulated storage sees it.
+pub fn sync_file(file: &File, path: &Path, all: bool) -> Result<()> {
+    #[cfg(feature = "sim")]
+    if let Some(sim) = crate::sim::lookup(path) {
+        return sim.sync_file(file, path);
+    }
+    let result = if all {
+        file.sync_all()
+    } else {
+        file.sync_data()
+    };
+    result.map_err(|e| Error::io("syncing", path, e))
 }
 
 /// Takes the exclusive lock of a WAL directory; it is held while the returned file is open.
@@ -56,7 +75,7 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let mut file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
     file.write_all(bytes)
         .map_err(|e| Error::io("writing", &tmp, e))?;
-    file.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
+    sync_file(&file, &tmp, true)?;
     drop(file);
     std::fs::rename(&tmp, &target).map_err(|e| Error::io("renaming", &tmp, e))?;
     sync_dir(dir)

@@ -37,6 +37,8 @@ mod queue;
 pub mod reader;
 pub mod record;
 pub mod segment;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod stats;
 mod sync;
 pub mod tail;

@@ -228,8 +228,7 @@ impl Shared {
                 .map_err(|e| Error::io("zero-filling spare", &tmp, e))?;
             offset += len as u64;
         }
-        file.sync_all()
-            .map_err(|e| Error::io("syncing spare", &tmp, e))?;
+        fsutil::sync_file(&file, &tmp, true)?;
         std::fs::rename(&tmp, &ready).map_err(|e| Error::io("renaming spare", &tmp, e))?;
         fsutil::sync_dir(&self.dir)?;
         Ok(Spare { file, path: ready })

@@ -44,6 +44,12 @@ pub(crate) struct QueueState {
     pub writer_parked: bool,
     /// Bytes of the requests waiting in `requests`.
     pub queued_bytes: usize,
+    /// Simulation: the writer takes nothing while this is set.
+    #[cfg(feature = "sim")]
+    pub held: bool,
+    /// Simulation: the writer is blocked waiting for work.
+    #[cfg(feature = "sim")]
+    pub writer_idle: bool,
 }
 
 /// Above this many queued bytes an `Async` commit resolves once written, not at enqueue.
@@ -78,6 +84,10 @@ impl Queue {
             closing: false,
             writer_parked: false,
             queued_bytes: 0,
+            #[cfg(feature = "sim")]
+            held: false,
+            #[cfg(feature = "sim")]
+            writer_idle: false,
         };
         Queue {
             state: Mutex::new(state),
@@ -88,6 +98,10 @@ impl Queue {
 
     /// Wakes the writer after new work was queued under `state`'s lock (released here).
     fn wake_writer(&self, mut state: MutexGuard<'_, QueueState>) {
+        #[cfg(feature = "sim")]
+        {
+            state.writer_idle = false;
+        }
         let parked = std::mem::take(&mut state.writer_parked);
         drop(state);
         self.writer_wake.notify_one();
@@ -208,6 +222,10 @@ impl Queue {
         if let Some(limit) = idle_wait {
             state = self.wait_for_work(state, limit);
         }
+        #[cfg(feature = "sim")]
+        if state.held {
+            return state.closing;
+        }
         std::mem::swap(out, &mut state.requests);
         state.queued_bytes = 0;
         state.closing
@@ -223,18 +241,67 @@ impl Queue {
         }
         match limit {
             None => {
-                while state.requests.is_empty() && !state.closing {
+                while (state.requests.is_empty() || Self::held(&state)) && !state.closing {
+                    #[cfg(feature = "sim")]
+                    {
+                        state.writer_idle = true;
+                    }
                     state = self.writer_wake.wait(state).expect("queue lock poisoned");
+                }
+                #[cfg(feature = "sim")]
+                {
+                    state.writer_idle = false;
                 }
                 state
             }
             Some(limit) => {
-                self.writer_wake
+                #[cfg(feature = "sim")]
+                {
+                    state.writer_idle = true;
+                }
+                #[cfg_attr(not(feature = "sim"), expect(unused_mut, reason = "set under sim"))]
+                let mut state = self
+                    .writer_wake
                     .wait_timeout(state, limit)
                     .expect("queue lock poisoned")
-                    .0
+                    .0;
+                #[cfg(feature = "sim")]
+                {
+                    state.writer_idle = false;
+                }
+                state
             }
         }
+    }
+}
+
+impl Queue {
+    #[cfg(feature = "sim")]
+    fn held(state: &QueueState) -> bool {
+        state.held
+    }
+
+    #[cfg(not(feature = "sim"))]
+    fn held(_: &QueueState) -> bool {
+        false
+    }
+
+    /// Simulation: holds the writer back from taking requests (or lets it go), so that
+    /// everything queued meanwhile is taken at once.
+    #[cfg(feature = "sim")]
+    pub(crate) fn hold(&self, held: bool) {
+        let mut state = lock(&self.state);
+        state.held = held;
+        if !held && !state.requests.is_empty() {
+            self.wake_writer(state);
+        }
+    }
+
+    /// Simulation: whether the writer is blocked waiting for work.
+    #[cfg(feature = "sim")]
+    pub(crate) fn writer_idle(&self) -> bool {
+        let state = lock(&self.state);
+        state.writer_idle && (state.requests.is_empty() || state.held)
     }
 }
 

@@ -69,8 +69,7 @@ pub(crate) fn repair(file: File, segment: &SegmentFile) -> Result<(File, Tail)> 
         _ => 0,
     };
     if truncated_bytes > 0 {
-        file.sync_data()
-            .map_err(|e| Error::io("syncing truncated segment", &segment.path, e))?;
+        crate::fsutil::sync_file(&file, &segment.path, false)?;
         tracing::warn!(
             segment = %segment.path.display(), offset = tail_offset, truncated_bytes, ?damage,
             "truncated a torn tail"

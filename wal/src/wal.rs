@@ -76,7 +76,7 @@ impl Wal {
         let preallocator = Preallocator::start(
             &dir,
             options.segment_bytes,
-            options.preallocate,
+            options.preallocate && !simulated(&dir),
             &listing.spares,
         )?;
         let salt_seed = options.faults.as_ref().and_then(|f| f.salt_seed());
@@ -93,7 +93,7 @@ impl Wal {
                 open_last_segment(last)?
             }
         };
-        let backend = backend::build(&options)?;
+        let backend = backend::build(&options, &dir)?;
         let backend_kind = backend.kind();
         let shared = Arc::new(Shared {
             queue: Queue::new(next_lsn, backend.waker()),
@@ -237,6 +237,20 @@ impl Wal {
         &self.summary
     }
 
+    /// Simulation: while held, the writer takes no request, so that what is queued meanwhile
+    /// is taken at once and batches form the same way on every run.
+    #[cfg(feature = "sim")]
+    pub fn sim_hold_writer(&self, held: bool) {
+        self.shared.queue.hold(held);
+    }
+
+    /// Simulation: whether the writer is blocked waiting for requests (with everything
+    /// queued taken, unless held).
+    #[cfg(feature = "sim")]
+    pub fn sim_writer_idle(&self) -> bool {
+        self.shared.queue.writer_idle()
+    }
+
     /// Finishes what is queued, syncs it, and stops the writer. Fails if the log was
     /// poisoned, with the cause.
     pub fn close(mut self) -> Result<()> {
@@ -260,6 +274,18 @@ impl Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Whether `dir` is under simulated storage: then spares are made on the writer thread, so
+/// that every file operation happens in a reproducible order.
+fn simulated(dir: &Path) -> bool {
+    #[cfg(feature = "sim")]
+    return crate::sim::lookup(dir).is_some();
+    #[cfg(not(feature = "sim"))]
+    {
+        let _ = dir;
+        false
     }
 }
 
@@ -362,8 +388,7 @@ fn open_last_segment(segment: &SegmentFile) -> Result<(ActiveSegment, Lsn, u64)>
     let (file, tail) = tail::repair(file, segment)?;
     // What was found may still sit only in the page cache (after a process crash): make it
     // durable before new records claim it in their durable marks.
-    file.sync_data()
-        .map_err(|e| Error::io("syncing segment", &segment.path, e))?;
+    fsutil::sync_file(&file, &segment.path, false)?;
     let io_file = Arc::new(IoFile {
         file,
         path: segment.path.clone(),

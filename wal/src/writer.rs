@@ -121,6 +121,9 @@ pub(crate) struct Writer {
     salt_seed: Option<u64>,
     /// Commits a chain carries, a moving average (weight 1/8) scaled by 8.
     chain_commits_x8: u64,
+    /// Test switch: submit chains without their sync, acknowledge as if synced.
+    #[cfg(feature = "sim")]
+    ack_before_sync: bool,
 }
 
 impl Writer {
@@ -140,7 +143,6 @@ impl Writer {
         Writer {
             shared,
             backend,
-            dir,
             database_id,
             segment_bytes,
             active,
@@ -160,6 +162,9 @@ impl Writer {
             durable_waiters: VecDeque::new(),
             sync_due: SyncDue::default(),
             poisoned: None,
+            #[cfg(feature = "sim")]
+            ack_before_sync: crate::sim::lookup(&dir).is_some_and(|s| s.broken().ack_before_sync),
+            dir,
             salt_seed,
             chain_commits_x8: 0,
         }
@@ -430,6 +435,8 @@ impl Writer {
                 self.chain_commits_x8 - self.chain_commits_x8 / 8 + u64::from(commits);
         }
         self.in_flight.insert(id, info);
+        #[cfg(feature = "sim")]
+        let sync = sync && !self.ack_before_sync;
         self.backend.submit(Chain {
             id,
             file: Arc::clone(&self.active.file),
@@ -628,9 +635,12 @@ pub(crate) fn install_segment(
     debug_assert!(RECORD_HEADER_LEN as u64 <= HEADER_BLOCK_LEN);
     file.write_all_at(&header.encode(), 0)
         .map_err(|e| Error::io("writing header of", spare_path, e))?;
-    file.sync_data()
-        .map_err(|e| Error::io("syncing header of", spare_path, e))?;
+    crate::fsutil::sync_file(file, spare_path, false)?;
     std::fs::rename(spare_path, path).map_err(|e| Error::io("renaming spare to", path, e))?;
     let dir = path.parent().expect("segments live in a directory");
+    #[cfg(feature = "sim")]
+    if crate::sim::lookup(dir).is_some_and(|s| s.broken().skip_rotation_dir_sync) {
+        return Ok(());
+    }
     crate::fsutil::sync_dir(dir)
 }

@@ -31,6 +31,9 @@ pub enum BackendKind {
     Std,
     /// io_uring: linked write→fdatasync chains, several in flight.
     Uring,
+    /// Simulated storage, for tests (`sim` feature; see [`crate::sim`]).
+    #[cfg(feature = "sim")]
+    Sim,
 }
 
 impl BackendKind {
@@ -39,6 +42,8 @@ impl BackendKind {
         match self {
             BackendKind::Std => "std",
             BackendKind::Uring => "uring",
+            #[cfg(feature = "sim")]
+            BackendKind::Sim => "sim",
         }
     }
 }
@@ -137,8 +142,20 @@ fn build_uring(options: &WalOptions) -> std::result::Result<Box<dyn Backend>, St
 }
 
 /// Builds the backend `options` ask for. `Auto` prefers io_uring and falls back to std with
-/// one warning a process; an explicit `Uring` that cannot run is an error.
-pub(crate) fn build(options: &WalOptions) -> Result<Box<dyn Backend>> {
+/// one warning a process; an explicit `Uring` that cannot run is an error. A log under a
+/// registered [`crate::sim::Sim`] always runs on the simulated backend.
+pub(crate) fn build(options: &WalOptions, dir: &std::path::Path) -> Result<Box<dyn Backend>> {
+    #[cfg(feature = "sim")]
+    if let Some(sim) = crate::sim::lookup(dir) {
+        let backend: Box<dyn Backend> =
+            Box::new(crate::sim::SimBackend::new(sim, options.io_depth));
+        return Ok(match &options.faults {
+            Some(faults) => Box::new(faults::FaultyBackend::new(backend, Arc::clone(faults))),
+            None => backend,
+        });
+    }
+    #[cfg(not(feature = "sim"))]
+    let _ = dir;
     let backend: Box<dyn Backend> = match options.backend {
         BackendChoice::Std => Box::new(std_io::StdBackend::default()),
         BackendChoice::Uring => {
