@@ -114,8 +114,7 @@ impl Database {
         let path = path.as_ref().to_path_buf();
         let _span = tracing::info_span!("database_open", path = %path.display()).entered();
         if options.create_if_missing {
-            std::fs::create_dir_all(&path)
-                .map_err(|e| keel_wal::Error::io("creating directory", &path, e))?;
+            fsutil::create_dir_all_durably(&path)?;
         }
         let lock = fsutil::lock_dir(&path)?;
         let wal_dir = path.join("wal");

@@ -70,8 +70,7 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
 
 /// Writes `state` as the snapshot at `lsn` into `dir`, atomically.
 pub(crate) fn write(dir: &Path, lsn: Lsn, max_txn_id: TxnId, state: &State) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| keel_wal::Error::io("creating snapshot directory", dir, e))?;
+    keel_wal::fsutil::create_dir_all_durably(dir)?;
     let data = SnapshotData {
         max_txn_id,
         runs: state

@@ -385,10 +385,10 @@ impl<R: Replay> Walk<'_, R> {
             name.push(DISCARDED_SUFFIX);
             std::fs::rename(path, &name)
                 .map_err(|e| keel_wal::Error::io("setting aside segment", path, e))?;
-            self.report.segments_discarded.push(path.clone());
-        }
-        if !aside.is_empty() {
+            // Each rename durable before the next: unsynced renames may persist in any
+            // order, and only newest-first keeps what is left a contiguous log.
             fsutil::sync_dir(self.dir)?;
+            self.report.segments_discarded.push(path.clone());
         }
         if let Some(Cut::At { segment, offset }) = cut {
             let path = &segments[segment].path;

@@ -35,6 +35,30 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("syncing directory", dir, e))
 }
 
+/// Creates `dir` and any missing parents, and makes each new entry durable by syncing the
+/// directory it was created in (a new directory's name is not durable before that).
+pub fn create_dir_all_durably(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at {
+        if path.as_os_str().is_empty() || path.is_dir() {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes `file`'s data durable (`fdatasync`; with `all`, its metadata too: `fsync`). Every
 /// sync outside the IO backends goes through here, so that simulated storage sees it.
 pub fn sync_file(file: &File, path: &Path, all: bool) -> Result<()> {

@@ -65,7 +65,7 @@ impl Wal {
         options.validate()?;
         let _span = tracing::info_span!("wal_open", dir = %dir.display()).entered();
         if options.create_if_missing {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+            fsutil::create_dir_all_durably(&dir)?;
         }
         let lock = fsutil::lock_dir(&dir)?;
         let listing = segment::list_directory(&dir)?;
@@ -194,9 +194,11 @@ impl Wal {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io("removing segment", &pair[0].path, e)),
             }
+            // Oldest first, each removal durable before the next: unsynced unlinks may
+            // persist in any order, and a crash must never leave a hole in the log.
+            fsutil::sync_dir(&self.dir)?;
         }
         if removed > 0 {
-            fsutil::sync_dir(&self.dir)?;
             tracing::info!(dir = %self.dir.display(), removed, below_lsn = lsn, "removed covered segments");
         }
         Ok(removed)
