@@ -110,10 +110,15 @@ impl SegmentHeader {
         block
     }
 
-    /// Parses and checks a header block: magic, format version, checksum, field sanity.
+    /// Parses and checks a header block: magic, format version, checksum, field sanity. A
+    /// block shorter than the header is an error, not a panic.
     pub fn decode(block: &[u8], path: &Path) -> Result<SegmentHeader> {
-        assert!(block.len() >= HEADER_LEN);
         let corrupt = |reason| Error::corruption(path, 0, reason);
+        if block.len() < HEADER_LEN {
+            return Err(corrupt(CorruptionReason::SegmentTooShort {
+                actual: block.len() as u64,
+            }));
+        }
         if block[..HEADER_LEN].iter().all(|&b| b == 0) {
             return Err(corrupt(CorruptionReason::ZeroedSegmentHeader));
         }
@@ -313,6 +318,25 @@ mod tests {
         assert_eq!(parse_file_name(&file_name(u64::MAX)), Some(u64::MAX));
         assert_eq!(parse_file_name("1.wal"), None);
         assert_eq!(parse_file_name("0000000000000000000x.wal"), None);
+    }
+
+    #[test]
+    fn a_short_block_is_an_error_not_a_panic() {
+        // Found by the record-decoder fuzz target.
+        let block = header().encode();
+        for len in [0, 1, HEADER_LEN - 1] {
+            let err = SegmentHeader::decode(&block[..len], Path::new("s")).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Corruption {
+                        reason: CorruptionReason::SegmentTooShort { .. },
+                        ..
+                    }
+                ),
+                "{len}: {err}"
+            );
+        }
     }
 
     #[test]

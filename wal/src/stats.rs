@@ -1,6 +1,8 @@
 //! Counters readable from the log handle while it runs.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::sync::AtomicU64;
 
 use crate::backend::BackendKind;
 use crate::ids::Lsn;

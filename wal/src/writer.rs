@@ -20,7 +20,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, Chain, IoFile, WriteOp};
-use crate::completion::Resolver;
 use crate::error::{Error, PoisonCause};
 use crate::ids::{DatabaseId, Lsn};
 use crate::options::AckLevel;
@@ -29,7 +28,7 @@ use crate::queue::{AppendRequest, Request, refuse};
 use crate::record::{self, RECORD_HEADER_LEN, get_u32};
 use crate::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
 use crate::wal::Shared;
-use crate::watermark::Watermark;
+use crate::watermark::{Waiters, Watermark};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -113,8 +112,8 @@ pub(crate) struct Writer {
     sealed_through: Lsn,
     batch: Batch,
     spare_buffers: Vec<Vec<u8>>,
-    written_waiters: VecDeque<(Lsn, Resolver)>,
-    durable_waiters: VecDeque<(Lsn, Resolver)>,
+    written_waiters: Waiters,
+    durable_waiters: Waiters,
     sync_due: SyncDue,
     poisoned: Option<Arc<PoisonCause>>,
     /// Test hook: derive segment salts from this seed.
@@ -494,25 +493,13 @@ impl Writer {
         if self.poisoned.is_some() {
             return;
         }
-        let (written, durable) = (self.written.through(), self.durable.through());
-        self.shared.counters.written_lsn.store(written, Relaxed);
-        self.shared.counters.durable_lsn.store(durable, Relaxed);
-        while self
-            .written_waiters
-            .front()
-            .is_some_and(|(lsn, _)| *lsn <= written)
-        {
-            let (lsn, resolver) = self.written_waiters.pop_front().expect("checked");
-            resolver.resolve(Ok(lsn));
-        }
-        while self
-            .durable_waiters
-            .front()
-            .is_some_and(|(lsn, _)| *lsn <= durable)
-        {
-            let (lsn, resolver) = self.durable_waiters.pop_front().expect("checked");
-            resolver.resolve(Ok(lsn));
-        }
+        crate::watermark::publish(
+            &self.shared.counters,
+            self.written.through(),
+            self.durable.through(),
+            &mut self.written_waiters,
+            &mut self.durable_waiters,
+        );
     }
 
     fn poison(&mut self, cause: PoisonCause) {
