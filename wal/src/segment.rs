@@ -288,8 +288,13 @@ pub fn create_empty(
             .map_err(|e| Error::io("zero-filling segment", &tmp, e))?;
         offset += len as u64;
     }
-    let header = SegmentHeader::new(database_id, first_lsn, segment_bytes, None)
-        .map_err(|e| Error::io("generating salt for", &tmp, e))?;
+    let header = SegmentHeader::new(
+        database_id,
+        first_lsn,
+        segment_bytes,
+        crate::wal::simulated_seed(dir),
+    )
+    .map_err(|e| Error::io("generating salt for", &tmp, e))?;
     let path = dir.join(file_name(first_lsn));
     crate::writer::install_segment(&file, &tmp, &path, &header)?;
     Ok(path)

@@ -179,6 +179,7 @@ struct SimChain {
 #[derive(Debug)]
 struct State {
     root: PathBuf,
+    seed: u64,
     rng: SimRng,
     clock: u64,
     seq: u64,
@@ -216,6 +217,7 @@ impl Sim {
         std::fs::create_dir_all(root)?;
         let mut state = State {
             root: root.to_path_buf(),
+            seed,
             rng: SimRng::new(seed),
             clock: 0,
             seq: 0,
@@ -276,6 +278,12 @@ impl Sim {
             misdirect_write: faults.misdirect_write.map(|n| writes + n),
         };
         state.note(format!("arm {faults:?}"));
+    }
+
+    /// The seed: logs under the sim derive their segment salts and database id from it, so
+    /// that a run writes the same bytes every time.
+    pub fn seed(&self) -> u64 {
+        self.lock().seed
     }
 
     /// Breaks the writer on purpose (see [`Broken`]); read when a log opens.

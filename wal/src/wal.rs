@@ -79,7 +79,11 @@ impl Wal {
             options.preallocate && !simulated(&dir),
             &listing.spares,
         )?;
-        let salt_seed = options.faults.as_ref().and_then(|f| f.salt_seed());
+        let salt_seed = options
+            .faults
+            .as_ref()
+            .and_then(|f| f.salt_seed())
+            .or_else(|| simulated_seed(&dir));
         let (active, next_lsn, truncated_bytes) = match listing.segments.last() {
             None => create_first_segment(
                 &dir,
@@ -291,6 +295,17 @@ fn simulated(dir: &Path) -> bool {
     }
 }
 
+/// Under simulated storage, the sim's seed (salts and ids derive from it).
+pub(crate) fn simulated_seed(dir: &Path) -> Option<u64> {
+    #[cfg(feature = "sim")]
+    return crate::sim::lookup(dir).map(|s| s.seed());
+    #[cfg(not(feature = "sim"))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
 /// Reads the identity, or creates it for a new log.
 fn establish_identity(
     dir: &Path,
@@ -311,9 +326,15 @@ fn establish_identity(
             Ok((found, false))
         }
         None if listing.segments.is_empty() && options.create_if_missing => {
-            let id = match options.database_id {
-                Some(id) => id,
-                None => {
+            let id = match (options.database_id, simulated_seed(dir)) {
+                (Some(id), _) => id,
+                (None, Some(seed)) => {
+                    let mut bytes = [0u8; 16];
+                    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+                    bytes[8..].copy_from_slice(b"keel-sim");
+                    DatabaseId(bytes)
+                }
+                (None, None) => {
                     DatabaseId::random().map_err(|e| Error::io("generating an id for", dir, e))?
                 }
             };
