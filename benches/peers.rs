@@ -114,11 +114,18 @@ impl Peer for Raw {
 mod okaywal_peer {
     use super::*;
 
-    #[derive(Debug)]
-    pub struct Discard;
+    /// Counts the entries recovery hands over (reading each whole) when it has a counter;
+    /// checkpoints are no-ops: nothing to persist in a benchmark.
+    #[derive(Debug, Default)]
+    pub struct Manager(pub Option<std::sync::Arc<std::sync::atomic::AtomicU64>>);
 
-    impl okaywal::LogManager for Discard {
-        fn recover(&mut self, _entry: &mut okaywal::Entry<'_>) -> io::Result<()> {
+    impl okaywal::LogManager for Manager {
+        fn recover(&mut self, entry: &mut okaywal::Entry<'_>) -> io::Result<()> {
+            if let Some(count) = &self.0
+                && entry.read_all_chunks()?.is_some()
+            {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(())
         }
 
@@ -141,38 +148,17 @@ mod okaywal_peer {
             let wal = okaywal::Configuration::default_for(dir)
                 .preallocate_bytes(64 << 20)
                 .checkpoint_after_bytes(checkpoint_after)
-                .open(Discard)?;
+                .open(Manager(None))?;
             Ok(OkayWal(wal))
         }
     }
 
-    /// Reads every entry back, as recovery hands them over; returns how many.
-    #[derive(Debug, Default)]
-    pub struct Reading(pub std::sync::Arc<std::sync::atomic::AtomicU64>);
-
-    impl okaywal::LogManager for Reading {
-        fn recover(&mut self, entry: &mut okaywal::Entry<'_>) -> io::Result<()> {
-            if entry.read_all_chunks()?.is_some() {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(())
-        }
-
-        fn checkpoint_to(
-            &mut self,
-            _last: okaywal::EntryId,
-            _entries: &mut okaywal::SegmentReader,
-            _wal: &okaywal::WriteAheadLog,
-        ) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
+    /// Reopens (recovers) the log, reading every entry; returns how many.
     pub fn reopen(dir: &Path) -> io::Result<u64> {
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let wal = okaywal::Configuration::default_for(dir)
             .checkpoint_after_bytes(u64::MAX)
-            .open(Reading(std::sync::Arc::clone(&count)))?;
+            .open(Manager(Some(std::sync::Arc::clone(&count))))?;
         let n = count.load(Ordering::Relaxed);
         drop(wal);
         Ok(n)

@@ -802,12 +802,13 @@ impl CrashPlan {
         }
     }
 
-    /// A power loss keeping the first `keep` pending writes, and directory changes as `live`.
-    pub fn prefix(state: &CrashState, keep: usize, live: bool) -> Self {
+    /// A power loss keeping the pending writes `keep` chooses (by index), and directory
+    /// changes as `live`.
+    pub fn keeping(state: &CrashState, live: bool, keep: impl Fn(usize) -> bool) -> Self {
         CrashPlan {
             writes: (0..state.pending.len())
                 .map(|i| {
-                    if i < keep {
+                    if keep(i) {
                         WriteFate::Kept
                     } else {
                         WriteFate::Lost
@@ -819,21 +820,14 @@ impl CrashPlan {
         }
     }
 
+    /// A power loss keeping the first `keep` pending writes, and directory changes as `live`.
+    pub fn prefix(state: &CrashState, keep: usize, live: bool) -> Self {
+        Self::keeping(state, live, |i| i < keep)
+    }
+
     /// A power loss keeping the pending writes whose bit is set in `mask`.
     pub fn subset(state: &CrashState, mask: u64, live: bool) -> Self {
-        CrashPlan {
-            writes: (0..state.pending.len())
-                .map(|i| {
-                    if i < 64 && mask & (1 << i) != 0 {
-                        WriteFate::Kept
-                    } else {
-                        WriteFate::Lost
-                    }
-                })
-                .collect(),
-            dir_live: vec![live; state.dir_changes.len()],
-            ..CrashPlan::default()
-        }
+        Self::keeping(state, live, |i| i < 64 && mask & (1 << i) != 0)
     }
 
     /// A random crash: a process crash, a kept prefix, a random subset, or one torn write.
