@@ -286,13 +286,7 @@ impl Drop for Wal {
 /// Whether `dir` is under simulated storage: then spares are made on the writer thread, so
 /// that every file operation happens in a reproducible order.
 fn simulated(dir: &Path) -> bool {
-    #[cfg(feature = "sim")]
-    return crate::sim::lookup(dir).is_some();
-    #[cfg(not(feature = "sim"))]
-    {
-        let _ = dir;
-        false
-    }
+    simulated_seed(dir).is_some()
 }
 
 /// Under simulated storage, the sim's seed (salts and ids derive from it).
