@@ -1,7 +1,7 @@
 //! Side by side: Keel against the raw limit and against the logs people use instead.
 //!
 //! ```sh
-//! cargo bench -p keel-suite --bench peers --features peers -- --duration 3 --out docs/bench
+//! bash benches/run-peers.sh --duration 3 --out docs/bench
 //! ```
 //!
 //! Every system runs the same workload, one after another, in fresh directories under the
@@ -17,7 +17,10 @@
 //! - `sqlite` (feature `peer-sqlite`, bundled SQLite): WAL mode, `synchronous=FULL`, one insert
 //!   per transaction, one connection per committer;
 //! - `raft-engine` (feature `peer-raft-engine`): a `LogBatch` with one put, `write(sync=true)`
-//!   (leader-based group commit).
+//!   (leader-based group commit);
+//! - `rocksdb` (feature `peer-rocksdb`, Debian's librocksdb 7.8.3 through the `rocksdb` crate):
+//!   one `put` per commit with `WriteOptions::set_sync(true)`, default options otherwise (WAL
+//!   on; leader-based group commit; memtables flushed to SST files in the background).
 //!
 //! Output: a Markdown table (stdout and `<out>/peers.md`), JSON (`<out>/peers.json`), and SVG
 //! plots drawn here (`<out>/commits-<size>.svg`: commits/s against committers;
@@ -38,6 +41,11 @@ use keel_wal::{BackendChoice, Durability, RunId, Wal, WalEntry, WalOptions};
 trait Peer: Send + Sync {
     /// Appends `payload` as one record and returns once it is durable.
     fn commit(&self, thread: usize, seq: u64, payload: &[u8]) -> io::Result<()>;
+
+    /// What the system counted during the run, printed on stderr beside its row.
+    fn counters(&self) -> Option<String> {
+        None
+    }
 }
 
 struct Keel(Wal);
@@ -62,6 +70,21 @@ impl Peer for Keel {
             .wait()
             .map(drop)
             .map_err(io::Error::other)
+    }
+
+    fn counters(&self) -> Option<String> {
+        let s = self.0.stats();
+        Some(format!(
+            "{} commits in {} writes and {} fdatasyncs ({:.1} commits/write, at most {}), \
+             {} rotations ({} waited for a spare)",
+            s.commits,
+            s.writes,
+            s.fsyncs,
+            s.commits as f64 / s.writes.max(1) as f64,
+            s.max_batch_commits,
+            s.rotations,
+            s.rotation_waits
+        ))
     }
 }
 
@@ -266,6 +289,51 @@ mod raft_engine_peer {
     }
 }
 
+#[cfg(feature = "peer-rocksdb")]
+mod rocksdb_peer {
+    use super::*;
+
+    pub struct RocksDb {
+        db: rocksdb::DB,
+        write: rocksdb::WriteOptions,
+    }
+
+    impl RocksDb {
+        pub fn open(dir: &Path, sync: bool) -> io::Result<RocksDb> {
+            let mut options = rocksdb::Options::default();
+            options.create_if_missing(true);
+            // As for the other systems: nothing compressed.
+            options.set_compression_type(rocksdb::DBCompressionType::None);
+            let db = rocksdb::DB::open(&options, dir).map_err(io::Error::other)?;
+            let mut write = rocksdb::WriteOptions::default();
+            write.set_sync(sync);
+            Ok(RocksDb { db, write })
+        }
+
+        /// Reopens (replaying the WAL) and reads every record back.
+        pub fn reopen(dir: &Path) -> io::Result<u64> {
+            let peer = RocksDb::open(dir, true)?;
+            let mut records = 0;
+            for item in peer.db.iterator(rocksdb::IteratorMode::Start) {
+                item.map_err(io::Error::other)?;
+                records += 1;
+            }
+            Ok(records)
+        }
+    }
+
+    impl Peer for RocksDb {
+        fn commit(&self, thread: usize, seq: u64, payload: &[u8]) -> io::Result<()> {
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&(thread as u64).to_be_bytes());
+            key[8..].copy_from_slice(&seq.to_be_bytes());
+            self.db
+                .put_opt(key, payload, &self.write)
+                .map_err(io::Error::other)
+        }
+    }
+}
+
 /// `raw-uring`: one thread keeps up to `depth` write→fdatasync chains in flight through
 /// io_uring (keel-wal's backend, forced onto the ring), one record per chain and no batching:
 /// what the device gives when durable writes overlap.
@@ -345,6 +413,8 @@ fn compiled_systems() -> Vec<&'static str> {
     systems.push("sqlite");
     #[cfg(feature = "peer-raft-engine")]
     systems.push("raft-engine");
+    #[cfg(feature = "peer-rocksdb")]
+    systems.push("rocksdb");
     systems
 }
 
@@ -353,6 +423,7 @@ fn relaxed_systems() -> Vec<&'static str> {
     let peers = [
         ("sqlite-normal", cfg!(feature = "peer-sqlite")),
         ("raft-engine-nosync", cfg!(feature = "peer-raft-engine")),
+        ("rocksdb-nosync", cfg!(feature = "peer-rocksdb")),
     ];
     ["keel-batched", "keel-async"]
         .into_iter()
@@ -407,6 +478,10 @@ fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn Peer>
         "raft-engine" => Ok(Box::new(raft_engine_peer::RaftEngine::open(dir, true)?)),
         #[cfg(feature = "peer-raft-engine")]
         "raft-engine-nosync" => Ok(Box::new(raft_engine_peer::RaftEngine::open(dir, false)?)),
+        #[cfg(feature = "peer-rocksdb")]
+        "rocksdb" => Ok(Box::new(rocksdb_peer::RocksDb::open(dir, true)?)),
+        #[cfg(feature = "peer-rocksdb")]
+        "rocksdb-nosync" => Ok(Box::new(rocksdb_peer::RocksDb::open(dir, false)?)),
         other => Err(io::Error::other(format!("unknown system {other}"))),
     }
 }
@@ -477,6 +552,9 @@ fn run_one(
         total.add(&latency).map_err(io::Error::other)?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    if let Some(counters) = peer.counters() {
+        eprintln!("  {system} C={committers} {size} B: {counters}");
+    }
     drop(peer);
     Ok(Row {
         system: system.to_owned(),
@@ -510,6 +588,19 @@ fn list<T: std::str::FromStr>(value: &str) -> Vec<T> {
         .collect()
 }
 
+/// `cargo bench` runs the harness in `benches/`; a relative path given on the command line is
+/// taken from the workspace root, where the command was typed.
+fn from_workspace(path: String) -> PathBuf {
+    let path = PathBuf::from(path);
+    if path.is_absolute() {
+        return path;
+    }
+    match Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+        Some(root) => root.join(path),
+        None => path,
+    }
+}
+
 fn parse_args() -> Args {
     let mut args = Args {
         duration: Duration::from_secs(3),
@@ -529,10 +620,10 @@ fn parse_args() -> Args {
             "--committers" => args.committers = list(&value()),
             "--sizes" => args.sizes = list(&value()),
             "--systems" => args.systems = value().split(',').map(str::to_owned).collect(),
-            "--dir" => args.dir = PathBuf::from(value()),
+            "--dir" => args.dir = from_workspace(value()),
             "--relaxed-committers" => args.relaxed_committers = list(&value()),
             "--recovery-mib" => args.recovery_mib = value().parse().unwrap_or(0),
-            "--out" => args.out = Some(PathBuf::from(value())),
+            "--out" => args.out = Some(from_workspace(value())),
             // `cargo bench` passes --bench; criterion-style filters are not used here.
             _ => {}
         }
@@ -737,6 +828,7 @@ fn recovery_systems() -> Vec<(&'static str, &'static str)> {
             "raft-engine-nosync",
             cfg!(feature = "peer-raft-engine"),
         ),
+        ("rocksdb", "rocksdb-nosync", cfg!(feature = "peer-rocksdb")),
     ];
     std::iter::once(("keel", "keel-batched"))
         .chain(peers.into_iter().filter(|p| p.2).map(|p| (p.0, p.1)))
@@ -810,6 +902,8 @@ fn child_reopen(system: &str, dir: &Path) -> io::Result<()> {
             drop(engine);
             0
         }
+        #[cfg(feature = "peer-rocksdb")]
+        "rocksdb" => rocksdb_peer::RocksDb::reopen(dir)?,
         other => return Err(io::Error::other(format!("no reopen for {other}"))),
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -992,7 +1086,7 @@ fn main() {
         systems.push("raw".into());
         table.push_str(&markdown(
             &relaxed_rows,
-            "acknowledged before fdatasync (Keel Batched and Async, SQLite synchronous=NORMAL, raft-engine sync=false)",
+            "acknowledged before fdatasync (Keel Batched and Async, SQLite synchronous=NORMAL, raft-engine and RocksDB sync=false)",
             &systems,
             &relaxed_sizes,
             &args.relaxed_committers,

@@ -19,6 +19,10 @@ use crate::fsutil;
 pub const SPARE_PREFIX: &str = "spare-";
 const READY_SUFFIX: &str = ".ready";
 const ZERO_CHUNK: usize = 1 << 20;
+/// The zero fill is synced every this many bytes. One sync of a whole 64 MiB spare holds the
+/// device (and, on ext4, the journal) for ~80 ms, and every log fdatasync issued meanwhile
+/// waits behind it; measured on 64 KiB records, that was the p99 (~100 ms).
+const SYNC_STEP: u64 = 4 << 20;
 
 /// A zero-filled file of the segment size, not yet named as a segment.
 #[derive(Debug)]
@@ -227,6 +231,9 @@ impl Shared {
             file.write_all_at(&zeros[..len], offset)
                 .map_err(|e| Error::io("zero-filling spare", &tmp, e))?;
             offset += len as u64;
+            if offset.is_multiple_of(SYNC_STEP) && offset < self.segment_bytes {
+                fsutil::sync_file(&file, &tmp, false)?;
+            }
         }
         fsutil::sync_file(&file, &tmp, true)?;
         std::fs::rename(&tmp, &ready).map_err(|e| Error::io("renaming spare", &tmp, e))?;
