@@ -203,10 +203,13 @@ impl Writer {
         tracing::debug!(dir = %self.dir.display(), durable = self.durable.through(), "writer stopped");
     }
 
-    /// How long the queue may block: not at all with chains in flight, until the sync
+    /// How long the queue may block: not at all with chains in flight, a batch staged or a
+    /// sync due (a sync held back while chains were in flight must go out as soon as they
+    /// complete, not wait for the next request or the Batched timer), until the sync
     /// deadline when unsynced data waits for the timer, else until work arrives.
     fn idle_wait(&self) -> Option<Option<Duration>> {
-        if self.backend.in_flight() > 0 || !self.batch.bytes.is_empty() {
+        let sync_due = self.sync_due.now && self.sealed_through > self.sync_submitted_through;
+        if self.backend.in_flight() > 0 || !self.batch.bytes.is_empty() || sync_due {
             return None;
         }
         match self.sync_due.deadline {
