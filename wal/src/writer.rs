@@ -208,8 +208,8 @@ impl Writer {
     /// complete, not wait for the next request or the Batched timer), until the sync
     /// deadline when unsynced data waits for the timer, else until work arrives.
     fn idle_wait(&self) -> Option<Option<Duration>> {
-        let sync_due = self.sync_due.now && self.sealed_through > self.sync_submitted_through;
-        if self.backend.in_flight() > 0 || !self.batch.bytes.is_empty() || sync_due {
+        let sync_wanted = self.sync_wanted(false);
+        if self.backend.in_flight() > 0 || !self.batch.bytes.is_empty() || sync_wanted {
             return None;
         }
         match self.sync_due.deadline {
@@ -327,11 +327,16 @@ impl Writer {
         self.sync_due.unsynced_bytes += record.len() as u64;
     }
 
+    /// Whether a sync is due and has something to cover.
+    fn sync_wanted(&self, closing: bool) -> bool {
+        self.sync_due.is_due(Instant::now(), closing)
+            && self.sealed_through > self.sync_submitted_through
+    }
+
     /// Submits what is staged: the batch (with a linked sync when one is due), or a sync
     /// alone when only a sync is due.
     fn flush(&mut self, closing: bool) {
-        let sync = self.sync_due.is_due(Instant::now(), closing)
-            && self.sealed_through > self.sync_submitted_through;
+        let sync = self.sync_wanted(closing);
         if self.hold_batch(closing) {
             return;
         }
