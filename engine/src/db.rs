@@ -14,7 +14,7 @@ use keel_wal::{
 
 use crate::snapshot;
 use crate::state::{Change, RunInfo, RunRecord, RunState, SYSTEM_RUN, State, StateReplay};
-use crate::{Error, Result, Versioned};
+use crate::{Error, Result, SnapshotImage, Versioned};
 
 /// Options of [`Database::open`].
 #[derive(Clone, Debug)]
@@ -75,7 +75,9 @@ struct Inner {
     durability: Durability,
     max_record_bytes: u32,
     state: RwLock<State>,
-    /// Queued commits in LSN order; the lock also orders appends, so queue order is LSN order.
+    /// Queued commits in LSN order; the lock also orders appends (every append is made
+    /// holding it), so queue order is LSN order and `wal.next_lsn()` read under it is the LSN
+    /// the next append gets.
     pending: Mutex<VecDeque<Pending>>,
     next_txn_id: AtomicU64,
     report: RecoveryReport,
@@ -87,8 +89,12 @@ struct Inner {
     checkpointed_at_bytes: AtomicU64,
     checkpointing: std::sync::atomic::AtomicBool,
     checkpoints: AtomicU64,
+    /// Held through a checkpoint or a snapshot install, so they run one at a time (each
+    /// deletes snapshots and segments the other may be looking at).
+    snapshot_turn: tokio::sync::Mutex<()>,
     spill_txn_bytes: usize,
-    /// First LSN of every spilled transaction still open: checkpoints keep the log from there.
+    /// First LSN of every spilled transaction still open: checkpoints and installs keep the
+    /// log from there. Registered under the `pending` lock, with the append.
     open_spills: Mutex<BTreeMap<TxnId, Lsn>>,
     /// Commit latencies in nanoseconds.
     latency: Mutex<hdrhistogram::Histogram<u64>>,
@@ -125,6 +131,10 @@ impl Database {
             None => (State::default(), 0),
         };
         let after = snapshot_lsn.unwrap_or(0);
+        let unreadable: Vec<Lsn> = snapshots_skipped
+            .iter()
+            .filter_map(|(path, _)| snapshot::lsn_of(path))
+            .collect();
         let log_start = if wal_dir.exists() {
             keel_wal::segment::list_directory(&wal_dir)?
                 .segments
@@ -161,6 +171,7 @@ impl Database {
                 &mut StateReplay {
                     state: &mut state,
                     after,
+                    unreadable: &unreadable,
                 },
             )?
         } else {
@@ -208,6 +219,7 @@ impl Database {
                 checkpointed_at_bytes: AtomicU64::new(0),
                 checkpointing: std::sync::atomic::AtomicBool::new(false),
                 checkpoints: AtomicU64::new(0),
+                snapshot_turn: tokio::sync::Mutex::new(()),
                 spill_txn_bytes: options.spill_txn_bytes.max(1),
                 open_spills: Mutex::new(BTreeMap::new()),
                 latency: Mutex::new(
@@ -241,7 +253,8 @@ impl Database {
     }
 
     async fn write_checkpoint(&self) -> Result<Lsn> {
-        let dir = self.inner.path.join("snapshots");
+        let _turn = self.inner.snapshot_turn.lock().await;
+        let dir = self.snapshot_dir();
         let lsn = {
             let mut pending = lock(&self.inner.pending);
             self.apply_visible_locked(&mut pending);
@@ -266,10 +279,11 @@ impl Database {
             run_id: RunId::from_u128(SYSTEM_RUN),
             snapshot_lsn: lsn,
         };
-        self.inner
-            .wal
-            .append_with(&[entry], Durability::Strict)
-            .await?;
+        let logged = {
+            let _order = lock(&self.inner.pending);
+            self.inner.wal.append_with(&[entry], Durability::Strict)
+        };
+        logged.await?;
         let snapshots = snapshot::list(&dir)?;
         if let Some((previous, _)) = snapshots.get(1) {
             let open_spill = lock(&self.inner.open_spills).values().min().copied();
@@ -291,6 +305,158 @@ impl Database {
         self.inner.checkpoints.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.inner.path.display(), lsn, "checkpoint written");
         Ok(lsn)
+    }
+
+    fn snapshot_dir(&self) -> PathBuf {
+        self.inner.path.join("snapshots")
+    }
+
+    /// The bytes of this database's snapshot at `lsn` (the LSN [`Database::checkpoint`] or
+    /// [`Database::install_snapshot`] returned), once they decode whole: an image for
+    /// [`SnapshotImage::decode`] and [`Database::install_snapshot`]. An error when there is no
+    /// such snapshot (a later checkpoint may have deleted it; the newest two are kept) or it
+    /// is damaged.
+    pub fn read_snapshot(&self, lsn: Lsn) -> Result<Vec<u8>> {
+        let path = snapshot::path_of(&self.snapshot_dir(), lsn);
+        let (held, bytes) = snapshot::read_whole(&path)?;
+        if held != lsn {
+            return Err(Error::Metadata(format!(
+                "snapshot {} holds LSN {held}, not the LSN its name gives",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The newest of this database's snapshots that decodes whole, with its LSN; damaged newer
+    /// ones are passed over (as at open). `None` when there is none.
+    pub fn newest_snapshot(&self) -> Result<Option<(Lsn, Vec<u8>)>> {
+        snapshot::newest_bytes(&self.snapshot_dir())
+    }
+
+    /// Replaces the database's whole state (runs, keys, values) with the snapshot image's,
+    /// durably, and returns the LSN `L` it is installed at. The image is checked first: a bad
+    /// one is an [`Error::InvalidSnapshotImage`] and changes nothing.
+    ///
+    /// Every LSN in the image (key versions, runs' beginnings and ends) belongs to the log of
+    /// the database that wrote it, so all become `L`; transaction ids continue above both
+    /// databases' highest. Commits queued before the install are applied first and then
+    /// replaced; commits after it apply on top of the installed state. An open transaction is
+    /// ordered after the install: its commit applies on top of the installed state, or fails
+    /// with [`Error::UnknownRun`] when its run is not in the image. A spilled one keeps the log
+    /// from its first entry, as a checkpoint does.
+    ///
+    /// The steps, each durable before the next (checkpoints wait meanwhile; commits wait
+    /// during steps 1 to 3, as while a checkpoint writes its snapshot):
+    ///
+    /// 1. Under the lock that orders appends, every visible commit is applied and a
+    ///    `Checkpoint { snapshot_lsn: L }` entry is logged durably at `L` itself (so the log
+    ///    is durable through `L`). A checkpoint's entry always lands above its snapshot, so
+    ///    this one marks an install.
+    /// 2. The image, rebased onto `L`, is written as the snapshot `L.snap` (temporary file,
+    ///    fsync, rename, directory fsync).
+    /// 3. It becomes the in-memory state.
+    /// 4. Every other snapshot file is deleted: an older snapshot plus the log would rebuild
+    ///    the state from before the install.
+    /// 5. Log segments wholly below `L + 1` (or below the oldest open spilled transaction)
+    ///    are deleted.
+    ///
+    /// A crash before the rename in step 2 leaves the old state: at open, a marker without
+    /// its snapshot file is an install that never happened. A crash after it leaves the
+    /// installed state: `L.snap` is the newest snapshot, and commits after `L` replay on
+    /// it. Should `L.snap` later be unreadable while the log still holds the marker, opening
+    /// fails rather than fall back to the state before the install.
+    ///
+    /// An error in step 2 removes the new snapshot file (best effort) and leaves the state
+    /// unchanged; an error in steps 4 or 5 comes after the install took effect, and only
+    /// the clean-up is unfinished (the next checkpoint finishes it).
+    pub async fn install_snapshot(&self, image: &[u8]) -> Result<Lsn> {
+        use tracing::Instrument;
+        let image = SnapshotImage::decode(image)?;
+        let span = tracing::info_span!(
+            "install_snapshot",
+            path = %self.inner.path.display(),
+            image_lsn = image.lsn()
+        );
+        self.write_install(image).instrument(span).await
+    }
+
+    async fn write_install(&self, image: SnapshotImage) -> Result<Lsn> {
+        let _turn = self.inner.snapshot_turn.lock().await;
+        let dir = self.snapshot_dir();
+        let keys = image.len();
+        let lsn = self.swap_in(&dir, image)?;
+        snapshot::remove_all_but(&dir, lsn)?;
+        // Spills open now began before the install (later ones start above `lsn`).
+        let open_spill = lock(&self.inner.open_spills).values().min().copied();
+        let keep_from = open_spill.map_or(lsn + 1, |first| first.min(lsn + 1));
+        self.inner.wal.remove_segments_before(keep_from)?;
+        self.inner
+            .checkpointed_at_bytes
+            .store(self.inner.wal.stats().bytes_written, Ordering::Relaxed);
+        tracing::info!(path = %self.inner.path.display(), lsn, keys, "snapshot installed");
+        Ok(lsn)
+    }
+
+    /// Steps 1 to 3 of an install, under the `pending` lock: logs the marker at `L`, writes
+    /// the image rebased onto `L` as the snapshot at `L`, and makes it the state. Returns `L`.
+    fn swap_in(&self, dir: &Path, image: SnapshotImage) -> Result<Lsn> {
+        let (mut state, image_max_txn_id) = image.into_parts();
+        let mut pending = lock(&self.inner.pending);
+        let lsn = self.log_install_marker(&mut pending)?;
+        state.rebase(lsn);
+        let local_max_txn_id = self.inner.next_txn_id.load(Ordering::Relaxed) - 1;
+        let max_txn_id = local_max_txn_id.max(image_max_txn_id);
+        if let Err(error) = snapshot::write(dir, lsn, max_txn_id, &state) {
+            self.discard_snapshot(dir, lsn);
+            return Err(error);
+        }
+        self.inner
+            .next_txn_id
+            .fetch_max(max_txn_id.saturating_add(1), Ordering::Relaxed);
+        *self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+        Ok(lsn)
+    }
+
+    /// Logs the install marker (`Checkpoint { snapshot_lsn: L }` at `L`) and waits until it
+    /// is durable; then every commit queued before it is visible, and is applied. Returns `L`.
+    fn log_install_marker(&self, pending: &mut VecDeque<Pending>) -> Result<Lsn> {
+        let lsn = self.inner.wal.next_lsn();
+        let marker = WalEntry::Checkpoint {
+            run_id: RunId::from_u128(SYSTEM_RUN),
+            snapshot_lsn: lsn,
+        };
+        let logged = self
+            .inner
+            .wal
+            .append_with(&[marker], Durability::Strict)
+            .wait()?;
+        assert_eq!(logged, lsn, "every append is made under the pending lock");
+        self.apply_visible_locked(pending);
+        assert!(
+            pending.is_empty(),
+            "commits queued before a durable LSN are visible"
+        );
+        Ok(lsn)
+    }
+
+    /// After a failed snapshot write: removes whatever reached the snapshot's name, so a
+    /// reopen does not load a snapshot the live state never had.
+    fn discard_snapshot(&self, dir: &Path, lsn: Lsn) {
+        use std::io::ErrorKind::{NotADirectory, NotFound};
+        let path = snapshot::path_of(dir, lsn);
+        let outcome = match std::fs::remove_file(&path) {
+            Ok(()) => fsutil::sync_dir(dir).map_err(Error::from),
+            Err(e) if matches!(e.kind(), NotFound | NotADirectory) => Ok(()),
+            Err(e) => Err(keel_wal::Error::io("removing snapshot", &path, e).into()),
+        };
+        if let Err(error) = outcome {
+            tracing::error!(snapshot = %path.display(), %error, "could not remove the snapshot of a failed install; a reopen may load it");
+        }
     }
 
     /// Runs a checkpoint when the log has grown past the threshold since the last one.
@@ -405,14 +571,7 @@ impl Database {
         if self.run_info(run).is_none() {
             return Err(Error::UnknownRun(run));
         }
-        let run = run.as_u128();
-        let state = self.read();
-        Ok(state
-            .data
-            .range((run, prefix.to_vec())..)
-            .take_while(|((r, key), _)| *r == run && key.starts_with(prefix))
-            .map(|((_, key), value)| (key.clone(), value.clone()))
-            .collect())
+        Ok(self.read().scan(run.as_u128(), prefix))
     }
 
     /// Counters: the log's (commits, bytes, fsyncs, batch sizes, backend in use) and the
@@ -525,7 +684,13 @@ impl Database {
     }
 
     /// Appends `entries` outside any commit (a spill or an abort); returns the first LSN.
-    fn append_uncommitted(&self, entries: &[WalEntry]) -> Result<(Lsn, keel_wal::CommitFuture)> {
+    /// `opens` is a spilled transaction they begin: it is registered as open under the same
+    /// lock as the append, so a checkpoint or install that follows the append sees it.
+    fn append_uncommitted(
+        &self,
+        entries: &[WalEntry],
+        opens: Option<TxnId>,
+    ) -> Result<(Lsn, keel_wal::CommitFuture)> {
         let batch = EncodedBatch::encode(entries, self.inner.max_record_bytes)?;
         // Written, not synced: the commit's own fdatasync covers it.
         let written = Durability::Batched {
@@ -534,7 +699,11 @@ impl Database {
         };
         let _order = lock(&self.inner.pending);
         let first = self.inner.wal.next_lsn();
-        Ok((first, self.inner.wal.append_encoded(batch, written)))
+        let future = self.inner.wal.append_encoded(batch, written);
+        if let Some(txn_id) = opens {
+            lock(&self.inner.open_spills).insert(txn_id, first);
+        }
+        Ok((first, future))
     }
 
     /// Reads back the entries at `lsns` (ascending) from the log.
@@ -703,16 +872,15 @@ impl Transaction {
             });
         }
         entries.extend(Database::entries(run, txn_id, &buffered));
-        let (first, future) = self.db.append_uncommitted(&entries)?;
+        let (first, future) = self
+            .db
+            .append_uncommitted(&entries, begin.then_some(txn_id))?;
         let spill = self.spill.get_or_insert_with(|| Spill {
             txn_id,
             first_lsn: first,
             entries: BTreeMap::new(),
             last: None,
         });
-        if begin {
-            lock(&self.db.inner.open_spills).insert(txn_id, first);
-        }
         let data_first = first + u64::from(begin);
         for (i, change) in buffered.into_iter().enumerate() {
             let (key, delete) = match change {
@@ -820,7 +988,7 @@ impl Drop for Transaction {
                 run_id: self.run,
                 txn_id: spill.txn_id,
             };
-            if let Err(error) = self.db.append_uncommitted(&[abort]) {
+            if let Err(error) = self.db.append_uncommitted(&[abort], None) {
                 tracing::warn!(%error, txn_id = spill.txn_id, "could not log the abort of a spilled transaction; recovery will drop it as incomplete");
             }
             lock(&self.db.inner.open_spills).remove(&spill.txn_id);

@@ -10,6 +10,12 @@
 //! database's acknowledgement point (durable under `Strict`), so the state a reopen recovers
 //! equals the state the live database had for every acknowledged commit.
 //!
+//! A database's whole state can move to another as a snapshot image: the bytes of a snapshot
+//! file ([`Database::read_snapshot`] after [`Database::checkpoint`], or
+//! [`Database::newest_snapshot`]), checked and read with [`SnapshotImage::decode`], and put in
+//! place of the receiver's state with [`Database::install_snapshot`] (a Raft state machine's
+//! snapshot transfer, say).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), keel::Error> {
 //! let db = keel::Database::open("/tmp/keel-demo", keel::Options::default())?;
@@ -22,10 +28,12 @@
 //! ```
 
 mod db;
+mod image;
 mod snapshot;
 mod state;
 
 pub use db::{Database, Options, Stats, Transaction};
+pub use image::SnapshotImage;
 pub use keel_recovery::{RecoveryPolicy, RecoveryReport};
 pub use keel_wal::{BackendChoice, Durability, Lsn, RunId};
 pub use state::{RunInfo, RunState, Versioned};
@@ -61,6 +69,9 @@ pub enum Error {
     RunEnded(RunId),
     #[error("the database's metadata is damaged: {0}")]
     Metadata(String),
+    /// The bytes given as a snapshot image are not one: nothing was changed.
+    #[error("not a valid snapshot image: {0}")]
+    InvalidSnapshotImage(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -49,6 +49,17 @@ fn file_name(lsn: Lsn) -> String {
     format!("{lsn:020}{SUFFIX}")
 }
 
+/// The path of the snapshot at `lsn` in `dir` (whether or not it exists).
+pub(crate) fn path_of(dir: &Path, lsn: Lsn) -> PathBuf {
+    dir.join(file_name(lsn))
+}
+
+/// The LSN a snapshot file's name gives, or `None` when it is not a snapshot's name.
+pub(crate) fn lsn_of(path: &Path) -> Option<Lsn> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_suffix(SUFFIX)?.parse().ok()
+}
+
 /// Snapshot files in `dir`, newest first.
 pub(crate) fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
     let mut found = Vec::new();
@@ -59,9 +70,9 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
     };
     for entry in entries {
         let entry = entry.map_err(|e| keel_wal::Error::io("listing snapshots in", dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(lsn) = name.strip_suffix(SUFFIX).and_then(|n| n.parse().ok()) {
-            found.push((lsn, entry.path()));
+        let path = entry.path();
+        if let Some(lsn) = lsn_of(&path) {
+            found.push((lsn, path));
         }
     }
     found.sort_by_key(|(lsn, _)| std::cmp::Reverse(*lsn));
@@ -106,40 +117,97 @@ pub(crate) fn write(dir: &Path, lsn: Lsn, max_txn_id: TxnId, state: &State) -> R
     Ok(dir.join(name))
 }
 
+/// Deletes every snapshot in `dir` but the one at `keep`, then syncs the directory (once,
+/// when it deleted any). Returns how many it deleted.
+pub(crate) fn remove_all_but(dir: &Path, keep: Lsn) -> Result<usize> {
+    let mut removed = 0;
+    for (lsn, path) in list(dir)? {
+        if lsn == keep {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(keel_wal::Error::io("removing old snapshot", &path, e).into()),
+        }
+    }
+    if removed > 0 {
+        fsutil::sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
 /// Reads one snapshot; an error says what is wrong with it.
 pub(crate) fn read(path: &Path) -> Result<Loaded> {
-    let damaged = |why: String| Error::Metadata(format!("snapshot {}: {why}", path.display()));
-    let bytes =
-        std::fs::read(path).map_err(|e| keel_wal::Error::io("reading snapshot", path, e))?;
+    let bytes = read_bytes(path)?;
+    decode(&bytes).map_err(|why| damaged(path, &why))
+}
+
+/// Reads one snapshot's bytes, once they decode whole; and the LSN they hold.
+pub(crate) fn read_whole(path: &Path) -> Result<(Lsn, Vec<u8>)> {
+    let bytes = read_bytes(path)?;
+    let loaded = decode(&bytes).map_err(|why| damaged(path, &why))?;
+    Ok((loaded.lsn, bytes))
+}
+
+fn damaged(path: &Path, why: &str) -> Error {
+    Error::Metadata(format!("snapshot {}: {why}", path.display()))
+}
+
+/// The bytes of one snapshot file, unchecked.
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| keel_wal::Error::io("reading snapshot", path, e).into())
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Checks and decodes the bytes of a snapshot file: magic, version, checksum, length, archive,
+/// in that order. The error says what is wrong; no input panics.
+pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Loaded, String> {
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-        return Err(damaged("not a snapshot (bad magic or too short)".into()));
+        return Err("not a snapshot (bad magic or too short)".into());
     }
-    let field = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let version = u32_at(bytes, 8);
     if version != VERSION {
-        return Err(damaged(format!(
+        return Err(format!(
             "format version {version}; this build reads {VERSION}"
-        )));
+        ));
     }
-    let stored = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    let stored = u32_at(bytes, 12);
     let actual = crc32fast::hash(&bytes[16..]);
     if stored != actual {
-        return Err(damaged(format!(
+        return Err(format!(
             "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
-        )));
+        ));
     }
-    let lsn = field(16);
-    let len = usize::try_from(field(24)).map_err(|_| damaged("length overflows".into()))?;
-    if HEADER_LEN + len != bytes.len() {
-        return Err(damaged(format!(
+    let lsn = u64_at(bytes, 16);
+    let len = u64_at(bytes, 24);
+    let payload = &bytes[HEADER_LEN..];
+    if u64::try_from(payload.len()).ok() != Some(len) {
+        return Err(format!(
             "payload length {len} does not match the file ({} bytes)",
             bytes.len()
-        )));
+        ));
     }
-    let mut aligned = AlignedVec::<16>::with_capacity(len);
-    aligned.extend_from_slice(&bytes[HEADER_LEN..]);
+    let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
     let data = rkyv::from_bytes::<SnapshotData, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| damaged(format!("invalid archive: {e}")))?;
+        .map_err(|e| format!("invalid archive: {e}"))?;
+    Ok(Loaded {
+        lsn,
+        max_txn_id: data.max_txn_id,
+        state: state_of(data, lsn),
+    })
+}
+
+/// The state a decoded archive describes, as of `lsn`.
+fn state_of(data: SnapshotData, lsn: Lsn) -> State {
     let mut state = State::default();
     for (id, name, began, ended) in data.runs {
         let id = keel_wal::RunId::from_u128(id);
@@ -158,11 +226,7 @@ pub(crate) fn read(path: &Path) -> Result<Loaded> {
         state.data.insert((run, key), Versioned { value, version });
     }
     state.applied_through = lsn;
-    Ok(Loaded {
-        lsn,
-        max_txn_id: data.max_txn_id,
-        state,
-    })
+    state
 }
 
 /// Snapshots that could not be read, with the reason.
@@ -181,4 +245,18 @@ pub(crate) fn load_newest(dir: &Path) -> Result<(Option<Loaded>, Skipped)> {
         }
     }
     Ok((None, skipped))
+}
+
+/// The bytes of the newest snapshot that decodes whole, and its LSN; damaged ones are passed
+/// over as in [`load_newest`].
+pub(crate) fn newest_bytes(dir: &Path) -> Result<Option<(Lsn, Vec<u8>)>> {
+    for (_, path) in list(dir)? {
+        match read_whole(&path) {
+            Ok(found) => return Ok(Some(found)),
+            Err(error) => {
+                tracing::warn!(snapshot = %path.display(), %error, "snapshot unreadable; trying the previous one");
+            }
+        }
+    }
+    Ok(None)
 }

@@ -121,6 +121,31 @@ impl State {
         Ok(())
     }
 
+    /// Every `(key, value)` of `run` whose key starts with `prefix`, in key order.
+    pub fn scan(&self, run: u128, prefix: &[u8]) -> Vec<(Vec<u8>, Versioned)> {
+        self.data
+            .range((run, prefix.to_vec())..)
+            .take_while(|((r, key), _)| *r == run && key.starts_with(prefix))
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect()
+    }
+
+    /// Moves every LSN the state holds (key versions, runs' beginnings and ends, the applied
+    /// point) to `lsn`: for a state taken from another database, whose LSNs mean nothing in
+    /// this database's log.
+    pub fn rebase(&mut self, lsn: Lsn) {
+        for versioned in self.data.values_mut() {
+            versioned.version = lsn;
+        }
+        for info in self.runs.values_mut() {
+            info.began = lsn;
+            if let RunState::Ended(at) = &mut info.state {
+                *at = lsn;
+            }
+        }
+        self.applied_through = lsn;
+    }
+
     fn apply_run_record(&mut self, key: &[u8], value: &[u8], version: Lsn) -> Result<(), String> {
         let id = run_of_key(key).ok_or_else(|| format!("system key {key:?} is not a run key"))?;
         let record = RunRecord::decode(value)?;
@@ -138,15 +163,55 @@ impl State {
     }
 }
 
+/// Whether a `Checkpoint` entry at `entry_lsn` naming `snapshot_lsn` marks a snapshot
+/// install. An install logs its `Checkpoint` *before* writing the snapshot, at the snapshot's
+/// own LSN; a checkpoint logs it after, always above the snapshot's LSN.
+pub(crate) fn is_install_marker(entry_lsn: Lsn, snapshot_lsn: Lsn) -> bool {
+    entry_lsn == snapshot_lsn
+}
+
+/// Whether replay may go on past the install marker at `marker_lsn`, given the snapshot the
+/// state was loaded from (`after`, 0 for none) and the snapshot files found unreadable:
+///
+/// | marker            | its snapshot file | replay                                        |
+/// |-------------------|-------------------|-----------------------------------------------|
+/// | at/below `after`  | any               | goes on: the loaded state holds the install   |
+/// | above `after`     | unreadable        | stops: the log rebuilds the replaced state    |
+/// | above `after`     | absent            | goes on: the install never put it in place    |
+pub(crate) fn replays_past_install(marker_lsn: Lsn, after: Lsn, unreadable: &[Lsn]) -> bool {
+    marker_lsn <= after || !unreadable.contains(&marker_lsn)
+}
+
 /// Replays the log into a [`State`], skipping the commits a snapshot already holds.
 #[derive(Debug)]
 pub(crate) struct StateReplay<'a> {
     pub state: &'a mut State,
     /// Commits at or below this LSN are in the snapshot the state was loaded from.
     pub after: Lsn,
+    /// LSNs of the snapshot files present but unreadable at open.
+    pub unreadable: &'a [Lsn],
 }
 
 impl Replay for StateReplay<'_> {
+    /// Refuses to replay across a snapshot install whose snapshot is unreadable (see
+    /// [`replays_past_install`]).
+    fn checkpoint(&mut self, lsn: Lsn, entry: &ArchivedWalEntry) -> Result<(), ReplayError> {
+        let ArchivedWalEntry::Checkpoint { snapshot_lsn, .. } = entry else {
+            return Ok(());
+        };
+        if !is_install_marker(lsn, snapshot_lsn.to_native())
+            || replays_past_install(lsn, self.after, self.unreadable)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "a snapshot was installed at LSN {lsn}, but its snapshot is unreadable; the log \
+             before it rebuilds the state the install replaced, so recovery stops (restore \
+             that snapshot file, or install a fresh image into a new database)"
+        )
+        .into())
+    }
+
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> Result<(), ReplayError> {
         if txn.commit_lsn <= self.after {
             return Ok(());
@@ -168,5 +233,62 @@ impl Replay for StateReplay<'_> {
         self.state
             .apply(txn.run_id.as_u128(), txn.commit_lsn, &changes)
             .map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_entry_at_its_own_snapshot_lsn_marks_an_install() {
+        assert!(is_install_marker(7, 7));
+        assert!(!is_install_marker(8, 7));
+    }
+
+    #[test]
+    fn replay_goes_on_past_an_install_the_loaded_snapshot_holds() {
+        assert!(replays_past_install(7, 7, &[7]));
+        assert!(replays_past_install(7, 9, &[]));
+    }
+
+    #[test]
+    fn replay_stops_at_an_install_whose_snapshot_is_unreadable() {
+        assert!(!replays_past_install(7, 3, &[9, 7]));
+        assert!(!replays_past_install(7, 0, &[7]));
+    }
+
+    #[test]
+    fn replay_goes_on_past_an_install_that_never_wrote_its_snapshot() {
+        assert!(replays_past_install(7, 3, &[9]));
+        assert!(replays_past_install(7, 0, &[]));
+    }
+
+    #[test]
+    fn rebase_moves_every_lsn() {
+        let mut state = State::default();
+        let run = RunId::from_u128(5);
+        let record = RunRecord {
+            name: "r".into(),
+            ended: false,
+        };
+        let begin = [Change::Put(run_key(run), record.encode())];
+        state.apply(SYSTEM_RUN, 3, &begin).unwrap();
+        state
+            .apply(5, 4, &[Change::Put(b"k".to_vec(), b"v".to_vec())])
+            .unwrap();
+        let ended = RunRecord {
+            ended: true,
+            ..record
+        };
+        state
+            .apply(SYSTEM_RUN, 6, &[Change::Put(run_key(run), ended.encode())])
+            .unwrap();
+        state.rebase(100);
+        assert_eq!(state.applied_through, 100);
+        assert!(state.data.values().all(|v| v.version == 100));
+        let info = &state.runs[&5];
+        assert_eq!((info.began, info.state), (100, RunState::Ended(100)));
+        assert_eq!(state.scan(5, b"")[0].1.value, b"v");
     }
 }

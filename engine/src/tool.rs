@@ -96,6 +96,9 @@ pub fn dump(args: &DumpArgs) -> Result<(), String> {
             if let ArchivedWalEntry::Checkpoint { snapshot_lsn, .. } = entry {
                 line.push_str(&format!("  snapshot at {snapshot_lsn}"));
             }
+            if let ArchivedWalEntry::Payload { tag, payload, .. } = entry {
+                line.push_str(&format!("  tag {tag}  {} bytes", payload.len()));
+            }
             if let Some(key) = key {
                 line.push_str(&format!("  key {}", show(key)));
             }

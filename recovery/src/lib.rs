@@ -146,6 +146,7 @@ fn empty_report(policy: RecoveryPolicy) -> RecoveryReport {
         txns_aborted: 0,
         txns_incomplete: 0,
         checkpoints: 0,
+        payloads: 0,
         bytes_truncated: 0,
         segments_discarded: Vec::new(),
         lsns_skipped: 0,
@@ -411,6 +412,7 @@ impl<R: Replay> Walk<'_, R> {
         self.report.txns_aborted = self.txns.counts.aborted;
         self.report.txns_applied = self.txns.counts.applied;
         self.report.checkpoints = self.txns.counts.checkpoints;
+        self.report.payloads = self.txns.counts.payloads;
         self.report.peak_txn_bytes = self.txns.peak_held;
         self.report.max_txn_id = self.txns.max_txn_id;
         let remaining = segments.len() - aside.len();

@@ -50,6 +50,8 @@ pub struct RecoveryReport {
     pub txns_incomplete: u64,
     /// `Checkpoint` entries seen.
     pub checkpoints: u64,
+    /// `Payload` entries seen (records of components built on the log).
+    pub payloads: u64,
     /// Non-zero bytes zeroed by truncation.
     pub bytes_truncated: u64,
     /// Segments renamed to `*.discarded` by truncation.
@@ -95,8 +97,12 @@ impl fmt::Display for RecoveryReport {
         )?;
         writeln!(
             f,
-            "  transactions: {} applied, {} aborted, {} incomplete; {} checkpoints",
-            self.txns_applied, self.txns_aborted, self.txns_incomplete, self.checkpoints
+            "  transactions: {} applied, {} aborted, {} incomplete; {} checkpoints; {} payloads",
+            self.txns_applied,
+            self.txns_aborted,
+            self.txns_incomplete,
+            self.checkpoints,
+            self.payloads
         )?;
         if self.bytes_truncated > 0 || !self.segments_discarded.is_empty() {
             writeln!(

@@ -31,6 +31,16 @@ pub trait Replay {
         let _ = (lsn, entry);
         Ok(())
     }
+
+    /// A `Payload` entry at `lsn` (a record of a component built on the log), in log order.
+    fn payload(
+        &mut self,
+        lsn: Lsn,
+        entry: &ArchivedWalEntry,
+    ) -> std::result::Result<(), ReplayError> {
+        let _ = (lsn, entry);
+        Ok(())
+    }
 }
 
 /// A committed transaction's data entries (`Write` and `Delete`), zero-copy, in LSN order.
@@ -66,6 +76,8 @@ pub(crate) struct TxnCounts {
     pub applied: u64,
     pub aborted: u64,
     pub checkpoints: u64,
+    /// `Payload` entries seen.
+    pub payloads: u64,
 }
 
 /// Transactions kept in the pool for reuse, and the largest buffer kept.
@@ -105,10 +117,14 @@ impl TxnTable {
         replay: &mut impl Replay,
     ) -> Result<()> {
         let Some(txn_id) = entry.txn_id() else {
-            self.counts.checkpoints += 1;
-            return replay
-                .checkpoint(lsn, entry)
-                .map_err(|source| Error::Replay { lsn, source });
+            let outcome = if entry.kind() == EntryKind::Payload {
+                self.counts.payloads += 1;
+                replay.payload(lsn, entry)
+            } else {
+                self.counts.checkpoints += 1;
+                replay.checkpoint(lsn, entry)
+            };
+            return outcome.map_err(|source| Error::Replay { lsn, source });
         };
         let key = (entry.run_id(), txn_id);
         self.max_txn_id = self.max_txn_id.max(Some(txn_id));
@@ -143,7 +159,9 @@ impl TxnTable {
                 self.counts.aborted += 1;
                 self.recycle(txn);
             }
-            EntryKind::Checkpoint => unreachable!("checkpoints carry no transaction"),
+            EntryKind::Checkpoint | EntryKind::Payload => {
+                unreachable!("checkpoints and payloads carry no transaction")
+            }
         }
         Ok(())
     }

@@ -30,6 +30,15 @@ pub enum WalEntry {
     /// A snapshot covering every LSN up to `snapshot_lsn` is durable; usually by
     /// [`RunId::SYSTEM`].
     Checkpoint { run_id: RunId, snapshot_lsn: Lsn },
+    /// An opaque record of a component built on the log (the Raft log store, say): the log
+    /// frames, checksums and orders it, recovery counts it and passes it to
+    /// `Replay::payload`, and transactions never see it. `tag` tells the owner's record
+    /// kinds apart without decoding `payload`.
+    Payload {
+        run_id: RunId,
+        tag: u32,
+        payload: Vec<u8>,
+    },
 }
 
 /// The kind of an entry, without its fields.
@@ -41,6 +50,7 @@ pub enum EntryKind {
     CommitTxn,
     AbortTxn,
     Checkpoint,
+    Payload,
 }
 
 impl EntryKind {
@@ -53,6 +63,7 @@ impl EntryKind {
             EntryKind::CommitTxn => "CommitTxn",
             EntryKind::AbortTxn => "AbortTxn",
             EntryKind::Checkpoint => "Checkpoint",
+            EntryKind::Payload => "Payload",
         }
     }
 }
@@ -66,7 +77,8 @@ impl WalEntry {
             | WalEntry::Delete { run_id, .. }
             | WalEntry::CommitTxn { run_id, .. }
             | WalEntry::AbortTxn { run_id, .. }
-            | WalEntry::Checkpoint { run_id, .. } => *run_id,
+            | WalEntry::Checkpoint { run_id, .. }
+            | WalEntry::Payload { run_id, .. } => *run_id,
         }
     }
 }
@@ -81,6 +93,7 @@ impl ArchivedWalEntry {
             ArchivedWalEntry::CommitTxn { .. } => EntryKind::CommitTxn,
             ArchivedWalEntry::AbortTxn { .. } => EntryKind::AbortTxn,
             ArchivedWalEntry::Checkpoint { .. } => EntryKind::Checkpoint,
+            ArchivedWalEntry::Payload { .. } => EntryKind::Payload,
         }
     }
 
@@ -92,11 +105,12 @@ impl ArchivedWalEntry {
             | ArchivedWalEntry::Delete { run_id, .. }
             | ArchivedWalEntry::CommitTxn { run_id, .. }
             | ArchivedWalEntry::AbortTxn { run_id, .. }
-            | ArchivedWalEntry::Checkpoint { run_id, .. } => run_id.as_u128(),
+            | ArchivedWalEntry::Checkpoint { run_id, .. }
+            | ArchivedWalEntry::Payload { run_id, .. } => run_id.as_u128(),
         }
     }
 
-    /// The transaction of a transactional entry; `None` for `Checkpoint`.
+    /// The transaction of a transactional entry; `None` for `Checkpoint` and `Payload`.
     pub fn txn_id(&self) -> Option<TxnId> {
         match self {
             ArchivedWalEntry::BeginTxn { txn_id, .. }
@@ -104,7 +118,7 @@ impl ArchivedWalEntry {
             | ArchivedWalEntry::Delete { txn_id, .. }
             | ArchivedWalEntry::CommitTxn { txn_id, .. }
             | ArchivedWalEntry::AbortTxn { txn_id, .. } => Some(txn_id.to_native()),
-            ArchivedWalEntry::Checkpoint { .. } => None,
+            ArchivedWalEntry::Checkpoint { .. } | ArchivedWalEntry::Payload { .. } => None,
         }
     }
 

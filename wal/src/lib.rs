@@ -55,7 +55,7 @@ pub use error::{CorruptionReason, Error, PoisonCause, Result};
 pub use ids::{ArchivedRunId, DatabaseId, Lsn, RunId, TxnId};
 pub use options::{BackendChoice, DEFAULT_IO_DEPTH, Durability, MAX_IO_DEPTH, WalOptions};
 pub use queue::MAX_QUEUED_BYTES;
-pub use reader::{LogReader, RecordRef, SegmentEvent, SegmentReader};
+pub use reader::{LogReader, OwnedRecord, RecordPosition, RecordRef, SegmentEvent, SegmentReader};
 pub use record::EncodedBatch;
 pub use stats::{BATCH_BUCKETS, WalStats};
 pub use wal::{OpenSummary, Wal};

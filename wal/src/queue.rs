@@ -9,9 +9,22 @@ use crate::completion::{CommitFuture, Resolver};
 use crate::error::{Error, PoisonCause};
 use crate::ids::Lsn;
 use crate::options::{AckLevel, Durability};
+use crate::reader::RecordPosition;
 use crate::record::EncodedBatch;
 use crate::sync::{Condvar, Mutex, MutexGuard, lock};
 use std::sync::Arc;
+
+/// The caller's report of where an append's records went.
+type PlacedFn = dyn FnOnce(&[RecordPosition]) + Send;
+
+/// Called by the writer with where each record of an append went (see `Wal::append_placed`).
+pub(crate) struct OnPlaced(pub Box<PlacedFn>);
+
+impl std::fmt::Debug for OnPlaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnPlaced")
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct AppendRequest {
@@ -22,6 +35,7 @@ pub(crate) struct AppendRequest {
     pub max_bytes: u64,
     /// `None` when the caller was answered at enqueue time (`Async`).
     pub resolver: Option<Resolver>,
+    pub placed: Option<OnPlaced>,
 }
 
 #[derive(Debug)]
@@ -136,7 +150,12 @@ impl Queue {
     }
 
     /// Queues a batch of framed entries; they get consecutive LSNs.
-    pub(crate) fn append(&self, batch: EncodedBatch, durability: Durability) -> CommitFuture {
+    pub(crate) fn append(
+        &self,
+        batch: EncodedBatch,
+        durability: Durability,
+        placed: Option<OnPlaced>,
+    ) -> CommitFuture {
         let mut ack = durability.ack_level();
         let mut state = lock(&self.state);
         if let Some(error) = Self::refusal(&state) {
@@ -163,6 +182,7 @@ impl Queue {
             max_delay: durability.max_delay(),
             max_bytes: durability.max_bytes(),
             resolver,
+            placed,
         }));
         self.wake_writer(state);
         future
@@ -346,7 +366,7 @@ mod tests {
             max_delay: Duration::from_millis(1),
         };
         for _ in 0..70 {
-            drop(queue.append(megabyte(), lazy));
+            drop(queue.append(megabyte(), lazy, None));
         }
         let mut taken = Vec::new();
         queue.take(&mut taken, None);
@@ -364,7 +384,7 @@ mod tests {
         assert!(waiting[first..].iter().all(|&w| w));
         // Once the writer has taken the queue, commits resolve at enqueue again.
         drop(taken);
-        drop(queue.append(megabyte(), lazy));
+        drop(queue.append(megabyte(), lazy, None));
         let mut again = Vec::new();
         queue.take(&mut again, None);
         assert_eq!(self::waiting(&again), [false]);
@@ -395,7 +415,7 @@ mod loom_models {
                     let queue = Arc::clone(&queue);
                     loom::thread::spawn(move || {
                         queue
-                            .append(one_entry(), Durability::Strict)
+                            .append(one_entry(), Durability::Strict, None)
                             .wait()
                             .unwrap()
                     })

@@ -19,9 +19,90 @@ use crate::segment::{self, HEADER_BLOCK_LEN, SegmentFile, SegmentHeader};
 /// Bytes read from the file at a time (a record larger than this is read whole).
 pub const READ_CHUNK: usize = 1 << 20;
 
+/// Where one record sits: enough to read it back alone with [`crate::Wal::read_record`].
+/// Reported by [`crate::Wal::append_placed`] and by [`RecordRef::position`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecordPosition {
+    /// The segment, by its first LSN (its file name).
+    pub segment: Lsn,
+    /// Byte offset of the record in the segment file.
+    pub offset: u64,
+    /// The record's LSN, checked when it is read back.
+    pub lsn: Lsn,
+}
+
+/// One record read back alone ([`crate::Wal::read_record`]): its checksums verified and its
+/// archive validated; the entry is borrowed from an aligned buffer the record owns.
+#[derive(Debug)]
+pub struct OwnedRecord {
+    lsn: Lsn,
+    body: AlignedVec<16>,
+    payload_len: usize,
+}
+
+impl OwnedRecord {
+    /// The record's LSN.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// The archive bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.body[..self.payload_len]
+    }
+
+    /// The entry, zero-copy.
+    pub fn entry(&self) -> &ArchivedWalEntry {
+        // Validated when the record was read; validation is repeated rather than trusted
+        // with unchecked access, which would need `unsafe`.
+        rkyv::access::<ArchivedWalEntry, rkyv::rancor::Error>(self.payload())
+            .expect("the archive was validated when the record was read")
+    }
+}
+
+/// Reads the record at `position` of the segment open as `file` (whose header is `header`):
+/// checks both checksums, that the record is the one expected (its LSN), and its archive.
+pub(crate) fn read_record_at(
+    file: &File,
+    path: &Path,
+    header: &SegmentHeader,
+    position: RecordPosition,
+) -> Result<OwnedRecord> {
+    let damaged = |reason| Error::corruption(path.to_path_buf(), position.offset, reason);
+    if position.offset < HEADER_BLOCK_LEN
+        || !position.offset.is_multiple_of(record::RECORD_ALIGN as u64)
+        || position.offset + RECORD_HEADER_LEN as u64 > header.segment_bytes
+    {
+        return Err(damaged(CorruptionReason::TruncatedRecord));
+    }
+    let mut head = [0u8; RECORD_HEADER_LEN];
+    file.read_exact_at(&mut head, position.offset)
+        .map_err(|e| Error::io("reading record from", path, e))?;
+    let limit = header.payload_limit_at(position.offset);
+    let parsed = record::parse_header(&head, header.salt, limit).map_err(damaged)?;
+    if parsed.lsn != position.lsn {
+        return Err(damaged(CorruptionReason::LsnMismatch {
+            expected: position.lsn,
+            found: parsed.lsn,
+        }));
+    }
+    let mut body = AlignedVec::<16>::with_capacity(record::padded_len(parsed.payload_len as usize));
+    body.resize(record::padded_len(parsed.payload_len as usize), 0);
+    file.read_exact_at(&mut body, position.offset + RECORD_HEADER_LEN as u64)
+        .map_err(|e| Error::io("reading record from", path, e))?;
+    record::check_body(&parsed, &body, header.salt).map_err(damaged)?;
+    Ok(OwnedRecord {
+        lsn: parsed.lsn,
+        body,
+        payload_len: parsed.payload_len as usize,
+    })
+}
+
 /// One verified record, borrowed from the reader.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordRef<'a> {
+    /// The segment the record is in, by its first LSN.
+    pub segment: Lsn,
     pub lsn: Lsn,
     /// The highest LSN that was durable when this record was written.
     pub durable_lsn: Lsn,
@@ -34,6 +115,17 @@ pub struct RecordRef<'a> {
     /// The archive bytes the entry lives in (16-byte aligned in memory), for callers that
     /// keep a record beyond the reader's next step.
     pub payload: &'a [u8],
+}
+
+impl RecordRef<'_> {
+    /// Where the record sits, for [`crate::Wal::read_record`].
+    pub fn position(&self) -> RecordPosition {
+        RecordPosition {
+            segment: self.segment,
+            offset: self.offset,
+            lsn: self.lsn,
+        }
+    }
 }
 
 /// What a segment holds at the reader's position.
@@ -189,6 +281,7 @@ impl SegmentReader {
                 self.next_offset = offset + len;
                 let lsn = parsed.lsn;
                 Ok(SegmentEvent::Record(RecordRef {
+                    segment: self.header.first_lsn,
                     lsn,
                     durable_lsn: parsed.durable_lsn,
                     offset,

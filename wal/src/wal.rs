@@ -12,13 +12,16 @@ use crate::fsutil;
 use crate::ids::{DatabaseId, Lsn};
 use crate::options::{Durability, WalOptions};
 use crate::prealloc::Preallocator;
+use crate::queue::OnPlaced;
 use crate::queue::Queue;
+use crate::reader::{self, OwnedRecord, RecordPosition};
 use crate::record::EncodedBatch;
 use crate::segment::{self, DirectoryListing, HEADER_BLOCK_LEN, SegmentFile, SegmentHeader};
 use crate::stats::{Counters, WalStats};
 use crate::tail;
 use crate::writer::{self, ActiveSegment, Writer};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// State shared by the handle and the writer thread.
 #[derive(Debug)]
@@ -54,6 +57,8 @@ pub struct Wal {
     max_record_bytes: u32,
     backend: BackendKind,
     summary: OpenSummary,
+    /// Segments opened by [`Wal::read_record`], by first LSN.
+    read_files: Mutex<HashMap<Lsn, Arc<(File, SegmentHeader)>>>,
     _lock: File,
 }
 
@@ -149,6 +154,7 @@ impl Wal {
             max_record_bytes: options.max_record_bytes,
             backend: backend_kind,
             summary,
+            read_files: Mutex::new(HashMap::new()),
             _lock: lock,
         })
     }
@@ -175,7 +181,76 @@ impl Wal {
                 "an append needs at least one entry".into(),
             )));
         }
-        self.shared.queue.append(batch, durability)
+        self.shared.queue.append(batch, durability, None)
+    }
+
+    /// Appends `entries` like [`Wal::append_with`], and reports where each record went:
+    /// `placed` is called once, on the writer thread, with one [`RecordPosition`] per entry
+    /// in order, as soon as the records are placed in their segment (before they are
+    /// written). It is not called if the append fails before being placed. Keep it short and
+    /// never wait in it for the log: the writer waits for it.
+    ///
+    /// A record can be read back by its position with [`Wal::read_record`] once its commit
+    /// resolved, until a [`Wal::remove_segments_before`] removes its segment. Components
+    /// built on the log (the Raft log store) keep these positions as their index.
+    pub fn append_placed(
+        &self,
+        entries: &[WalEntry],
+        durability: Durability,
+        placed: impl FnOnce(&[RecordPosition]) + Send + 'static,
+    ) -> CommitFuture {
+        match EncodedBatch::encode(entries, self.max_record_bytes) {
+            Ok(batch) if batch.is_empty() => CommitFuture::ready(Err(Error::Encode(
+                "an append needs at least one entry".into(),
+            ))),
+            Ok(batch) => {
+                self.shared
+                    .queue
+                    .append(batch, durability, Some(OnPlaced(Box::new(placed))))
+            }
+            Err(error) => CommitFuture::ready(Err(error)),
+        }
+    }
+
+    /// Reads back the one record at `position` (from [`Wal::append_placed`] or a reader's
+    /// [`crate::RecordRef::position`]) with a positioned read: both checksums and the archive
+    /// are verified, and the record must carry the LSN the position names. The record must
+    /// have been written (its commit resolved); a removed segment is an I/O error
+    /// (`NotFound`), damage a [`Error::Corruption`].
+    pub fn read_record(&self, position: RecordPosition) -> Result<OwnedRecord> {
+        let segment = self.read_file(position.segment)?;
+        let path = self.dir.join(segment::file_name(position.segment));
+        reader::read_record_at(&segment.0, &path, &segment.1, position)
+    }
+
+    fn read_files(&self) -> std::sync::MutexGuard<'_, HashMap<Lsn, Arc<(File, SegmentHeader)>>> {
+        self.read_files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The segment starting at `first_lsn`, opened for reading once and kept.
+    fn read_file(&self, first_lsn: Lsn) -> Result<Arc<(File, SegmentHeader)>> {
+        if let Some(open) = self.read_files().get(&first_lsn) {
+            return Ok(Arc::clone(open));
+        }
+        let segment = SegmentFile {
+            path: self.dir.join(segment::file_name(first_lsn)),
+            first_lsn,
+        };
+        let file = File::open(&segment.path)
+            .map_err(|e| Error::io("opening segment", &segment.path, e))?;
+        let header = segment::read_header(&file, &segment)?;
+        if header.database_id != self.database_id {
+            return Err(Error::ForeignDatabase {
+                path: segment.path,
+                expected: self.database_id,
+                found: header.database_id,
+            });
+        }
+        let open = Arc::new((file, header));
+        self.read_files().insert(first_lsn, Arc::clone(&open));
+        Ok(open)
     }
 
     /// Resolves once every entry appended before this call is durable, whatever its mode.
@@ -193,6 +268,7 @@ impl Wal {
             if pair[1].first_lsn > lsn {
                 break;
             }
+            self.read_files().remove(&pair[0].first_lsn);
             match std::fs::remove_file(&pair[0].path) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -25,6 +25,7 @@ use crate::ids::{DatabaseId, Lsn};
 use crate::options::AckLevel;
 use crate::prealloc::Preallocator;
 use crate::queue::{AppendRequest, Request, refuse};
+use crate::reader::RecordPosition;
 use crate::record::{self, RECORD_HEADER_LEN, get_u32};
 use crate::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
 use crate::wal::Shared;
@@ -252,6 +253,7 @@ impl Writer {
             max_delay,
             max_bytes,
             resolver,
+            placed,
         } = append;
         assert_eq!(
             first_lsn,
@@ -261,6 +263,11 @@ impl Writer {
         let mut bytes = batch.bytes;
         let mut at = 0;
         let mut lsn = first_lsn;
+        let mut positions = Vec::with_capacity(if placed.is_some() {
+            batch.count as usize
+        } else {
+            0
+        });
         while at < bytes.len() && self.poisoned.is_none() {
             let len = record::record_len(get_u32(&bytes, at + record::PAYLOAD_LEN_OFFSET) as usize);
             if self.active.offset + len as u64 > self.segment_bytes {
@@ -276,6 +283,13 @@ impl Writer {
                 self.active.header.salt,
             );
             debug_assert_eq!(sealed, len);
+            if placed.is_some() {
+                positions.push(RecordPosition {
+                    segment: self.active.header.first_lsn,
+                    offset: self.active.offset,
+                    lsn,
+                });
+            }
             self.append_to_batch(&bytes[at..at + len], lsn);
             at += len;
             lsn += 1;
@@ -290,6 +304,11 @@ impl Writer {
             .entries
             .fetch_add(u64::from(batch.count), Relaxed);
         let last_lsn = lsn - 1;
+        if let Some(placed) = placed
+            && self.poisoned.is_none()
+        {
+            (placed.0)(&positions);
+        }
         match (ack, resolver) {
             (_, None) => {}
             (AckLevel::Durable, Some(resolver)) => {

@@ -1,0 +1,482 @@
+//! [`KeelLogStore`]: openraft's log storage on one keel-wal log.
+//!
+//! - **Appends** are `Entry` records, one per Raft entry, appended as one unit per call (the
+//!   log's group commit batches concurrent stores' appends and fsyncs). The entries stay in
+//!   memory until their commit is durable, so they are readable at once; then openraft's
+//!   callback is called and the memory copy dropped.
+//! - **The index** maps each entry index to its log id and record position (reported by
+//!   [`Wal::append_placed`]); a read is one positioned read per entry
+//!   ([`Wal::read_record`]), never a scan.
+//! - **Vote, committed, truncation and purge** are marker records, appended with
+//!   [`Durability::Strict`] and awaited before the call returns. The log recovers as a prefix
+//!   of its records, so a marker that survives a crash covers everything it voids, and a
+//!   truncated entry is never read back after the marker was acknowledged.
+//! - **Purging** deletes whole segments below the first live entry, after a `State` record
+//!   (vote, committed and purge marks together) makes the marks in them redundant.
+//! - **Opening** repairs the log's torn tail ([`Wal::open`]) and replays its records into the
+//!   index, reading only the log ids.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use keel_wal::{Durability, LogReader, Lsn, RecordPosition, Wal, WalEntry, WalOptions};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader,
+    RaftTypeConfig, StorageError, StorageIOError, Vote,
+};
+
+use crate::record::{self, Decoded, Marks};
+
+/// One entry of the index.
+#[derive(Debug)]
+struct Slot<C: RaftTypeConfig> {
+    log_id: LogId<C::NodeId>,
+    /// Where the record is; `None` until the writer placed it.
+    position: Option<RecordPosition>,
+    /// The entry, until its record is durable (then it is read from the log).
+    cached: Option<C::Entry>,
+    /// The append call that made it, so that a late report of an earlier append never
+    /// touches an entry that replaced it.
+    append: u64,
+}
+
+/// The log's state in memory.
+#[derive(Debug)]
+struct Index<C: RaftTypeConfig> {
+    vote: Option<Vote<C::NodeId>>,
+    committed: Option<LogId<C::NodeId>>,
+    purged: Option<LogId<C::NodeId>>,
+    entries: BTreeMap<u64, Slot<C>>,
+    appends: u64,
+}
+
+impl<C: RaftTypeConfig> Default for Index<C> {
+    fn default() -> Self {
+        Index {
+            vote: None,
+            committed: None,
+            purged: None,
+            entries: BTreeMap::new(),
+            appends: 0,
+        }
+    }
+}
+
+impl<C: RaftTypeConfig> Index<C> {
+    fn last_log_id(&self) -> Option<LogId<C::NodeId>> {
+        self.entries
+            .last_key_value()
+            .map(|(_, slot)| slot.log_id.clone())
+            .or_else(|| self.purged.clone())
+    }
+
+    fn truncate(&mut self, since: u64) {
+        self.entries.split_off(&since);
+    }
+
+    fn purge(&mut self, upto: LogId<C::NodeId>) {
+        self.entries = self.entries.split_off(&(upto.index + 1));
+        if self.purged.as_ref().is_none_or(|p| *p < upto) {
+            self.purged = Some(upto);
+        }
+    }
+
+    /// Replays one record found at open.
+    fn replay(&mut self, decoded: Decoded<C>, position: RecordPosition) -> Result<(), String> {
+        match decoded {
+            Decoded::Entry(log_id) => {
+                let index = log_id.index;
+                if self.purged.as_ref().is_some_and(|p| index <= p.index) {
+                    return Ok(());
+                }
+                if let Some((&last, _)) = self.entries.last_key_value()
+                    && index > last + 1
+                {
+                    return Err(format!(
+                        "entry {index} follows entry {last}: the log has a hole (LSN {})",
+                        position.lsn
+                    ));
+                }
+                self.truncate(index);
+                let slot = Slot {
+                    log_id,
+                    position: Some(position),
+                    cached: None,
+                    append: 0,
+                };
+                self.entries.insert(index, slot);
+            }
+            Decoded::Vote(vote) => self.vote = Some(vote),
+            Decoded::Committed(committed) => self.committed = committed,
+            Decoded::Truncate(since) => self.truncate(since),
+            Decoded::Purge(upto) => self.purge(upto),
+            Decoded::State(marks) => {
+                self.vote = marks.vote;
+                self.committed = marks.committed;
+                if let Some(upto) = marks.purged {
+                    self.purge(upto);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// openraft's log storage (and log reader: clones share one log) on a keel-wal log. Entries
+/// must be `Clone` (openraft's `Entry` is when its data is), to be served from memory until
+/// they are durable.
+#[derive(Debug)]
+pub struct KeelLogStore<C: RaftTypeConfig> {
+    wal: Arc<Wal>,
+    /// Shared with the writer thread's placement reports and the flush tasks, which must
+    /// never hold the log itself: the last holder of the log would join the writer thread.
+    index: Arc<Mutex<Index<C>>>,
+}
+
+impl<C: RaftTypeConfig> Clone for KeelLogStore<C> {
+    fn clone(&self) -> Self {
+        KeelLogStore {
+            wal: Arc::clone(&self.wal),
+            index: Arc::clone(&self.index),
+        }
+    }
+}
+
+/// What opening found, for logs and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSummary<NID: openraft::NodeId> {
+    pub vote: Option<Vote<NID>>,
+    pub committed: Option<LogId<NID>>,
+    pub last_purged_log_id: Option<LogId<NID>>,
+    pub last_log_id: Option<LogId<NID>>,
+    /// Entries in the log.
+    pub entries: u64,
+}
+
+fn io_error<C: RaftTypeConfig>(
+    subject: ErrorSubject<C::NodeId>,
+    verb: ErrorVerb,
+    error: impl std::error::Error + 'static,
+) -> StorageError<C::NodeId> {
+    StorageIOError::new(subject, verb, AnyError::new(&error)).into()
+}
+
+fn corrupt<C: RaftTypeConfig>(message: String) -> StorageError<C::NodeId> {
+    let error = std::io::Error::new(std::io::ErrorKind::InvalidData, message);
+    io_error::<C>(ErrorSubject::Logs, ErrorVerb::Read, error)
+}
+
+impl<C: RaftTypeConfig> KeelLogStore<C>
+where
+    C::Entry: Clone,
+{
+    /// Opens (or creates) the Raft log in `dir`: opens the keel-wal log there (taking its
+    /// lock and repairing a torn tail), then replays its records into the index. Any record
+    /// that is not a Raft record, and any damage before the tail, is an error.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        options: WalOptions,
+    ) -> Result<Self, StorageError<C::NodeId>> {
+        let dir = dir.as_ref();
+        let wal = Wal::open(dir, options)
+            .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let mut index = Index::default();
+        let mut reader = LogReader::open(dir)
+            .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        while let Some(found) = reader
+            .next_record()
+            .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Read, e))?
+        {
+            let position = found.position();
+            let decoded = record::decode::<C>(found.entry)
+                .map_err(|e| corrupt::<C>(format!("LSN {}: {e}", position.lsn)))?;
+            index.replay(decoded, position).map_err(corrupt::<C>)?;
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            entries = index.entries.len(),
+            last_log_id = ?index.last_log_id(),
+            purged = ?index.purged,
+            "opened Raft log"
+        );
+        Ok(KeelLogStore {
+            wal: Arc::new(wal),
+            index: Arc::new(Mutex::new(index)),
+        })
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index<C>> {
+        lock(&self.index)
+    }
+
+    /// The log's state as openraft reads it after a reopen.
+    pub fn summary(&self) -> LogSummary<C::NodeId> {
+        let index = self.index();
+        LogSummary {
+            vote: index.vote.clone(),
+            committed: index.committed.clone(),
+            last_purged_log_id: index.purged.clone(),
+            last_log_id: index.last_log_id(),
+            entries: index.entries.len() as u64,
+        }
+    }
+
+    /// The underlying log (for its statistics).
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Appends marker records and waits until they are durable; returns the last LSN.
+    async fn append_durably(
+        &self,
+        entries: &[WalEntry],
+        subject: ErrorSubject<C::NodeId>,
+    ) -> Result<Lsn, StorageError<C::NodeId>> {
+        self.wal
+            .append_with(entries, Durability::Strict)
+            .await
+            .map_err(|e| io_error::<C>(subject, ErrorVerb::Write, e))
+    }
+
+    /// Reads the entries in `range`: cached ones from memory, the others by position.
+    fn read_range(
+        &self,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        enum Source<E> {
+            Memory(E),
+            Log(RecordPosition),
+        }
+        let sources: Vec<(u64, Source<C::Entry>)> = {
+            let index = self.index();
+            let range = (range.start_bound().cloned(), range.end_bound().cloned());
+            if matches!(range, (Bound::Included(s), Bound::Excluded(e)) if s >= e) {
+                return Ok(Vec::new());
+            }
+            let mut sources = Vec::new();
+            for (&at, slot) in index.entries.range(range) {
+                let source = match (&slot.cached, slot.position) {
+                    (Some(entry), _) => Source::Memory(entry.clone()),
+                    (None, Some(position)) => Source::Log(position),
+                    (None, None) => unreachable!("an entry is cached until it is placed"),
+                };
+                sources.push((at, source));
+            }
+            sources
+        };
+        sources
+            .into_iter()
+            .map(|(at, source)| match source {
+                Source::Memory(entry) => Ok(entry),
+                Source::Log(position) => self.read_entry(at, position),
+            })
+            .collect()
+    }
+
+    fn read_entry(
+        &self,
+        at: u64,
+        position: RecordPosition,
+    ) -> Result<C::Entry, StorageError<C::NodeId>> {
+        let found = self
+            .wal
+            .read_record(position)
+            .map_err(|e| io_error::<C>(ErrorSubject::LogIndex(at), ErrorVerb::Read, e))?;
+        let entry = record::decode_entry::<C>(found.entry())
+            .map_err(|e| corrupt::<C>(format!("entry {at} at LSN {}: {e}", position.lsn)))?;
+        if entry.get_log_id().index != at {
+            return Err(corrupt::<C>(format!(
+                "the record at LSN {} holds entry {}, not {at}",
+                position.lsn,
+                entry.get_log_id().index
+            )));
+        }
+        Ok(entry)
+    }
+
+    /// Deletes the segments that hold only purged entries and superseded marks.
+    async fn compact(&self) -> Result<(), StorageError<C::NodeId>> {
+        let first_live = {
+            let index = self.index();
+            index
+                .entries
+                .first_key_value()
+                .and_then(|(_, s)| s.position)
+        };
+        let keep_from = match first_live {
+            Some(position) => position.lsn,
+            None => self.wal.next_lsn(),
+        };
+        let dir = self.wal.dir();
+        let segments = keel_wal::segment::list_directory(dir)
+            .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Delete, e))?
+            .segments;
+        if segments
+            .get(1)
+            .is_none_or(|second| second.first_lsn > keep_from)
+        {
+            return Ok(());
+        }
+        // The marks in the segments to delete must survive them: write them again, whole.
+        let marks = {
+            let index = self.index();
+            Marks::<C> {
+                vote: index.vote.clone(),
+                committed: index.committed.clone(),
+                purged: index.purged.clone(),
+            }
+        };
+        self.append_durably(&[record::state::<C>(&marks)], ErrorSubject::Logs)
+            .await?;
+        let removed = self
+            .wal
+            .remove_segments_before(keep_from)
+            .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        tracing::debug!(removed, keep_from, "purged Raft log segments");
+        Ok(())
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogReader<C> for KeelLogStore<C>
+where
+    C::Entry: Clone,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        self.read_range(range)
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogStorage<C> for KeelLogStore<C>
+where
+    C::Entry: Clone,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+        let index = self.index();
+        Ok(LogState {
+            last_purged_log_id: index.purged.clone(),
+            last_log_id: index.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        self.append_durably(&[record::vote::<C>(vote)], ErrorSubject::Vote)
+            .await?;
+        self.index().vote = Some(vote.clone());
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
+        Ok(self.index().vote.clone())
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<C::NodeId>>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        self.append_durably(&[record::committed::<C>(&committed)], ErrorSubject::Store)
+            .await?;
+        self.index().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(
+        &mut self,
+    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+        Ok(self.index().committed.clone())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<C::Entry> = entries.into_iter().collect();
+        let Some(first) = entries.first().map(|e| e.get_log_id().index) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let records: Vec<WalEntry> = entries
+            .iter()
+            .map(|e| record::entry::<C>(e.get_log_id(), e))
+            .collect();
+        let append = {
+            let mut index = self.index();
+            index.appends += 1;
+            let append = index.appends;
+            for entry in entries {
+                let log_id = entry.get_log_id().clone();
+                let slot = Slot {
+                    log_id,
+                    position: None,
+                    cached: Some(entry),
+                    append,
+                };
+                index.entries.insert(slot.log_id.index, slot);
+            }
+            append
+        };
+        let shared = Arc::clone(&self.index);
+        let placed = move |positions: &[RecordPosition]| {
+            let mut index = lock(&shared);
+            for (at, position) in (first..).zip(positions) {
+                if let Some(slot) = index.entries.get_mut(&at)
+                    && slot.append == append
+                {
+                    slot.position = Some(*position);
+                }
+            }
+        };
+        let commit = self.wal.append_placed(&records, Durability::Strict, placed);
+        let shared = Arc::clone(&self.index);
+        tokio::spawn(async move {
+            let outcome = commit.await;
+            if outcome.is_ok() {
+                let mut index = lock(&shared);
+                for (_, slot) in index.entries.range_mut(first..) {
+                    if slot.append == append && slot.position.is_some() {
+                        slot.cached = None;
+                    }
+                }
+            }
+            callback.log_io_completed(outcome.map(drop).map_err(std::io::Error::other));
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        self.index().truncate(log_id.index);
+        self.append_durably(&[record::truncate(log_id.index)], ErrorSubject::Logs)
+            .await?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        self.append_durably(&[record::purge::<C>(&log_id)], ErrorSubject::Logs)
+            .await?;
+        self.index().purge(log_id);
+        self.compact().await
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
