@@ -26,7 +26,7 @@ mod log_store;
 pub mod record;
 mod state_machine;
 
-pub use log_store::{KeelLogStore, LogSummary};
+pub use log_store::{KeelLogStore, LogStoreStats, LogSummary};
 pub use state_machine::{KeelSnapshotBuilder, KeelStateMachine, SM_RUN};
 
 use std::io::Cursor;

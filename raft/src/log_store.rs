@@ -20,12 +20,13 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use keel_wal::{Durability, LogReader, Lsn, RecordPosition, Wal, WalEntry, WalOptions};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
-    AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader,
+    AnyError, AsyncRuntime, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader,
     RaftTypeConfig, StorageError, StorageIOError, Vote,
 };
 
@@ -132,6 +133,7 @@ impl<C: RaftTypeConfig> Index<C> {
 #[derive(Debug)]
 pub struct KeelLogStore<C: RaftTypeConfig> {
     wal: Arc<Wal>,
+    counters: Arc<Counters>,
     /// Shared with the writer thread's placement reports and the flush tasks, which must
     /// never hold the log itself: the last holder of the log would join the writer thread.
     index: Arc<Mutex<Index<C>>>,
@@ -141,9 +143,32 @@ impl<C: RaftTypeConfig> Clone for KeelLogStore<C> {
     fn clone(&self) -> Self {
         KeelLogStore {
             wal: Arc::clone(&self.wal),
+            counters: Arc::clone(&self.counters),
             index: Arc::clone(&self.index),
         }
     }
+}
+
+/// What a log store did since it was opened (clones share them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStoreStats {
+    /// `append` calls, and the entries they carried.
+    pub appends: u64,
+    pub entries_appended: u64,
+    /// Entries read while still in memory (not yet durable), and by position from the log.
+    pub entries_read_from_memory: u64,
+    pub entries_read_from_log: u64,
+    /// Segments deleted after purges.
+    pub segments_deleted: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    appends: AtomicU64,
+    entries_appended: AtomicU64,
+    entries_read_from_memory: AtomicU64,
+    entries_read_from_log: AtomicU64,
+    segments_deleted: AtomicU64,
 }
 
 /// What opening found, for logs and tests.
@@ -205,6 +230,7 @@ where
         );
         Ok(KeelLogStore {
             wal: Arc::new(wal),
+            counters: Arc::default(),
             index: Arc::new(Mutex::new(index)),
         })
     }
@@ -222,6 +248,18 @@ where
             last_purged_log_id: index.purged.clone(),
             last_log_id: index.last_log_id(),
             entries: index.entries.len() as u64,
+        }
+    }
+
+    /// What this store did since it was opened.
+    pub fn stats(&self) -> LogStoreStats {
+        let c = &self.counters;
+        LogStoreStats {
+            appends: c.appends.load(Relaxed),
+            entries_appended: c.entries_appended.load(Relaxed),
+            entries_read_from_memory: c.entries_read_from_memory.load(Relaxed),
+            entries_read_from_log: c.entries_read_from_log.load(Relaxed),
+            segments_deleted: c.segments_deleted.load(Relaxed),
         }
     }
 
@@ -268,6 +306,14 @@ where
             }
             sources
         };
+        let from_memory = sources
+            .iter()
+            .filter(|(_, s)| matches!(s, Source::Memory(_)))
+            .count() as u64;
+        let c = &self.counters;
+        c.entries_read_from_memory.fetch_add(from_memory, Relaxed);
+        c.entries_read_from_log
+            .fetch_add(sources.len() as u64 - from_memory, Relaxed);
         sources
             .into_iter()
             .map(|(at, source)| match source {
@@ -336,6 +382,9 @@ where
             .wal
             .remove_segments_before(keep_from)
             .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.counters
+            .segments_deleted
+            .fetch_add(removed as u64, Relaxed);
         tracing::debug!(removed, keep_from, "purged Raft log segments");
         Ok(())
     }
@@ -412,6 +461,10 @@ where
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
+        self.counters.appends.fetch_add(1, Relaxed);
+        self.counters
+            .entries_appended
+            .fetch_add(entries.len() as u64, Relaxed);
         let records: Vec<WalEntry> = entries
             .iter()
             .map(|e| record::entry::<C>(e.get_log_id(), e))
@@ -445,7 +498,10 @@ where
         };
         let commit = self.wal.append_placed(&records, Durability::Strict, placed);
         let shared = Arc::clone(&self.index);
-        tokio::spawn(async move {
+        // On openraft's runtime (tokio by default): the caller returns at once, and the
+        // task reports the flush when the unit is durable.
+        // Detached: the task owns the callback, and is not awaited.
+        drop(C::AsyncRuntime::spawn(async move {
             let outcome = commit.await;
             if outcome.is_ok() {
                 let mut index = lock(&shared);
@@ -456,7 +512,7 @@ where
                 }
             }
             callback.log_io_completed(outcome.map(drop).map_err(std::io::Error::other));
-        });
+        }));
         Ok(())
     }
 

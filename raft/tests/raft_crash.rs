@@ -182,6 +182,8 @@ struct Tally {
     crashed_inside: u64,
     power_losses: u64,
     entries_checked: u64,
+    segments_deleted: u64,
+    entries_read_from_log: u64,
 }
 
 struct Run {
@@ -349,6 +351,9 @@ async fn life(
             break;
         }
     }
+    let stats = store.stats();
+    tally.segments_deleted += stats.segments_deleted;
+    tally.entries_read_from_log += stats.entries_read_from_log;
     drop(store);
     Ok(())
 }
@@ -452,7 +457,8 @@ fn raft_log_state_after_every_crash_is_what_was_durable() {
     }
     eprintln!(
         "raft crash test: {} seeds from {first}, {} lives, {} operations ({} acknowledged, {} cut \
-         by the crash), {} power losses, {} entries checked, {:.1} s",
+         by the crash), {} power losses, {} entries checked ({} read back by position), {} \
+         segments deleted by purges, {:.1} s",
         tally.seeds,
         tally.lives,
         tally.operations,
@@ -460,6 +466,8 @@ fn raft_log_state_after_every_crash_is_what_was_durable() {
         tally.crashed_inside,
         tally.power_losses,
         tally.entries_checked,
+        tally.entries_read_from_log,
+        tally.segments_deleted,
         started.elapsed().as_secs_f64()
     );
     assert!(tally.seeds > 0, "no seed ran");
