@@ -234,7 +234,13 @@ impl Run {
             12..=13 if !current.entries.is_empty() => {
                 let keys: Vec<u64> = current.entries.keys().copied().collect();
                 let upto = keys[self.rng.index(keys.len())];
-                let id = current.entries[&upto].0;
+                let id = if self.rng.chance(1, 5) {
+                    // Past the last entry, as after a follower installs a snapshot.
+                    log_id(self.term, next + self.rng.below(4))
+                } else {
+                    current.entries[&upto].0
+                };
+                let upto = id.index;
                 self.notes.push(format!("purge upto {upto}"));
                 model.step(|s| {
                     s.entries = s.entries.split_off(&(upto + 1));
@@ -278,6 +284,7 @@ impl Run {
         tally: &mut Tally,
     ) -> bool {
         let appends = 1 + self.rng.below(3);
+        let expected_first = model.current().next_index();
         let mut batches = Vec::new();
         for a in 0..appends {
             let first = model.current().next_index();
@@ -307,7 +314,33 @@ impl Run {
                 pending.push(futures::future::Either::Right(append));
             }
         }
+        // Readable at once: queued, not yet written (the writer is held).
+        let first = expected_first;
+        let end = model.current().next_index();
+        let read = store.try_get_log_entries(first..end).await;
         store.wal().sim_hold_writer(false);
+        let read: Vec<(u64, String)> = read
+            .unwrap_or_else(|e| panic!("{}", self.fail(format!("reading queued entries: {e}"))))
+            .into_iter()
+            .map(|e| match e.payload {
+                EntryPayload::Normal(KvRequest::Set { value, .. }) => (e.log_id.index, value),
+                _ => (e.log_id.index, String::new()),
+            })
+            .collect();
+        let want: Vec<(u64, String)> = model
+            .current()
+            .entries
+            .range(first..end)
+            .map(|(&i, (_, v))| (i, v.clone()))
+            .collect();
+        if read != want {
+            panic!(
+                "{}",
+                self.fail(format!(
+                    "entries {first}..{end} just appended read back as {read:?}"
+                ))
+            );
+        }
         let outcomes = futures::future::join_all(pending).await;
         tally.operations += appends - 1;
         let ok = outcomes.iter().all(Result::is_ok);
