@@ -147,7 +147,7 @@ impl Database {
             && first > after + 1
         {
             return Err(Error::Metadata(format!(
-                "the log starts at LSN {first}, but the newest readable snapshot covers only up                  to LSN {after}: commits {} to {} cannot be recovered{}",
+                "the log starts at LSN {first}, but the newest readable snapshot covers only up to LSN {after}: commits {} to {} cannot be recovered{}",
                 after + 1,
                 first - 1,
                 if snapshots_skipped.is_empty() {

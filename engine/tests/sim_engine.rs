@@ -1,9 +1,11 @@
 //! The engine on simulated storage (`keel_wal::sim`): runs, transactions (spilled ones
-//! too), checkpoints that write snapshots and remove segments, clean reopens, and crashes
+//! too), checkpoints that write snapshots and remove segments, installs of snapshot images
+//! taken from other databases (which replace the whole state), clean reopens, and crashes
 //! at a random storage event (process crash or power loss, with torn and lost writes and
 //! directory entries). After each crash the database reopens and its whole state must equal
 //! the model: every acknowledged commit present (I1), the one commit in flight at the crash
-//! all there or not at all (I3), nothing else (I4), and it keeps working (I8).
+//! all there or not at all (I3), nothing else (I4), and it keeps working (I8). An install
+//! counts as one commit: acknowledged, it is never undone; in flight, it is whole or absent.
 //!
 //! `KEEL_SIM_ENGINE_SEEDS` (default 40) seeds from `KEEL_SIM_ENGINE_FIRST_SEED` (default 1);
 //! `KEEL_SIM_SEED` runs one. Every failure prints its seed and the trace.
@@ -59,8 +61,46 @@ fn state_of(db: &Database) -> Result<(Model, Vec<u128>), String> {
     Ok((model, runs))
 }
 
+/// A snapshot image of another database, and the state it holds.
+struct Image {
+    bytes: Vec<u8>,
+    model: Model,
+    runs: Vec<u128>,
+}
+
+/// Builds `count` images from databases outside the sim (real files under `base`).
+fn source_images(base: &Path, rng: &mut SimRng, count: usize) -> Vec<Image> {
+    (0..count)
+        .map(|n| {
+            let dir = base.join(format!("source{n}"));
+            let db = Database::open(&dir, options()).unwrap();
+            let mut model = Model::new();
+            let mut runs = Vec::new();
+            for r in 0..1 + rng.below(3) {
+                let run = block_on(db.begin_run(&format!("source-{n}-{r}"))).unwrap();
+                runs.push(run.as_u128());
+                let mut txn = db.transaction(run).unwrap();
+                for k in 0..rng.below(15) {
+                    let key = format!("key{k}").into_bytes();
+                    let value = vec![u8::try_from(n).unwrap(); 1 + rng.index(200)];
+                    txn.put(&key, &value).unwrap();
+                    model.insert((run.as_u128(), key), value);
+                }
+                block_on(txn.commit()).unwrap();
+            }
+            runs.sort_unstable();
+            let lsn = block_on(db.checkpoint()).unwrap();
+            let bytes = db.read_snapshot(lsn).unwrap();
+            db.close().unwrap();
+            Image { bytes, model, runs }
+        })
+        .collect()
+}
+
 struct Driver {
     seed: u64,
+    images: Vec<Image>,
+    installs: u64,
     rng: SimRng,
     base: tempfile::TempDir,
     generation: u32,
@@ -147,7 +187,7 @@ impl Driver {
         ));
         let crash_at = 5 + self.rng.below(120);
         sim.crash_after_events(crash_at);
-        let mut in_flight: Option<Model> = None;
+        let mut in_flight: Option<(Model, Vec<u128>)> = None;
         for _ in 0..200 {
             if sim.crashed().is_some() {
                 break;
@@ -169,6 +209,25 @@ impl Driver {
                     Ok(lsn) => self.log.push(format!("checkpoint at {lsn}")),
                     Err(e) => self.log.push(format!("checkpoint failed: {e}")),
                 },
+                2 if self.rng.chance(1, 3) => {
+                    let image = &self.images[self.rng.index(self.images.len())];
+                    let (model, runs) = (image.model.clone(), image.runs.clone());
+                    match block_on(db.install_snapshot(&image.bytes)) {
+                        Ok(lsn) => {
+                            self.installs += 1;
+                            self.log.push(format!(
+                                "installed an image of {} keys at {lsn}",
+                                model.len()
+                            ));
+                            self.model = model;
+                            self.runs = runs;
+                        }
+                        Err(e) => {
+                            self.log.push(format!("install failed: {e}"));
+                            in_flight = Some((model, runs));
+                        }
+                    }
+                }
                 _ => {
                     if self.runs.is_empty() {
                         continue;
@@ -204,7 +263,7 @@ impl Driver {
                         }
                         Err(e) => {
                             self.log.push(format!("commit failed: {e}"));
-                            in_flight = Some(next);
+                            in_flight = Some((next, self.runs.clone()));
                         }
                     }
                 }
@@ -229,15 +288,16 @@ impl Driver {
         let image = self.dir();
         state.materialize(&plan, &image).unwrap();
         // The commit in flight may have made it: look before the checking open.
-        if let Some(next) = in_flight {
+        if let Some((next, next_runs)) = in_flight {
             let sim = Sim::new(&image, self.seed).unwrap();
             let db = Database::open(&image, options())
                 .unwrap_or_else(|e| self.fail(&format!("I8: reopening: {e}")));
-            let (state, _) = state_of(&db).unwrap_or_else(|e| self.fail(&e));
-            if state == next {
+            let (state, runs) = state_of(&db).unwrap_or_else(|e| self.fail(&e));
+            if state == next && runs == next_runs {
                 self.log
-                    .push("the commit in flight at the crash survived".into());
+                    .push("the commit or install in flight at the crash survived".into());
                 self.model = next;
+                self.runs = next_runs;
             }
             drop(db);
             drop(sim);
@@ -245,11 +305,16 @@ impl Driver {
     }
 }
 
-fn run_seed(seed: u64) -> (u64, u64) {
+fn run_seed(seed: u64) -> (u64, u64, u64) {
+    let base = scratch();
+    let mut rng = SimRng::new(seed);
+    let images = source_images(base.path(), &mut rng, 3);
     let mut driver = Driver {
         seed,
-        rng: SimRng::new(seed),
-        base: scratch(),
+        images,
+        installs: 0,
+        rng,
+        base,
         generation: 0,
         model: Model::new(),
         runs: Vec::new(),
@@ -275,15 +340,15 @@ fn run_seed(seed: u64) -> (u64, u64) {
     drop(db);
     drop(sim);
     let _ = Arc::new(());
-    (driver.crashes, driver.commits)
+    (driver.crashes, driver.commits, driver.installs)
 }
 
 #[test]
 fn engine_survives_simulated_crashes() {
     if let Ok(seed) = std::env::var("KEEL_SIM_SEED") {
         let seed = seed.parse().expect("KEEL_SIM_SEED is a number");
-        let (crashes, commits) = run_seed(seed);
-        println!("seed {seed}: {crashes} crashes, {commits} commits: passed");
+        let (crashes, commits, installs) = run_seed(seed);
+        println!("seed {seed}: {crashes} crashes, {commits} commits, {installs} installs: passed");
         return;
     }
     let seeds: u64 = std::env::var("KEEL_SIM_ENGINE_SEEDS")
@@ -294,14 +359,15 @@ fn engine_survives_simulated_crashes() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let (mut crashes, mut commits) = (0, 0);
+    let (mut crashes, mut commits, mut installs) = (0, 0, 0);
     for seed in first..first + seeds {
-        let (c, n) = run_seed(seed);
+        let (c, n, i) = run_seed(seed);
         crashes += c;
         commits += n;
+        installs += i;
     }
     println!(
         "engine sim: {seeds} seeds from {first}: {crashes} crashes, {commits} acknowledged \
-         commits, state checked after every crash"
+         commits, {installs} acknowledged snapshot installs, state checked after every crash"
     );
 }
