@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use keel_wal::{Durability, LogReader, Lsn, RecordPosition, Wal, WalEntry, WalOptions};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
-    AnyError, AsyncRuntime, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader,
+    AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader,
     RaftTypeConfig, StorageError, StorageIOError, Vote,
 };
 
@@ -498,11 +498,9 @@ where
         };
         let commit = self.wal.append_placed(&records, Durability::Strict, placed);
         let shared = Arc::clone(&self.index);
-        // On openraft's runtime (tokio by default): the caller returns at once, and the
-        // task reports the flush when the unit is durable.
-        // Detached: the task owns the callback, and is not awaited.
-        drop(C::AsyncRuntime::spawn(async move {
-            let outcome = commit.await;
+        // Reported by the thread that resolves the commit (the log's writer), with no hop
+        // through a task: drop the memory copies, then tell openraft.
+        commit.on_resolved(move |outcome| {
             if outcome.is_ok() {
                 let mut index = lock(&shared);
                 for (_, slot) in index.entries.range_mut(first..) {
@@ -512,7 +510,7 @@ where
                 }
             }
             callback.log_io_completed(outcome.map(drop).map_err(std::io::Error::other));
-        }));
+        });
         Ok(())
     }
 

@@ -14,11 +14,26 @@ use crate::ids::Lsn;
 use crate::sync::{Condvar, Mutex, lock};
 use std::sync::Arc;
 
-#[derive(Debug, Default)]
+/// Called with a commit's outcome by whoever resolves it (see [`CommitFuture::on_resolved`]).
+type ResolvedFn = Box<dyn FnOnce(Result<Lsn>) + Send>;
+
+#[derive(Default)]
 struct SlotState {
     outcome: Option<Result<Lsn>>,
     resolved: bool,
     waker: Option<Waker>,
+    callback: Option<ResolvedFn>,
+}
+
+impl std::fmt::Debug for SlotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotState")
+            .field("outcome", &self.outcome)
+            .field("resolved", &self.resolved)
+            .field("waker", &self.waker)
+            .field("callback", &self.callback.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +69,11 @@ impl Resolver {
             let mut state = lock(&slot.state);
             assert!(!state.resolved, "commit resolved twice");
             state.resolved = true;
+            if let Some(callback) = state.callback.take() {
+                drop(state);
+                callback(outcome);
+                return;
+            }
             state.outcome = Some(outcome);
             state.waker.take()
         };
@@ -92,6 +112,30 @@ impl CommitFuture {
     pub(crate) fn ready(outcome: Result<Lsn>) -> Self {
         CommitFuture {
             inner: Inner::Ready(Some(outcome)),
+        }
+    }
+
+    /// Hands the outcome to `callback` instead of a waiter: it is called exactly once, by
+    /// the thread that resolves the commit (the log's writer thread), or at once on this
+    /// thread when the outcome is already known. It saves the hop through a task or a
+    /// waiting thread, for callers that only pass the outcome on (a channel send, say). Keep
+    /// it short and never wait in it for the log: the writer waits for it.
+    pub fn on_resolved(self, callback: impl FnOnce(Result<Lsn>) + Send + 'static) {
+        match self.inner {
+            Inner::Ready(outcome) => callback(outcome.expect("polled after completion")),
+            Inner::Pending(slot) => {
+                let mut state = lock(&slot.state);
+                match state.outcome.take() {
+                    Some(outcome) => {
+                        drop(state);
+                        callback(outcome);
+                    }
+                    None => {
+                        assert!(!state.resolved, "polled after completion");
+                        state.callback = Some(Box::new(callback));
+                    }
+                }
+            }
         }
     }
 
@@ -147,6 +191,26 @@ mod tests {
     }
 
     #[test]
+    fn a_callback_gets_the_outcome_once_before_or_after_resolution() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (resolver, future) = Resolver::pair();
+        let sink = tx.clone();
+        future.on_resolved(move |outcome| sink.send(outcome.unwrap()).unwrap());
+        resolver.resolve(Ok(3));
+        let (resolver, future) = Resolver::pair();
+        resolver.resolve(Ok(4));
+        let sink = tx.clone();
+        future.on_resolved(move |outcome| sink.send(outcome.unwrap()).unwrap());
+        CommitFuture::ready(Ok(5)).on_resolved(move |outcome| tx.send(outcome.unwrap()).unwrap());
+        assert_eq!(rx.iter().collect::<Vec<_>>(), vec![3, 4, 5]);
+        let (resolver, future) = Resolver::pair();
+        let (tx, rx) = std::sync::mpsc::channel();
+        future.on_resolved(move |outcome| tx.send(outcome.is_err()).unwrap());
+        drop(resolver);
+        assert!(rx.recv().unwrap(), "a dropped resolver reports Closed");
+    }
+
+    #[test]
     fn resolution_reaches_a_blocked_waiter_and_an_async_one() {
         let (resolver, future) = Resolver::pair();
         let waiter = std::thread::spawn(move || future.wait().unwrap());
@@ -183,6 +247,22 @@ mod loom_models {
             let writer = loom::thread::spawn(move || resolver.resolve(Ok(8)));
             assert_eq!(loom::future::block_on(future).unwrap(), 8);
             writer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_a_resolution_callback_runs_exactly_once() {
+        loom::model(|| {
+            let (resolver, future) = Resolver::pair();
+            let seen = std::sync::Arc::new(loom::sync::atomic::AtomicU64::new(0));
+            let writer = loom::thread::spawn(move || resolver.resolve(Ok(5)));
+            let sink = std::sync::Arc::clone(&seen);
+            future.on_resolved(move |outcome| {
+                assert_eq!(outcome.unwrap(), 5);
+                sink.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            writer.join().unwrap();
+            assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
         });
     }
 
