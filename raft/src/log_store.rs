@@ -23,7 +23,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use keel_wal::{Durability, LogReader, Lsn, RecordPosition, Wal, WalEntry, WalOptions};
+use keel_wal::{
+    Durability, EncodedBatch, LogReader, Lsn, RecordPosition, Wal, WalEntry, WalOptions,
+};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader,
@@ -94,11 +96,15 @@ impl<C: RaftTypeConfig> Index<C> {
                 if self.purged.as_ref().is_some_and(|p| index <= p.index) {
                     return Ok(());
                 }
-                if let Some((&last, _)) = self.entries.last_key_value()
-                    && index > last + 1
+                let previous = match self.entries.last_key_value() {
+                    Some((&last, _)) => Some(last),
+                    None => self.purged.as_ref().map(|p| p.index),
+                };
+                if let Some(previous) = previous
+                    && index > previous + 1
                 {
                     return Err(format!(
-                        "entry {index} follows entry {last}: the log has a hole (LSN {})",
+                        "entry {index} follows entry {previous}: the log has a hole (LSN {})",
                         position.lsn
                     ));
                 }
@@ -291,10 +297,9 @@ where
         }
         let sources: Vec<(u64, Source<C::Entry>)> = {
             let index = self.index();
-            let range = (range.start_bound().cloned(), range.end_bound().cloned());
-            if matches!(range, (Bound::Included(s), Bound::Excluded(e)) if s >= e) {
+            let Some(range) = half_open(&range) else {
                 return Ok(Vec::new());
-            }
+            };
             let mut sources = Vec::new();
             for (&at, slot) in index.entries.range(range) {
                 let source = match (&slot.cached, slot.position) {
@@ -355,7 +360,9 @@ where
         };
         let keep_from = match first_live {
             Some(position) => position.lsn,
-            None => self.wal.next_lsn(),
+            None if self.index().entries.is_empty() => self.wal.next_lsn(),
+            // Not placed yet (cannot happen after the purge marker was awaited): keep all.
+            None => return Ok(()),
         };
         let dir = self.wal.dir();
         let segments = keel_wal::segment::list_directory(dir)
@@ -469,10 +476,15 @@ where
             .iter()
             .map(|e| record::entry::<C>(e.get_log_id(), e))
             .collect();
+        // Framed first: an entry too large for the log is refused before the index changes.
+        let batch = EncodedBatch::encode(&records, self.wal.max_record_bytes())
+            .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let append = {
             let mut index = self.index();
             index.appends += 1;
             let append = index.appends;
+            // As replay does: an entry replaces anything at its index and above.
+            index.truncate(first);
             for entry in entries {
                 let log_id = entry.get_log_id().clone();
                 let slot = Slot {
@@ -496,7 +508,7 @@ where
                 }
             }
         };
-        let commit = self.wal.append_placed(&records, Durability::Strict, placed);
+        let commit = self.wal.append_placed(batch, Durability::Strict, placed);
         let shared = Arc::clone(&self.index);
         // Reported by the thread that resolves the commit (the log's writer), with no hop
         // through a task: drop the memory copies, then tell openraft.
@@ -529,8 +541,51 @@ where
     }
 }
 
+/// `range` as `start..end` (`end` `None` for unbounded), or `None` when it is empty; never
+/// a range `BTreeMap::range` would panic on.
+fn half_open(range: &impl RangeBounds<u64>) -> Option<std::ops::Range<u64>> {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start < end).then_some(start..end)
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::half_open;
+
+    #[test]
+    fn ranges_become_half_open_or_empty_never_a_panic() {
+        assert_eq!(half_open(&(3..7)), Some(3..7));
+        assert_eq!(half_open(&(3..=7)), Some(3..8));
+        assert_eq!(half_open(&(..4)), Some(0..4));
+        assert_eq!(half_open(&(5..)), Some(5..u64::MAX));
+        assert_eq!(half_open(&(7..7)), None);
+        #[expect(
+            clippy::reversed_empty_ranges,
+            reason = "inverted ranges must be empty"
+        )]
+        let inverted = (9..2, 7..=6);
+        assert_eq!(half_open(&inverted.0), None);
+        assert_eq!(half_open(&inverted.1), None);
+        let excluded = (
+            std::ops::Bound::Excluded(4u64),
+            std::ops::Bound::Excluded(5u64),
+        );
+        assert_eq!(half_open(&excluded), None);
+        assert_eq!(half_open(&(u64::MAX..=u64::MAX)), None);
+    }
 }

@@ -135,3 +135,28 @@ fn damage_before_the_tail_is_refused_not_skipped() {
         .to_string();
     assert!(error.contains("checksum"), "{error}");
 }
+
+#[test]
+fn an_entry_too_large_for_the_log_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let mut store =
+            KeelLogStore::<TypeConfig>::open(dir.path(), options(BackendChoice::Std)).unwrap();
+        store.blocking_append(entries(1, 0..3)).await.unwrap();
+        let huge = Entry {
+            log_id: log_id(1, 3),
+            payload: EntryPayload::Normal(KvRequest::Set {
+                key: "huge".into(),
+                value: "x".repeat(4096),
+            }),
+        };
+        let error = store.blocking_append(vec![huge]).await.unwrap_err();
+        assert!(error.to_string().contains("exceeds the maximum"), "{error}");
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(1, 2)));
+        assert_eq!(store.try_get_log_entries(0..).await.unwrap().len(), 3);
+        // The log goes on.
+        store.blocking_append(entries(1, 3..5)).await.unwrap();
+        assert_eq!(store.try_get_log_entries(0..).await.unwrap().len(), 5);
+    });
+}

@@ -184,7 +184,8 @@ impl Wal {
         self.shared.queue.append(batch, durability, None)
     }
 
-    /// Appends `entries` like [`Wal::append_with`], and reports where each record went:
+    /// Appends entries framed beforehand with [`EncodedBatch::encode`] (so that a record too
+    /// large is refused before anything is queued), and reports where each record went:
     /// `placed` is called once, on the writer thread, with one [`RecordPosition`] per entry
     /// in order, as soon as the records are placed in their segment (before they are
     /// written). It is not called if the append fails before being placed. Keep it short and
@@ -195,21 +196,18 @@ impl Wal {
     /// built on the log (the Raft log store) keep these positions as their index.
     pub fn append_placed(
         &self,
-        entries: &[WalEntry],
+        batch: EncodedBatch,
         durability: Durability,
         placed: impl FnOnce(&[RecordPosition]) + Send + 'static,
     ) -> CommitFuture {
-        match EncodedBatch::encode(entries, self.max_record_bytes) {
-            Ok(batch) if batch.is_empty() => CommitFuture::ready(Err(Error::Encode(
+        if batch.is_empty() {
+            return CommitFuture::ready(Err(Error::Encode(
                 "an append needs at least one entry".into(),
-            ))),
-            Ok(batch) => {
-                self.shared
-                    .queue
-                    .append(batch, durability, Some(OnPlaced(Box::new(placed))))
-            }
-            Err(error) => CommitFuture::ready(Err(error)),
+            )));
         }
+        self.shared
+            .queue
+            .append(batch, durability, Some(OnPlaced(Box::new(placed))))
     }
 
     /// Reads back the one record at `position` (from [`Wal::append_placed`] or a reader's

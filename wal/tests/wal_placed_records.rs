@@ -8,7 +8,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use keel_wal::{
-    CorruptionReason, Durability, Error, LogReader, RecordPosition, RunId, Wal, WalEntry,
+    CorruptionReason, Durability, EncodedBatch, Error, LogReader, RecordPosition, RunId, Wal,
+    WalEntry,
 };
 
 fn payload(i: u64) -> WalEntry {
@@ -30,8 +31,9 @@ fn fill(wal: &Wal) -> Vec<(WalEntry, RecordPosition)> {
         let batch: Vec<WalEntry> = (0..1 + unit % 3).map(|j| payload(unit * 3 + j)).collect();
         let sink = Arc::clone(&reported);
         let count = batch.len();
+        let encoded = EncodedBatch::encode(&batch, wal.max_record_bytes()).unwrap();
         futures.push(
-            wal.append_placed(&batch, Durability::Strict, move |positions| {
+            wal.append_placed(encoded, Durability::Strict, move |positions| {
                 assert_eq!(positions.len(), count, "one position per entry");
                 sink.lock().unwrap().extend_from_slice(positions);
             }),
