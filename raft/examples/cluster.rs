@@ -180,6 +180,8 @@ async fn start(id: NodeId, base: &Path, router: &Router) -> Result<Node, Failure
             summary.entries,
         );
     }
+    // A purge past what the state machine applied (after a snapshot install) waits for it.
+    let log = log.with_purge_guard(state.applied_index(), Duration::from_secs(60));
     let raft = Raft::new(id, config(), router.clone(), log, state.clone()).await?;
     router
         .nodes

@@ -27,7 +27,7 @@ pub mod record;
 mod state_machine;
 
 pub use log_store::{KeelLogStore, LogStoreStats, LogSummary};
-pub use state_machine::{KeelSnapshotBuilder, KeelStateMachine, SM_RUN};
+pub use state_machine::{AppliedIndex, KeelSnapshotBuilder, KeelStateMachine, SM_RUN};
 
 use std::io::Cursor;
 

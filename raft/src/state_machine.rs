@@ -8,7 +8,12 @@
 //! Snapshots are the database's own: building one is a checkpoint ([`Database::checkpoint`])
 //! whose snapshot file is the snapshot's data; installing one hands those bytes to
 //! [`Database::install_snapshot`], which replaces the state durably. The snapshot's metadata
-//! is read back from the image's `m/` keys, so it always describes the data it travels with.
+//! is read back from the image's `m/` keys, so it always describes the data it travels with;
+//! its id (last log id and 64 random bits) is written into the state just before the
+//! checkpoint, so no two images share one.
+//!
+//! [`KeelStateMachine::applied_index`] publishes the last durably applied index, for the log
+//! store's purge guard ([`crate::KeelLogStore::with_purge_guard`]).
 
 use std::io::Cursor;
 use std::path::Path;
@@ -20,7 +25,7 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use crate::{KvRequest, KvResponse, TypeConfig};
 
@@ -28,6 +33,8 @@ use crate::{KvRequest, KvResponse, TypeConfig};
 pub const SM_RUN: &str = "raft-state-machine";
 const KEY_APPLIED: &[u8] = b"m/applied";
 const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+/// The id of the snapshot this state is the image of, written just before the checkpoint.
+const KEY_SNAPSHOT_ID: &[u8] = b"m/snapshot-id";
 const DATA_PREFIX: &[u8] = b"d/";
 
 type NodeId = u64;
@@ -100,22 +107,29 @@ fn image_meta(
         .ok_or_else(|| invalid(format!("the snapshot has no run {SM_RUN:?}")))?;
     let value = |key| image.get(run, key).map(|v| v.value);
     let (last_log_id, last_membership) = decode_marks(value(KEY_APPLIED), value(KEY_MEMBERSHIP))?;
+    let snapshot_id = value(KEY_SNAPSHOT_ID)
+        .map(|id| String::from_utf8_lossy(&id).into_owned())
+        .ok_or_else(|| invalid("the snapshot image carries no snapshot id".into()))?;
     Ok(SnapshotMeta {
-        snapshot_id: snapshot_id(&last_log_id),
+        snapshot_id,
         last_log_id,
         last_membership,
     })
 }
 
-/// A snapshot's id: its last log id, so equal ids mean equal contents.
-fn snapshot_id(last: &Option<LogId<NodeId>>) -> String {
-    match last {
+/// A new snapshot's id: its last log id and 64 random bits. openraft resumes a chunked
+/// transfer by id, so two images with different bytes (each checkpoint's are) never share
+/// one.
+fn new_snapshot_id(last: &Option<LogId<NodeId>>) -> Result<String, Error> {
+    let random = keel_wal::DatabaseId::random().map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+    let random = u64::from_le_bytes(random.0[..8].try_into().expect("8 bytes"));
+    Ok(match last {
         Some(id) => format!(
-            "{}-{}-{}",
+            "{}-{}-{}-{random:016x}",
             id.leader_id.term, id.leader_id.node_id, id.index
         ),
-        None => "empty".to_string(),
-    }
+        None => format!("empty-{random:016x}"),
+    })
 }
 
 async fn find_or_begin_run(db: &Database) -> Result<RunId, keel::Error> {
@@ -129,18 +143,52 @@ async fn find_or_begin_run(db: &Database) -> Result<RunId, keel::Error> {
 #[derive(Debug, Clone)]
 pub struct KeelStateMachine {
     store: Arc<Mutex<Store>>,
+    /// The index of the last entry applied durably (an install counts).
+    applied: Arc<watch::Sender<Option<u64>>>,
+}
+
+/// The index of the last entry a [`KeelStateMachine`] applied durably, as it moves: give it to
+/// [`crate::KeelLogStore::with_purge_guard`].
+#[derive(Clone, Debug)]
+pub struct AppliedIndex(pub(crate) watch::Receiver<Option<u64>>);
+
+impl AppliedIndex {
+    /// The index now.
+    pub fn current(&self) -> Option<u64> {
+        *self.0.borrow()
+    }
 }
 
 impl KeelStateMachine {
     /// Opens (or creates) the database in `dir` (recovering it) and its state run.
+    ///
+    /// Two options are set here, whatever `options` says: commits are `Strict` (an applied
+    /// entry is durable before `apply` returns, so the applied mark never runs ahead of the
+    /// data), and the database checkpoints only when openraft builds a snapshot
+    /// (`checkpoint_log_bytes = 0`), so that every snapshot file is one openraft knows by id.
+    /// Do not checkpoint the database yourself.
     pub async fn open(dir: impl AsRef<Path>, options: keel::Options) -> Result<Self, Error> {
+        let options = keel::Options {
+            durability: keel::Durability::Strict,
+            checkpoint_log_bytes: 0,
+            ..options
+        };
         let db = Database::open(dir, options).map_err(|e| sm_error(ErrorVerb::Read, e))?;
         let run = find_or_begin_run(&db)
             .await
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        let store = Store { db, run };
+        let (applied, _) = store.marks()?;
+        let (applied, _) = watch::channel(applied.map(|id| id.index));
         Ok(KeelStateMachine {
-            store: Arc::new(Mutex::new(Store { db, run })),
+            store: Arc::new(Mutex::new(store)),
+            applied: Arc::new(applied),
         })
+    }
+
+    /// The index of the last entry applied durably, for the log store's purge guard.
+    pub fn applied_index(&self) -> AppliedIndex {
+        AppliedIndex(self.applied.subscribe())
     }
 
     /// The replicated key-value pairs, in key order.
@@ -186,6 +234,18 @@ pub struct KeelSnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, Error> {
         let store = self.store.lock().await;
+        // The image carries its own id, so that it reads back with the same one.
+        let (applied, _) = store.marks()?;
+        let id = new_snapshot_id(&applied)?;
+        let mut txn = store
+            .db
+            .transaction(store.run)
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        txn.put(KEY_SNAPSHOT_ID, id.as_bytes())
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        txn.commit()
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
         let lsn = store
             .db
             .checkpoint()
@@ -260,6 +320,7 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
         txn.commit()
             .await
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        self.applied.send_replace(Some(last.index));
         Ok(replies)
     }
 
@@ -298,6 +359,8 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
         store.run = find_or_begin_run(&store.db)
             .await
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        self.applied
+            .send_replace(meta.last_log_id.as_ref().map(|id| id.index));
         tracing::info!(lsn, snapshot_id = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
@@ -313,8 +376,11 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
         };
         let image =
             SnapshotImage::decode(&bytes).map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
-        if image.find_run(SM_RUN).is_none() {
-            // A checkpoint taken before anything was applied holds no replicated state.
+        let known = image
+            .find_run(SM_RUN)
+            .is_some_and(|run| image.get(run, KEY_SNAPSHOT_ID).is_some());
+        if !known {
+            // Not a snapshot openraft built or installed (one taken by hand, say).
             return Ok(None);
         }
         let meta = image_meta(&image).map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
