@@ -1,9 +1,9 @@
 //! [`KeelLogStore`]: openraft's log storage on one keel-wal log.
 //!
 //! - **Appends** are `Entry` records, one per Raft entry, appended as one unit per call (the
-//!   log's group commit batches concurrent stores' appends and fsyncs). The entries stay in
-//!   memory until their commit is durable, so they are readable at once; then openraft's
-//!   callback is called and the memory copy dropped.
+//!   log's group commit shares one write and one fdatasync among the appends in flight). The
+//!   entries stay in memory until their commit is durable, so they are readable at once; then
+//!   the writer reports the flush to openraft and the memory copy is dropped.
 //! - **The index** maps each entry index to its log id and record position (reported by
 //!   [`Wal::append_placed`]); a read is one positioned read per entry
 //!   ([`Wal::read_record`]), never a scan.
@@ -12,7 +12,9 @@
 //!   of its records, so a marker that survives a crash covers everything it voids, and a
 //!   truncated entry is never read back after the marker was acknowledged.
 //! - **Purging** deletes whole segments below the first live entry, after a `State` record
-//!   (vote, committed and purge marks together) makes the marks in them redundant.
+//!   (vote, committed and purge marks together) makes the marks in them redundant. With a
+//!   purge guard ([`KeelLogStore::with_purge_guard`]) a purge first waits until the state
+//!   machine has applied what it purges.
 //! - **Opening** repairs the log's torn tail ([`Wal::open`]) and replays its records into the
 //!   index, reading only the log ids.
 
@@ -22,6 +24,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use keel_wal::{
     Durability, EncodedBatch, LogReader, Lsn, RecordPosition, Wal, WalEntry, WalOptions,
@@ -34,7 +37,6 @@ use openraft::{
 
 use crate::record::{self, Decoded, Marks};
 use crate::state_machine::AppliedIndex;
-use std::time::Duration;
 
 /// One entry of the index.
 #[derive(Debug)]
