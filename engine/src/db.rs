@@ -465,8 +465,13 @@ impl Database {
         if threshold == 0 {
             return Ok(());
         }
-        let grown = self.inner.wal.stats().bytes_written
-            - self.inner.checkpointed_at_bytes.load(Ordering::Relaxed);
+        // A checkpoint finishing meanwhile may store a count newer than the one read here.
+        let grown = self
+            .inner
+            .wal
+            .stats()
+            .bytes_written
+            .saturating_sub(self.inner.checkpointed_at_bytes.load(Ordering::Relaxed));
         if grown < threshold || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
