@@ -143,7 +143,7 @@ impl TxnTable {
                 self.held += grown;
                 self.peak_held = self.peak_held.max(self.held);
             }
-            EntryKind::CommitTxn => {
+            EntryKind::CommitTxn | EntryKind::CommitSpan => {
                 let txn = self.take(key);
                 if txn.is_none() && self.gap {
                     self.orphaned_commits += 1;

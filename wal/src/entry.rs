@@ -39,7 +39,20 @@ pub enum WalEntry {
         tag: u32,
         payload: Vec<u8>,
     },
+    /// Like `CommitTxn`, and it names the LSN of the transaction's first entry (its
+    /// `BeginTxn`, or its first `Write`/`Delete`): recovery applies the transaction only when
+    /// it read every entry from `first_lsn` on, so a transaction whose head was lost (a
+    /// removed segment, a skipped gap) is a finding, never a partial apply. Format version 2.
+    CommitSpan {
+        run_id: RunId,
+        txn_id: TxnId,
+        first_lsn: Lsn,
+    },
 }
+
+// Adding a variant must not grow the archived enum: version-1 records (the same root size)
+// must read back unchanged.
+const _: () = assert!(size_of::<ArchivedWalEntry>() == 48);
 
 /// The kind of an entry, without its fields.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -51,6 +64,7 @@ pub enum EntryKind {
     AbortTxn,
     Checkpoint,
     Payload,
+    CommitSpan,
 }
 
 impl EntryKind {
@@ -64,6 +78,7 @@ impl EntryKind {
             EntryKind::AbortTxn => "AbortTxn",
             EntryKind::Checkpoint => "Checkpoint",
             EntryKind::Payload => "Payload",
+            EntryKind::CommitSpan => "CommitSpan",
         }
     }
 }
@@ -78,7 +93,8 @@ impl WalEntry {
             | WalEntry::CommitTxn { run_id, .. }
             | WalEntry::AbortTxn { run_id, .. }
             | WalEntry::Checkpoint { run_id, .. }
-            | WalEntry::Payload { run_id, .. } => *run_id,
+            | WalEntry::Payload { run_id, .. }
+            | WalEntry::CommitSpan { run_id, .. } => *run_id,
         }
     }
 }
@@ -94,6 +110,7 @@ impl ArchivedWalEntry {
             ArchivedWalEntry::AbortTxn { .. } => EntryKind::AbortTxn,
             ArchivedWalEntry::Checkpoint { .. } => EntryKind::Checkpoint,
             ArchivedWalEntry::Payload { .. } => EntryKind::Payload,
+            ArchivedWalEntry::CommitSpan { .. } => EntryKind::CommitSpan,
         }
     }
 
@@ -106,7 +123,8 @@ impl ArchivedWalEntry {
             | ArchivedWalEntry::CommitTxn { run_id, .. }
             | ArchivedWalEntry::AbortTxn { run_id, .. }
             | ArchivedWalEntry::Checkpoint { run_id, .. }
-            | ArchivedWalEntry::Payload { run_id, .. } => run_id.as_u128(),
+            | ArchivedWalEntry::Payload { run_id, .. }
+            | ArchivedWalEntry::CommitSpan { run_id, .. } => run_id.as_u128(),
         }
     }
 
@@ -117,7 +135,8 @@ impl ArchivedWalEntry {
             | ArchivedWalEntry::Write { txn_id, .. }
             | ArchivedWalEntry::Delete { txn_id, .. }
             | ArchivedWalEntry::CommitTxn { txn_id, .. }
-            | ArchivedWalEntry::AbortTxn { txn_id, .. } => Some(txn_id.to_native()),
+            | ArchivedWalEntry::AbortTxn { txn_id, .. }
+            | ArchivedWalEntry::CommitSpan { txn_id, .. } => Some(txn_id.to_native()),
             ArchivedWalEntry::Checkpoint { .. } | ArchivedWalEntry::Payload { .. } => None,
         }
     }
