@@ -1,6 +1,6 @@
 //! The database handle, its options, and transactions.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +12,7 @@ use keel_wal::{
     WalStats, fsutil,
 };
 
+use crate::retention::Spills;
 use crate::snapshot;
 use crate::state::{Change, RunInfo, RunRecord, RunState, SYSTEM_RUN, State, StateReplay};
 use crate::{Error, Result, SnapshotImage, Versioned};
@@ -59,6 +60,10 @@ impl Default for Options {
     }
 }
 
+/// The most a `Write` entry's archive adds to its key and value: the 48-byte archived entry
+/// and alignment padding of the two byte strings (checked by a test against the encoder).
+pub(crate) const WRITE_ENTRY_OVERHEAD: u64 = 64;
+
 /// A commit queued in the log and not yet applied to the state, in LSN order.
 #[derive(Debug)]
 struct Pending {
@@ -93,9 +98,15 @@ struct Inner {
     /// deletes snapshots and segments the other may be looking at).
     snapshot_turn: tokio::sync::Mutex<()>,
     spill_txn_bytes: usize,
-    /// First LSN of every spilled transaction still open: checkpoints and installs keep the
-    /// log from there. Registered under the `pending` lock, with the append.
-    open_spills: Mutex<BTreeMap<TxnId, Lsn>>,
+    /// Spilled transactions whose heads the log must keep (see `retention`). Changed under
+    /// the `pending` lock, with the append that begins, commits or aborts one.
+    spills: Mutex<Spills>,
+    /// Snapshots known to read back whole (loaded at open, or checked as a fallback).
+    verified_snapshots: Mutex<BTreeSet<Lsn>>,
+    /// Automatic checkpoints that failed (the commit that ran one still succeeded), and the
+    /// last failure's message.
+    auto_checkpoint_failures: AtomicU64,
+    last_auto_checkpoint_error: Mutex<Option<String>>,
     /// Commit latencies in nanoseconds.
     latency: Mutex<hdrhistogram::Histogram<u64>>,
     _lock: File,
@@ -164,19 +175,21 @@ impl Database {
                 }
             )));
         }
+        let mut replay = StateReplay {
+            state: &mut state,
+            after,
+            unreadable: &unreadable,
+            spills: Vec::new(),
+        };
         let report = if wal_dir.exists() {
-            keel_recovery::recover(
-                &wal_dir,
-                options.recovery_policy,
-                &mut StateReplay {
-                    state: &mut state,
-                    after,
-                    unreadable: &unreadable,
-                },
-            )?
+            keel_recovery::recover(&wal_dir, options.recovery_policy, &mut replay)?
         } else {
             keel_recovery::recover_empty(options.recovery_policy)
         };
+        let mut spills = Spills::default();
+        for (txn_id, head, commit) in std::mem::take(&mut replay.spills) {
+            spills.committed(txn_id, head, commit);
+        }
         let wal = Wal::open(
             &wal_dir,
             WalOptions {
@@ -196,6 +209,13 @@ impl Database {
             )));
         }
         state.applied_through = wal.next_lsn() - 1;
+        // The previous process may have died before syncing the entries it created here
+        // (a snapshot's rename, the snapshots directory itself); the log directory is synced
+        // by `Wal::open`. Nothing is acknowledged before these are durable.
+        fsutil::sync_dir(&path)?;
+        if path.join("snapshots").is_dir() {
+            fsutil::sync_dir(&path.join("snapshots"))?;
+        }
         let next_txn_id = report.max_txn_id.unwrap_or(0).max(snapshot_txn) + 1;
         tracing::info!(
             runs = state.runs.len(),
@@ -221,7 +241,10 @@ impl Database {
                 checkpoints: AtomicU64::new(0),
                 snapshot_turn: tokio::sync::Mutex::new(()),
                 spill_txn_bytes: options.spill_txn_bytes.max(1),
-                open_spills: Mutex::new(BTreeMap::new()),
+                spills: Mutex::new(spills),
+                verified_snapshots: Mutex::new(snapshot_lsn.into_iter().collect()),
+                auto_checkpoint_failures: AtomicU64::new(0),
+                last_auto_checkpoint_error: Mutex::new(None),
                 latency: Mutex::new(
                     hdrhistogram::Histogram::new_with_bounds(1_000, 600_000_000_000, 3)
                         .map_err(|e| Error::Metadata(format!("latency histogram: {e}")))?,
@@ -284,27 +307,71 @@ impl Database {
             self.inner.wal.append_with(&[entry], Durability::Strict)
         };
         logged.await?;
-        let snapshots = snapshot::list(&dir)?;
-        if let Some((previous, _)) = snapshots.get(1) {
-            let open_spill = lock(&self.inner.open_spills).values().min().copied();
-            let keep_from = open_spill.map_or(previous + 1, |first| first.min(previous + 1));
-            self.inner.wal.remove_segments_before(keep_from)?;
-        }
-        let mut removed = false;
-        for (_, old) in snapshots.iter().skip(2) {
-            std::fs::remove_file(old)
-                .map_err(|e| keel_wal::Error::io("removing old snapshot", old, e))?;
-            removed = true;
-        }
-        if removed {
-            fsutil::sync_dir(&dir)?;
-        }
+        self.release_before(&dir, lsn)?;
         self.inner
             .checkpointed_at_bytes
             .store(self.inner.wal.stats().bytes_written, Ordering::Relaxed);
         self.inner.checkpoints.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.inner.path.display(), lsn, "checkpoint written");
         Ok(lsn)
+    }
+
+    /// After the snapshot at `newest` is durable: keeps the newest older snapshot that reads
+    /// back whole as its fallback, deletes every other older one (damaged ones included), and
+    /// removes the log below what a restart from the fallback needs (see `retention`).
+    fn release_before(&self, dir: &Path, newest: Lsn) -> Result<()> {
+        let older: Vec<(Lsn, PathBuf)> = snapshot::list(dir)?
+            .into_iter()
+            .filter(|(lsn, _)| *lsn < newest)
+            .collect();
+        let mut fallback = None;
+        let mut doomed = Vec::new();
+        for (lsn, path) in older {
+            if fallback.is_none() && self.snapshot_reads_whole(lsn, &path)? {
+                fallback = Some(lsn);
+            } else {
+                doomed.push(path);
+            }
+        }
+        if let Some(fallback) = fallback {
+            let keep_from = lock(&self.inner.spills).keep_from(fallback);
+            self.inner.wal.remove_segments_before(keep_from)?;
+        }
+        for path in &doomed {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(keel_wal::Error::io("removing old snapshot", path, e).into()),
+            }
+        }
+        if !doomed.is_empty() {
+            fsutil::sync_dir(dir)?;
+        }
+        lock(&self.inner.verified_snapshots).retain(|lsn| Some(*lsn) >= fallback);
+        Ok(())
+    }
+
+    /// Whether the snapshot at `lsn` decodes whole (checked once, then remembered). A damaged
+    /// one is `false`; failing to read it at all is an error.
+    fn snapshot_reads_whole(&self, lsn: Lsn, path: &Path) -> Result<bool> {
+        if lock(&self.inner.verified_snapshots).contains(&lsn) {
+            return Ok(true);
+        }
+        let bytes = snapshot::read_bytes(path)?;
+        match snapshot::decode(&bytes) {
+            Ok(loaded) if loaded.lsn == lsn => {
+                lock(&self.inner.verified_snapshots).insert(lsn);
+                Ok(true)
+            }
+            Ok(loaded) => {
+                tracing::error!(snapshot = %path.display(), held = loaded.lsn, "snapshot holds another LSN than its name; not kept as a fallback");
+                Ok(false)
+            }
+            Err(why) => {
+                tracing::error!(snapshot = %path.display(), %why, "snapshot unreadable; not kept as a fallback");
+                Ok(false)
+            }
+        }
     }
 
     fn snapshot_dir(&self) -> PathBuf {
@@ -387,9 +454,9 @@ impl Database {
         let keys = image.len();
         let lsn = self.swap_in(&dir, image)?;
         snapshot::remove_all_but(&dir, lsn)?;
-        // Spills open now began before the install (later ones start above `lsn`).
-        let open_spill = lock(&self.inner.open_spills).values().min().copied();
-        let keep_from = open_spill.map_or(lsn + 1, |first| first.min(lsn + 1));
+        lock(&self.inner.verified_snapshots).clear();
+        // Spills open now, or committed after the marker, began before the install.
+        let keep_from = lock(&self.inner.spills).keep_from(lsn);
         self.inner.wal.remove_segments_before(keep_from)?;
         self.inner
             .checkpointed_at_bytes
@@ -459,11 +526,15 @@ impl Database {
         }
     }
 
-    /// Runs a checkpoint when the log has grown past the threshold since the last one.
-    async fn maybe_checkpoint(&self) -> Result<()> {
+    /// Runs a checkpoint when the log has grown past the threshold since the last one. It
+    /// runs after a commit's acknowledgement, so it cannot fail that commit: a failure is
+    /// logged and counted ([`Stats::auto_checkpoint_failures`]), and the next automatic or
+    /// explicit checkpoint tries again. Dropped part-way (the commit's future cancelled), it
+    /// leaves the next commit free to run one.
+    async fn maybe_checkpoint(&self) {
         let threshold = self.inner.checkpoint_log_bytes;
         if threshold == 0 {
-            return Ok(());
+            return;
         }
         // A checkpoint finishing meanwhile may store a count newer than the one read here.
         let grown = self
@@ -473,11 +544,16 @@ impl Database {
             .bytes_written
             .saturating_sub(self.inner.checkpointed_at_bytes.load(Ordering::Relaxed));
         if grown < threshold || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return;
         }
-        let outcome = self.checkpoint().await.map(drop);
-        self.inner.checkpointing.store(false, Ordering::Release);
-        outcome
+        let _running = ClearOnDrop(&self.inner.checkpointing);
+        if let Err(error) = self.checkpoint().await {
+            tracing::error!(path = %self.inner.path.display(), %error, "automatic checkpoint failed; the next one retries");
+            self.inner
+                .auto_checkpoint_failures
+                .fetch_add(1, Ordering::Relaxed);
+            *lock(&self.inner.last_auto_checkpoint_error) = Some(error.to_string());
+        }
     }
 
     /// What recovery found and did when this database was opened.
@@ -548,6 +624,24 @@ impl Database {
         })
     }
 
+    /// Refuses a write whose log entry could exceed the record limit. The bound is the key
+    /// and value plus [`WRITE_ENTRY_OVERHEAD`], never less than the encoded size.
+    fn check_write_size(&self, key_bytes: usize, value_bytes: usize) -> Result<()> {
+        let record_bytes = (key_bytes as u64)
+            .saturating_add(value_bytes as u64)
+            .saturating_add(WRITE_ENTRY_OVERHEAD);
+        let max_record_bytes = self.inner.max_record_bytes;
+        if record_bytes > u64::from(max_record_bytes) {
+            return Err(Error::ValueTooLarge {
+                key_bytes,
+                value_bytes,
+                record_bytes,
+                max_record_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn check_writable(&self, run: RunId) -> Result<()> {
         match self.run_info(run) {
             None => Err(Error::UnknownRun(run)),
@@ -598,6 +692,9 @@ impl Database {
             commit_p99_us: micros(0.99),
             commit_p999_us: micros(0.999),
             checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
+            auto_checkpoint_failures: self.inner.auto_checkpoint_failures.load(Ordering::Relaxed),
+            last_auto_checkpoint_error: lock(&self.inner.last_auto_checkpoint_error).clone(),
+            spills_tracked: lock(&self.inner.spills).len(),
             runs: state.runs.len(),
             keys: state.data.len(),
         }
@@ -660,7 +757,9 @@ impl Database {
     /// Logs `changes` of `run` as one transaction and waits for its acknowledgement.
     async fn commit_changes(&self, run: u128, changes: Vec<Change>) -> Result<Lsn> {
         let txn_id = self.new_txn_id();
-        self.commit_unit(run, txn_id, changes, Vec::new()).await
+        let started = std::time::Instant::now();
+        let future = self.queue_commit(run, txn_id, changes, Vec::new(), None)?;
+        self.finish_commit(future, started).await
     }
 
     fn new_txn_id(&self) -> TxnId {
@@ -705,8 +804,10 @@ impl Database {
         let _order = lock(&self.inner.pending);
         let first = self.inner.wal.next_lsn();
         let future = self.inner.wal.append_encoded(batch, written);
-        if let Some(txn_id) = opens {
-            lock(&self.inner.open_spills).insert(txn_id, first);
+        if let Some(txn_id) = opens
+            && self.inner.wal.next_lsn() > first
+        {
+            lock(&self.inner.spills).begin(txn_id, first);
         }
         Ok((first, future))
     }
@@ -723,7 +824,11 @@ impl Database {
         let last = *lsns.last().expect("not empty");
         let mut reader = keel_wal::LogReader::open_from(&self.inner.path.join("wal"), first)?;
         let mut wanted = lsns.iter().peekable();
-        while let Some(record) = reader.next_record()? {
+        // Never reads past the last entry wanted: the record after it may be mid-write.
+        while wanted.peek().is_some() {
+            let Some(record) = reader.next_record()? else {
+                break;
+            };
             if record.lsn > last {
                 break;
             }
@@ -740,42 +845,78 @@ impl Database {
         }
     }
 
-    /// Logs `logged` (and the `CommitTxn`) as one unit of transaction `txn_id`, whose
-    /// `earlier` changes were spilled before; waits for the acknowledgement and applies
-    /// `earlier` then `logged`.
-    async fn commit_unit(
+    /// Queues `logged` and the commit as one unit of transaction `txn_id`, whose `earlier`
+    /// changes were spilled before (from `spilled_head` on). Once this returns `Ok` the
+    /// commit is in the log's queue: its outcome is the returned future's, whatever happens
+    /// to the caller. An `Err` means nothing was queued.
+    fn queue_commit(
         &self,
         run: u128,
         txn_id: TxnId,
         logged: Vec<Change>,
         earlier: Vec<Change>,
-    ) -> Result<Lsn> {
+        spilled_head: Option<Lsn>,
+    ) -> Result<keel_wal::CommitFuture> {
         let run_id = RunId::from_u128(run);
-        let mut entries = Self::entries(run, txn_id, &logged);
-        entries.push(WalEntry::CommitTxn { run_id, txn_id });
+        let entries = Self::entries(run, txn_id, &logged);
+        let mut batch = EncodedBatch::encode(&entries, self.inner.max_record_bytes)?;
+        let count = u64::from(batch.len()) + 1;
         let mut changes = earlier;
         changes.extend(logged);
-        let batch = EncodedBatch::encode(&entries, self.inner.max_record_bytes)?;
-        let count = u64::from(batch.len());
-        let started = std::time::Instant::now();
-        let future = {
-            let mut pending = lock(&self.inner.pending);
-            let first_lsn = self.inner.wal.next_lsn();
-            let future = self.inner.wal.append_encoded(batch, self.inner.durability);
-            pending.push_back(Pending {
-                first_lsn,
-                last_lsn: first_lsn + count - 1,
-                run,
-                changes,
-            });
-            future
+        let mut pending = lock(&self.inner.pending);
+        let first_lsn = self.inner.wal.next_lsn();
+        // Only the commit record is framed under the lock: it names the unit's first LSN.
+        let commit = WalEntry::CommitSpan {
+            run_id,
+            txn_id,
+            first_lsn: spilled_head.unwrap_or(first_lsn),
         };
+        batch.push(&commit, self.inner.max_record_bytes)?;
+        let future = self.inner.wal.append_encoded(batch, self.inner.durability);
+        if self.inner.wal.next_lsn() == first_lsn {
+            // Refused (a poisoned or closing log): the future holds the error.
+            return Ok(future);
+        }
+        let last_lsn = first_lsn + count - 1;
+        assert_eq!(
+            self.inner.wal.next_lsn(),
+            last_lsn + 1,
+            "appends are ordered by this lock"
+        );
+        if spilled_head.is_some() {
+            lock(&self.inner.spills).commit(txn_id, last_lsn);
+        }
+        pending.push_back(Pending {
+            first_lsn,
+            last_lsn,
+            run,
+            changes,
+        });
+        Ok(future)
+    }
+
+    /// Waits for a queued commit's acknowledgement; then its effects are visible, and an
+    /// automatic checkpoint may run (which cannot turn the commit into an error).
+    async fn finish_commit(
+        &self,
+        future: keel_wal::CommitFuture,
+        started: std::time::Instant,
+    ) -> Result<Lsn> {
         let lsn = future.await?;
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         lock(&self.inner.latency).saturating_record(nanos);
         self.apply_visible();
-        self.maybe_checkpoint().await?;
+        self.maybe_checkpoint().await;
         Ok(lsn)
+    }
+}
+
+/// Clears a flag when dropped: an operation that set it may be cancelled at any await.
+struct ClearOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -792,6 +933,14 @@ pub struct Stats {
     pub commit_p999_us: f64,
     /// Checkpoints written since open.
     pub checkpoints: u64,
+    /// Automatic checkpoints that failed since open (each commit that ran one succeeded);
+    /// the next automatic or explicit checkpoint retries.
+    pub auto_checkpoint_failures: u64,
+    /// The last automatic checkpoint failure's message.
+    pub last_auto_checkpoint_error: Option<String>,
+    /// Spilled transactions whose heads the log keeps: open ones, and committed ones above
+    /// the oldest snapshot a restart may load. Bounded by those; a leak here pins the log.
+    pub spills_tracked: usize,
     pub runs: usize,
     pub keys: usize,
 }
@@ -826,24 +975,57 @@ impl Transaction {
         self.run
     }
 
-    /// Writes `value` under `key` (in this transaction). Fails only when a spill to the log
-    /// fails.
+    /// Writes `value` under `key` (in this transaction). A key and value too large for one
+    /// log record ([`Error::ValueTooLarge`]) are refused before anything is buffered. A
+    /// failed spill to the log leaves the transaction as it was before this call.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db.check_write_size(key.len(), value.len())?;
+        let previous = self.writes.insert(key.to_vec(), Some(value.to_vec()));
         self.buffered_bytes += key.len() + value.len();
-        self.writes.insert(key.to_vec(), Some(value.to_vec()));
-        self.spill_if_large()
+        self.spill_or_undo(key, previous, key.len() + value.len())
     }
 
-    /// Deletes `key` (in this transaction).
+    /// Deletes `key` (in this transaction); refused and undone as [`Transaction::put`] is.
     pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.db.check_write_size(key.len(), 0)?;
+        let previous = self.writes.insert(key.to_vec(), None);
         self.buffered_bytes += key.len();
-        self.writes.insert(key.to_vec(), None);
-        self.spill_if_large()
+        self.spill_or_undo(key, previous, key.len())
+    }
+
+    /// Spills when the buffer is large; when that fails, takes back the write of `key` that
+    /// was just buffered (restoring `previous`), so the error leaves the transaction as it was.
+    fn spill_or_undo(
+        &mut self,
+        key: &[u8],
+        previous: Option<Option<Vec<u8>>>,
+        added: usize,
+    ) -> Result<()> {
+        let outcome = self.spill_if_large();
+        if outcome.is_err() {
+            match previous {
+                Some(previous) => self.writes.insert(key.to_vec(), previous),
+                None => self.writes.remove(key),
+            };
+            self.buffered_bytes -= added;
+        }
+        outcome
     }
 
     /// Whether some of this transaction's writes are already in the log.
     pub fn spilled(&self) -> bool {
         self.spill.is_some()
+    }
+
+    /// Puts changes taken by [`Transaction::take_writes`] back into the (empty) buffer.
+    fn restore_writes(&mut self, changes: Vec<Change>, bytes: usize) {
+        for change in changes {
+            match change {
+                Change::Put(key, value) => self.writes.insert(key, Some(value)),
+                Change::Delete(key) => self.writes.insert(key, None),
+            };
+        }
+        self.buffered_bytes = bytes;
     }
 
     /// Empties the buffer into changes, in key order.
@@ -863,6 +1045,7 @@ impl Transaction {
             return Ok(());
         }
         let run = self.run.as_u128();
+        let bytes = self.buffered_bytes;
         let buffered = self.take_writes();
         let begin = self.spill.is_none();
         let txn_id = match &self.spill {
@@ -877,9 +1060,17 @@ impl Transaction {
             });
         }
         entries.extend(Database::entries(run, txn_id, &buffered));
-        let (first, future) = self
+        let (first, future) = match self
             .db
-            .append_uncommitted(&entries, begin.then_some(txn_id))?;
+            .append_uncommitted(&entries, begin.then_some(txn_id))
+        {
+            Ok(queued) => queued,
+            Err(error) => {
+                // Nothing was queued: the writes go back into the buffer.
+                self.restore_writes(buffered, bytes);
+                return Err(error);
+            }
+        };
         let spill = self.spill.get_or_insert_with(|| Spill {
             txn_id,
             first_lsn: first,
@@ -947,17 +1138,40 @@ impl Transaction {
 
     /// Commits: one unit in the log; resolves with the commit version (its LSN) once
     /// acknowledged, and the effects are then visible to every reader.
+    ///
+    /// Cancel-safe: dropped before the commit is queued in the log, the transaction is
+    /// abandoned as if dropped (a spilled one is closed with an `AbortTxn`); dropped after,
+    /// the commit goes ahead and becomes visible once acknowledged.
     pub async fn commit(mut self) -> Result<Lsn> {
         self.db.check_writable(self.run)?;
-        let logged = self.take_writes();
         let run = self.run.as_u128();
-        let Some(mut spill) = self.spill.take() else {
+        if self.spill.is_none() {
+            let logged = self.take_writes();
             return self.db.commit_changes(run, logged).await;
-        };
-        // The spilled writes, read back in LSN order, for the state.
-        if let Some(future) = spill.last.take() {
+        }
+        // The spilled writes, read back in LSN order, for the state. The spill stays in
+        // `self` until the commit is queued, so a drop before then aborts it.
+        if let Some(future) = self.spill.as_mut().and_then(|s| s.last.take()) {
             future.await?;
         }
+        let earlier = self.read_spilled()?;
+        let spill = self.spill.as_ref().expect("checked above");
+        let (txn_id, head) = (spill.txn_id, spill.first_lsn);
+        let logged = self.take_writes();
+        let started = std::time::Instant::now();
+        let future = self
+            .db
+            .queue_commit(run, txn_id, logged, earlier, Some(head))?;
+        // Queued: from here on the log decides the outcome; nothing to abort on drop.
+        self.spill = None;
+        self.db.finish_commit(future, started).await
+    }
+
+    /// Every spilled write, read back from the log in LSN order.
+    fn read_spilled(&self) -> Result<Vec<Change>> {
+        let Some(spill) = &self.spill else {
+            return Ok(Vec::new());
+        };
         let mut lsns: Vec<Lsn> = spill.entries.values().map(|(lsn, _)| *lsn).collect();
         lsns.sort_unstable();
         let mut earlier = Vec::with_capacity(lsns.len());
@@ -973,12 +1187,7 @@ impl Transaction {
             }
             _ => {}
         })?;
-        let outcome = self
-            .db
-            .commit_unit(run, spill.txn_id, logged, earlier)
-            .await;
-        lock(&self.db.inner.open_spills).remove(&spill.txn_id);
-        outcome
+        Ok(earlier)
     }
 
     /// Drops the transaction's writes. Nothing reaches the log, unless it spilled: then an
@@ -996,7 +1205,7 @@ impl Drop for Transaction {
             if let Err(error) = self.db.append_uncommitted(&[abort], None) {
                 tracing::warn!(%error, txn_id = spill.txn_id, "could not log the abort of a spilled transaction; recovery will drop it as incomplete");
             }
-            lock(&self.db.inner.open_spills).remove(&spill.txn_id);
+            lock(&self.db.inner.spills).abandon(spill.txn_id);
         }
     }
 }

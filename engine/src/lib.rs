@@ -29,6 +29,7 @@
 
 mod db;
 mod image;
+mod retention;
 mod snapshot;
 mod state;
 
@@ -69,6 +70,17 @@ pub enum Error {
     RunEnded(RunId),
     #[error("the database's metadata is damaged: {0}")]
     Metadata(String),
+    /// A write whose key and value cannot fit one log record: refused before anything was
+    /// buffered or logged. Raise [`Options::max_record_bytes`] or split the value.
+    #[error(
+        "a write of a {key_bytes}-byte key and a {value_bytes}-byte value needs a log record of up to {record_bytes} bytes, over Options::max_record_bytes ({max_record_bytes}); raise that option or split the value"
+    )]
+    ValueTooLarge {
+        key_bytes: usize,
+        value_bytes: usize,
+        record_bytes: u64,
+        max_record_bytes: u32,
+    },
     /// The bytes given as a snapshot image are not one: nothing was changed.
     #[error("not a valid snapshot image: {0}")]
     InvalidSnapshotImage(String),

@@ -190,6 +190,9 @@ pub(crate) struct StateReplay<'a> {
     pub after: Lsn,
     /// LSNs of the snapshot files present but unreadable at open.
     pub unreadable: &'a [Lsn],
+    /// `(txn_id, head, commit)` of every spilled transaction replayed (committed above
+    /// `after`): the log must keep their heads while a snapshot below them may be loaded.
+    pub spills: Vec<(keel_wal::TxnId, Lsn, Lsn)>,
 }
 
 impl Replay for StateReplay<'_> {
@@ -215,6 +218,12 @@ impl Replay for StateReplay<'_> {
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> Result<(), ReplayError> {
         if txn.commit_lsn <= self.after {
             return Ok(());
+        }
+        // A transaction written in one unit is its entries and its commit, back to back;
+        // anything longer began with a spill.
+        if txn.first_lsn + (txn.entries().len() as Lsn) < txn.commit_lsn {
+            self.spills
+                .push((txn.txn_id, txn.first_lsn, txn.commit_lsn));
         }
         let mut changes = Vec::with_capacity(txn.entries().len());
         for (lsn, entry) in txn.entries() {

@@ -94,7 +94,9 @@ impl EncodedBatch {
         Ok(batch)
     }
 
-    fn push(&mut self, entry: &WalEntry, max_payload_len: u32) -> Result<()> {
+    /// Frames one more entry after those already in the batch, refusing a payload over
+    /// `max_payload_len` (the batch is then unchanged).
+    pub fn push(&mut self, entry: &WalEntry, max_payload_len: u32) -> Result<()> {
         let start = self.bytes.len();
         debug_assert_eq!(start % RECORD_ALIGN, 0);
         self.bytes.resize(start + RECORD_HEADER_LEN, 0);
