@@ -695,6 +695,7 @@ impl Database {
             auto_checkpoint_failures: self.inner.auto_checkpoint_failures.load(Ordering::Relaxed),
             last_auto_checkpoint_error: lock(&self.inner.last_auto_checkpoint_error).clone(),
             spills_tracked: lock(&self.inner.spills).len(),
+            pending_commits: lock(&self.inner.pending).len(),
             runs: state.runs.len(),
             keys: state.data.len(),
         }
@@ -941,6 +942,9 @@ pub struct Stats {
     /// Spilled transactions whose heads the log keeps: open ones, and committed ones above
     /// the oldest snapshot a restart may load. Bounded by those; a leak here pins the log.
     pub spills_tracked: usize,
+    /// Commits queued in the log and not yet visible. Bounded by the log's queue: a refused
+    /// commit (a poisoned log) is never queued here.
+    pub pending_commits: usize,
     pub runs: usize,
     pub keys: usize,
 }
