@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use futures::executor::block_on;
@@ -29,7 +29,7 @@ fn poll_then_drop<F: Future>(future: F, polls: usize) -> bool {
     let mut future = Box::pin(future);
     let mut cx = Context::from_waker(Waker::noop());
     for _ in 0..polls {
-        if let Poll::Ready(_) = Pin::as_mut(&mut future).poll(&mut cx) {
+        if Pin::as_mut(&mut future).poll(&mut cx).is_ready() {
             return true;
         }
         std::thread::sleep(Duration::from_millis(2));
