@@ -1,13 +1,15 @@
-//! Model-based test: random runs, transactions (committed and aborted), run ends,
-//! checkpoints, closes and drops without close, against a `BTreeMap` model; after every step and every reopen the
-//! database equals the model for every acknowledged commit. `KEEL_SEED` replays a run.
+//! Model-based test: random runs, transactions (committed and aborted, some with values at
+//! the record limit), run ends, checkpoints, closes and drops without close, and reopens with
+//! changed options (segment size, record limit, durability, backend) on an existing log,
+//! against a `BTreeMap` model; after every step and every reopen the database equals the
+//! model for every acknowledged commit. `KEEL_SEED` replays a run.
 
 use std::collections::BTreeMap;
 
 use std::sync::Arc;
 
 use futures::executor::block_on;
-use keel::{BackendChoice, Database, Error, Options, RunId, RunState};
+use keel::{BackendChoice, Database, Durability, Error, Options, RunId, RunState};
 use keel_wal::Faults;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
@@ -20,7 +22,11 @@ enum Op {
         run: usize,
         writes: Vec<(u8, Option<u8>)>,
         commit: bool,
+        /// One more write whose value is as large as the record limit allows.
+        big: bool,
     },
+    /// A clean close, then an open with other options on the same directory.
+    Reopen(Choice),
     Checkpoint,
     Close,
     DropWithoutClose,
@@ -41,8 +47,12 @@ fn op() -> impl Strategy<Value = Op> {
             0usize..8,
             proptest::collection::vec((0u8..12, proptest::option::weighted(0.8, any::<u8>())), 1..6),
             proptest::bool::weighted(0.85),
+            proptest::bool::weighted(0.3),
         )
-            .prop_map(|(run, writes, commit)| Op::Txn { run, writes, commit }),
+            .prop_map(|(run, writes, commit, big)| Op::Txn { run, writes, commit, big }),
+        3 => (0usize..3, 0usize..3, 0usize..3, 0usize..2).prop_map(|(segment, record, durability, backend)| {
+            Op::Reopen(Choice { segment, record, durability, backend })
+        }),
         1 => Just(Op::Checkpoint),
         1 => Just(Op::Close),
         1 => Just(Op::DropWithoutClose),
@@ -54,15 +64,60 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Options a reopen may choose (indices into the lists below).
+#[derive(Clone, Copy, Debug, Default)]
+struct Choice {
+    segment: usize,
+    record: usize,
+    durability: usize,
+    backend: usize,
+}
+
+// The first of each is where every case starts: small segments, so that a reopen with
+// larger ones meets a last segment too small for the new record limit.
+const SEGMENT_BYTES: [u64; 3] = [16 * 1024, 256 * 1024, 64 * 1024];
+const RECORD_BYTES: [u32; 3] = [48 * 1024, 2 * 1024, 16 * 1024];
+
 fn options(backend: BackendChoice, faults: &Arc<Faults>) -> Options {
+    options_with(backend, faults, Choice::default())
+}
+
+/// The options of `choice`; a record limit the segment cannot hold becomes the largest it
+/// can (`max_record_bytes` must fit a segment).
+fn options_with(backend: BackendChoice, faults: &Arc<Faults>, choice: Choice) -> Options {
+    let segment_bytes = SEGMENT_BYTES[choice.segment];
+    let capacity = u32::try_from(segment_bytes - 4096 - 32).unwrap();
+    let durability = match choice.durability {
+        0 => Durability::Strict,
+        1 => Durability::Batched {
+            max_delay: std::time::Duration::from_millis(5),
+            max_bytes: 1 << 20,
+        },
+        _ => Durability::Async {
+            max_delay: std::time::Duration::from_millis(5),
+        },
+    };
+    let available = BackendChoice::available();
     Options {
         faults: Some(Arc::clone(faults)),
-        segment_bytes: 64 * 1024,
-        max_record_bytes: 16 * 1024,
+        segment_bytes,
+        max_record_bytes: RECORD_BYTES[choice.record].min(capacity),
         // Small, so that many transactions spill to the log before their commit.
         spill_txn_bytes: 64,
-        backend,
+        durability,
+        backend: if choice == Choice::default() {
+            backend
+        } else {
+            available[choice.backend % available.len()]
+        },
         ..Options::default()
+    }
+}
+
+impl PartialEq for Choice {
+    fn eq(&self, other: &Choice) -> bool {
+        (self.segment, self.record, self.durability, self.backend)
+            == (other.segment, other.record, other.durability, other.backend)
     }
 }
 
@@ -110,7 +165,8 @@ fn check(db: &Database, model: &Model) -> Result<(), TestCaseError> {
 fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
-    let mut db = Some(Database::open(dir.path(), options(backend, &faults)).unwrap());
+    let mut current = options(backend, &faults);
+    let mut db = Some(Database::open(dir.path(), current.clone()).unwrap());
     let mut model = Model::default();
     for (step, op) in ops.into_iter().enumerate() {
         let handle = db.as_ref().unwrap();
@@ -131,10 +187,19 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
                     }
                 }
             }
+            Op::Reopen(choice) => {
+                db.take().unwrap().close().unwrap();
+                current = options_with(backend, &faults, choice);
+                db = Some(
+                    Database::open(dir.path(), current.clone())
+                        .unwrap_or_else(|e| panic!("step {step}: reopening with {current:?}: {e}")),
+                );
+            }
             Op::Txn {
                 run,
                 writes,
                 commit,
+                big,
             } => {
                 let Some(&(run, ended)) = model.runs.get(run % 8) else {
                     continue;
@@ -164,6 +229,16 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
                     let own = txn.get(&key(*k)).unwrap().map(|v| v.value);
                     prop_assert_eq!(own, staged[&key(*k)].clone());
                 }
+                if big {
+                    // As large as the record limit of this open allows, and one byte more.
+                    let k = b"big-key".to_vec();
+                    let fits = current.max_record_bytes as usize - 64 - k.len();
+                    let refused = txn.put(&k, &vec![9u8; fits + 1]);
+                    let too_large = matches!(refused, Err(Error::ValueTooLarge { .. }));
+                    prop_assert!(too_large, "step {}: {:?}", step, refused.err());
+                    txn.put(&k, &vec![step as u8; fits]).unwrap();
+                    staged.insert(k, Some(vec![step as u8; fits]));
+                }
                 if commit {
                     let version = block_on(txn.commit()).unwrap();
                     for (k, v) in staged {
@@ -187,12 +262,16 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
             }
             Op::Close => {
                 db.take().unwrap().close().unwrap();
-                db = Some(Database::open(dir.path(), options(backend, &faults)).unwrap());
+                db = Some(Database::open(dir.path(), current.clone()).unwrap());
             }
             Op::FailedSyncThenCrash { run, writes } => {
                 let Some(&(run, false)) = model.runs.get(run % 8) else {
                     continue;
                 };
+                if current.durability != Durability::Strict {
+                    // Acknowledged before the sync: a failed sync cannot fail the commit.
+                    continue;
+                }
                 let mut txn = handle.transaction(run).unwrap();
                 let mut staged = BTreeMap::new();
                 for (n, (k, v)) in writes.iter().enumerate() {
@@ -207,7 +286,7 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
                 prop_assert!(outcome.is_err(), "step {step}: a commit whose sync failed");
                 drop(db.take());
                 faults.fail_sync_after(u32::MAX);
-                db = Some(Database::open(dir.path(), options(backend, &faults)).unwrap());
+                db = Some(Database::open(dir.path(), current.clone()).unwrap());
                 let mut with = Model {
                     runs: model.runs.clone(),
                     data: model.data.clone(),
@@ -225,7 +304,7 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
             }
             Op::DropWithoutClose => {
                 drop(db.take());
-                db = Some(Database::open(dir.path(), options(backend, &faults)).unwrap());
+                db = Some(Database::open(dir.path(), current.clone()).unwrap());
                 let report = db.as_ref().unwrap().recovery_report();
                 prop_assert_eq!(report.txns_incomplete, 0);
             }
