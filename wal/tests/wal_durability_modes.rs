@@ -17,58 +17,48 @@ fn options(backend: keel_wal::BackendChoice, durability: Durability) -> WalOptio
     }
 }
 
-/// Polls the counters until `done` holds, for at most `limit`.
-fn wait_until(wal: &Wal, limit: Duration, done: impl Fn(&keel_wal::WalStats) -> bool) -> Duration {
+/// Polls the counters until `done` holds. The bound is only there to fail instead of hanging
+/// when it never does (liveness), never a measure of how fast it happened.
+fn wait_until(wal: &Wal, limit: Duration, done: impl Fn(&keel_wal::WalStats) -> bool) {
     let start = Instant::now();
     while !done(&wal.stats()) {
         assert!(
             start.elapsed() < limit,
-            "condition not reached within {limit:?}: {:?}",
+            "condition never reached (waited {limit:?}): {:?}",
             wal.stats()
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    start.elapsed()
 }
 
+/// Batched resolves once written; nothing but its timer syncs: with a timer of an hour the
+/// record stays unsynced, with a short one it becomes durable with no further append. (No
+/// wall-clock assertion: when the timer fires is the scheduler's business.)
 #[test]
 fn batched_mode_syncs_on_its_timer_without_further_appends() {
-    let max_delay = Duration::from_millis(200);
     for backend in common::backends() {
-        let dir = tempfile::tempdir().unwrap();
-        let durability = Durability::Batched {
-            max_delay,
-            max_bytes: u64::MAX,
-        };
-        let wal = Wal::open(dir.path(), options(backend, durability)).unwrap();
-        let appended_at = Instant::now();
-        let lsn = wal.append(&[common::write(1, 1, "k", 100)]).wait().unwrap();
-        let stats = wal.stats();
-        assert!(
-            stats.written_lsn >= lsn,
-            "Batched resolves once written: {stats:?}"
-        );
-        if appended_at.elapsed() < max_delay / 2 {
-            assert_eq!(stats.fsyncs, 0, "no sync before the timer: {stats:?}");
-            assert!(stats.durable_lsn < lsn);
+        for max_delay in [Duration::from_secs(3600), Duration::from_millis(20)] {
+            let dir = tempfile::tempdir().unwrap();
+            let durability = Durability::Batched {
+                max_delay,
+                max_bytes: u64::MAX,
+            };
+            let wal = Wal::open(dir.path(), options(backend, durability)).unwrap();
+            let lsn = wal.append(&[common::write(1, 1, "k", 100)]).wait().unwrap();
+            let stats = wal.stats();
+            assert!(
+                stats.written_lsn >= lsn,
+                "Batched resolves once written: {stats:?}"
+            );
+            if max_delay > Duration::from_secs(60) {
+                assert_eq!(stats.fsyncs, 0, "nothing syncs before the timer: {stats:?}");
+                assert!(stats.durable_lsn < lsn);
+            } else {
+                wait_until(&wal, Duration::from_secs(60), |s| s.durable_lsn >= lsn);
+                assert_eq!(wal.stats().fsyncs, 1, "one timer sync");
+            }
+            wal.close().unwrap();
         }
-        wait_until(&wal, max_delay * 20, |s| s.durable_lsn >= lsn);
-        let synced_after = appended_at.elapsed();
-        println!(
-            "{backend:?}: durable {synced_after:?} after the append (max_delay {max_delay:?})"
-        );
-        assert_eq!(wal.stats().fsyncs, 1, "one timer sync");
-        // The timer, not anything else, made it durable: not much before max_delay, and
-        // within it (plus scheduling slack on a loaded machine).
-        assert!(
-            synced_after + Duration::from_millis(5) >= max_delay,
-            "synced early: {synced_after:?}"
-        );
-        assert!(
-            synced_after <= max_delay + Duration::from_secs(1),
-            "synced late: {synced_after:?}"
-        );
-        wal.close().unwrap();
     }
 }
 
