@@ -333,6 +333,34 @@ where
             .map_err(|e| io_error::<C>(subject, ErrorVerb::Write, e))
     }
 
+    /// Appends marker records durably and then applies `apply` to the index. The index is
+    /// changed by the thread that resolves the append (the log's writer), not by this future,
+    /// so a caller that drops the call at its await cannot leave memory behind the disk: the
+    /// change is made exactly when the marker is durable, and not at all when it fails.
+    async fn mark_durably(
+        &self,
+        entries: &[WalEntry],
+        subject: ErrorSubject<C::NodeId>,
+        apply: impl FnOnce(&mut Index<C>) + Send + 'static,
+    ) -> Result<Lsn, StorageError<C::NodeId>> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let shared = Arc::clone(&self.index);
+        self.wal
+            .append_with(entries, Durability::Strict)
+            .on_resolved(move |outcome| {
+                if outcome.is_ok() {
+                    apply(&mut lock(&shared));
+                }
+                // The caller may have gone: the change above stands either way.
+                let _ = sender.send(outcome);
+            });
+        let outcome = match receiver.await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(keel_wal::Error::Closed),
+        };
+        outcome.map_err(|e| io_error::<C>(subject, ErrorVerb::Write, e))
+    }
+
     /// Reads the entries in `range`: cached ones from memory, the others by position.
     fn read_range(
         &self,
@@ -475,9 +503,15 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        self.append_durably(&[record::vote::<C>(vote)], ErrorSubject::Vote)
-            .await?;
-        self.index().vote = Some(vote.clone());
+        let saved = vote.clone();
+        self.mark_durably(
+            &[record::vote::<C>(vote)],
+            ErrorSubject::Vote,
+            move |index| {
+                index.vote = Some(saved);
+            },
+        )
+        .await?;
         Ok(())
     }
 
@@ -489,9 +523,11 @@ where
         &mut self,
         committed: Option<LogId<C::NodeId>>,
     ) -> Result<(), StorageError<C::NodeId>> {
-        self.append_durably(&[record::committed::<C>(&committed)], ErrorSubject::Store)
-            .await?;
-        self.index().committed = committed;
+        let record = record::committed::<C>(&committed);
+        self.mark_durably(&[record], ErrorSubject::Store, move |index| {
+            index.committed = committed;
+        })
+        .await?;
         Ok(())
     }
 
@@ -582,9 +618,11 @@ where
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         self.wait_for_applied(log_id.index).await?;
-        self.append_durably(&[record::purge::<C>(&log_id)], ErrorSubject::Logs)
-            .await?;
-        self.index().purge(log_id);
+        let record = record::purge::<C>(&log_id);
+        self.mark_durably(&[record], ErrorSubject::Logs, move |index| {
+            index.purge(log_id)
+        })
+        .await?;
         self.compact().await
     }
 }
