@@ -116,6 +116,7 @@ impl Wal {
         // (a rotation's rename, a spare, the identity, recovery's fresh segment, the directory
         // itself): nothing is acknowledged before they are durable.
         fsutil::sync_dir_and_parent(&dir)?;
+        let active_first_lsn = active.header.first_lsn;
         let backend = backend::build(&options, &dir)?;
         let backend_kind = backend.kind();
         let shared = Arc::new(Shared {
@@ -146,7 +147,14 @@ impl Wal {
             .spawn(move || writer.run())
             .map_err(|e| Error::io("starting writer thread", &dir, e))?;
         let summary = OpenSummary {
-            segments: listing.segments.len().max(1),
+            // Plus the segment this open started, unless it replaced an empty last one.
+            segments: listing.segments.len()
+                + usize::from(
+                    listing
+                        .segments
+                        .last()
+                        .is_none_or(|last| last.first_lsn != active_first_lsn),
+                ),
             next_lsn,
             truncated_bytes,
             unknown_files: listing.unknown,

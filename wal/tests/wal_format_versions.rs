@@ -65,6 +65,11 @@ fn a_version_1_log_is_read_recovered_and_continued_in_version_2() {
         let summary = wal.open_summary().clone();
         assert_eq!(summary.next_lsn, 31, "{backend:?}");
         assert_eq!(summary.truncated_bytes, 100, "{backend:?}");
+        assert_eq!(
+            summary.segments,
+            old.len() + 1,
+            "{backend:?}: counts the fresh one"
+        );
         let span = WalEntry::CommitSpan {
             run_id: RunId::from_u128(1),
             txn_id: 30,

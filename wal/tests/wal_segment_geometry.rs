@@ -132,6 +132,7 @@ fn an_empty_last_segment_of_another_size_is_replaced() {
             .unwrap();
         let large = options(backend, 256 * 1024, 128 * 1024);
         let wal = Wal::open(dir.path(), large).unwrap();
+        assert_eq!(wal.open_summary().segments, 1, "{backend:?}");
         assert_eq!(append(&wal, 1, 100 * 1024), 1);
         wal.close().unwrap();
         let found = headers(dir.path());
