@@ -162,6 +162,7 @@ fn scratch() -> tempfile::TempDir {
 /// Writes one segment starting at `first_lsn` holding `region` after its header block.
 fn write_segment(dir: &Path, id: DatabaseId, first_lsn: Lsn, region: &[u8], size: u64) {
     let header = SegmentHeader {
+        version: keel_wal::segment::FORMAT_VERSION,
         database_id: id,
         first_lsn,
         segment_bytes: size,

@@ -94,12 +94,14 @@ pub enum Error {
     Locked { path: PathBuf },
 
     #[error(
-        "{} has format version {found}; this build reads version {supported}",
+        "{} has format version {found}; this build reads versions up to {supported}",
         path.display()
     )]
     UnknownFormatVersion {
         path: PathBuf,
         found: u32,
+        /// The newest version this build reads (segments: also every older one down to
+        /// `segment::OLDEST_READABLE_VERSION`).
         supported: u32,
     },
 

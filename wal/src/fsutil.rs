@@ -4,17 +4,19 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{CorruptionReason, Error, Result};
 use crate::ids::DatabaseId;
 use crate::record::{get_u32, put_u32};
-use crate::segment::FORMAT_VERSION;
 
 /// The lock file of a WAL directory.
 pub const LOCK_FILE: &str = "LOCK";
 /// The identity file of a WAL directory.
 pub const IDENTITY_FILE: &str = "IDENTITY";
+/// The identity file's own format version, independent of the segment format's
+/// ([`crate::segment::FORMAT_VERSION`]).
+pub const IDENTITY_FORMAT_VERSION: u32 = 1;
 const IDENTITY_MAGIC: [u8; 8] = *b"KEELWID\0";
 const IDENTITY_LEN: usize = 36;
 
@@ -33,6 +35,32 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     handle
         .sync_all()
         .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+/// Makes `dir`'s entries durable, and `dir`'s own name in its parent: two directory fsyncs.
+/// An open calls it once, since it cannot know whether the process that made those entries
+/// (segments, spares, the identity, the directory itself) synced them before it stopped.
+pub fn sync_dir_and_parent(dir: &Path) -> Result<()> {
+    sync_dir(dir)?;
+    match parent_of(dir)? {
+        Some(parent) => sync_dir(&parent),
+        None => Ok(()),
+    }
+}
+
+/// The directory holding `dir`'s name (`.` for a bare relative name; `None` for the root).
+fn parent_of(dir: &Path) -> Result<Option<PathBuf>> {
+    let named = matches!(dir.components().next_back(), Some(Component::Normal(_)));
+    let dir = if named {
+        dir.to_path_buf()
+    } else {
+        std::fs::canonicalize(dir).map_err(|e| Error::io("resolving", dir, e))?
+    };
+    Ok(match dir.parent() {
+        None => None,
+        Some(parent) if parent.as_os_str().is_empty() => Some(PathBuf::from(".")),
+        Some(parent) => Some(parent.to_path_buf()),
+    })
 }
 
 /// Creates `dir` and any missing parents, and makes each new entry durable by syncing the
@@ -124,11 +152,11 @@ pub fn read_identity(dir: &Path) -> Result<Option<DatabaseId>> {
         return Err(corrupt("checksum mismatch"));
     }
     let version = get_u32(&bytes, 8);
-    if version != FORMAT_VERSION {
+    if version != IDENTITY_FORMAT_VERSION {
         return Err(Error::UnknownFormatVersion {
             path,
             found: version,
-            supported: FORMAT_VERSION,
+            supported: IDENTITY_FORMAT_VERSION,
         });
     }
     Ok(Some(DatabaseId(
@@ -140,7 +168,7 @@ pub fn read_identity(dir: &Path) -> Result<Option<DatabaseId>> {
 pub fn write_identity(dir: &Path, id: DatabaseId) -> Result<()> {
     let mut bytes = [0u8; IDENTITY_LEN];
     bytes[..8].copy_from_slice(&IDENTITY_MAGIC);
-    put_u32(&mut bytes, 8, FORMAT_VERSION);
+    put_u32(&mut bytes, 8, IDENTITY_FORMAT_VERSION);
     bytes[16..32].copy_from_slice(&id.0);
     let crc = crc32fast::hash(&bytes[..32]);
     put_u32(&mut bytes, 32, crc);
@@ -189,6 +217,43 @@ mod tests {
             read_identity(dir.path()),
             Err(Error::Corruption { .. })
         ));
+    }
+
+    /// The identity keeps its own version 1 whatever the segment format is; any other is
+    /// refused.
+    #[test]
+    fn identity_is_version_1_and_no_other_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write_identity(dir.path(), DatabaseId([5; 16])).unwrap();
+        let path = dir.path().join(IDENTITY_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(get_u32(&bytes, 8), 1);
+        put_u32(&mut bytes, 8, crate::segment::FORMAT_VERSION);
+        let crc = crc32fast::hash(&bytes[..32]);
+        put_u32(&mut bytes, 32, crc);
+        std::fs::write(&path, bytes).unwrap();
+        let err = read_identity(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UnknownFormatVersion {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_parent_of_a_log_directory_is_where_its_name_lives() {
+        let parent = |dir: &str| parent_of(Path::new(dir)).unwrap();
+        assert_eq!(parent("/a/b"), Some(PathBuf::from("/a")));
+        assert_eq!(parent("b"), Some(PathBuf::from(".")));
+        assert_eq!(parent("/"), None);
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(parent("."), here.parent().map(Path::to_path_buf));
     }
 
     #[test]

@@ -79,6 +79,8 @@ impl RecordHeader {
 pub struct EncodedBatch {
     pub(crate) bytes: Vec<u8>,
     pub(crate) count: u32,
+    /// The largest payload among the records, checked again by the log that takes the batch.
+    pub(crate) largest_payload: u32,
 }
 
 impl EncodedBatch {
@@ -87,6 +89,7 @@ impl EncodedBatch {
         let mut batch = EncodedBatch {
             bytes: Vec::with_capacity(entries.len() * 128),
             count: 0,
+            largest_payload: 0,
         };
         for entry in entries {
             batch.push(entry, max_payload_len)?;
@@ -114,15 +117,13 @@ impl EncodedBatch {
                 max: max_payload_len.into(),
             });
         }
+        let payload_len32 = u32::try_from(payload_len).expect("bounded above");
+        self.largest_payload = self.largest_payload.max(payload_len32);
         self.bytes.resize(start + record_len(payload_len), 0);
         let body = &self.bytes[start + RECORD_HEADER_LEN..];
         let unsalted = crc32fast::hash(body);
         let header = &mut self.bytes[start..start + RECORD_HEADER_LEN];
-        put_u32(
-            header,
-            PAYLOAD_LEN_OFFSET,
-            u32::try_from(payload_len).expect("bounded above"),
-        );
+        put_u32(header, PAYLOAD_LEN_OFFSET, payload_len32);
         put_u32(header, BODY_CRC_OFFSET, unsalted);
         header[KIND_OFFSET..KIND_OFFSET + 2].copy_from_slice(&KIND_ENTRY.to_le_bytes());
         self.count += 1;

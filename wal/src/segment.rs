@@ -3,7 +3,7 @@
 //! ```text
 //! offset size field
 //!   0     8  magic             b"KEELWAL\0"
-//!   8     4  format_version    u32 LE, currently 1
+//!   8     4  format_version    u32 LE: 2 written, 1 and 2 read (see `docs/FORMAT.md`)
 //!  12     4  flags             0, reserved
 //!  16    16  database_id       the database this segment belongs to
 //!  32     8  first_lsn         LSN of the first record, u64 LE
@@ -24,8 +24,11 @@ use crate::ids::{DatabaseId, Lsn};
 use crate::record::{self, RECORD_ALIGN, RECORD_HEADER_LEN, get_u32, get_u64, put_u32, put_u64};
 
 pub const MAGIC: [u8; 8] = *b"KEELWAL\0";
-/// The segment and record format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The segment and record format this build writes: version 2 added the `CommitSpan` entry.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest segment format this build reads. Versions from this one to
+/// [`FORMAT_VERSION`] are read; appends never go to a segment older than [`FORMAT_VERSION`].
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 pub const MAGIC_OFFSET: usize = 0;
 pub const VERSION_OFFSET: usize = MAGIC_OFFSET + 8;
 pub const FLAGS_OFFSET: usize = VERSION_OFFSET + 4;
@@ -44,6 +47,7 @@ pub const MIN_SEGMENT_BYTES: u64 = HEADER_BLOCK_LEN + 4096;
 pub const EXTENSION: &str = "wal";
 
 const _: () = assert!(HEADER_LEN == 64);
+const _: () = assert!(OLDEST_READABLE_VERSION >= 1 && OLDEST_READABLE_VERSION <= FORMAT_VERSION);
 const _: () = assert!(HEADER_LEN as u64 <= HEADER_BLOCK_LEN);
 const _: () = assert!(HEADER_BLOCK_LEN.is_multiple_of(RECORD_ALIGN as u64));
 const _: () = assert!(FIRST_LSN_OFFSET.is_multiple_of(8) && SEGMENT_BYTES_OFFSET.is_multiple_of(8));
@@ -51,6 +55,9 @@ const _: () = assert!(FIRST_LSN_OFFSET.is_multiple_of(8) && SEGMENT_BYTES_OFFSET
 /// A verified segment header.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct SegmentHeader {
+    /// The format version the segment was written in, from [`OLDEST_READABLE_VERSION`] to
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
     pub database_id: DatabaseId,
     pub first_lsn: Lsn,
     pub segment_bytes: u64,
@@ -58,8 +65,8 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    /// A header with a fresh random salt. The salt is never 0, and never one under which an
-    /// all-zero record header would verify.
+    /// A header of the current [`FORMAT_VERSION`] with a fresh random salt. The salt is never
+    /// 0, and never one under which an all-zero record header would verify.
     ///
     /// With `salt_seed` (tests only) the salt is derived from the seed and the first LSN, so
     /// the same workload writes the same bytes.
@@ -87,6 +94,7 @@ impl SegmentHeader {
             let salt = u32::from_le_bytes(salt);
             if salt != 0 && Crc::salted(salt, &zeros[4..]).0 != 0 {
                 return Ok(SegmentHeader {
+                    version: FORMAT_VERSION,
                     database_id,
                     first_lsn,
                     segment_bytes,
@@ -100,7 +108,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> Vec<u8> {
         let mut block = vec![0u8; HEADER_BLOCK_LEN.try_into().expect("4096")];
         block[MAGIC_OFFSET..MAGIC_OFFSET + 8].copy_from_slice(&MAGIC);
-        put_u32(&mut block, VERSION_OFFSET, FORMAT_VERSION);
+        put_u32(&mut block, VERSION_OFFSET, self.version);
         block[DATABASE_ID_OFFSET..DATABASE_ID_OFFSET + 16].copy_from_slice(&self.database_id.0);
         put_u64(&mut block, FIRST_LSN_OFFSET, self.first_lsn);
         put_u64(&mut block, SEGMENT_BYTES_OFFSET, self.segment_bytes);
@@ -110,8 +118,8 @@ impl SegmentHeader {
         block
     }
 
-    /// Parses and checks a header block: magic, format version, checksum, field sanity. A
-    /// block shorter than the header is an error, not a panic.
+    /// Parses and checks a header block: magic, format version (any this build reads),
+    /// checksum, field sanity. A block shorter than the header is an error, not a panic.
     pub fn decode(block: &[u8], path: &Path) -> Result<SegmentHeader> {
         let corrupt = |reason| Error::corruption(path, 0, reason);
         if block.len() < HEADER_LEN {
@@ -134,7 +142,7 @@ impl SegmentHeader {
                 actual,
             }));
         }
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             let path = path.to_path_buf();
             return Err(Error::UnknownFormatVersion {
                 path,
@@ -143,6 +151,7 @@ impl SegmentHeader {
             });
         }
         let header = SegmentHeader {
+            version,
             database_id: DatabaseId(
                 block[DATABASE_ID_OFFSET..DATABASE_ID_OFFSET + 16]
                     .try_into()
@@ -176,6 +185,52 @@ impl SegmentHeader {
             .saturating_sub(offset)
             .saturating_sub(RECORD_HEADER_LEN as u64)
             .min(record::MAX_PAYLOAD_LEN.into())
+    }
+}
+
+/// Whether a writer opening the log may append to the last segment it found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Continuation {
+    /// Append after its last record.
+    Append,
+    /// First start a fresh segment at the next LSN, of the current format and the options'
+    /// size; the last segment keeps what it holds and is read by its own header.
+    FreshSegment(FreshReason),
+}
+
+/// Why appends cannot continue in the last segment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum FreshReason {
+    /// It has an older format version: it must not receive records of a later format.
+    OlderFormat { found: u32 },
+    /// Its size is not the one the options ask for: records are checked against the options'
+    /// size, and every record must fit the segment it is written into.
+    Geometry { found: u64 },
+}
+
+/// Decides whether appends continue in `last`, the last segment found at open, for a writer
+/// whose segments are `segment_bytes` long:
+///
+/// | last segment's version | its `segment_bytes`     | continuation                  |
+/// |------------------------|-------------------------|-------------------------------|
+/// | older than current     | any                     | fresh segment (`OlderFormat`) |
+/// | current                | other than the options' | fresh segment (`Geometry`)    |
+/// | current                | the options'            | append                        |
+///
+/// A fresh segment is how a changed `segment_bytes` or `max_record_bytes` (validated against
+/// `segment_bytes`) and a new format version take effect: at a rotation, never inside a
+/// segment written under other terms.
+pub(crate) fn continuation(last: &SegmentHeader, segment_bytes: u64) -> Continuation {
+    if last.version < FORMAT_VERSION {
+        Continuation::FreshSegment(FreshReason::OlderFormat {
+            found: last.version,
+        })
+    } else if last.segment_bytes != segment_bytes {
+        Continuation::FreshSegment(FreshReason::Geometry {
+            found: last.segment_bytes,
+        })
+    } else {
+        Continuation::Append
     }
 }
 
@@ -317,6 +372,58 @@ mod tests {
         );
     }
 
+    /// Headers of every readable version decode with their version; the ones around them are
+    /// refused as unknown.
+    #[test]
+    fn every_readable_version_decodes_and_no_other() {
+        for version in 0..=FORMAT_VERSION + 1 {
+            let h = SegmentHeader {
+                version,
+                ..header()
+            };
+            let decoded = SegmentHeader::decode(&h.encode(), Path::new("s"));
+            if (OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
+                assert_eq!(decoded.unwrap(), h, "version {version}");
+            } else {
+                assert!(
+                    matches!(decoded, Err(Error::UnknownFormatVersion { found, .. }) if found == version),
+                    "version {version}: {decoded:?}"
+                );
+            }
+        }
+        assert_eq!(header().version, FORMAT_VERSION);
+    }
+
+    /// One assertion per row of `continuation`'s table.
+    #[test]
+    fn appends_continue_only_in_a_current_segment_of_the_options_size() {
+        let current = header();
+        let older = SegmentHeader {
+            version: FORMAT_VERSION - 1,
+            ..current
+        };
+        for size in [current.segment_bytes, current.segment_bytes * 2] {
+            assert_eq!(
+                continuation(&older, size),
+                Continuation::FreshSegment(FreshReason::OlderFormat {
+                    found: FORMAT_VERSION - 1
+                })
+            );
+        }
+        for size in [current.segment_bytes / 2, current.segment_bytes * 2] {
+            assert_eq!(
+                continuation(&current, size),
+                Continuation::FreshSegment(FreshReason::Geometry {
+                    found: current.segment_bytes
+                })
+            );
+        }
+        assert_eq!(
+            continuation(&current, current.segment_bytes),
+            Continuation::Append
+        );
+    }
+
     #[test]
     fn names_round_trip_and_sort() {
         assert_eq!(file_name(1), "00000000000000000001.wal");
@@ -375,7 +482,7 @@ mod tests {
             err,
             Error::UnknownFormatVersion {
                 found: 9,
-                supported: 1,
+                supported: FORMAT_VERSION,
                 ..
             }
         ));

@@ -16,7 +16,9 @@ use crate::queue::OnPlaced;
 use crate::queue::Queue;
 use crate::reader::{self, OwnedRecord, RecordPosition};
 use crate::record::EncodedBatch;
-use crate::segment::{self, DirectoryListing, HEADER_BLOCK_LEN, SegmentFile, SegmentHeader};
+use crate::segment::{
+    self, Continuation, DirectoryListing, HEADER_BLOCK_LEN, SegmentFile, SegmentHeader,
+};
 use crate::stats::{Counters, WalStats};
 use crate::tail;
 use crate::writer::{self, ActiveSegment, Writer};
@@ -64,7 +66,9 @@ pub struct Wal {
 
 impl Wal {
     /// Opens (or creates) the log in `dir`: takes its lock, checks identity and format, finds
-    /// the tail of the last segment and repairs a torn one, then starts the writer.
+    /// the tail of the last segment and repairs a torn one, starts a fresh segment when the
+    /// last one is of an older format or another size than `options.segment_bytes`, syncs the
+    /// directory and its parent, then starts the writer.
     pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
         options.validate()?;
@@ -89,19 +93,30 @@ impl Wal {
             .as_ref()
             .and_then(|f| f.salt_seed())
             .or_else(|| simulated_seed(&dir));
+        let fresh = FreshSegment {
+            dir: &dir,
+            database_id,
+            segment_bytes: options.segment_bytes,
+            preallocator: &preallocator,
+            salt_seed,
+        };
         let (active, next_lsn, truncated_bytes) = match listing.segments.last() {
-            None => create_first_segment(
-                &dir,
-                database_id,
-                options.segment_bytes,
-                &preallocator,
-                salt_seed,
-            )?,
+            None => (fresh.start(1)?, 1, 0),
             Some(last) => {
                 check_headers(&listing.segments, database_id)?;
-                open_last_segment(last)?
+                let (active, next_lsn, truncated_bytes) = open_last_segment(last)?;
+                (
+                    fresh.unless_appendable(active, next_lsn)?,
+                    next_lsn,
+                    truncated_bytes,
+                )
             }
         };
+        // The previous process may have died before syncing the directory entries it made
+        // (a rotation's rename, a spare, the identity, recovery's fresh segment, the directory
+        // itself): nothing is acknowledged before they are durable.
+        fsutil::sync_dir_and_parent(&dir)?;
+        let active_first_lsn = active.header.first_lsn;
         let backend = backend::build(&options, &dir)?;
         let backend_kind = backend.kind();
         let shared = Arc::new(Shared {
@@ -121,7 +136,7 @@ impl Wal {
             backend,
             dir.clone(),
             database_id,
-            active.header.segment_bytes,
+            options.segment_bytes,
             active,
             preallocator,
             next_lsn - 1,
@@ -132,7 +147,14 @@ impl Wal {
             .spawn(move || writer.run())
             .map_err(|e| Error::io("starting writer thread", &dir, e))?;
         let summary = OpenSummary {
-            segments: listing.segments.len().max(1),
+            // Plus the segment this open started, unless it replaced an empty last one.
+            segments: listing.segments.len()
+                + usize::from(
+                    listing
+                        .segments
+                        .last()
+                        .is_none_or(|last| last.first_lsn != active_first_lsn),
+                ),
             next_lsn,
             truncated_bytes,
             unknown_files: listing.unknown,
@@ -174,14 +196,28 @@ impl Wal {
         }
     }
 
-    /// Appends entries framed beforehand with [`EncodedBatch::encode`].
+    /// Appends entries framed beforehand with [`EncodedBatch::encode`]. A record over this
+    /// log's [`Wal::max_record_bytes`] is refused, whatever limit it was framed with.
     pub fn append_encoded(&self, batch: EncodedBatch, durability: Durability) -> CommitFuture {
-        if batch.is_empty() {
-            return CommitFuture::ready(Err(Error::Encode(
-                "an append needs at least one entry".into(),
-            )));
+        if let Err(error) = self.check_batch(&batch) {
+            return CommitFuture::ready(Err(error));
         }
         self.shared.queue.append(batch, durability, None)
+    }
+
+    /// A batch must hold an entry, and no record larger than this log takes (the limit its
+    /// segments were sized for).
+    fn check_batch(&self, batch: &EncodedBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Err(Error::Encode("an append needs at least one entry".into()));
+        }
+        if batch.largest_payload > self.max_record_bytes {
+            return Err(Error::RecordTooLarge {
+                size: batch.largest_payload.into(),
+                max: self.max_record_bytes.into(),
+            });
+        }
+        Ok(())
     }
 
     /// Appends entries framed beforehand with [`EncodedBatch::encode`] (so that a record too
@@ -200,10 +236,8 @@ impl Wal {
         durability: Durability,
         placed: impl FnOnce(&[RecordPosition]) + Send + 'static,
     ) -> CommitFuture {
-        if batch.is_empty() {
-            return CommitFuture::ready(Err(Error::Encode(
-                "an append needs at least one entry".into(),
-            )));
+        if let Err(error) = self.check_batch(&batch) {
+            return CommitFuture::ready(Err(error));
         }
         self.shared
             .queue
@@ -442,32 +476,56 @@ fn check_headers(segments: &[SegmentFile], database_id: DatabaseId) -> Result<()
     Ok(())
 }
 
-fn create_first_segment(
-    dir: &Path,
+/// How an open starts a segment: of the current format and the options' size.
+struct FreshSegment<'a> {
+    dir: &'a Path,
     database_id: DatabaseId,
     segment_bytes: u64,
-    preallocator: &Preallocator,
+    preallocator: &'a Preallocator,
     salt_seed: Option<u64>,
-) -> Result<(ActiveSegment, Lsn, u64)> {
-    let (spare, _) = preallocator.take()?;
-    let header = SegmentHeader::new(database_id, 1, segment_bytes, salt_seed)
-        .map_err(|e| Error::io("generating salt in", dir, e))?;
-    let path = dir.join(segment::file_name(1));
-    writer::install_segment(&spare.file, &spare.path, &path, &header)?;
-    preallocator.replenish();
-    let file = Arc::new(IoFile {
-        file: spare.file,
-        path,
-    });
-    Ok((
-        ActiveSegment {
+}
+
+impl FreshSegment<'_> {
+    /// Installs a spare as the segment whose first record will be `first_lsn`. An existing
+    /// segment of that name (one holding no record) is replaced by the rename.
+    fn start(&self, first_lsn: Lsn) -> Result<ActiveSegment> {
+        let (spare, _) = self.preallocator.take()?;
+        let header = SegmentHeader::new(
+            self.database_id,
+            first_lsn,
+            self.segment_bytes,
+            self.salt_seed,
+        )
+        .map_err(|e| Error::io("generating salt in", self.dir, e))?;
+        let path = self.dir.join(segment::file_name(first_lsn));
+        writer::install_segment(&spare.file, &spare.path, &path, &header)?;
+        self.preallocator.replenish();
+        let file = Arc::new(IoFile {
+            file: spare.file,
+            path,
+        });
+        Ok(ActiveSegment {
             file,
             header,
             offset: HEADER_BLOCK_LEN,
-        },
-        1,
-        0,
-    ))
+        })
+    }
+
+    /// `last` (the last segment, durable through `next_lsn - 1`) when appends may continue in
+    /// it, else a fresh segment starting at `next_lsn` (see [`segment::continuation`]).
+    fn unless_appendable(&self, last: ActiveSegment, next_lsn: Lsn) -> Result<ActiveSegment> {
+        match segment::continuation(&last.header, self.segment_bytes) {
+            Continuation::Append => Ok(last),
+            Continuation::FreshSegment(reason) => {
+                tracing::info!(
+                    segment = %last.file.path.display(), ?reason, next_lsn,
+                    "starting a fresh segment before the first append"
+                );
+                drop(last);
+                self.start(next_lsn)
+            }
+        }
+    }
 }
 
 fn open_last_segment(segment: &SegmentFile) -> Result<(ActiveSegment, Lsn, u64)> {

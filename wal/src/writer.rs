@@ -100,6 +100,8 @@ pub(crate) struct Writer {
     backend: Box<dyn Backend>,
     dir: PathBuf,
     database_id: DatabaseId,
+    /// The size of the segments this writer starts (the options'); the active segment's own
+    /// size is in its header.
     segment_bytes: u64,
     active: ActiveSegment,
     preallocator: Preallocator,
@@ -139,6 +141,9 @@ impl Writer {
         durable_through: Lsn,
         salt_seed: Option<u64>,
     ) -> Self {
+        // Wal::open starts a fresh segment when the last one is older or of another size.
+        assert_eq!(active.header.version, segment::FORMAT_VERSION);
+        assert_eq!(active.header.segment_bytes, segment_bytes);
         let offset = active.offset;
         Writer {
             shared,
@@ -270,12 +275,17 @@ impl Writer {
         });
         while at < bytes.len() && self.poisoned.is_none() {
             let len = record::record_len(get_u32(&bytes, at + record::PAYLOAD_LEN_OFFSET) as usize);
-            if self.active.offset + len as u64 > self.segment_bytes {
+            if self.active.offset + len as u64 > self.active.header.segment_bytes {
                 self.rotate(lsn);
                 if self.poisoned.is_some() {
                     break;
                 }
             }
+            // Records were checked against `max_record_bytes`, which fits an empty segment.
+            assert!(
+                self.active.offset + len as u64 <= self.active.header.segment_bytes,
+                "a record of {len} bytes does not fit its segment"
+            );
             let sealed = record::seal(
                 &mut bytes[at..at + len],
                 lsn,
@@ -647,6 +657,16 @@ pub(crate) fn install_segment(
     header: &SegmentHeader,
 ) -> crate::error::Result<()> {
     debug_assert!(RECORD_HEADER_LEN as u64 <= HEADER_BLOCK_LEN);
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("reading metadata of", spare_path, e))?
+        .len();
+    assert_eq!(
+        len,
+        header.segment_bytes,
+        "{} is installed with the size its header declares",
+        spare_path.display()
+    );
     file.write_all_at(&header.encode(), 0)
         .map_err(|e| Error::io("writing header of", spare_path, e))?;
     crate::fsutil::sync_file(file, spare_path, false)?;

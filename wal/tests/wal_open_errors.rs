@@ -63,7 +63,7 @@ fn an_unknown_format_version_is_refused() {
             err,
             Error::UnknownFormatVersion {
                 found: 7,
-                supported: 1,
+                supported: segment::FORMAT_VERSION,
                 ..
             }
         ),

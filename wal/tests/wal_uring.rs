@@ -125,6 +125,72 @@ fn an_error_from_the_ring_poisons_and_keeps_what_was_acknowledged() {
     }
 }
 
+/// Commits concurrently on a ring armed with `arm`; every commit that fails must fail with
+/// the poison `operation` names (never a panicked writer, never another error), at least one
+/// must fail, and everything acknowledged must read back after a reopen.
+fn poisoned_by(operation: &str, errno: Option<i32>, arm: impl Fn(&Faults, u32)) {
+    for fail_after in [0u32, 3, 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::new();
+        arm(&faults, fail_after);
+        let wal = Arc::new(Wal::open(dir.path(), ring_options(&faults)).unwrap());
+        let results = commit_concurrently(&wal, 4, 40);
+        let highest = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok().copied())
+            .max()
+            .unwrap_or(0);
+        let failed: Vec<&Error> = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().err())
+            .collect();
+        assert!(!failed.is_empty(), "fail_after {fail_after}: commits fail");
+        for error in &failed {
+            let Error::Poisoned { cause } = error else {
+                panic!("fail_after {fail_after}: expected poison, got {error}");
+            };
+            assert_eq!(cause.operation, operation, "fail_after {fail_after}");
+            if errno.is_some() {
+                assert_eq!(cause.error.raw_os_error(), errno, "fail_after {fail_after}");
+            }
+        }
+        let closed = Arc::into_inner(wal).unwrap().close();
+        assert!(
+            matches!(&closed, Err(Error::Poisoned { cause }) if cause.operation == operation),
+            "fail_after {fail_after}: {closed:?}"
+        );
+        let reopened = Wal::open(dir.path(), common::small_options(BackendChoice::Uring)).unwrap();
+        reopened.close().unwrap();
+        let records = common::read_all(dir.path());
+        assert!(
+            records.len() as u64 >= highest,
+            "fail_after {fail_after}: acknowledged LSN {highest} lost ({} records remain)",
+            records.len()
+        );
+    }
+}
+
+#[test]
+fn a_failed_sync_after_a_short_write_poisons_the_log() {
+    if !common::uring_available() {
+        return;
+    }
+    poisoned_by("fdatasync", Some(9), |faults, after| {
+        faults.uring_short_writes(true);
+        faults.fail_uring_sync_after(after);
+    });
+}
+
+#[test]
+fn a_failed_io_uring_enter_poisons_the_log_and_late_completions_are_ignored() {
+    if !common::uring_available() {
+        return;
+    }
+    poisoned_by("io_uring_enter", None, |faults, after| {
+        faults.fail_uring_enter_after(after);
+    });
+}
+
 #[test]
 fn a_failed_probe_falls_back_to_std_unless_uring_was_required() {
     let dir = tempfile::tempdir().unwrap();

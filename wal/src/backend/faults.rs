@@ -20,6 +20,8 @@ pub struct Faults {
     uring_short_writes: AtomicBool,
     uring_ring_only: AtomicBool,
     uring_bad_fd_countdown: AtomicI64,
+    uring_bad_sync_fd_countdown: AtomicI64,
+    uring_enter_countdown: AtomicI64,
     salt_seed: AtomicU64,
 }
 
@@ -33,6 +35,8 @@ impl Default for Faults {
             uring_short_writes: AtomicBool::new(false),
             uring_ring_only: AtomicBool::new(false),
             uring_bad_fd_countdown: AtomicI64::new(-1),
+            uring_bad_sync_fd_countdown: AtomicI64::new(-1),
+            uring_enter_countdown: AtomicI64::new(-1),
             salt_seed: AtomicU64::new(0),
         }
     }
@@ -116,6 +120,40 @@ impl Faults {
     )]
     pub(crate) fn uring_bad_fd_trips(&self) -> bool {
         Self::trips(&self.uring_bad_fd_countdown)
+    }
+
+    /// The io_uring fdatasync `after` syncs from now (0: the next) is submitted on an invalid
+    /// file descriptor, so the kernel fails it (EBADF): a real sync error travelling through
+    /// the ring. With [`Faults::uring_short_writes`] the sync runs after a write the kernel
+    /// saw as complete (it was asked for half), so both the write's and the sync's outcome
+    /// reach the same round.
+    pub fn fail_uring_sync_after(&self, after: u32) {
+        self.uring_bad_sync_fd_countdown
+            .store(after.into(), Ordering::SeqCst);
+    }
+
+    #[cfg_attr(
+        not(all(target_os = "linux", feature = "uring")),
+        expect(dead_code, reason = "read by the uring backend only")
+    )]
+    pub(crate) fn uring_bad_sync_fd_trips(&self) -> bool {
+        Self::trips(&self.uring_bad_sync_fd_countdown)
+    }
+
+    /// The io_uring_enter `after` calls from now (0: the next) is performed, waits until every
+    /// operation the kernel holds has completed, and then reports a hard failure: the ring is
+    /// abandoned while the completions of its chains are still to be reaped.
+    pub fn fail_uring_enter_after(&self, after: u32) {
+        self.uring_enter_countdown
+            .store(after.into(), Ordering::SeqCst);
+    }
+
+    #[cfg_attr(
+        not(all(target_os = "linux", feature = "uring")),
+        expect(dead_code, reason = "read by the uring backend only")
+    )]
+    pub(crate) fn uring_enter_trips(&self) -> bool {
+        Self::trips(&self.uring_enter_countdown)
     }
 
     /// Segment salts derived from `seed` instead of random ones (0: random), so the same

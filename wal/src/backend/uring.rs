@@ -7,20 +7,24 @@
 //! advances its watermarks over the contiguous prefix only.
 //!
 //! A chain is settled in *rounds*. A round is the set of operations submitted together; when
-//! all of a round's operations have completed, the round is judged:
+//! all of a round's operations have completed, the round is judged ([`judge_round`]):
 //!
-//! | write outcome                 | sync outcome            | next                          |
-//! |-------------------------------|-------------------------|-------------------------------|
-//! | failed (not retryable)        | any (usually ECANCELED) | the chain fails: `write`      |
-//! | short, or EINTR / EAGAIN      | any                     | new round: rest + a new sync  |
-//! | complete                      | failed (not retryable)  | the chain fails: `fdatasync`  |
-//! | complete                      | ECANCELED, EINTR, EAGAIN| new round: the sync alone     |
-//! | complete                      | done                    | the chain succeeds            |
+//! | write outcome                 | sync outcome                   | next                          |
+//! |-------------------------------|--------------------------------|-------------------------------|
+//! | failed (not retryable)        | any (usually ECANCELED)        | the chain fails: `write`      |
+//! | short, or EINTR / EAGAIN      | failed (not retryable)         | the chain fails: `fdatasync`  |
+//! | short, or EINTR / EAGAIN      | none, done, ECANCELED, EINTR, EAGAIN | new round: rest + a new sync |
+//! | complete                      | failed (not retryable)         | the chain fails: `fdatasync`  |
+//! | complete                      | ECANCELED, EINTR, EAGAIN       | new round: the sync alone     |
+//! | complete                      | done, or no sync               | the chain succeeds            |
 //!
 //! A sync counts only if the whole write completed before it was submitted: a sync that
 //! succeeded after a short write is ignored and reissued after the rest. Failed syncs are never
-//! retried (after a failed fdatasync the kernel may have dropped the dirty pages, so a later
-//! "successful" sync proves nothing). See [`classify`] for the errno table.
+//! retried, whatever the write did (after a failed fdatasync the kernel may have dropped the
+//! dirty pages, so a later "successful" sync proves nothing). A kernel cancels the sync linked
+//! to a write it saw come back short, but a sync can still run after a short write (one the
+//! kernel saw complete, as the short-write fault submits it), and its error counts. See
+//! [`classify`] for the errno table.
 //!
 //! Buffers are owned by the chain until the kernel has posted every completion that refers to
 //! them, also when the log is poisoned or the backend dropped mid-flight: `Drop` waits.
@@ -84,6 +88,45 @@ pub fn classify(errno: i32) -> Action {
     }
 }
 
+/// How a round's write ended.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WriteOutcome {
+    /// Failed with an error that is not retryable.
+    Failed,
+    /// Short, or interrupted (EINTR, EAGAIN, ECANCELED): bytes remain to be written.
+    Incomplete,
+    /// Every byte of the chain's buffer is written (also when the round had no write).
+    Complete,
+}
+
+/// What follows a finished round.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RoundVerdict {
+    /// The chain succeeds.
+    Succeed,
+    /// The chain fails with its write's error.
+    FailWrite,
+    /// The chain fails with this fdatasync errno.
+    FailSync(i32),
+    /// Another round: the rest of the write (if any) and a new sync.
+    Again,
+}
+
+/// Judges a finished round from its write's outcome and its sync's result (`None`: no sync
+/// in the round; a negative errno on failure). The module documentation has the table.
+pub fn judge_round(write: WriteOutcome, sync: Option<i32>) -> RoundVerdict {
+    let sync_action = sync.filter(|&r| r < 0).map(|r| (-r, classify(-r)));
+    match (write, sync_action) {
+        (WriteOutcome::Failed, _) => RoundVerdict::FailWrite,
+        (_, Some((errno, Action::Fail))) => RoundVerdict::FailSync(errno),
+        (WriteOutcome::Incomplete, _) => RoundVerdict::Again,
+        (WriteOutcome::Complete, Some((_, Action::Retry | Action::Cancelled))) => {
+            RoundVerdict::Again
+        }
+        (WriteOutcome::Complete, None) => RoundVerdict::Succeed,
+    }
+}
+
 /// Why io_uring cannot be used here, for the fallback warning or the "uring required" error.
 pub fn probe(faults: Option<&Arc<Faults>>) -> Result<(), String> {
     UringBackend::new(1, faults).map(drop)
@@ -120,6 +163,9 @@ pub struct UringBackend {
     wake: Arc<OwnedFd>,
     wake_armed: bool,
     woken: bool,
+    /// Set once io_uring_enter failed hard: the ring is given up, every later chain fails
+    /// with this error, and completions still posted for the abandoned chains are ignored.
+    abandoned: Option<(io::ErrorKind, String)>,
     faults: Option<Arc<Faults>>,
 }
 
@@ -171,6 +217,7 @@ impl UringBackend {
             wake,
             wake_armed: false,
             woken: false,
+            abandoned: None,
             faults: faults.cloned(),
         })
     }
@@ -207,6 +254,14 @@ impl UringBackend {
             entries.push(write);
         }
         if chain.sync {
+            let mut fd = fd;
+            if self
+                .faults
+                .as_ref()
+                .is_some_and(|f| f.uring_bad_sync_fd_trips())
+            {
+                fd = types::Fd(-1);
+            }
             entries.push(
                 opcode::Fsync::new(fd)
                     .flags(types::FsyncFlags::DATASYNC)
@@ -231,6 +286,9 @@ impl UringBackend {
 
     /// Submits what is queued and waits for `want` completions, retrying interruptions.
     fn enter(&mut self, want: usize) {
+        if self.faults.as_ref().is_some_and(|f| f.uring_enter_trips()) {
+            return self.fail_enter_after_completions();
+        }
         loop {
             match self.ring.submit_and_wait(want) {
                 Ok(_) => return,
@@ -250,27 +308,58 @@ impl UringBackend {
         }
     }
 
+    /// Fault injection ([`Faults::fail_uring_enter_after`]): submits what is queued, waits
+    /// until every operation of the chains in flight has posted its completion, then fails as
+    /// a hard io_uring_enter error would, leaving those completions to be reaped later.
+    fn fail_enter_after_completions(&mut self) {
+        let in_kernel: usize = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|c| usize::from(c.pending))
+            .sum();
+        while self.ring.completion().len() < in_kernel {
+            if self.ring.submit_and_wait(in_kernel).is_err() {
+                break;
+            }
+        }
+        self.abandon(&io::Error::other("injected io_uring_enter failure"));
+    }
+
     /// The ring itself failed (io_uring_enter returned an error that is not an
     /// interruption): every chain fails with that error. The kernel may still hold their
     /// buffers and files, so those are leaked rather than freed: memory-safe, and the log is
     /// poisoned by the failures anyway.
+    ///
+    /// The kernel may still post completions of those chains (it had taken their operations
+    /// before the failure): their slots are empty by then, and they are ignored. A slot is
+    /// never given to another chain afterwards (every later chain fails at once), so a late
+    /// completion is never taken for another chain's.
     fn abandon(&mut self, error: &io::Error) {
         tracing::error!(%error, "io_uring_enter failed; failing every chain in flight");
+        self.abandoned = Some((error.kind(), error.to_string()));
         for slot in 0..self.slots.len() {
             if let Some(chain) = self.slots[slot].take() {
                 std::mem::forget(chain.buf);
                 std::mem::forget(chain.file);
                 self.free.push(slot);
+                let result = Err(self.abandoned_error().expect("just abandoned"));
                 self.ready.push_back(Completion {
                     id: chain.id,
-                    result: Err(ChainError {
-                        operation: "io_uring_enter",
-                        error: io::Error::new(error.kind(), error.to_string()),
-                    }),
+                    result,
                     buf: None,
                 });
             }
         }
+    }
+
+    /// The error every chain fails with once the ring was abandoned.
+    fn abandoned_error(&self) -> Option<ChainError> {
+        let (kind, message) = self.abandoned.as_ref()?;
+        Some(ChainError {
+            operation: "io_uring_enter",
+            error: io::Error::new(*kind, message.clone()),
+        })
     }
 
     fn arm_wake(&mut self) {
@@ -318,7 +407,13 @@ impl UringBackend {
                 continue;
             }
             let slot = usize::try_from(user_data >> 1).expect("slot index");
-            let chain = self.slots[slot].as_mut().expect("completion of a chain");
+            let Some(chain) = self.slots[slot].as_mut() else {
+                assert!(
+                    self.abandoned.is_some(),
+                    "completion of a chain: slot {slot} is empty"
+                );
+                continue;
+            };
             chain.pending -= 1;
             if user_data & 1 == OP_WRITE {
                 record_write(chain, result);
@@ -335,23 +430,23 @@ impl UringBackend {
     fn complete_round(&mut self, slot: usize) {
         let chain = self.slots[slot].as_mut().expect("an occupied slot");
         let total = chain.buf.as_ref().map_or(0, Vec::len);
-        let again = if chain.error.is_some() {
-            false
+        let write = if chain.error.is_some() {
+            WriteOutcome::Failed
         } else if chain.write_again || chain.written < total {
-            true
-        } else if let Some(result) = chain.round_sync.filter(|&r| r < 0) {
-            match classify(-result) {
-                Action::Fail => {
-                    chain.error = Some(ChainError {
-                        operation: "fdatasync",
-                        error: io::Error::from_raw_os_error(-result),
-                    });
-                    false
-                }
-                Action::Retry | Action::Cancelled => true,
-            }
+            WriteOutcome::Incomplete
         } else {
-            false
+            WriteOutcome::Complete
+        };
+        let again = match judge_round(write, chain.round_sync) {
+            RoundVerdict::Succeed | RoundVerdict::FailWrite => false,
+            RoundVerdict::FailSync(errno) => {
+                chain.error = Some(ChainError {
+                    operation: "fdatasync",
+                    error: io::Error::from_raw_os_error(errno),
+                });
+                false
+            }
+            RoundVerdict::Again => true,
         };
         if again {
             chain.idle_rounds += 1;
@@ -436,6 +531,15 @@ impl Backend for UringBackend {
 
     fn submit(&mut self, chain: Chain) {
         assert!(self.in_flight() < self.depth, "more chains than the depth");
+        if let Some(error) = self.abandoned_error() {
+            let buf = chain.write.map(|w| w.buf);
+            self.ready.push_back(Completion {
+                id: chain.id,
+                result: Err(error),
+                buf,
+            });
+            return;
+        }
         let direct_allowed = !self.faults.as_ref().is_some_and(|f| f.uring_ring_only_on());
         if chain.alone && self.in_flight() == 0 && direct_allowed {
             let result = std_io::run_chain(&chain);
@@ -507,7 +611,125 @@ impl Drop for UringBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{Action, classify};
+    use std::sync::Arc;
+
+    use super::{
+        Action, Backend, Chain, Completion, Faults, RoundVerdict, UringBackend, WriteOutcome,
+        classify, judge_round,
+    };
+    use crate::backend::{IoFile, WriteOp};
+
+    /// A file to write to, and a ring on which `faults` are armed, every chain going through
+    /// the ring. `None` where io_uring cannot run.
+    fn ring(faults: &Arc<Faults>) -> Option<(tempfile::TempDir, Arc<IoFile>, UringBackend)> {
+        faults.uring_ring_only(true);
+        let backend = match UringBackend::new(4, Some(faults)) {
+            Ok(backend) => backend,
+            Err(why) => {
+                println!("skipped: {why}");
+                return None;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        let file = std::fs::File::create(&path).unwrap();
+        Some((dir, Arc::new(IoFile { file, path }), backend))
+    }
+
+    fn chain(id: u64, file: &Arc<IoFile>) -> Chain {
+        Chain {
+            id,
+            file: Arc::clone(file),
+            write: Some(WriteOp {
+                offset: id * 4096,
+                buf: vec![0xa5; 4096],
+            }),
+            sync: true,
+            alone: false,
+        }
+    }
+
+    fn settle(backend: &mut UringBackend) -> Vec<Completion> {
+        let mut out = Vec::new();
+        while backend.in_flight() > 0 {
+            let want = backend.in_flight();
+            backend.wait(want, &mut out);
+        }
+        out
+    }
+
+    fn failed_operation(completion: &Completion) -> (&'static str, Option<i32>) {
+        let error = completion.result.as_ref().expect_err("the chain fails");
+        (error.operation, error.error.raw_os_error())
+    }
+
+    /// A hard io_uring_enter failure abandons the chains in flight while the kernel still
+    /// posts their completions; those late completions name freed slots and are ignored, and
+    /// the abandoned ring takes no further chain.
+    #[test]
+    fn late_completions_after_a_failed_enter_are_ignored() {
+        let faults = Faults::new();
+        faults.fail_uring_enter_after(1);
+        let Some((_dir, file, mut backend)) = ring(&faults) else {
+            return;
+        };
+        backend.submit(chain(0, &file));
+        backend.submit(chain(1, &file));
+        let done = settle(&mut backend);
+        assert_eq!(done.len(), 2);
+        for completion in &done {
+            assert_eq!(failed_operation(completion).0, "io_uring_enter");
+        }
+        backend.submit(chain(2, &file));
+        let done = settle(&mut backend);
+        assert_eq!(done.len(), 1);
+        assert_eq!(failed_operation(&done[0]).0, "io_uring_enter");
+    }
+
+    /// A round whose write came back short and whose linked fdatasync failed (the kernel runs
+    /// the sync: it saw the shortened write complete) fails with the sync's error; it is not
+    /// retried into a later "successful" sync (fsyncgate).
+    #[test]
+    fn a_failed_sync_after_a_short_write_fails_the_chain() {
+        let faults = Faults::new();
+        faults.uring_short_writes(true);
+        faults.fail_uring_sync_after(0);
+        let Some((_dir, file, mut backend)) = ring(&faults) else {
+            return;
+        };
+        backend.submit(chain(0, &file));
+        let done = settle(&mut backend);
+        assert_eq!(done.len(), 1);
+        assert_eq!(failed_operation(&done[0]), ("fdatasync", Some(libc::EBADF)));
+    }
+
+    /// One assertion per row of the round table in the module documentation.
+    #[test]
+    fn every_round_outcome_has_a_verdict() {
+        use RoundVerdict::{Again, FailSync, FailWrite, Succeed};
+        use WriteOutcome::{Complete, Failed, Incomplete};
+        let (eio, canceled, intr) = (-libc::EIO, -libc::ECANCELED, -libc::EINTR);
+        for sync in [None, Some(0), Some(eio), Some(canceled)] {
+            assert_eq!(judge_round(Failed, sync), FailWrite, "{sync:?}");
+        }
+        assert_eq!(judge_round(Incomplete, Some(eio)), FailSync(libc::EIO));
+        for sync in [
+            None,
+            Some(0),
+            Some(canceled),
+            Some(intr),
+            Some(-libc::EAGAIN),
+        ] {
+            assert_eq!(judge_round(Incomplete, sync), Again, "{sync:?}");
+        }
+        assert_eq!(judge_round(Complete, Some(eio)), FailSync(libc::EIO));
+        for sync in [Some(canceled), Some(intr), Some(-libc::EAGAIN)] {
+            assert_eq!(judge_round(Complete, sync), Again, "{sync:?}");
+        }
+        for sync in [None, Some(0)] {
+            assert_eq!(judge_round(Complete, sync), Succeed, "{sync:?}");
+        }
+    }
 
     /// One assertion per row of the errno table in `classify`'s documentation.
     #[test]
