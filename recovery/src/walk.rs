@@ -62,7 +62,10 @@ struct Gap {
 enum Salvage {
     Cut(Cut),
     /// Reading goes on at `offset`, with the record of LSN `lsn`.
-    Resume { offset: u64, lsn: Lsn },
+    Resume {
+        offset: u64,
+        lsn: Lsn,
+    },
     /// Nothing more of this segment can be read.
     End,
 }
@@ -315,7 +318,15 @@ impl<'a, R: Replay> Walk<'a, R> {
             else {
                 break;
             };
-            let found = damage(&segment.path, offset, finding, Cut::At { segment: index, offset });
+            let found = damage(
+                &segment.path,
+                offset,
+                finding,
+                Cut::At {
+                    segment: index,
+                    offset,
+                },
+            );
             match self.salvage(&reader, segment, header, found, expected, last)? {
                 Salvage::Cut(cut) => return Ok(Some(cut)),
                 Salvage::Resume { offset, lsn } => {
