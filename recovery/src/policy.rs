@@ -19,7 +19,8 @@
 //!   `*.discarded` (kept for inspection, never read again), and the directory is synced.
 //! - *skip*: the damaged record or segment is passed over and reading continues with the next
 //!   verifiable record; the LSNs in between are reported lost. Nothing on disk is changed
-//!   except that a damaged last segment is sealed by starting a fresh one.
+//!   except that a skipped segment is set aside and a damaged last segment is sealed by
+//!   starting a fresh one. A skipped `PartialTransaction` is dropped and counted.
 //! - *refuse*: recovery fails with the segment, offset and finding; nothing on disk changes.
 //! - *continue*: the anomaly is reported and has no effect on the log.
 //!
@@ -53,9 +54,10 @@ pub enum RecoveryPolicy {
     /// after the first damage are lost and counted.
     PointInTime,
     /// Salvages every verifiable record, passing over damaged records and segments.
-    /// Guarantee: every record replayed is one that was written, checksums intact; the
-    /// history may have gaps (reported), and transactions with entries in a gap are dropped
-    /// as incomplete.
+    /// Guarantee: every record replayed is one that was written, checksums intact, and every
+    /// transaction replayed is whole; the history may have gaps (reported), and a
+    /// transaction that may have lost entries in a gap is dropped and counted, never applied
+    /// in part.
     SkipCorrupted,
     /// Any anomaly, a torn tail included, is an error. Guarantee: success means the log is
     /// exactly as written, end to end.

@@ -16,7 +16,7 @@
 //! |-------------------------|------------------------------------------------|-----------------------------------------|
 //! | `CommitSpan{first_lsn}` | some, none open across a gap                   | the first seen is at `first_lsn`        |
 //! | `CommitSpan{first_lsn}` | none                                           | `first_lsn` is the commit's own LSN     |
-//! | `CommitTxn`             | some, none open across a gap                   | the first seen is not the first record read after a gap |
+//! | `CommitTxn`             | some, none open across a gap                   | the first seen is a `BeginTxn`, or not the first record read after a gap |
 //! | `CommitTxn`             | none                                           | no gap was met before it                |
 //! | either                  | open across a gap (its data dropped then)      | never                                   |
 //!

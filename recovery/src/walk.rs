@@ -81,6 +81,8 @@ pub(crate) struct Walk<'a, R> {
     pub expected: Option<Lsn>,
     pub identity: Option<DatabaseId>,
     gap: Option<Gap>,
+    /// Records below this LSN were already read (from an earlier, overlapping segment).
+    floor: Lsn,
     /// Segments set aside by segment-level skips.
     pub set_aside: Vec<usize>,
     /// A skip inside the last segment: it must be sealed by a fresh one.
@@ -106,6 +108,7 @@ impl<'a, R: Replay> Walk<'a, R> {
             expected: None,
             identity,
             gap: None,
+            floor: 0,
             set_aside: Vec::new(),
             seal_last: false,
             segment_bytes: None,
@@ -154,6 +157,11 @@ impl<'a, R: Replay> Walk<'a, R> {
             if let Some(cut) = self.segment_start(index, segment, &header)? {
                 return Ok(Some(cut));
             }
+            // A segment that starts below the LSN expected overlaps what was read (and was
+            // judged so): it is read from that LSN on, so no record is taken twice.
+            self.floor = self
+                .expected
+                .map_or(header.first_lsn, |e| e.max(header.first_lsn));
             self.expected = Some(header.first_lsn);
             self.segment_bytes.get_or_insert(header.segment_bytes);
             self.report.segments += 1;
@@ -270,6 +278,10 @@ impl<'a, R: Replay> Walk<'a, R> {
         let mut expected = header.first_lsn;
         loop {
             let (offset, reason) = match reader.next_event()? {
+                SegmentEvent::Record(record) if record.lsn == expected && expected < self.floor => {
+                    expected += 1;
+                    continue;
+                }
                 SegmentEvent::Record(record) if record.lsn == expected => {
                     self.report.records += 1;
                     self.report.bytes += record.len;
@@ -425,7 +437,11 @@ impl<'a, R: Replay> Walk<'a, R> {
         }
         let end = resume.or(gap.named).unwrap_or(gap.from);
         self.report.lsns_skipped += end.saturating_sub(gap.from);
-        self.txns.gap(resume);
+        // Transactions are broken only when something was lost (not when reading resumes
+        // at the LSN expected, or below it in an overlapping segment).
+        if resume.is_none_or(|resume| resume > gap.from) {
+            self.txns.gap(resume);
+        }
         Ok(None)
     }
 }
