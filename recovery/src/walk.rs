@@ -236,9 +236,10 @@ impl<'a, R: Replay> Walk<'a, R> {
                 self.open_gap(from, Some(damage(&segment.path, 0, missing, cut)));
             }
             self.open_gap(from, Some(damage(&segment.path, 0, finding, cut)));
-        }
-        if let Some(gap) = &mut self.gap {
-            gap.named = gap.named.max(Some(segment.first_lsn));
+            // A segment of this log was started there: the LSNs below its name were written.
+            if let Some(gap) = &mut self.gap {
+                gap.named = gap.named.max(Some(segment.first_lsn));
+            }
         }
         self.set_aside.push(index);
         Ok(None)
