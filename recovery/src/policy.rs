@@ -11,22 +11,33 @@
 //! | `ForeignSegment`           | refuse             | refuse        | skip            | refuse     |
 //! | `UnknownFormatVersion`     | refuse             | refuse        | refuse          | refuse     |
 //! | `UnknownFile`              | continue           | continue      | continue        | refuse     |
+//! | `PartialTransaction`       | refuse             | refuse        | skip            | refuse     |
+//! | `DamageCoveredBySnapshot`  | skip               | skip          | skip            | refuse     |
 //!
 //! - *truncate*: the log ends just before the finding. Everything after it is discarded:
 //!   the rest of the segment is zeroed and synced, later segments are renamed to
 //!   `*.discarded` (kept for inspection, never read again), and the directory is synced.
 //! - *skip*: the damaged record or segment is passed over and reading continues with the next
 //!   verifiable record; the LSNs in between are reported lost. Nothing on disk is changed
-//!   except that a damaged last segment is sealed by starting a fresh one.
+//!   except that a skipped segment is set aside and a damaged last segment is sealed by
+//!   starting a fresh one. A skipped `PartialTransaction` is dropped and counted.
 //! - *refuse*: recovery fails with the segment, offset and finding; nothing on disk changes.
 //! - *continue*: the anomaly is reported and has no effect on the log.
 //!
 //! A segment of another database is never truncated away (that would destroy another
 //! database's data), and a segment of an unknown format version is never interpreted.
+//!
+//! Two rows are about what the log means rather than where it is damaged:
+//! - `PartialTransaction`: a commit whose transaction was not read whole (its head lies before
+//!   the log or in a gap). It is never applied: refused (nothing on disk changed), or under
+//!   `SkipCorrupted` dropped and counted.
+//! - `DamageCoveredBySnapshot`: damage whose lost LSNs all lie at or below the LSN a caller's
+//!   snapshot covers (`RecoveryOptions::covered_through`). Nothing the caller needs is lost, so
+//!   it is passed over under every policy but `Absolute`, which refuses any anomaly.
 
 use std::fmt;
 
-use keel_wal::{CorruptionReason, DatabaseId, Lsn};
+use keel_wal::{CorruptionReason, DatabaseId, Lsn, TxnId};
 
 /// How much damage recovery accepts, and what it does about it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -43,9 +54,10 @@ pub enum RecoveryPolicy {
     /// after the first damage are lost and counted.
     PointInTime,
     /// Salvages every verifiable record, passing over damaged records and segments.
-    /// Guarantee: every record replayed is one that was written, checksums intact; the
-    /// history may have gaps (reported), and transactions with entries in a gap are dropped
-    /// as incomplete.
+    /// Guarantee: every record replayed is one that was written, checksums intact, and every
+    /// transaction replayed is whole; the history may have gaps (reported), and a
+    /// transaction that may have lost entries in a gap is dropped and counted, never applied
+    /// in part.
     SkipCorrupted,
     /// Any anomaly, a torn tail included, is an error. Guarantee: success means the log is
     /// exactly as written, end to end.
@@ -95,6 +107,24 @@ pub enum Finding {
     UnknownFormatVersion { found: u32, supported: u32 },
     /// A file in the log directory that is not part of the log.
     UnknownFile,
+    /// A committed transaction not all of whose entries were read: its head lies before the
+    /// first record of the log or in a gap, or a gap fell while it was open. `first_lsn` is
+    /// the LSN a `CommitSpan` names (`None` for a `CommitTxn`, which names none: it is judged
+    /// by the conservative rule of `txns.rs`). Applying it would apply part of it.
+    PartialTransaction {
+        txn_id: TxnId,
+        first_lsn: Option<Lsn>,
+        commit_lsn: Lsn,
+    },
+    /// `damage` lost only LSNs `lost_from..resume_lsn`, all at or below `covered_through`, the
+    /// LSN the caller's snapshot covers: nothing the caller needs is lost, and reading resumes
+    /// at `resume_lsn`.
+    DamageCoveredBySnapshot {
+        damage: Box<Finding>,
+        lost_from: Lsn,
+        resume_lsn: Lsn,
+        covered_through: Lsn,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -136,6 +166,35 @@ impl fmt::Display for Finding {
                 "segment has format version {found}; this build reads version {supported}"
             ),
             Finding::UnknownFile => f.write_str("file is not part of the log"),
+            Finding::PartialTransaction {
+                txn_id,
+                first_lsn: Some(first),
+                commit_lsn,
+            } => write!(
+                f,
+                "transaction {txn_id} committed at LSN {commit_lsn} was not read whole from \
+                 its first entry at LSN {first}"
+            ),
+            Finding::PartialTransaction {
+                txn_id,
+                first_lsn: None,
+                commit_lsn,
+            } => write!(
+                f,
+                "transaction {txn_id} committed at LSN {commit_lsn} (a CommitTxn) may have \
+                 lost entries in a gap"
+            ),
+            Finding::DamageCoveredBySnapshot {
+                damage,
+                lost_from,
+                resume_lsn,
+                covered_through,
+            } => write!(
+                f,
+                "{damage}; LSNs {lost_from} to {} are covered by the snapshot through LSN \
+                 {covered_through}, reading resumes at LSN {resume_lsn}",
+                resume_lsn.saturating_sub(1)
+            ),
         }
     }
 }
@@ -172,6 +231,9 @@ pub fn decide(finding: &Finding, policy: RecoveryPolicy) -> Decision {
         (_, Absolute) => Refuse,
         (Finding::UnknownFormatVersion { .. }, _) => Refuse,
         (Finding::UnknownFile, _) => Continue,
+        (Finding::DamageCoveredBySnapshot { .. }, _) => Skip,
+        (Finding::PartialTransaction { .. }, SkipCorrupted) => Skip,
+        (Finding::PartialTransaction { .. }, _) => Refuse,
         (Finding::TornTail { .. }, _) => Truncate,
         (Finding::ForeignSegment { .. }, SkipCorrupted) => Skip,
         (Finding::ForeignSegment { .. }, _) => Refuse,
@@ -289,5 +351,35 @@ mod tests {
     #[test]
     fn unknown_file() {
         check(Finding::UnknownFile, [Continue, Continue, Continue, Refuse]);
+    }
+
+    #[test]
+    fn partial_transaction() {
+        for first_lsn in [Some(4), None] {
+            check(
+                Finding::PartialTransaction {
+                    txn_id: 7,
+                    first_lsn,
+                    commit_lsn: 9,
+                },
+                [Refuse, Refuse, Skip, Refuse],
+            );
+        }
+    }
+
+    #[test]
+    fn damage_covered_by_snapshot() {
+        check(
+            Finding::DamageCoveredBySnapshot {
+                damage: Box::new(Finding::DamageInSealedSegment {
+                    lsn: 9,
+                    reason: reason(),
+                }),
+                lost_from: 9,
+                resume_lsn: 10,
+                covered_through: 12,
+            },
+            [Skip, Skip, Skip, Refuse],
+        );
     }
 }

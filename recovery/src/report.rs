@@ -36,6 +36,9 @@ impl fmt::Display for Anomaly {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub policy: RecoveryPolicy,
+    /// The LSN the caller's snapshot covers, if it gave one: nothing at or below it was
+    /// handed to the sink.
+    pub covered_through: Option<Lsn>,
     /// Segments read.
     pub segments: usize,
     /// Valid records read (replayed or not).
@@ -46,8 +49,15 @@ pub struct RecoveryReport {
     pub txns_applied: u64,
     /// Transactions ended by `AbortTxn`, dropped.
     pub txns_aborted: u64,
-    /// Transactions with no `CommitTxn` or `AbortTxn` in the recovered log, dropped.
+    /// Transactions with no commit or `AbortTxn` in the recovered log, dropped.
     pub txns_incomplete: u64,
+    /// Transactions committed above the covered LSN but not read whole (a
+    /// `PartialTransaction` finding each), dropped. Every transaction met is counted once:
+    /// applied, aborted, incomplete, partial or covered.
+    pub txns_partial: u64,
+    /// Transactions committed at or below the covered LSN: the caller's snapshot holds them;
+    /// not handed to the sink, whole or not.
+    pub txns_covered: u64,
     /// `Checkpoint` entries seen.
     pub checkpoints: u64,
     /// `Payload` entries seen (records of components built on the log).
@@ -56,7 +66,9 @@ pub struct RecoveryReport {
     pub bytes_truncated: u64,
     /// Segments renamed to `*.discarded` by truncation.
     pub segments_discarded: Vec<PathBuf>,
-    /// LSNs lost to skipped damage (`SkipCorrupted`), where they can be counted.
+    /// LSNs lost to skipped damage (under `SkipCorrupted`, or covered by the snapshot), each
+    /// counted once. Not counted: LSNs beyond the last verifiable record of a log whose end
+    /// was skipped (nothing verifiable says how many there were).
     pub lsns_skipped: u64,
     /// Every anomaly, in the order found.
     pub anomalies: Vec<Anomaly>,
@@ -85,7 +97,11 @@ impl fmt::Display for RecoveryReport {
         if self.segments == 0 && self.anomalies.is_empty() {
             return write!(f, "recovery ({}): no log yet (a new database)", self.policy);
         }
-        writeln!(f, "recovery ({}) in {:.1?}", self.policy, self.duration)?;
+        write!(f, "recovery ({}) in {:.1?}", self.policy, self.duration)?;
+        match self.covered_through {
+            Some(lsn) => writeln!(f, "; a snapshot covers up to LSN {lsn}")?,
+            None => writeln!(f)?,
+        }
         let range = match (self.first_lsn, self.last_lsn) {
             (Some(first), Some(last)) => format!("LSN {first} to {last}"),
             _ => "no records".to_string(),
@@ -95,14 +111,21 @@ impl fmt::Display for RecoveryReport {
             "  {} segments, {} records, {} bytes ({range}); next LSN {}",
             self.segments, self.records, self.bytes, self.next_lsn
         )?;
+        write!(
+            f,
+            "  transactions: {} applied, {} aborted, {} incomplete",
+            self.txns_applied, self.txns_aborted, self.txns_incomplete,
+        )?;
+        if self.txns_partial > 0 {
+            write!(f, ", {} partial (dropped)", self.txns_partial)?;
+        }
+        if self.covered_through.is_some() {
+            write!(f, ", {} covered by the snapshot", self.txns_covered)?;
+        }
         writeln!(
             f,
-            "  transactions: {} applied, {} aborted, {} incomplete; {} checkpoints; {} payloads",
-            self.txns_applied,
-            self.txns_aborted,
-            self.txns_incomplete,
-            self.checkpoints,
-            self.payloads
+            "; {} checkpoints; {} payloads",
+            self.checkpoints, self.payloads
         )?;
         if self.bytes_truncated > 0 || !self.segments_discarded.is_empty() {
             writeln!(

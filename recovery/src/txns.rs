@@ -2,15 +2,46 @@
 //!
 //! Entries are grouped by `(run_id, txn_id)`. Only transactions that are open hold memory:
 //! each keeps a copy of its records' archive bytes (in one 16-byte aligned buffer, so the
-//! archives can be accessed in place again) until its `CommitTxn` hands them to the sink, in
+//! archives can be accessed in place again) until its commit hands them to the sink, in
 //! commit-LSN order, or its `AbortTxn` drops them. What is still open at the end of the log is
 //! incomplete and dropped.
+//!
+//! **Salvage never splits a transaction.** After a gap (LSNs the walk could not read: skipped
+//! damage, a skipped or missing segment, leading segments included), only a transaction whose
+//! start is known to lie after the gap is applied; any other commit is a
+//! [`Finding::PartialTransaction`] (or, committed at or below the caller's snapshot, simply
+//! not needed). What a commit can prove:
+//!
+//! | commit                  | entries seen                                   | applied when                            |
+//! |-------------------------|------------------------------------------------|-----------------------------------------|
+//! | `CommitSpan{first_lsn}` | some, none open across a gap                   | the first seen is at `first_lsn`        |
+//! | `CommitSpan{first_lsn}` | none                                           | `first_lsn` is the commit's own LSN     |
+//! | `CommitTxn`             | some, none open across a gap                   | the first seen is a `BeginTxn`, or not the first record read after a gap |
+//! | `CommitTxn`             | none                                           | no gap was met before it                |
+//! | either                  | open across a gap (its data dropped then)      | never                                   |
+//!
+//! `CommitSpan` is exact: the transaction is applied iff every entry from the one it names on
+//! was read (a head segment removed, or a gap, shows as a different first seen LSN).
+//! `CommitTxn` names nothing, so the rule can only be conservative. It catches every
+//! transaction written as one unit (its entries are consecutive: if the gap took its head, its
+//! first surviving entry is the first record after the gap). It cannot catch a transaction
+//! whose entries are interleaved with others' (a spilled one: `BeginTxn` and chunks logged
+//! over time) when its `BeginTxn` fell in the gap and its next surviving entry follows another
+//! transaction's record: that log reads exactly like a transaction begun after the gap. Nor
+//! can it tell a legacy transaction whose head was in a segment removed before the log's first
+//! record. Closing both is what `CommitSpan` is for.
+//!
+//! With a snapshot covering LSN `S` ([`crate::RecoveryOptions::covered_through`]), nothing at
+//! or below `S` reaches the sink: a transaction committed at or below `S` is counted as
+//! covered (whole or not: the snapshot holds it), checkpoints and payloads at or below `S` are
+//! counted and not handed over.
 
 use std::collections::HashMap;
 
 use keel_wal::{ArchivedWalEntry, EntryKind, Lsn, RunId, TxnId};
 use rkyv::util::AlignedVec;
 
+use crate::policy::Finding;
 use crate::{Error, Result};
 
 /// The error a [`Replay`] sink returns; recovery stops with it.
@@ -50,7 +81,7 @@ pub struct CommittedTxn<'a> {
     pub txn_id: TxnId,
     /// LSN of its first entry (`BeginTxn` or its first data entry).
     pub first_lsn: Lsn,
-    /// LSN of its `CommitTxn`: the commit version.
+    /// LSN of its commit (`CommitSpan` or `CommitTxn`): the commit version.
     pub commit_lsn: Lsn,
     entries: Vec<(Lsn, &'a ArchivedWalEntry)>,
 }
@@ -64,10 +95,26 @@ impl<'a> CommittedTxn<'a> {
 
 #[derive(Debug)]
 struct OpenTxn {
+    /// LSN of the first entry read.
     first_lsn: Lsn,
+    head: Head,
     bytes: AlignedVec<16>,
     /// `(lsn, start, len)` of each data entry's archive in `bytes`.
     spans: Vec<(Lsn, usize, usize)>,
+}
+
+/// What is known of an open transaction's entries before and since its first seen one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Head {
+    /// Every entry since the first seen one was read, and that one was not the first record
+    /// read after a gap.
+    Whole,
+    /// Its first seen entry is the first record read after a gap: entries before it may have
+    /// been in the gap (a `CommitSpan` tells; a `CommitTxn` cannot).
+    AfterGap,
+    /// It was open when a gap was met: entries may be missing. Its data is dropped and later
+    /// entries are ignored; its commit is never applied.
+    Broken,
 }
 
 /// Counts of what happened to transactions.
@@ -75,6 +122,10 @@ struct OpenTxn {
 pub(crate) struct TxnCounts {
     pub applied: u64,
     pub aborted: u64,
+    /// Committed above the covered LSN but not read whole: dropped, a finding each.
+    pub partial: u64,
+    /// Committed at or below the covered LSN: not handed over (the caller's snapshot has it).
+    pub covered: u64,
     pub checkpoints: u64,
     /// `Payload` entries seen.
     pub payloads: u64,
@@ -98,60 +149,52 @@ pub(crate) struct TxnTable {
     /// Bytes held by open transactions, and the most ever held.
     held: usize,
     pub peak_held: usize,
-    /// Set once a gap was skipped: a later `CommitTxn` for a transaction not open may have
-    /// lost its entries in the gap, so it is dropped as incomplete, never applied empty.
-    gap: bool,
-    /// Commits dropped that way.
-    pub orphaned_commits: u64,
+    /// Nothing at or below this LSN is handed to the sink (0: no snapshot).
+    covered_through: Lsn,
+    /// Set once a gap was met: a later `CommitTxn` with no entry read may have lost them all
+    /// in the gap, so it is never applied empty.
+    gap_seen: bool,
+    /// The LSN reading resumed at after the latest gap (`None` when nothing followed it).
+    resumed_at: Option<Lsn>,
     /// The highest transaction id seen in any record (committed, aborted or incomplete).
     pub max_txn_id: Option<TxnId>,
 }
 
 impl TxnTable {
-    /// Takes one verified record.
+    /// A table that hands nothing at or below `covered_through` to the sink.
+    pub fn new(covered_through: Option<Lsn>) -> Self {
+        TxnTable {
+            covered_through: covered_through.unwrap_or(0),
+            ..TxnTable::default()
+        }
+    }
+
+    /// Takes one verified record. Returns the finding a commit makes when its transaction was
+    /// not read whole (it is dropped and counted, never applied).
     pub fn record(
         &mut self,
         lsn: Lsn,
         entry: &ArchivedWalEntry,
         payload: &[u8],
         replay: &mut impl Replay,
-    ) -> Result<()> {
+    ) -> Result<Option<Finding>> {
         let Some(txn_id) = entry.txn_id() else {
-            let outcome = if entry.kind() == EntryKind::Payload {
-                self.counts.payloads += 1;
-                replay.payload(lsn, entry)
-            } else {
-                self.counts.checkpoints += 1;
-                replay.checkpoint(lsn, entry)
-            };
-            return outcome.map_err(|source| Error::Replay { lsn, source });
+            self.untransacted(lsn, entry, replay)?;
+            return Ok(None);
         };
         let key = (entry.run_id(), txn_id);
         self.max_txn_id = self.max_txn_id.max(Some(txn_id));
         match entry.kind() {
             EntryKind::BeginTxn => {
-                self.slot(key, lsn);
+                self.slot(key, lsn, true);
             }
-            EntryKind::Write | EntryKind::Delete => {
-                let txn = self.slot(key, lsn);
-                let before = txn.bytes.len();
-                let start = before.next_multiple_of(16);
-                txn.bytes.resize(start, 0);
-                txn.bytes.extend_from_slice(payload);
-                txn.spans.push((lsn, start, payload.len()));
-                let grown = txn.bytes.len() - before;
-                self.held += grown;
-                self.peak_held = self.peak_held.max(self.held);
-            }
+            EntryKind::Write | EntryKind::Delete => self.data(key, lsn, payload),
             EntryKind::CommitTxn | EntryKind::CommitSpan => {
-                let txn = self.take(key);
-                if txn.is_none() && self.gap {
-                    self.orphaned_commits += 1;
-                    return Ok(());
-                }
-                self.release(txn.as_ref());
-                let txn = self.commit(key, lsn, txn, replay)?;
-                self.recycle(txn);
+                let named = match entry {
+                    ArchivedWalEntry::CommitSpan { first_lsn, .. } => Some(first_lsn.to_native()),
+                    _ => None,
+                };
+                return self.commit_entry(key, lsn, named, replay);
             }
             EntryKind::AbortTxn => {
                 let txn = self.take(key);
@@ -163,11 +206,84 @@ impl TxnTable {
                 unreachable!("checkpoints and payloads carry no transaction")
             }
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// The open transaction `key`, begun at `lsn` if it is new.
-    fn slot(&mut self, key: Key, lsn: Lsn) -> &mut OpenTxn {
+    /// A `Checkpoint` or `Payload`: counted, handed over unless the snapshot covers it.
+    fn untransacted(
+        &mut self,
+        lsn: Lsn,
+        entry: &ArchivedWalEntry,
+        replay: &mut impl Replay,
+    ) -> Result<()> {
+        let payload = entry.kind() == EntryKind::Payload;
+        if payload {
+            self.counts.payloads += 1;
+        } else {
+            self.counts.checkpoints += 1;
+        }
+        if lsn <= self.covered_through {
+            return Ok(());
+        }
+        let outcome = if payload {
+            replay.payload(lsn, entry)
+        } else {
+            replay.checkpoint(lsn, entry)
+        };
+        outcome.map_err(|source| Error::Replay { lsn, source })
+    }
+
+    /// A `Write` or `Delete`: its archive is kept until the commit, unless the transaction
+    /// was broken by a gap.
+    fn data(&mut self, key: Key, lsn: Lsn, payload: &[u8]) {
+        let txn = self.slot(key, lsn, false);
+        if txn.head == Head::Broken {
+            return;
+        }
+        let before = txn.bytes.len();
+        let start = before.next_multiple_of(16);
+        txn.bytes.resize(start, 0);
+        txn.bytes.extend_from_slice(payload);
+        txn.spans.push((lsn, start, payload.len()));
+        let grown = txn.bytes.len() - before;
+        self.held += grown;
+        self.peak_held = self.peak_held.max(self.held);
+    }
+
+    /// A commit at `lsn` (`named`: the first LSN a `CommitSpan` names): applied, counted as
+    /// covered, or dropped with a finding.
+    fn commit_entry(
+        &mut self,
+        key: Key,
+        lsn: Lsn,
+        named: Option<Lsn>,
+        replay: &mut impl Replay,
+    ) -> Result<Option<Finding>> {
+        let txn = self.take(key);
+        self.release(txn.as_ref());
+        let whole = read_whole(txn.as_ref(), lsn, named, self.gap_seen);
+        if lsn <= self.covered_through {
+            self.counts.covered += 1;
+            self.recycle(txn);
+            return Ok(None);
+        }
+        if !whole {
+            self.counts.partial += 1;
+            self.recycle(txn);
+            return Ok(Some(Finding::PartialTransaction {
+                txn_id: key.1,
+                first_lsn: named,
+                commit_lsn: lsn,
+            }));
+        }
+        let txn = self.commit(key, lsn, txn, replay)?;
+        self.recycle(txn);
+        Ok(None)
+    }
+
+    /// The open transaction `key`, begun at `lsn` if it is new (`begins`: by a `BeginTxn`,
+    /// which proves its head).
+    fn slot(&mut self, key: Key, lsn: Lsn, begins: bool) -> &mut OpenTxn {
         if self.current.as_ref().is_none_or(|(k, _)| *k != key) {
             if let Some((k, txn)) = self.current.take() {
                 self.open.insert(k, txn);
@@ -177,10 +293,16 @@ impl TxnTable {
                 None => {
                     let mut txn = self.pool.pop().unwrap_or_else(|| OpenTxn {
                         first_lsn: lsn,
+                        head: Head::Whole,
                         bytes: AlignedVec::new(),
                         spans: Vec::new(),
                     });
                     txn.first_lsn = lsn;
+                    txn.head = if !begins && self.resumed_at == Some(lsn) {
+                        Head::AfterGap
+                    } else {
+                        Head::Whole
+                    };
                     txn
                 }
             };
@@ -257,18 +379,74 @@ impl TxnTable {
         Ok(txn)
     }
 
-    /// Transactions still open (incomplete), and commits orphaned by a gap.
+    /// Transactions still open: incomplete.
     pub fn open_count(&self) -> u64 {
-        self.open.len() as u64 + u64::from(self.current.is_some()) + self.orphaned_commits
+        self.open.len() as u64 + u64::from(self.current.is_some())
     }
 
-    /// Drops every open transaction (a skipped gap may have swallowed any of their entries).
-    pub fn drop_open(&mut self) -> u64 {
-        let dropped = self.open.len() as u64 + u64::from(self.current.is_some());
-        self.open.clear();
-        self.current = None;
+    /// A gap was met; reading resumes at `resumed_at` (`None`: nothing follows). Every open
+    /// transaction may have lost entries in it: its data is dropped, it stays known (so its
+    /// commit is judged and it is counted once), and it is never applied.
+    pub fn gap(&mut self, resumed_at: Option<Lsn>) {
+        if let Some((k, txn)) = self.current.take() {
+            self.open.insert(k, txn);
+        }
+        for txn in self.open.values_mut() {
+            txn.head = Head::Broken;
+            txn.bytes.clear();
+            txn.spans.clear();
+        }
         self.held = 0;
-        self.gap = true;
-        dropped
+        self.gap_seen = true;
+        self.resumed_at = resumed_at;
+    }
+}
+
+/// Whether a commit at `commit_lsn` may be applied: the table of the module documentation.
+fn read_whole(txn: Option<&OpenTxn>, commit_lsn: Lsn, named: Option<Lsn>, gap_seen: bool) -> bool {
+    match (txn, named) {
+        (Some(txn), _) if txn.head == Head::Broken => false,
+        (Some(txn), Some(first)) => txn.first_lsn == first,
+        (Some(txn), None) => txn.head == Head::Whole,
+        (None, Some(first)) => first == commit_lsn,
+        (None, None) => !gap_seen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(first_lsn: Lsn, head: Head) -> OpenTxn {
+        OpenTxn {
+            first_lsn,
+            head,
+            bytes: AlignedVec::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn commit_span_applies_only_from_the_named_first_lsn() {
+        for head in [Head::Whole, Head::AfterGap] {
+            assert!(read_whole(Some(&open(5, head)), 9, Some(5), true));
+            assert!(!read_whole(Some(&open(6, head)), 9, Some(5), false));
+        }
+        assert!(!read_whole(Some(&open(5, Head::Broken)), 9, Some(5), true));
+    }
+
+    #[test]
+    fn commit_span_without_entries_is_whole_only_when_it_names_itself() {
+        assert!(read_whole(None, 9, Some(9), true));
+        assert!(!read_whole(None, 9, Some(5), false));
+    }
+
+    #[test]
+    fn commit_txn_is_conservative_after_a_gap() {
+        assert!(read_whole(Some(&open(5, Head::Whole)), 9, None, true));
+        assert!(!read_whole(Some(&open(5, Head::AfterGap)), 9, None, true));
+        assert!(!read_whole(Some(&open(5, Head::Broken)), 9, None, true));
+        assert!(read_whole(None, 9, None, false));
+        assert!(!read_whole(None, 9, None, true));
     }
 }

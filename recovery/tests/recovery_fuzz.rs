@@ -1,7 +1,9 @@
 //! Recovery over arbitrarily damaged segment bytes (random overwrites, truncations, appended
-//! garbage, swapped blocks): never a panic, under every policy; and whenever a recovery
-//! succeeds, a second one under the same policy finds nothing to repair and replays the same
-//! transactions. `KEEL_SEED` replays a run; `KEEL_FUZZ_CASES` sets how many cases.
+//! garbage, swapped blocks): never a panic, under every policy; whenever a recovery succeeds,
+//! every transaction it replays is one of the undamaged log's, whole (never a part of one),
+//! no transaction is counted twice, and a second recovery under the same policy finds
+//! nothing to repair and replays the same transactions. `KEEL_SEED` replays a run;
+//! `KEEL_FUZZ_CASES` sets how many cases.
 
 mod common;
 
@@ -67,6 +69,9 @@ fn recovery_never_panics_and_is_idempotent_on_damaged_bytes() {
     let segments = common::segments(&original);
     let images: Vec<Vec<u8>> = segments.iter().map(|p| std::fs::read(p).unwrap()).collect();
     let identity = std::fs::read(original.join("IDENTITY")).unwrap();
+    let mut whole = Collect::default();
+    recover(&original, RecoveryPolicy::Absolute, &mut whole).unwrap();
+    assert_eq!(whole.applied.len(), 60);
     let scratch = base.path().join("scratch");
     let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
         cases,
@@ -101,6 +106,21 @@ fn recovery_never_panics_and_is_idempotent_on_damaged_bytes() {
             }
             let mut first = Collect::default();
             if let Ok(report) = recover(&scratch, policy, &mut first) {
+                for applied in &first.applied {
+                    prop_assert!(
+                        whole.applied.contains(applied),
+                        "applied txn {} as it was never committed (LSNs {:?})\n{}",
+                        applied.txn,
+                        applied.entries.iter().map(|e| e.0).collect::<Vec<_>>(),
+                        report
+                    );
+                }
+                let counted = report.txns_applied
+                    + report.txns_aborted
+                    + report.txns_incomplete
+                    + report.txns_partial
+                    + report.txns_covered;
+                prop_assert!(counted <= 60, "a transaction counted twice\n{}", report);
                 let mut second = Collect::default();
                 let again = recover(&scratch, policy, &mut second)
                     .map_err(|e| TestCaseError::fail(format!("second recovery failed: {e}")))?;

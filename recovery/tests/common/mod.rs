@@ -150,3 +150,86 @@ pub fn seed(default: u64) -> u64 {
     println!("seed: {seed} (replay with KEEL_SEED={seed})");
     seed
 }
+
+pub fn begin_txn(run: u128, txn_id: u64) -> WalEntry {
+    WalEntry::BeginTxn {
+        run_id: RunId::from_u128(run),
+        txn_id,
+    }
+}
+
+/// A commit naming the LSN of its transaction's first entry.
+pub fn commit_span(run: u128, txn_id: u64, first_lsn: Lsn) -> WalEntry {
+    WalEntry::CommitSpan {
+        run_id: RunId::from_u128(run),
+        txn_id,
+        first_lsn,
+    }
+}
+
+/// Appends a transaction of `writes` writes and its `CommitSpan` as one unit (the caller is
+/// the only writer); returns its first and commit LSNs.
+pub fn append_span_txn(
+    wal: &Wal,
+    run: u128,
+    txn_id: u64,
+    writes: usize,
+    value_len: usize,
+) -> (Lsn, Lsn) {
+    let first = wal.next_lsn();
+    let mut entries: Vec<_> = (0..writes)
+        .map(|i| write(run, txn_id, &format!("k{txn_id}-{i}"), value_len))
+        .collect();
+    entries.push(commit_span(run, txn_id, first));
+    let commit = wal.append(&entries).wait().unwrap();
+    assert_eq!(commit, first + writes as u64);
+    (first, commit)
+}
+
+/// A log of `count` transactions committed by `CommitSpan` (txn ids 0..count, run 1), closed.
+pub fn span_log(dir: &Path, count: u64, writes: usize, value_len: usize) {
+    let wal = Wal::open(dir, options()).unwrap();
+    for t in 0..count {
+        append_span_txn(&wal, 1, t, writes, value_len);
+    }
+    wal.close().unwrap();
+}
+
+/// `(segment path, offset, len)` of the record at `lsn`.
+pub fn locate(dir: &Path, lsn: Lsn) -> (PathBuf, u64, u64) {
+    for path in segments(dir) {
+        for (l, offset, len) in record_spans(dir, &path) {
+            if l == lsn {
+                return (path, offset, len);
+            }
+        }
+    }
+    panic!("no record {lsn}");
+}
+
+/// Flips a byte in the middle of the record at `lsn` (its body checksum then fails).
+pub fn damage_record(dir: &Path, lsn: Lsn) {
+    let (path, offset, len) = locate(dir, lsn);
+    let at = offset + len / 2;
+    patch(&path, at, &[byte_at(&path, at) ^ 0xff]);
+}
+
+/// The first LSN a segment file's name stands for.
+pub fn first_lsn_of(path: &Path) -> Lsn {
+    segment::parse_file_name(&path.file_name().unwrap().to_string_lossy()).unwrap()
+}
+
+/// Every file of `dir` (but `LOCK`) by name, with its length and CRC: what "nothing
+/// changed" compares.
+pub fn files(dir: &Path) -> std::collections::BTreeMap<String, (usize, u32)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.file_name().unwrap() != "LOCK")
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = std::fs::read(&path).unwrap();
+            (name, (bytes.len(), crc32fast::hash(&bytes)))
+        })
+        .collect()
+}

@@ -1,0 +1,149 @@
+//! Applying the walk's outcome to the directory, and completing the report.
+//!
+//! The walk has judged every finding (a refusal or a sink error ends recovery before this
+//! runs, so nothing on disk changed). The repair is planned first, with everything it needs
+//! checked, and only then applied: setting aside, newest first, the segments after a cut and
+//! the segments skipped; zeroing the rest of the cut segment; starting a fresh last segment
+//! where appends could not continue in place. Only an I/O failure can stop it part-way, and
+//! that order leaves a directory that recovers to the same result.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+
+use keel_wal::segment::{self, SegmentFile};
+use keel_wal::{DatabaseId, Lsn, fsutil};
+
+use crate::report::RecoveryReport;
+use crate::txns::Replay;
+use crate::walk::{Cut, Walk};
+use crate::{DISCARDED_SUFFIX, Error, Result};
+
+/// What the repair will do.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    /// Segments to set aside, in LSN order.
+    aside: Vec<usize>,
+    /// Segment and offset from which to zero.
+    zero_from: Option<(usize, u64)>,
+    /// A fresh segment to start: database, first LSN, size.
+    fresh: Option<(DatabaseId, Lsn, u64)>,
+    next_lsn: Lsn,
+}
+
+/// Plans and applies the repair; completes the report.
+pub(crate) fn finish<R: Replay>(
+    walk: Walk<'_, R>,
+    segments: &[SegmentFile],
+    cut: Option<Cut>,
+) -> Result<RecoveryReport> {
+    let plan = plan(&walk, segments, cut)?;
+    let dir = walk.dir;
+    let mut report = walk.report;
+    apply(dir, segments, &plan, &mut report)?;
+    let txns = &walk.txns;
+    report.txns_incomplete = txns.open_count();
+    report.txns_aborted = txns.counts.aborted;
+    report.txns_applied = txns.counts.applied;
+    report.txns_partial = txns.counts.partial;
+    report.txns_covered = txns.counts.covered;
+    report.checkpoints = txns.counts.checkpoints;
+    report.payloads = txns.counts.payloads;
+    report.peak_txn_bytes = txns.peak_held;
+    report.max_txn_id = txns.max_txn_id;
+    report.next_lsn = plan.next_lsn;
+    Ok(report)
+}
+
+/// The repair, decided without touching the disk; an impossible one is an error here.
+fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut>) -> Result<Plan> {
+    let first_discarded = match cut {
+        Some(Cut::At { segment, .. }) => segment + 1,
+        Some(Cut::Before { segment }) => segment,
+        None => segments.len(),
+    };
+    let mut aside: Vec<usize> = (first_discarded..segments.len()).collect();
+    aside.extend(
+        walk.set_aside
+            .iter()
+            .copied()
+            .filter(|&i| i < first_discarded),
+    );
+    aside.sort_unstable();
+    aside.dedup();
+    let next_lsn = match walk.expected {
+        Some(expected) => expected,
+        None => segments.first().map_or(1, |s| s.first_lsn),
+    };
+    // A fresh last segment where appends could not continue in place: every segment set
+    // aside (LSNs must not restart at 1), or a skip inside the last one (also when its tail
+    // was then cut: sealed, the skipped damage is judged the same way next time).
+    let remaining = segments.len() - aside.len();
+    let seal = (remaining == 0 && !segments.is_empty())
+        || (walk.seal_last && !aside.contains(&(segments.len() - 1)));
+    let fresh = match (seal, walk.identity) {
+        (false, _) => None,
+        (true, Some(id)) => Some((id, next_lsn, walk.segment_bytes.unwrap_or(64 << 20))),
+        (true, None) => {
+            return Err(Error::Internal(
+                "no IDENTITY file to start a fresh segment with; nothing was changed".into(),
+            ));
+        }
+    };
+    let zero_from = match cut {
+        Some(Cut::At { segment, offset }) => Some((segment, offset)),
+        _ => None,
+    };
+    Ok(Plan {
+        aside,
+        zero_from,
+        fresh,
+        next_lsn,
+    })
+}
+
+/// Applies `plan`: later segments first, so a crash part-way leaves a shorter log that
+/// recovers the same way.
+fn apply(
+    dir: &Path,
+    segments: &[SegmentFile],
+    plan: &Plan,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    for &index in plan.aside.iter().rev() {
+        let path = &segments[index].path;
+        let mut name = path.as_os_str().to_owned();
+        name.push(DISCARDED_SUFFIX);
+        std::fs::rename(path, &name)
+            .map_err(|e| keel_wal::Error::io("setting aside segment", path, e))?;
+        // Each rename durable before the next: unsynced renames may persist in any order,
+        // and only newest-first keeps what is left a contiguous log.
+        fsutil::sync_dir(dir)?;
+        report.segments_discarded.push(path.clone());
+    }
+    if let Some((index, offset)) = plan.zero_from {
+        report.bytes_truncated += zero_tail(&segments[index].path, offset)?;
+    }
+    if let Some((database_id, first_lsn, bytes)) = plan.fresh {
+        let path = segment::create_empty(dir, database_id, first_lsn, bytes)?;
+        tracing::warn!(segment = %path.display(), first_lsn, "started a fresh segment after recovery");
+    }
+    Ok(())
+}
+
+/// Zeroes `path` from `offset` to its end and syncs it; returns the non-zero bytes zeroed.
+fn zero_tail(path: &Path, offset: u64) -> Result<u64> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| keel_wal::Error::io("opening segment", path, e))?;
+    let end = file
+        .metadata()
+        .map_err(|e| keel_wal::Error::io("reading metadata of", path, e))?
+        .len();
+    let zeroed = fsutil::zero_range(&file, path, offset, end)?;
+    if zeroed > 0 {
+        fsutil::sync_file(&file, path, false)?;
+    }
+    Ok(zeroed)
+}
