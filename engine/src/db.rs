@@ -182,7 +182,14 @@ impl Database {
             spills: Vec::new(),
         };
         let report = if wal_dir.exists() {
-            keel_recovery::recover(&wal_dir, options.recovery_policy, &mut replay)?
+            // Recovery knows the snapshot: damage it covers cuts nothing above it, and a
+            // transaction committed above it must be read whole.
+            let recovery = keel_recovery::RecoveryOptions {
+                policy: options.recovery_policy,
+                covered_through: snapshot_lsn,
+                ..keel_recovery::RecoveryOptions::default()
+            };
+            keel_recovery::recover_with(&wal_dir, recovery, &mut replay)?
         } else {
             keel_recovery::recover_empty(options.recovery_policy)
         };

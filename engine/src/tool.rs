@@ -151,8 +151,8 @@ pub fn verify(args: &VerifyArgs) -> Result<(), String> {
             }
             if !damaged.is_empty() {
                 return Err(format!(
-                    "verify: not clean: {}
-(the database opens from an older snapshot when                      the log reaches back to it)",
+                    "verify: not clean: {}\n(the database opens from an older snapshot when \
+                     the log reaches back to it)",
                     damaged.join("; ")
                 ));
             }
@@ -190,27 +190,196 @@ pub enum Policy {
 pub struct RecoverArgs {
     /// A database directory (or its `wal/` directory).
     dir: PathBuf,
-    /// What damage to accept.
-    #[arg(long, value_enum, default_value_t = Policy::TolerateTornTail)]
-    policy: Policy,
+    /// What damage to accept (with --dry-run and no --policy: every policy, side by side).
+    #[arg(long, value_enum)]
+    policy: Option<Policy>,
+    /// Change nothing: print what recovery would decide, lose and repair.
+    #[arg(long)]
+    dry_run: bool,
 }
 
-/// Runs recovery (repairing what the policy allows) and prints the report.
+impl Policy {
+    const ALL: [Policy; 4] = [
+        Policy::TolerateTornTail,
+        Policy::PointInTime,
+        Policy::SkipCorrupted,
+        Policy::Absolute,
+    ];
+
+    fn recovery_policy(self) -> RecoveryPolicy {
+        match self {
+            Policy::TolerateTornTail => RecoveryPolicy::TolerateTornTail,
+            Policy::PointInTime => RecoveryPolicy::PointInTime,
+            Policy::SkipCorrupted => RecoveryPolicy::SkipCorrupted,
+            Policy::Absolute => RecoveryPolicy::Absolute,
+        }
+    }
+}
+
+/// The LSN the newest readable snapshot of a database directory covers (as `Database::open`
+/// would load it); `None` for a bare log directory or a database without one.
+fn covered_through(dir: &Path) -> Result<Option<Lsn>, String> {
+    let snapshots = keel::check_snapshots(dir).map_err(|e| e.to_string())?;
+    Ok(snapshots.into_iter().find_map(|(_, outcome)| outcome.ok()))
+}
+
+/// Runs recovery (repairing what the policy allows) and prints the report; with `--dry-run`,
+/// changes nothing and prints what each policy would do.
 pub fn recover(args: &RecoverArgs) -> Result<(), String> {
     let dir = log_dir(&args.dir)?;
-    let policy = match args.policy {
-        Policy::TolerateTornTail => RecoveryPolicy::TolerateTornTail,
-        Policy::PointInTime => RecoveryPolicy::PointInTime,
-        Policy::SkipCorrupted => RecoveryPolicy::SkipCorrupted,
-        Policy::Absolute => RecoveryPolicy::Absolute,
+    let covered = covered_through(&args.dir)?;
+    if args.dry_run {
+        return dry_run(&dir, covered, args.policy);
+    }
+    let options = keel_recovery::RecoveryOptions {
+        policy: args
+            .policy
+            .unwrap_or(Policy::TolerateTornTail)
+            .recovery_policy(),
+        covered_through: covered,
+        dry_run: false,
     };
-    let report = keel_recovery::recover(&dir, policy, &mut Count).map_err(|e| match e {
+    let report = keel_recovery::recover_with(&dir, options, &mut Count).map_err(|e| match e {
         keel_recovery::Error::Refused { .. } => format!(
-            "{e}\n(nothing was changed; a laxer --policy, such as point-in-time, accepts it \
-             and reports what is lost)"
+            "{e}\n(nothing was changed; `--dry-run` shows what each policy would do, and a \
+             laxer --policy, such as point-in-time, accepts it and reports what is lost)"
         ),
         other => other.to_string(),
     })?;
     println!("{report}");
     Ok(())
+}
+
+/// One table row per policy: its decision, the LSNs it would lose, the transactions it would
+/// drop, and what it would change on disk. Nothing is changed.
+fn dry_run(dir: &Path, covered: Option<Lsn>, only: Option<Policy>) -> Result<(), String> {
+    let policies: Vec<Policy> = match only {
+        Some(policy) => vec![policy],
+        None => Policy::ALL.to_vec(),
+    };
+    println!(
+        "dry run of {}{}: nothing is changed",
+        dir.display(),
+        covered.map_or(String::new(), |lsn| format!(
+            " (the newest readable snapshot covers up to LSN {lsn})"
+        ))
+    );
+    let mut rows = vec![[
+        "policy".to_string(),
+        "decision".to_string(),
+        "LSNs lost".to_string(),
+        "transactions dropped".to_string(),
+        "on disk".to_string(),
+    ]];
+    let mut findings = Vec::new();
+    for policy in policies {
+        let options = keel_recovery::RecoveryOptions {
+            policy: policy.recovery_policy(),
+            covered_through: covered,
+            dry_run: true,
+        };
+        let name = policy.recovery_policy().to_string();
+        rows.push(
+            match keel_recovery::recover_with(dir, options, &mut Count) {
+                Ok(report) => {
+                    for anomaly in &report.anomalies {
+                        findings.push(format!("{name}: {anomaly}"));
+                    }
+                    dry_run_row(&name, &report)
+                }
+                Err(keel_recovery::Error::Refused {
+                    path,
+                    offset,
+                    finding,
+                    ..
+                }) => {
+                    findings.push(format!(
+                        "{name}: refuses {} at offset {offset}: {finding}",
+                        path.display()
+                    ));
+                    [
+                        name,
+                        "refuses to open".into(),
+                        "-".into(),
+                        "-".into(),
+                        "nothing".into(),
+                    ]
+                }
+                Err(other) => return Err(other.to_string()),
+            },
+        );
+    }
+    print_table(&rows);
+    for finding in findings {
+        println!("  {finding}");
+    }
+    Ok(())
+}
+
+fn dry_run_row(name: &str, report: &keel_recovery::RecoveryReport) -> [String; 5] {
+    let mut lost: Vec<String> = report
+        .lsns_lost
+        .iter()
+        .map(|(from, to)| match from == to {
+            true => format!("{from}"),
+            false => format!("{from}-{to}"),
+        })
+        .collect();
+    if let Some(cut) = report.cut_at
+        && (report.bytes_truncated > 0 || !report.segments_discarded.is_empty())
+    {
+        lost.push(format!("{cut} and after (cut)"));
+    }
+    let dropped = report.txns_partial + report.txns_incomplete;
+    let mut disk = Vec::new();
+    if report.bytes_truncated > 0 {
+        disk.push(format!("zero {} bytes", report.bytes_truncated));
+    }
+    if !report.segments_discarded.is_empty() {
+        disk.push(format!(
+            "set aside {} segments",
+            report.segments_discarded.len()
+        ));
+    }
+    let decision = match (report.is_clean(), report.cut_at) {
+        (true, _) => "opens: clean",
+        (false, Some(_)) => "opens: cuts the log",
+        (false, None) => "opens: skips damage",
+    };
+    [
+        name.to_string(),
+        decision.to_string(),
+        if lost.is_empty() {
+            "none".into()
+        } else {
+            lost.join(", ")
+        },
+        format!(
+            "{dropped} ({} partial, {} incomplete)",
+            report.txns_partial, report.txns_incomplete
+        ),
+        if disk.is_empty() {
+            "nothing".into()
+        } else {
+            disk.join(", ")
+        },
+    ]
+}
+
+fn print_table(rows: &[[String; 5]]) {
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (i, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("| {} |", cells.join(" | "));
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            println!("|-{}-|", rule.join("-|-"));
+        }
+    }
 }

@@ -81,13 +81,16 @@ pub struct RecoveryOptions {
     /// - a transaction committed above it that was not read whole is a
     ///   [`Finding::PartialTransaction`].
     pub covered_through: Option<Lsn>,
+    /// Judge, plan and report, but change nothing on disk: the report says what a recovery
+    /// under this policy *would* do (`RecoveryReport::dry_run`), for `keel recover --dry-run`.
+    pub dry_run: bool,
 }
 
 impl From<RecoveryPolicy> for RecoveryOptions {
     fn from(policy: RecoveryPolicy) -> Self {
         RecoveryOptions {
             policy,
-            covered_through: None,
+            ..RecoveryOptions::default()
         }
     }
 }
@@ -118,6 +121,7 @@ pub fn recover_with(
     let listing = segment::list_directory(dir)?;
     let mut report = empty_report(policy);
     report.covered_through = options.covered_through;
+    report.dry_run = options.dry_run;
     let mut walk = walk::Walk::new(dir, options, fsutil::read_identity(dir)?, replay, report);
     for path in &listing.unknown {
         // Left by an earlier recovery: set aside, or an empty segment it did not finish.
@@ -149,6 +153,9 @@ fn empty_report(policy: RecoveryPolicy) -> RecoveryReport {
     RecoveryReport {
         policy,
         covered_through: None,
+        dry_run: false,
+        cut_at: None,
+        lsns_lost: Vec::new(),
         segments: 0,
         records: 0,
         bytes: 0,

@@ -39,7 +39,11 @@ pub(crate) fn finish<R: Replay>(
     let plan = plan(&walk, segments, cut)?;
     let dir = walk.dir;
     let mut report = walk.report;
-    apply(dir, segments, &plan, &mut report)?;
+    if report.dry_run {
+        describe(segments, &plan, &mut report)?;
+    } else {
+        apply(dir, segments, &plan, &mut report)?;
+    }
     let txns = &walk.txns;
     report.txns_incomplete = txns.open_count();
     report.txns_aborted = txns.counts.aborted;
@@ -128,6 +132,39 @@ fn apply(
         tracing::warn!(segment = %path.display(), first_lsn, "started a fresh segment after recovery");
     }
     Ok(())
+}
+
+/// What [`apply`] would do, in the report, with nothing changed: the segments it would set
+/// aside and the non-zero bytes it would zero.
+fn describe(segments: &[SegmentFile], plan: &Plan, report: &mut RecoveryReport) -> Result<()> {
+    for &index in plan.aside.iter().rev() {
+        report.segments_discarded.push(segments[index].path.clone());
+    }
+    if let Some((index, offset)) = plan.zero_from {
+        report.bytes_truncated += nonzero_tail(&segments[index].path, offset)?;
+    }
+    Ok(())
+}
+
+/// The non-zero bytes of `path` from `offset` to its end (what [`zero_tail`] would zero).
+fn nonzero_tail(path: &Path, offset: u64) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let file =
+        std::fs::File::open(path).map_err(|e| keel_wal::Error::io("opening segment", path, e))?;
+    let end = file
+        .metadata()
+        .map_err(|e| keel_wal::Error::io("reading metadata of", path, e))?
+        .len();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut at, mut nonzero) = (offset, 0u64);
+    while at < end {
+        let n = usize::try_from((end - at).min(buf.len() as u64)).expect("bounded by the buffer");
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(|e| keel_wal::Error::io("reading segment", path, e))?;
+        nonzero += buf[..n].iter().filter(|&&b| b != 0).count() as u64;
+        at += n as u64;
+    }
+    Ok(nonzero)
 }
 
 /// Zeroes `path` from `offset` to its end and syncs it; returns the non-zero bytes zeroed.

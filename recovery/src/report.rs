@@ -39,6 +39,14 @@ pub struct RecoveryReport {
     /// The LSN the caller's snapshot covers, if it gave one: nothing at or below it was
     /// handed to the sink.
     pub covered_through: Option<Lsn>,
+    /// A dry run: nothing on disk was changed; the truncation and discard fields say what
+    /// a recovery would have done.
+    pub dry_run: bool,
+    /// The LSN at which the log was cut (truncated): it and everything after it are gone.
+    pub cut_at: Option<Lsn>,
+    /// Ranges of LSNs `from..=to` lost to skipped damage (`SkipCorrupted`, or covered by the
+    /// snapshot), in log order; a cut is in `cut_at`.
+    pub lsns_lost: Vec<(Lsn, Lsn)>,
     /// Segments read.
     pub segments: usize,
     /// Valid records read (replayed or not).
@@ -97,7 +105,8 @@ impl fmt::Display for RecoveryReport {
         if self.segments == 0 && self.anomalies.is_empty() {
             return write!(f, "recovery ({}): no log yet (a new database)", self.policy);
         }
-        write!(f, "recovery ({}) in {:.1?}", self.policy, self.duration)?;
+        let what = if self.dry_run { "dry run" } else { "recovery" };
+        write!(f, "{what} ({}) in {:.1?}", self.policy, self.duration)?;
         match self.covered_through {
             Some(lsn) => writeln!(f, "; a snapshot covers up to LSN {lsn}")?,
             None => writeln!(f)?,
@@ -128,9 +137,15 @@ impl fmt::Display for RecoveryReport {
             self.checkpoints, self.payloads
         )?;
         if self.bytes_truncated > 0 || !self.segments_discarded.is_empty() {
+            let (zeroed, discarded) = match self.dry_run {
+                true => ("would be zeroed", "would be set aside"),
+                false => ("zeroed", "discarded"),
+            };
             writeln!(
                 f,
-                "  truncated: {} bytes zeroed, {} segments discarded",
+                "  truncated{}: {} bytes {zeroed}, {} segments {discarded}",
+                self.cut_at
+                    .map_or(String::new(), |lsn| format!(" at LSN {lsn}")),
                 self.bytes_truncated,
                 self.segments_discarded.len()
             )?;

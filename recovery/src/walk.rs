@@ -220,6 +220,7 @@ impl<'a, R: Replay> Walk<'a, R> {
             Finding::ForeignSegment { .. } | Finding::UnknownFormatVersion { .. }
         ) {
             if self.judge(&segment.path, 0, finding)? == Decision::Truncate {
+                self.report.cut_at = Some(from);
                 return Ok(Some(cut));
             }
             self.open_gap(from, None);
@@ -433,11 +434,15 @@ impl<'a, R: Replay> Walk<'a, R> {
             };
             if self.judge(&found.path, found.offset, finding)? == Decision::Truncate {
                 self.expected = Some(gap.from);
+                self.report.cut_at = Some(gap.from);
                 return Ok(Some(found.cut));
             }
         }
         let end = resume.or(gap.named).unwrap_or(gap.from);
         self.report.lsns_skipped += end.saturating_sub(gap.from);
+        if end > gap.from {
+            self.report.lsns_lost.push((gap.from, end - 1));
+        }
         // Transactions are broken only when something was lost (not when reading resumes
         // at the LSN expected, or below it in an overlapping segment).
         if resume.is_none_or(|resume| resume > gap.from) {

@@ -103,6 +103,7 @@ fn a_commit_span_whose_head_segment_is_missing_is_refused() {
     let options = RecoveryOptions {
         policy: RecoveryPolicy::TolerateTornTail,
         covered_through: Some(commit),
+        ..RecoveryOptions::default()
     };
     let report = recover_with(dir.path(), options, &mut Collect::default()).unwrap();
     assert!(report.is_clean(), "{report}");

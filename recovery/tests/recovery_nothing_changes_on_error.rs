@@ -61,6 +61,7 @@ fn a_partial_transaction_is_refused_before_a_torn_tail_is_cut() {
         let options = RecoveryOptions {
             policy,
             covered_through: None,
+            ..RecoveryOptions::default()
         };
         match recover_with(dir.path(), options, &mut Collect::default()) {
             Err(Error::Refused {

@@ -38,6 +38,7 @@ fn run(
     let options = RecoveryOptions {
         policy,
         covered_through,
+        ..RecoveryOptions::default()
     };
     (recover_with(dir, options, &mut sink), sink)
 }
