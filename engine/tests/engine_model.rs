@@ -236,8 +236,8 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
                     let refused = txn.put(&k, &vec![9u8; fits + 1]);
                     let too_large = matches!(refused, Err(Error::ValueTooLarge { .. }));
                     prop_assert!(too_large, "step {}: {:?}", step, refused.err());
-                    txn.put(&k, &vec![step as u8; fits]).unwrap();
-                    staged.insert(k, Some(vec![step as u8; fits]));
+                    txn.put(&k, &vec![step.to_le_bytes()[0]; fits]).unwrap();
+                    staged.insert(k, Some(vec![step.to_le_bytes()[0]; fits]));
                 }
                 if commit {
                     let version = block_on(txn.commit()).unwrap();
