@@ -192,11 +192,11 @@ fn an_overlapping_segment_ending_inside_an_earlier_one_invents_a_gap() {
     // ends well inside the first log's first segment.
     let other = base.path().join("other");
     let wal = Wal::open(&other, options).unwrap();
-    for i in 0..10u64 {
+    for i in 0..10u8 {
         let entry = WalEntry::Payload {
             run_id: RunId::from_u128(2),
             tag: 1,
-            payload: vec![i as u8; 12_000],
+            payload: vec![i; 12_000],
         };
         wal.append(&[entry]).wait().unwrap();
     }
@@ -222,4 +222,64 @@ fn an_overlapping_segment_ending_inside_an_earlier_one_invents_a_gap() {
         report.lsns_lost,
         80 - sink.applied.len()
     );
+}
+
+/// Regression (passes): covered damage in the last segment, then a torn tail in it. The dry
+/// run predicts the real run; the real run cuts the tail and seals the segment; a second
+/// recovery changes nothing and replays the same.
+#[test]
+fn covered_damage_then_a_torn_tail_in_the_last_segment_recovers_once() {
+    let dir = tempfile::tempdir().unwrap();
+    common::span_log(dir.path(), 100, 2, 1000);
+    let last = common::segments(dir.path()).pop().unwrap();
+    let spans = common::record_spans(dir.path(), &last);
+    assert!(
+        spans.len() >= 8,
+        "{} records in the last segment",
+        spans.len()
+    );
+    let covered = spans[4].0;
+    common::damage_record(dir.path(), spans[2].0);
+    let (_, end_offset, end_len) = *spans.last().unwrap();
+    common::patch(&last, end_offset + end_len + 16, &[0xcd; 700]);
+    let policy = RecoveryPolicy::TolerateTornTail;
+    let mut sink = Collect::default();
+    let options = RecoveryOptions {
+        policy,
+        covered_through: Some(covered),
+        dry_run: true,
+    };
+    let before = common::files(dir.path());
+    let dry = recover_with(dir.path(), options, &mut sink).unwrap();
+    assert_eq!(
+        common::files(dir.path()),
+        before,
+        "the dry run changed the directory"
+    );
+    let (real, first) = run(dir.path(), policy, Some(covered));
+    let key = |r: &RecoveryReport| {
+        (
+            r.next_lsn,
+            r.cut_at,
+            r.lsns_lost.clone(),
+            r.bytes_truncated,
+            r.segments_discarded.clone(),
+            r.lsns_skipped,
+        )
+    };
+    assert!(
+        real.cut_at.is_some() && real.anomalies.len() == 2,
+        "covered damage and a cut tail expected: {real}"
+    );
+    assert_eq!(key(&dry), key(&real), "dry: {dry}\nreal: {real}");
+    assert_eq!(sink.applied, first.applied);
+    let after = common::files(dir.path());
+    let (again, second) = run(dir.path(), policy, Some(covered));
+    assert_eq!(
+        common::files(dir.path()),
+        after,
+        "the second recovery changed the directory"
+    );
+    assert_eq!(second.applied, first.applied, "{again}");
+    assert_eq!(again.next_lsn, real.next_lsn, "{again}");
 }
