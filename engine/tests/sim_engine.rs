@@ -124,19 +124,23 @@ impl World {
             .data
             .iter()
             .filter(|(k, v)| self.data.get(*k) != Some(*v))
-            .map(|(k, _)| k)
+            .map(|((run, key), _)| format!("{run:x}/{}", String::from_utf8_lossy(key)))
             .take(5)
             .collect();
         let extra: Vec<_> = self
             .data
             .iter()
             .filter(|(k, v)| other.data.get(*k) != Some(*v))
-            .map(|(k, _)| k)
+            .map(|((run, key), _)| format!("{run:x}/{}", String::from_utf8_lossy(key)))
             .take(5)
             .collect();
         format!(
-            "missing or different {missing:?}, unexpected {extra:?}; runs {:?} against {:?}",
-            self.runs, other.runs
+            "missing or different {missing:?}, unexpected {extra:?}{}",
+            if self.runs == other.runs {
+                String::new()
+            } else {
+                format!("; runs {:?} against {:?}", self.runs, other.runs)
+            }
         )
     }
 }
@@ -154,6 +158,15 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The snapshots of the database in `dir` that read back whole, newest first.
+fn intact_snapshots(dir: &Path) -> Vec<u64> {
+    keel::check_snapshots(dir)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(_, read)| read.ok())
+        .collect()
 }
 
 /// A value, briefly: its length and fill byte.
@@ -365,13 +378,20 @@ struct Driver {
     unknown: Vec<Op>,
     /// LSNs of the snapshots installs wrote: never damaged, never fallen back across.
     installed: BTreeSet<u64>,
-    /// The snapshot damaged before this open, and the one the open must fall back to.
-    damaged: Option<(u64, u64)>,
+    /// The snapshot damaged before this open, the one the open must fall back to, and how
+    /// many newer ones it must pass over.
+    damaged: Option<(u64, u64, usize)>,
+    /// The newest snapshot that read back whole when this life began.
+    intact_at_start: Option<u64>,
+    /// Whether an install took (or may have taken) effect in this life.
+    installed_this_life: bool,
     runs_named: u64,
     /// Which acknowledged operation last wrote each key (for failure messages).
     writers: BTreeMap<(u128, Vec<u8>), String>,
     log: Vec<String>,
     traces: Vec<Vec<String>>,
+    /// What the last open recovered from (for failure messages).
+    opened_from: String,
     /// The sim of the life under way, whose trace a failure prints too.
     sim: Option<Arc<Sim>>,
     figures: Figures,
@@ -424,6 +444,8 @@ impl Driver {
     /// One life: open (checking the state), interleaved steps until the crash, the crash.
     fn life(&mut self, number: u32) {
         let dir = self.dir();
+        self.intact_at_start = intact_snapshots(&dir).first().copied();
+        self.installed_this_life = false;
         let sim = Sim::new(&dir, self.seed ^ u64::from(number)).unwrap();
         self.sim = Some(Arc::clone(&sim));
         let db = self.open_checked(&dir);
@@ -470,6 +492,14 @@ impl Driver {
         self.generation += 1;
         let image = self.dir();
         state.materialize(&plan, &image).unwrap();
+        if self
+            .unknown
+            .iter()
+            .any(|op| matches!(op, Op::Install { .. }))
+        {
+            self.installed_this_life = true;
+        }
+        self.check_fallback_kept(&image);
         self.maybe_damage(&image);
     }
 
@@ -480,13 +510,14 @@ impl Driver {
             Ok(db) => db,
             Err(e) => self.fail(&format!("I8: the database does not reopen: {e}")),
         };
-        if let Some((damaged, fallback)) = self.damaged.take() {
+        self.opened_from = format!("recovered from snapshot {:?}", db.snapshot_lsn());
+        if let Some((damaged, fallback, passed)) = self.damaged.take() {
             let skipped: Vec<_> = db
                 .snapshots_skipped()
                 .iter()
                 .filter_map(|(path, _)| path.file_name())
                 .collect();
-            if db.snapshot_lsn() != Some(fallback) || skipped.len() != 1 {
+            if db.snapshot_lsn() != Some(fallback) || skipped.len() != passed {
                 self.fail(&format!(
                     "with snapshot {damaged} damaged, the open loaded {:?} (skipped {skipped:?}), \
                      not the fallback {fallback}",
@@ -494,14 +525,16 @@ impl Driver {
                 ));
             }
             self.figures.fallbacks += 1;
+            self.opened_from = format!("recovered from snapshot {fallback}, {damaged} damaged");
             self.note(format!("fell back to snapshot {fallback}"));
         }
         let observed = state_of(&db).unwrap_or_else(|e| self.fail(&e));
         self.decide_unknown(&observed, &db);
         if observed != self.world {
             self.fail(&format!(
-                "I1/I3/I4: after the crash the state differs from the acknowledged one: {}; \
-                 last written by {:?}",
+                "I1/I3/I4: after the crash ({}) the state differs from the acknowledged one: \
+                 {}; last written by {:?}",
+                self.opened_from,
                 observed.differences(&self.world),
                 self.world
                     .data
@@ -607,13 +640,37 @@ impl Driver {
             })
             .collect();
         self.fail(&format!(
-            "I3: a commit whose outcome was unknown (run {run:x}) is partly there: {keys:?}"
+            "I3: after the crash ({}) a commit whose outcome was unknown (run {run:x}) is \
+             partly there: {keys:?}",
+            self.opened_from
         ))
     }
 
+    /// After a life with no install: a checkpoint keeps the newest older snapshot that reads
+    /// back whole as its fallback, so when the life began with a readable snapshot and wrote
+    /// newer ones, the crash image holds a readable one from then on below its newest.
+    fn check_fallback_kept(&self, image: &Path) {
+        let (Some(start), false) = (self.intact_at_start, self.installed_this_life) else {
+            return;
+        };
+        let intact = intact_snapshots(image);
+        let Some(&newest) = intact.first() else {
+            self.fail(&format!(
+                "no snapshot reads back whole (snapshot {start} did)"
+            ));
+        };
+        if newest > start && !intact.iter().any(|lsn| (start..newest).contains(lsn)) {
+            self.fail(&format!(
+                "checkpoints up to snapshot {newest} kept no readable fallback: the life began \
+                 with snapshot {start}; now {:?}",
+                keel::check_snapshots(image).unwrap()
+            ));
+        }
+    }
+
     /// After the crash image is written: sometimes flips a byte in the middle of the newest
-    /// snapshot, when the one before it reads back whole and no install lies between them
-    /// (never the only snapshot, never the fallback). The next open must fall back.
+    /// snapshot, when an older one reads back whole and no install lies between them (never
+    /// the only snapshot, never the fallback). The next open must fall back to it.
     fn maybe_damage(&mut self, image: &Path) {
         if !self.rng.chance(1, 3)
             || self
@@ -624,10 +681,19 @@ impl Driver {
             return;
         }
         let snapshots = keel::check_snapshots(image).unwrap();
-        let [(path, Ok(newest)), (_, Ok(older)), ..] = snapshots.as_slice() else {
+        let Some((path, Ok(newest))) = snapshots.first() else {
             return;
         };
-        let (newest, older) = (*newest, *older);
+        // The newest older one that reads back whole, and how many files the open passes.
+        let Some((passed, older)) = snapshots
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find_map(|(i, (_, read))| read.as_ref().ok().map(|lsn| (i, *lsn)))
+        else {
+            return;
+        };
+        let newest = *newest;
         if self.installed.iter().any(|&at| at > older) {
             return;
         }
@@ -635,7 +701,7 @@ impl Driver {
         let at = bytes.len() / 2;
         bytes[at] ^= 0x40;
         std::fs::write(path, bytes).unwrap();
-        self.damaged = Some((newest, older));
+        self.damaged = Some((newest, older, passed));
         self.figures.damaged += 1;
         self.note(format!(
             "damaged snapshot {newest} (byte {at}); the fallback is {older}"
@@ -957,6 +1023,7 @@ impl Driver {
             self.unknown.clear();
             // Its snapshot's LSN is not known: no damage may fall back across it.
             self.installed.insert(u64::MAX);
+            self.installed_this_life = true;
         }
     }
 
@@ -994,7 +1061,9 @@ impl Driver {
                 self.note(format!("task {id}: refused, its run ended"));
             }
             (op, Err(e)) if life.crashed() => {
-                self.note(format!("task {id}: failed at the crash: {e}"));
+                let mut why = e.to_string();
+                why.truncate(100);
+                self.note(format!("task {id}: failed at the crash: {why}"));
                 if op.commits() || matches!(op, Op::Install { .. }) {
                     self.unknown.push(op);
                 }
@@ -1023,6 +1092,7 @@ impl Driver {
                 // Everything queued before it is durable and replaced.
                 self.unknown.clear();
                 self.installed.insert(lsn);
+                self.installed_this_life = true;
                 self.figures.installs += 1;
             }
         }
@@ -1061,11 +1131,14 @@ fn run_seed(seed: u64) -> Figures {
         unknown: Vec::new(),
         installed: BTreeSet::new(),
         damaged: None,
+        intact_at_start: None,
+        installed_this_life: false,
         runs_named: 0,
         writers: BTreeMap::new(),
         log: Vec::new(),
         traces: Vec::new(),
         sim: None,
+        opened_from: String::new(),
         figures: Figures::default(),
     };
     std::fs::create_dir_all(driver.dir()).unwrap();
@@ -1166,9 +1239,39 @@ fn engine_survives_simulated_crashes() {
     }
     let seeds = env_u64("KEEL_SIM_ENGINE_SEEDS", 40);
     let first = env_u64("KEEL_SIM_ENGINE_FIRST_SEED", 1);
+    if std::env::var_os("KEEL_SIM_ENGINE_KEEP_GOING").is_some() {
+        return keep_going(first, seeds);
+    }
     let mut total = Figures::default();
     for seed in first..first + seeds {
         total += run_seed(seed);
     }
     report(&format!("engine sim: {seeds} seeds from {first}"), &total);
+}
+
+/// Runs every seed, failing or not, and lists the failures by their first line (for
+/// checking which seeds catch a bug put back on purpose).
+fn keep_going(first: u64, seeds: u64) {
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut failed = Vec::new();
+    let mut total = Figures::default();
+    for seed in first..first + seeds {
+        match std::panic::catch_unwind(|| run_seed(seed)) {
+            Ok(figures) => total += figures,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map_or("(no message)", |m| m.lines().next().unwrap_or_default());
+                println!("{message}");
+                failed.push(seed);
+            }
+        }
+    }
+    let _ = std::panic::take_hook();
+    report(&format!("engine sim: {seeds} seeds from {first}"), &total);
+    assert!(
+        failed.is_empty(),
+        "{} of {seeds} seeds failed: {failed:?}",
+        failed.len()
+    );
 }
