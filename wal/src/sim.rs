@@ -18,7 +18,8 @@
 //! - **Directories.** Per directory: the durable entries (name → inode) and the live ones
 //!   (the real listing). A directory fsync makes the live entries durable. At a power loss
 //!   each inode whose names changed since keeps either all its durable names or all its live
-//!   ones (a rename is atomic, but not durable before the directory sync).
+//!   ones (a rename is atomic, but not durable before the directory sync); a name that was
+//!   durable and is live names one of its files, the old or the new (a rename over it).
 //! - **Completions.** Each write and each sync gets a seeded latency in ticks; a chain's sync
 //!   starts when its write completes. Completions happen in due order, so chains complete out
 //!   of submission order. In *manual* mode only [`Sim::advance`] completes anything, one
@@ -1010,6 +1011,19 @@ impl CrashState {
             }
             for (dir, name, node) in &change.live {
                 dirs.entry(*dir).or_default().insert(name.clone(), *node);
+            }
+        }
+        // A name both listings hold names a file throughout: a rename over it replaces the
+        // file atomically, so it names the old file or the new one, never none (the old
+        // file's unlink kept without the new file's link would drop it).
+        for (ino, durable) in &self.durable_dirs {
+            let (Some(live), Some(dir)) = (self.live_dirs.get(ino), dirs.get_mut(ino)) else {
+                continue;
+            };
+            for (name, node) in durable {
+                if live.contains_key(name) && !dir.contains_key(name) {
+                    dir.insert(name.clone(), *node);
+                }
             }
         }
         dirs
