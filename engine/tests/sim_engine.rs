@@ -55,8 +55,8 @@ const STEPS: u32 = 700;
 
 fn options() -> Options {
     Options {
-        segment_bytes: 16 * 1024,
-        max_record_bytes: 4 * 1024,
+        segment_bytes: 8 * 1024,
+        max_record_bytes: 2 * 1024,
         backend: BackendChoice::Std,
         checkpoint_log_bytes: 24 * 1024,
         spill_txn_bytes: 1500,
