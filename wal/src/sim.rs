@@ -18,7 +18,8 @@
 //! - **Directories.** Per directory: the durable entries (name → inode) and the live ones
 //!   (the real listing). A directory fsync makes the live entries durable. At a power loss
 //!   each inode whose names changed since keeps either all its durable names or all its live
-//!   ones (a rename is atomic, but not durable before the directory sync).
+//!   ones (a rename is atomic, but not durable before the directory sync); a name that was
+//!   durable and is live names one of its files, the old or the new (a rename over it).
 //! - **Completions.** Each write and each sync gets a seeded latency in ticks; a chain's sync
 //!   starts when its write completes. Completions happen in due order, so chains complete out
 //!   of submission order. In *manual* mode only [`Sim::advance`] completes anything, one
@@ -239,7 +240,11 @@ impl Sim {
             captured: None,
             trace: Vec::new(),
         };
-        state.adopt_tree(root)?;
+        retry_vanished(|| {
+            state.dirs.clear();
+            state.files.clear();
+            state.adopt_tree(root)
+        })?;
         let sim = Arc::new(Sim {
             state: Mutex::new(state),
             changed: Condvar::new(),
@@ -609,8 +614,28 @@ fn crashed_error(path: &Path, what: &'static str) -> Error {
     )
 }
 
+/// Runs `read` (a reading of the real tree) until no file it saw vanished meanwhile. Other
+/// threads rename and remove files without the sim's lock (the engine deletes snapshots and
+/// segments while the log's writer syncs the directory), so a listing may name a file that
+/// is gone when it is read; the next reading sees the tree after that change. Such changes
+/// end at the other thread's next hook, which waits for the lock the caller holds.
+fn retry_vanished<T>(mut read: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    const TRIES: usize = 10_000;
+    for _ in 1..TRIES {
+        match read() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::thread::yield_now(),
+            done => return done,
+        }
+    }
+    read()
+}
+
 /// The entries of `dir`, by name.
 fn list(dir: &Path) -> io::Result<BTreeMap<String, Node>> {
+    retry_vanished(|| list_once(dir))
+}
+
+fn list_once(dir: &Path) -> io::Result<BTreeMap<String, Node>> {
     let mut entries = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -913,7 +938,12 @@ impl CrashState {
         let root = state.root.clone();
         let mut live_dirs = HashMap::new();
         let mut cache = HashMap::new();
-        let root_ino = capture_tree(&root, &mut live_dirs, &mut cache).unwrap_or(0);
+        let root_ino = retry_vanished(|| {
+            live_dirs.clear();
+            cache.clear();
+            capture_tree(&root, &mut live_dirs, &mut cache)
+        })
+        .unwrap_or(0);
         let mut pending: Vec<PendingWrite> = Vec::new();
         let mut durable = HashMap::new();
         let mut inos: BTreeSet<u64> = cache.keys().copied().collect();
@@ -981,6 +1011,19 @@ impl CrashState {
             }
             for (dir, name, node) in &change.live {
                 dirs.entry(*dir).or_default().insert(name.clone(), *node);
+            }
+        }
+        // A name both listings hold names a file throughout: a rename over it replaces the
+        // file atomically, so it names the old file or the new one, never none (the old
+        // file's unlink kept without the new file's link would drop it).
+        for (ino, durable) in &self.durable_dirs {
+            let (Some(live), Some(dir)) = (self.live_dirs.get(ino), dirs.get_mut(ino)) else {
+                continue;
+            };
+            for (name, node) in durable {
+                if live.contains_key(name) && !dir.contains_key(name) {
+                    dir.insert(name.clone(), *node);
+                }
             }
         }
         dirs
