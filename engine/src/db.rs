@@ -101,6 +101,9 @@ struct Inner {
     /// Spilled transactions whose heads the log must keep (see `retention`). Changed under
     /// the `pending` lock, with the append that begins, commits or aborts one.
     spills: Mutex<Spills>,
+    /// LSN of the newest install marker in the log (0: none seen): no checkpoint may take
+    /// its snapshot at it.
+    last_install_marker: AtomicU64,
     /// Snapshots known to read back whole (loaded at open, or checked as a fallback).
     verified_snapshots: Mutex<BTreeSet<Lsn>>,
     /// Automatic checkpoints that failed (the commit that ran one still succeeded), and the
@@ -180,6 +183,7 @@ impl Database {
             after,
             unreadable: &unreadable,
             spills: Vec::new(),
+            last_install_marker: 0,
         };
         let report = if wal_dir.exists() {
             // Recovery knows the snapshot: damage it covers cuts nothing above it, and a
@@ -193,6 +197,7 @@ impl Database {
         } else {
             keel_recovery::recover_empty(options.recovery_policy)
         };
+        let last_install_marker = replay.last_install_marker;
         let mut spills = Spills::default();
         for (txn_id, head, commit) in std::mem::take(&mut replay.spills) {
             spills.committed(txn_id, head, commit);
@@ -249,6 +254,7 @@ impl Database {
                 snapshot_turn: tokio::sync::Mutex::new(()),
                 spill_txn_bytes: options.spill_txn_bytes.max(1),
                 spills: Mutex::new(spills),
+                last_install_marker: AtomicU64::new(last_install_marker),
                 verified_snapshots: Mutex::new(snapshot_lsn.into_iter().collect()),
                 auto_checkpoint_failures: AtomicU64::new(0),
                 last_auto_checkpoint_error: Mutex::new(None),
@@ -285,12 +291,26 @@ impl Database {
     async fn write_checkpoint(&self) -> Result<Lsn> {
         let _turn = self.inner.snapshot_turn.lock().await;
         let dir = self.snapshot_dir();
+        // A snapshot is named by its LSN, and `L.snap` at an install marker's LSN `L` means
+        // "the installed state" to recovery. Should the last record be the marker of an
+        // install whose snapshot write failed, an empty commit first moves the snapshot above
+        // it, so the name never says "install" for a checkpoint of the state before it.
+        while self.snapshot_lsn_now() == self.inner.last_install_marker.load(Ordering::Acquire) {
+            let txn_id = self.new_txn_id();
+            let empty = self.queue_commit(SYSTEM_RUN, txn_id, Vec::new(), Vec::new(), None)?;
+            empty.await?;
+        }
         let lsn = {
             let mut pending = lock(&self.inner.pending);
             self.apply_visible_locked(&mut pending);
             let lsn = pending
                 .front()
                 .map_or(self.inner.wal.next_lsn() - 1, |p| p.first_lsn - 1);
+            assert_ne!(
+                lsn,
+                self.inner.last_install_marker.load(Ordering::Acquire),
+                "only commits move the snapshot LSN, and the turn is held"
+            );
             // The log must be durable through the snapshot, or a crash could leave a log that
             // restarts below it.
             if self.inner.wal.stats().durable_lsn < lsn {
@@ -356,6 +376,16 @@ impl Database {
         }
         lock(&self.inner.verified_snapshots).retain(|lsn| Some(*lsn) >= fallback);
         Ok(())
+    }
+
+    /// The LSN a checkpoint taken now would get: the last one before the first commit not yet
+    /// applied.
+    fn snapshot_lsn_now(&self) -> Lsn {
+        let mut pending = lock(&self.inner.pending);
+        self.apply_visible_locked(&mut pending);
+        pending
+            .front()
+            .map_or(self.inner.wal.next_lsn() - 1, |p| p.first_lsn - 1)
     }
 
     /// Whether the snapshot at `lsn` decodes whole (checked once, then remembered). A damaged
@@ -500,6 +530,7 @@ impl Database {
     /// is durable; then every commit queued before it is visible, and is applied. Returns `L`.
     fn log_install_marker(&self, pending: &mut VecDeque<Pending>) -> Result<Lsn> {
         let lsn = self.inner.wal.next_lsn();
+        self.inner.last_install_marker.store(lsn, Ordering::Release);
         let marker = WalEntry::Checkpoint {
             run_id: RunId::from_u128(SYSTEM_RUN),
             snapshot_lsn: lsn,

@@ -193,6 +193,8 @@ pub(crate) struct StateReplay<'a> {
     /// `(txn_id, head, commit)` of every spilled transaction replayed (committed above
     /// `after`): the log must keep their heads while a snapshot below them may be loaded.
     pub spills: Vec<(keel_wal::TxnId, Lsn, Lsn)>,
+    /// LSN of the newest install marker replayed (0: none).
+    pub last_install_marker: Lsn,
 }
 
 impl Replay for StateReplay<'_> {
@@ -202,9 +204,11 @@ impl Replay for StateReplay<'_> {
         let ArchivedWalEntry::Checkpoint { snapshot_lsn, .. } = entry else {
             return Ok(());
         };
-        if !is_install_marker(lsn, snapshot_lsn.to_native())
-            || replays_past_install(lsn, self.after, self.unreadable)
-        {
+        if !is_install_marker(lsn, snapshot_lsn.to_native()) {
+            return Ok(());
+        }
+        self.last_install_marker = self.last_install_marker.max(lsn);
+        if replays_past_install(lsn, self.after, self.unreadable) {
             return Ok(());
         }
         Err(format!(
