@@ -135,7 +135,10 @@ fn checkpoint_at_the_loaded_snapshot_lsn_strands_the_fallback() {
     match Database::open(dir.path(), options()) {
         Ok(db) => {
             let got = db.scan(run, b"spilled").unwrap().len();
-            assert_eq!(got, 50, "fallback lost the acknowledged spilled commit at {c}");
+            assert_eq!(
+                got, 50,
+                "fallback lost the acknowledged spilled commit at {c}"
+            );
             db.close().unwrap();
         }
         Err(error) => panic!(
