@@ -360,7 +360,11 @@ impl Database {
                 doomed.push(path);
             }
         }
-        if let Some(fallback) = fallback {
+        // Spills are known for commits above the snapshot this process loaded (replay
+        // registers those); below it they are not, so a fallback older than that snapshot
+        // (a checkpoint at the very LSN it loaded) removes no log this time.
+        let known_from = self.inner.snapshot_lsn.unwrap_or(0);
+        if let Some(fallback) = fallback.filter(|f| *f >= known_from) {
             let keep_from = lock(&self.inner.spills).keep_from(fallback);
             self.inner.wal.remove_segments_before(keep_from)?;
         }

@@ -74,16 +74,26 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
     );
     aside.sort_unstable();
     aside.dedup();
-    let next_lsn = match walk.expected {
+    let walked = match walk.expected {
         Some(expected) => expected,
         None => segments.first().map_or(1, |s| s.first_lsn),
     };
+    // The caller's snapshot holds everything through `covered_through`: a log cut (or set
+    // aside) below it must not hand those LSNs out again, or a later commit would be taken
+    // for one the snapshot covers. It continues above the snapshot instead (the missing
+    // LSNs between are covered, and judged so by the next recovery).
+    let next_lsn = match walk.covered_through {
+        Some(covered) if walked <= covered && !segments.is_empty() => covered + 1,
+        _ => walked,
+    };
     // A fresh last segment where appends could not continue in place: every segment set
-    // aside (LSNs must not restart at 1), or a skip inside the last one (also when its tail
-    // was then cut: sealed, the skipped damage is judged the same way next time).
+    // aside (LSNs must not restart at 1), a skip inside the last one (also when its tail
+    // was then cut: sealed, the skipped damage is judged the same way next time), or a log
+    // that must continue above the snapshot.
     let remaining = segments.len() - aside.len();
     let seal = (remaining == 0 && !segments.is_empty())
-        || (walk.seal_last && !aside.contains(&(segments.len() - 1)));
+        || (walk.seal_last && !aside.contains(&(segments.len() - 1)))
+        || next_lsn != walked;
     let fresh = match (seal, walk.identity) {
         (false, _) => None,
         (true, Some(id)) => Some((id, next_lsn, walk.segment_bytes.unwrap_or(64 << 20))),
@@ -106,31 +116,83 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
 }
 
 /// Applies `plan`: later segments first, so a crash part-way leaves a shorter log that
-/// recovers the same way.
+/// recovers the same way. The directory never goes without a segment that names where LSNs
+/// continue: when the plan sets every segment aside, the oldest one stays until the fresh
+/// segment is in place (and when the fresh one takes its name, it is kept under its
+/// discarded name by a hard link, then replaced by an atomic rename). So a crash at any point
+/// never lets the next recovery restart the LSNs.
 fn apply(
     dir: &Path,
     segments: &[SegmentFile],
     plan: &Plan,
     report: &mut RecoveryReport,
 ) -> Result<()> {
+    let held_back = match plan.fresh {
+        Some((_, first_lsn, _)) => plan
+            .aside
+            .iter()
+            .copied()
+            .find(|&i| segments[i].first_lsn == first_lsn)
+            .or_else(|| (plan.aside.len() == segments.len()).then(|| plan.aside[0])),
+        None => None,
+    };
     for &index in plan.aside.iter().rev() {
-        let path = &segments[index].path;
-        let mut name = path.as_os_str().to_owned();
-        name.push(DISCARDED_SUFFIX);
-        std::fs::rename(path, &name)
-            .map_err(|e| keel_wal::Error::io("setting aside segment", path, e))?;
-        // Each rename durable before the next: unsynced renames may persist in any order,
-        // and only newest-first keeps what is left a contiguous log.
-        fsutil::sync_dir(dir)?;
-        report.segments_discarded.push(path.clone());
+        if Some(index) != held_back {
+            set_aside(dir, &segments[index].path, report)?;
+        }
     }
     if let Some((index, offset)) = plan.zero_from {
         report.bytes_truncated += zero_tail(&segments[index].path, offset)?;
     }
     if let Some((database_id, first_lsn, bytes)) = plan.fresh {
+        let replaced = held_back.filter(|&i| segments[i].first_lsn == first_lsn);
+        if let Some(index) = replaced {
+            keep_aside(dir, &segments[index].path, report)?;
+        }
         let path = segment::create_empty(dir, database_id, first_lsn, bytes)?;
         tracing::warn!(segment = %path.display(), first_lsn, "started a fresh segment after recovery");
+        if let Some(index) = held_back.filter(|i| Some(*i) != replaced) {
+            set_aside(dir, &segments[index].path, report)?;
+        }
     }
+    Ok(())
+}
+
+/// The name a segment is set aside under: `<name>.discarded`, or `<name>.<n>.discarded`
+/// when an earlier recovery already used that.
+fn aside_name(path: &Path) -> std::path::PathBuf {
+    let mut n = 0u32;
+    loop {
+        let mut name = path.as_os_str().to_owned();
+        if n > 0 {
+            name.push(format!(".{n}"));
+        }
+        name.push(DISCARDED_SUFFIX);
+        let candidate = std::path::PathBuf::from(name);
+        if !candidate.exists() {
+            return candidate;
+        }
+        n += 1;
+    }
+}
+
+/// Renames a segment aside, durably (each rename before the next: unsynced renames may
+/// persist in any order, and only newest-first keeps what is left a contiguous log).
+fn set_aside(dir: &Path, path: &Path, report: &mut RecoveryReport) -> Result<()> {
+    std::fs::rename(path, aside_name(path))
+        .map_err(|e| keel_wal::Error::io("setting aside segment", path, e))?;
+    fsutil::sync_dir(dir)?;
+    report.segments_discarded.push(path.to_path_buf());
+    Ok(())
+}
+
+/// Keeps a segment's bytes under its discarded name (a hard link) while its own name is about
+/// to be taken by a fresh segment's atomic rename.
+fn keep_aside(dir: &Path, path: &Path, report: &mut RecoveryReport) -> Result<()> {
+    std::fs::hard_link(path, aside_name(path))
+        .map_err(|e| keel_wal::Error::io("setting aside segment", path, e))?;
+    fsutil::sync_dir(dir)?;
+    report.segments_discarded.push(path.to_path_buf());
     Ok(())
 }
 

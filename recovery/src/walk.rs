@@ -73,7 +73,7 @@ enum Salvage {
 pub(crate) struct Walk<'a, R> {
     pub dir: &'a Path,
     pub policy: RecoveryPolicy,
-    covered_through: Option<Lsn>,
+    pub covered_through: Option<Lsn>,
     replay: &'a mut R,
     pub report: RecoveryReport,
     pub txns: TxnTable,
@@ -350,7 +350,8 @@ impl<'a, R: Replay> Walk<'a, R> {
                 Salvage::End => break,
             }
         }
-        self.expected = Some(expected);
+        // A segment overlapping what was read and ending inside it moves nothing back.
+        self.expected = Some(expected.max(self.floor));
         Ok(None)
     }
 

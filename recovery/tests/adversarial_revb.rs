@@ -142,12 +142,15 @@ fn a_crash_between_setting_aside_every_segment_and_the_fresh_one_restarts_lsns()
     let (expected, _) = run(&whole, RecoveryPolicy::PointInTime, None);
     assert_eq!(expected.next_lsn, f, "{expected}");
 
-    // The crashed recovery had done the first step of its plan: the segment set aside.
+    // The crashed recovery had done the first step of its plan. (Before the fix that step
+    // renamed the only segment aside, leaving none; now the segment whose name the fresh one
+    // takes is first kept aside by a hard link, and replaced by an atomic rename after: the
+    // crash point between the two is this state.)
     let crashed = base.path().join("crashed");
     common::copy_dir(&original, &crashed);
     let mut aside = name.clone();
     aside.push(keel_recovery::DISCARDED_SUFFIX);
-    std::fs::rename(crashed.join(&name), crashed.join(aside)).unwrap();
+    std::fs::hard_link(crashed.join(&name), crashed.join(aside)).unwrap();
     let (report, _) = run(&crashed, RecoveryPolicy::PointInTime, None);
     let wal = Wal::open(&crashed, common::options()).unwrap();
     let next = wal.next_lsn();

@@ -77,8 +77,14 @@ impl Wal {
             fsutil::create_dir_all_durably(&dir)?;
         }
         let lock = fsutil::lock_dir(&dir)?;
+        // Everything that can refuse the open comes before anything that changes the disk
+        // (the spares, a torn tail, a fresh segment): a refused open leaves the log as it was.
+        let backend = backend::build(&options, &dir)?;
         let listing = segment::list_directory(&dir)?;
         let (database_id, created) = establish_identity(&dir, &options, &listing)?;
+        if !listing.segments.is_empty() {
+            check_headers(&listing.segments, database_id)?;
+        }
         for unknown in &listing.unknown {
             tracing::warn!(file = %unknown.display(), "ignoring a file that is not part of the log");
         }
@@ -103,7 +109,6 @@ impl Wal {
         let (active, next_lsn, truncated_bytes) = match listing.segments.last() {
             None => (fresh.start(1)?, 1, 0),
             Some(last) => {
-                check_headers(&listing.segments, database_id)?;
                 let (active, next_lsn, truncated_bytes) = open_last_segment(last)?;
                 (
                     fresh.unless_appendable(active, next_lsn)?,
@@ -117,7 +122,6 @@ impl Wal {
         // itself): nothing is acknowledged before they are durable.
         fsutil::sync_dir_and_parent(&dir)?;
         let active_first_lsn = active.header.first_lsn;
-        let backend = backend::build(&options, &dir)?;
         let backend_kind = backend.kind();
         let shared = Arc::new(Shared {
             queue: Queue::new(next_lsn, backend.waker()),
