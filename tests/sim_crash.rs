@@ -350,8 +350,13 @@ impl Run {
 
     /// Logs a line, with the scratch directory's path left out so that runs compare.
     fn note(&mut self, line: String) {
-        let base = self.base.path().display().to_string();
-        self.log.push(line.replace(&base, "<dir>"));
+        let line = self.without_base(&line);
+        self.log.push(line);
+    }
+
+    /// `text` with the scratch directory's path left out.
+    fn without_base(&self, text: &str) -> String {
+        text.replace(&self.base.path().display().to_string(), "<dir>")
     }
 
     fn report(&self, violation: &Violation) -> String {
@@ -1528,7 +1533,8 @@ fn sim_a_seed_replays_exactly() {
         let runs: Vec<_> = (0..2)
             .map(|_| {
                 let (run, outcome) = run_seed(seed, Broken::default());
-                (outcome.map_err(|v| v.0), run.log, run.traces)
+                let outcome = outcome.map_err(|v| run.without_base(&v.0));
+                (outcome, run.log, run.traces)
             })
             .collect();
         assert_eq!(runs[0].0, runs[1].0, "seed {seed}: outcomes differ");
