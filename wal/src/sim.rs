@@ -35,6 +35,12 @@
 //!     or live; [`CrashPlan::prefix`], [`CrashPlan::subset`] and [`CrashPlan::random`] build
 //!     the usual plans;
 //!   - media damage on top: bit flips and zeroed sectors in the surviving files.
+//! - **Restarts** ([`Sim::restart`]): after a process crash the next process can also go on
+//!   with the same storage instead of an image: the cache and the live entries are what it
+//!   finds, and what was not durable (writes of any earlier process, directory entries not
+//!   synced since) stays pending, so that a power loss in a later life can still drop it.
+//!   A crash at a hook event is what leaves such state: e.g. between a rotation's rename and
+//!   its directory fsync. [`Sim::damage`] damages the media of a storage that goes on.
 //! - **Faults** ([`SimFaults`]): the n-th sync fails with EIO and the writes it covered are
 //!   dropped from the durable path although the cache keeps them, so a later sync
 //!   "succeeds" without them (fsyncgate); ENOSPC once a byte budget is spent; a write lost
@@ -134,6 +140,22 @@ pub struct Broken {
     pub ack_before_sync: bool,
     /// Install a new segment without syncing the directory after the rename.
     pub skip_rotation_dir_sync: bool,
+}
+
+/// What a restarted process finds not yet durable (see [`Sim::restart`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unsynced {
+    /// Writes (tracked or found as differences) a power loss may still drop.
+    pub writes: usize,
+    /// Inodes whose directory entries a power loss may still undo.
+    pub dir_changes: usize,
+}
+
+impl Unsynced {
+    /// Whether anything at all is not durable.
+    pub fn any(&self) -> bool {
+        self.writes > 0 || self.dir_changes > 0
+    }
 }
 
 /// A directory entry in the model.
@@ -364,15 +386,114 @@ impl Sim {
         self.lock().captured.clone()
     }
 
+    /// Whether a crash happened (cheaper than [`Sim::crashed`]).
+    pub fn is_crashed(&self) -> bool {
+        self.lock().crashed
+    }
+
+    /// A new process starts on this storage: after a process crash, or after the previous
+    /// process let go of it. The storage goes on as it is: the cache (every completed write)
+    /// and the live entries are what the process finds, and whatever was not durable stays
+    /// pending, so that a later power loss may still drop it. Faults, an armed crash and
+    /// the completions of the old process are gone; the new process's randomness (latencies,
+    /// salts) derives from `seed`, and its trace starts empty.
+    ///
+    /// Writes a failed sync dropped (fsyncgate) become ordinary unsynced writes: a new
+    /// process cannot learn of that failure, and the model does not follow the kernel's
+    /// clean but never written pages past it; fsyncgate is checked within the life of the
+    /// failed sync.
+    ///
+    /// Fails if the files changed since the crash (nothing may touch them after it), and
+    /// returns what the new process finds not durable.
+    pub fn restart(&self, seed: u64) -> io::Result<Unsynced> {
+        let mut state = self.lock();
+        assert!(
+            state.in_flight.is_empty(),
+            "a process restarts on storage with nothing in flight"
+        );
+        for model in state.files.values_mut() {
+            model.dropped.clear();
+        }
+        let now = CrashState::capture(&mut state);
+        if let Some(captured) = state.captured.take()
+            && (captured.cache != now.cache || captured.live_dirs != now.live_dirs)
+        {
+            return Err(io::Error::other(
+                "the simulated storage changed after its crash",
+            ));
+        }
+        // Files with no name left, live or durable, are gone for good.
+        let referenced: BTreeSet<u64> = now
+            .cache
+            .keys()
+            .chain(state.dirs.values().flat_map(|d| d.values().map(|n| &n.ino)))
+            .copied()
+            .collect();
+        state.files.retain(|ino, _| referenced.contains(ino));
+        let unsynced = Unsynced {
+            writes: now
+                .pending
+                .iter()
+                .filter(|w| referenced.contains(&w.ino))
+                .count(),
+            dir_changes: now.dir_changes.len(),
+        };
+        state.seed = seed;
+        state.rng = SimRng::new(seed);
+        state.crashed = false;
+        state.crash_after_events = None;
+        state.faults = ArmedFaults::default();
+        state.ready.clear();
+        state.writer_blocked = false;
+        state.manual = false;
+        state.trace.clear();
+        state.note(format!(
+            "RESTART seed {seed}: {} writes and {} directory changes not durable",
+            unsynced.writes, unsynced.dir_changes
+        ));
+        Ok(unsynced)
+    }
+
+    /// Media damage now, to the file's cache and to its durable image alike (every version
+    /// of the damaged bytes a power loss could keep).
+    pub fn damage(&self, damage: &Damage) -> io::Result<()> {
+        let mut state = self.lock();
+        let root = state.root.clone();
+        let path = match damage {
+            Damage::BitFlip { path, .. } | Damage::ZeroSector { path, .. } => root.join(path),
+        };
+        let Ok(metadata) = std::fs::metadata(&path) else {
+            return Ok(());
+        };
+        apply_damage(&root, damage)?;
+        let model = state.files.entry(metadata.ino()).or_default();
+        damage_bytes(&mut model.durable, 0, damage);
+        for write in &mut model.pending {
+            damage_bytes(&mut write.data, write.offset, damage);
+        }
+        state.note(format!("damage {damage:?}"));
+        Ok(())
+    }
+
     /// What happened so far, one line an event.
     pub fn trace(&self) -> Vec<String> {
         self.lock().trace.clone()
     }
 
+    /// A hook event on any thread. A crash here (the test's thread included) wakes the
+    /// writer, so that it fails what was in flight before the test looks again.
+    fn hook_event(&self, state: &mut State, path: &Path, what: &'static str) -> Result<()> {
+        let result = state.event(path, what);
+        if result.is_err() {
+            self.changed.notify_all();
+        }
+        result
+    }
+
     /// Hook of [`crate::fsutil::sync_file`].
     pub(crate) fn sync_file(&self, file: &File, path: &Path) -> Result<()> {
         let mut state = self.lock();
-        state.event(path, "sync file")?;
+        self.hook_event(&mut state, path, "sync file")?;
         let ino = file
             .metadata()
             .map_err(|e| Error::io("reading metadata of", path, e))?
@@ -394,7 +515,7 @@ impl Sim {
     /// Hook of [`crate::fsutil::sync_dir`].
     pub(crate) fn sync_dir(&self, dir: &Path) -> Result<()> {
         let mut state = self.lock();
-        state.event(dir, "sync directory")?;
+        self.hook_event(&mut state, dir, "sync directory")?;
         let ino = std::fs::metadata(dir)
             .map_err(|e| Error::io("reading metadata of", dir, e))?
             .ino();
@@ -598,6 +719,7 @@ impl State {
         let captured = CrashState::capture(self);
         self.captured = Some(captured);
         self.crashed = true;
+        self.writer_blocked = false;
         let root = self.root.clone();
         while !self.in_flight.is_empty() {
             let error = crashed_error(&root, "in flight").to_string();
@@ -857,13 +979,37 @@ impl CrashPlan {
 
     /// A random crash: a process crash, a kept prefix, a random subset, or one torn write.
     pub fn random(state: &CrashState, rng: &mut SimRng) -> Self {
-        let n = state.pending.len();
-        let dir_live = (0..state.dir_changes.len())
+        let dir_live = Self::random_dirs(state, rng);
+        match rng.below(4) {
+            0 => CrashPlan::process(),
+            kind => Self::random_loss(state, rng, dir_live, kind == 1),
+        }
+    }
+
+    /// A random power loss: a kept prefix (one in three) or a random subset, and maybe one
+    /// torn write.
+    pub fn random_power_loss(state: &CrashState, rng: &mut SimRng) -> Self {
+        let dir_live = Self::random_dirs(state, rng);
+        let prefix = rng.chance(1, 3);
+        Self::random_loss(state, rng, dir_live, prefix)
+    }
+
+    /// Per directory change, live or durable names at random.
+    fn random_dirs(state: &CrashState, rng: &mut SimRng) -> Vec<bool> {
+        (0..state.dir_changes.len())
             .map(|_| rng.chance(1, 2))
-            .collect();
-        let mut plan = match rng.below(4) {
-            0 => return CrashPlan::process(),
-            1 => CrashPlan {
+            .collect()
+    }
+
+    fn random_loss(
+        state: &CrashState,
+        rng: &mut SimRng,
+        dir_live: Vec<bool>,
+        prefix: bool,
+    ) -> Self {
+        let n = state.pending.len();
+        let mut plan = if prefix {
+            CrashPlan {
                 writes: {
                     let keep = rng.index(n + 1);
                     (0..n)
@@ -877,8 +1023,9 @@ impl CrashPlan {
                         .collect()
                 },
                 ..CrashPlan::default()
-            },
-            _ => CrashPlan {
+            }
+        } else {
+            CrashPlan {
                 writes: (0..n)
                     .map(|_| {
                         if rng.chance(1, 2) {
@@ -889,7 +1036,7 @@ impl CrashPlan {
                     })
                     .collect(),
                 ..CrashPlan::default()
-            },
+            }
         };
         plan.dir_live = dir_live;
         if n > 0 && rng.chance(1, 2) {
@@ -1135,26 +1282,37 @@ fn write_tree(
 }
 
 fn apply_damage(root: &Path, damage: &Damage) -> io::Result<()> {
-    let (path, offset, len) = match damage {
-        Damage::BitFlip { path, offset, .. } => (path, *offset, 1),
-        Damage::ZeroSector { path, sector } => (path, sector * SECTOR as u64, SECTOR),
+    let path = match damage {
+        Damage::BitFlip { path, .. } | Damage::ZeroSector { path, .. } => root.join(path),
     };
-    let path = root.join(path);
     let Ok(mut bytes) = std::fs::read(&path) else {
         return Ok(());
     };
-    let at = usize::try_from(offset).map_err(io::Error::other)?;
-    if at >= bytes.len() {
-        return Ok(());
+    if damage_bytes(&mut bytes, 0, damage) {
+        std::fs::write(&path, bytes)?;
     }
+    Ok(())
+}
+
+/// Damages `bytes`, which hold the file's bytes from `start` on; returns whether any of
+/// them was hit.
+fn damage_bytes(bytes: &mut [u8], start: u64, damage: &Damage) -> bool {
+    let (offset, len) = match damage {
+        Damage::BitFlip { offset, .. } => (*offset, 1),
+        Damage::ZeroSector { sector, .. } => (sector * SECTOR as u64, SECTOR as u64),
+    };
+    let end = offset + len;
+    let end_here = start + bytes.len() as u64;
+    if end <= start || offset >= end_here {
+        return false;
+    }
+    let from = usize::try_from(offset.max(start) - start).expect("inside the buffer");
+    let to = usize::try_from(end.min(end_here) - start).expect("inside the buffer");
     match damage {
-        Damage::BitFlip { bit, .. } => bytes[at] ^= 1 << (bit % 8),
-        Damage::ZeroSector { .. } => {
-            let end = (at + len).min(bytes.len());
-            bytes[at..end].fill(0);
-        }
+        Damage::BitFlip { bit, .. } => bytes[from] ^= 1 << (bit % 8),
+        Damage::ZeroSector { .. } => bytes[from..to].fill(0),
     }
-    std::fs::write(&path, bytes)
+    true
 }
 
 /// Runs of bytes where `real` differs from `expected` (a longer side counts as different).
