@@ -1460,17 +1460,20 @@ fn sim_a_held_sync_goes_out_when_the_writes_before_it_complete() {
     );
 }
 
-/// Issue 15, blind spot 1; a regression test of the directory sync at reopening (it fails
-/// until `Wal::open` makes the entries it found durable). Both seeds crash the process
-/// between a segment's rename and its directory fsync: seed 724 while the log creates its
-/// first segment, seed 928 inside a rotation. The next process recovers and acknowledges
-/// Strict commits in that segment; a power loss keeping the directory's durable entries
-/// then lost them (the random driver found them: "I1: acknowledged transaction (1, 1) at
-/// LSN 8 was lost (recovered log ends before LSN 1)", and "(3, 60) at LSN 186 ... before
-/// LSN 174"). The test also checks that each seed still reaches that state.
+/// Issue 15, blind spot 1; a regression test of the directory sync at reopening. The random
+/// driver found these seeds: each crashes a process between a segment's rename and its
+/// directory fsync (seed 724 while the log creates its first segment, seed 928 inside a
+/// rotation), the next process recovers and acknowledges Strict commits in that segment, and
+/// a power loss keeping the directory's durable entries then lost them ("I1: acknowledged
+/// transaction (1, 1) at LSN 8 was lost (recovered log ends before LSN 1)", and "(3, 60) at
+/// LSN 186 ... before LSN 174"). With the open's directory sync taken out again, all four
+/// fail; with it, all pass. The sync adds storage events, so a seed's path moves with the
+/// fix: at least one of them must still crash between a rename and its directory sync and
+/// then lose power over what the crashed process left unsynced, or the test says so.
 #[test]
 fn sim_seeds_724_and_928_process_crash_before_a_segment_name_is_durable() {
-    for seed in [724, 928] {
+    let mut reached = Vec::new();
+    for seed in [724, 928, 2445, 6737] {
         let (run, result) = run_seed(seed, Broken::default());
         if let Err(violation) = result {
             panic!("{}", run.report(&violation));
@@ -1481,16 +1484,16 @@ fn sim_seeds_724_and_928_process_crash_before_a_segment_name_is_durable() {
                     && pair[1].contains("CRASH at sync directory")
             })
         });
-        assert!(
-            crashed_after_rename,
-            "seed {seed} no longer crashes between a segment's rename and its directory sync"
-        );
-        assert!(
-            run.tally.nondurable_starts > 0 && run.tally.inherited_losses > 0,
-            "seed {seed} no longer loses power over what a crashed process left unsynced: {:?}",
-            run.tally
-        );
+        if crashed_after_rename && run.tally.nondurable_starts > 0 && run.tally.inherited_losses > 0
+        {
+            reached.push(seed);
+        }
     }
+    assert!(
+        !reached.is_empty(),
+        "no seed still crashes between a segment's rename and its directory sync and then \
+         loses power over what the crashed process left unsynced"
+    );
 }
 
 /// The first difference between two runs of one seed, for the failure message.
