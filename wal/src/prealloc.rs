@@ -35,6 +35,9 @@ pub(crate) struct Spare {
 struct State {
     ready: Option<Spare>,
     wanted: bool,
+    /// The background thread is making a spare (asked for already: asking again would make
+    /// a second one, and the first would be left on disk unused).
+    making: bool,
     failed: Option<String>,
     stopping: bool,
     sequence: u64,
@@ -117,7 +120,7 @@ impl Preallocator {
     /// commit) wait for its dirty data on ext4 in `data=ordered` mode.
     pub(crate) fn replenish(&self) {
         let mut state = lock(&self.shared.state);
-        if state.ready.is_none() && !state.wanted {
+        if state.ready.is_none() && !state.wanted && !state.making {
             state.wanted = true;
             self.shared.changed.notify_all();
         }
@@ -142,7 +145,7 @@ impl Preallocator {
                 ));
             }
             waited = true;
-            if !state.wanted {
+            if !state.wanted && !state.making {
                 state.wanted = true;
                 self.shared.changed.notify_all();
             }
@@ -186,11 +189,13 @@ impl Shared {
                     return;
                 }
                 state.wanted = false;
+                state.making = true;
                 state.sequence += 1;
                 state.sequence - 1
             };
             let made = self.make(sequence);
             let mut state = lock(&self.state);
+            state.making = false;
             match made {
                 Ok(spare) => state.ready = Some(spare),
                 Err(error) => {
