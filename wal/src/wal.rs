@@ -141,6 +141,7 @@ impl Wal {
             preallocator,
             next_lsn - 1,
             salt_seed,
+            witness_idle(&options, &dir),
         );
         let handle = std::thread::Builder::new()
             .name("keel-wal-writer".into())
@@ -397,6 +398,17 @@ fn simulated(dir: &Path) -> bool {
     simulated_seed(dir).is_some()
 }
 
+/// How long the writer idles before it writes the durable witness: the options' delay, or
+/// none under simulated storage, where timers must not decide what is written (runs replay).
+fn witness_idle(options: &WalOptions, dir: &Path) -> Option<std::time::Duration> {
+    let idle = options.witness_idle?;
+    Some(if simulated(dir) {
+        std::time::Duration::ZERO
+    } else {
+        idle
+    })
+}
+
 /// Under simulated storage, the sim's seed (salts and ids derive from it).
 pub(crate) fn simulated_seed(dir: &Path) -> Option<u64> {
     #[cfg(feature = "sim")]
@@ -508,6 +520,7 @@ impl FreshSegment<'_> {
             file,
             header,
             offset: HEADER_BLOCK_LEN,
+            witness: None,
         })
     }
 
@@ -546,6 +559,7 @@ fn open_last_segment(segment: &SegmentFile) -> Result<(ActiveSegment, Lsn, u64)>
         file: io_file,
         header: tail.header,
         offset: tail.append_offset,
+        witness: tail.witness,
     };
     Ok((active, tail.next_lsn, tail.truncated_bytes))
 }
