@@ -44,26 +44,20 @@ fn damage_to_the_last_acknowledged_record_is_refused_after_a_close() {
     let pristine = base.path().join("log");
     common::committed_log(&pristine, 10, 1, 60);
     let (_, offset, len) = common::locate(&pristine, 20);
-    let zeros = vec![0u8; usize::try_from(len).unwrap()];
-    let damages: [(&str, Box<dyn Fn(&Path)>); 2] = [
-        ("flipped", Box::new(|dir| common::damage_record(dir, 20))),
-        (
-            "zeroed",
-            Box::new(move |dir| {
-                let (path, ..) = common::locate(dir, 20);
-                common::patch(&path, offset, &zeros);
-            }),
-        ),
-    ];
-    for (name, damage) in damages {
-        let dir = base.path().join(name);
+    for zeroed in [false, true] {
+        let dir = base.path().join(format!("zeroed-{zeroed}"));
         common::copy_dir(&pristine, &dir);
-        damage(&dir);
+        if zeroed {
+            let (path, ..) = common::locate(&dir, 20);
+            common::patch(&path, offset, &vec![0u8; usize::try_from(len).unwrap()]);
+        } else {
+            common::damage_record(&dir, 20);
+        }
         let (at, finding) = refusal(&dir);
-        assert_eq!(at, offset, "{name}");
+        assert_eq!(at, offset, "zeroed {zeroed}");
         match finding {
             Finding::DamageBelowDurableMark { lsn: 20, .. } => {}
-            other => panic!("{name}: {other}"),
+            other => panic!("zeroed {zeroed}: {other}"),
         }
     }
 }

@@ -105,7 +105,7 @@ impl Witness {
         put_u64(&mut slot, SEQUENCE_OFFSET, self.sequence);
         put_u64(&mut slot, DURABLE_LSN_OFFSET, self.durable_lsn);
         put_u64(&mut slot, END_OFFSET_OFFSET, self.end_offset);
-        put_u32(&mut slot, SLOT_OFFSET, self.slot() as u32);
+        put_u32(&mut slot, SLOT_OFFSET, u32::from(self.slot() == 1));
         let crc = Crc::salted(salt, &slot[..CRC_OFFSET]);
         put_u32(&mut slot, CRC_OFFSET, crc.0);
         slot
