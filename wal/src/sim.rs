@@ -133,6 +133,9 @@ pub struct Broken {
     pub ack_before_sync: bool,
     /// Install a new segment without syncing the directory after the rename.
     pub skip_rotation_dir_sync: bool,
+    /// Write the durable witness as soon as nothing is in flight, claiming every record
+    /// written, synced or not.
+    pub witness_before_sync: bool,
 }
 
 /// A directory entry in the model.

@@ -149,6 +149,9 @@ pub(crate) struct Writer {
     /// Test switch: submit chains without their sync, acknowledge as if synced.
     #[cfg(feature = "sim")]
     ack_before_sync: bool,
+    /// Test switch: witnesses claim every record written, synced or not.
+    #[cfg(feature = "sim")]
+    witness_before_sync: bool,
 }
 
 impl Writer {
@@ -193,6 +196,9 @@ impl Writer {
             poisoned: None,
             #[cfg(feature = "sim")]
             ack_before_sync: crate::sim::lookup(&dir).is_some_and(|s| s.broken().ack_before_sync),
+            #[cfg(feature = "sim")]
+            witness_before_sync: crate::sim::lookup(&dir)
+                .is_some_and(|s| s.broken().witness_before_sync),
             dir,
             salt_seed,
             chain_commits_x8: 0,
@@ -275,6 +281,10 @@ impl Writer {
     fn witness_wanted(&self) -> Option<Witness> {
         self.witness_timer.idle?;
         let durable = self.durable.through();
+        #[cfg(feature = "sim")]
+        if self.witness_before_sync && self.in_flight.is_empty() && self.poisoned.is_none() {
+            return self.witness_of_everything_written();
+        }
         let header = &self.active.header;
         let claimed = self
             .active
@@ -286,6 +296,15 @@ impl Writer {
             && durable == self.sealed_through;
         (idle && durable > claimed && durable >= header.first_lsn)
             .then(|| Witness::after(self.active.witness, durable, self.active.offset))
+    }
+
+    /// The broken witness of [`crate::sim::Broken::witness_before_sync`].
+    #[cfg(feature = "sim")]
+    fn witness_of_everything_written(&self) -> Option<Witness> {
+        let claimed = self.active.witness.map_or(0, |w| w.durable_lsn);
+        let written = self.sealed_through;
+        (written > claimed && written >= self.active.header.first_lsn)
+            .then(|| Witness::after(self.active.witness, written, self.active.offset))
     }
 
     /// When the owed witness is due (the idle period starts now if it had not yet).
@@ -319,7 +338,11 @@ impl Writer {
     /// an fdatasync. It claims only records already durable, so it may complete in any order
     /// with later chains.
     fn submit_witness(&mut self, witness: Witness) {
-        assert!(witness.durable_lsn <= self.durable.through());
+        #[cfg(feature = "sim")]
+        let broken = self.witness_before_sync;
+        #[cfg(not(feature = "sim"))]
+        let broken = false;
+        assert!(broken || witness.durable_lsn <= self.durable.through());
         assert!(witness.end_offset >= HEADER_BLOCK_LEN && witness.end_offset <= self.active.offset);
         self.wait_for_capacity();
         if self.poisoned.is_some() {
