@@ -136,8 +136,9 @@ pub struct WalOptions {
     /// (a checksummed slot in the segment's header block claiming the durable records, see
     /// `docs/FORMAT.md`); it is also written at close. Never on the commit path: a writer
     /// that keeps receiving commits writes none. `None`: never (for measurements; damage to
-    /// the newest records then reads as a torn tail). Under simulated storage any delay is
-    /// taken as zero, so that runs replay.
+    /// the newest records then reads as a torn tail). Under simulated storage the delay is
+    /// zero in manual mode and idle witnesses are off otherwise, so that runs replay (see
+    /// `keel_wal::sim`).
     pub witness_idle: Option<Duration>,
     /// Fault injection for tests: failures returned instead of performing IO.
     pub faults: Option<Arc<Faults>>,

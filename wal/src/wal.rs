@@ -21,7 +21,7 @@ use crate::segment::{
 };
 use crate::stats::{Counters, WalStats};
 use crate::tail;
-use crate::writer::{self, ActiveSegment, Writer};
+use crate::writer::{self, ActiveSegment, WitnessTiming, Writer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -141,7 +141,7 @@ impl Wal {
             preallocator,
             next_lsn - 1,
             salt_seed,
-            witness_idle(&options, &dir),
+            witness_timing(&options, &dir),
         );
         let handle = std::thread::Builder::new()
             .name("keel-wal-writer".into())
@@ -398,15 +398,30 @@ fn simulated(dir: &Path) -> bool {
     simulated_seed(dir).is_some()
 }
 
-/// How long the writer idles before it writes the durable witness: the options' delay, or
-/// none under simulated storage, where timers must not decide what is written (runs replay).
-fn witness_idle(options: &WalOptions, dir: &Path) -> Option<std::time::Duration> {
-    let idle = options.witness_idle?;
-    Some(if simulated(dir) {
-        std::time::Duration::ZERO
-    } else {
-        idle
-    })
+/// When the writer writes the durable witness: after the options' idle delay and at close;
+/// under simulated storage, where no timer may decide what is written (runs replay), with no
+/// delay in manual mode and only at close otherwise (see `sim.rs`).
+fn witness_timing(options: &WalOptions, dir: &Path) -> WitnessTiming {
+    let Some(idle) = options.witness_idle else {
+        return WitnessTiming {
+            enabled: false,
+            idle: None,
+        };
+    };
+    #[cfg(feature = "sim")]
+    if let Some(sim) = crate::sim::lookup(dir) {
+        let idle = sim.manual().then_some(std::time::Duration::ZERO);
+        return WitnessTiming {
+            enabled: true,
+            idle,
+        };
+    }
+    #[cfg(not(feature = "sim"))]
+    let _ = dir;
+    WitnessTiming {
+        enabled: true,
+        idle: Some(idle),
+    }
 }
 
 /// Under simulated storage, the sim's seed (salts and ids derive from it).

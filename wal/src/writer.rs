@@ -67,10 +67,18 @@ struct ChainInfo {
 }
 
 /// When the writer writes the durable witness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WitnessTiming {
+    /// Witnesses are written at all: at close, and after `idle` when set.
+    pub enabled: bool,
+    /// How long the writer is idle before it writes one; `None`: only at close.
+    pub idle: Option<Duration>,
+}
+
+/// The writer's durable-witness schedule.
 #[derive(Debug)]
 struct WitnessTimer {
-    /// How long to be idle first; `None`: never.
-    idle: Option<Duration>,
+    timing: WitnessTiming,
     /// Since when the writer has been idle with a witness to write.
     idle_since: Option<Instant>,
     /// A witness chain is in flight.
@@ -166,7 +174,7 @@ impl Writer {
         preallocator: Preallocator,
         durable_through: Lsn,
         salt_seed: Option<u64>,
-        witness_idle: Option<Duration>,
+        witness: WitnessTiming,
     ) -> Self {
         // Wal::open starts a fresh segment when the last one is older or of another size.
         assert_eq!(active.header.version, segment::FORMAT_VERSION);
@@ -203,7 +211,7 @@ impl Writer {
             salt_seed,
             chain_commits_x8: 0,
             witness_timer: WitnessTimer {
-                idle: witness_idle,
+                timing: witness,
                 idle_since: None,
                 in_flight: false,
             },
@@ -279,7 +287,9 @@ impl Writer {
     /// in flight, and the durable records of the active segment go beyond what its newest
     /// witness claims. It claims them all, ending where the next record goes.
     fn witness_wanted(&self) -> Option<Witness> {
-        self.witness_timer.idle?;
+        if !self.witness_timer.timing.enabled {
+            return None;
+        }
         let durable = self.durable.through();
         #[cfg(feature = "sim")]
         if self.witness_before_sync && self.in_flight.is_empty() && self.poisoned.is_none() {
@@ -309,7 +319,7 @@ impl Writer {
 
     /// When the owed witness is due (the idle period starts now if it had not yet).
     fn witness_deadline(&mut self) -> Option<Instant> {
-        let idle = self.witness_timer.idle?;
+        let idle = self.witness_timer.timing.idle?;
         self.witness_wanted()?;
         let since = *self
             .witness_timer
