@@ -371,6 +371,7 @@ fn run_raw_uring(dir: &Path, depth: usize, size: usize, duration: Duration) -> i
                 write: Some(WriteOp { offset, buf }),
                 sync: true,
                 alone: false,
+                witness: false,
             });
             next_id += 1;
             offset += size as u64;

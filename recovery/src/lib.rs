@@ -5,8 +5,9 @@
 //! continuity), then every record (header checksum, length bound, body checksum, archive
 //! validation, expected LSN), streaming: memory is bounded by the transactions still open,
 //! never by the log. What each anomaly means is [`policy::decide`]'s table, a pure function of
-//! the [`Finding`] and the [`RecoveryPolicy`] (also in `docs/RECOVERY.md`). Durable marks tell
-//! a torn tail (nothing acknowledged affected: truncate) from damage to acknowledged data.
+//! the [`Finding`] and the [`RecoveryPolicy`] (also in `docs/RECOVERY.md`). Durable marks, and
+//! each segment's durable witness for its newest records, tell a torn tail (nothing
+//! acknowledged affected: truncate) from damage to acknowledged data.
 //!
 //! Committed transactions reach the caller's [`Replay`] sink in commit-LSN order, as
 //! zero-copy archived entries; aborted and incomplete ones are dropped and counted, and a

@@ -37,7 +37,7 @@
 
 use std::fmt;
 
-use keel_wal::{CorruptionReason, DatabaseId, Lsn, TxnId};
+use keel_wal::{CorruptionReason, DatabaseId, DurableProof, Lsn, TxnId};
 
 /// How much damage recovery accepts, and what it does about it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -82,12 +82,13 @@ pub enum Finding {
     /// The last segment ends in bytes that are not the next record, and no later record's
     /// durable mark reaches the missing LSN: only unacknowledged data is affected.
     TornTail { lsn: Lsn, reason: CorruptionReason },
-    /// A damaged or unexpected record at `lsn` that a later record proves was durable.
+    /// A damaged, unexpected or missing record at `lsn` that was durable, as `proof` shows: a
+    /// later record's durable mark, or the segment's durable witness (which also catches the
+    /// newest records, with nothing written after them).
     DamageBelowDurableMark {
         lsn: Lsn,
         reason: CorruptionReason,
-        witness_lsn: Lsn,
-        witness_durable: Lsn,
+        proof: DurableProof,
     },
     /// Damage in a segment that is not the last: the rotation barrier made all of it durable
     /// before the next segment was started.
@@ -136,15 +137,9 @@ impl fmt::Display for Finding {
                     "torn tail at LSN {lsn} (never acknowledged as durable): {reason}"
                 )
             }
-            Finding::DamageBelowDurableMark {
-                lsn,
-                reason,
-                witness_lsn,
-                witness_durable,
-            } => write!(
+            Finding::DamageBelowDurableMark { lsn, reason, proof } => write!(
                 f,
-                "acknowledged record at LSN {lsn} is damaged ({reason}); record {witness_lsn} \
-                 says LSN {witness_durable} was durable"
+                "acknowledged record at LSN {lsn} is damaged or missing ({reason}); {proof}"
             ),
             Finding::DamageInSealedSegment { lsn, reason } => {
                 write!(f, "damage in a sealed segment at LSN {lsn}: {reason}")
@@ -282,8 +277,21 @@ mod tests {
             Finding::DamageBelowDurableMark {
                 lsn: 9,
                 reason: reason(),
-                witness_lsn: 12,
-                witness_durable: 10,
+                proof: DurableProof::LaterRecord {
+                    lsn: 12,
+                    durable_lsn: 10,
+                },
+            },
+            [Refuse, Truncate, Skip, Refuse],
+        );
+        check(
+            Finding::DamageBelowDurableMark {
+                lsn: 9,
+                reason: reason(),
+                proof: DurableProof::Witness {
+                    durable_lsn: 10,
+                    end_offset: 8192,
+                },
             },
             [Refuse, Truncate, Skip, Refuse],
         );

@@ -3,19 +3,22 @@
 //! The walk has judged every finding (a refusal or a sink error ends recovery before this
 //! runs, so nothing on disk changed). The repair is planned first, with everything it needs
 //! checked, and only then applied: setting aside, newest first, the segments after a cut and
-//! the segments skipped; zeroing the rest of the cut segment; starting a fresh last segment
-//! where appends could not continue in place. Only an I/O failure can stop it part-way, and
-//! that order leaves a directory that recovers to the same result.
+//! the segments skipped; lowering the durable witness of the segment the log now ends in when
+//! it claims more than remains (before anything beyond is zeroed, so that the damage that made
+//! the cut is still there if a crash stops the repair in between); zeroing the rest of the cut
+//! segment; starting a fresh last segment where appends could not continue in place. Only an
+//! I/O failure can stop it part-way, and that order leaves a directory that recovers to the
+//! same result.
 
 use std::fs::OpenOptions;
 use std::path::Path;
 
 use keel_wal::segment::{self, SegmentFile};
-use keel_wal::{DatabaseId, Lsn, fsutil};
+use keel_wal::{DatabaseId, Lsn, fsutil, witness};
 
 use crate::report::RecoveryReport;
 use crate::txns::Replay;
-use crate::walk::{Cut, Walk};
+use crate::walk::{Cut, SegmentEnd, Walk};
 use crate::{DISCARDED_SUFFIX, Error, Result};
 
 /// What the repair will do.
@@ -25,6 +28,8 @@ struct Plan {
     aside: Vec<usize>,
     /// Segment and offset from which to zero.
     zero_from: Option<(usize, u64)>,
+    /// The segment the log now ends in, when its witness claims more than remains.
+    lower_witness: Option<(usize, SegmentEnd)>,
     /// A fresh segment to start: database, first LSN, size.
     fresh: Option<(DatabaseId, Lsn, u64)>,
     next_lsn: Lsn,
@@ -107,9 +112,14 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
         Some(Cut::At { segment, offset }) => Some((segment, offset)),
         _ => None,
     };
+    let lower_witness = cut
+        .and_then(|_| (0..first_discarded).rev().find(|i| !aside.contains(i)))
+        .and_then(|index| walk.ends.get(&index).map(|end| (index, *end)))
+        .filter(|(_, end)| end.witness.is_some_and(|w| !w.within(next_lsn, end.offset)));
     Ok(Plan {
         aside,
         zero_from,
+        lower_witness,
         fresh,
         next_lsn,
     })
@@ -140,6 +150,9 @@ fn apply(
         if Some(index) != held_back {
             set_aside(dir, &segments[index].path, report)?;
         }
+    }
+    if let Some((index, end)) = plan.lower_witness {
+        lower_witness(&segments[index].path, &end, plan.next_lsn)?;
     }
     if let Some((index, offset)) = plan.zero_from {
         report.bytes_truncated += zero_tail(&segments[index].path, offset)?;
@@ -227,6 +240,26 @@ fn nonzero_tail(path: &Path, offset: u64) -> Result<u64> {
         at += n as u64;
     }
     Ok(nonzero)
+}
+
+/// Rewrites the witness of the segment at `path`, which now ends at `end.offset` with
+/// `next_lsn` the next record, so that it claims nothing beyond (synced): otherwise it would
+/// make a later torn tail of new records read as damage to acknowledged data.
+fn lower_witness(path: &Path, end: &SegmentEnd, next_lsn: Lsn) -> Result<()> {
+    let current = end
+        .witness
+        .expect("planned only for a segment with a witness");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| keel_wal::Error::io("opening segment", path, e))?;
+    let lowered = witness::lower(&file, path, &end.header, current, next_lsn, end.offset)?;
+    tracing::warn!(
+        segment = %path.display(), from = current.durable_lsn, to = lowered.durable_lsn,
+        "lowered the durable witness to where the log now ends"
+    );
+    Ok(())
 }
 
 /// Zeroes `path` from `offset` to its end and syncs it; returns the non-zero bytes zeroed.

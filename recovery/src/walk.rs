@@ -12,9 +12,15 @@
 //! A skipped gap counts its lost LSNs once (`lsns_skipped`) and tells the transaction table,
 //! which never applies a transaction that may have lost entries in it.
 //!
-//! Nothing on disk changes during the walk: it returns where the log must be cut, and
-//! `repair.rs` applies it once every finding before the cut was judged.
+//! Each segment's durable witness (format version 2, `keel_wal::witness`) extends the durable
+//! marks: damage, or the end of the written data, at or below what it claims is damage to
+//! acknowledged data, not a torn tail (in a sealed segment: not its end).
+//!
+//! Nothing on disk changes during the walk: it returns where the log must be cut (and where
+//! reading of each segment stopped, with its witness), and `repair.rs` applies it once every
+//! finding before the cut was judged.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +28,7 @@ use keel_wal::reader::{SegmentEvent, SegmentReader};
 use keel_wal::record::RECORD_ALIGN;
 use keel_wal::segment::{self, SegmentFile, SegmentHeader};
 use keel_wal::tail::{self, Beyond};
+use keel_wal::witness::{self, DurableProof, Witness};
 use keel_wal::{CorruptionReason, DatabaseId, Lsn};
 
 use crate::policy::{Decision, Finding, RecoveryPolicy, decide};
@@ -36,6 +43,16 @@ pub(crate) enum Cut {
     At { segment: usize, offset: u64 },
     /// Just before segment `segment` (it and every later one are discarded).
     Before { segment: usize },
+}
+
+/// Where reading of a readable segment stopped, and its witness: what the repair needs so that
+/// the segment the log ends in never claims more than remains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentEnd {
+    pub header: SegmentHeader,
+    pub witness: Option<Witness>,
+    /// The clean end, where the unreadable rest began, or the cut.
+    pub offset: u64,
 }
 
 /// A finding waiting for its gap's resume point to be judged.
@@ -88,6 +105,8 @@ pub(crate) struct Walk<'a, R> {
     /// A skip inside the last segment: it must be sealed by a fresh one.
     pub seal_last: bool,
     pub segment_bytes: Option<u64>,
+    /// Per readable segment (by index), where reading it stopped.
+    pub ends: BTreeMap<usize, SegmentEnd>,
 }
 
 impl<'a, R: Replay> Walk<'a, R> {
@@ -112,6 +131,7 @@ impl<'a, R: Replay> Walk<'a, R> {
             set_aside: Vec::new(),
             seal_last: false,
             segment_bytes: None,
+            ends: BTreeMap::new(),
         }
     }
 
@@ -165,6 +185,15 @@ impl<'a, R: Replay> Walk<'a, R> {
             self.expected = Some(header.first_lsn);
             self.segment_bytes.get_or_insert(header.segment_bytes);
             self.report.segments += 1;
+            let witness = witness::read(&file, &segment.path, &header)?;
+            self.ends.insert(
+                index,
+                SegmentEnd {
+                    header,
+                    witness,
+                    offset: segment::HEADER_BLOCK_LEN,
+                },
+            );
             let reader = SegmentReader::from_file(file, segment)?;
             if let Some(cut) = self.records(reader, index, segment, &header, last)? {
                 return Ok(Some(cut));
@@ -278,7 +307,8 @@ impl<'a, R: Replay> Walk<'a, R> {
         last: bool,
     ) -> Result<Option<Cut>> {
         let mut expected = header.first_lsn;
-        loop {
+        let witness = self.ends.get(&index).and_then(|end| end.witness);
+        let stopped_at = loop {
             let (offset, reason) = match reader.next_event()? {
                 SegmentEvent::Record(record) if record.lsn == expected && expected < self.floor => {
                     expected += 1;
@@ -308,7 +338,8 @@ impl<'a, R: Replay> Walk<'a, R> {
                     },
                 ),
                 // The end of a sealed segment is where its writer rotated, unless verifiable
-                // records of this log follow: then a zeroed record hides them.
+                // records of this log follow (then a zeroed record hides them) or its witness
+                // says records beyond were durable.
                 SegmentEvent::End { offset } if !last => {
                     let hidden = tail::next_valid_header(
                         reader.file(),
@@ -318,8 +349,8 @@ impl<'a, R: Replay> Walk<'a, R> {
                         reader.end(),
                         expected,
                     )?;
-                    if hidden.is_none() {
-                        break;
+                    if hidden.is_none() && !witness.is_some_and(|w| w.covers(expected, offset)) {
+                        break offset;
                     }
                     (offset, CorruptionReason::ZeroedRecord)
                 }
@@ -327,10 +358,10 @@ impl<'a, R: Replay> Walk<'a, R> {
                 SegmentEvent::End { offset } => (offset, CorruptionReason::DebrisAfterEnd),
                 SegmentEvent::Damaged { offset, reason } => (offset, reason),
             };
-            let Some(finding) =
-                classify(&reader, segment, header, (offset, reason), expected, last)?
+            let place = (offset, reason);
+            let Some(finding) = classify(&reader, segment, header, witness, place, expected, last)?
             else {
-                break;
+                break offset;
             };
             let found = damage(
                 &segment.path,
@@ -347,8 +378,11 @@ impl<'a, R: Replay> Walk<'a, R> {
                     expected = lsn;
                     reader.reposition(offset);
                 }
-                Salvage::End => break,
+                Salvage::End => break offset,
             }
+        };
+        if let Some(end) = self.ends.get_mut(&index) {
+            end.offset = stopped_at;
         }
         // A segment overlapping what was read and ending inside it moves nothing back.
         self.expected = Some(expected.max(self.floor));
@@ -436,6 +470,11 @@ impl<'a, R: Replay> Walk<'a, R> {
             if self.judge(&found.path, found.offset, finding)? == Decision::Truncate {
                 self.expected = Some(gap.from);
                 self.report.cut_at = Some(gap.from);
+                if let Cut::At { segment, offset } = found.cut
+                    && let Some(end) = self.ends.get_mut(&segment)
+                {
+                    end.offset = offset;
+                }
                 return Ok(Some(found.cut));
             }
         }
@@ -464,11 +503,17 @@ fn damage(path: &Path, offset: u64, finding: Finding, cut: Cut) -> Damage {
 
 /// What damage at `offset` (the record of LSN `expected` missing for `reason`) is; `None`
 /// when it is the clean end of the last segment. In the last segment, durable marks beyond it
-/// tell damage to acknowledged data from a torn tail.
+/// and the segment's witness tell damage to acknowledged data from a torn tail:
+///
+/// | what is found                 | a later mark reaches it | the witness covers it | else       |
+/// |-------------------------------|-------------------------|-----------------------|------------|
+/// | damage, or debris after zeros | below durable mark      | below durable mark    | torn tail  |
+/// | zeros to the end              | (none can)              | below durable mark    | clean end  |
 fn classify(
     reader: &SegmentReader,
     segment: &SegmentFile,
     header: &SegmentHeader,
+    witness: Option<Witness>,
     (offset, reason): (u64, CorruptionReason),
     expected: Lsn,
     last: bool,
@@ -487,18 +532,26 @@ fn classify(
         reader.end(),
         expected,
     )?;
-    Ok(match beyond {
-        Beyond::Witness(witness) => Some(Finding::DamageBelowDurableMark {
+    let proof = match beyond {
+        Beyond::LaterMark(found) => Some(DurableProof::LaterRecord {
+            lsn: found.lsn,
+            durable_lsn: found.durable_lsn,
+        }),
+        Beyond::Zeros | Beyond::Debris => witness
+            .filter(|w| w.covers(expected, offset))
+            .map(DurableProof::from),
+    };
+    Ok(match (proof, beyond) {
+        (Some(proof), _) => Some(Finding::DamageBelowDurableMark {
             lsn: expected,
             reason: match reason {
                 CorruptionReason::DebrisAfterEnd => CorruptionReason::ZeroedRecord,
                 other => other,
             },
-            witness_lsn: witness.lsn,
-            witness_durable: witness.durable_lsn,
+            proof,
         }),
-        Beyond::Zeros if reason == CorruptionReason::DebrisAfterEnd => None,
-        Beyond::Zeros | Beyond::Debris => Some(Finding::TornTail {
+        (None, Beyond::Zeros) if reason == CorruptionReason::DebrisAfterEnd => None,
+        (None, _) => Some(Finding::TornTail {
             lsn: expected,
             reason,
         }),

@@ -1,7 +1,8 @@
-//! One bit flipped at every byte of a small multi-segment log (segment headers and every
-//! record byte): never a panic; under the default policy an error whenever a later record's
-//! durable mark (or a later segment) proves the damaged record was durable, and otherwise the
-//! longest prefix; under the other policies their documented outcome.
+//! One bit flipped at every byte of a small multi-segment log (segment headers, durable-witness
+//! slots and every record byte): never a panic; under the default policy an error whenever a
+//! later record's durable mark, the segment's witness (or a later segment) proves the damaged
+//! record was durable, and otherwise the longest prefix; under the other policies their
+//! documented outcome. A flipped witness slot is no witness: nothing is lost.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use keel_recovery::{Error, RecoveryPolicy, recover};
 use keel_wal::reader::{SegmentEvent, SegmentReader};
 use keel_wal::segment::HEADER_LEN;
+use keel_wal::witness::{self, SLOT_LEN, SLOT_OFFSETS, Witness};
 use keel_wal::{Lsn, Wal, WalOptions};
 
 use common::{Applied, Collect};
@@ -26,6 +28,7 @@ struct Segment {
     first_lsn: Lsn,
     image: Vec<u8>,
     records: Vec<Record>,
+    witness: Option<Witness>,
 }
 
 fn tiny_options() -> WalOptions {
@@ -47,6 +50,9 @@ fn build(dir: &Path) -> Vec<Segment> {
         .segments
         .iter()
         .map(|segment| {
+            let file = std::fs::File::open(&segment.path).unwrap();
+            let header = keel_wal::segment::read_header(&file, segment).unwrap();
+            let witness = witness::read(&file, &segment.path, &header).unwrap();
             let mut reader = SegmentReader::open(segment).unwrap();
             let mut records = Vec::new();
             while let SegmentEvent::Record(r) = reader.next_event().unwrap() {
@@ -62,6 +68,7 @@ fn build(dir: &Path) -> Vec<Segment> {
                 first_lsn: segment.first_lsn,
                 image: std::fs::read(&segment.path).unwrap(),
                 records,
+                witness,
             }
         })
         .collect()
@@ -80,10 +87,11 @@ fn damaged(segments: &[Segment], index: usize, offset: u64) -> Option<(Lsn, bool
         .iter()
         .position(|r| offset >= r.offset && offset < r.offset + r.len)?;
     let lsn = segment.records[position].lsn;
-    let witnessed = segment.records[position + 1..]
+    let marked = segment.records[position + 1..]
         .iter()
         .any(|r| r.durable >= lsn);
-    Some((lsn, !last || witnessed))
+    let witnessed = segment.witness.is_some_and(|w| w.durable_lsn >= lsn);
+    Some((lsn, !last || marked || witnessed))
 }
 
 fn prefix(all: &[Applied], below: Lsn) -> Vec<Applied> {
@@ -99,6 +107,12 @@ fn a_bit_flip_at_every_byte_is_judged_never_panics() {
     let original = base.path().join("log");
     let segments = build(&original);
     assert!(segments.len() >= 3, "a multi-segment log");
+    let last = segments.last().unwrap();
+    assert_eq!(
+        last.witness.map(|w| w.durable_lsn),
+        last.records.last().map(|r| r.lsn),
+        "the close's witness claims the last record"
+    );
     let mut full = Collect::default();
     recover(&original, RecoveryPolicy::default(), &mut full).unwrap();
     let identity = std::fs::read(original.join("IDENTITY")).unwrap();
@@ -120,7 +134,8 @@ fn a_bit_flip_at_every_byte_is_judged_never_panics() {
     for (index, segment) in segments.iter().enumerate() {
         let records_end = segment.records.last().map_or(4096, |r| r.offset + r.len);
         let slack_end = (records_end + 64).min(segment.image.len() as u64);
-        let offsets = (0..HEADER_LEN as u64).chain(4096..slack_end);
+        let slots = SLOT_OFFSETS.iter().flat_map(|&at| at..at + SLOT_LEN as u64);
+        let offsets = (0..HEADER_LEN as u64).chain(slots).chain(4096..slack_end);
         for offset in offsets {
             positions += 1;
             let expect = damaged(&segments, index, offset);

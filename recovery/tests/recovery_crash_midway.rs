@@ -49,7 +49,7 @@ fn a_zeroed_record_below_the_durable_mark_is_an_error() {
 fn a_crash_part_way_through_zeroing_a_torn_tail() {
     let base = tempfile::tempdir().unwrap();
     let original = base.path().join("log");
-    common::committed_log(&original, 10, 2, 300);
+    common::committed_log_with(&original, common::unwitnessed(), 10, 2, 300);
     let segment_name = common::segments(&original).pop().unwrap();
     let spans = common::record_spans(&original, &segment_name);
     let torn_at = spans[spans.len() - 3].1 + 16;

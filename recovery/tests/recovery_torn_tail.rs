@@ -1,5 +1,9 @@
 //! Torn tails: a cut at every byte of the last batch recovers the longest complete prefix,
 //! appends continue at the right LSN, and a stale record beyond a cut never comes back.
+//!
+//! The torn batches are ones no durable witness claims (written with `witness_idle: None`,
+//! as a writer that crashed before it went idle leaves them); the batch before them is
+//! claimed, so the tear lies above the witness.
 
 mod common;
 
@@ -12,7 +16,10 @@ use common::Collect;
 fn a_cut_at_every_byte_of_the_last_batch_recovers_the_longest_prefix() {
     let base = tempfile::tempdir().unwrap();
     let log = base.path().join("log");
-    common::committed_log(&log, 12, 2, 40);
+    common::committed_log(&log, 11, 2, 40);
+    let wal = Wal::open(&log, common::unwitnessed()).unwrap();
+    wal.append(&common::txn(1, 11, 2, 40)).wait().unwrap();
+    wal.close().unwrap();
     let last_segment = common::segments(&log).pop().unwrap();
     let spans = common::record_spans(&log, &last_segment);
     // The last batch is the last transaction: two writes and the commit.
@@ -104,7 +111,7 @@ fn a_stale_record_beyond_the_cut_never_comes_back() {
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("log");
     {
-        let wal = Wal::open(&dir, common::options()).unwrap();
+        let wal = Wal::open(&dir, common::unwitnessed()).unwrap();
         for t in 0..3 {
             wal.append(&common::txn(1, t, 1, 30)).wait().unwrap();
         }

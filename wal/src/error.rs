@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::ids::{DatabaseId, Lsn};
+use crate::witness::DurableProof;
 
 /// Why bytes on disk were not accepted. Carried by [`Error::Corruption`] and by the reader's
 /// findings, with the segment and offset where they were found.
@@ -41,15 +42,8 @@ pub enum CorruptionReason {
     DebrisAfterEnd,
     #[error("an all-zero record header where a record was expected")]
     ZeroedRecord,
-    #[error(
-        "record at LSN {lsn} is damaged but a later record (LSN {witness_lsn}) says LSN \
-         {witness_durable} was already durable"
-    )]
-    DamageBelowDurableMark {
-        lsn: Lsn,
-        witness_lsn: Lsn,
-        witness_durable: Lsn,
-    },
+    #[error("record at LSN {lsn} is damaged or missing, but {proof}")]
+    DamageBelowDurableMark { lsn: Lsn, proof: DurableProof },
     #[error("segments are not contiguous: expected first LSN {expected}, found {found}")]
     MissingSegment { expected: Lsn, found: Lsn },
     #[error("identity file is damaged: {0}")]

@@ -6,6 +6,8 @@
 //! - **Records** (`record`): 8-byte aligned frames with a salted header checksum that covers
 //!   the length, a salted body checksum, the LSN and the durable mark. See `docs/FORMAT.md`.
 //! - **Segments** (`segment`): preallocated, zero-filled files named by their first LSN.
+//! - **The durable witness** (`witness`): a checksummed claim in a segment's header block that
+//!   its records through an LSN were durable, written when the writer idles and at close.
 //! - **The writer** (`writer`): one thread, group commit, [`Durability`] modes, sticky failure.
 //! - **Backends** (`backend`): the narrow interface the writer drives; `std` everywhere.
 //! - **Reading** ([`SegmentReader`], [`LogReader`]).
@@ -44,6 +46,7 @@ mod sync;
 pub mod tail;
 mod wal;
 mod watermark;
+pub mod witness;
 mod writer;
 
 pub use backend::BackendKind;
@@ -53,12 +56,15 @@ pub use completion::CommitFuture;
 pub use entry::{ArchivedWalEntry, EntryKind, WalEntry};
 pub use error::{CorruptionReason, Error, PoisonCause, Result};
 pub use ids::{ArchivedRunId, DatabaseId, Lsn, RunId, TxnId};
-pub use options::{BackendChoice, DEFAULT_IO_DEPTH, Durability, MAX_IO_DEPTH, WalOptions};
+pub use options::{
+    BackendChoice, DEFAULT_IO_DEPTH, DEFAULT_WITNESS_IDLE, Durability, MAX_IO_DEPTH, WalOptions,
+};
 pub use queue::MAX_QUEUED_BYTES;
 pub use reader::{LogReader, OwnedRecord, RecordPosition, RecordRef, SegmentEvent, SegmentReader};
 pub use record::EncodedBatch;
 pub use stats::{BATCH_BUCKETS, WalStats};
 pub use wal::{OpenSummary, Wal};
+pub use witness::{DurableProof, Witness};
 
 /// Commit futures and the log handle cross threads and runtimes.
 const _: () = {

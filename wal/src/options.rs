@@ -132,9 +132,20 @@ pub struct WalOptions {
     pub create_if_missing: bool,
     /// Keep a zero-filled spare segment ready on a background thread.
     pub preallocate: bool,
+    /// How long the writer waits with nothing to do before it writes the durable witness
+    /// (a checksummed slot in the segment's header block claiming the durable records, see
+    /// `docs/FORMAT.md`); it is also written at close. Never on the commit path: a writer
+    /// that keeps receiving commits writes none. `None`: never (for measurements; damage to
+    /// the newest records then reads as a torn tail). Under simulated storage the delay is
+    /// zero in manual mode and idle witnesses are off otherwise, so that runs replay (see
+    /// `keel_wal::sim`).
+    pub witness_idle: Option<Duration>,
     /// Fault injection for tests: failures returned instead of performing IO.
     pub faults: Option<Arc<Faults>>,
 }
+
+/// The default of [`WalOptions::witness_idle`].
+pub const DEFAULT_WITNESS_IDLE: Duration = Duration::from_millis(5);
 
 impl Default for WalOptions {
     fn default() -> Self {
@@ -147,6 +158,7 @@ impl Default for WalOptions {
             database_id: None,
             create_if_missing: true,
             preallocate: true,
+            witness_idle: Some(DEFAULT_WITNESS_IDLE),
             faults: None,
         }
     }

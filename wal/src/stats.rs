@@ -24,6 +24,8 @@ pub(crate) struct Counters {
     pub batch_commits: [AtomicU64; BATCH_BUCKETS],
     pub written_lsn: AtomicU64,
     pub durable_lsn: AtomicU64,
+    pub witnesses: AtomicU64,
+    pub witness_lsn: AtomicU64,
 }
 
 impl Counters {
@@ -67,6 +69,11 @@ pub struct WalStats {
     pub written_lsn: Lsn,
     /// Every LSN up to this one is durable.
     pub durable_lsn: Lsn,
+    /// Durable witnesses written and synced (`witness.rs`): each is one write and one
+    /// fdatasync of a segment's header block, counted here and not in `writes` or `fsyncs`.
+    pub witnesses: u64,
+    /// The LSN the newest completed witness claims durable (0: none yet in this process).
+    pub witness_lsn: Lsn,
 }
 
 impl Counters {
@@ -84,6 +91,8 @@ impl Counters {
             batch_commits_histogram: std::array::from_fn(|i| self.batch_commits[i].load(Relaxed)),
             written_lsn: self.written_lsn.load(Relaxed),
             durable_lsn: self.durable_lsn.load(Relaxed),
+            witnesses: self.witnesses.load(Relaxed),
+            witness_lsn: self.witness_lsn.load(Relaxed),
         }
     }
 }

@@ -4,11 +4,13 @@
 //! writes anything to the next one (the rotation barrier in `writer.rs`). The tail is the first
 //! position of the last segment that does not hold the next expected record. What follows it
 //! decides what it means:
-//! - a later record whose durable mark reaches the missing LSN proves the missing record had
-//!   been acknowledged as durable: that is damage, never a torn tail, and opening fails;
+//! - a later record whose durable mark reaches the missing LSN, or the segment's durable
+//!   witness (`witness.rs`) claiming it, proves the missing record had been acknowledged as
+//!   durable: that is damage, never a torn tail, and opening fails (also when the written data
+//!   simply ends below what the witness claims);
 //! - otherwise everything from the tail on was never acknowledged as durable: it is zeroed
 //!   (and synced), so that no stale record beyond the cut can ever be read back after new
-//!   appends.
+//!   appends. The cut lies above the witness, which therefore stays true.
 //!
 //! Full validation of every segment, and the other policies, belong to keel-recovery.
 
@@ -20,6 +22,7 @@ use crate::ids::Lsn;
 use crate::reader::{SegmentEvent, SegmentReader};
 use crate::record::{self, RECORD_ALIGN, RECORD_HEADER_LEN};
 use crate::segment::{SegmentFile, SegmentHeader};
+use crate::witness::{self, DurableProof, Witness};
 
 /// Where appends continue.
 #[derive(Debug)]
@@ -31,6 +34,8 @@ pub(crate) struct Tail {
     pub next_lsn: Lsn,
     /// Non-zero bytes found beyond the tail and zeroed.
     pub truncated_bytes: u64,
+    /// The segment's newest valid witness (it claims nothing beyond the tail).
+    pub witness: Option<Witness>,
 }
 
 /// Scans the last segment (opened read-write as `file`) and repairs a torn tail.
@@ -54,14 +59,23 @@ pub(crate) fn repair(file: File, segment: &SegmentFile) -> Result<(File, Tail)> 
     };
     let end = reader.end();
     let file = reader.into_file();
+    let witness = witness::read(&file, &segment.path, &header)?;
     let beyond = scan_beyond(&file, segment, &header, tail_offset, end, expected)?;
-    if let Beyond::Witness(witness) = beyond {
+    let proof = match beyond {
+        Beyond::LaterMark(found) => Some(DurableProof::LaterRecord {
+            lsn: found.lsn,
+            durable_lsn: found.durable_lsn,
+        }),
+        _ => witness
+            .filter(|w| w.covers(expected, tail_offset))
+            .map(DurableProof::from),
+    };
+    if let Some(proof) = proof {
         let reason = CorruptionReason::DamageBelowDurableMark {
             lsn: expected,
-            witness_lsn: witness.lsn,
-            witness_durable: witness.durable_lsn,
+            proof,
         };
-        tracing::error!(segment = %segment.path.display(), offset = tail_offset, ?damage, "acknowledged record damaged");
+        tracing::error!(segment = %segment.path.display(), offset = tail_offset, ?damage, %proof, "acknowledged record damaged or missing");
         return Err(Error::corruption(&segment.path, tail_offset, reason));
     }
     let truncated_bytes = match beyond {
@@ -82,6 +96,7 @@ pub(crate) fn repair(file: File, segment: &SegmentFile) -> Result<(File, Tail)> 
             append_offset: tail_offset,
             next_lsn: expected,
             truncated_bytes,
+            witness,
         },
     ))
 }
@@ -94,7 +109,7 @@ pub enum Beyond {
     /// Non-zero bytes, none of them a record proving the tail was durable: a torn tail.
     Debris,
     /// A verifiable record whose durable mark reaches the missing LSN.
-    Witness(record::RecordHeader),
+    LaterMark(record::RecordHeader),
 }
 
 /// Visits every 8-byte aligned position of `[from, end)` that starts a non-zero
@@ -140,14 +155,14 @@ pub fn scan_beyond(
     lsn: Lsn,
 ) -> Result<Beyond> {
     let mut debris = false;
-    let witness = scan_headers(file, segment, from, end, |_, candidate| {
+    let marked = scan_headers(file, segment, from, end, |_, candidate| {
         debris = true;
         record::parse_header(candidate, header.salt, u64::MAX)
             .ok()
             .filter(|found| found.durable_lsn >= lsn)
     })?;
-    Ok(match witness {
-        Some(found) => Beyond::Witness(found),
+    Ok(match marked {
+        Some(found) => Beyond::LaterMark(found),
         None if debris => Beyond::Debris,
         None => Beyond::Zeros,
     })

@@ -21,7 +21,7 @@ use crate::segment::{
 };
 use crate::stats::{Counters, WalStats};
 use crate::tail;
-use crate::writer::{self, ActiveSegment, Writer};
+use crate::writer::{self, ActiveSegment, WitnessTiming, Writer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -145,6 +145,7 @@ impl Wal {
             preallocator,
             next_lsn - 1,
             salt_seed,
+            witness_timing(&options, &dir),
         );
         let handle = std::thread::Builder::new()
             .name("keel-wal-writer".into())
@@ -401,6 +402,32 @@ fn simulated(dir: &Path) -> bool {
     simulated_seed(dir).is_some()
 }
 
+/// When the writer writes the durable witness: after the options' idle delay and at close;
+/// under simulated storage, where no timer may decide what is written (runs replay), with no
+/// delay in manual mode and only at close otherwise (see `sim.rs`).
+fn witness_timing(options: &WalOptions, dir: &Path) -> WitnessTiming {
+    let Some(idle) = options.witness_idle else {
+        return WitnessTiming {
+            enabled: false,
+            idle: None,
+        };
+    };
+    #[cfg(feature = "sim")]
+    if let Some(sim) = crate::sim::lookup(dir) {
+        let idle = sim.manual().then_some(std::time::Duration::ZERO);
+        return WitnessTiming {
+            enabled: true,
+            idle,
+        };
+    }
+    #[cfg(not(feature = "sim"))]
+    let _ = dir;
+    WitnessTiming {
+        enabled: true,
+        idle: Some(idle),
+    }
+}
+
 /// Under simulated storage, the sim's seed (salts and ids derive from it).
 pub(crate) fn simulated_seed(dir: &Path) -> Option<u64> {
     #[cfg(feature = "sim")]
@@ -512,6 +539,7 @@ impl FreshSegment<'_> {
             file,
             header,
             offset: HEADER_BLOCK_LEN,
+            witness: None,
         })
     }
 
@@ -550,6 +578,7 @@ fn open_last_segment(segment: &SegmentFile) -> Result<(ActiveSegment, Lsn, u64)>
         file: io_file,
         header: tail.header,
         offset: tail.append_offset,
+        witness: tail.witness,
     };
     Ok((active, tail.next_lsn, tail.truncated_bytes))
 }

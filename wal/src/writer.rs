@@ -13,6 +13,12 @@
 //!
 //! Rotation barrier: before the first record goes to a new segment, every chain of the old
 //! one has completed and the old file is synced. So only the last segment can end torn.
+//!
+//! Durable witness (`witness.rs`): once the writer has been idle for `witness_idle` (nothing
+//! queued, staged or in flight, everything sealed durable) and the durable records of the
+//! active segment go beyond what its newest witness claims, it writes a witness slot into the
+//! header block, as a chain of its own (a write and an fdatasync), and again at close. Never
+//! on the commit path: commits that arrive meanwhile go into their own chains.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -30,6 +36,7 @@ use crate::record::{self, RECORD_HEADER_LEN, get_u32};
 use crate::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
 use crate::wal::Shared;
 use crate::watermark::{Waiters, Watermark};
+use crate::witness::{self, Witness};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -43,6 +50,8 @@ pub(crate) struct ActiveSegment {
     pub header: SegmentHeader,
     /// Where the next record goes.
     pub offset: u64,
+    /// Its newest valid witness, written or found at open.
+    pub witness: Option<Witness>,
 }
 
 #[derive(Debug)]
@@ -53,6 +62,27 @@ struct ChainInfo {
     /// For a sync: the writes it covers besides its own, those complete when it was submitted
     /// (an fdatasync covers only writes completed before it started).
     covers: Vec<(Lsn, Lsn)>,
+    /// A witness chain: the witness it writes.
+    witness: Option<Witness>,
+}
+
+/// When the writer writes the durable witness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WitnessTiming {
+    /// Witnesses are written at all: at close, and after `idle` when set.
+    pub enabled: bool,
+    /// How long the writer is idle before it writes one; `None`: only at close.
+    pub idle: Option<Duration>,
+}
+
+/// The writer's durable-witness schedule.
+#[derive(Debug)]
+struct WitnessTimer {
+    timing: WitnessTiming,
+    /// Since when the writer has been idle with a witness to write.
+    idle_since: Option<Instant>,
+    /// A witness chain is in flight.
+    in_flight: bool,
 }
 
 /// Records sealed but not yet submitted.
@@ -123,9 +153,13 @@ pub(crate) struct Writer {
     salt_seed: Option<u64>,
     /// Commits a chain carries, a moving average (weight 1/8) scaled by 8.
     chain_commits_x8: u64,
+    witness_timer: WitnessTimer,
     /// Test switch: submit chains without their sync, acknowledge as if synced.
     #[cfg(feature = "sim")]
     ack_before_sync: bool,
+    /// Test switch: witnesses claim every record written, synced or not.
+    #[cfg(feature = "sim")]
+    witness_before_sync: bool,
 }
 
 impl Writer {
@@ -140,6 +174,7 @@ impl Writer {
         preallocator: Preallocator,
         durable_through: Lsn,
         salt_seed: Option<u64>,
+        witness: WitnessTiming,
     ) -> Self {
         // Wal::open starts a fresh segment when the last one is older or of another size.
         assert_eq!(active.header.version, segment::FORMAT_VERSION);
@@ -169,9 +204,17 @@ impl Writer {
             poisoned: None,
             #[cfg(feature = "sim")]
             ack_before_sync: crate::sim::lookup(&dir).is_some_and(|s| s.broken().ack_before_sync),
+            #[cfg(feature = "sim")]
+            witness_before_sync: crate::sim::lookup(&dir)
+                .is_some_and(|s| s.broken().witness_before_sync),
             dir,
             salt_seed,
             chain_commits_x8: 0,
+            witness_timer: WitnessTimer {
+                timing: witness,
+                idle_since: None,
+                in_flight: false,
+            },
         }
     }
 
@@ -184,13 +227,20 @@ impl Writer {
             while self.backend.in_flight() >= self.backend.depth() {
                 self.reap(true);
             }
-            let closing = self.shared.queue.take(&mut requests, self.idle_wait());
+            let wait = self.idle_wait();
+            let closing = self.shared.queue.take(&mut requests, wait);
             let staged = !requests.is_empty();
+            if staged {
+                self.witness_timer.idle_since = None;
+            }
             for request in requests.drain(..) {
                 self.stage(request);
             }
             if self.poisoned.is_none() {
                 self.flush(closing);
+            }
+            if !staged && !closing {
+                self.write_witness_when_due();
             }
             if staged {
                 self.reap(false);
@@ -202,6 +252,7 @@ impl Writer {
                 self.fail_all();
             }
             if closing && self.settled() {
+                self.write_witness_at_close();
                 break;
             }
         }
@@ -209,19 +260,128 @@ impl Writer {
         tracing::debug!(dir = %self.dir.display(), durable = self.durable.through(), "writer stopped");
     }
 
-    /// How long the queue may block: not at all with chains in flight, a batch staged or a
+    /// How long the queue may block: not at all with chains in flight, a batch staged, a
     /// sync due (a sync held back while chains were in flight must go out as soon as they
-    /// complete, not wait for the next request or the Batched timer), until the sync
-    /// deadline when unsynced data waits for the timer, else until work arrives.
-    fn idle_wait(&self) -> Option<Option<Duration>> {
+    /// complete, not wait for the next request or the Batched timer) or a witness due; until
+    /// the sync deadline when unsynced data waits for the timer, or until the witness is due;
+    /// else until work arrives.
+    fn idle_wait(&mut self) -> Option<Option<Duration>> {
         let sync_wanted = self.sync_wanted(false);
         if self.backend.in_flight() > 0 || !self.batch.bytes.is_empty() || sync_wanted {
             return None;
         }
-        match self.sync_due.deadline {
-            Some(deadline) => Some(Some(deadline.saturating_duration_since(Instant::now()))),
+        let deadline = match (self.sync_due.deadline, self.witness_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match deadline {
+            Some(deadline) => {
+                let now = Instant::now();
+                (deadline > now).then(|| Some(deadline - now))
+            }
             None => Some(None),
         }
+    }
+
+    /// The witness the idle writer owes: everything sealed is durable, nothing is staged or
+    /// in flight, and the durable records of the active segment go beyond what its newest
+    /// witness claims. It claims them all, ending where the next record goes.
+    fn witness_wanted(&self) -> Option<Witness> {
+        if !self.witness_timer.timing.enabled {
+            return None;
+        }
+        let durable = self.durable.through();
+        #[cfg(feature = "sim")]
+        if self.witness_before_sync && self.in_flight.is_empty() && self.poisoned.is_none() {
+            return self.witness_of_everything_written();
+        }
+        let header = &self.active.header;
+        let claimed = self
+            .active
+            .witness
+            .map_or(header.first_lsn - 1, |w| w.durable_lsn);
+        let idle = self.poisoned.is_none()
+            && self.in_flight.is_empty()
+            && self.batch.bytes.is_empty()
+            && durable == self.sealed_through;
+        (idle && durable > claimed && durable >= header.first_lsn)
+            .then(|| Witness::after(self.active.witness, durable, self.active.offset))
+    }
+
+    /// The broken witness of [`crate::sim::Broken::witness_before_sync`].
+    #[cfg(feature = "sim")]
+    fn witness_of_everything_written(&self) -> Option<Witness> {
+        let claimed = self.active.witness.map_or(0, |w| w.durable_lsn);
+        let written = self.sealed_through;
+        (written > claimed && written >= self.active.header.first_lsn)
+            .then(|| Witness::after(self.active.witness, written, self.active.offset))
+    }
+
+    /// When the owed witness is due (the idle period starts now if it had not yet).
+    fn witness_deadline(&mut self) -> Option<Instant> {
+        let idle = self.witness_timer.timing.idle?;
+        self.witness_wanted()?;
+        let since = *self
+            .witness_timer
+            .idle_since
+            .get_or_insert_with(Instant::now);
+        Some(since + idle)
+    }
+
+    /// Writes the owed witness once the writer has been idle long enough.
+    fn write_witness_when_due(&mut self) {
+        let due = self.witness_deadline().is_some_and(|d| d <= Instant::now());
+        if due && let Some(witness) = self.witness_wanted() {
+            self.submit_witness(witness);
+        }
+    }
+
+    /// At close, with everything settled: the owed witness, written and synced now.
+    fn write_witness_at_close(&mut self) {
+        if let Some(witness) = self.witness_wanted() {
+            self.submit_witness(witness);
+            self.drain_in_flight();
+        }
+    }
+
+    /// Submits a witness chain: its slot written into the active segment's header block, then
+    /// an fdatasync. It claims only records already durable, so it may complete in any order
+    /// with later chains.
+    fn submit_witness(&mut self, witness: Witness) {
+        #[cfg(feature = "sim")]
+        let broken = self.witness_before_sync;
+        #[cfg(not(feature = "sim"))]
+        let broken = false;
+        assert!(broken || witness.durable_lsn <= self.durable.through());
+        assert!(witness.end_offset >= HEADER_BLOCK_LEN && witness.end_offset <= self.active.offset);
+        self.wait_for_capacity();
+        if self.poisoned.is_some() {
+            return;
+        }
+        let id = self.next_chain_id;
+        self.next_chain_id += 1;
+        let write = WriteOp {
+            offset: witness::SLOT_OFFSETS[witness.slot()],
+            buf: witness.encode(self.active.header.salt).to_vec(),
+        };
+        let info = ChainInfo {
+            file: Arc::clone(&self.active.file),
+            write: None,
+            sync: true,
+            covers: Vec::new(),
+            witness: Some(witness),
+        };
+        self.in_flight.insert(id, info);
+        self.witness_timer.idle_since = None;
+        self.witness_timer.in_flight = true;
+        self.backend.submit(Chain {
+            id,
+            file: Arc::clone(&self.active.file),
+            write: Some(write),
+            sync: true,
+            alone: false,
+            witness: true,
+        });
     }
 
     fn settled(&self) -> bool {
@@ -385,8 +545,9 @@ impl Writer {
     /// fsyncs, each slower under concurrency, and lose throughput (measured: see
     /// `docs/DESIGN.md`, "Pipelining"). With nothing in flight nothing is held.
     fn hold_batch(&self, closing: bool) -> bool {
+        let record_chains = self.in_flight.len() - usize::from(self.witness_timer.in_flight);
         !closing
-            && !self.in_flight.is_empty()
+            && record_chains > 0
             && self.batch.bytes.len() < MAX_BATCH_BYTES
             && u64::from(self.batch.commits) * 8 < self.chain_commits_x8
     }
@@ -458,6 +619,7 @@ impl Writer {
             write: lsns,
             sync,
             covers,
+            witness: None,
         };
         if sync {
             self.sync_submitted_through = self.sealed_through.max(self.sync_submitted_through);
@@ -479,6 +641,7 @@ impl Writer {
             write,
             sync,
             alone,
+            witness: false,
         });
     }
 
@@ -496,9 +659,14 @@ impl Writer {
                 .in_flight
                 .remove(&completion.id)
                 .expect("completion of a known chain");
-            if let Some(mut buf) = completion.buf {
+            if let Some(mut buf) = completion.buf
+                && info.witness.is_none()
+            {
                 buf.clear();
                 self.spare_buffers.push(buf);
+            }
+            if info.witness.is_some() {
+                self.witness_timer.in_flight = false;
             }
             match completion.result {
                 Ok(()) => self.completed(&info),
@@ -516,6 +684,16 @@ impl Writer {
     }
 
     fn completed(&mut self, info: &ChainInfo) {
+        if let Some(witness) = info.witness {
+            // The rotation barrier drains every chain before the segment changes.
+            assert!(Arc::ptr_eq(&info.file, &self.active.file));
+            self.active.witness = Some(witness);
+            self.shared.counters.witnesses.fetch_add(1, Relaxed);
+            self.shared
+                .counters
+                .witness_lsn
+                .store(witness.durable_lsn, Relaxed);
+        }
         if let Some((first, last)) = info.write {
             self.written.complete(first, last);
         }
@@ -634,6 +812,7 @@ impl Writer {
             }),
             header,
             offset: HEADER_BLOCK_LEN,
+            witness: None,
         };
         self.batch.offset = HEADER_BLOCK_LEN;
         Ok(())

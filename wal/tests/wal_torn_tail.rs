@@ -1,5 +1,10 @@
 //! The writer's own tail handling: a torn last batch is cut and zeroed (so no stale record can
-//! come back after shorter appends), and damage below a durable mark refuses to open.
+//! come back after shorter appends), and damage below a durable mark or the durable witness
+//! refuses to open.
+//!
+//! A torn tail is made of records no witness claims: written by a log whose writer never went
+//! idle after them (here: one opened with `witness_idle: None`, as a crash before the idle
+//! delay leaves it).
 
 mod common;
 
@@ -9,15 +14,30 @@ use keel_wal::segment::{self, HEADER_BLOCK_LEN};
 use keel_wal::{CorruptionReason, Error, Wal};
 
 fn log_with(dir: &std::path::Path, units: u64) {
-    log_in_mode(dir, units, keel_wal::Durability::Strict);
+    log_in_mode(dir, units, keel_wal::Durability::Strict, true);
 }
 
-fn log_in_mode(dir: &std::path::Path, units: u64, durability: keel_wal::Durability) {
+fn log_in_mode(dir: &std::path::Path, units: u64, durability: keel_wal::Durability, witness: bool) {
     let options = keel_wal::WalOptions {
         durability,
+        witness_idle: witness.then_some(keel_wal::DEFAULT_WITNESS_IDLE),
         ..common::small_options(keel_wal::BackendChoice::Std)
     };
     common::filled_log(dir, options, units, 200);
+}
+
+/// Appends one more Strict record (LSN `lsn`) with no witness written after it.
+fn append_unwitnessed(dir: &std::path::Path, lsn: u64) {
+    let options = keel_wal::WalOptions {
+        witness_idle: None,
+        ..common::small_options(keel_wal::BackendChoice::Std)
+    };
+    let wal = Wal::open(dir, options).unwrap();
+    assert_eq!(wal.next_lsn(), lsn);
+    wal.append(&[common::write(1, lsn, "k", 200)])
+        .wait()
+        .unwrap();
+    wal.close().unwrap();
 }
 
 /// Offsets of every record in the first segment.
@@ -31,10 +51,13 @@ fn record_offsets(dir: &std::path::Path) -> Vec<u64> {
     offsets
 }
 
+/// Records 1 to 5 are claimed by the witness the close wrote; record 6 by nothing, so it is
+/// a torn tail wherever it is torn, above the witness.
 #[test]
 fn a_torn_last_record_is_cut_at_every_byte_and_never_resurrected() {
     let dir = tempfile::tempdir().unwrap();
-    log_with(dir.path(), 6);
+    log_with(dir.path(), 5);
+    append_unwitnessed(dir.path(), 6);
     let offsets = record_offsets(dir.path());
     let path = dir.path().join(segment::file_name(1));
     let pristine = std::fs::read(&path).unwrap();
@@ -72,6 +95,7 @@ fn a_stale_record_beyond_a_cut_is_zeroed() {
             max_delay: hour,
             max_bytes: u64::MAX,
         },
+        false,
     );
     let offsets = record_offsets(dir.path());
     let path = dir.path().join(segment::file_name(1));
@@ -118,4 +142,40 @@ fn damage_below_a_durable_mark_refuses_to_open() {
         other => panic!("expected damage below the durable mark, got {other}"),
     }
     assert!(offsets[0] >= HEADER_BLOCK_LEN);
+}
+
+/// The newest record, acknowledged and claimed by the witness the close wrote, with nothing
+/// written after it: damaged, or gone (zeros), it is refused, not cut as a torn tail. (Before
+/// the witness, both opened with LSN 6 cut.)
+#[test]
+fn damage_to_the_newest_witnessed_record_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 6);
+    let offsets = record_offsets(dir.path());
+    let path = dir.path().join(segment::file_name(1));
+    let pristine = std::fs::read(&path).unwrap();
+    let last = offsets[5];
+    for damage in [vec![0xee; 8], vec![0; 4096]] {
+        std::fs::write(&path, &pristine).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let at = if damage[0] == 0 { last } else { last + 40 };
+        file.write_all_at(&damage, at).unwrap();
+        let err = Wal::open(
+            dir.path(),
+            common::small_options(keel_wal::BackendChoice::Std),
+        )
+        .unwrap_err();
+        match &err {
+            Error::Corruption {
+                offset,
+                reason:
+                    CorruptionReason::DamageBelowDurableMark {
+                        lsn: 6,
+                        proof: keel_wal::DurableProof::Witness { durable_lsn: 6, .. },
+                    },
+                ..
+            } => assert_eq!(*offset, last),
+            other => panic!("expected damage below the witness, got {other}"),
+        }
+    }
 }

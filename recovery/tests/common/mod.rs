@@ -82,9 +82,30 @@ pub fn txn(run: u128, txn_id: u64, writes: usize, value_len: usize) -> Vec<WalEn
     entries
 }
 
-/// A log of `count` committed transactions (txn ids 0..count, run 1), closed.
+/// The options of a writer that never writes a durable witness: its log ends as one whose
+/// writer crashed before it went idle, so damage to the newest records can be a torn tail.
+pub fn unwitnessed() -> WalOptions {
+    WalOptions {
+        witness_idle: None,
+        ..options()
+    }
+}
+
+/// A log of `count` committed transactions (txn ids 0..count, run 1), closed (its witness
+/// claims every record).
 pub fn committed_log(dir: &Path, count: u64, writes: usize, value_len: usize) {
-    let wal = Wal::open(dir, options()).unwrap();
+    committed_log_with(dir, options(), count, writes, value_len);
+}
+
+/// [`committed_log`] written with `options`.
+pub fn committed_log_with(
+    dir: &Path,
+    options: WalOptions,
+    count: u64,
+    writes: usize,
+    value_len: usize,
+) {
+    let wal = Wal::open(dir, options).unwrap();
     for t in 0..count {
         wal.append(&txn(1, t, writes, value_len)).wait().unwrap();
     }

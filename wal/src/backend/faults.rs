@@ -2,6 +2,10 @@
 //! fdatasync fails with an error instead of being performed, and completions can be held back
 //! and reported out of order (as a pipelined backend reports them), so the writer's
 //! watermarks are exercised on any backend.
+//!
+//! The countdowns of record writes and syncs do not count durable-witness chains (written
+//! after an idle delay, so their number depends on timing); [`Faults::fail_witness_after`]
+//! aims at those.
 
 use std::io;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use super::{Backend, BackendKind, Chain, ChainError, Completion};
 pub struct Faults {
     write_countdown: AtomicI64,
     sync_countdown: AtomicI64,
+    witness_countdown: AtomicI64,
     held_completions: AtomicUsize,
     uring_probe_fails: AtomicBool,
     uring_short_writes: AtomicBool,
@@ -30,6 +35,7 @@ impl Default for Faults {
         Faults {
             write_countdown: AtomicI64::new(-1),
             sync_countdown: AtomicI64::new(-1),
+            witness_countdown: AtomicI64::new(-1),
             held_completions: AtomicUsize::new(0),
             uring_probe_fails: AtomicBool::new(false),
             uring_short_writes: AtomicBool::new(false),
@@ -56,6 +62,12 @@ impl Faults {
     /// The fdatasync `after` syncs from now fails with EIO (0: the next one).
     pub fn fail_sync_after(&self, after: u32) {
         self.sync_countdown.store(after.into(), Ordering::SeqCst);
+    }
+
+    /// The fdatasync of the durable-witness chain `after` witness chains from now fails with
+    /// EIO (0: the next one).
+    pub fn fail_witness_after(&self, after: u32) {
+        self.witness_countdown.store(after.into(), Ordering::SeqCst);
     }
 
     /// Lets up to `chains` chains be in flight and reports their completions newest first,
@@ -179,6 +191,9 @@ impl Faults {
     }
 }
 
+/// A countdown never armed.
+static NEVER: AtomicI64 = AtomicI64::new(-1);
+
 /// Wraps a backend and fails the operations its [`Faults`] plan names.
 #[derive(Debug)]
 pub struct FaultyBackend {
@@ -222,9 +237,13 @@ impl Backend for FaultyBackend {
     }
 
     fn submit(&mut self, chain: Chain) {
-        if chain.write.is_some() && Faults::trips(&self.faults.write_countdown) {
+        let (writes, syncs) = match chain.witness {
+            false => (&self.faults.write_countdown, &self.faults.sync_countdown),
+            true => (&NEVER, &self.faults.witness_countdown),
+        };
+        if chain.write.is_some() && Faults::trips(writes) {
             self.finished.push(Self::injected(chain, "write"));
-        } else if chain.sync && Faults::trips(&self.faults.sync_countdown) {
+        } else if chain.sync && Faults::trips(syncs) {
             let id = chain.id;
             self.inner.submit(Chain {
                 sync: false,

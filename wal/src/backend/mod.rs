@@ -73,6 +73,9 @@ pub struct Chain {
     /// The writer expects no other chain to overlap this one (nothing else in flight or
     /// queued): a backend may then run it directly instead of pipelining it.
     pub alone: bool,
+    /// A durable-witness write (`witness.rs`) into the header block, not records. Backends run
+    /// it like any chain; fault plans aimed at record writes and syncs do not count it.
+    pub witness: bool,
 }
 
 /// Interrupts a backend blocked in [`Backend::wait`] so that new requests start promptly.

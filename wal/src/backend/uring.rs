@@ -151,6 +151,8 @@ struct InFlight {
     write_again: bool,
     idle_rounds: u32,
     error: Option<ChainError>,
+    /// A durable-witness chain: the test faults aimed at record chains pass it by.
+    witness: bool,
 }
 
 /// io_uring with linked write→fdatasync chains.
@@ -236,7 +238,7 @@ impl UringBackend {
             let rest = &buf[chain.written..];
             let mut len = u32::try_from(rest.len()).expect("batches are at most 4 MiB");
             let mut fd = fd;
-            if let Some(faults) = &self.faults {
+            if let Some(faults) = self.faults.as_ref().filter(|_| !chain.witness) {
                 if faults.uring_short_writes_on() && len > 1 {
                     len /= 2;
                 }
@@ -255,10 +257,11 @@ impl UringBackend {
         }
         if chain.sync {
             let mut fd = fd;
-            if self
-                .faults
-                .as_ref()
-                .is_some_and(|f| f.uring_bad_sync_fd_trips())
+            if !chain.witness
+                && self
+                    .faults
+                    .as_ref()
+                    .is_some_and(|f| f.uring_bad_sync_fd_trips())
             {
                 fd = types::Fd(-1);
             }
@@ -567,6 +570,7 @@ impl Backend for UringBackend {
             write_again: false,
             idle_rounds: 0,
             error: None,
+            witness: chain.witness,
         });
         self.push_round(slot);
     }
@@ -646,6 +650,7 @@ mod tests {
             }),
             sync: true,
             alone: false,
+            witness: false,
         }
     }
 
