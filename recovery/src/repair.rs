@@ -30,6 +30,9 @@ struct Plan {
     zero_from: Option<(usize, u64)>,
     /// The segment the log now ends in, when its witness claims more than remains.
     lower_witness: Option<(usize, SegmentEnd)>,
+    /// The LSN the records of the segment the log now ends in stop before (the next LSN,
+    /// unless the log continues above the snapshot in a fresh segment).
+    walked: Lsn,
     /// A fresh segment to start: database, first LSN, size.
     fresh: Option<(DatabaseId, Lsn, u64)>,
     next_lsn: Lsn,
@@ -115,11 +118,12 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
     let lower_witness = cut
         .and_then(|_| (0..first_discarded).rev().find(|i| !aside.contains(i)))
         .and_then(|index| walk.ends.get(&index).map(|end| (index, *end)))
-        .filter(|(_, end)| end.witness.is_some_and(|w| !w.within(next_lsn, end.offset)));
+        .filter(|(_, end)| end.witness.is_some_and(|w| !w.within(walked, end.offset)));
     Ok(Plan {
         aside,
         zero_from,
         lower_witness,
+        walked,
         fresh,
         next_lsn,
     })
@@ -152,7 +156,7 @@ fn apply(
         }
     }
     if let Some((index, end)) = plan.lower_witness {
-        lower_witness(&segments[index].path, &end, plan.next_lsn)?;
+        lower_witness(&segments[index].path, &end, plan.walked)?;
     }
     if let Some((index, offset)) = plan.zero_from {
         report.bytes_truncated += zero_tail(&segments[index].path, offset)?;
