@@ -253,6 +253,11 @@ fn options(args: &BenchArgs, cell: Cell) -> WalOptions {
             Mode::Async => Durability::Async { max_delay },
         },
         segment_bytes: args.segment_mib << 20,
+        // The default record limit (8 MiB) does not fit a small segment; the bench's records
+        // are one value each, far below either.
+        max_record_bytes: u32::try_from((args.segment_mib << 20) / 2)
+            .unwrap_or(u32::MAX)
+            .min(WalOptions::default().max_record_bytes),
         backend: match cell.backend {
             Backend::Auto => BackendChoice::Auto,
             Backend::Std => BackendChoice::Std,

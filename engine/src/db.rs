@@ -157,6 +157,18 @@ impl Database {
         } else {
             None
         };
+        if log_start.is_none()
+            && let Some(covered) = snapshot_lsn
+        {
+            // Every checkpoint and install logs above its snapshot before writing it, and no
+            // segment holding the newest records is ever deleted: a snapshot with no log
+            // behind it is a database missing its log, and what was committed after the
+            // snapshot cannot be known. Refused before anything on disk changes.
+            return Err(Error::Metadata(format!(
+                "the snapshot covers LSN {covered}, but the log ({}) has no segment: the commits after LSN {covered} cannot be known; restore the log directory, or install the snapshot into a new database (SnapshotImage, Database::install_snapshot)",
+                wal_dir.display()
+            )));
+        }
         if let Some(first) = log_start
             && first > after + 1
         {

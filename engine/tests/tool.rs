@@ -241,3 +241,91 @@ fn recover_dry_run_tabulates_every_policy_and_changes_nothing() {
     );
     assert_ne!(files(dir.path()), before);
 }
+
+/// `keel bench`, shortened: every cell of the lists runs, each target commits, the ratios
+/// are against the raw baseline run beside it, and the directory it made is removed.
+#[test]
+fn bench_runs_every_cell_and_reports_ratios() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().to_str().unwrap();
+    let strict = keel(&[
+        "bench",
+        "--duration",
+        "0.2",
+        "--writers",
+        "1,2",
+        "--backend",
+        "std,auto",
+        "--rounds",
+        "2",
+        "--segment-mib",
+        "1",
+        "--dir",
+        dir,
+        "--json",
+    ]);
+    assert!(strict.status.success(), "{}", text(&strict));
+    let report: serde_json::Value = serde_json::from_slice(&strict.stdout).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    // Per writer count: the raw baseline and the two backends.
+    assert_eq!(runs.len(), 6, "{report:#}");
+    for run in runs {
+        assert!(run["commits"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(run["rounds"], 2, "{run}");
+        assert_eq!(run["mode"], "strict");
+        assert!(
+            run["fsyncs"].as_u64().unwrap() > 0,
+            "strict commits sync: {run}"
+        );
+        if run["target"] == "keel" {
+            assert!(run["ratio_to_raw"].as_f64().unwrap() > 0.0, "{run}");
+            assert!(run["ratio_to_std"].as_f64().unwrap() > 0.0, "{run}");
+        } else {
+            assert_eq!(run["target"], "raw pwrite+fdatasync", "{run}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(parent.path()).unwrap().count(),
+        0,
+        "the bench removes what it wrote"
+    );
+
+    let batched = keel(&[
+        "bench",
+        "--duration",
+        "0.2",
+        "--writers",
+        "4",
+        "--mode",
+        "batched",
+        "--committers",
+        "tasks",
+        "--backend",
+        "std",
+        "--segment-mib",
+        "1",
+        "--dir",
+        dir,
+    ]);
+    let out = text(&batched);
+    assert!(batched.status.success(), "{out}");
+    assert!(
+        out.contains("commits/s") && out.contains("batched"),
+        "{out}"
+    );
+    assert!(out.contains("segment rotations"), "{out}");
+
+    for bad in [
+        &["--writers", "0"][..],
+        &["--duration", "0"],
+        &["--rounds", "0"],
+    ] {
+        let refused = keel(&[&["bench", "--dir", dir][..], bad].concat());
+        assert!(!refused.status.success());
+        assert!(
+            text(&refused).contains("must be above 0"),
+            "{}",
+            text(&refused)
+        );
+    }
+}
