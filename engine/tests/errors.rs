@@ -268,9 +268,8 @@ fn a_spilled_transaction_reads_its_own_writes() {
     commit(&db, run, "gone", b"committed");
     let mut txn = db.transaction(run).unwrap();
     txn.delete(b"gone").unwrap();
-    for i in 0..40u32 {
-        txn.put(format!("k{i:02}").as_bytes(), &[i as u8; 100])
-            .unwrap();
+    for i in 0..40u8 {
+        txn.put(format!("k{i:02}").as_bytes(), &[i; 100]).unwrap();
     }
     assert!(txn.spilled());
     assert_eq!(txn.get(b"k00").unwrap().unwrap().value, vec![0; 100]);
