@@ -356,15 +356,17 @@ impl Database {
     }
 
     /// After the snapshot at `newest` is durable: keeps the newest older snapshot that reads
-    /// back whole as its fallback, deletes every other older one (damaged ones included), and
-    /// removes the log below what a restart from the fallback needs (see `retention`).
+    /// back whole as its fallback, deletes every other older one (damaged and partial ones
+    /// included), and removes the log below what a restart from the fallback needs (see
+    /// `retention`).
     fn release_before(&self, dir: &Path, newest: Lsn) -> Result<()> {
         let older: Vec<(Lsn, PathBuf)> = snapshot::list(dir)?
             .into_iter()
             .filter(|(lsn, _)| *lsn < newest)
             .collect();
         let mut fallback = None;
-        let mut doomed = Vec::new();
+        // Partial snapshots a crashed process left are removed with the old ones.
+        let mut doomed = snapshot::partials(dir)?;
         for (lsn, path) in older {
             if fallback.is_none() && self.snapshot_reads_whole(lsn, &path)? {
                 fallback = Some(lsn);

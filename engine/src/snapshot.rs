@@ -79,6 +79,31 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
     Ok(found)
 }
 
+/// Partial snapshot files (`<name>.tmp`) a process died while writing. Only called by a
+/// holder of the snapshot turn, so none of them is being written.
+pub(crate) fn partials(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(keel_wal::Error::io("listing snapshots in", dir, e).into()),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| keel_wal::Error::io("listing snapshots in", dir, e))?
+            .path();
+        let partial = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .is_some_and(|n| lsn_of(Path::new(n)).is_some());
+        if partial {
+            found.push(path);
+        }
+    }
+    Ok(found)
+}
+
 /// Writes `state` as the snapshot at `lsn` into `dir`, atomically.
 pub(crate) fn write(dir: &Path, lsn: Lsn, max_txn_id: TxnId, state: &State) -> Result<PathBuf> {
     keel_wal::fsutil::create_dir_all_durably(dir)?;
@@ -117,14 +142,16 @@ pub(crate) fn write(dir: &Path, lsn: Lsn, max_txn_id: TxnId, state: &State) -> R
     Ok(dir.join(name))
 }
 
-/// Deletes every snapshot in `dir` but the one at `keep`, then syncs the directory (once,
-/// when it deleted any). Returns how many it deleted.
+/// Deletes every snapshot in `dir` but the one at `keep` (and partial ones a crash left),
+/// then syncs the directory (once, when it deleted any). Returns how many it deleted.
 pub(crate) fn remove_all_but(dir: &Path, keep: Lsn) -> Result<usize> {
     let mut removed = 0;
-    for (lsn, path) in list(dir)? {
-        if lsn == keep {
-            continue;
-        }
+    let doomed = list(dir)?
+        .into_iter()
+        .filter(|(lsn, _)| *lsn != keep)
+        .map(|(_, path)| path)
+        .chain(partials(dir)?);
+    for path in doomed {
         match std::fs::remove_file(&path) {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -283,3 +283,58 @@ fn a_spilled_transaction_reads_its_own_writes() {
     assert_eq!(db.get(run, b"k39").unwrap().unwrap().version, lsn);
     db.close().unwrap();
 }
+
+/// A process that died while writing a snapshot leaves `<lsn>.snap.tmp`: the open ignores it,
+/// and the next checkpoint (or install) removes it, so crashes do not pile files up.
+#[test]
+fn partial_snapshots_a_crash_left_are_removed_by_the_next_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let run = block_on(db.begin_run("r")).unwrap();
+    commit(&db, run, "k", b"v");
+    let lsn = block_on(db.checkpoint()).unwrap();
+    db.close().unwrap();
+    let snapshots = dir.path().join("snapshots");
+    let name = snapshot_files(dir.path())[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let partial = snapshots.join(format!(
+        "{}.tmp",
+        name.replace(&lsn.to_string(), &(lsn + 1).to_string())
+    ));
+    std::fs::write(&partial, b"half a snap").unwrap();
+    let unrelated = snapshots.join("notes.tmp");
+    std::fs::write(&unrelated, b"not ours").unwrap();
+
+    let db = Database::open(dir.path(), options()).unwrap();
+    assert_eq!(db.snapshot_lsn(), Some(lsn));
+    assert!(
+        db.snapshots_skipped().is_empty(),
+        "a partial file is no snapshot"
+    );
+    assert!(partial.exists(), "the open changes nothing");
+    commit(&db, run, "k2", b"v2");
+    block_on(db.checkpoint()).unwrap();
+    assert!(
+        !partial.exists(),
+        "the checkpoint removed the partial snapshot"
+    );
+    assert!(
+        unrelated.exists(),
+        "files that are not partial snapshots are left alone"
+    );
+
+    std::fs::write(&partial, b"half a snap").unwrap();
+    let image = db
+        .read_snapshot(db.newest_snapshot().unwrap().unwrap().0)
+        .unwrap();
+    block_on(db.install_snapshot(&image)).unwrap();
+    assert!(
+        !partial.exists(),
+        "the install removed the partial snapshot"
+    );
+    db.close().unwrap();
+}

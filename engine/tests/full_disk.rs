@@ -151,3 +151,54 @@ fn a_full_disk_fails_commits_clearly_and_loses_nothing_acknowledged() {
         db.close().unwrap();
     }
 }
+
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A checkpoint that cannot write its snapshot fails clearly, leaves no partial file behind
+/// (repeated failures would otherwise fill what little space is left), and changes nothing:
+/// commits go on, and once space is freed the next checkpoint succeeds.
+#[test]
+fn a_checkpoint_on_a_full_disk_fails_clearly_and_leaves_nothing_behind() {
+    let Some(fs) = Tmpfs::mount("4m") else {
+        return;
+    };
+    let path = fs.path().join("db");
+    let db = Database::open(&path, options(BackendChoice::Std)).unwrap();
+    let run = block_on(db.begin_run("fill")).unwrap();
+    for i in 0..300 {
+        let mut txn = db.transaction(run).unwrap();
+        txn.put(format!("k{i:06}").as_bytes(), &value(i)).unwrap();
+        block_on(txn.commit()).unwrap();
+    }
+    let ballast = fill(fs.path());
+    for attempt in 0..3 {
+        let error = block_on(db.checkpoint()).expect_err("the snapshot cannot fit");
+        let message = error.to_string();
+        assert!(
+            message.contains("No space left on device") || message.contains("os error 28"),
+            "attempt {attempt}: the error does not name the full disk: {message}"
+        );
+        assert_eq!(
+            leftovers(&path.join("snapshots")),
+            Vec::<PathBuf>::new(),
+            "attempt {attempt}: a failed snapshot write left its file"
+        );
+    }
+    assert_eq!(db.get(run, b"k000299").unwrap().unwrap().value, value(299));
+    std::fs::remove_file(ballast).unwrap();
+    let lsn = block_on(db.checkpoint()).unwrap();
+    db.close().unwrap();
+    let db = Database::open(&path, options(BackendChoice::Std)).unwrap();
+    assert_eq!(db.snapshot_lsn(), Some(lsn));
+    assert_eq!(db.scan(run, b"k").unwrap().len(), 300);
+    db.close().unwrap();
+}

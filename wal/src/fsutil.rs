@@ -124,12 +124,24 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
-    let mut file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-    file.write_all(bytes)
-        .map_err(|e| Error::io("writing", &tmp, e))?;
-    sync_file(&file, &tmp, true)?;
-    drop(file);
-    std::fs::rename(&tmp, &target).map_err(|e| Error::io("renaming", &tmp, e))?;
+    let written = (|| {
+        let mut file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        file.write_all(bytes)
+            .map_err(|e| Error::io("writing", &tmp, e))?;
+        sync_file(&file, &tmp, true)?;
+        drop(file);
+        std::fs::rename(&tmp, &target).map_err(|e| Error::io("renaming", &tmp, e))
+    })();
+    if let Err(error) = written {
+        // A partial file left behind would hold space a full disk needs back, once per
+        // failed attempt; the target is untouched either way.
+        if let Err(e) = std::fs::remove_file(&tmp)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %tmp.display(), error = %e, "could not remove a partial file");
+        }
+        return Err(error);
+    }
     sync_dir(dir)
 }
 
