@@ -383,7 +383,7 @@ impl Database {
             self.inner.wal.remove_segments_before(keep_from)?;
         }
         for path in &doomed {
-            match std::fs::remove_file(path) {
+            match keel_wal::fsutil::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(keel_wal::Error::io("removing old snapshot", path, e).into()),
@@ -572,7 +572,7 @@ impl Database {
     fn discard_snapshot(&self, dir: &Path, lsn: Lsn) {
         use std::io::ErrorKind::{NotADirectory, NotFound};
         let path = snapshot::path_of(dir, lsn);
-        let outcome = match std::fs::remove_file(&path) {
+        let outcome = match keel_wal::fsutil::remove_file(&path) {
             Ok(()) => fsutil::sync_dir(dir).map_err(Error::from),
             Err(e) if matches!(e.kind(), NotFound | NotADirectory) => Ok(()),
             Err(e) => Err(keel_wal::Error::io("removing snapshot", &path, e).into()),

@@ -152,7 +152,7 @@ pub(crate) fn remove_all_but(dir: &Path, keep: Lsn) -> Result<usize> {
         .map(|(_, path)| path)
         .chain(partials(dir)?);
     for path in doomed {
-        match std::fs::remove_file(&path) {
+        match keel_wal::fsutil::remove_file(&path) {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(keel_wal::Error::io("removing old snapshot", &path, e).into()),

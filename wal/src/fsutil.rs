@@ -120,11 +120,32 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
     }
 }
 
+/// Fails when the simulated storage `path` lies on has crashed: a dead process changes no
+/// file. (Without simulated storage, always `Ok`.)
+fn alive(path: &Path) -> std::io::Result<()> {
+    #[cfg(feature = "sim")]
+    if let Some(sim) = crate::sim::lookup(path)
+        && sim.is_crashed()
+    {
+        return Err(std::io::Error::other("simulated storage crashed"));
+    }
+    let _ = path;
+    Ok(())
+}
+
+/// Removes a file. Every removal outside the log's own segment handling goes through here,
+/// so that a crashed simulated process removes nothing.
+pub fn remove_file(path: &Path) -> std::io::Result<()> {
+    alive(path)?;
+    std::fs::remove_file(path)
+}
+
 /// Writes `bytes` to `dir/name` atomically: a temporary file, fsync, rename, directory fsync.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
     let written = (|| {
+        alive(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         let mut file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         file.write_all(bytes)
             .map_err(|e| Error::io("writing", &tmp, e))?;
@@ -135,7 +156,7 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     if let Err(error) = written {
         // A partial file left behind would hold space a full disk needs back, once per
         // failed attempt; the target is untouched either way.
-        if let Err(e) = std::fs::remove_file(&tmp)
+        if let Err(e) = remove_file(&tmp)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(file = %tmp.display(), error = %e, "could not remove a partial file");
