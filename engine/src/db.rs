@@ -931,7 +931,11 @@ impl Database {
         batch.push(&commit, self.inner.max_record_bytes)?;
         let future = self.inner.wal.append_encoded(batch, self.inner.durability);
         if self.inner.wal.next_lsn() == first_lsn {
-            // Refused (a poisoned or closing log): the future holds the error.
+            // Refused (a poisoned or closing log): the future holds the error. A spilled
+            // transaction is over: its registration would otherwise pin the log for good.
+            if spilled_head.is_some() {
+                lock(&self.inner.spills).abandon(txn_id);
+            }
             return Ok(future);
         }
         let last_lsn = first_lsn + count - 1;
@@ -1014,6 +1018,8 @@ struct Spill {
     entries: BTreeMap<Vec<u8>, (Lsn, bool)>,
     /// The latest spill's append: waited for (written) before reading spilled entries back.
     last: Option<keel_wal::CommitFuture>,
+    /// Why a spill failed, once one did: every later read back and the commit fail with it.
+    failed: Option<String>,
 }
 
 /// Buffered writes to one run, committed as one atomic unit. Past
@@ -1136,6 +1142,7 @@ impl Transaction {
             first_lsn: first,
             entries: BTreeMap::new(),
             last: None,
+            failed: None,
         });
         let data_first = first + u64::from(begin);
         for (i, change) in buffered.into_iter().enumerate() {
@@ -1156,10 +1163,30 @@ impl Transaction {
 
     /// Waits until every spilled entry has been written, so it can be read back.
     fn spilled_written(&mut self) -> Result<()> {
+        self.spill_failure()?;
         if let Some(future) = self.spill.as_mut().and_then(|s| s.last.take()) {
-            future.wait()?;
+            let outcome = future.wait();
+            self.note_spill(outcome)?;
         }
         Ok(())
+    }
+
+    /// An error once a spill failed, every time it is asked (the failure is reported by the
+    /// first wait only; without this, a later commit went on to read back entries that were
+    /// never written, and failed with a misleading error).
+    fn spill_failure(&self) -> Result<()> {
+        match self.spill.as_ref().and_then(|s| s.failed.clone()) {
+            Some(why) => Err(Error::SpillFailed(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the outcome of a spill's append.
+    fn note_spill(&mut self, outcome: keel_wal::Result<Lsn>) -> Result<()> {
+        if let (Err(error), Some(spill)) = (&outcome, self.spill.as_mut()) {
+            spill.failed = Some(error.to_string());
+        }
+        outcome.map(|_| ()).map_err(Error::from)
     }
 
     /// The value this transaction would commit for `key`: its own write (buffered, or read
@@ -1211,8 +1238,10 @@ impl Transaction {
         }
         // The spilled writes, read back in LSN order, for the state. The spill stays in
         // `self` until the commit is queued, so a drop before then aborts it.
+        self.spill_failure()?;
         if let Some(future) = self.spill.as_mut().and_then(|s| s.last.take()) {
-            future.await?;
+            let outcome = future.await;
+            self.note_spill(outcome)?;
         }
         let earlier = self.read_spilled()?;
         let spill = self.spill.as_ref().expect("checked above");

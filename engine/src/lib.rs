@@ -81,6 +81,10 @@ pub enum Error {
         record_bytes: u64,
         max_record_bytes: u32,
     },
+    /// A write this transaction spilled to the log ahead of its commit failed (the first
+    /// error reported why): the transaction cannot commit, and dropping it is all that is left.
+    #[error("a spilled write of this transaction failed, so it cannot commit: {0}")]
+    SpillFailed(String),
     /// The bytes given as a snapshot image are not one: nothing was changed.
     #[error("not a valid snapshot image: {0}")]
     InvalidSnapshotImage(String),

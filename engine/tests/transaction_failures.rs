@@ -167,3 +167,63 @@ fn a_spilled_commit_never_reads_past_its_own_entries() {
     block_on(txn.commit()).expect("the spilled commit reads only its own entries");
     assert_eq!(db.scan(run, b"s").unwrap().len(), 4);
 }
+
+/// A spill onto a log poisoned by a failed sync is queued and fails there: the transaction
+/// is poisoned with it. Reading a spilled write back and committing then fail with the
+/// log's error, nothing becomes visible, and neither the failed commit nor a dropped
+/// transaction keeps a spill registration pinning the log.
+#[test]
+fn a_spill_onto_a_poisoned_log_poisons_the_transaction_and_pins_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let db = Database::open(
+        dir.path(),
+        Options {
+            spill_txn_bytes: 1024,
+            faults: Some(Arc::clone(&faults)),
+            ..options()
+        },
+    )
+    .unwrap();
+    let run = block_on(db.begin_run("r")).unwrap();
+    let spilled = |first: u8| {
+        let mut txn = db.transaction(run).unwrap();
+        for i in 0..12u8 {
+            txn.put(&[first, i], &[i; 100]).unwrap();
+        }
+        assert!(txn.spilled());
+        txn
+    };
+    // One spilled before the failure, one after it.
+    let mut before = spilled(b'a');
+    assert_eq!(db.stats().spills_tracked, 1);
+    // Reading a spilled write back waits until the spill is written.
+    assert_eq!(before.get(&[b'a', 2]).unwrap().unwrap().value, vec![2; 100]);
+    faults.fail_sync_after(0);
+    let mut other = db.transaction(run).unwrap();
+    other.put(b"x", b"y").unwrap();
+    assert!(block_on(other.commit()).is_err());
+    let mut after = spilled(b'b');
+
+    // What was written before the failure reads back (the transaction's own write); what
+    // the poisoned log refused does not.
+    assert_eq!(before.get(&[b'a', 3]).unwrap().unwrap().value, vec![3; 100]);
+    let read = after.get(&[b'b', 3]);
+    assert!(read.is_err(), "a refused spill read back: {read:?}");
+    let error = block_on(before.commit()).unwrap_err();
+    assert!(error.to_string().contains("poisoned"), "{error}");
+    // The refused spill was reported by the read above; the commit reports it again, not
+    // as damage to the log ("spilled entry ... is not in the log").
+    let error = block_on(after.commit()).unwrap_err();
+    assert!(matches!(error, Error::SpillFailed(_)), "{error}");
+    assert!(error.to_string().contains("poisoned"), "{error}");
+    assert_eq!(db.get(run, &[b'a', 3]).unwrap(), None);
+    assert_eq!(db.get(run, &[b'b', 3]).unwrap(), None);
+    drop(spilled(b'c'));
+    assert_eq!(
+        db.stats().spills_tracked,
+        0,
+        "a failed or dropped spilled transaction still pins the log"
+    );
+    assert!(db.stats().pending_commits <= 1);
+}
