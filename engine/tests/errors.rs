@@ -46,7 +46,9 @@ fn expect_metadata<T: std::fmt::Debug>(outcome: keel::Result<T>, needle: &str) -
 fn run_misuse_is_refused_by_name_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path(), options()).unwrap();
+    assert_eq!(db.path(), dir.path());
     let run = block_on(db.begin_run("r")).unwrap();
+    assert_eq!(db.transaction(run).unwrap().run(), run);
     commit(&db, run, "k", b"v");
     let stranger = RunId::from_u128(0xfeed);
     assert!(matches!(db.transaction(stranger), Err(Error::UnknownRun(r)) if r == stranger));
