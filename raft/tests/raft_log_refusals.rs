@@ -238,3 +238,35 @@ fn purging_every_entry_deletes_the_segments_and_reopens_to_the_same_state() {
         );
     });
 }
+
+#[test]
+fn entries_a_purge_mark_covers_are_never_served_wherever_they_lie() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = record::Marks::<TypeConfig> {
+        vote: Some(Vote::new(1, 1)),
+        committed: Some(log_id(1, 5)),
+        purged: Some(log_id(1, 3)),
+    };
+    // Entries 2 and 3 after the mark that purged them (as a log whose segments were deleted
+    // down to a later `State` record can read).
+    let mut written = vec![record::state::<TypeConfig>(&marks)];
+    written.extend((2..6).map(|i| record::entry::<TypeConfig>(&log_id(1, i), &entry(1, i))));
+    write_log(dir.path(), &written);
+    runtime().block_on(async {
+        let mut store = KeelLogStore::<TypeConfig>::open(dir.path(), options()).unwrap();
+        assert_eq!(
+            store.summary(),
+            LogSummary {
+                vote: Some(Vote::new(1, 1)),
+                committed: Some(log_id(1, 5)),
+                last_purged_log_id: Some(log_id(1, 3)),
+                last_log_id: Some(log_id(1, 5)),
+                entries: 2,
+            }
+        );
+        assert_eq!(
+            store.try_get_log_entries(..).await.unwrap(),
+            entries(1, 4..6)
+        );
+    });
+}
