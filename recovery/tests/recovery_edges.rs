@@ -182,24 +182,38 @@ fn a_log_whose_only_segment_is_unreadable_continues_above_the_snapshot() {
     ));
     assert!(matches!(finding, Finding::DamagedSegmentHeader { .. }));
 
-    let mut sink = Collect::default();
-    let report = recover_with(&dir, options(RecoveryPolicy::PointInTime), &mut sink).unwrap();
-    assert!(sink.applied.is_empty());
-    assert_eq!(report.segments_discarded, segments, "{report}");
-    assert_eq!(report.next_lsn, 21, "LSNs never restart below the snapshot");
-    let now: Vec<Lsn> = common::segments(&dir)
-        .iter()
-        .map(|s| common::first_lsn_of(s))
-        .collect();
-    assert_eq!(now, [21], "one fresh segment, where the log continues");
+    // Cut before it, or skipped: either way nothing is read, and the log goes on above the
+    // snapshot.
+    for policy in [RecoveryPolicy::PointInTime, RecoveryPolicy::SkipCorrupted] {
+        let copy = base.path().join(policy.to_string());
+        common::copy_dir(&dir, &copy);
+        let mut sink = Collect::default();
+        let report = recover_with(&copy, options(policy), &mut sink).unwrap();
+        assert!(sink.applied.is_empty());
+        let aside = [copy.join(segments[0].file_name().unwrap())];
+        assert_eq!(report.segments_discarded, aside, "{policy}: {report}");
+        assert_eq!(
+            report.next_lsn, 21,
+            "{policy}: LSNs never restart below the snapshot"
+        );
+        let now: Vec<Lsn> = common::segments(&copy)
+            .iter()
+            .map(|s| common::first_lsn_of(s))
+            .collect();
+        assert_eq!(
+            now,
+            [21],
+            "{policy}: one fresh segment, where the log continues"
+        );
 
-    // Recovered again, the same answer, and appends go on at 21.
-    let report = recover_with(&dir, options(RecoveryPolicy::Absolute), &mut sink).unwrap();
-    assert!(report.is_clean(), "{report}");
-    assert_eq!(report.next_lsn, 21);
-    let wal = Wal::open(&dir, common::options()).unwrap();
-    assert_eq!(wal.append(&common::txn(1, 50, 1, 10)).wait().unwrap(), 22);
-    wal.close().unwrap();
+        // Recovered again, the same answer, and appends go on at 21.
+        let report = recover_with(&copy, options(RecoveryPolicy::Absolute), &mut sink).unwrap();
+        assert!(report.is_clean(), "{policy}: {report}");
+        assert_eq!(report.next_lsn, 21);
+        let wal = Wal::open(&copy, common::options()).unwrap();
+        assert_eq!(wal.append(&common::txn(1, 50, 1, 10)).wait().unwrap(), 22);
+        wal.close().unwrap();
+    }
 }
 
 /// A dry run reports exactly what the real run then does, and changes nothing.
