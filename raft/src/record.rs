@@ -279,7 +279,7 @@ mod tests {
         });
         // The id frame decodes, the entry after it does not.
         let id = serde_json::to_vec(&log_id(1, 1)).unwrap();
-        let mut bytes = (id.len() as u32).to_le_bytes().to_vec();
+        let mut bytes = u32::try_from(id.len()).unwrap().to_le_bytes().to_vec();
         bytes.extend_from_slice(&id);
         bytes.extend_from_slice(b"{\"log_id\":");
         read_back(&[raw(TAG_ENTRY, &bytes)], |_, archived| {

@@ -70,7 +70,8 @@ fn stale_record_log(dir: &Path) {
         "two writes of one size, one segment"
     );
     let bytes = std::fs::read(&path).unwrap();
-    common::patch(&path, at7, &bytes[at4 as usize..(at4 + len4) as usize]);
+    let at = |offset: u64| usize::try_from(offset).unwrap();
+    common::patch(&path, at7, &bytes[at(at4)..at(at4 + len4)]);
 }
 
 #[test]
