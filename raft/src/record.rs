@@ -148,3 +148,147 @@ pub fn decode_entry<C: RaftTypeConfig>(entry: &ArchivedWalEntry) -> Result<C::En
         (tag, _) => Err(format!("expected an entry record, found tag {tag}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TypeConfig;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+    fn log_id(term: u64, index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    /// Hands each of `records`, written to a real log and read back, to `check` (with its
+    /// position in `records`).
+    fn read_back(records: &[WalEntry], mut check: impl FnMut(usize, &ArchivedWalEntry)) {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = keel_wal::Wal::open(dir.path(), keel_wal::WalOptions::default()).unwrap();
+        wal.append(records).wait().unwrap();
+        wal.close().unwrap();
+        let mut reader = keel_wal::LogReader::open(dir.path()).unwrap();
+        let mut seen = 0;
+        while let Some(found) = reader.next_record().unwrap() {
+            check(seen, found.entry);
+            seen += 1;
+        }
+        assert_eq!(seen, records.len(), "every record is read back");
+    }
+
+    fn raw(tag: u32, bytes: &[u8]) -> WalEntry {
+        payload(tag, bytes.to_vec())
+    }
+
+    fn decode_error(record: WalEntry) -> DecodeError {
+        let mut error = None;
+        read_back(&[record], |_, entry| {
+            error = Some(decode::<TypeConfig>(entry).expect_err("must not decode"));
+        });
+        error.unwrap()
+    }
+
+    #[test]
+    fn every_record_reads_back_as_written() {
+        let entry = Entry::<TypeConfig> {
+            log_id: log_id(3, 7),
+            payload: EntryPayload::Normal(crate::KvRequest::Delete { key: "k".into() }),
+        };
+        let marks = Marks::<TypeConfig> {
+            vote: Some(Vote::new(3, 1)),
+            committed: Some(log_id(3, 6)),
+            purged: Some(log_id(2, 4)),
+        };
+        let records = [
+            self::entry::<TypeConfig>(&entry.log_id, &entry),
+            vote::<TypeConfig>(&Vote::new(3, 1)),
+            committed::<TypeConfig>(&None),
+            truncate(9),
+            purge::<TypeConfig>(&log_id(2, 4)),
+            state::<TypeConfig>(&marks),
+        ];
+        read_back(&records, |at, archived| {
+            let decoded = decode::<TypeConfig>(archived).unwrap();
+            match (at, decoded) {
+                (0, Decoded::Entry(id)) => {
+                    assert_eq!(id, log_id(3, 7));
+                    assert_eq!(decode_entry::<TypeConfig>(archived).unwrap(), entry);
+                }
+                (1, Decoded::Vote(v)) => assert_eq!(v, Vote::new(3, 1)),
+                (2, Decoded::Committed(c)) => assert_eq!(c, None),
+                (3, Decoded::Truncate(since)) => assert_eq!(since, 9),
+                (4, Decoded::Purge(upto)) => assert_eq!(upto, log_id(2, 4)),
+                (5, Decoded::State(m)) => {
+                    assert_eq!(m.vote, marks.vote);
+                    assert_eq!(m.committed, marks.committed);
+                    assert_eq!(m.purged, marks.purged);
+                }
+                (at, other) => panic!("record {at} decoded as {other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn an_entry_record_shorter_than_its_framing_is_refused() {
+        // Not even the 4 bytes of the id's length.
+        let error = decode_error(raw(TAG_ENTRY, &[7, 0]));
+        assert_eq!(error, "an entry record shorter than its framing");
+        // A length beyond the bytes that follow.
+        let mut bytes = 40u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{\"short\"");
+        let error = decode_error(raw(TAG_ENTRY, &bytes));
+        assert_eq!(error, "an entry record shorter than its framing");
+    }
+
+    #[test]
+    fn an_unknown_tag_and_undecodable_marks_are_refused_by_name() {
+        assert_eq!(decode_error(raw(99, b"{}")), "unknown Raft record tag 99");
+        let error = decode_error(raw(TAG_VOTE, b"not json"));
+        assert!(error.starts_with("undecodable vote record: "), "{error}");
+        let error = decode_error(raw(TAG_STATE, b"[1,2]"));
+        assert!(error.starts_with("undecodable state record: "), "{error}");
+    }
+
+    #[test]
+    fn a_record_of_another_run_or_kind_is_not_a_raft_record() {
+        let other_run = WalEntry::Payload {
+            run_id: RunId::from_u128(0xabc),
+            tag: TAG_ENTRY,
+            payload: Vec::new(),
+        };
+        let error = decode_error(other_run);
+        assert!(
+            error.contains("of run 0xabc is not a Raft log record"),
+            "{error}"
+        );
+        let commit = WalEntry::CommitTxn {
+            run_id: RAFT_RUN,
+            txn_id: 1,
+        };
+        let error = decode_error(commit);
+        assert!(error.contains("is not a Raft log record"), "{error}");
+    }
+
+    #[test]
+    fn only_an_entry_record_decodes_as_an_entry() {
+        read_back(&[vote::<TypeConfig>(&Vote::new(1, 1))], |_, archived| {
+            let error = decode_entry::<TypeConfig>(archived).unwrap_err();
+            assert_eq!(
+                error,
+                format!("expected an entry record, found tag {TAG_VOTE}")
+            );
+        });
+        // The id frame decodes, the entry after it does not.
+        let id = serde_json::to_vec(&log_id(1, 1)).unwrap();
+        let mut bytes = u32::try_from(id.len()).unwrap().to_le_bytes().to_vec();
+        bytes.extend_from_slice(&id);
+        bytes.extend_from_slice(b"{\"log_id\":");
+        read_back(&[raw(TAG_ENTRY, &bytes)], |_, archived| {
+            assert!(matches!(
+                decode::<TypeConfig>(archived),
+                Ok(Decoded::Entry(found)) if found == log_id(1, 1)
+            ));
+            let error = decode_entry::<TypeConfig>(archived).unwrap_err();
+            assert!(error.starts_with("undecodable entry record: "), "{error}");
+        });
+    }
+}

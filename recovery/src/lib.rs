@@ -32,7 +32,7 @@ mod walk;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use keel_wal::{Lsn, fsutil, segment};
+use keel_wal::{EntryKind, Lsn, fsutil, segment};
 
 pub use policy::{Decision, Finding, RecoveryPolicy, decide};
 pub use report::{Anomaly, RecoveryReport};
@@ -56,15 +56,30 @@ pub enum Error {
     /// Reading or repairing the directory failed.
     #[error(transparent)]
     Wal(#[from] keel_wal::Error),
-    /// The sink failed on the transaction committed at `lsn`.
-    #[error("replaying the transaction committed at LSN {lsn} failed: {source}")]
-    Replay { lsn: Lsn, source: ReplayError },
+    /// The sink failed on the record at `lsn`: a transaction's commit, a checkpoint or a
+    /// payload (`kind`).
+    #[error("replaying the {} at LSN {lsn} failed: {source}", replayed(*kind))]
+    Replay {
+        lsn: Lsn,
+        kind: EntryKind,
+        source: ReplayError,
+    },
     /// A broken internal expectation (a bug), reported instead of a panic.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the sink was handed, for [`Error::Replay`]'s message.
+fn replayed(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::CommitTxn | EntryKind::CommitSpan => "transaction committed",
+        EntryKind::Checkpoint => "checkpoint",
+        EntryKind::Payload => "payload",
+        other => other.name(),
+    }
+}
 
 /// What recovery is told besides the directory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -230,7 +230,11 @@ impl TxnTable {
         } else {
             replay.checkpoint(lsn, entry)
         };
-        outcome.map_err(|source| Error::Replay { lsn, source })
+        outcome.map_err(|source| Error::Replay {
+            lsn,
+            kind: entry.kind(),
+            source,
+        })
     }
 
     /// A `Write` or `Delete`: its archive is kept until the commit, unless the transaction
@@ -276,7 +280,11 @@ impl TxnTable {
                 commit_lsn: lsn,
             }));
         }
-        let txn = self.commit(key, lsn, txn, replay)?;
+        let kind = match named {
+            Some(_) => EntryKind::CommitSpan,
+            None => EntryKind::CommitTxn,
+        };
+        let txn = self.commit(key, (lsn, kind), txn, replay)?;
         self.recycle(txn);
         Ok(None)
     }
@@ -341,7 +349,7 @@ impl TxnTable {
     fn commit(
         &mut self,
         (run, txn_id): (u128, TxnId),
-        commit_lsn: Lsn,
+        (commit_lsn, kind): (Lsn, EntryKind),
         txn: Option<OpenTxn>,
         replay: &mut impl Replay,
     ) -> Result<Option<OpenTxn>> {
@@ -372,6 +380,7 @@ impl TxnTable {
         };
         replay.apply(&committed).map_err(|source| Error::Replay {
             lsn: commit_lsn,
+            kind,
             source,
         })?;
         self.counts.applied += 1;

@@ -103,10 +103,15 @@ fn a_segment_of_another_database() {
     log(&theirs);
     let last = segments.last().unwrap().file_name().unwrap();
     std::fs::copy(theirs.join(last), ours.join(last)).unwrap();
-    assert!(matches!(
-        refused(&ours, RecoveryPolicy::TolerateTornTail),
-        Finding::ForeignSegment { .. }
-    ));
+    let finding = refused(&ours, RecoveryPolicy::TolerateTornTail);
+    let Finding::ForeignSegment { expected, found } = finding else {
+        panic!("{finding:?}")
+    };
+    assert_ne!(expected, found);
+    assert_eq!(
+        finding.to_string(),
+        format!("segment belongs to database {found}, not to this database ({expected})")
+    );
     assert!(matches!(
         refused(&ours, RecoveryPolicy::PointInTime),
         Finding::ForeignSegment { .. }
@@ -135,12 +140,20 @@ fn an_unknown_format_version_is_never_interpreted() {
         RecoveryPolicy::SkipCorrupted,
         RecoveryPolicy::Absolute,
     ] {
+        let finding = refused(dir.path(), policy);
         assert_eq!(
-            refused(dir.path(), policy),
+            finding,
             Finding::UnknownFormatVersion {
                 found: 99,
                 supported: keel_wal::segment::FORMAT_VERSION
             }
+        );
+        assert_eq!(
+            finding.to_string(),
+            format!(
+                "segment has format version 99; this build reads version {}",
+                keel_wal::segment::FORMAT_VERSION
+            )
         );
     }
 }
@@ -167,6 +180,16 @@ fn an_all_zero_last_segment() {
         let (report, sink) = run(&dir, policy);
         let report = report.unwrap();
         assert_eq!(report.next_lsn, last_first, "{report}");
+        let [anomaly] = &report.anomalies[..] else {
+            panic!("{report}")
+        };
+        assert_eq!(anomaly.finding, Finding::ZeroedSegment);
+        assert!(
+            anomaly
+                .to_string()
+                .ends_with("segment is all zeros (truncated)"),
+            "{anomaly}"
+        );
         assert!(sink.applied.iter().all(|a| a.commit_lsn < last_first));
         appends_continue(&dir, last_first);
     }

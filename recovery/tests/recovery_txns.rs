@@ -134,8 +134,15 @@ fn a_sink_error_stops_recovery_with_the_commit_lsn() {
     let dir = tempfile::tempdir().unwrap();
     common::committed_log(dir.path(), 2, 1, 10);
     match recover(dir.path(), RecoveryPolicy::default(), &mut Fails) {
-        Err(keel_recovery::Error::Replay { lsn, source }) => {
-            assert_eq!(lsn, 2);
+        Err(error @ keel_recovery::Error::Replay { .. }) => {
+            assert_eq!(
+                error.to_string(),
+                "replaying the transaction committed at LSN 2 failed: sink is full"
+            );
+            let keel_recovery::Error::Replay { lsn, kind, source } = error else {
+                unreachable!()
+            };
+            assert_eq!((lsn, kind), (2, keel_wal::EntryKind::CommitTxn));
             assert_eq!(source.to_string(), "sink is full");
         }
         other => panic!("expected a replay error, got {other:?}"),

@@ -142,6 +142,12 @@ fn a_cut_below_the_witness_lowers_it_so_a_later_torn_tail_is_cut() {
         ),
         "{report}"
     );
+    let anomaly = report.anomalies[0].to_string();
+    assert!(
+        anomaly.contains("torn tail at LSN 10 (never acknowledged as durable)")
+            && anomaly.ends_with("(truncated)"),
+        "{anomaly}"
+    );
     assert_eq!(sink.applied.len(), 3 + 1, "transactions 0-2 and 20");
 }
 

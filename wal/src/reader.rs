@@ -71,7 +71,11 @@ pub(crate) fn read_record_at(
     let damaged = |reason| Error::corruption(path.to_path_buf(), position.offset, reason);
     if position.offset < HEADER_BLOCK_LEN
         || !position.offset.is_multiple_of(record::RECORD_ALIGN as u64)
-        || position.offset + RECORD_HEADER_LEN as u64 > header.segment_bytes
+        // Checked: a position is caller input, and an offset near `u64::MAX` must not wrap.
+        || position
+            .offset
+            .checked_add(RECORD_HEADER_LEN as u64)
+            .is_none_or(|end| end > header.segment_bytes)
     {
         return Err(damaged(CorruptionReason::TruncatedRecord));
     }

@@ -109,7 +109,9 @@ fn a_position_that_names_another_record_is_refused() {
             other => panic!("expected an LSN mismatch, got {other:?}"),
         }
         // An offset inside a record, and one in the header block.
-        for offset in [first.offset + 8, 0, 4096 + 3] {
+        // And offsets past the segment's end, up to the last aligned one (no overflow).
+        let last_aligned = u64::MAX - u64::MAX % 8;
+        for offset in [first.offset + 8, 0, 4096 + 3, 1 << 40, last_aligned] {
             let bad = RecordPosition { offset, ..first };
             assert!(
                 matches!(wal.read_record(bad), Err(Error::Corruption { .. })),
