@@ -66,6 +66,22 @@ pub(crate) fn finish<R: Replay>(
     Ok(report)
 }
 
+/// The size of a fresh segment: the log's own, from a header that read back, else from the
+/// files (segments are preallocated to their size), else the default.
+fn fresh_segment_bytes<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile]) -> u64 {
+    walk.segment_bytes
+        .or_else(|| {
+            segments
+                .iter()
+                .filter_map(|s| std::fs::metadata(&s.path).ok().map(|m| m.len()))
+                .filter(|&len| {
+                    len >= keel_wal::segment::MIN_SEGMENT_BYTES && len.is_multiple_of(4096)
+                })
+                .max()
+        })
+        .unwrap_or_else(|| keel_wal::WalOptions::default().segment_bytes)
+}
+
 /// The repair, decided without touching the disk; an impossible one is an error here.
 fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut>) -> Result<Plan> {
     let first_discarded = match cut {
@@ -104,7 +120,7 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
         || next_lsn != walked;
     let fresh = match (seal, walk.identity) {
         (false, _) => None,
-        (true, Some(id)) => Some((id, next_lsn, walk.segment_bytes.unwrap_or(64 << 20))),
+        (true, Some(id)) => Some((id, next_lsn, fresh_segment_bytes(walk, segments))),
         (true, None) => {
             return Err(Error::Internal(
                 "no IDENTITY file to start a fresh segment with; nothing was changed".into(),

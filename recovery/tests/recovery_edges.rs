@@ -206,6 +206,15 @@ fn a_log_whose_only_segment_is_unreadable_continues_above_the_snapshot() {
             [21],
             "{policy}: one fresh segment, where the log continues"
         );
+        // As large as the log's own segments (from the file, the header being unreadable),
+        // not the default 64 MiB zero-filled and synced.
+        assert_eq!(
+            std::fs::metadata(&common::segments(&copy)[0])
+                .unwrap()
+                .len(),
+            std::fs::metadata(&segments[0]).unwrap().len(),
+            "{policy}: the fresh segment's size"
+        );
 
         // Recovered again, the same answer, and appends go on at 21.
         let report = recover_with(&copy, options(RecoveryPolicy::Absolute), &mut sink).unwrap();
