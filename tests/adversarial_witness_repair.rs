@@ -87,7 +87,11 @@ fn witness_lsn(dir: &Path) -> Lsn {
 
 fn flip(path: &Path, offset: u64) {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().write(true).read(true).open(path).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)
+        .unwrap();
     let mut byte = [0u8];
     file.read_exact_at(&mut byte, offset).unwrap();
     byte[0] ^= 0x10;
@@ -126,7 +130,10 @@ fn images(state: &CrashState) -> Vec<(String, CrashPlan)> {
     for keep in 0..=state.pending.len() {
         for live in [false, true] {
             plans.push((
-                format!("power loss keeping {keep} of {} writes, live dirs {live}", state.pending.len()),
+                format!(
+                    "power loss keeping {keep} of {} writes, live dirs {live}",
+                    state.pending.len()
+                ),
                 CrashPlan::prefix(state, keep, live),
             ));
         }
