@@ -119,7 +119,9 @@ pub enum Finding {
     },
     /// `damage` lost only LSNs `lost_from..resume_lsn`, all at or below `covered_through`, the
     /// LSN the caller's snapshot covers: nothing the caller needs is lost, and reading resumes
-    /// at `resume_lsn`.
+    /// at `resume_lsn`. (When nothing readable follows damage at the end of the last segment
+    /// that its witness proves, `resume_lsn` is where the witness's claim ends: nothing proves
+    /// a record beyond it was written, and the log continues above the snapshot.)
     DamageCoveredBySnapshot {
         damage: Box<Finding>,
         lost_from: Lsn,

@@ -3,10 +3,11 @@
 //! The walk has judged every finding (a refusal or a sink error ends recovery before this
 //! runs, so nothing on disk changed). The repair is planned first, with everything it needs
 //! checked, and only then applied: setting aside, newest first, the segments after a cut and
-//! the segments skipped; lowering the durable witness of the segment the log now ends in when
-//! it claims more than remains (before anything beyond is zeroed, so that the damage that made
-//! the cut is still there if a crash stops the repair in between); zeroing the rest of the cut
-//! segment; starting a fresh last segment where appends could not continue in place. Only an
+//! the segments skipped; zeroing the rest of the cut segment; lowering the durable witness of
+//! the segment the log now ends in when it claims more than remains (after what lies beyond is
+//! zeroed and synced: until then the old claim proves the cut records durable, so a crash in
+//! between leaves damage judged the same way again, never a torn tail); starting a fresh last
+//! segment where appends could not continue in place. Only an
 //! I/O failure can stop it part-way, and that order leaves a directory that recovers to the
 //! same result.
 
@@ -171,11 +172,15 @@ fn apply(
             set_aside(dir, &segments[index].path, report)?;
         }
     }
-    if let Some((index, end)) = plan.lower_witness {
-        lower_witness(&segments[index].path, &end, plan.walked)?;
-    }
+    // Zeroed (and synced) before the witness is lowered: until the lowered claim is durable,
+    // the old one still proves the records beyond the cut durable, so a crash in between is
+    // judged as the same damage again. Lowered first, a crash would leave those records on
+    // disk with nothing proving them, and the next recovery would cut them as a torn tail.
     if let Some((index, offset)) = plan.zero_from {
         report.bytes_truncated += zero_tail(&segments[index].path, offset)?;
+    }
+    if let Some((index, end)) = plan.lower_witness {
+        lower_witness(&segments[index].path, &end, plan.walked)?;
     }
     if let Some((database_id, first_lsn, bytes)) = plan.fresh {
         let replaced = held_back.filter(|&i| segments[i].first_lsn == first_lsn);

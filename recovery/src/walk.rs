@@ -72,6 +72,9 @@ struct Gap {
     /// The highest first LSN named by a segment skipped in the gap: the LSNs below it were
     /// written, so they are lost even when nothing readable follows.
     named: Option<Lsn>,
+    /// Where the LSNs the last segment's witness proves written end, when nothing readable
+    /// follows the damage it proves: those are lost; nothing proves any beyond were written.
+    witnessed_end: Option<Lsn>,
     findings: Vec<Damage>,
 }
 
@@ -414,7 +417,14 @@ impl<'a, R: Replay> Walk<'a, R> {
             )?,
             false => None,
         };
+        let witnessed_end = witnessed_end(&found.finding);
         self.open_gap(from, Some(found));
+        if resume.is_none()
+            && last
+            && let Some(gap) = &mut self.gap
+        {
+            gap.witnessed_end = gap.witnessed_end.max(witnessed_end);
+        }
         let (cut, then) = match resume {
             Some((offset, record)) => (
                 self.resolve(Some(record.lsn))?,
@@ -439,6 +449,7 @@ impl<'a, R: Replay> Walk<'a, R> {
         let gap = self.gap.get_or_insert_with(|| Gap {
             from,
             named: None,
+            witnessed_end: None,
             findings: Vec::new(),
         });
         gap.findings.extend(found);
@@ -451,7 +462,10 @@ impl<'a, R: Replay> Walk<'a, R> {
         let Some(gap) = self.gap.take() else {
             return Ok(None);
         };
-        let covered = match (resume, self.covered_through) {
+        // With nothing readable after it, damage the last segment's witness proves lost LSNs
+        // up to where the witness's claim ends: beyond, nothing proves a record was written.
+        let known_end = resume.or(gap.witnessed_end);
+        let covered = match (known_end, self.covered_through) {
             (Some(resume), Some(s)) if gap.from <= s && resume <= s.saturating_add(1) => {
                 Some((resume, s))
             }
@@ -478,7 +492,9 @@ impl<'a, R: Replay> Walk<'a, R> {
                 return Ok(Some(found.cut));
             }
         }
-        let end = resume.or(gap.named).unwrap_or(gap.from);
+        let end = resume
+            .or(gap.named.max(gap.witnessed_end))
+            .unwrap_or(gap.from);
         self.report.lsns_skipped += end.saturating_sub(gap.from);
         if end > gap.from {
             self.report.lsns_lost.push((gap.from, end - 1));
@@ -489,6 +505,17 @@ impl<'a, R: Replay> Walk<'a, R> {
             self.txns.gap(resume);
         }
         Ok(None)
+    }
+}
+
+/// Where the LSNs a finding's witness proof claims end (one past its durable LSN).
+fn witnessed_end(finding: &Finding) -> Option<Lsn> {
+    match finding {
+        Finding::DamageBelowDurableMark {
+            proof: DurableProof::Witness { durable_lsn, .. },
+            ..
+        } => Some(durable_lsn + 1),
+        _ => None,
     }
 }
 

@@ -161,8 +161,10 @@ pub fn read(file: &File, path: &Path, header: &SegmentHeader) -> Result<Option<W
 /// Lowers the witness of a segment whose log now ends at `end_offset` with `next_lsn` (after
 /// a truncation), so that it claims nothing beyond: both slots are rewritten with the lowered
 /// claim, newer than `current`, and synced. Until the sync, either slot may still hold
-/// `current`; callers do this before zeroing what lies beyond, so that a crash in between
-/// leaves the damage that made the cut, judged the same way again.
+/// `current`; callers do this after zeroing (and syncing) what lies beyond, so that a crash in
+/// between leaves the cut records gone while `current` still claims them: damage below the
+/// witness, judged the same way again. (Lowered first, a crash would leave them on disk with
+/// nothing proving them durable: a torn tail to the next recovery.)
 pub fn lower(
     file: &File,
     path: &Path,

@@ -1,0 +1,203 @@
+//! Adversarial review of the durable witness: a point-in-time repair interrupted by a crash.
+//!
+//! A cut below the witness lowers the witness and zeroes what lies beyond the cut. The
+//! documented promise (docs/RECOVERY.md, "Crash safety"; docs/FORMAT.md) is that a crash
+//! part-way leaves "the damage that made the cut, judged the same way again". Here the
+//! damage is proven only by the witness (a damaged record of the last unit, whose records
+//! carry no durable mark reaching each other): if the witness is lowered while the records
+//! it claimed are still on disk, the next recovery no longer sees a proof, and the default
+//! policy cuts acknowledged records as a `TornTail`, reporting that nothing acknowledged was
+//! lost, instead of refusing.
+//!
+//! The real repair runs under simulated storage and is crashed at each of its hook events
+//! (a process crash, and power losses keeping any prefix of its pending writes); the default
+//! recovery of every image must either still refuse the damage, or find the repair complete.
+
+use std::path::Path;
+
+use keel_recovery::{
+    CommittedTxn, Error, Finding, RecoveryPolicy, RecoveryReport, Replay, ReplayError, recover,
+};
+use keel_wal::segment;
+use keel_wal::sim::{CrashPlan, CrashState, Sim};
+use keel_wal::witness::{self, DurableProof};
+use keel_wal::{BackendChoice, Durability, Lsn, RunId, Wal, WalEntry, WalOptions};
+
+struct Count;
+
+impl Replay for Count {
+    fn apply(&mut self, _: &CommittedTxn<'_>) -> Result<(), ReplayError> {
+        Ok(())
+    }
+}
+
+fn options() -> WalOptions {
+    WalOptions {
+        segment_bytes: 64 * 1024,
+        max_record_bytes: 4096,
+        backend: BackendChoice::Std,
+        preallocate: false,
+        durability: Durability::Strict,
+        ..WalOptions::default()
+    }
+}
+
+/// Ten units of a write and a commit (LSNs 1 to 20), closed: the close's witness claims 20.
+fn witnessed_log(dir: &Path) {
+    let wal = Wal::open(dir, options()).unwrap();
+    let run_id = RunId::from_u128(1);
+    for txn_id in 0..10u64 {
+        let unit = [
+            WalEntry::Write {
+                run_id,
+                txn_id,
+                key: format!("k{txn_id}").into_bytes(),
+                value: vec![0x5a; 200],
+            },
+            WalEntry::CommitTxn { run_id, txn_id },
+        ];
+        wal.append(&unit).wait().unwrap();
+    }
+    wal.close().unwrap();
+}
+
+/// Offset of the record of `lsn` in the only segment.
+fn offset_of(dir: &Path, lsn: Lsn) -> u64 {
+    let listing = segment::list_directory(dir).unwrap();
+    let mut reader = keel_wal::reader::SegmentReader::open(&listing.segments[0]).unwrap();
+    loop {
+        match reader.next_event().unwrap() {
+            keel_wal::reader::SegmentEvent::Record(r) if r.lsn == lsn => return r.offset,
+            keel_wal::reader::SegmentEvent::Record(_) => {}
+            other => panic!("LSN {lsn} not found: {other:?}"),
+        }
+    }
+}
+
+fn witness_lsn(dir: &Path) -> Lsn {
+    let listing = segment::list_directory(dir).unwrap();
+    let path = &listing.segments[0].path;
+    let file = std::fs::File::open(path).unwrap();
+    let header = segment::read_header(&file, &listing.segments[0]).unwrap();
+    witness::read(&file, path, &header)
+        .unwrap()
+        .expect("a witness")
+        .durable_lsn
+}
+
+fn flip(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    byte[0] ^= 0x10;
+    file.write_all_at(&byte, offset).unwrap();
+}
+
+/// What the default policy makes of an image: it must refuse the witnessed damage (as on the
+/// damaged log itself), or find the point-in-time repair complete (clean, ending at `cut`).
+fn check_default(image: &Path, cut: Lsn, witnessed: Lsn, what: &str) {
+    match recover(image, RecoveryPolicy::default(), &mut Count) {
+        Err(Error::Refused {
+            finding: Finding::DamageBelowDurableMark { lsn, .. },
+            ..
+        }) => assert_eq!(lsn, cut, "{what}"),
+        Err(other) => panic!("{what}: unexpected error {other}"),
+        Ok(report) => check_repaired(&report, cut, witnessed, what),
+    }
+}
+
+fn check_repaired(report: &RecoveryReport, cut: Lsn, witnessed: Lsn, what: &str) {
+    for anomaly in &report.anomalies {
+        if let Finding::TornTail { lsn, .. } = anomaly.finding {
+            assert!(
+                lsn > witnessed,
+                "{what}: the default policy cut LSN {lsn} as a torn tail, although the \
+                 witness had claimed LSNs through {witnessed} durable (acknowledged data \
+                 reported as never acknowledged): {report}"
+            );
+        }
+    }
+    assert_eq!(report.next_lsn, cut, "{what}: {report}");
+}
+
+fn images(state: &CrashState) -> Vec<(String, CrashPlan)> {
+    let mut plans = vec![("process crash".to_string(), CrashPlan::process())];
+    for keep in 0..=state.pending.len() {
+        for live in [false, true] {
+            plans.push((
+                format!(
+                    "power loss keeping {keep} of {} writes, live dirs {live}",
+                    state.pending.len()
+                ),
+                CrashPlan::prefix(state, keep, live),
+            ));
+        }
+    }
+    plans
+}
+
+#[test]
+fn a_point_in_time_repair_crashed_part_way_never_turns_witnessed_damage_into_a_torn_tail() {
+    let base = tempfile::tempdir().unwrap();
+    let original = base.path().join("original");
+    witnessed_log(&original);
+    let witnessed = witness_lsn(&original);
+    assert_eq!(witnessed, 20);
+    // The write of the last unit (LSN 19) damaged; LSN 20's durable mark (18) does not reach
+    // it: only the witness proves it was durable.
+    let segment_path = segment::list_directory(&original).unwrap().segments[0]
+        .path
+        .clone();
+    flip(&segment_path, offset_of(&original, 19) + 40);
+    match recover(&original, RecoveryPolicy::Absolute, &mut Count) {
+        Err(Error::Refused {
+            finding:
+                Finding::DamageBelowDurableMark {
+                    lsn: 19,
+                    proof: DurableProof::Witness { .. },
+                    ..
+                },
+            ..
+        }) => {}
+        other => panic!("expected witnessed damage at LSN 19, got {other:?}"),
+    }
+    let cut = 19;
+    let mut crashes = 0;
+    for event in 0.. {
+        let root = base.path().join(format!("run-{event}"));
+        let dir = root.join("log");
+        copy_dir(&original, &dir);
+        let sim = Sim::new(&root, 7).unwrap();
+        sim.crash_after_events(event);
+        let result = recover(&dir, RecoveryPolicy::PointInTime, &mut Count);
+        let Some(state) = sim.crashed() else {
+            let report = result.unwrap_or_else(|e| panic!("uninterrupted repair: {e}"));
+            assert_eq!(report.next_lsn, cut, "{report}");
+            drop(sim);
+            check_default(&dir, cut, witnessed, "after the whole repair");
+            break;
+        };
+        drop(sim);
+        crashes += 1;
+        for (n, (what, plan)) in images(&state).into_iter().enumerate() {
+            let image = base.path().join(format!("image-{event}-{n}"));
+            state.materialize(&plan, &image).unwrap();
+            let what = format!("repair crashed at its event {event}, {what}");
+            check_default(&image.join("log"), cut, witnessed, &what);
+        }
+    }
+    assert!(crashes >= 2, "the repair has a lowering and a zeroing step");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
