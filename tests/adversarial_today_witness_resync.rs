@@ -146,9 +146,13 @@ fn power_losses(state: &CrashState) -> Vec<(String, CrashPlan)> {
                     "power loss keeping header-block writes {keep_header}, other writes \
                      {keep_rest} (of {n}), live dirs {live}"
                 ),
-                CrashPlan::keeping(state, live, |i| {
-                    if header(i) { keep_header } else { keep_rest }
-                }),
+                CrashPlan::keeping(
+                    state,
+                    live,
+                    |i| {
+                        if header(i) { keep_header } else { keep_rest }
+                    },
+                ),
             ));
         }
     }
@@ -219,7 +223,12 @@ fn a_repair_repeated_after_a_process_crash_never_turns_witnessed_damage_into_a_t
             let state = match twice_interrupted(&original, &root, first, second) {
                 None => break 'first,
                 Some(None) => {
-                    check_default(&root.join("log"), cut, witnessed, "after the repeated repair");
+                    check_default(
+                        &root.join("log"),
+                        cut,
+                        witnessed,
+                        "after the repeated repair",
+                    );
                     break;
                 }
                 Some(Some(state)) => state,
