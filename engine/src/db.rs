@@ -365,8 +365,7 @@ impl Database {
             .filter(|(lsn, _)| *lsn < newest)
             .collect();
         let mut fallback = None;
-        // Partial snapshots a crashed process left are removed with the old ones.
-        let mut doomed = snapshot::partials(dir)?;
+        let mut doomed = Vec::new();
         for (lsn, path) in older {
             if fallback.is_none() && self.snapshot_reads_whole(lsn, &path)? {
                 fallback = Some(lsn);
@@ -389,7 +388,9 @@ impl Database {
                 Err(e) => return Err(keel_wal::Error::io("removing old snapshot", path, e).into()),
             }
         }
-        if !doomed.is_empty() {
+        // Partial snapshots a crashed process left go too, best effort.
+        let partials = snapshot::remove_partials(dir);
+        if !doomed.is_empty() || partials > 0 {
             fsutil::sync_dir(dir)?;
         }
         lock(&self.inner.verified_snapshots).retain(|lsn| Some(*lsn) >= fallback);

@@ -288,6 +288,12 @@ fn lower_witness(path: &Path, end: &SegmentEnd, next_lsn: Lsn) -> Result<()> {
 }
 
 /// Zeroes `path` from `offset` to its end and syncs it; returns the non-zero bytes zeroed.
+///
+/// Synced even when nothing needed zeroing: the zeros found may be an interrupted earlier
+/// repair's, in the page cache only (a process crash before its sync). The witness is lowered
+/// next; were these zeros not durable first, a power loss could keep the lowered witness and
+/// bring back the records it had proven durable, to be cut as a torn tail
+/// (`tests/adversarial_today_witness_resync.rs`).
 fn zero_tail(path: &Path, offset: u64) -> Result<u64> {
     let file = OpenOptions::new()
         .read(true)
@@ -299,8 +305,6 @@ fn zero_tail(path: &Path, offset: u64) -> Result<u64> {
         .map_err(|e| keel_wal::Error::io("reading metadata of", path, e))?
         .len();
     let zeroed = fsutil::zero_range(&file, path, offset, end)?;
-    if zeroed > 0 {
-        fsutil::sync_file(&file, path, false)?;
-    }
+    fsutil::sync_file(&file, path, false)?;
     Ok(zeroed)
 }

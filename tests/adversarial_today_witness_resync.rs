@@ -1,0 +1,252 @@
+//! Adversarial review of today's zero-then-lower order in recovery's repair (591670a).
+//!
+//! A point-in-time cut below the durable witness zeroes what lies beyond the cut, syncs it,
+//! and only then lowers the witness: "until the lowered claim is durable, the old one still
+//! proves the records beyond the cut durable". The sync after the zeroing is skipped when the
+//! zeroing found nothing to zero. A process that crashed after zeroing and before its sync
+//! leaves exactly that: zeros in the page cache, not durable. The next recovery finds the tail
+//! already zero, skips the sync, and lowers the witness; a power loss before that lowering's
+//! sync may keep the lowered witness and lose the zeros. The records the witness had proven
+//! durable are back on disk with nothing proving them, and the default policy then cuts
+//! acknowledged records as a torn tail, reporting nothing acknowledged lost.
+//!
+//! The repair runs under simulated storage; it is crashed at each of its hook events (a
+//! process crash), a new process on the same storage runs the repair again and is crashed at
+//! each of its hook events, and every power-loss image (each subset of the pending writes)
+//! must either still refuse the damage under the default policy, or be the finished repair.
+
+use std::path::Path;
+
+use keel_recovery::{
+    CommittedTxn, Error, Finding, RecoveryPolicy, RecoveryReport, Replay, ReplayError, recover,
+};
+use keel_wal::segment;
+use keel_wal::sim::{CrashPlan, CrashState, Sim};
+use keel_wal::witness::{self, DurableProof};
+use keel_wal::{BackendChoice, Durability, Lsn, RunId, Wal, WalEntry, WalOptions};
+
+struct Count;
+
+impl Replay for Count {
+    fn apply(&mut self, _: &CommittedTxn<'_>) -> Result<(), ReplayError> {
+        Ok(())
+    }
+}
+
+fn options() -> WalOptions {
+    WalOptions {
+        segment_bytes: 64 * 1024,
+        max_record_bytes: 4096,
+        backend: BackendChoice::Std,
+        preallocate: false,
+        durability: Durability::Strict,
+        ..WalOptions::default()
+    }
+}
+
+/// Ten units of a write and a commit (LSNs 1 to 20), closed: the close's witness claims 20.
+fn witnessed_log(dir: &Path) {
+    let wal = Wal::open(dir, options()).unwrap();
+    let run_id = RunId::from_u128(1);
+    for txn_id in 0..10u64 {
+        let unit = [
+            WalEntry::Write {
+                run_id,
+                txn_id,
+                key: format!("k{txn_id}").into_bytes(),
+                value: vec![0x5a; 200],
+            },
+            WalEntry::CommitTxn { run_id, txn_id },
+        ];
+        wal.append(&unit).wait().unwrap();
+    }
+    wal.close().unwrap();
+}
+
+/// Offset of the record of `lsn` in the only segment.
+fn offset_of(dir: &Path, lsn: Lsn) -> u64 {
+    let listing = segment::list_directory(dir).unwrap();
+    let mut reader = keel_wal::reader::SegmentReader::open(&listing.segments[0]).unwrap();
+    loop {
+        match reader.next_event().unwrap() {
+            keel_wal::reader::SegmentEvent::Record(r) if r.lsn == lsn => return r.offset,
+            keel_wal::reader::SegmentEvent::Record(_) => {}
+            other => panic!("LSN {lsn} not found: {other:?}"),
+        }
+    }
+}
+
+fn witness_lsn(dir: &Path) -> Lsn {
+    let listing = segment::list_directory(dir).unwrap();
+    let path = &listing.segments[0].path;
+    let file = std::fs::File::open(path).unwrap();
+    let header = segment::read_header(&file, &listing.segments[0]).unwrap();
+    witness::read(&file, path, &header)
+        .unwrap()
+        .expect("a witness")
+        .durable_lsn
+}
+
+fn flip(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    byte[0] ^= 0x10;
+    file.write_all_at(&byte, offset).unwrap();
+}
+
+/// What the default policy makes of an image: it must refuse the witnessed damage, or find
+/// the point-in-time repair complete (clean, ending at `cut`).
+fn check_default(image: &Path, cut: Lsn, witnessed: Lsn, what: &str) {
+    match recover(image, RecoveryPolicy::default(), &mut Count) {
+        Err(Error::Refused {
+            finding: Finding::DamageBelowDurableMark { lsn, .. },
+            ..
+        }) => assert_eq!(lsn, cut, "{what}"),
+        Err(other) => panic!("{what}: unexpected error {other}"),
+        Ok(report) => check_repaired(&report, cut, witnessed, what),
+    }
+}
+
+fn check_repaired(report: &RecoveryReport, cut: Lsn, witnessed: Lsn, what: &str) {
+    for anomaly in &report.anomalies {
+        if let Finding::TornTail { lsn, .. } = anomaly.finding {
+            assert!(
+                lsn > witnessed,
+                "{what}: the default policy cut LSN {lsn} as a torn tail, although the \
+                 witness had claimed LSNs through {witnessed} durable (acknowledged data \
+                 reported as never acknowledged): {report}"
+            );
+        }
+    }
+    assert_eq!(report.next_lsn, cut, "{what}: {report}");
+}
+
+/// Power losses over the pending writes: each prefix, and each choice of keeping or losing
+/// the writes to the header block (the witness slots) and those beyond it (records, zeros).
+fn power_losses(state: &CrashState) -> Vec<(String, CrashPlan)> {
+    let n = state.pending.len();
+    let header = |i: usize| state.pending[i].offset < segment::HEADER_BLOCK_LEN;
+    let mut plans = Vec::new();
+    for live in [false, true] {
+        for keep in 0..=n {
+            plans.push((
+                format!("power loss keeping the first {keep} of {n} writes, live dirs {live}"),
+                CrashPlan::prefix(state, keep, live),
+            ));
+        }
+        for (keep_header, keep_rest) in [(true, false), (false, true)] {
+            plans.push((
+                format!(
+                    "power loss keeping header-block writes {keep_header}, other writes \
+                     {keep_rest} (of {n}), live dirs {live}"
+                ),
+                CrashPlan::keeping(
+                    state,
+                    live,
+                    |i| {
+                        if header(i) { keep_header } else { keep_rest }
+                    },
+                ),
+            ));
+        }
+    }
+    plans
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Runs the repair crashed at `first` on fresh storage, then (when it crashed) a new process
+/// on the same storage repeats it crashed at `second`. Returns the second crash's state, or
+/// `None` when a run finished (`Some(None)` inside: the first run finished).
+fn twice_interrupted(
+    original: &Path,
+    root: &Path,
+    first: u64,
+    second: u64,
+) -> Option<Option<CrashState>> {
+    let dir = root.join("log");
+    copy_dir(original, &dir);
+    let sim = Sim::new(root, 7).unwrap();
+    sim.crash_after_events(first);
+    let outcome = recover(&dir, RecoveryPolicy::PointInTime, &mut Count);
+    sim.crashed()?;
+    drop(outcome);
+    sim.restart(8).unwrap();
+    sim.crash_after_events(second);
+    let outcome = recover(&dir, RecoveryPolicy::PointInTime, &mut Count);
+    let state = sim.crashed();
+    drop(outcome);
+    Some(state)
+}
+
+#[test]
+fn a_repair_repeated_after_a_process_crash_never_turns_witnessed_damage_into_a_torn_tail() {
+    let base = tempfile::tempdir().unwrap();
+    let original = base.path().join("original");
+    witnessed_log(&original);
+    let witnessed = witness_lsn(&original);
+    assert_eq!(witnessed, 20);
+    // The write of the last unit (LSN 19) damaged: only the witness proves it was durable.
+    let segment_path = segment::list_directory(&original).unwrap().segments[0]
+        .path
+        .clone();
+    flip(&segment_path, offset_of(&original, 19) + 40);
+    match recover(&original, RecoveryPolicy::Absolute, &mut Count) {
+        Err(Error::Refused {
+            finding:
+                Finding::DamageBelowDurableMark {
+                    lsn: 19,
+                    proof: DurableProof::Witness { .. },
+                    ..
+                },
+            ..
+        }) => {}
+        other => panic!("expected witnessed damage at LSN 19, got {other:?}"),
+    }
+    let cut = 19;
+    let mut images = 0;
+    'first: for first in 0.. {
+        for second in 0.. {
+            let root = base.path().join(format!("run-{first}-{second}"));
+            let state = match twice_interrupted(&original, &root, first, second) {
+                None => break 'first,
+                Some(None) => {
+                    check_default(
+                        &root.join("log"),
+                        cut,
+                        witnessed,
+                        "after the repeated repair",
+                    );
+                    break;
+                }
+                Some(Some(state)) => state,
+            };
+            for (n, (what, plan)) in power_losses(&state).into_iter().enumerate() {
+                let image = base.path().join(format!("image-{first}-{second}-{n}"));
+                state.materialize(&plan, &image).unwrap();
+                let what = format!(
+                    "repair crashed at its event {first} (process crash), repeated and crashed \
+                     at its event {second}, {what}"
+                );
+                check_default(&image.join("log"), cut, witnessed, &what);
+                std::fs::remove_dir_all(&image).unwrap();
+                images += 1;
+            }
+            std::fs::remove_dir_all(&root).unwrap();
+        }
+    }
+    println!("{images} power-loss images checked");
+    assert!(images > 0);
+}
