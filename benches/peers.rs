@@ -12,7 +12,7 @@
 //! - `keel-uring`, `keel-std`: `keel_wal::Wal`, Strict (fdatasync before the ack, group commit);
 //! - `raw`: `pwrite` + `fdatasync` of each record on a preallocated file, one at a time: the
 //!   cost of one durable write, with no batching (the "physical limit" of a log that syncs every
-//!   record);
+//!   record; `keel_bench::RawLog`, the baseline `keel bench` runs too);
 //! - `okaywal` (feature `peer-okaywal`): entry, chunk, commit (fdatasync, shared by waiters);
 //! - `sqlite` (feature `peer-sqlite`, bundled SQLite): WAL mode, `synchronous=FULL`, one insert
 //!   per transaction, one connection per committer;
@@ -27,14 +27,13 @@
 //! `<out>/latency-<size>.svg`: p50/p99/p999 at each committer count).
 
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keel_bench::RawLog;
 use keel_wal::{BackendChoice, Durability, RunId, Wal, WalEntry, WalOptions};
 
 /// One system under test, shared by all committer threads.
@@ -88,48 +87,10 @@ impl Peer for Keel {
     }
 }
 
-/// `pwrite` + `fdatasync` per record, serialized: a file can only be synced as a whole.
-struct Raw {
-    file: File,
-    next: Mutex<u64>,
-    size: u64,
-}
-
-impl Raw {
-    fn open(dir: &Path, size: u64) -> io::Result<Raw> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.join("raw.log"))?;
-        // Preallocated and zero-filled, as Keel's segments are.
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = 0;
-        while at < size {
-            file.write_all_at(&zeros, at)?;
-            at += zeros.len() as u64;
-        }
-        file.sync_all()?;
-        Ok(Raw {
-            file,
-            next: Mutex::new(0),
-            size,
-        })
-    }
-}
-
-impl Peer for Raw {
+/// The raw limit, shared with `keel bench`: see [`RawLog`].
+impl Peer for RawLog {
     fn commit(&self, _thread: usize, _seq: u64, payload: &[u8]) -> io::Result<()> {
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        let len = payload.len() as u64;
-        if *next + len > self.size {
-            *next = 0;
-        }
-        self.file.write_all_at(payload, *next)?;
-        self.file.sync_data()?;
-        *next += len;
-        Ok(())
+        RawLog::commit(self, payload)
     }
 }
 
@@ -199,6 +160,7 @@ mod okaywal_peer {
 #[cfg(feature = "peer-sqlite")]
 mod sqlite_peer {
     use super::*;
+    use std::sync::Mutex;
 
     pub struct Sqlite {
         path: PathBuf,
@@ -341,11 +303,10 @@ mod rocksdb_peer {
 fn run_raw_uring(dir: &Path, depth: usize, size: usize, duration: Duration) -> io::Result<Row> {
     use keel_wal::backend::uring::UringBackend;
     use keel_wal::backend::{Backend, Chain, IoFile, WriteOp};
-    let raw = Raw::open(dir, 256 << 20)?;
-    let file = Arc::new(IoFile {
-        file: raw.file,
-        path: dir.join("raw.log"),
-    });
+    let raw = RawLog::open(dir, 256 << 20)?;
+    let raw_bytes = raw.size_bytes();
+    let (file, path) = raw.into_file();
+    let file = Arc::new(IoFile { file, path });
     let requested = depth;
     let depth = depth.clamp(1, 64);
     let mut ring = UringBackend::new(depth, None).map_err(io::Error::other)?;
@@ -361,7 +322,7 @@ fn run_raw_uring(dir: &Path, depth: usize, size: usize, duration: Duration) -> i
             let mut buf = spare.pop().unwrap_or_default();
             buf.clear();
             buf.resize(size, 0x5a);
-            if offset + size as u64 > raw.size {
+            if offset + size as u64 > raw_bytes {
                 offset = 0;
             }
             started_at.insert(next_id, Instant::now());
@@ -447,7 +408,7 @@ fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn Peer>
     let keel = |backend| keel_with(backend, Durability::Strict);
     let _ = committers;
     match system {
-        "raw" => Ok(Box::new(Raw::open(dir, 256 << 20)?)),
+        "raw" => Ok(Box::new(RawLog::open(dir, 256 << 20)?)),
         "keel-uring" => keel(BackendChoice::Uring),
         "keel-std" => keel(BackendChoice::Std),
         "keel-batched" => keel_with(

@@ -1,0 +1,121 @@
+//! What `keel bench` takes on the command line, and the log options a run of it opens with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use keel_wal::{BackendChoice, Durability, WalOptions};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each commit waits for an fdatasync that covers it.
+    Strict,
+    /// Each commit waits for its write; fdatasync on a timer (`--max-delay-ms`).
+    Batched,
+    /// Each commit resolves at enqueue; writes and syncs in the background.
+    Async,
+}
+
+/// What a committer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Committers {
+    /// One OS thread per committer, blocking on `CommitFuture::wait`.
+    Threads,
+    /// One tokio task per committer on a multi-threaded runtime (one worker per core),
+    /// awaiting its `CommitFuture`: an async service's shape.
+    Tasks,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// io_uring where it runs, else std.
+    Auto,
+    /// pwrite + fdatasync on the writer thread.
+    Std,
+    /// io_uring (an error where it cannot run).
+    Uring,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent committers (a list runs each).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    pub(super) writers: Vec<u32>,
+    /// Bytes of each value (a list runs each).
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    pub(super) value_size: Vec<usize>,
+    /// Durability mode.
+    #[arg(long, value_enum, default_value_t = Mode::Strict)]
+    pub(super) mode: Mode,
+    /// Committers as OS threads or as tokio tasks (the raw baseline always uses threads).
+    #[arg(long, value_enum, default_value_t = Committers::Threads)]
+    pub(super) committers: Committers,
+    /// Sync timer of the batched and async modes, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub(super) max_delay_ms: u64,
+    /// IO backend (a list runs each, side by side).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    pub(super) backend: Vec<Backend>,
+    /// Chains the io_uring backend keeps in flight.
+    #[arg(long, default_value_t = keel_wal::DEFAULT_IO_DEPTH)]
+    pub(super) io_depth: usize,
+    /// Rounds of the whole comparison; each cell reports its median round (noisy machines).
+    #[arg(long, default_value_t = 1)]
+    pub(super) rounds: usize,
+    /// Seconds each run lasts.
+    #[arg(long, default_value_t = 5.0)]
+    pub(super) duration: f64,
+    /// Directory to run in (on the device to measure); default: a new temporary directory.
+    #[arg(long)]
+    pub(super) dir: Option<PathBuf>,
+    /// Segment size in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub(super) segment_mib: u64,
+    /// Skip the raw pwrite + fdatasync baseline.
+    #[arg(long)]
+    pub(super) no_baseline: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+impl BenchArgs {
+    /// Refuses what cannot run: no committers, no rounds, no time.
+    pub(super) fn check(&self) -> Result<(), String> {
+        if self.writers.contains(&0) || self.duration <= 0.0 || self.rounds == 0 {
+            return Err("--writers, --rounds and --duration must be above 0".into());
+        }
+        Ok(())
+    }
+
+    /// The log options of one run on `backend`.
+    pub(super) fn wal_options(&self, backend: Backend) -> WalOptions {
+        let max_delay = Duration::from_millis(self.max_delay_ms);
+        WalOptions {
+            durability: match self.mode {
+                Mode::Strict => Durability::Strict,
+                Mode::Batched => Durability::Batched {
+                    max_delay,
+                    max_bytes: 64 << 20,
+                },
+                Mode::Async => Durability::Async { max_delay },
+            },
+            segment_bytes: self.segment_mib << 20,
+            // The default record limit (8 MiB) does not fit a small segment; the bench's
+            // records are one value each, far below either.
+            max_record_bytes: u32::try_from((self.segment_mib << 20) / 2)
+                .unwrap_or(u32::MAX)
+                .min(WalOptions::default().max_record_bytes),
+            backend: match backend {
+                Backend::Auto => BackendChoice::Auto,
+                Backend::Std => BackendChoice::Std,
+                Backend::Uring => BackendChoice::Uring,
+            },
+            io_depth: self.io_depth,
+            ..WalOptions::default()
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! `keel bench`: a WAL workload generator for storage performance testing.
+//!
+//! `writers` threads each commit one `Write` entry of `value_size` bytes at a time and wait
+//! for it, for `duration` seconds. In `strict` mode the same workload first runs as a raw
+//! `pwrite + fdatasync` loop on a preallocated file (the physical limit of this machine, one
+//! durable write at a time: `keel_bench::RawLog`, which `benches/peers.rs` runs too), so
+//! Keel's figures read as a ratio of it: measured in one run, on one device.
+//!
+//! `--writers`, `--value-size` and `--backend` take lists (`--writers 1,8,64 --backend
+//! uring,std`): every combination runs, side by side in one table.
+//!
+//! Modules: [`args`] (the command line and the log options it makes), [`drive`] (committers
+//! against the clock), [`targets`] (Keel and the raw baseline), [`report`] (ratios, medians,
+//! the table).
+
+mod args;
+mod drive;
+mod report;
+mod targets;
+
+use std::path::Path;
+
+pub use args::BenchArgs;
+use args::{Backend, Mode};
+use report::{Outcome, Report};
+
+/// One combination of the lists on the command line.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    writers: u32,
+    value_size: usize,
+    backend: Backend,
+}
+
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    args.check()?;
+    let temp = scratch_dir(args)?;
+    let mut runs = Vec::new();
+    for &value_size in &args.value_size {
+        for &writers in &args.writers {
+            runs.extend(compare(args, temp.path(), writers, value_size)?);
+        }
+    }
+    let report = Report {
+        directory: temp.path().to_path_buf(),
+        runs,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        report::print_table(&report);
+    }
+    Ok(())
+}
+
+/// A new directory, removed when dropped: under `--dir` when given, else the system's
+/// temporary directory.
+fn scratch_dir(args: &BenchArgs) -> Result<tempfile::TempDir, String> {
+    match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            tempfile::tempdir_in(dir).map_err(|e| format!("cannot use {}: {e}", dir.display()))
+        }
+        None => {
+            tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))
+        }
+    }
+}
+
+/// Every target of one writers × value size pair, each the median of the rounds.
+///
+/// Every round runs each target once, interleaved, so a noisy machine's drift hits all of
+/// them alike; the reported run is the round with the median ratio.
+fn compare(
+    args: &BenchArgs,
+    temp: &Path,
+    writers: u32,
+    value_size: usize,
+) -> Result<Vec<Outcome>, String> {
+    let cell = |backend| Cell {
+        writers,
+        value_size,
+        backend,
+    };
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        let mut targets = Vec::new();
+        if args.mode == Mode::Strict && !args.no_baseline {
+            let dir = temp.join(format!("raw-{writers}-{value_size}-{round}"));
+            targets.push(targets::raw(args, cell(Backend::Std), &dir)?);
+        }
+        for &backend in &args.backend {
+            let name = format!("wal-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
+            targets.push(targets::keel(args, cell(backend), &temp.join(name))?);
+        }
+        report::set_ratios(&mut targets);
+        rounds.push(targets);
+    }
+    Ok(report::median_round(rounds))
+}

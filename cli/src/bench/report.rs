@@ -1,0 +1,214 @@
+//! What `keel bench` reports: one [`Outcome`] per target and cell, the ratios between the
+//! targets of a round, the median of the rounds, and the table (or JSON) it prints.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::Cell;
+use super::args::{BenchArgs, Committers, Mode};
+use super::drive::Measured;
+use super::targets::{KEEL, RAW};
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Outcome {
+    pub(super) target: String,
+    pub(super) backend: String,
+    pub(super) mode: Mode,
+    pub(super) committers: Committers,
+    pub(super) writers: u32,
+    pub(super) value_bytes: usize,
+    pub(super) seconds: f64,
+    pub(super) commits: u64,
+    pub(super) commits_per_sec: f64,
+    pub(super) mb_per_sec: f64,
+    pub(super) p50_us: f64,
+    pub(super) p99_us: f64,
+    pub(super) p999_us: f64,
+    pub(super) fsyncs: u64,
+    pub(super) fsyncs_per_commit: f64,
+    /// commits/s over the raw baseline's, when one ran.
+    pub(super) ratio_to_raw: Option<f64>,
+    /// commits/s over Keel's std backend in the same cell, when it ran.
+    pub(super) ratio_to_std: Option<f64>,
+    /// Segments started, and how many of those waited for the preallocator (Keel only).
+    pub(super) rotations: Option<(u64, u64)>,
+    /// Rounds this figure is the median of.
+    pub(super) rounds: usize,
+    /// Lowest and highest of the ranking ratio across rounds (vs std, else vs raw).
+    pub(super) spread: Option<(f64, f64)>,
+}
+
+impl Outcome {
+    /// The figures of `run`, a run of `target` on `backend` that wrote `bytes_per_commit`
+    /// bytes per commit and synced `fsyncs` times; no ratios yet.
+    pub(super) fn new(
+        args: &BenchArgs,
+        cell: Cell,
+        target: &str,
+        backend: &str,
+        run: Measured,
+        fsyncs: u64,
+        bytes_per_commit: usize,
+    ) -> Outcome {
+        let Measured {
+            latencies,
+            commits,
+            elapsed,
+        } = run;
+        let seconds = elapsed.as_secs_f64();
+        let micros = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+        Outcome {
+            target: target.to_owned(),
+            backend: backend.to_owned(),
+            mode: args.mode,
+            committers: if target == KEEL {
+                args.committers
+            } else {
+                Committers::Threads
+            },
+            writers: cell.writers,
+            value_bytes: cell.value_size,
+            seconds,
+            commits,
+            commits_per_sec: commits as f64 / seconds,
+            mb_per_sec: (commits as f64 * bytes_per_commit as f64) / seconds / 1e6,
+            p50_us: micros(0.50),
+            p99_us: micros(0.99),
+            p999_us: micros(0.999),
+            fsyncs,
+            fsyncs_per_commit: if commits == 0 {
+                0.0
+            } else {
+                fsyncs as f64 / commits as f64
+            },
+            ratio_to_raw: None,
+            ratio_to_std: None,
+            rotations: None,
+            rounds: 1,
+            spread: None,
+        }
+    }
+
+    /// What ranks the rounds of a target: its ratio to std (unless it is std), else to raw,
+    /// else commits/s.
+    fn rank(&self) -> f64 {
+        self.ratio_to_std
+            .filter(|_| self.backend != "std")
+            .or(self.ratio_to_raw)
+            .unwrap_or(self.commits_per_sec)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Report {
+    pub(super) directory: PathBuf,
+    pub(super) runs: Vec<Outcome>,
+}
+
+/// Ratios of one round's Keel runs to its raw baseline and to its std backend run.
+pub(super) fn set_ratios(targets: &mut [Outcome]) {
+    let per_sec = |target: &str, backend: &str| {
+        targets
+            .iter()
+            .find(|r| r.target == target && (target != KEEL || r.backend == backend))
+            .map(|r| r.commits_per_sec)
+    };
+    let raw = per_sec(RAW, "");
+    let std = per_sec(KEEL, "std");
+    for run in targets.iter_mut().filter(|r| r.target == KEEL) {
+        run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
+        run.ratio_to_std = std.map(|std| run.commits_per_sec / std);
+    }
+}
+
+/// Per target, the run of the round whose ratio (to std, else to raw, else commits/s) is the
+/// median across rounds; with `rounds` recorded so readers see the spread.
+pub(super) fn median_round(rounds: Vec<Vec<Outcome>>) -> Vec<Outcome> {
+    let count = rounds.len();
+    let mut out = Vec::new();
+    let Some(first) = rounds.first() else {
+        return out;
+    };
+    for index in 0..first.len() {
+        let mut runs: Vec<Outcome> = rounds.iter().map(|r| r[index].clone()).collect();
+        runs.sort_by(|a, b| a.rank().total_cmp(&b.rank()));
+        let spread = (runs[0].rank(), runs[count - 1].rank());
+        let mut median = runs.swap_remove(count / 2);
+        median.rounds = count;
+        median.spread = (count > 1).then_some(spread);
+        out.push(median);
+    }
+    out
+}
+
+/// The report as a table, a row per run, then each Keel run's segment rotations.
+pub(super) fn print_table(report: &Report) {
+    println!("directory: {}", report.directory.display());
+    if let Some(rounds) = report.runs.first().map(|r| r.rounds).filter(|&r| r > 1) {
+        println!(
+            "each row: the median of {rounds} interleaved rounds; range: lowest-highest ratio \
+             (vs std, else vs raw) across them"
+        );
+    }
+    println!(
+        "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>13} {:>8} {:>8} {:>11}",
+        "target",
+        "backend",
+        "mode",
+        "writers",
+        "value",
+        "commits",
+        "commits/s",
+        "MB/s",
+        "p50 us",
+        "p99 us",
+        "p999 us",
+        "fsyncs/commit",
+        "vs raw",
+        "vs std",
+        "range"
+    );
+    for run in &report.runs {
+        println!("{}", table_row(run));
+    }
+    for run in &report.runs {
+        if let Some((rotations, waits)) = run.rotations {
+            println!(
+                "keel {} w{} {}B: {rotations} segment rotations, {waits} waited for preallocation",
+                run.backend, run.writers, run.value_bytes
+            );
+        }
+    }
+}
+
+/// One run's line of the table.
+fn table_row(run: &Outcome) -> String {
+    let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
+    let range = run.spread.map_or("-".to_string(), |(low, high)| {
+        if low > 100.0 {
+            format!("{low:.0}-{high:.0}")
+        } else {
+            format!("{low:.2}-{high:.2}")
+        }
+    });
+    format!(
+        "{:<22} {:<7} {:<8} {:>7} {:>7} {:>10} {:>12.0} {:>8.2} {:>9.1} {:>9.1} {:>9.1} {:>13.3} {:>8} {:>8} {:>11}",
+        run.target,
+        run.backend,
+        format!("{:?}", run.mode).to_lowercase(),
+        run.writers,
+        run.value_bytes,
+        run.commits,
+        run.commits_per_sec,
+        run.mb_per_sec,
+        run.p50_us,
+        run.p99_us,
+        run.p999_us,
+        run.fsyncs_per_commit,
+        ratio(run.ratio_to_raw),
+        ratio(run.ratio_to_std),
+        range
+    )
+}
