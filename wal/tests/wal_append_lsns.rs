@@ -65,7 +65,10 @@ fn check_read_back(log: &[(Lsn, WalEntry)], id: u64, lsns: &RangeInclusive<Lsn>,
             }
             WalEntry::Write { txn_id, .. } => {
                 assert_eq!(*txn_id, id, "LSN {lsn} of {lsns:?}");
-                assert!(!closed || lsn < *lsns.end(), "a closed unit ends with its span");
+                assert!(
+                    !closed || lsn < *lsns.end(),
+                    "a closed unit ends with its span"
+                );
             }
             other => panic!("unexpected entry at {lsn}: {other:?}"),
         }
@@ -178,11 +181,11 @@ fn a_refused_append_gets_no_lsns() {
         let big = EncodedBatch::encode(&[common::write(1, 1, "k", limit as usize)], limit * 2);
         let error = refused(wal.append_encoded_at(big.unwrap(), Durability::Strict));
         assert!(matches!(error, Error::RecordTooLarge { .. }), "{error}");
-        let error = refused(wal.append_closed_by(
-            unit(&wal, 2, 2, 10),
-            Durability::Strict,
-            |_| common::write(1, 2, "closing", limit as usize),
-        ));
+        let error = refused(
+            wal.append_closed_by(unit(&wal, 2, 2, 10), Durability::Strict, |_| {
+                common::write(1, 2, "closing", limit as usize)
+            }),
+        );
         assert!(matches!(error, Error::RecordTooLarge { .. }), "{error}");
         assert_eq!(wal.next_lsn(), 1, "no refused append used an LSN");
         assert_eq!(settled(append_unit(&wal, 3, 1, 10, true), 2), 1..=2);
@@ -194,12 +197,17 @@ fn a_refused_append_gets_no_lsns() {
         let error = refused(append_unit(&wal, 5, 1, 10, false));
         assert!(matches!(error, Error::Poisoned { .. }), "{error}");
         let framed = AtomicBool::new(false);
-        let error = refused(wal.append_closed_by(unit(&wal, 6, 1, 10), Durability::Strict, |f| {
-            framed.store(true, Ordering::Relaxed);
-            span(6, f)
-        }));
+        let error = refused(
+            wal.append_closed_by(unit(&wal, 6, 1, 10), Durability::Strict, |f| {
+                framed.store(true, Ordering::Relaxed);
+                span(6, f)
+            }),
+        );
         assert!(matches!(error, Error::Poisoned { .. }), "{error}");
-        assert!(!framed.load(Ordering::Relaxed), "a refused unit is not closed");
+        assert!(
+            !framed.load(Ordering::Relaxed),
+            "a refused unit is not closed"
+        );
         assert_eq!(wal.next_lsn(), 4, "no refused append used an LSN");
         assert!(wal.close().is_err());
     }
