@@ -172,10 +172,11 @@ impl Database {
 
     /// Runs a checkpoint when the log has grown past the threshold since the last one. It
     /// runs after a commit's acknowledgement, so it cannot fail that commit: a failure is
-    /// logged and counted
-    /// ([`Stats::auto_checkpoint_failures`](super::Stats::auto_checkpoint_failures)), and the next automatic or
+    /// logged and counted ([`Stats::auto_checkpoint_failures`]), and the next automatic or
     /// explicit checkpoint tries again. Dropped part-way (the commit's future cancelled), it
     /// leaves the next commit free to run one.
+    ///
+    /// [`Stats::auto_checkpoint_failures`]: super::Stats::auto_checkpoint_failures
     pub(super) async fn maybe_checkpoint(&self) {
         let threshold = self.inner.checkpoint_log_bytes;
         if threshold == 0 {

@@ -1,4 +1,4 @@
-//! The options of [`Database::open`], and the size bound of one write.
+//! The options of [`Database::open`](super::Database::open), and the size bound of one write.
 
 use std::sync::Arc;
 

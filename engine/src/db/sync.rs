@@ -4,17 +4,19 @@
 //! invariant (operating errors are `Result`s). What each engine lock guards cannot be trusted
 //! after a panic in the middle of changing it:
 //!
-//! | lock | guards | after a panic while held |
-//! |---|---|---|
-//! | `state` | runs, keys, values, versions | a commit may be half applied: readers would see a torn transaction |
-//! | `pending` | queued commits, in LSN order, and the order of appends that change them | a commit may be in the log but not queued: the live state would never show what a reopen recovers |
-//! | `spills` | the spilled transactions whose heads the log keeps | a registration may be missing: a checkpoint could delete log a commit still needs |
-//! | `verified_snapshots` | snapshots known to read back whole | a cache: harmless, but a panic under it is still a bug |
-//! | `latency`, `last_auto_checkpoint_error` | counters | harmless, but a panic under them is still a bug |
+//! - `state` (runs, keys, values, versions): a commit may be half applied, and readers would
+//!   see a torn transaction.
+//! - `pending` (queued commits, and the order of the appends that change them): a commit may
+//!   be in the log but not queued, and the live state would never show what a reopen
+//!   recovers.
+//! - `spills` (the spilled transactions whose heads the log keeps): a registration may be
+//!   missing, and a checkpoint could delete log that a commit still needs.
+//! - `verified_snapshots` (a cache), `latency` and `last_auto_checkpoint_error` (counters):
+//!   harmless if recovered, but no correct code panics under them either.
 //!
 //! Recovering the guard (what the engine did before) would serve the first three as if nothing
 //! happened, breaking the promise that the live state equals what a reopen recovers. So every
-//! later use of a poisoned lock panics too, naming the cause, and the handle stops working; a
+//! later use of a poisoned lock panics too, saying why, and the handle stops working; a
 //! reopen rebuilds the state from the log, which a panic in memory never touched. One rule for
 //! all locks keeps it simple: the harmless ones are never poisoned by correct code either.
 //!

@@ -15,8 +15,10 @@ use crate::{Result, Versioned};
 use spill::Spill;
 
 /// Buffered writes to one run, committed as one atomic unit. Past
-/// [`Options::spill_txn_bytes`](super::Options::spill_txn_bytes) the buffered writes go to the log ahead of the commit; a
+/// [`Options::spill_txn_bytes`] the buffered writes go to the log ahead of the commit; a
 /// transaction dropped without `commit` is then closed with an `AbortTxn`.
+///
+/// [`Options::spill_txn_bytes`]: super::Options::spill_txn_bytes
 #[derive(Debug)]
 pub struct Transaction {
     db: Database,
@@ -45,8 +47,10 @@ impl Transaction {
     }
 
     /// Writes `value` under `key` (in this transaction). A key and value too large for one
-    /// log record ([`Error::ValueTooLarge`](crate::Error::ValueTooLarge)) are refused before anything is buffered. A
+    /// log record ([`Error::ValueTooLarge`]) are refused before anything is buffered. A
     /// failed spill to the log leaves the transaction as it was before this call.
+    ///
+    /// [`Error::ValueTooLarge`]: crate::Error::ValueTooLarge
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.db.check_write_size(key.len(), value.len())?;
         let previous = self.writes.insert(key.to_vec(), Some(value.to_vec()));
