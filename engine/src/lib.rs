@@ -3,7 +3,7 @@
 //! [`Database::open`] locks the directory, recovers the log ([`keel_recovery`]) into the
 //! in-memory state and starts the writer. Every key belongs to a *run*
 //! ([`Database::begin_run`]); a [`Transaction`] buffers its writes, reads its own writes, and
-//! commits as one atomic unit in the log (`Write`/`Delete` entries and a `CommitTxn`), whose
+//! commits as one atomic unit in the log (`Write`/`Delete` entries and a `CommitSpan`), whose
 //! last LSN is the commit version.
 //!
 //! Commit order is LSN order, and the state applies commits in LSN order once they reach the

@@ -12,8 +12,8 @@
 //! where `base` is the oldest snapshot the database may still start from (the previous
 //! readable one for a checkpoint, which keeps it as the fallback of a damaged newest one; the
 //! installed one for an install, which removes all others). Every spill is registered under
-//! the lock that orders appends, with the append that begins it, and its commit LSN is noted
-//! with the append that commits it, so a checkpoint that races a commit always sees either
+//! the engine's `pending` lock, with the append that begins it (at the LSN the log reports for
+//! it), and its commit LSN is noted with the append that commits it, so a checkpoint that races a commit always sees either
 //! the open spill or the committed one: there is no moment where it is neither.
 //!
 //! A committed spill is forgotten once `base` reaches its commit (every snapshot the database

@@ -6,6 +6,7 @@
 //! [`Error::Closed`], so no caller waits forever.
 
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -96,6 +97,41 @@ impl Drop for Resolver {
 enum Inner {
     Ready(Option<Result<Lsn>>),
     Pending(Arc<Slot>),
+}
+
+/// What [`crate::Wal::append_encoded_at`] and [`crate::Wal::append_closed_by`] give back:
+/// where the append went, and when it is acknowledged.
+#[derive(Debug)]
+#[must_use = "a commit is only known to be durable once its future resolves"]
+pub struct Appended {
+    /// The LSNs the log gave the append's records, first to last, consecutive. They are
+    /// assigned under the queue's lock, so two appends' ranges never interleave and a later
+    /// append's range lies above an earlier one's. `None` when the log refused the append
+    /// (poisoned, closing, or a batch it does not take): nothing was queued, no LSN was used,
+    /// and `future` resolves with the error.
+    pub lsns: Option<RangeInclusive<Lsn>>,
+    /// Resolves with the last LSN (`*lsns.end()`) once acknowledged, or with the error.
+    pub future: CommitFuture,
+}
+
+impl Appended {
+    /// An append the log refused before queueing it.
+    pub(crate) fn refused(error: Error) -> Appended {
+        Appended {
+            lsns: None,
+            future: CommitFuture::ready(Err(error)),
+        }
+    }
+
+    /// The first LSN the append got, unless it was refused.
+    pub fn first_lsn(&self) -> Option<Lsn> {
+        self.lsns.as_ref().map(|lsns| *lsns.start())
+    }
+
+    /// The last LSN the append got (its commit version), unless it was refused.
+    pub fn last_lsn(&self) -> Option<Lsn> {
+        self.lsns.as_ref().map(|lsns| *lsns.end())
+    }
 }
 
 /// Resolves with the LSN of the commit's last entry once the commit reached the durability

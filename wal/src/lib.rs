@@ -52,7 +52,7 @@ mod writer;
 pub use backend::BackendKind;
 pub use backend::faults::Faults;
 pub use checksum::{ChecksumMismatch, Crc};
-pub use completion::CommitFuture;
+pub use completion::{Appended, CommitFuture};
 pub use entry::{ArchivedWalEntry, EntryKind, WalEntry};
 pub use error::{CorruptionReason, Error, PoisonCause, Result};
 pub use ids::{ArchivedRunId, DatabaseId, Lsn, RunId, TxnId};

@@ -2,11 +2,12 @@
 //! the queue lock, so queue order is LSN order and an `Async` commit can resolve with its LSN
 //! the moment it is queued.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::backend::Waker;
 use crate::completion::{CommitFuture, Resolver};
-use crate::error::{Error, PoisonCause};
+use crate::error::{Error, PoisonCause, Result};
 use crate::ids::Lsn;
 use crate::options::{AckLevel, Durability};
 use crate::reader::RecordPosition;
@@ -149,23 +150,41 @@ impl Queue {
         state.closing.then_some(Error::Closed)
     }
 
-    /// Queues a batch of framed entries; they get consecutive LSNs.
+    /// Queues a batch of framed entries; they get consecutive LSNs, returned with the future
+    /// (`None`: refused, and the future holds why).
     pub(crate) fn append(
         &self,
         batch: EncodedBatch,
         durability: Durability,
         placed: Option<OnPlaced>,
-    ) -> CommitFuture {
+    ) -> (Option<RangeInclusive<Lsn>>, CommitFuture) {
+        self.append_closed(batch, durability, placed, |_, _| Ok(()))
+    }
+
+    /// Queues a batch as [`Queue::append`] does, after `close` frames its last records under
+    /// the queue lock, knowing the LSN the batch's first record gets. `close` failing refuses
+    /// the append (the batch then gets no LSN) with its error.
+    pub(crate) fn append_closed(
+        &self,
+        mut batch: EncodedBatch,
+        durability: Durability,
+        placed: Option<OnPlaced>,
+        close: impl FnOnce(&mut EncodedBatch, Lsn) -> Result<()>,
+    ) -> (Option<RangeInclusive<Lsn>>, CommitFuture) {
         let mut ack = durability.ack_level();
         let mut state = lock(&self.state);
         if let Some(error) = Self::refusal(&state) {
-            return CommitFuture::ready(Err(error));
+            return (None, CommitFuture::ready(Err(error)));
         }
+        let first_lsn = state.next_lsn;
+        if let Err(error) = close(&mut batch, first_lsn) {
+            return (None, CommitFuture::ready(Err(error)));
+        }
+        assert!(!batch.is_empty(), "an append holds at least one record");
         state.queued_bytes += batch.byte_len();
         if ack == AckLevel::Enqueued && state.queued_bytes > MAX_QUEUED_BYTES {
             ack = AckLevel::Written;
         }
-        let first_lsn = state.next_lsn;
         state.next_lsn += u64::from(batch.len());
         let last_lsn = state.next_lsn - 1;
         let (resolver, future) = match ack {
@@ -185,7 +204,7 @@ impl Queue {
             placed,
         }));
         self.wake_writer(state);
-        future
+        (Some(first_lsn..=last_lsn), future)
     }
 
     /// Queues a request to make everything queued so far durable.
@@ -366,7 +385,7 @@ mod tests {
             max_delay: Duration::from_millis(1),
         };
         for _ in 0..70 {
-            drop(queue.append(megabyte(), lazy, None));
+            drop(queue.append(megabyte(), lazy, None).1);
         }
         let mut taken = Vec::new();
         queue.take(&mut taken, None);
@@ -384,7 +403,7 @@ mod tests {
         assert!(waiting[first..].iter().all(|&w| w));
         // Once the writer has taken the queue, commits resolve at enqueue again.
         drop(taken);
-        drop(queue.append(megabyte(), lazy, None));
+        drop(queue.append(megabyte(), lazy, None).1);
         let mut again = Vec::new();
         queue.take(&mut again, None);
         assert_eq!(self::waiting(&again), [false]);
@@ -416,6 +435,7 @@ mod loom_models {
                     loom::thread::spawn(move || {
                         queue
                             .append(one_entry(), Durability::Strict, None)
+                            .1
                             .wait()
                             .unwrap()
                     })

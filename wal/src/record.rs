@@ -130,6 +130,12 @@ impl EncodedBatch {
         Ok(())
     }
 
+    /// Makes room for one more record of up to `payload_len` bytes of payload, so that
+    /// framing it later does not move the batch.
+    pub(crate) fn reserve_record(&mut self, payload_len: usize) {
+        self.bytes.reserve(record_len(payload_len));
+    }
+
     /// Number of records.
     pub fn len(&self) -> u32 {
         self.count

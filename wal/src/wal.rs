@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use crate::backend::{self, BackendKind, IoFile};
-use crate::completion::CommitFuture;
+use crate::completion::{Appended, CommitFuture};
 use crate::entry::WalEntry;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -24,6 +24,11 @@ use crate::tail;
 use crate::writer::{self, ActiveSegment, WitnessTiming, Writer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+/// Payload bytes reserved for the closing entry of [`Wal::append_closed_by`] before the queue
+/// lock is taken (a `CommitSpan` or `Checkpoint` archive is well under it; a larger entry is
+/// still framed, with a copy of the batch).
+const CLOSING_ENTRY_PAYLOAD_HINT: usize = 128;
 
 /// State shared by the handle and the writer thread.
 #[derive(Debug)]
@@ -204,10 +209,54 @@ impl Wal {
     /// Appends entries framed beforehand with [`EncodedBatch::encode`]. A record over this
     /// log's [`Wal::max_record_bytes`] is refused, whatever limit it was framed with.
     pub fn append_encoded(&self, batch: EncodedBatch, durability: Durability) -> CommitFuture {
+        self.append_encoded_at(batch, durability).future
+    }
+
+    /// Appends as [`Wal::append_encoded`] does, and says which LSNs the records got
+    /// ([`Appended::lsns`], `None` when refused). The LSNs are assigned under the queue's
+    /// lock as the append is queued, so they are the append's own whatever other threads
+    /// append meanwhile: a caller never needs [`Wal::next_lsn`] to learn where its append
+    /// went.
+    pub fn append_encoded_at(&self, batch: EncodedBatch, durability: Durability) -> Appended {
         if let Err(error) = self.check_batch(&batch) {
-            return CommitFuture::ready(Err(error));
+            return Appended::refused(error);
         }
-        self.shared.queue.append(batch, durability, None)
+        let (lsns, future) = self.shared.queue.append(batch, durability, None);
+        Appended { lsns, future }
+    }
+
+    /// Appends `batch` (possibly empty) followed by one closing entry that names where the
+    /// unit begins: `closing` is called once, under the queue's lock, with the LSN the unit's
+    /// first record gets (the batch's first, or the closing entry's own when the batch is
+    /// empty), and the entry it returns is framed as the unit's last record. This is how a
+    /// commit record names its transaction's first LSN (`CommitSpan { first_lsn }`) and how a
+    /// marker names its own LSN, with no race against other appenders.
+    ///
+    /// `closing` runs while every other appender waits: keep it to building the entry. A
+    /// closing entry over [`Wal::max_record_bytes`] refuses the whole append, as a refused
+    /// log does (`lsns` is `None`, the future holds the error).
+    pub fn append_closed_by(
+        &self,
+        mut batch: EncodedBatch,
+        durability: Durability,
+        closing: impl FnOnce(Lsn) -> WalEntry,
+    ) -> Appended {
+        if batch.largest_payload > self.max_record_bytes {
+            return Appended::refused(Error::RecordTooLarge {
+                size: batch.largest_payload.into(),
+                max: self.max_record_bytes.into(),
+            });
+        }
+        // Room for a small closing entry, so framing it under the lock copies no batch.
+        batch.reserve_record(CLOSING_ENTRY_PAYLOAD_HINT);
+        let max_record_bytes = self.max_record_bytes;
+        let (lsns, future) =
+            self.shared
+                .queue
+                .append_closed(batch, durability, None, |batch, first_lsn| {
+                    batch.push(&closing(first_lsn), max_record_bytes)
+                });
+        Appended { lsns, future }
     }
 
     /// A batch must hold an entry, and no record larger than this log takes (the limit its
@@ -247,6 +296,7 @@ impl Wal {
         self.shared
             .queue
             .append(batch, durability, Some(OnPlaced(Box::new(placed))))
+            .1
     }
 
     /// Reads back the one record at `position` (from [`Wal::append_placed`] or a reader's

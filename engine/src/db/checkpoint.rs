@@ -1,0 +1,229 @@
+//! Checkpoints: a snapshot of the state, a `Checkpoint` entry, and the clean-up they allow
+//! (older snapshots, and the log below what a restart from the fallback needs). Also the
+//! automatic checkpoint, and reading snapshots back as images.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use keel_wal::{Durability, Lsn, RunId, WalEntry, fsutil};
+
+use super::Database;
+use super::sync::{lock, read};
+use crate::snapshot;
+use crate::state::SYSTEM_RUN;
+use crate::{Error, Result};
+
+impl Database {
+    /// Writes a snapshot of the state, logs a `Checkpoint` entry, and deletes what it makes
+    /// redundant: the log is kept back to the previous snapshot (so a damaged newest snapshot
+    /// can fall back to it), older snapshots and segments are removed. Returns the snapshot's
+    /// LSN. Commits wait while the snapshot is written.
+    pub async fn checkpoint(&self) -> Result<Lsn> {
+        use tracing::Instrument;
+        let span = tracing::info_span!("checkpoint", path = %self.inner.path.display());
+        self.write_checkpoint().instrument(span).await
+    }
+
+    async fn write_checkpoint(&self) -> Result<Lsn> {
+        let _turn = self.inner.snapshot_turn.lock().await;
+        let dir = self.snapshot_dir();
+        self.move_off_install_marker().await?;
+        let lsn = self.write_snapshot(&dir)?;
+        // Logged above the snapshot's LSN (every LSN up to it was taken), so recovery tells
+        // it from an install marker. Ordered with nothing of the engine's: no `pending` lock.
+        let entry = WalEntry::Checkpoint {
+            run_id: RunId::from_u128(SYSTEM_RUN),
+            snapshot_lsn: lsn,
+        };
+        self.inner
+            .wal
+            .append_with(&[entry], Durability::Strict)
+            .await?;
+        self.release_before(&dir, lsn)?;
+        self.inner
+            .checkpointed_at_bytes
+            .store(self.inner.wal.stats().bytes_written, Ordering::Relaxed);
+        self.inner.checkpoints.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(path = %self.inner.path.display(), lsn, "checkpoint written");
+        Ok(lsn)
+    }
+
+    /// A snapshot is named by its LSN, and `L.snap` at an install marker's LSN `L` means "the
+    /// installed state" to recovery. Should the last record be the marker of an install whose
+    /// snapshot write failed, an empty commit first moves the snapshot above it, so the name
+    /// never says "install" for a checkpoint of the state before it.
+    async fn move_off_install_marker(&self) -> Result<()> {
+        while self.snapshot_lsn_now() == self.inner.last_install_marker.load(Ordering::Acquire) {
+            let txn_id = self.new_txn_id();
+            let empty = self.queue_commit(SYSTEM_RUN, txn_id, Vec::new(), Vec::new(), None)?;
+            empty.await?;
+        }
+        Ok(())
+    }
+
+    /// Step 1 and 2 of a checkpoint, under the `pending` lock: applies what is visible, takes
+    /// the snapshot LSN, makes the log durable through it (or a crash could leave a log that
+    /// restarts below it) and writes the snapshot. Returns its LSN.
+    fn write_snapshot(&self, dir: &Path) -> Result<Lsn> {
+        let mut pending = lock(&self.inner.pending);
+        let lsn = self.applied_through_locked(&mut pending);
+        assert_ne!(
+            lsn,
+            self.inner.last_install_marker.load(Ordering::Acquire),
+            "only commits move the snapshot LSN, and the turn is held"
+        );
+        if self.inner.wal.stats().durable_lsn < lsn {
+            self.inner.wal.sync().wait()?;
+        }
+        let state = read(&self.inner.state);
+        let max_txn_id = self.inner.next_txn_id.load(Ordering::Relaxed) - 1;
+        snapshot::write(dir, lsn, max_txn_id, &state)?;
+        Ok(lsn)
+    }
+
+    /// After the snapshot at `newest` is durable: keeps the newest older snapshot that reads
+    /// back whole as its fallback, deletes every other older one (damaged and partial ones
+    /// included), and removes the log below what a restart from the fallback needs (see
+    /// `retention`).
+    fn release_before(&self, dir: &Path, newest: Lsn) -> Result<()> {
+        let older: Vec<(Lsn, PathBuf)> = snapshot::list(dir)?
+            .into_iter()
+            .filter(|(lsn, _)| *lsn < newest)
+            .collect();
+        let mut fallback = None;
+        let mut doomed = Vec::new();
+        for (lsn, path) in older {
+            if fallback.is_none() && self.snapshot_reads_whole(lsn, &path)? {
+                fallback = Some(lsn);
+            } else {
+                doomed.push(path);
+            }
+        }
+        // Spills are known for commits above the snapshot this process loaded (replay
+        // registers those); below it they are not, so a fallback older than that snapshot
+        // (a checkpoint at the very LSN it loaded) removes no log this time.
+        let known_from = self.inner.snapshot_lsn.unwrap_or(0);
+        if let Some(fallback) = fallback.filter(|f| *f >= known_from) {
+            let keep_from = lock(&self.inner.spills).keep_from(fallback);
+            self.inner.wal.remove_segments_before(keep_from)?;
+        }
+        remove_snapshots(dir, &doomed)?;
+        lock(&self.inner.verified_snapshots).retain(|lsn| Some(*lsn) >= fallback);
+        Ok(())
+    }
+
+    /// The LSN a checkpoint taken now would get: the last one before the first commit not yet
+    /// applied.
+    fn snapshot_lsn_now(&self) -> Lsn {
+        let mut pending = lock(&self.inner.pending);
+        self.applied_through_locked(&mut pending)
+    }
+
+    /// Whether the snapshot at `lsn` decodes whole (checked once, then remembered). A damaged
+    /// one is `false`; failing to read it at all is an error.
+    fn snapshot_reads_whole(&self, lsn: Lsn, path: &Path) -> Result<bool> {
+        if lock(&self.inner.verified_snapshots).contains(&lsn) {
+            return Ok(true);
+        }
+        let bytes = snapshot::read_bytes(path)?;
+        match snapshot::decode(&bytes) {
+            Ok(loaded) if loaded.lsn == lsn => {
+                lock(&self.inner.verified_snapshots).insert(lsn);
+                Ok(true)
+            }
+            Ok(loaded) => {
+                tracing::error!(snapshot = %path.display(), held = loaded.lsn, "snapshot holds another LSN than its name; not kept as a fallback");
+                Ok(false)
+            }
+            Err(why) => {
+                tracing::error!(snapshot = %path.display(), %why, "snapshot unreadable; not kept as a fallback");
+                Ok(false)
+            }
+        }
+    }
+
+    pub(super) fn snapshot_dir(&self) -> PathBuf {
+        self.inner.path.join("snapshots")
+    }
+
+    /// The bytes of this database's snapshot at `lsn` (the LSN [`Database::checkpoint`] or
+    /// [`Database::install_snapshot`] returned), once they decode whole: an image for
+    /// [`crate::SnapshotImage::decode`] and [`Database::install_snapshot`]. An error when
+    /// there is no such snapshot (a later checkpoint may have deleted it; the newest two are
+    /// kept) or it is damaged.
+    pub fn read_snapshot(&self, lsn: Lsn) -> Result<Vec<u8>> {
+        let path = snapshot::path_of(&self.snapshot_dir(), lsn);
+        let (held, bytes) = snapshot::read_whole(&path)?;
+        if held != lsn {
+            return Err(Error::Metadata(format!(
+                "snapshot {} holds LSN {held}, not the LSN its name gives",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The newest of this database's snapshots that decodes whole, with its LSN; damaged newer
+    /// ones are passed over (as at open). `None` when there is none.
+    pub fn newest_snapshot(&self) -> Result<Option<(Lsn, Vec<u8>)>> {
+        snapshot::newest_bytes(&self.snapshot_dir())
+    }
+
+    /// Runs a checkpoint when the log has grown past the threshold since the last one. It
+    /// runs after a commit's acknowledgement, so it cannot fail that commit: a failure is
+    /// logged and counted ([`Stats::auto_checkpoint_failures`]), and the next automatic or
+    /// explicit checkpoint tries again. Dropped part-way (the commit's future cancelled), it
+    /// leaves the next commit free to run one.
+    ///
+    /// [`Stats::auto_checkpoint_failures`]: super::Stats::auto_checkpoint_failures
+    pub(super) async fn maybe_checkpoint(&self) {
+        let threshold = self.inner.checkpoint_log_bytes;
+        if threshold == 0 {
+            return;
+        }
+        // A checkpoint finishing meanwhile may store a count newer than the one read here.
+        let grown = self
+            .inner
+            .wal
+            .stats()
+            .bytes_written
+            .saturating_sub(self.inner.checkpointed_at_bytes.load(Ordering::Relaxed));
+        if grown < threshold || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _running = ClearOnDrop(&self.inner.checkpointing);
+        if let Err(error) = self.checkpoint().await {
+            tracing::error!(path = %self.inner.path.display(), %error, "automatic checkpoint failed; the next one retries");
+            self.inner
+                .auto_checkpoint_failures
+                .fetch_add(1, Ordering::Relaxed);
+            *lock(&self.inner.last_auto_checkpoint_error) = Some(error.to_string());
+        }
+    }
+}
+
+/// Deletes the snapshot files in `doomed` (those already gone do not count) and, best effort,
+/// the partial snapshots a crashed process left; then syncs `dir` if anything went.
+fn remove_snapshots(dir: &Path, doomed: &[PathBuf]) -> Result<()> {
+    for path in doomed {
+        match keel_wal::fsutil::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(keel_wal::Error::io("removing old snapshot", path, e).into()),
+        }
+    }
+    let partials = snapshot::remove_partials(dir);
+    if !doomed.is_empty() || partials > 0 {
+        fsutil::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Clears a flag when dropped: an operation that set it may be cancelled at any await.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,188 @@
+//! Commits: how a transaction's unit enters the log, and when it becomes visible.
+//!
+//! A commit is appended under the `pending` lock and queued, with the LSNs the log gave it, in
+//! [`Pending`]: the queue is in LSN order. It is applied to the state once the log has
+//! acknowledged it under the database's durability, always in LSN order, by whichever
+//! operation reads or commits next.
+
+use std::collections::VecDeque;
+use std::ops::RangeInclusive;
+
+use keel_wal::{CommitFuture, Durability, EncodedBatch, Lsn, RunId, TxnId, WalEntry};
+
+use super::Database;
+use super::sync::{lock, write};
+use crate::Result;
+use crate::state::Change;
+
+/// A commit queued in the log and not yet applied to the state.
+#[derive(Debug)]
+pub(super) struct Pending {
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    run: u128,
+    changes: Vec<Change>,
+}
+
+/// The commits queued in the log and not yet applied, in LSN order.
+pub(super) type PendingQueue = VecDeque<Pending>;
+
+impl Database {
+    /// Logs `changes` of `run` as one transaction and waits for its acknowledgement.
+    pub(super) async fn commit_changes(&self, run: u128, changes: Vec<Change>) -> Result<Lsn> {
+        let txn_id = self.new_txn_id();
+        let started = std::time::Instant::now();
+        let future = self.queue_commit(run, txn_id, changes, Vec::new(), None)?;
+        self.finish_commit(future, started).await
+    }
+
+    /// Queues `logged` and the commit as one unit of transaction `txn_id`, whose `earlier`
+    /// changes were spilled before (from `spilled_head` on). Once this returns `Ok` the
+    /// commit is in the log's queue: its outcome is the returned future's, whatever happens
+    /// to the caller. An `Err` means nothing was queued.
+    pub(super) fn queue_commit(
+        &self,
+        run: u128,
+        txn_id: TxnId,
+        logged: Vec<Change>,
+        earlier: Vec<Change>,
+        spilled_head: Option<Lsn>,
+    ) -> Result<CommitFuture> {
+        let run_id = RunId::from_u128(run);
+        let entries = Self::entries(run, txn_id, &logged);
+        let batch = EncodedBatch::encode(&entries, self.inner.max_record_bytes)?;
+        let mut changes = earlier;
+        changes.extend(logged);
+        let mut pending = lock(&self.inner.pending);
+        // The commit record names the unit's first LSN: the spilled head, else the first LSN
+        // the log gives this append (the log frames it under its queue lock).
+        let appended = self
+            .inner
+            .wal
+            .append_closed_by(batch, self.inner.durability, |first_lsn| {
+                WalEntry::CommitSpan {
+                    run_id,
+                    txn_id,
+                    first_lsn: spilled_head.unwrap_or(first_lsn),
+                }
+            });
+        let Some(lsns) = appended.lsns else {
+            // Refused (a poisoned or closing log): the future holds the error. A spilled
+            // transaction is over: its registration would otherwise pin the log for good.
+            if spilled_head.is_some() {
+                lock(&self.inner.spills).abandon(txn_id);
+            }
+            return Ok(appended.future);
+        };
+        self.note_queued(&mut pending, lsns, run, changes, spilled_head, txn_id);
+        Ok(appended.future)
+    }
+
+    /// Records a commit the log took at `lsns`: queued for the state, and a spilled
+    /// transaction's commit noted for retention. Under the `pending` lock of its append.
+    fn note_queued(
+        &self,
+        pending: &mut PendingQueue,
+        lsns: RangeInclusive<Lsn>,
+        run: u128,
+        changes: Vec<Change>,
+        spilled_head: Option<Lsn>,
+        txn_id: TxnId,
+    ) {
+        let (first_lsn, last_lsn) = (*lsns.start(), *lsns.end());
+        assert!(
+            pending.back().is_none_or(|last| last.last_lsn < first_lsn),
+            "commits are appended under the pending lock, so they queue in LSN order"
+        );
+        if let Some(head) = spilled_head {
+            assert!(head < first_lsn, "a spill's head precedes its commit");
+            lock(&self.inner.spills).commit(txn_id, last_lsn);
+        }
+        pending.push_back(Pending {
+            first_lsn,
+            last_lsn,
+            run,
+            changes,
+        });
+    }
+
+    /// Waits for a queued commit's acknowledgement; then its effects are visible, and an
+    /// automatic checkpoint may run (which cannot turn the commit into an error).
+    pub(super) async fn finish_commit(
+        &self,
+        future: CommitFuture,
+        started: std::time::Instant,
+    ) -> Result<Lsn> {
+        let lsn = future.await?;
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        lock(&self.inner.latency).saturating_record(nanos);
+        self.apply_visible();
+        self.maybe_checkpoint().await;
+        Ok(lsn)
+    }
+
+    /// Applies, in LSN order, every queued commit the log has acknowledged.
+    pub(super) fn apply_visible(&self) {
+        let mut pending = lock(&self.inner.pending);
+        self.apply_visible_locked(&mut pending);
+    }
+
+    /// [`Database::apply_visible`], under the `pending` lock the caller holds.
+    pub(super) fn apply_visible_locked(&self, pending: &mut PendingQueue) {
+        let visible = self.visible_lsn();
+        if pending.front().is_none_or(|p| p.last_lsn > visible) {
+            return;
+        }
+        let mut state = write(&self.inner.state);
+        while pending.front().is_some_and(|p| p.last_lsn <= visible) {
+            let commit = pending.pop_front().expect("checked");
+            if let Err(error) = state.apply(commit.run, commit.last_lsn, &commit.changes) {
+                tracing::error!(%error, lsn = commit.last_lsn, "could not apply a commit");
+            }
+        }
+    }
+
+    /// Applies what is visible, then returns the last LSN before the first commit still
+    /// queued: every commit at or below it is in the state, so it is the LSN a snapshot of
+    /// the state taken now gets. Under the `pending` lock the caller holds.
+    pub(super) fn applied_through_locked(&self, pending: &mut PendingQueue) -> Lsn {
+        self.apply_visible_locked(pending);
+        match pending.front() {
+            Some(first) => first.first_lsn - 1,
+            // Everything the log took: commits are appended under this lock, so every one of
+            // them is applied; other appends (spills, aborts) change no state.
+            None => self.inner.wal.next_lsn() - 1,
+        }
+    }
+
+    /// The highest LSN acknowledged under the database's durability.
+    fn visible_lsn(&self) -> Lsn {
+        let stats = self.inner.wal.stats();
+        match self.inner.durability {
+            Durability::Strict => stats.durable_lsn,
+            Durability::Batched { .. } => stats.written_lsn,
+            Durability::Async { .. } => self.inner.wal.next_lsn() - 1,
+        }
+    }
+
+    /// The log entries of `changes`.
+    pub(super) fn entries(run: u128, txn_id: TxnId, changes: &[Change]) -> Vec<WalEntry> {
+        let run_id = RunId::from_u128(run);
+        changes
+            .iter()
+            .map(|change| match change {
+                Change::Put(key, value) => WalEntry::Write {
+                    run_id,
+                    txn_id,
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                Change::Delete(key) => WalEntry::Delete {
+                    run_id,
+                    txn_id,
+                    key: key.clone(),
+                },
+            })
+            .collect()
+    }
+}

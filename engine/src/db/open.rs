@@ -1,0 +1,237 @@
+//! Opening a database: its lock, the newest readable snapshot, recovery of the log above it,
+//! and the log opened for appends, in that order; nothing is acknowledged before the
+//! directories holding them are durable.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock};
+
+use keel_recovery::{RecoveryOptions, RecoveryPolicy, RecoveryReport};
+use keel_wal::{Lsn, TxnId, Wal, WalOptions, fsutil};
+
+use super::{Database, Inner, Options};
+use crate::retention::Spills;
+use crate::snapshot;
+use crate::state::{State, StateReplay};
+use crate::{Error, Result};
+
+/// Snapshots that could not be read at open, with the reason.
+type Skipped = Vec<(PathBuf, String)>;
+
+/// What open rebuilt from the newest readable snapshot and the log above it.
+struct Recovered {
+    state: State,
+    snapshot_lsn: Option<Lsn>,
+    snapshots_skipped: Skipped,
+    report: RecoveryReport,
+    spills: Spills,
+    last_install_marker: Lsn,
+    next_txn_id: TxnId,
+}
+
+impl Database {
+    /// Opens (or creates) the database in `path`: takes its lock, recovers the log into the
+    /// state under `options.recovery_policy`, and starts the writer.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
+        let path = path.as_ref().to_path_buf();
+        let _span = tracing::info_span!("database_open", path = %path.display()).entered();
+        if options.create_if_missing {
+            fsutil::create_dir_all_durably(&path)?;
+        }
+        let lock = fsutil::lock_dir(&path)?;
+        let wal_dir = path.join("wal");
+        let mut recovered = recover(&path, &wal_dir, options.recovery_policy)?;
+        let wal = open_wal(&wal_dir, &options, recovered.snapshot_lsn.unwrap_or(0))?;
+        recovered.state.applied_through = wal.next_lsn() - 1;
+        sync_database_dirs(&path)?;
+        tracing::info!(
+            runs = recovered.state.runs.len(),
+            keys = recovered.state.data.len(),
+            next_lsn = wal.next_lsn(),
+            "opened database"
+        );
+        assemble(path, lock, wal, recovered, &options)
+    }
+}
+
+/// Loads the newest readable snapshot and replays the log above it.
+fn recover(path: &Path, wal_dir: &Path, policy: RecoveryPolicy) -> Result<Recovered> {
+    let (loaded, snapshots_skipped) = snapshot::load_newest(&path.join("snapshots"))?;
+    let snapshot_lsn = loaded.as_ref().map(|l| l.lsn);
+    let (mut state, snapshot_txn) = match loaded {
+        Some(loaded) => (loaded.state, loaded.max_txn_id),
+        None => (State::default(), 0),
+    };
+    check_log_behind(wal_dir, snapshot_lsn, &snapshots_skipped)?;
+    let unreadable: Vec<Lsn> = snapshots_skipped
+        .iter()
+        .filter_map(|(path, _)| snapshot::lsn_of(path))
+        .collect();
+    let mut replay = StateReplay {
+        state: &mut state,
+        after: snapshot_lsn.unwrap_or(0),
+        unreadable: &unreadable,
+        spills: Vec::new(),
+        last_install_marker: 0,
+    };
+    let report = replay_log(wal_dir, policy, snapshot_lsn, &mut replay)?;
+    let last_install_marker = replay.last_install_marker;
+    let mut spills = Spills::default();
+    for (txn_id, head, commit) in std::mem::take(&mut replay.spills) {
+        spills.committed(txn_id, head, commit);
+    }
+    let next_txn_id = report.max_txn_id.unwrap_or(0).max(snapshot_txn) + 1;
+    Ok(Recovered {
+        state,
+        snapshot_lsn,
+        snapshots_skipped,
+        report,
+        spills,
+        last_install_marker,
+        next_txn_id,
+    })
+}
+
+/// Refuses a log that does not reach back to the snapshot in use (or is missing), before
+/// anything on disk changes.
+fn check_log_behind(wal_dir: &Path, snapshot_lsn: Option<Lsn>, skipped: &Skipped) -> Result<()> {
+    let log_start = if wal_dir.exists() {
+        keel_wal::segment::list_directory(wal_dir)?
+            .segments
+            .first()
+            .map(|s| s.first_lsn)
+    } else {
+        None
+    };
+    if log_start.is_none()
+        && let Some(covered) = snapshot_lsn
+    {
+        // Every checkpoint and install logs above its snapshot before writing it, and no
+        // segment holding the newest records is ever deleted: a snapshot with no log behind
+        // it is a database missing its log, and what was committed after the snapshot cannot
+        // be known.
+        return Err(Error::Metadata(format!(
+            "the snapshot covers LSN {covered}, but the log ({}) has no segment: the commits after LSN {covered} cannot be known; restore the log directory, or install the snapshot into a new database (SnapshotImage, Database::install_snapshot)",
+            wal_dir.display()
+        )));
+    }
+    let after = snapshot_lsn.unwrap_or(0);
+    match log_start {
+        Some(first) if first > after + 1 => Err(Error::Metadata(format!(
+            "the log starts at LSN {first}, but the newest readable snapshot covers only up to LSN {after}: commits {} to {} cannot be recovered{}",
+            after + 1,
+            first - 1,
+            describe_unreadable(skipped)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// " (unreadable snapshots: ...)" naming each with why, or nothing.
+fn describe_unreadable(skipped: &Skipped) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = skipped
+        .iter()
+        .map(|(path, why)| format!("{}: {why}", path.display()))
+        .collect();
+    format!(" (unreadable snapshots: {})", each.join("; "))
+}
+
+/// Recovers the log in `wal_dir` (if any) into `replay`, under `policy`.
+fn replay_log(
+    wal_dir: &Path,
+    policy: RecoveryPolicy,
+    snapshot_lsn: Option<Lsn>,
+    replay: &mut StateReplay<'_>,
+) -> Result<RecoveryReport> {
+    if !wal_dir.exists() {
+        return Ok(keel_recovery::recover_empty(policy));
+    }
+    // Recovery knows the snapshot: damage it covers cuts nothing above it, and a
+    // transaction committed above it must be read whole.
+    let recovery = RecoveryOptions {
+        policy,
+        covered_through: snapshot_lsn,
+        ..RecoveryOptions::default()
+    };
+    Ok(keel_recovery::recover_with(wal_dir, recovery, replay)?)
+}
+
+/// Opens the log for appends; it must reach past the snapshot's LSN `after`.
+fn open_wal(wal_dir: &Path, options: &Options, after: Lsn) -> Result<Wal> {
+    let wal = Wal::open(
+        wal_dir,
+        WalOptions {
+            durability: options.durability,
+            segment_bytes: options.segment_bytes,
+            max_record_bytes: options.max_record_bytes,
+            backend: options.backend,
+            create_if_missing: options.create_if_missing,
+            faults: options.faults.clone(),
+            ..WalOptions::default()
+        },
+    )?;
+    if wal.next_lsn() <= after {
+        return Err(Error::Metadata(format!(
+            "the snapshot covers LSN {after} but the log ends at LSN {}",
+            wal.next_lsn() - 1
+        )));
+    }
+    Ok(wal)
+}
+
+/// The previous process may have died before syncing the entries it created here (a
+/// snapshot's rename, the snapshots directory itself); the log directory is synced by
+/// `Wal::open`. Nothing is acknowledged before these are durable.
+fn sync_database_dirs(path: &Path) -> Result<()> {
+    fsutil::sync_dir(path)?;
+    if path.join("snapshots").is_dir() {
+        fsutil::sync_dir(&path.join("snapshots"))?;
+    }
+    Ok(())
+}
+
+/// The open database, from what open recovered.
+fn assemble(
+    path: PathBuf,
+    lock: File,
+    wal: Wal,
+    recovered: Recovered,
+    options: &Options,
+) -> Result<Database> {
+    let latency = hdrhistogram::Histogram::new_with_bounds(1_000, 600_000_000_000, 3)
+        .map_err(|e| Error::Metadata(format!("latency histogram: {e}")))?;
+    let snapshot_lsn = recovered.snapshot_lsn;
+    let inner = Inner {
+        path,
+        wal,
+        durability: options.durability,
+        max_record_bytes: options.max_record_bytes,
+        state: RwLock::new(recovered.state),
+        pending: Mutex::new(VecDeque::new()),
+        next_txn_id: AtomicU64::new(recovered.next_txn_id),
+        report: recovered.report,
+        snapshot_lsn,
+        snapshots_skipped: recovered.snapshots_skipped,
+        checkpoint_log_bytes: options.checkpoint_log_bytes,
+        checkpointed_at_bytes: AtomicU64::new(0),
+        checkpointing: AtomicBool::new(false),
+        checkpoints: AtomicU64::new(0),
+        snapshot_turn: tokio::sync::Mutex::new(()),
+        spill_txn_bytes: options.spill_txn_bytes.max(1),
+        spills: Mutex::new(recovered.spills),
+        last_install_marker: AtomicU64::new(recovered.last_install_marker),
+        verified_snapshots: Mutex::new(snapshot_lsn.into_iter().collect::<BTreeSet<Lsn>>()),
+        auto_checkpoint_failures: AtomicU64::new(0),
+        last_auto_checkpoint_error: Mutex::new(None),
+        latency: Mutex::new(latency),
+        _lock: lock,
+    };
+    Ok(Database {
+        inner: Arc::new(inner),
+    })
+}

@@ -1,0 +1,53 @@
+//! The options of [`Database::open`](super::Database::open), and the size bound of one write.
+
+use std::sync::Arc;
+
+use keel_recovery::RecoveryPolicy;
+use keel_wal::{BackendChoice, Durability, WalOptions};
+
+/// Options of [`Database::open`](super::Database::open).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// When a commit resolves (see [`Durability`]); also when its effects become visible.
+    pub durability: Durability,
+    pub backend: BackendChoice,
+    /// What recovery accepts at open.
+    pub recovery_policy: RecoveryPolicy,
+    /// Size of each log segment.
+    pub segment_bytes: u64,
+    /// Largest single entry.
+    pub max_record_bytes: u32,
+    /// Create the database when the directory holds none.
+    pub create_if_missing: bool,
+    /// A checkpoint runs (in the commit that crosses it) once the log has grown by this many
+    /// bytes since the last one, bounding recovery time and disk use; 0 turns it off.
+    pub checkpoint_log_bytes: u64,
+    /// A transaction whose buffered writes pass this many bytes writes them to the log ahead
+    /// of its commit (after a `BeginTxn`), so its memory stays bounded; an abandoned one is
+    /// closed with an `AbortTxn`.
+    pub spill_txn_bytes: usize,
+    /// Fault injection for tests (see `keel_wal::Faults`).
+    #[doc(hidden)]
+    pub faults: Option<Arc<keel_wal::Faults>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let wal = WalOptions::default();
+        Options {
+            durability: Durability::Strict,
+            backend: BackendChoice::Auto,
+            recovery_policy: RecoveryPolicy::default(),
+            segment_bytes: wal.segment_bytes,
+            max_record_bytes: wal.max_record_bytes,
+            create_if_missing: true,
+            checkpoint_log_bytes: 256 << 20,
+            spill_txn_bytes: 8 << 20,
+            faults: None,
+        }
+    }
+}
+
+/// The most a `Write` entry's archive adds to its key and value: the 48-byte archived entry
+/// and alignment padding of the two byte strings (checked by a test against the encoder).
+pub(crate) const WRITE_ENTRY_OVERHEAD: u64 = 64;
