@@ -38,7 +38,8 @@ fn expect_metadata<T: std::fmt::Debug>(outcome: keel::Result<T>, needle: &str) -
             assert!(message.contains(needle), "{needle:?} not in {message:?}");
             message
         }
-        other => panic!("expected a metadata error naming {needle:?}, got {other:?}"),
+        Err(other) => panic!("expected a metadata error naming {needle:?}, got {other:?}"),
+        Ok(_) => panic!("expected a metadata error naming {needle:?}, but it succeeded"),
     }
 }
 
@@ -136,6 +137,16 @@ fn a_snapshot_ahead_of_the_log_is_refused_on_every_open() {
         assert_eq!(std::fs::read_dir(&wal).unwrap().count(), 0);
     }
     assert_eq!(snapshot_files(dir.path()).len(), 1, "the snapshot is kept");
+    // And when the snapshot does not read back either: no empty database over it.
+    std::fs::write(&snapshot_files(dir.path())[0], b"damaged").unwrap();
+    for _ in 0..2 {
+        let message = expect_metadata(
+            Database::open(dir.path(), options()),
+            "no snapshot reads back",
+        );
+        assert!(message.contains("unreadable snapshots"), "{message}");
+        assert_eq!(std::fs::read_dir(&wal).unwrap().count(), 0);
+    }
 }
 
 /// A snapshot file renamed to another LSN (a copy gone wrong) is not read as that LSN.

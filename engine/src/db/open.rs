@@ -117,6 +117,15 @@ fn check_log_behind(wal_dir: &Path, snapshot_lsn: Option<Lsn>, skipped: &Skipped
             wal_dir.display()
         )));
     }
+    if log_start.is_none() && !skipped.is_empty() {
+        // Snapshots exist but none reads back, and no log: opening would start an empty
+        // database over them.
+        return Err(Error::Metadata(format!(
+            "the log ({}) has no segment and no snapshot reads back: nothing can be recovered{}",
+            wal_dir.display(),
+            describe_unreadable(skipped)
+        )));
+    }
     let after = snapshot_lsn.unwrap_or(0);
     match log_start {
         Some(first) if first > after + 1 => Err(Error::Metadata(format!(
