@@ -9,13 +9,21 @@ use std::process::Command;
 use futures::executor::block_on;
 use keel::{BackendChoice, Database, Options, RunId};
 
-/// A mounted tmpfs, unmounted on drop.
+/// A mounted tmpfs, unmounted on drop. One at a time: `mount` and `umount` are child
+/// processes, and a child holds a copy of every descriptor the test process has open from
+/// its fork to its exec, so a test running beside another could find its own database's
+/// lock still held (a `Locked` reopen), or space of a file it removed not yet freed, while
+/// the other test's child starts.
 struct Tmpfs {
     dir: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static MOUNTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
+        let one_at_a_time = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new("mount")
             .args([
@@ -28,7 +36,10 @@ impl Tmpfs {
             .arg(dir.path())
             .status();
         match status {
-            Ok(status) if status.success() => Some(Tmpfs { dir }),
+            Ok(status) if status.success() => Some(Tmpfs {
+                dir,
+                _one_at_a_time: one_at_a_time,
+            }),
             other => {
                 let why = format!("cannot mount a tmpfs ({other:?}): needs root");
                 assert!(
