@@ -38,7 +38,36 @@ pub struct Stats {
 impl Database {
     /// Counters: the log's (commits, bytes, fsyncs, batch sizes, backend in use) and the
     /// database's (commit latency percentiles, checkpoints, runs, keys).
+    ///
+    /// Each lock is taken on its own and released before the next: the engine's order is
+    /// `pending` before `state` (a commit is applied under `pending`), so holding the state
+    /// while taking `pending` could deadlock against a commit being applied.
     pub fn stats(&self) -> Stats {
+        let (commits, [commit_p50_us, commit_p99_us, commit_p999_us]) = self.latency();
+        let pending_commits = lock(&self.inner.pending).len();
+        let spills_tracked = lock(&self.inner.spills).len();
+        let (runs, keys) = {
+            let state = self.read();
+            (state.runs.len(), state.data.len())
+        };
+        Stats {
+            wal: self.inner.wal.stats(),
+            commits,
+            commit_p50_us,
+            commit_p99_us,
+            commit_p999_us,
+            checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
+            auto_checkpoint_failures: self.inner.auto_checkpoint_failures.load(Ordering::Relaxed),
+            last_auto_checkpoint_error: lock(&self.inner.last_auto_checkpoint_error).clone(),
+            spills_tracked,
+            pending_commits,
+            runs,
+            keys,
+        }
+    }
+
+    /// Commits timed, and the p50, p99 and p999 commit latencies in microseconds.
+    fn latency(&self) -> (u64, [f64; 3]) {
         let latency = lock(&self.inner.latency);
         let micros = |q: f64| {
             if latency.is_empty() {
@@ -47,20 +76,6 @@ impl Database {
                 latency.value_at_quantile(q) as f64 / 1000.0
             }
         };
-        let state = self.read();
-        Stats {
-            wal: self.inner.wal.stats(),
-            commits: latency.len(),
-            commit_p50_us: micros(0.50),
-            commit_p99_us: micros(0.99),
-            commit_p999_us: micros(0.999),
-            checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
-            auto_checkpoint_failures: self.inner.auto_checkpoint_failures.load(Ordering::Relaxed),
-            last_auto_checkpoint_error: lock(&self.inner.last_auto_checkpoint_error).clone(),
-            spills_tracked: lock(&self.inner.spills).len(),
-            pending_commits: lock(&self.inner.pending).len(),
-            runs: state.runs.len(),
-            keys: state.data.len(),
-        }
+        (latency.len(), [micros(0.50), micros(0.99), micros(0.999)])
     }
 }

@@ -25,6 +25,13 @@
 //! the whole process. The lock stays poisoned, so every other thread still stops.
 //!
 //! keel-wal treats a poisoned lock the same way (its `sync::lock`).
+//!
+//! **Lock order.** `pending` comes first: a commit is queued, and applied to `state`, under
+//! it, and a spill is registered in `spills` under it. So `pending` may be held while taking
+//! `state` or `spills`, and no thread takes `pending` while it holds either of those (nor
+//! any lock while it holds `state`): `Database::stats` once read the state and then took
+//! `pending`, and deadlocked against a commit being applied
+//! (`tests/adversarial_split_stats_deadlock.rs`).
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
