@@ -41,7 +41,8 @@ fn stats_next_to_commits_never_deadlocks() {
         std::thread::spawn(move || {
             for i in 0..COMMITS {
                 let mut txn = db.transaction(run).unwrap();
-                txn.put(format!("k{t}-{}", i % 16).as_bytes(), b"v").unwrap();
+                txn.put(format!("k{t}-{}", i % 16).as_bytes(), b"v")
+                    .unwrap();
                 block_on(txn.commit()).unwrap();
             }
             done.send("committer").unwrap();
