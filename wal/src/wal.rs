@@ -1,27 +1,25 @@
-//! The log handle: opening (lock, identity, tail repair), appending, syncing, closing.
+//! The log handle: appending, syncing, reading back, closing; opening (lock, identity, tail
+//! repair) is in [`open`].
 
-use std::fs::{File, OpenOptions};
+mod open;
+
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use crate::backend::{self, BackendKind, IoFile};
+use crate::backend::BackendKind;
 use crate::completion::{Appended, CommitFuture};
 use crate::entry::WalEntry;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::ids::{DatabaseId, Lsn};
-use crate::options::{Durability, WalOptions};
-use crate::prealloc::Preallocator;
+use crate::options::Durability;
 use crate::queue::OnPlaced;
 use crate::queue::Queue;
 use crate::reader::{self, OwnedRecord, RecordPosition};
 use crate::record::EncodedBatch;
-use crate::segment::{
-    self, Continuation, DirectoryListing, HEADER_BLOCK_LEN, SegmentFile, SegmentHeader,
-};
+use crate::segment::{self, SegmentFile, SegmentHeader};
 use crate::stats::{Counters, WalStats};
-use crate::tail;
-use crate::writer::{self, ActiveSegment, WitnessTiming, Writer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -70,127 +68,6 @@ pub struct Wal {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`: takes its lock, checks identity and format, finds
-    /// the tail of the last segment and repairs a torn one, starts a fresh segment when the
-    /// last one is of an older format or another size than `options.segment_bytes`, syncs the
-    /// directory and its parent, then starts the writer.
-    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
-        let dir = dir.as_ref().to_path_buf();
-        options.validate()?;
-        let _span = tracing::info_span!("wal_open", dir = %dir.display()).entered();
-        if options.create_if_missing {
-            fsutil::create_dir_all_durably(&dir)?;
-        }
-        let lock = fsutil::lock_dir(&dir)?;
-        // Everything that can refuse the open comes before anything that changes the disk
-        // (the spares, a torn tail, a fresh segment): a refused open leaves the log as it was.
-        let backend = backend::build(&options, &dir)?;
-        let listing = segment::list_directory(&dir)?;
-        let (database_id, created) = establish_identity(&dir, &options, &listing)?;
-        if !listing.segments.is_empty() {
-            check_headers(&listing.segments, database_id)?;
-        }
-        for unknown in &listing.unknown {
-            tracing::warn!(file = %unknown.display(), "ignoring a file that is not part of the log");
-        }
-        let preallocator = Preallocator::start(
-            &dir,
-            options.segment_bytes,
-            options.preallocate && !simulated(&dir),
-            &listing.spares,
-        )?;
-        let salt_seed = options
-            .faults
-            .as_ref()
-            .and_then(|f| f.salt_seed())
-            .or_else(|| simulated_seed(&dir));
-        let fresh = FreshSegment {
-            dir: &dir,
-            database_id,
-            segment_bytes: options.segment_bytes,
-            preallocator: &preallocator,
-            salt_seed,
-        };
-        let (active, next_lsn, truncated_bytes) = match listing.segments.last() {
-            None => (fresh.start(1)?, 1, 0),
-            Some(last) => {
-                let (active, next_lsn, truncated_bytes) = open_last_segment(last)?;
-                (
-                    fresh.unless_appendable(active, next_lsn)?,
-                    next_lsn,
-                    truncated_bytes,
-                )
-            }
-        };
-        // The previous process may have died before syncing the directory entries it made
-        // (a rotation's rename, a spare, the identity, recovery's fresh segment, the directory
-        // itself): nothing is acknowledged before they are durable.
-        fsutil::sync_dir_and_parent(&dir)?;
-        let active_first_lsn = active.header.first_lsn;
-        let backend_kind = backend.kind();
-        let shared = Arc::new(Shared {
-            queue: Queue::new(next_lsn, backend.waker()),
-            counters: Counters::default(),
-        });
-        shared
-            .counters
-            .durable_lsn
-            .store(next_lsn - 1, std::sync::atomic::Ordering::Relaxed);
-        shared
-            .counters
-            .written_lsn
-            .store(next_lsn - 1, std::sync::atomic::Ordering::Relaxed);
-        let writer = Writer::new(
-            Arc::clone(&shared),
-            backend,
-            dir.clone(),
-            database_id,
-            options.segment_bytes,
-            active,
-            preallocator,
-            next_lsn - 1,
-            salt_seed,
-            witness_timing(&options, &dir),
-        );
-        let handle = std::thread::Builder::new()
-            .name("keel-wal-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| Error::io("starting writer thread", &dir, e))?;
-        let summary = OpenSummary {
-            // Plus the segment this open started, unless it replaced an empty last one.
-            segments: listing.segments.len()
-                + usize::from(
-                    listing
-                        .segments
-                        .last()
-                        .is_none_or(|last| last.first_lsn != active_first_lsn),
-                ),
-            next_lsn,
-            truncated_bytes,
-            unknown_files: listing.unknown,
-            created,
-        };
-        tracing::info!(
-            next_lsn,
-            backend = backend_kind.name(),
-            created,
-            truncated_bytes,
-            "opened write-ahead log"
-        );
-        Ok(Wal {
-            shared,
-            writer: Some(handle),
-            dir,
-            database_id,
-            durability: options.durability,
-            max_record_bytes: options.max_record_bytes,
-            backend: backend_kind,
-            summary,
-            read_files: Mutex::new(HashMap::new()),
-            _lock: lock,
-        })
-    }
-
     /// Appends `entries` as one unit with the log's default durability: consecutive LSNs,
     /// one write, acknowledged together. Resolves with the LSN of the last entry.
     pub fn append(&self, entries: &[WalEntry]) -> CommitFuture {
@@ -446,38 +323,6 @@ impl Drop for Wal {
     }
 }
 
-/// Whether `dir` is under simulated storage: then spares are made on the writer thread, so
-/// that every file operation happens in a reproducible order.
-fn simulated(dir: &Path) -> bool {
-    simulated_seed(dir).is_some()
-}
-
-/// When the writer writes the durable witness: after the options' idle delay and at close;
-/// under simulated storage, where no timer may decide what is written (runs replay), with no
-/// delay in manual mode and only at close otherwise (see `sim.rs`).
-fn witness_timing(options: &WalOptions, dir: &Path) -> WitnessTiming {
-    let Some(idle) = options.witness_idle else {
-        return WitnessTiming {
-            enabled: false,
-            idle: None,
-        };
-    };
-    #[cfg(feature = "sim")]
-    if let Some(sim) = crate::sim::lookup(dir) {
-        let idle = sim.manual().then_some(std::time::Duration::ZERO);
-        return WitnessTiming {
-            enabled: true,
-            idle,
-        };
-    }
-    #[cfg(not(feature = "sim"))]
-    let _ = dir;
-    WitnessTiming {
-        enabled: true,
-        idle: Some(idle),
-    }
-}
-
 /// Under simulated storage, the sim's seed (salts and ids derive from it).
 pub(crate) fn simulated_seed(dir: &Path) -> Option<u64> {
     #[cfg(feature = "sim")]
@@ -487,148 +332,4 @@ pub(crate) fn simulated_seed(dir: &Path) -> Option<u64> {
         let _ = dir;
         None
     }
-}
-
-/// Reads the identity, or creates it for a new log.
-fn establish_identity(
-    dir: &Path,
-    options: &WalOptions,
-    listing: &DirectoryListing,
-) -> Result<(DatabaseId, bool)> {
-    match fsutil::read_identity(dir)? {
-        Some(found) => {
-            if let Some(expected) = options.database_id
-                && expected != found
-            {
-                return Err(Error::ForeignDatabase {
-                    path: dir.to_path_buf(),
-                    expected,
-                    found,
-                });
-            }
-            Ok((found, false))
-        }
-        None if listing.segments.is_empty() && options.create_if_missing => {
-            let id = match (options.database_id, simulated_seed(dir)) {
-                (Some(id), _) => id,
-                (None, Some(seed)) => {
-                    let mut bytes = [0u8; 16];
-                    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-                    bytes[8..].copy_from_slice(b"keel-sim");
-                    DatabaseId(bytes)
-                }
-                (None, None) => {
-                    DatabaseId::random().map_err(|e| Error::io("generating an id for", dir, e))?
-                }
-            };
-            fsutil::write_identity(dir, id)?;
-            Ok((id, true))
-        }
-        None if listing.segments.is_empty() => Err(Error::io(
-            "opening log in",
-            dir,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no log here and create_if_missing is off",
-            ),
-        )),
-        None => Err(Error::corruption(
-            dir.join(fsutil::IDENTITY_FILE),
-            0,
-            crate::error::CorruptionReason::Identity("missing while segments exist"),
-        )),
-    }
-}
-
-/// Every segment header must be readable, of this format, and of this database.
-fn check_headers(segments: &[SegmentFile], database_id: DatabaseId) -> Result<()> {
-    for segment in segments {
-        let file = File::open(&segment.path)
-            .map_err(|e| Error::io("opening segment", &segment.path, e))?;
-        let header = segment::read_header(&file, segment)?;
-        if header.database_id != database_id {
-            return Err(Error::ForeignDatabase {
-                path: segment.path.clone(),
-                expected: database_id,
-                found: header.database_id,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// How an open starts a segment: of the current format and the options' size.
-struct FreshSegment<'a> {
-    dir: &'a Path,
-    database_id: DatabaseId,
-    segment_bytes: u64,
-    preallocator: &'a Preallocator,
-    salt_seed: Option<u64>,
-}
-
-impl FreshSegment<'_> {
-    /// Installs a spare as the segment whose first record will be `first_lsn`. An existing
-    /// segment of that name (one holding no record) is replaced by the rename.
-    fn start(&self, first_lsn: Lsn) -> Result<ActiveSegment> {
-        let (spare, _) = self.preallocator.take()?;
-        let header = SegmentHeader::new(
-            self.database_id,
-            first_lsn,
-            self.segment_bytes,
-            self.salt_seed,
-        )
-        .map_err(|e| Error::io("generating salt in", self.dir, e))?;
-        let path = self.dir.join(segment::file_name(first_lsn));
-        writer::install_segment(&spare.file, &spare.path, &path, &header)?;
-        self.preallocator.replenish();
-        let file = Arc::new(IoFile {
-            file: spare.file,
-            path,
-        });
-        Ok(ActiveSegment {
-            file,
-            header,
-            offset: HEADER_BLOCK_LEN,
-            witness: None,
-        })
-    }
-
-    /// `last` (the last segment, durable through `next_lsn - 1`) when appends may continue in
-    /// it, else a fresh segment starting at `next_lsn` (see [`segment::continuation`]).
-    fn unless_appendable(&self, last: ActiveSegment, next_lsn: Lsn) -> Result<ActiveSegment> {
-        match segment::continuation(&last.header, self.segment_bytes) {
-            Continuation::Append => Ok(last),
-            Continuation::FreshSegment(reason) => {
-                tracing::info!(
-                    segment = %last.file.path.display(), ?reason, next_lsn,
-                    "starting a fresh segment before the first append"
-                );
-                drop(last);
-                self.start(next_lsn)
-            }
-        }
-    }
-}
-
-fn open_last_segment(segment: &SegmentFile) -> Result<(ActiveSegment, Lsn, u64)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&segment.path)
-        .map_err(|e| Error::io("opening segment", &segment.path, e))?;
-    let (file, tail) = tail::repair(file, segment)?;
-    // What was found may still sit only in the page cache (after a process crash): make it
-    // durable before new records claim it in their durable marks.
-    fsutil::sync_file(&file, &segment.path, false)?;
-    let io_file = Arc::new(IoFile {
-        file,
-        path: segment.path.clone(),
-    });
-    let active = ActiveSegment {
-        file: io_file,
-        header: tail.header,
-        offset: tail.append_offset,
-        witness: tail.witness,
-    };
-    Ok((active, tail.next_lsn, tail.truncated_bytes))
 }

@@ -1,0 +1,126 @@
+//! Completion handling: reaping chains, moving the watermarks, releasing waiters, and the
+//! sticky failure that poisons the log.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::{Batch, ChainInfo, SyncDue, Writer};
+use crate::error::{Error, PoisonCause};
+use crate::queue::refuse;
+
+impl Writer {
+    /// Collects completions (blocking for one when `block`), advances the watermarks and
+    /// releases waiters.
+    pub(super) fn reap(&mut self, block: bool) {
+        let in_flight = self.backend.in_flight();
+        if in_flight == 0 {
+            return;
+        }
+        let mut completions = Vec::new();
+        self.backend.wait(usize::from(block), &mut completions);
+        for completion in completions {
+            let info = self
+                .in_flight
+                .remove(&completion.id)
+                .expect("completion of a known chain");
+            if let Some(mut buf) = completion.buf
+                && info.witness.is_none()
+            {
+                buf.clear();
+                self.spare_buffers.push(buf);
+            }
+            if info.witness.is_some() {
+                self.witness_timer.in_flight = false;
+            }
+            match completion.result {
+                Ok(()) => self.completed(&info),
+                Err(failure) => {
+                    let path = info.file.path.clone();
+                    self.poison(PoisonCause {
+                        operation: failure.operation,
+                        path,
+                        error: failure.error,
+                    });
+                }
+            }
+        }
+        self.release_waiters();
+    }
+
+    fn completed(&mut self, info: &ChainInfo) {
+        if let Some(witness) = info.witness {
+            // The rotation barrier drains every chain before the segment changes.
+            assert!(Arc::ptr_eq(&info.file, &self.active.file));
+            self.active.witness = Some(witness);
+            self.shared.counters.witnesses.fetch_add(1, Relaxed);
+            self.shared
+                .counters
+                .witness_lsn
+                .store(witness.durable_lsn, Relaxed);
+        }
+        if let Some((first, last)) = info.write {
+            self.written.complete(first, last);
+        }
+        if info.sync {
+            for &(first, last) in info.covers.iter().chain(&info.write) {
+                self.durable.complete(first, last);
+            }
+        }
+    }
+
+    fn release_waiters(&mut self) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        crate::watermark::publish(
+            &self.shared.counters,
+            self.written.through(),
+            self.durable.through(),
+            &mut self.written_waiters,
+            &mut self.durable_waiters,
+        );
+    }
+
+    pub(super) fn poison(&mut self, cause: PoisonCause) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        tracing::error!(%cause, "write-ahead log poisoned: every pending and later commit fails");
+        let cause = Arc::new(cause);
+        self.shared.queue.poison(Arc::clone(&cause));
+        self.poisoned = Some(Arc::clone(&cause));
+        self.fail_waiters(&cause);
+    }
+
+    pub(super) fn fail_waiters(&mut self, cause: &Arc<PoisonCause>) {
+        let waiters = self
+            .written_waiters
+            .drain(..)
+            .chain(self.durable_waiters.drain(..));
+        for (_, resolver) in waiters {
+            resolver.resolve(Err(Error::Poisoned {
+                cause: Arc::clone(cause),
+            }));
+        }
+    }
+
+    pub(super) fn fail_all(&mut self) {
+        let cause = Arc::clone(self.poisoned.as_ref().expect("poisoned"));
+        self.fail_waiters(&cause);
+        self.batch = Batch::default();
+        self.sync_due = SyncDue::default();
+        let mut late = Vec::new();
+        self.shared.queue.take(&mut late, None);
+        for request in late {
+            refuse(request, || Error::Poisoned {
+                cause: Arc::clone(&cause),
+            });
+        }
+    }
+
+    pub(super) fn drain_in_flight(&mut self) {
+        while self.backend.in_flight() > 0 {
+            self.reap(true);
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The writer thread: group commit over a [`Backend`].
+//!
+//! Each turn it takes everything queued, seals the records into one batch buffer (LSN,
+//! durable mark, salted checksums), and submits the batch as one chain: a write, linked to an
+//! fdatasync when a commit in it asked for durability, a sync timer fired, or the unsynced
+//! bytes passed their bound. Commits that arrive while a chain is in flight go into the next
+//! one: that is the group commit. Completions move two watermarks (`written`, `durable`) over
+//! the contiguous prefix of completed chains, and waiters are released in LSN order.
+//!
+//! Failure is sticky: the first failed write or sync poisons the log. Every pending and later
+//! commit fails with the cause; nothing is retried, and nothing past the failure is reported
+//! written or durable.
+//!
+//! Rotation barrier: before the first record goes to a new segment, every chain of the old
+//! one has completed and the old file is synced. So only the last segment can end torn.
+//!
+//! Durable witness (`witness.rs`): once the writer has been idle for `witness_idle` (nothing
+//! queued, staged or in flight, everything sealed durable) and the durable records of the
+//! active segment go beyond what its newest witness claims, it writes a witness slot into the
+//! header block, as a chain of its own (a write and an fdatasync), and again at close. Never
+//! on the commit path: commits that arrive meanwhile go into their own chains.
+//!
+//! The writer's state is here, with its run loop; its methods are split by concern:
+//! [`staging`] (requests sealed into the batch, the sync policy), [`chains`] (submitting
+//! chains), [`completions`] (reaping them, poisoning), [`rotation`] (the rotation barrier and
+//! installing segments) and [`witness_timer`] (when the durable witness is written).
+
+mod chains;
+mod completions;
+mod rotation;
+mod staging;
+mod witness_timer;
+
+pub(crate) use rotation::install_segment;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, IoFile};
+use crate::error::PoisonCause;
+use crate::ids::{DatabaseId, Lsn};
+use crate::prealloc::Preallocator;
+use crate::segment::{self, SegmentHeader};
+use crate::wal::Shared;
+use crate::watermark::{Waiters, Watermark};
+use crate::witness::Witness;
+use std::sync::Arc;
+
+/// A batch is submitted early once it holds this many bytes, bounding the buffer.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// The segment being appended to.
+#[derive(Debug)]
+pub(crate) struct ActiveSegment {
+    pub file: Arc<IoFile>,
+    pub header: SegmentHeader,
+    /// Where the next record goes.
+    pub offset: u64,
+    /// Its newest valid witness, written or found at open.
+    pub witness: Option<Witness>,
+}
+
+#[derive(Debug)]
+struct ChainInfo {
+    file: Arc<IoFile>,
+    write: Option<(Lsn, Lsn)>,
+    sync: bool,
+    /// For a sync: the writes it covers besides its own, those complete when it was submitted
+    /// (an fdatasync covers only writes completed before it started).
+    covers: Vec<(Lsn, Lsn)>,
+    /// A witness chain: the witness it writes.
+    witness: Option<Witness>,
+}
+
+/// When the writer writes the durable witness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WitnessTiming {
+    /// Witnesses are written at all: at close, and after `idle` when set.
+    pub enabled: bool,
+    /// How long the writer is idle before it writes one; `None`: only at close.
+    pub idle: Option<Duration>,
+}
+
+/// The writer's durable-witness schedule.
+#[derive(Debug)]
+struct WitnessTimer {
+    timing: WitnessTiming,
+    /// Since when the writer has been idle with a witness to write.
+    idle_since: Option<Instant>,
+    /// A witness chain is in flight.
+    in_flight: bool,
+}
+
+/// Records sealed but not yet submitted.
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    offset: u64,
+    lsns: Option<(Lsn, Lsn)>,
+    commits: u32,
+}
+
+/// When the unsynced data must be synced.
+#[derive(Debug)]
+struct SyncDue {
+    now: bool,
+    deadline: Option<Instant>,
+    bytes_limit: u64,
+    unsynced_bytes: u64,
+}
+
+impl Default for SyncDue {
+    fn default() -> Self {
+        SyncDue {
+            now: false,
+            deadline: None,
+            bytes_limit: u64::MAX,
+            unsynced_bytes: 0,
+        }
+    }
+}
+
+impl SyncDue {
+    fn is_due(&self, now: Instant, closing: bool) -> bool {
+        let unsynced = self.unsynced_bytes > 0;
+        self.now
+            || self.deadline.is_some_and(|deadline| deadline <= now)
+            || (unsynced && self.unsynced_bytes >= self.bytes_limit)
+            || (unsynced && closing)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    backend: Box<dyn Backend>,
+    dir: PathBuf,
+    database_id: DatabaseId,
+    /// The size of the segments this writer starts (the options'); the active segment's own
+    /// size is in its header.
+    segment_bytes: u64,
+    active: ActiveSegment,
+    preallocator: Preallocator,
+    next_chain_id: u64,
+    in_flight: HashMap<u64, ChainInfo>,
+    written: Watermark,
+    durable: Watermark,
+    /// Highest LSN a submitted sync will cover.
+    sync_submitted_through: Lsn,
+    /// Highest LSN sealed into a batch.
+    sealed_through: Lsn,
+    batch: Batch,
+    spare_buffers: Vec<Vec<u8>>,
+    written_waiters: Waiters,
+    durable_waiters: Waiters,
+    sync_due: SyncDue,
+    poisoned: Option<Arc<PoisonCause>>,
+    /// Test hook: derive segment salts from this seed.
+    salt_seed: Option<u64>,
+    /// Commits a chain carries, a moving average (weight 1/8) scaled by 8.
+    chain_commits_x8: u64,
+    witness_timer: WitnessTimer,
+    /// Test switch: submit chains without their sync, acknowledge as if synced.
+    #[cfg(feature = "sim")]
+    ack_before_sync: bool,
+    /// Test switch: witnesses claim every record written, synced or not.
+    #[cfg(feature = "sim")]
+    witness_before_sync: bool,
+}
+
+impl Writer {
+    #[expect(clippy::too_many_arguments, reason = "assembled once, by Wal::open")]
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        backend: Box<dyn Backend>,
+        dir: PathBuf,
+        database_id: DatabaseId,
+        segment_bytes: u64,
+        active: ActiveSegment,
+        preallocator: Preallocator,
+        durable_through: Lsn,
+        salt_seed: Option<u64>,
+        witness: WitnessTiming,
+    ) -> Self {
+        // Wal::open starts a fresh segment when the last one is older or of another size.
+        assert_eq!(active.header.version, segment::FORMAT_VERSION);
+        assert_eq!(active.header.segment_bytes, segment_bytes);
+        let offset = active.offset;
+        Writer {
+            shared,
+            backend,
+            database_id,
+            segment_bytes,
+            active,
+            preallocator,
+            next_chain_id: 0,
+            in_flight: HashMap::new(),
+            written: Watermark::new(durable_through),
+            durable: Watermark::new(durable_through),
+            sync_submitted_through: durable_through,
+            sealed_through: durable_through,
+            batch: Batch {
+                offset,
+                ..Batch::default()
+            },
+            spare_buffers: Vec::new(),
+            written_waiters: VecDeque::new(),
+            durable_waiters: VecDeque::new(),
+            sync_due: SyncDue::default(),
+            poisoned: None,
+            #[cfg(feature = "sim")]
+            ack_before_sync: crate::sim::lookup(&dir).is_some_and(|s| s.broken().ack_before_sync),
+            #[cfg(feature = "sim")]
+            witness_before_sync: crate::sim::lookup(&dir)
+                .is_some_and(|s| s.broken().witness_before_sync),
+            dir,
+            salt_seed,
+            chain_commits_x8: 0,
+            witness_timer: WitnessTimer {
+                timing: witness,
+                idle_since: None,
+                in_flight: false,
+            },
+        }
+    }
+
+    /// The writer thread's body: runs until the log is closed and everything is settled.
+    pub(crate) fn run(mut self) {
+        let mut requests = Vec::new();
+        loop {
+            // With no room for another chain, wait for one to finish before taking more work:
+            // what arrives meanwhile then joins the next chain whole.
+            while self.backend.in_flight() >= self.backend.depth() {
+                self.reap(true);
+            }
+            let wait = self.idle_wait();
+            let closing = self.shared.queue.take(&mut requests, wait);
+            let staged = !requests.is_empty();
+            if staged {
+                self.witness_timer.idle_since = None;
+            }
+            for request in requests.drain(..) {
+                self.stage(request);
+            }
+            if self.poisoned.is_none() {
+                self.flush(closing);
+            }
+            if !staged && !closing {
+                self.write_witness_when_due();
+            }
+            if staged {
+                self.reap(false);
+            } else {
+                let block = self.shared.queue.park();
+                self.reap(block);
+            }
+            if self.poisoned.is_some() {
+                self.fail_all();
+            }
+            if closing && self.settled() {
+                self.write_witness_at_close();
+                break;
+            }
+        }
+        self.drain_in_flight();
+        tracing::debug!(dir = %self.dir.display(), durable = self.durable.through(), "writer stopped");
+    }
+
+    /// How long the queue may block: not at all with chains in flight, a batch staged, a
+    /// sync due (a sync held back while chains were in flight must go out as soon as they
+    /// complete, not wait for the next request or the Batched timer) or a witness due; until
+    /// the sync deadline when unsynced data waits for the timer, or until the witness is due;
+    /// else until work arrives.
+    fn idle_wait(&mut self) -> Option<Option<Duration>> {
+        let sync_wanted = self.sync_wanted(false);
+        if self.backend.in_flight() > 0 || !self.batch.bytes.is_empty() || sync_wanted {
+            return None;
+        }
+        let deadline = match (self.sync_due.deadline, self.witness_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match deadline {
+            Some(deadline) => {
+                let now = Instant::now();
+                (deadline > now).then(|| Some(deadline - now))
+            }
+            None => Some(None),
+        }
+    }
+
+    fn settled(&self) -> bool {
+        self.backend.in_flight() == 0
+            && self.batch.bytes.is_empty()
+            && (self.poisoned.is_some() || self.durable.through() == self.sealed_through)
+    }
+}
+
+impl Drop for Writer {
+    /// However the writer stops (a panic included), later and queued requests are refused
+    /// instead of waiting for a thread that is gone.
+    fn drop(&mut self) {
+        self.shared.queue.writer_stopped();
+    }
+}

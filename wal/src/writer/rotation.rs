@@ -1,0 +1,103 @@
+//! Rotation: the barrier before a new segment, and installing a spare as a segment.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::{ActiveSegment, Writer};
+use crate::backend::IoFile;
+use crate::error::{Error, PoisonCause};
+use crate::ids::Lsn;
+use crate::record::RECORD_HEADER_LEN;
+use crate::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
+
+impl Writer {
+    /// Starts the segment whose first record is `first_lsn`, after the barrier: the staged
+    /// batch written and synced, every chain of the old segment complete.
+    pub(super) fn rotate(&mut self, first_lsn: Lsn) {
+        let _span = tracing::info_span!("rotation", first_lsn).entered();
+        if !self.batch.bytes.is_empty() {
+            self.submit_batch(true);
+        } else if self.sealed_through > self.sync_submitted_through {
+            self.submit_sync();
+        }
+        self.drain_in_flight();
+        if self.poisoned.is_some() {
+            return;
+        }
+        if let Err(error) = self.start_segment(first_lsn) {
+            let error = match error {
+                Error::Io { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
+            };
+            let path = self.dir.join(segment::file_name(first_lsn));
+            self.poison(PoisonCause {
+                operation: "creating segment",
+                path,
+                error,
+            });
+        }
+    }
+
+    fn start_segment(&mut self, first_lsn: Lsn) -> crate::error::Result<()> {
+        let (spare, waited) = self.preallocator.take()?;
+        let header = SegmentHeader::new(
+            self.database_id,
+            first_lsn,
+            self.segment_bytes,
+            self.salt_seed,
+        )
+        .map_err(|e| Error::io("generating salt for", &spare.path, e))?;
+        let path = self.dir.join(segment::file_name(first_lsn));
+        install_segment(&spare.file, &spare.path, &path, &header)?;
+        self.preallocator.replenish();
+        self.shared.counters.rotations.fetch_add(1, Relaxed);
+        self.shared
+            .counters
+            .rotation_waits
+            .fetch_add(u64::from(waited), Relaxed);
+        tracing::info!(segment = %path.display(), first_lsn, waited_for_preallocation = waited, "rotated segment");
+        self.active = ActiveSegment {
+            file: Arc::new(IoFile {
+                file: spare.file,
+                path,
+            }),
+            header,
+            offset: HEADER_BLOCK_LEN,
+            witness: None,
+        };
+        self.batch.offset = HEADER_BLOCK_LEN;
+        Ok(())
+    }
+}
+
+/// Turns a zero-filled spare into the segment `path`: header written and synced, the file
+/// renamed, the directory synced. Nothing in it is acknowledged before this returns.
+pub(crate) fn install_segment(
+    file: &std::fs::File,
+    spare_path: &std::path::Path,
+    path: &std::path::Path,
+    header: &SegmentHeader,
+) -> crate::error::Result<()> {
+    debug_assert!(RECORD_HEADER_LEN as u64 <= HEADER_BLOCK_LEN);
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("reading metadata of", spare_path, e))?
+        .len();
+    assert_eq!(
+        len,
+        header.segment_bytes,
+        "{} is installed with the size its header declares",
+        spare_path.display()
+    );
+    file.write_all_at(&header.encode(), 0)
+        .map_err(|e| Error::io("writing header of", spare_path, e))?;
+    crate::fsutil::sync_file(file, spare_path, false)?;
+    std::fs::rename(spare_path, path).map_err(|e| Error::io("renaming spare to", path, e))?;
+    let dir = path.parent().expect("segments live in a directory");
+    #[cfg(feature = "sim")]
+    if crate::sim::lookup(dir).is_some_and(|s| s.broken().skip_rotation_dir_sync) {
+        return Ok(());
+    }
+    crate::fsutil::sync_dir(dir)
+}
