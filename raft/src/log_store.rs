@@ -17,11 +17,11 @@
 //!   machine has applied what it purges.
 //! - **Opening** repairs the log's torn tail ([`Wal::open`]) and replays its records into the
 //!   index, reading only the log ids.
-
 //!
 //! openraft's trait implementations are in [`raft_traits`].
 
 mod raft_traits;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};

@@ -1,9 +1,9 @@
 //! Finding where the log ends when a writer opens it, and making that end safe to append at.
 //!
 //! Only the last segment can end torn: the writer makes a segment's records durable before it
-//! writes anything to the next one (the rotation barrier in `writer.rs`). The tail is the first
-//! position of the last segment that does not hold the next expected record. What follows it
-//! decides what it means:
+//! writes anything to the next one (the rotation barrier in `writer/rotation.rs`). The tail is
+//! the first position of the last segment that does not hold the next expected record. What
+//! follows it decides what it means:
 //! - a later record whose durable mark reaches the missing LSN, or the segment's durable
 //!   witness (`witness.rs`) claiming it, proves the missing record had been acknowledged as
 //!   durable: that is damage, never a torn tail, and opening fails (also when the written data
