@@ -168,12 +168,11 @@ fn a_spilled_commit_never_reads_past_its_own_entries() {
     assert_eq!(db.scan(run, b"s").unwrap().len(), 4);
 }
 
-/// A spill onto a log poisoned by a failed sync is queued and fails there: the transaction
-/// is poisoned with it. Reading a spilled write back and committing then fail with the
-/// log's error, nothing becomes visible, and neither the failed commit nor a dropped
-/// transaction keeps a spill registration pinning the log.
+/// A spill the poisoned log refuses fails the `put` that called for it, with the log's error,
+/// and leaves the transaction as it was before the call. A transaction that spilled before
+/// the failure fails its commit. Neither keeps a spill registration that pins the log.
 #[test]
-fn a_spill_onto_a_poisoned_log_poisons_the_transaction_and_pins_nothing() {
+fn a_spill_onto_a_poisoned_log_fails_the_put_and_pins_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
     let db = Database::open(
@@ -186,44 +185,83 @@ fn a_spill_onto_a_poisoned_log_poisons_the_transaction_and_pins_nothing() {
     )
     .unwrap();
     let run = block_on(db.begin_run("r")).unwrap();
-    let spilled = |first: u8| {
-        let mut txn = db.transaction(run).unwrap();
-        for i in 0..12u8 {
-            txn.put(&[first, i], &[i; 100]).unwrap();
-        }
-        assert!(txn.spilled());
-        txn
-    };
-    // One spilled before the failure, one after it.
-    let mut before = spilled(b'a');
+    let mut before = db.transaction(run).unwrap();
+    for i in 0..12u8 {
+        before.put(&[b'a', i], &[i; 100]).unwrap();
+    }
+    assert!(before.spilled());
     assert_eq!(db.stats().spills_tracked, 1);
     // Reading a spilled write back waits until the spill is written.
     assert_eq!(before.get(&[b'a', 2]).unwrap().unwrap().value, vec![2; 100]);
+
+    // Poison the log: the next sync fails, and every append after it is refused.
     faults.fail_sync_after(0);
     let mut other = db.transaction(run).unwrap();
     other.put(b"x", b"y").unwrap();
     assert!(block_on(other.commit()).is_err());
-    let mut after = spilled(b'b');
 
-    // What was written before the failure reads back (the transaction's own write); what
-    // the poisoned log refused does not.
+    let mut after = db.transaction(run).unwrap();
+    let mut refused = None;
+    for i in 0..12u8 {
+        if let Err(error) = after.put(&[b'b', i], &[i; 100]) {
+            refused = Some((i, error));
+            break;
+        }
+    }
+    let (at, error) = refused.expect("a spill was called for and refused");
+    assert!(error.to_string().contains("poisoned"), "{error}");
+    assert!(!after.spilled(), "nothing reached the log");
+    for i in 0..at {
+        assert_eq!(after.get(&[b'b', i]).unwrap().unwrap().value, vec![i; 100]);
+    }
+    assert_eq!(
+        after.get(&[b'b', at]).unwrap(),
+        None,
+        "the failed put is undone"
+    );
+
     assert_eq!(before.get(&[b'a', 3]).unwrap().unwrap().value, vec![3; 100]);
-    let read = after.get(&[b'b', 3]);
-    assert!(read.is_err(), "a refused spill read back: {read:?}");
     let error = block_on(before.commit()).unwrap_err();
     assert!(error.to_string().contains("poisoned"), "{error}");
-    // The refused spill was reported by the read above; the commit reports it again, not
-    // as damage to the log ("spilled entry ... is not in the log").
-    let error = block_on(after.commit()).unwrap_err();
-    assert!(matches!(error, Error::SpillFailed(_)), "{error}");
-    assert!(error.to_string().contains("poisoned"), "{error}");
+    assert!(block_on(after.commit()).is_err());
     assert_eq!(db.get(run, &[b'a', 3]).unwrap(), None);
-    assert_eq!(db.get(run, &[b'b', 3]).unwrap(), None);
-    drop(spilled(b'c'));
     assert_eq!(
         db.stats().spills_tracked,
         0,
-        "a failed or dropped spilled transaction still pins the log"
+        "a failed spilled commit still pins the log"
     );
     assert!(db.stats().pending_commits <= 1);
+}
+
+/// A spill the log queued but could not write poisons the transaction: the first read back
+/// reports the write's error, and every later read back and the commit fail with
+/// `Error::SpillFailed` (before, the commit went on to read back entries never written and
+/// failed with "spilled entry not in the log", a metadata error).
+#[test]
+fn a_spill_whose_write_fails_poisons_the_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let db = Database::open(
+        dir.path(),
+        Options {
+            spill_txn_bytes: 1024,
+            faults: Some(Arc::clone(&faults)),
+            ..options()
+        },
+    )
+    .unwrap();
+    let run = block_on(db.begin_run("r")).unwrap();
+    faults.fail_write_after(0);
+    let mut txn = db.transaction(run).unwrap();
+    for i in 0..12u8 {
+        txn.put(&[b'a', i], &[i; 100]).unwrap();
+    }
+    assert!(txn.spilled(), "the spill was queued");
+    let first = txn.get(&[b'a', 3]);
+    assert!(first.is_err(), "{first:?}");
+    assert!(matches!(txn.get(&[b'a', 4]), Err(Error::SpillFailed(_))));
+    let error = block_on(txn.commit()).unwrap_err();
+    assert!(matches!(error, Error::SpillFailed(_)), "{error}");
+    assert_eq!(db.get(run, &[b'a', 3]).unwrap(), None);
+    assert_eq!(db.stats().spills_tracked, 0);
 }

@@ -60,7 +60,16 @@ impl Transaction {
             .db
             .append_uncommitted(&entries, begin.then_some(txn_id))
         {
-            Ok(appended) => appended,
+            Ok(appended) if appended.lsns.is_some() => appended,
+            Ok(refused) => {
+                // The log took nothing (poisoned or closing): the put fails with its error,
+                // and the writes go back into the buffer, as before the call.
+                self.restore_writes(buffered, bytes);
+                return Err(match refused.future.wait() {
+                    Err(error) => error.into(),
+                    Ok(_) => keel_wal::Error::Closed.into(),
+                });
+            }
             Err(error) => {
                 // Nothing was queued: the writes go back into the buffer.
                 self.restore_writes(buffered, bytes);
