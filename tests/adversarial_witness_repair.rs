@@ -12,6 +12,12 @@
 //! The real repair runs under simulated storage and is crashed at each of its hook events
 //! (a process crash, and power losses keeping any prefix of its pending writes); the default
 //! recovery of every image must either still refuse the damage, or find the repair complete.
+//!
+//! The second test repeats the repair: a first run crashed at each of its events, then a new
+//! process on the same storage runs it again, crashed at each of its events. A first run that
+//! zeroed the tail and crashed before its sync leaves zeros in the page cache only; the second
+//! must sync them before it lowers the witness, or a power loss keeps the lowered witness and
+//! loses the zeros (every subset of the pending writes is tried).
 
 use std::path::Path;
 
@@ -200,4 +206,120 @@ fn copy_dir(from: &Path, to: &Path) {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
+}
+
+/// Power losses over the pending writes: each prefix, and each choice of keeping or losing
+/// the writes to the header block (the witness slots) and those beyond it (records, zeros).
+fn power_losses(state: &CrashState) -> Vec<(String, CrashPlan)> {
+    let n = state.pending.len();
+    let header = |i: usize| state.pending[i].offset < segment::HEADER_BLOCK_LEN;
+    let mut plans = Vec::new();
+    for live in [false, true] {
+        for keep in 0..=n {
+            plans.push((
+                format!("power loss keeping the first {keep} of {n} writes, live dirs {live}"),
+                CrashPlan::prefix(state, keep, live),
+            ));
+        }
+        for (keep_header, keep_rest) in [(true, false), (false, true)] {
+            plans.push((
+                format!(
+                    "power loss keeping header-block writes {keep_header}, other writes \
+                     {keep_rest} (of {n}), live dirs {live}"
+                ),
+                CrashPlan::keeping(
+                    state,
+                    live,
+                    |i| {
+                        if header(i) { keep_header } else { keep_rest }
+                    },
+                ),
+            ));
+        }
+    }
+    plans
+}
+
+/// Runs the repair crashed at `first` on fresh storage, then (when it crashed) a new process
+/// on the same storage repeats it crashed at `second`. Returns the second crash's state, or
+/// `None` when a run finished (`Some(None)` inside: the first run finished).
+fn twice_interrupted(
+    original: &Path,
+    root: &Path,
+    first: u64,
+    second: u64,
+) -> Option<Option<CrashState>> {
+    let dir = root.join("log");
+    copy_dir(original, &dir);
+    let sim = Sim::new(root, 7).unwrap();
+    sim.crash_after_events(first);
+    let outcome = recover(&dir, RecoveryPolicy::PointInTime, &mut Count);
+    sim.crashed()?;
+    drop(outcome);
+    sim.restart(8).unwrap();
+    sim.crash_after_events(second);
+    let outcome = recover(&dir, RecoveryPolicy::PointInTime, &mut Count);
+    let state = sim.crashed();
+    drop(outcome);
+    Some(state)
+}
+
+#[test]
+fn a_repair_repeated_after_a_process_crash_never_turns_witnessed_damage_into_a_torn_tail() {
+    let base = tempfile::tempdir().unwrap();
+    let original = base.path().join("original");
+    witnessed_log(&original);
+    let witnessed = witness_lsn(&original);
+    assert_eq!(witnessed, 20);
+    // The write of the last unit (LSN 19) damaged: only the witness proves it was durable.
+    let segment_path = segment::list_directory(&original).unwrap().segments[0]
+        .path
+        .clone();
+    flip(&segment_path, offset_of(&original, 19) + 40);
+    match recover(&original, RecoveryPolicy::Absolute, &mut Count) {
+        Err(Error::Refused {
+            finding:
+                Finding::DamageBelowDurableMark {
+                    lsn: 19,
+                    proof: DurableProof::Witness { .. },
+                    ..
+                },
+            ..
+        }) => {}
+        other => panic!("expected witnessed damage at LSN 19, got {other:?}"),
+    }
+    let cut = 19;
+    let mut images = 0;
+    'first: for first in 0.. {
+        for second in 0.. {
+            let root = base.path().join(format!("run-{first}-{second}"));
+            let state = match twice_interrupted(&original, &root, first, second) {
+                None => break 'first,
+                Some(None) => {
+                    check_default(
+                        &root.join("log"),
+                        cut,
+                        witnessed,
+                        "after the repeated repair",
+                    );
+                    break;
+                }
+                Some(Some(state)) => state,
+            };
+            for (n, (what, plan)) in power_losses(&state).into_iter().enumerate() {
+                let image = base.path().join(format!("image-{first}-{second}-{n}"));
+                state.materialize(&plan, &image).unwrap();
+                let what = format!(
+                    "repair crashed at its event {first} (process crash), repeated and crashed \
+                     at its event {second}, {what}"
+                );
+                check_default(&image.join("log"), cut, witnessed, &what);
+                std::fs::remove_dir_all(&image).unwrap();
+                images += 1;
+            }
+            std::fs::remove_dir_all(&root).unwrap();
+        }
+    }
+    println!("{images} power-loss images checked");
+    assert!(images > 0);
 }

@@ -293,7 +293,7 @@ fn lower_witness(path: &Path, end: &SegmentEnd, next_lsn: Lsn) -> Result<()> {
 /// repair's, in the page cache only (a process crash before its sync). The witness is lowered
 /// next; were these zeros not durable first, a power loss could keep the lowered witness and
 /// bring back the records it had proven durable, to be cut as a torn tail
-/// (`tests/adversarial_today_witness_resync.rs`).
+/// (`tests/adversarial_witness_repair.rs`, its second test).
 fn zero_tail(path: &Path, offset: u64) -> Result<u64> {
     let file = OpenOptions::new()
         .read(true)
