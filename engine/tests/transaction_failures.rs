@@ -168,15 +168,11 @@ fn a_spilled_commit_never_reads_past_its_own_entries() {
     assert_eq!(db.scan(run, b"s").unwrap().len(), 4);
 }
 
-/// A spill the poisoned log refuses fails the `put` that called for it, with the log's error,
-/// and leaves the transaction as it was before the call. A transaction that spilled before
-/// the failure fails its commit. Neither keeps a spill registration that pins the log.
-#[test]
-fn a_spill_onto_a_poisoned_log_fails_the_put_and_pins_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+/// A database that spills past 1 KiB, with a fault injector on its log.
+fn spilling_with_faults(dir: &std::path::Path) -> (Database, Arc<Faults>) {
     let faults = Faults::new();
     let db = Database::open(
-        dir.path(),
+        dir,
         Options {
             spill_txn_bytes: 1024,
             faults: Some(Arc::clone(&faults)),
@@ -184,6 +180,16 @@ fn a_spill_onto_a_poisoned_log_fails_the_put_and_pins_nothing() {
         },
     )
     .unwrap();
+    (db, faults)
+}
+
+/// A spill the poisoned log refuses fails the `put` that called for it, with the log's error,
+/// and leaves the transaction as it was before the call. A transaction that spilled before
+/// the failure fails its commit. Neither keeps a spill registration that pins the log.
+#[test]
+fn a_spill_onto_a_poisoned_log_fails_the_put_and_pins_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, faults) = spilling_with_faults(dir.path());
     let run = block_on(db.begin_run("r")).unwrap();
     let mut before = db.transaction(run).unwrap();
     for i in 0..12u8 {
@@ -240,16 +246,7 @@ fn a_spill_onto_a_poisoned_log_fails_the_put_and_pins_nothing() {
 #[test]
 fn a_spill_whose_write_fails_poisons_the_transaction() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::new();
-    let db = Database::open(
-        dir.path(),
-        Options {
-            spill_txn_bytes: 1024,
-            faults: Some(Arc::clone(&faults)),
-            ..options()
-        },
-    )
-    .unwrap();
+    let (db, faults) = spilling_with_faults(dir.path());
     let run = block_on(db.begin_run("r")).unwrap();
     faults.fail_write_after(0);
     let mut txn = db.transaction(run).unwrap();
