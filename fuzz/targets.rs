@@ -188,7 +188,7 @@ pub fn recovery(data: &[u8]) {
     let two_segments = mode & 8 != 0;
     let dir = scratch();
     let id = DatabaseId([7; 16]);
-    fsutil::write_identity(dir.path(), id).expect("writing the identity");
+    fsutil::write_identity(&keel_wal::FileSystem, dir.path(), id).expect("writing the identity");
     let region = if sealed {
         sealed_records(rest, 1, SALT)
     } else {

@@ -20,12 +20,14 @@
 //! loses the zeros (every subset of the pending writes is tried).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use keel_recovery::{
-    CommittedTxn, Error, Finding, RecoveryPolicy, RecoveryReport, Replay, ReplayError, recover,
+    CommittedTxn, Error, Finding, RecoveryOptions, RecoveryPolicy, RecoveryReport, Replay,
+    ReplayError, recover, recover_with,
 };
+use keel_sim::{CrashPlan, CrashState, Sim};
 use keel_wal::segment;
-use keel_wal::sim::{CrashPlan, CrashState, Sim};
 use keel_wal::witness::{self, DurableProof};
 use keel_wal::{BackendChoice, Durability, Lsn, RunId, Wal, WalEntry, WalOptions};
 
@@ -35,6 +37,16 @@ impl Replay for Count {
     fn apply(&mut self, _: &CommittedTxn<'_>) -> Result<(), ReplayError> {
         Ok(())
     }
+}
+
+/// Recovers `dir` on the simulated storage `sim`.
+fn recover_on(sim: &Arc<Sim>, dir: &Path, policy: RecoveryPolicy) -> Result<RecoveryReport, Error> {
+    let options = RecoveryOptions {
+        policy,
+        storage: Arc::clone(sim) as _,
+        ..RecoveryOptions::default()
+    };
+    recover_with(dir, options, &mut Count)
 }
 
 fn options() -> WalOptions {
@@ -180,7 +192,7 @@ fn a_point_in_time_repair_crashed_part_way_never_turns_witnessed_damage_into_a_t
         copy_dir(&original, &dir);
         let sim = Sim::new(&root, 7).unwrap();
         sim.crash_after_events(event);
-        let result = recover(&dir, RecoveryPolicy::PointInTime, &mut Count);
+        let result = recover_on(&sim, &dir, RecoveryPolicy::PointInTime);
         let Some(state) = sim.crashed() else {
             let report = result.unwrap_or_else(|e| panic!("uninterrupted repair: {e}"));
             assert_eq!(report.next_lsn, cut, "{report}");
@@ -253,12 +265,12 @@ fn twice_interrupted(
     copy_dir(original, &dir);
     let sim = Sim::new(root, 7).unwrap();
     sim.crash_after_events(first);
-    let outcome = recover(&dir, RecoveryPolicy::PointInTime, &mut Count);
+    let outcome = recover_on(&sim, &dir, RecoveryPolicy::PointInTime);
     sim.crashed()?;
     drop(outcome);
     sim.restart(8).unwrap();
     sim.crash_after_events(second);
-    let outcome = recover(&dir, RecoveryPolicy::PointInTime, &mut Count);
+    let outcome = recover_on(&sim, &dir, RecoveryPolicy::PointInTime);
     let state = sim.crashed();
     drop(outcome);
     Some(state)

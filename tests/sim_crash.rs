@@ -1,4 +1,4 @@
-//! Crash-and-recover cycles on simulated storage (`keel_wal::sim`), checked against the
+//! Crash-and-recover cycles on simulated storage (`keel_sim`), checked against the
 //! invariants of DESIGN section 6 after every crash:
 //!
 //! - I1 every acknowledged commit is recovered byte-exact (Strict ones after any crash;
@@ -26,8 +26,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use keel_recovery::{CommittedTxn, RecoveryPolicy, RecoveryReport, Replay, ReplayError, recover};
-use keel_wal::sim::{
+use keel_recovery::{
+    CommittedTxn, RecoveryOptions, RecoveryReport, Replay, ReplayError, recover_with,
+};
+use keel_sim::{
     Broken, CrashPlan, CrashState, Damage, SECTOR, SectorFate, Sim, SimFaults, SimRng, Unsynced,
     WriteFate,
 };
@@ -187,7 +189,7 @@ use std::future::Future;
 fn settle(wal: &Wal, sim: &Sim) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut spins = 0u32;
-    while !(sim.writer_blocked() || wal.sim_writer_idle()) {
+    while !(sim.writer_blocked() || wal.writer_idle()) {
         assert!(Instant::now() < deadline, "the writer did not settle");
         spins += 1;
         if spins < 64 {
@@ -198,11 +200,12 @@ fn settle(wal: &Wal, sim: &Sim) {
     }
 }
 
-fn wal_options(segment_bytes: u64, depth: usize) -> WalOptions {
+fn wal_options(segment_bytes: u64, depth: usize, sim: &Arc<Sim>) -> WalOptions {
     WalOptions {
         segment_bytes,
         max_record_bytes: 3072,
         io_depth: depth,
+        storage: Arc::clone(sim) as _,
         ..WalOptions::default()
     }
 }
@@ -224,9 +227,13 @@ impl Replay for Collect {
     }
 }
 
-fn recovered(dir: &Path) -> Result<(RecoveryReport, Collect), String> {
+fn recovered(dir: &Path, sim: &Arc<Sim>) -> Result<(RecoveryReport, Collect), String> {
     let mut collect = Collect::default();
-    recover(dir, RecoveryPolicy::default(), &mut collect)
+    let options = RecoveryOptions {
+        storage: Arc::clone(sim) as _,
+        ..RecoveryOptions::default()
+    };
+    recover_with(dir, options, &mut collect)
         .map(|report| (report, collect))
         .map_err(|e| e.to_string())
 }
@@ -454,7 +461,7 @@ impl Run {
             self.note(format!("life {life}: crash armed at event {at} from now"));
             sim.crash_after_events(at);
         }
-        let wal = match Wal::open(dir, wal_options(self.segment_bytes, self.depth)) {
+        let wal = match Wal::open(dir, wal_options(self.segment_bytes, self.depth, sim)) {
             Ok(wal) => wal,
             Err(e) if sim.is_crashed() => {
                 self.note(format!("life {life}: crashed while opening: {e}"));
@@ -495,9 +502,9 @@ impl Run {
                     }
                 }
                 8 => {
-                    wal.sim_hold_writer(true);
+                    wal.hold_writer(true);
                     syncs.push(wal.sync());
-                    wal.sim_hold_writer(false);
+                    wal.hold_writer(false);
                     settle(&wal, sim);
                 }
                 _ => self.checkpoint(&wal, sim),
@@ -590,7 +597,7 @@ impl Run {
     /// Queues 1..=6 units while the writer is held, so it takes them at once.
     fn enqueue_group(&mut self, wal: &Wal, sim: &Sim) {
         let count = 1 + self.rng.below(6);
-        wal.sim_hold_writer(true);
+        wal.hold_writer(true);
         for _ in 0..count {
             let open: Vec<usize> = (0..self.txns.len())
                 .filter(|&i| !self.txns[i].finished && !self.txns[i].checkpointed)
@@ -602,7 +609,7 @@ impl Run {
                 self.start_txn(wal);
             }
         }
-        wal.sim_hold_writer(false);
+        wal.hold_writer(false);
         settle(wal, sim);
     }
 
@@ -906,7 +913,8 @@ impl Run {
             power_loss |= lost;
         }
         let dir = self.dir(self.generation);
-        let first = recovered(&dir);
+        let sim = Arc::clone(self.sim.as_ref().expect("the storage"));
+        let first = recovered(&dir, &sim);
         let (report, collect) = match (first, &reference) {
             (Err(e), _) if refusable => {
                 self.note(format!("recovery refused the damaged log: {e}"));
@@ -935,7 +943,7 @@ impl Run {
         check_contiguous(&dir, &report)?;
         self.check_txns(&collect, &report, power_loss, damage, witnessed)?;
         // I5: again, nothing to do and the same result.
-        match recovered(&dir) {
+        match recovered(&dir, &sim) {
             Ok((again, collect_again)) => {
                 if again.bytes_truncated != 0 || !again.segments_discarded.is_empty() {
                     return violation(format!("I5: a second recovery changed the log: {again}"));
@@ -970,14 +978,14 @@ impl Run {
         let copy = self.base.path().join(format!("g{}-ref", self.generation));
         copy_tree(&dir, &copy);
         let reference_sim = Sim::new(&copy, self.seed).unwrap();
-        *reference = Some(recovered(&copy));
+        *reference = Some(recovered(&copy, &reference_sim));
         let events = reference_sim.events();
         drop(reference_sim);
         let sim = Arc::clone(self.sim.as_ref().expect("the storage"));
         let unsynced = self.restart(&sim, self.seed ^ 0x5eed);
         let after = self.rng.below(events + 1);
         sim.crash_after_events(after);
-        let _ = recovered(&dir);
+        let _ = recovered(&dir, &sim);
         let Some(state) = sim.crashed() else {
             // Not crashed: what it did stays, and the armed crash goes with the process.
             self.restart(&sim, self.seed ^ 0xabcd);
@@ -1197,13 +1205,13 @@ const SCRIPT_STEPS: usize = 26;
 
 fn script_step(run: &mut Run, step: usize, wal: &Wal, sim: &Sim, syncs: &mut Vec<CommitFuture>) {
     if step == 7 {
-        wal.sim_hold_writer(true);
+        wal.hold_writer(true);
         syncs.push(wal.sync());
-        wal.sim_hold_writer(false);
+        wal.hold_writer(false);
         settle(wal, sim);
     } else if step.is_multiple_of(3) {
         let count = 1 + run.rng.below(4);
-        wal.sim_hold_writer(true);
+        wal.hold_writer(true);
         for _ in 0..count {
             let open: Vec<usize> = (0..run.txns.len())
                 .filter(|&i| !run.txns[i].finished)
@@ -1213,7 +1221,7 @@ fn script_step(run: &mut Run, step: usize, wal: &Wal, sim: &Sim, syncs: &mut Vec
                 _ => run.start_txn(wal),
             }
         }
-        wal.sim_hold_writer(false);
+        wal.hold_writer(false);
         settle(wal, sim);
     } else {
         sim.advance();
@@ -1238,7 +1246,7 @@ fn scenario_prefix(seed: u64, steps: usize) -> (Run, CrashState) {
     let dir = run.dir(0);
     let sim = Sim::new(&dir, seed).unwrap();
     sim.set_manual(true);
-    let wal = Wal::open(&dir, wal_options(run.segment_bytes, run.depth)).unwrap();
+    let wal = Wal::open(&dir, wal_options(run.segment_bytes, run.depth, &sim)).unwrap();
     settle(&wal, &sim);
     let mut syncs = Vec::new();
     for step in 0..steps {
@@ -1448,7 +1456,7 @@ fn sim_a_held_sync_goes_out_when_the_writes_before_it_complete() {
             max_delay: Duration::from_secs(3600),
             max_bytes: u64::MAX,
         },
-        ..wal_options(8192, 4)
+        ..wal_options(8192, 4, &sim)
     };
     let wal = Wal::open(&dir, options).unwrap();
     // Dropped first, also when a check fails: lets the log close without manual steps.
@@ -1468,10 +1476,10 @@ fn sim_a_held_sync_goes_out_when_the_writes_before_it_complete() {
     };
     // The second record does not fit in the first segment: the writer rotates, and blocks
     // until the first segment's write and sync complete.
-    wal.sim_hold_writer(true);
+    wal.hold_writer(true);
     let mut first = wal.append(&[entry(1, 2500)]);
     let mut second = wal.append(&[entry(2, 1500)]);
-    wal.sim_hold_writer(false);
+    wal.hold_writer(false);
     settle(&wal, &sim);
     let mut synced = wal.sync();
     settle(&wal, &sim);

@@ -3,7 +3,7 @@
 //! (A segment's name after a rotation is `review_dir_sync.rs`.)
 
 use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError, recover};
-use keel_wal::sim::{CrashPlan, Sim};
+use keel_sim::{CrashPlan, Sim};
 use keel_wal::{Durability, RunId, Wal, WalEntry, WalOptions};
 
 struct Count;
@@ -26,6 +26,7 @@ fn a_log_directory_whose_name_was_never_synced_is_synced_at_open() {
         segment_bytes: 64 * 1024,
         max_record_bytes: 4096,
         preallocate: false,
+        storage: sim.clone(),
         ..WalOptions::default()
     };
     let wal = Wal::open(&dir, options).unwrap();

@@ -238,6 +238,7 @@ pub fn recover(args: &RecoverArgs) -> Result<(), String> {
             .recovery_policy(),
         covered_through: covered,
         dry_run: false,
+        ..Default::default()
     };
     let report = keel_recovery::recover_with(&dir, options, &mut Count).map_err(|e| match e {
         keel_recovery::Error::Refused { .. } => format!(
@@ -277,6 +278,7 @@ fn dry_run(dir: &Path, covered: Option<Lsn>, only: Option<Policy>) -> Result<(),
             policy: policy.recovery_policy(),
             covered_through: covered,
             dry_run: true,
+            ..Default::default()
         };
         let name = policy.recovery_policy().to_string();
         rows.push(

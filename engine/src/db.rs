@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use keel_recovery::RecoveryReport;
-use keel_wal::{Durability, Lsn, RunId, TxnId, Wal};
+use keel_wal::{Durability, Lsn, RunId, Storage, TxnId, Wal};
 
 pub use options::Options;
 pub use stats::Stats;
@@ -41,6 +41,8 @@ use options::WRITE_ENTRY_OVERHEAD;
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
+    /// Where the snapshots live (the log has its own handle in its options).
+    storage: Arc<dyn Storage>,
     wal: Wal,
     durability: Durability,
     max_record_bytes: u32,

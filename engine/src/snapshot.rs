@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_wal::{Lsn, TxnId, fsutil};
+use keel_wal::{Lsn, Storage, TxnId, fsutil};
 use rkyv::util::AlignedVec;
 
 use crate::state::{RunInfo, RunState, State, Versioned};
@@ -108,7 +108,7 @@ fn partials(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// (an error here made every later checkpoint fail, each leaving its snapshot behind:
 /// `tests/adversarial_today_partials.rs`). Returns how many it removed; the caller syncs
 /// the directory.
-pub(crate) fn remove_partials(dir: &Path) -> usize {
+pub(crate) fn remove_partials(storage: &dyn Storage, dir: &Path) -> usize {
     let found = match partials(dir) {
         Ok(found) => found,
         Err(error) => {
@@ -118,7 +118,7 @@ pub(crate) fn remove_partials(dir: &Path) -> usize {
     };
     let mut removed = 0;
     for path in found {
-        match fsutil::remove_file(&path) {
+        match storage.remove_file(&path) {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => {
@@ -130,8 +130,14 @@ pub(crate) fn remove_partials(dir: &Path) -> usize {
 }
 
 /// Writes `state` as the snapshot at `lsn` into `dir`, atomically.
-pub(crate) fn write(dir: &Path, lsn: Lsn, max_txn_id: TxnId, state: &State) -> Result<PathBuf> {
-    keel_wal::fsutil::create_dir_all_durably(dir)?;
+pub(crate) fn write(
+    storage: &dyn Storage,
+    dir: &Path,
+    lsn: Lsn,
+    max_txn_id: TxnId,
+    state: &State,
+) -> Result<PathBuf> {
+    fsutil::create_dir_all_durably(storage, dir)?;
     let data = SnapshotData {
         max_txn_id,
         runs: state
@@ -163,27 +169,27 @@ pub(crate) fn write(dir: &Path, lsn: Lsn, max_txn_id: TxnId, state: &State) -> R
     let crc = crc32fast::hash(&bytes[16..]);
     bytes[12..16].copy_from_slice(&crc.to_le_bytes());
     let name = file_name(lsn);
-    fsutil::write_atomically(dir, &name, &bytes)?;
+    fsutil::write_atomically(storage, dir, &name, &bytes)?;
     Ok(dir.join(name))
 }
 
 /// Deletes every snapshot in `dir` but the one at `keep` (and partial ones a crash left),
 /// then syncs the directory (once, when it deleted any). Returns how many it deleted.
-pub(crate) fn remove_all_but(dir: &Path, keep: Lsn) -> Result<usize> {
+pub(crate) fn remove_all_but(storage: &dyn Storage, dir: &Path, keep: Lsn) -> Result<usize> {
     let mut removed = 0;
     for (lsn, path) in list(dir)? {
         if lsn == keep {
             continue;
         }
-        match keel_wal::fsutil::remove_file(&path) {
+        match storage.remove_file(&path) {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(keel_wal::Error::io("removing old snapshot", &path, e).into()),
         }
     }
-    removed += remove_partials(dir);
+    removed += remove_partials(storage, dir);
     if removed > 0 {
-        fsutil::sync_dir(dir)?;
+        fsutil::sync_dir(storage, dir)?;
     }
     Ok(removed)
 }

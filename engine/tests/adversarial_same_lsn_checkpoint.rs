@@ -59,9 +59,9 @@ fn damage(dir: &std::path::Path, lsn: u64) {
 /// Builds the directory: snapshot `P`, a spilled transaction committed above `P`, then a
 /// snapshot `S` whose `Checkpoint` entry never reached the log. Returns `(run, P, C, S)`.
 fn build(dir: &std::path::Path) -> (RunId, u64, u64, u64) {
-    let faults = keel_wal::Faults::new();
+    let faults = keel_sim::Faults::new();
     let with_faults = Options {
-        faults: Some(faults.clone()),
+        storage: faults.clone(),
         ..options()
     };
     let db = Database::open(dir, with_faults).unwrap();

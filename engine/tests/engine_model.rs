@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures::executor::block_on;
 use keel::{BackendChoice, Database, Durability, Error, Options, RunId, RunState};
-use keel_wal::Faults;
+use keel_sim::Faults;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 
@@ -99,7 +99,7 @@ fn options_with(backend: BackendChoice, faults: &Arc<Faults>, choice: Choice) ->
     };
     let available = BackendChoice::available();
     Options {
-        faults: Some(Arc::clone(faults)),
+        storage: Arc::clone(faults) as _,
         segment_bytes,
         max_record_bytes: RECORD_BYTES[choice.record].min(capacity),
         // Small, so that many transactions spill to the log before their commit.

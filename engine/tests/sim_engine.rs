@@ -1,4 +1,4 @@
-//! The engine on simulated storage (`keel_wal::sim`), with its operations interleaved at the
+//! The engine on simulated storage (`keel_sim`), with its operations interleaved at the
 //! level of single polls, and crashes at a random storage event (process crash or power
 //! loss, with torn and lost writes and directory entries).
 //!
@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use futures::executor::block_on;
 use keel::{BackendChoice, Database, Error, Options, RunId, RunState, Transaction};
-use keel_wal::sim::{CrashPlan, Sim, SimRng};
+use keel_sim::{CrashPlan, Sim, SimRng};
 
 type Data = BTreeMap<(u128, Vec<u8>), Vec<u8>>;
 /// A transaction's effect: each key's last write (`None`: a delete).
@@ -66,6 +66,14 @@ fn options() -> Options {
         checkpoint_log_bytes: 24 * 1024,
         spill_txn_bytes: 1500,
         ..Options::default()
+    }
+}
+
+/// [`options`] on the simulated storage `sim`.
+fn options_on(sim: &Arc<Sim>) -> Options {
+    Options {
+        storage: Arc::clone(sim) as _,
+        ..options()
     }
 }
 
@@ -515,7 +523,8 @@ impl Driver {
     /// Opens the database in `dir`, checks the fallback a damaged snapshot calls for,
     /// decides every unknown outcome from what it recovered, and checks the whole state.
     fn open_checked(&mut self, dir: &Path) -> Database {
-        let db = match Database::open(dir, options()) {
+        let sim = Arc::clone(self.sim.as_ref().expect("the storage of this life"));
+        let db = match Database::open(dir, options_on(&sim)) {
             Ok(db) => db,
             Err(e) => self.fail(&format!("I8: the database does not reopen: {e}")),
         };
@@ -1256,7 +1265,7 @@ fn sim_listings_hold_while_another_thread_changes_the_directory() {
         for seed in 0..300 {
             let sim = Sim::new(&root, seed).unwrap();
             for _ in 0..10 {
-                keel_wal::fsutil::sync_dir(&busy).unwrap();
+                keel_wal::fsutil::sync_dir(sim.as_ref(), &busy).unwrap();
             }
             let state = sim.crash();
             let image = base.path().join(format!("image{seed}"));
@@ -1284,14 +1293,14 @@ fn sim_power_loss_keeps_a_name_a_rename_replaced() {
     let tmp = root.join("name.tmp");
     std::fs::write(&tmp, b"new").unwrap();
     let file = std::fs::File::open(&tmp).unwrap();
-    keel_wal::fsutil::sync_file(&file, &tmp, true).unwrap();
+    keel_wal::fsutil::sync_file(sim.as_ref(), &file, &tmp, true).unwrap();
     std::fs::rename(&tmp, root.join("name")).unwrap();
     let state = sim.crash();
     let changes = state.dir_changes.len();
     assert!(changes >= 2, "the old file's unlink and the new one's link");
     for mask in 0..1u32 << changes {
         let plan = CrashPlan {
-            writes: vec![keel_wal::sim::WriteFate::Kept; state.pending.len()],
+            writes: vec![keel_sim::WriteFate::Kept; state.pending.len()],
             dir_live: (0..changes).map(|i| mask & (1 << i) != 0).collect(),
             ..CrashPlan::default()
         };
@@ -1443,7 +1452,11 @@ fn a_restart_on_an_interrupted_install_keeps_what_it_built_on() {
         let dir = base.path().join(format!("db{crash_at}"));
         std::fs::create_dir_all(&dir).unwrap();
         let sim = Sim::new(&dir, crash_at).unwrap();
-        let db = Database::open(&dir, options.clone()).unwrap();
+        let on_sim = Options {
+            storage: Arc::clone(&sim) as _,
+            ..options.clone()
+        };
+        let db = Database::open(&dir, on_sim.clone()).unwrap();
         let run = block_on(db.begin_run("before")).unwrap();
         for k in 0..5u8 {
             let mut txn = db.transaction(run).unwrap();
@@ -1472,7 +1485,7 @@ fn a_restart_on_an_interrupted_install_keeps_what_it_built_on() {
             .unwrap_or_else(|e| panic!("crash point {crash_at}: restart: {e}"));
 
         // The new process: opens on the cache, commits on top, closes cleanly.
-        let db = Database::open(&dir, options.clone())
+        let db = Database::open(&dir, on_sim)
             .unwrap_or_else(|e| panic!("crash point {crash_at}: reopen: {e}"));
         if db.snapshot_lsn().is_some() && !at_crash.dir_changes.is_empty() {
             installed_then_lost += 1;

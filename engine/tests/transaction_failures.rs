@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::executor::block_on;
 use keel::{BackendChoice, Database, Error, Options};
-use keel_wal::Faults;
+use keel_sim::Faults;
 
 const MAX_RECORD: u32 = 16 * 1024;
 
@@ -94,7 +94,7 @@ fn refused_commits_after_a_failed_sync_hold_no_memory() {
     let db = Database::open(
         dir.path(),
         Options {
-            faults: Some(Arc::clone(&faults)),
+            storage: Arc::clone(&faults) as _,
             ..options()
         },
     )
@@ -175,7 +175,7 @@ fn spilling_with_faults(dir: &std::path::Path) -> (Database, Arc<Faults>) {
         dir,
         Options {
             spill_txn_bytes: 1024,
-            faults: Some(Arc::clone(&faults)),
+            storage: Arc::clone(&faults) as _,
             ..options()
         },
     )

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_raft::{KeelLogStore, KvRequest, TypeConfig};
+use keel_sim::{CrashPlan, Sim, SimRng};
 use keel_wal::WalOptions;
-use keel_wal::sim::{CrashPlan, Sim, SimRng};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
 
@@ -132,8 +132,9 @@ fn entry(id: Id, value: String) -> Entry<TypeConfig> {
     }
 }
 
-fn options() -> WalOptions {
+fn options(sim: &Arc<Sim>) -> WalOptions {
     WalOptions {
+        storage: Arc::clone(sim) as _,
         segment_bytes: 8192,
         max_record_bytes: 2048,
         ..WalOptions::default()
@@ -302,7 +303,7 @@ impl Run {
                 .push(format!("append {first}..{}", first + count));
             batches.push(batch);
         }
-        store.wal().sim_hold_writer(true);
+        store.wal().hold_writer(true);
         let mut pending = Vec::new();
         for batch in batches {
             let mut clone = store.clone();
@@ -318,7 +319,7 @@ impl Run {
         let first = expected_first;
         let end = model.current().next_index();
         let read = store.try_get_log_entries(first..end).await;
-        store.wal().sim_hold_writer(false);
+        store.wal().hold_writer(false);
         let read: Vec<(u64, String)> = read
             .unwrap_or_else(|e| panic!("{}", self.fail(format!("reading queued entries: {e}"))))
             .into_iter()
@@ -356,7 +357,7 @@ async fn life(
     tally: &mut Tally,
 ) -> Result<(), String> {
     let dir = run.dir(life);
-    let mut store = KeelLogStore::<TypeConfig>::open(dir.join("log"), options())
+    let mut store = KeelLogStore::<TypeConfig>::open(dir.join("log"), options(sim))
         .map_err(|e| run.fail(format!("life {life}: reopening failed: {e}")))?;
     let found = read_state(&mut store)
         .await
@@ -429,7 +430,7 @@ fn run_seed(seed: u64, lives: u32, tally: &mut Tally) -> Result<(), String> {
     let sim = Sim::new(&run.dir(lives), seed ^ 0xffff).expect("a sim");
     let dir = run.dir(lives);
     runtime.block_on(async {
-        let mut store = KeelLogStore::<TypeConfig>::open(dir.join("log"), options())
+        let mut store = KeelLogStore::<TypeConfig>::open(dir.join("log"), options(&sim))
             .map_err(|e| run.fail(format!("final reopen failed: {e}")))?;
         let found = read_state(&mut store).await.map_err(|e| run.fail(e))?;
         model.matches(&found).map_err(|e| run.fail(e))?;

@@ -30,9 +30,10 @@ mod txns;
 mod walk;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use keel_wal::{EntryKind, Lsn, fsutil, segment};
+use keel_wal::{EntryKind, Lsn, Storage, fsutil, segment};
 
 pub use policy::{Decision, Finding, RecoveryPolicy, decide};
 pub use report::{Anomaly, RecoveryReport};
@@ -82,7 +83,7 @@ fn replayed(kind: EntryKind) -> &'static str {
 }
 
 /// What recovery is told besides the directory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct RecoveryOptions {
     /// How much damage to accept, and what to do about it.
     pub policy: RecoveryPolicy,
@@ -100,6 +101,20 @@ pub struct RecoveryOptions {
     /// Judge, plan and report, but change nothing on disk: the report says what a recovery
     /// under this policy *would* do (`RecoveryReport::dry_run`), for `keel recover --dry-run`.
     pub dry_run: bool,
+    /// The storage the log lives on (its syncs, renames, lock): the real file system unless
+    /// a test hands in another (see [`keel_wal::Storage`]).
+    pub storage: Arc<dyn Storage>,
+}
+
+impl Default for RecoveryOptions {
+    fn default() -> Self {
+        RecoveryOptions {
+            policy: RecoveryPolicy::default(),
+            covered_through: None,
+            dry_run: false,
+            storage: keel_wal::storage::file_system(),
+        }
+    }
 }
 
 impl From<RecoveryPolicy> for RecoveryOptions {
@@ -133,7 +148,8 @@ pub fn recover_with(
     let dir = dir.as_ref();
     let policy = options.policy;
     let _span = tracing::info_span!("recovery", dir = %dir.display(), %policy).entered();
-    let _lock = fsutil::lock_dir(dir)?;
+    let storage = Arc::clone(&options.storage);
+    let _lock = fsutil::lock_dir(storage.as_ref(), dir)?;
     let listing = segment::list_directory(dir)?;
     let mut report = empty_report(policy);
     report.covered_through = options.covered_through;
@@ -148,7 +164,7 @@ pub fn recover_with(
         walk.judge(path, 0, Finding::UnknownFile)?;
     }
     let cut = walk.segments(&listing.segments)?;
-    let mut report = repair::finish(walk, &listing.segments, cut)?;
+    let mut report = repair::finish(storage.as_ref(), walk, &listing.segments, cut)?;
     report.duration = started.elapsed();
     tracing::info!(
         records = report.records,

@@ -15,7 +15,7 @@ use std::fs::OpenOptions;
 use std::path::Path;
 
 use keel_wal::segment::{self, SegmentFile};
-use keel_wal::{DatabaseId, Lsn, fsutil, witness};
+use keel_wal::{DatabaseId, Lsn, Storage, fsutil, witness};
 
 use crate::report::RecoveryReport;
 use crate::txns::Replay;
@@ -41,6 +41,7 @@ struct Plan {
 
 /// Plans and applies the repair; completes the report.
 pub(crate) fn finish<R: Replay>(
+    storage: &dyn Storage,
     walk: Walk<'_, R>,
     segments: &[SegmentFile],
     cut: Option<Cut>,
@@ -51,7 +52,7 @@ pub(crate) fn finish<R: Replay>(
     if report.dry_run {
         describe(segments, &plan, &mut report)?;
     } else {
-        apply(dir, segments, &plan, &mut report)?;
+        apply(storage, dir, segments, &plan, &mut report)?;
     }
     let txns = &walk.txns;
     report.txns_incomplete = txns.open_count();
@@ -153,6 +154,7 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
 /// discarded name by a hard link, then replaced by an atomic rename). So a crash at any point
 /// never lets the next recovery restart the LSNs.
 fn apply(
+    storage: &dyn Storage,
     dir: &Path,
     segments: &[SegmentFile],
     plan: &Plan,
@@ -169,7 +171,7 @@ fn apply(
     };
     for &index in plan.aside.iter().rev() {
         if Some(index) != held_back {
-            set_aside(dir, &segments[index].path, report)?;
+            set_aside(storage, dir, &segments[index].path, report)?;
         }
     }
     // Zeroed (and synced) before the witness is lowered: until the lowered claim is durable,
@@ -177,20 +179,20 @@ fn apply(
     // judged as the same damage again. Lowered first, a crash would leave those records on
     // disk with nothing proving them, and the next recovery would cut them as a torn tail.
     if let Some((index, offset)) = plan.zero_from {
-        report.bytes_truncated += zero_tail(&segments[index].path, offset)?;
+        report.bytes_truncated += zero_tail(storage, &segments[index].path, offset)?;
     }
     if let Some((index, end)) = plan.lower_witness {
-        lower_witness(&segments[index].path, &end, plan.walked)?;
+        lower_witness(storage, &segments[index].path, &end, plan.walked)?;
     }
     if let Some((database_id, first_lsn, bytes)) = plan.fresh {
         let replaced = held_back.filter(|&i| segments[i].first_lsn == first_lsn);
         if let Some(index) = replaced {
-            keep_aside(dir, &segments[index].path, report)?;
+            keep_aside(storage, dir, &segments[index].path, report)?;
         }
-        let path = segment::create_empty(dir, database_id, first_lsn, bytes)?;
+        let path = segment::create_empty(storage, dir, database_id, first_lsn, bytes)?;
         tracing::warn!(segment = %path.display(), first_lsn, "started a fresh segment after recovery");
         if let Some(index) = held_back.filter(|i| Some(*i) != replaced) {
-            set_aside(dir, &segments[index].path, report)?;
+            set_aside(storage, dir, &segments[index].path, report)?;
         }
     }
     Ok(())
@@ -216,20 +218,31 @@ fn aside_name(path: &Path) -> std::path::PathBuf {
 
 /// Renames a segment aside, durably (each rename before the next: unsynced renames may
 /// persist in any order, and only newest-first keeps what is left a contiguous log).
-fn set_aside(dir: &Path, path: &Path, report: &mut RecoveryReport) -> Result<()> {
-    std::fs::rename(path, aside_name(path))
+fn set_aside(
+    storage: &dyn Storage,
+    dir: &Path,
+    path: &Path,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    storage
+        .rename(path, &aside_name(path))
         .map_err(|e| keel_wal::Error::io("setting aside segment", path, e))?;
-    fsutil::sync_dir(dir)?;
+    fsutil::sync_dir(storage, dir)?;
     report.segments_discarded.push(path.to_path_buf());
     Ok(())
 }
 
 /// Keeps a segment's bytes under its discarded name (a hard link) while its own name is about
 /// to be taken by a fresh segment's atomic rename.
-fn keep_aside(dir: &Path, path: &Path, report: &mut RecoveryReport) -> Result<()> {
+fn keep_aside(
+    storage: &dyn Storage,
+    dir: &Path,
+    path: &Path,
+    report: &mut RecoveryReport,
+) -> Result<()> {
     std::fs::hard_link(path, aside_name(path))
         .map_err(|e| keel_wal::Error::io("setting aside segment", path, e))?;
-    fsutil::sync_dir(dir)?;
+    fsutil::sync_dir(storage, dir)?;
     report.segments_discarded.push(path.to_path_buf());
     Ok(())
 }
@@ -270,7 +283,12 @@ fn nonzero_tail(path: &Path, offset: u64) -> Result<u64> {
 /// Rewrites the witness of the segment at `path`, which now ends at `end.offset` with
 /// `next_lsn` the next record, so that it claims nothing beyond (synced): otherwise it would
 /// make a later torn tail of new records read as damage to acknowledged data.
-fn lower_witness(path: &Path, end: &SegmentEnd, next_lsn: Lsn) -> Result<()> {
+fn lower_witness(
+    storage: &dyn Storage,
+    path: &Path,
+    end: &SegmentEnd,
+    next_lsn: Lsn,
+) -> Result<()> {
     let current = end
         .witness
         .expect("planned only for a segment with a witness");
@@ -279,7 +297,15 @@ fn lower_witness(path: &Path, end: &SegmentEnd, next_lsn: Lsn) -> Result<()> {
         .write(true)
         .open(path)
         .map_err(|e| keel_wal::Error::io("opening segment", path, e))?;
-    let lowered = witness::lower(&file, path, &end.header, current, next_lsn, end.offset)?;
+    let lowered = witness::lower(
+        storage,
+        &file,
+        path,
+        &end.header,
+        current,
+        next_lsn,
+        end.offset,
+    )?;
     tracing::warn!(
         segment = %path.display(), from = current.durable_lsn, to = lowered.durable_lsn,
         "lowered the durable witness to where the log now ends"
@@ -294,7 +320,7 @@ fn lower_witness(path: &Path, end: &SegmentEnd, next_lsn: Lsn) -> Result<()> {
 /// next; were these zeros not durable first, a power loss could keep the lowered witness and
 /// bring back the records it had proven durable, to be cut as a torn tail
 /// (`tests/adversarial_witness_repair.rs`, its second test).
-fn zero_tail(path: &Path, offset: u64) -> Result<u64> {
+fn zero_tail(storage: &dyn Storage, path: &Path, offset: u64) -> Result<u64> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -305,6 +331,6 @@ fn zero_tail(path: &Path, offset: u64) -> Result<u64> {
         .map_err(|e| keel_wal::Error::io("reading metadata of", path, e))?
         .len();
     let zeroed = fsutil::zero_range(&file, path, offset, end)?;
-    fsutil::sync_file(&file, path, false)?;
+    fsutil::sync_file(storage, &file, path, false)?;
     Ok(zeroed)
 }

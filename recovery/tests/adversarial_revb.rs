@@ -251,6 +251,7 @@ fn covered_damage_then_a_torn_tail_in_the_last_segment_recovers_once() {
         policy,
         covered_through: Some(covered),
         dry_run: true,
+        ..RecoveryOptions::default()
     };
     let before = common::files(dir.path());
     let dry = recover_with(dir.path(), options, &mut sink).unwrap();

@@ -173,6 +173,7 @@ fn a_log_whose_only_segment_is_unreadable_continues_above_the_snapshot() {
         policy,
         covered_through: Some(20),
         dry_run: false,
+        ..RecoveryOptions::default()
     };
 
     // What was lost may lie above the snapshot: not passed over by default.
@@ -233,6 +234,7 @@ fn dry_run_predicts(dir: &Path, policy: RecoveryPolicy) -> keel_recovery::Recove
         policy,
         covered_through: None,
         dry_run: true,
+        ..RecoveryOptions::default()
     };
     let mut dry_sink = Collect::default();
     let predicted = recover_with(dir, dry, &mut dry_sink).unwrap();

@@ -1,7 +1,7 @@
 //! Every filesystem operation outside record IO: directory fsync, the lock, the identity file,
 //! atomic creation. Portable (Linux and macOS): `std::fs` and `std::os::unix` only.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::error::{CorruptionReason, Error, Result};
 use crate::ids::DatabaseId;
 use crate::record::{get_u32, put_u32};
+use crate::storage::Storage;
 
 /// The lock file of a WAL directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -26,24 +27,19 @@ pub fn is_reserved_name(name: &str) -> bool {
 }
 
 /// Makes the directory's entries (creations, renames, unlinks) durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(feature = "sim")]
-    if let Some(sim) = crate::sim::lookup(dir) {
-        return sim.sync_dir(dir);
-    }
-    let handle = File::open(dir).map_err(|e| Error::io("opening directory", dir, e))?;
-    handle
-        .sync_all()
+pub fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    storage
+        .sync_dir(dir)
         .map_err(|e| Error::io("syncing directory", dir, e))
 }
 
 /// Makes `dir`'s entries durable, and `dir`'s own name in its parent: two directory fsyncs.
 /// An open calls it once, since it cannot know whether the process that made those entries
 /// (segments, spares, the identity, the directory itself) synced them before it stopped.
-pub fn sync_dir_and_parent(dir: &Path) -> Result<()> {
-    sync_dir(dir)?;
+pub fn sync_dir_and_parent(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    sync_dir(storage, dir)?;
     match parent_of(dir)? {
-        Some(parent) => sync_dir(&parent),
+        Some(parent) => sync_dir(storage, &parent),
         None => Ok(()),
     }
 }
@@ -65,7 +61,7 @@ fn parent_of(dir: &Path) -> Result<Option<PathBuf>> {
 
 /// Creates `dir` and any missing parents, and makes each new entry durable by syncing the
 /// directory it was created in (a new directory's name is not durable before that).
-pub fn create_dir_all_durably(dir: &Path) -> Result<()> {
+pub fn create_dir_all_durably(storage: &dyn Storage, dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
     let mut at = Some(dir);
     while let Some(path) = at {
@@ -81,89 +77,64 @@ pub fn create_dir_all_durably(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
     for created in missing.iter().rev() {
         if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
+            sync_dir(storage, parent)?;
         }
     }
     Ok(())
 }
 
 /// Makes `file`'s data durable (`fdatasync`; with `all`, its metadata too: `fsync`). Every
-/// sync outside the IO backends goes through here, so that simulated storage sees it.
-pub fn sync_file(file: &File, path: &Path, all: bool) -> Result<()> {
-    #[cfg(feature = "sim")]
-    if let Some(sim) = crate::sim::lookup(path) {
-        return sim.sync_file(file, path);
-    }
-    let result = if all {
-        file.sync_all()
-    } else {
-        file.sync_data()
-    };
-    result.map_err(|e| Error::io("syncing", path, e))
+/// sync outside the IO backends goes through here.
+pub fn sync_file(storage: &dyn Storage, file: &File, path: &Path, all: bool) -> Result<()> {
+    storage
+        .sync_file(file, path, all)
+        .map_err(|e| Error::io("syncing", path, e))
 }
 
 /// Takes the exclusive lock of a WAL directory; it is held while the returned file is open.
-pub fn lock_dir(dir: &Path) -> Result<File> {
+pub fn lock_dir(storage: &dyn Storage, dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("opening lock file", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::Locked {
+    match storage.lock(&path) {
+        Ok(Some(file)) => Ok(file),
+        Ok(None) => Err(Error::Locked {
             path: dir.to_path_buf(),
         }),
-        Err(TryLockError::Error(e)) => Err(Error::io("locking", &path, e)),
+        Err(e) => Err(Error::io("locking", &path, e)),
     }
 }
 
-/// Fails when the simulated storage `path` lies on has crashed: a dead process changes no
-/// file. (Without simulated storage, always `Ok`.)
-fn alive(path: &Path) -> std::io::Result<()> {
-    #[cfg(feature = "sim")]
-    if let Some(sim) = crate::sim::lookup(path)
-        && sim.is_crashed()
-    {
-        return Err(std::io::Error::other("simulated storage crashed"));
-    }
-    let _ = path;
-    Ok(())
-}
-
-/// Removes a file. Every removal outside the log's own segment handling goes through here,
-/// so that a crashed simulated process removes nothing.
-pub fn remove_file(path: &Path) -> std::io::Result<()> {
-    alive(path)?;
-    std::fs::remove_file(path)
+/// Renames `from` to `to` (durable once their directory is synced).
+pub fn rename(storage: &dyn Storage, from: &Path, to: &Path) -> Result<()> {
+    storage
+        .rename(from, to)
+        .map_err(|e| Error::io("renaming", from, e))
 }
 
 /// Writes `bytes` to `dir/name` atomically: a temporary file, fsync, rename, directory fsync.
-pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+pub fn write_atomically(storage: &dyn Storage, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
     let written = (|| {
-        alive(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-        let mut file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        let mut file = storage
+            .create(&tmp)
+            .map_err(|e| Error::io("creating", &tmp, e))?;
         file.write_all(bytes)
             .map_err(|e| Error::io("writing", &tmp, e))?;
-        sync_file(&file, &tmp, true)?;
+        sync_file(storage, &file, &tmp, true)?;
         drop(file);
-        std::fs::rename(&tmp, &target).map_err(|e| Error::io("renaming", &tmp, e))
+        rename(storage, &tmp, &target)
     })();
     if let Err(error) = written {
         // A partial file left behind would hold space a full disk needs back, once per
         // failed attempt; the target is untouched either way.
-        if let Err(e) = remove_file(&tmp)
+        if let Err(e) = storage.remove_file(&tmp)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(file = %tmp.display(), error = %e, "could not remove a partial file");
         }
         return Err(error);
     }
-    sync_dir(dir)
+    sync_dir(storage, dir)
 }
 
 /// Reads the directory's identity, or `None` when there is none yet.
@@ -198,14 +169,14 @@ pub fn read_identity(dir: &Path) -> Result<Option<DatabaseId>> {
 }
 
 /// Writes the directory's identity atomically.
-pub fn write_identity(dir: &Path, id: DatabaseId) -> Result<()> {
+pub fn write_identity(storage: &dyn Storage, dir: &Path, id: DatabaseId) -> Result<()> {
     let mut bytes = [0u8; IDENTITY_LEN];
     bytes[..8].copy_from_slice(&IDENTITY_MAGIC);
     put_u32(&mut bytes, 8, IDENTITY_FORMAT_VERSION);
     bytes[16..32].copy_from_slice(&id.0);
     let crc = crc32fast::hash(&bytes[..32]);
     put_u32(&mut bytes, 32, crc);
-    write_atomically(dir, IDENTITY_FILE, &bytes)
+    write_atomically(storage, dir, IDENTITY_FILE, &bytes)
 }
 
 /// Writes zeros over `[from, to)` of `file`, skipping chunks that already read back as zeros.
@@ -234,13 +205,14 @@ pub fn zero_range(file: &File, path: &Path, from: u64, to: u64) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::FileSystem;
 
     #[test]
     fn identity_round_trips_and_damage_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read_identity(dir.path()).unwrap(), None);
         let id = DatabaseId([3; 16]);
-        write_identity(dir.path(), id).unwrap();
+        write_identity(&FileSystem, dir.path(), id).unwrap();
         assert_eq!(read_identity(dir.path()).unwrap(), Some(id));
         let path = dir.path().join(IDENTITY_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -257,7 +229,7 @@ mod tests {
     #[test]
     fn identity_is_version_1_and_no_other_is_read() {
         let dir = tempfile::tempdir().unwrap();
-        write_identity(dir.path(), DatabaseId([5; 16])).unwrap();
+        write_identity(&FileSystem, dir.path(), DatabaseId([5; 16])).unwrap();
         let path = dir.path().join(IDENTITY_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         assert_eq!(get_u32(&bytes, 8), 1);
@@ -292,7 +264,10 @@ mod tests {
     #[test]
     fn second_lock_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = lock_dir(dir.path()).unwrap();
-        assert!(matches!(lock_dir(dir.path()), Err(Error::Locked { .. })));
+        let _held = lock_dir(&FileSystem, dir.path()).unwrap();
+        assert!(matches!(
+            lock_dir(&FileSystem, dir.path()),
+            Err(Error::Locked { .. })
+        ));
     }
 }

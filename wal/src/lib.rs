@@ -10,6 +10,8 @@
 //!   its records through an LSN were durable, written when the writer idles and at close.
 //! - **The writer** (`writer`): one thread, group commit, [`Durability`] modes, sticky failure.
 //! - **Backends** (`backend`): the narrow interface the writer drives; `std` everywhere.
+//! - **Storage** ([`Storage`]): syncs, renames, removals, the lock and the backend factory,
+//!   passed in through the options; the real file system unless a test hands in another.
 //! - **Reading** ([`SegmentReader`], [`LogReader`]).
 //!
 //! ```no_run
@@ -39,9 +41,8 @@ mod queue;
 pub mod reader;
 pub mod record;
 pub mod segment;
-#[cfg(feature = "sim")]
-pub mod sim;
 mod stats;
+pub mod storage;
 mod sync;
 pub mod tail;
 mod wal;
@@ -50,7 +51,7 @@ pub mod witness;
 mod writer;
 
 pub use backend::BackendKind;
-pub use backend::faults::Faults;
+pub use backend::uring_faults::UringFaults;
 pub use checksum::{ChecksumMismatch, Crc};
 pub use completion::{Appended, CommitFuture};
 pub use entry::{ArchivedWalEntry, EntryKind, WalEntry};
@@ -63,6 +64,7 @@ pub use queue::MAX_QUEUED_BYTES;
 pub use reader::{LogReader, OwnedRecord, RecordPosition, RecordRef, SegmentEvent, SegmentReader};
 pub use record::EncodedBatch;
 pub use stats::{BATCH_BUCKETS, WalStats};
+pub use storage::{Defects, FileSystem, Storage};
 pub use wal::{OpenSummary, Wal};
 pub use witness::{DurableProof, Witness};
 

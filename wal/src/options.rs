@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::faults::Faults;
 use crate::error::{Error, Result};
 use crate::ids::DatabaseId;
 use crate::record::MAX_PAYLOAD_LEN;
 use crate::segment::{HEADER_BLOCK_LEN, MIN_SEGMENT_BYTES};
+use crate::storage::{self, Storage};
 
 /// The io_uring backend's default depth (see `docs/DESIGN.md`, "Choosing the depth").
 pub const DEFAULT_IO_DEPTH: usize = 8;
@@ -136,12 +136,12 @@ pub struct WalOptions {
     /// (a checksummed slot in the segment's header block claiming the durable records, see
     /// `docs/FORMAT.md`); it is also written at close. Never on the commit path: a writer
     /// that keeps receiving commits writes none. `None`: never (for measurements; damage to
-    /// the newest records then reads as a torn tail). Under simulated storage the delay is
-    /// zero in manual mode and idle witnesses are off otherwise, so that runs replay (see
-    /// `keel_wal::sim`).
+    /// the newest records then reads as a torn tail). A storage without
+    /// [`Storage::background_work`] decides when instead, so that runs replay.
     pub witness_idle: Option<Duration>,
-    /// Fault injection for tests: failures returned instead of performing IO.
-    pub faults: Option<Arc<Faults>>,
+    /// The storage the log lives on: the real file system by default; tests hand in
+    /// simulated storage or a fault injector (the `keel-sim` crate).
+    pub storage: Arc<dyn Storage>,
 }
 
 /// The default of [`WalOptions::witness_idle`].
@@ -159,7 +159,7 @@ impl Default for WalOptions {
             create_if_missing: true,
             preallocate: true,
             witness_idle: Some(DEFAULT_WITNESS_IDLE),
-            faults: None,
+            storage: storage::file_system(),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::storage::Storage;
 
 /// File names of spares start with this.
 pub const SPARE_PREFIX: &str = "spare-";
@@ -45,6 +46,7 @@ struct State {
 
 #[derive(Debug)]
 struct Shared {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     segment_bytes: u64,
     state: Mutex<State>,
@@ -62,6 +64,7 @@ impl Preallocator {
     /// Starts the background thread (if `background`), reusing a ready spare from `found`
     /// and deleting every other leftover spare.
     pub(crate) fn start(
+        storage: &Arc<dyn Storage>,
         dir: &Path,
         segment_bytes: u64,
         background: bool,
@@ -87,16 +90,18 @@ impl Preallocator {
                     path: path.clone(),
                 });
             } else {
-                std::fs::remove_file(path)
+                storage
+                    .remove_file(path)
                     .map_err(|e| Error::io("removing stale spare", path, e))?;
             }
             state.sequence = state.sequence.max(sequence_of(&name) + 1);
         }
         if found.iter().any(|path| !path.exists()) {
-            fsutil::sync_dir(dir)?;
+            fsutil::sync_dir(storage.as_ref(), dir)?;
         }
         state.wanted = state.ready.is_none();
         let shared = Arc::new(Shared {
+            storage: Arc::clone(storage),
             dir: dir.to_path_buf(),
             segment_bytes,
             state: Mutex::new(state),
@@ -228,7 +233,7 @@ impl Shared {
         while offset < self.segment_bytes {
             if self.stopping() {
                 drop(file);
-                let _ = std::fs::remove_file(&tmp);
+                let _ = self.storage.remove_file(&tmp);
                 return Err(Error::Closed);
             }
             let len = (self.segment_bytes - offset).min(ZERO_CHUNK as u64);
@@ -237,12 +242,15 @@ impl Shared {
                 .map_err(|e| Error::io("zero-filling spare", &tmp, e))?;
             offset += len as u64;
             if offset.is_multiple_of(SYNC_STEP) && offset < self.segment_bytes {
-                fsutil::sync_file(&file, &tmp, false)?;
+                fsutil::sync_file(self.storage.as_ref(), &file, &tmp, false)?;
             }
         }
-        fsutil::sync_file(&file, &tmp, true)?;
-        std::fs::rename(&tmp, &ready).map_err(|e| Error::io("renaming spare", &tmp, e))?;
-        fsutil::sync_dir(&self.dir)?;
+        let storage = self.storage.as_ref();
+        fsutil::sync_file(storage, &file, &tmp, true)?;
+        storage
+            .rename(&tmp, &ready)
+            .map_err(|e| Error::io("renaming spare", &tmp, e))?;
+        fsutil::sync_dir(storage, &self.dir)?;
         Ok(Spare { file, path: ready })
     }
 }

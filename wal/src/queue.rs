@@ -59,11 +59,9 @@ pub(crate) struct QueueState {
     pub writer_parked: bool,
     /// Bytes of the requests waiting in `requests`.
     pub queued_bytes: usize,
-    /// Simulation: the writer takes nothing while this is set.
-    #[cfg(feature = "sim")]
+    /// The writer takes nothing while this is set ([`crate::Wal::hold_writer`]).
     pub held: bool,
-    /// Simulation: the writer is blocked waiting for work.
-    #[cfg(feature = "sim")]
+    /// The writer is blocked waiting for work.
     pub writer_idle: bool,
 }
 
@@ -99,9 +97,7 @@ impl Queue {
             closing: false,
             writer_parked: false,
             queued_bytes: 0,
-            #[cfg(feature = "sim")]
             held: false,
-            #[cfg(feature = "sim")]
             writer_idle: false,
         };
         Queue {
@@ -113,10 +109,7 @@ impl Queue {
 
     /// Wakes the writer after new work was queued under `state`'s lock (released here).
     fn wake_writer(&self, mut state: MutexGuard<'_, QueueState>) {
-        #[cfg(feature = "sim")]
-        {
-            state.writer_idle = false;
-        }
+        state.writer_idle = false;
         let parked = std::mem::take(&mut state.writer_parked);
         drop(state);
         self.writer_wake.notify_one();
@@ -261,7 +254,6 @@ impl Queue {
         if let Some(limit) = idle_wait {
             state = self.wait_for_work(state, limit);
         }
-        #[cfg(feature = "sim")]
         if state.held {
             return state.closing;
         }
@@ -280,34 +272,21 @@ impl Queue {
         }
         match limit {
             None => {
-                while (state.requests.is_empty() || Self::held(&state)) && !state.closing {
-                    #[cfg(feature = "sim")]
-                    {
-                        state.writer_idle = true;
-                    }
+                while (state.requests.is_empty() || state.held) && !state.closing {
+                    state.writer_idle = true;
                     state = self.writer_wake.wait(state).expect("queue lock poisoned");
                 }
-                #[cfg(feature = "sim")]
-                {
-                    state.writer_idle = false;
-                }
+                state.writer_idle = false;
                 state
             }
             Some(limit) => {
-                #[cfg(feature = "sim")]
-                {
-                    state.writer_idle = true;
-                }
-                #[cfg_attr(not(feature = "sim"), expect(unused_mut, reason = "set under sim"))]
+                state.writer_idle = true;
                 let mut state = self
                     .writer_wake
                     .wait_timeout(state, limit)
                     .expect("queue lock poisoned")
                     .0;
-                #[cfg(feature = "sim")]
-                {
-                    state.writer_idle = false;
-                }
+                state.writer_idle = false;
                 state
             }
         }
@@ -315,19 +294,8 @@ impl Queue {
 }
 
 impl Queue {
-    #[cfg(feature = "sim")]
-    fn held(state: &QueueState) -> bool {
-        state.held
-    }
-
-    #[cfg(not(feature = "sim"))]
-    fn held(_: &QueueState) -> bool {
-        false
-    }
-
-    /// Simulation: holds the writer back from taking requests (or lets it go), so that
-    /// everything queued meanwhile is taken at once.
-    #[cfg(feature = "sim")]
+    /// Holds the writer back from taking requests (or lets it go), so that everything
+    /// queued meanwhile is taken at once.
     pub(crate) fn hold(&self, held: bool) {
         let mut state = lock(&self.state);
         state.held = held;
@@ -336,8 +304,7 @@ impl Queue {
         }
     }
 
-    /// Simulation: whether the writer is blocked waiting for work.
-    #[cfg(feature = "sim")]
+    /// Whether the writer is blocked waiting for work.
     pub(crate) fn writer_idle(&self) -> bool {
         let state = lock(&self.state);
         state.writer_idle && (state.requests.is_empty() || state.held)

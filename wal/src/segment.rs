@@ -321,6 +321,7 @@ pub fn read_header(file: &File, segment: &SegmentFile) -> Result<SegmentHeader> 
 /// uses it to seal a damaged last segment or to keep LSNs going when it discards every
 /// segment. Returns its path.
 pub fn create_empty(
+    storage: &dyn crate::Storage,
     dir: &Path,
     database_id: DatabaseId,
     first_lsn: Lsn,
@@ -343,15 +344,10 @@ pub fn create_empty(
             .map_err(|e| Error::io("zero-filling segment", &tmp, e))?;
         offset += len as u64;
     }
-    let header = SegmentHeader::new(
-        database_id,
-        first_lsn,
-        segment_bytes,
-        crate::wal::simulated_seed(dir),
-    )
-    .map_err(|e| Error::io("generating salt for", &tmp, e))?;
+    let header = SegmentHeader::new(database_id, first_lsn, segment_bytes, storage.seed())
+        .map_err(|e| Error::io("generating salt for", &tmp, e))?;
     let path = dir.join(file_name(first_lsn));
-    crate::writer::install_segment(&file, &tmp, &path, &header)?;
+    crate::writer::install_segment(storage, &file, &tmp, &path, &header)?;
     Ok(path)
 }
 

@@ -39,7 +39,11 @@ pub(crate) struct Tail {
 }
 
 /// Scans the last segment (opened read-write as `file`) and repairs a torn tail.
-pub(crate) fn repair(file: File, segment: &SegmentFile) -> Result<(File, Tail)> {
+pub(crate) fn repair(
+    storage: &dyn crate::Storage,
+    file: File,
+    segment: &SegmentFile,
+) -> Result<(File, Tail)> {
     let mut reader = SegmentReader::from_file(file, segment)?;
     let header = *reader.header();
     let mut expected = header.first_lsn;
@@ -83,7 +87,7 @@ pub(crate) fn repair(file: File, segment: &SegmentFile) -> Result<(File, Tail)> 
         _ => 0,
     };
     if truncated_bytes > 0 {
-        crate::fsutil::sync_file(&file, &segment.path, false)?;
+        crate::fsutil::sync_file(storage, &file, &segment.path, false)?;
         tracing::warn!(
             segment = %segment.path.display(), offset = tail_offset, truncated_bytes, ?damage,
             "truncated a torn tail"

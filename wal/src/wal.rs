@@ -20,6 +20,7 @@ use crate::reader::{self, OwnedRecord, RecordPosition};
 use crate::record::EncodedBatch;
 use crate::segment::{self, SegmentFile, SegmentHeader};
 use crate::stats::{Counters, WalStats};
+use crate::storage::Storage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -64,6 +65,7 @@ pub struct Wal {
     summary: OpenSummary,
     /// Segments opened by [`Wal::read_record`], by first LSN.
     read_files: Mutex<HashMap<Lsn, Arc<(File, SegmentHeader)>>>,
+    storage: Arc<dyn Storage>,
     _lock: File,
 }
 
@@ -233,14 +235,14 @@ impl Wal {
                 break;
             }
             self.read_files().remove(&pair[0].first_lsn);
-            match std::fs::remove_file(&pair[0].path) {
+            match self.storage.remove_file(&pair[0].path) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io("removing segment", &pair[0].path, e)),
             }
             // Oldest first, each removal durable before the next: unsynced unlinks may
             // persist in any order, and a crash must never leave a hole in the log.
-            fsutil::sync_dir(&self.dir)?;
+            fsutil::sync_dir(self.storage.as_ref(), &self.dir)?;
         }
         if removed > 0 {
             tracing::info!(dir = %self.dir.display(), removed, below_lsn = lsn, "removed covered segments");
@@ -283,17 +285,16 @@ impl Wal {
         &self.summary
     }
 
-    /// Simulation: while held, the writer takes no request, so that what is queued meanwhile
-    /// is taken at once and batches form the same way on every run.
-    #[cfg(feature = "sim")]
-    pub fn sim_hold_writer(&self, held: bool) {
+    /// Deterministic scheduling, for simulations and tests: while held, the writer takes no
+    /// request, so that what is queued meanwhile is taken at once and batches form the same
+    /// way on every run. Holding delays work, never drops it.
+    pub fn hold_writer(&self, held: bool) {
         self.shared.queue.hold(held);
     }
 
-    /// Simulation: whether the writer is blocked waiting for requests (with everything
-    /// queued taken, unless held).
-    #[cfg(feature = "sim")]
-    pub fn sim_writer_idle(&self) -> bool {
+    /// Whether the writer is blocked waiting for requests (with everything queued taken,
+    /// unless held): the point at which a deterministic test takes its next step.
+    pub fn writer_idle(&self) -> bool {
         self.shared.queue.writer_idle()
     }
 
@@ -320,16 +321,5 @@ impl Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// Under simulated storage, the sim's seed (salts and ids derive from it).
-pub(crate) fn simulated_seed(dir: &Path) -> Option<u64> {
-    #[cfg(feature = "sim")]
-    return crate::sim::lookup(dir).map(|s| s.seed());
-    #[cfg(not(feature = "sim"))]
-    {
-        let _ = dir;
-        None
     }
 }

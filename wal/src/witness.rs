@@ -166,6 +166,7 @@ pub fn read(file: &File, path: &Path, header: &SegmentHeader) -> Result<Option<W
 /// witness, judged the same way again. (Lowered first, a crash would leave them on disk with
 /// nothing proving them durable: a torn tail to the next recovery.)
 pub fn lower(
+    storage: &dyn crate::Storage,
     file: &File,
     path: &Path,
     header: &SegmentHeader,
@@ -182,7 +183,7 @@ pub fn lower(
         file.write_all_at(&witness.encode(header.salt), SLOT_OFFSETS[witness.slot()])
             .map_err(|e| Error::io("writing the witness of", path, e))?;
     }
-    crate::fsutil::sync_file(file, path, false)?;
+    crate::fsutil::sync_file(storage, file, path, false)?;
     assert!(second.within(next_lsn, end_offset));
     Ok(second)
 }
@@ -365,7 +366,16 @@ mod tests {
         file.write_all_at(&current.encode(header.salt), SLOT_OFFSETS[current.slot()])
             .unwrap();
         assert_eq!(read(&file, &path, &header).unwrap(), Some(current));
-        let lowered = lower(&file, &path, &header, current, 110, 6000).unwrap();
+        let lowered = lower(
+            &crate::FileSystem,
+            &file,
+            &path,
+            &header,
+            current,
+            110,
+            6000,
+        )
+        .unwrap();
         assert_eq!(lowered.sequence, 6);
         assert_eq!((lowered.durable_lsn, lowered.end_offset), (109, 6000));
         assert_eq!(read(&file, &path, &header).unwrap(), Some(lowered));

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use keel_sim::Faults;
 use keel_wal::segment::{self, HEADER_CRC_OFFSET, VERSION_OFFSET};
-use keel_wal::{BackendChoice, Error, Faults, Wal, WalOptions};
+use keel_wal::{BackendChoice, Error, Wal, WalOptions};
 
 /// Every file of `dir` but `LOCK`, by name, with its length and CRC.
 fn files(dir: &Path) -> BTreeMap<String, (u64, u32)> {
@@ -70,7 +71,7 @@ fn an_open_refused_for_its_backend_has_already_repaired_the_tail_and_started_a_s
         WalOptions {
             segment_bytes: 128 * 1024,
             backend: BackendChoice::Uring,
-            faults: Some(faults),
+            storage: faults,
             ..options()
         },
     );

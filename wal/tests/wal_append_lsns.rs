@@ -9,9 +9,8 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use keel_wal::{
-    Appended, Durability, EncodedBatch, Error, Faults, Lsn, RunId, Wal, WalEntry, WalOptions,
-};
+use keel_sim::Faults;
+use keel_wal::{Appended, Durability, EncodedBatch, Error, Lsn, RunId, Wal, WalEntry, WalOptions};
 
 /// The closing entry of unit `id`, naming `first_lsn`.
 fn span(id: u64, first_lsn: Lsn) -> WalEntry {
@@ -166,7 +165,7 @@ fn a_refused_append_gets_no_lsns() {
         let dir = tempfile::tempdir().unwrap();
         let faults = Faults::new();
         let options = WalOptions {
-            faults: Some(Arc::clone(&faults)),
+            storage: Arc::clone(&faults) as _,
             ..common::small_options(backend)
         };
         let limit = options.max_record_bytes;

@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use keel_wal::{CommitFuture, Durability, Error, Faults, Wal, WalOptions};
+use keel_sim::Faults;
+use keel_wal::{CommitFuture, Durability, Error, Wal, WalOptions};
 
 const THREADS: u64 = 6;
 const APPENDS: u64 = 80;
 
 fn open(dir: &std::path::Path, backend: keel_wal::BackendChoice, faults: &Arc<Faults>) -> Arc<Wal> {
     let options = WalOptions {
-        faults: Some(Arc::clone(faults)),
+        storage: Arc::clone(faults) as _,
         ..common::small_options(backend)
     };
     Arc::new(Wal::open(dir, options).unwrap())

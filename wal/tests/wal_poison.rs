@@ -6,12 +6,13 @@ mod common;
 
 use std::sync::Arc;
 
-use keel_wal::{Durability, Error, Faults, Wal, WalOptions};
+use keel_sim::Faults;
+use keel_wal::{Durability, Error, Wal, WalOptions};
 
 fn options(backend: keel_wal::BackendChoice, faults: &Arc<Faults>) -> WalOptions {
     WalOptions {
         durability: Durability::Strict,
-        faults: Some(Arc::clone(faults)),
+        storage: Arc::clone(faults) as _,
         ..common::small_options(backend)
     }
 }

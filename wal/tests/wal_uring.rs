@@ -10,12 +10,13 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use keel_wal::{BackendChoice, BackendKind, DatabaseId, Error, Faults, Wal, WalOptions};
+use keel_sim::Faults;
+use keel_wal::{BackendChoice, BackendKind, DatabaseId, Error, Wal, WalOptions};
 
 fn ring_options(faults: &Arc<Faults>) -> WalOptions {
     faults.uring_ring_only(true);
     WalOptions {
-        faults: Some(Arc::clone(faults)),
+        storage: Arc::clone(faults) as _,
         ..common::small_options(BackendChoice::Uring)
     }
 }
@@ -199,7 +200,7 @@ fn a_failed_probe_falls_back_to_std_unless_uring_was_required() {
     let faults = Faults::new();
     faults.fail_uring_probe();
     let auto = WalOptions {
-        faults: Some(Arc::clone(&faults)),
+        storage: Arc::clone(&faults) as _,
         ..common::small_options(BackendChoice::Auto)
     };
     let wal = Wal::open(dir.path(), auto.clone()).unwrap();
@@ -246,7 +247,7 @@ fn seeded_workload(dir: &Path, backend: BackendChoice, seed: u64) {
     faults.deterministic_salts(seed | 1);
     faults.uring_ring_only(true);
     let options = WalOptions {
-        faults: Some(faults),
+        storage: faults,
         database_id: Some(DatabaseId([0x5a; 16])),
         preallocate: false,
         ..common::small_options(backend)

@@ -9,9 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keel_sim::Faults;
 use keel_wal::segment::{self, SegmentFile};
 use keel_wal::witness::{self, SLOT_LEN, SLOT_OFFSETS, Witness};
-use keel_wal::{Error, Faults, Wal, WalOptions};
+use keel_wal::{Error, Wal, WalOptions};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -176,7 +177,7 @@ fn a_failed_witness_sync_poisons_the_log() {
         let faults = Faults::new();
         faults.fail_witness_after(0);
         let options = WalOptions {
-            faults: Some(Arc::clone(&faults)),
+            storage: Arc::clone(&faults) as _,
             ..with_idle(backend, Some(HOUR))
         };
         let wal = Wal::open(dir.path(), options).unwrap();
@@ -200,7 +201,7 @@ fn record_faults_do_not_count_witness_chains() {
         let dir = tempfile::tempdir().unwrap();
         let faults = Faults::new();
         let options = WalOptions {
-            faults: Some(Arc::clone(&faults)),
+            storage: Arc::clone(&faults) as _,
             ..with_idle(backend, Some(Duration::from_millis(1)))
         };
         let wal = Wal::open(dir.path(), options).unwrap();

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use keel_wal::{Durability, Lsn, RunId, WalEntry, fsutil};
+use keel_wal::{Durability, Lsn, RunId, Storage, WalEntry, fsutil};
 
 use super::Database;
 use super::sync::{lock, read};
@@ -77,7 +77,7 @@ impl Database {
         }
         let state = read(&self.inner.state);
         let max_txn_id = self.inner.next_txn_id.load(Ordering::Relaxed) - 1;
-        snapshot::write(dir, lsn, max_txn_id, &state)?;
+        snapshot::write(self.inner.storage.as_ref(), dir, lsn, max_txn_id, &state)?;
         Ok(lsn)
     }
 
@@ -107,7 +107,7 @@ impl Database {
             let keep_from = lock(&self.inner.spills).keep_from(fallback);
             self.inner.wal.remove_segments_before(keep_from)?;
         }
-        remove_snapshots(dir, &doomed)?;
+        remove_snapshots(self.inner.storage.as_ref(), dir, &doomed)?;
         lock(&self.inner.verified_snapshots).retain(|lsn| Some(*lsn) >= fallback);
         Ok(())
     }
@@ -204,17 +204,17 @@ impl Database {
 
 /// Deletes the snapshot files in `doomed` (those already gone do not count) and, best effort,
 /// the partial snapshots a crashed process left; then syncs `dir` if anything went.
-fn remove_snapshots(dir: &Path, doomed: &[PathBuf]) -> Result<()> {
+fn remove_snapshots(storage: &dyn Storage, dir: &Path, doomed: &[PathBuf]) -> Result<()> {
     for path in doomed {
-        match keel_wal::fsutil::remove_file(path) {
+        match storage.remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(keel_wal::Error::io("removing old snapshot", path, e).into()),
         }
     }
-    let partials = snapshot::remove_partials(dir);
+    let partials = snapshot::remove_partials(storage, dir);
     if !doomed.is_empty() || partials > 0 {
-        fsutil::sync_dir(dir)?;
+        fsutil::sync_dir(storage, dir)?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use keel_wal::{Durability, EncodedBatch, Lsn, RunId, WalEntry, fsutil};
+use keel_wal::{Durability, EncodedBatch, Lsn, RunId, Storage, WalEntry, fsutil};
 
 use super::Database;
 use super::commit::PendingQueue;
@@ -66,7 +66,7 @@ impl Database {
         let dir = self.snapshot_dir();
         let keys = image.len();
         let lsn = self.swap_in(&dir, image)?;
-        snapshot::remove_all_but(&dir, lsn)?;
+        snapshot::remove_all_but(self.inner.storage.as_ref(), &dir, lsn)?;
         lock(&self.inner.verified_snapshots).clear();
         // Spills open now, or committed after the marker, began before the install.
         let keep_from = lock(&self.inner.spills).keep_from(lsn);
@@ -87,8 +87,9 @@ impl Database {
         state.rebase(lsn);
         let local_max_txn_id = self.inner.next_txn_id.load(Ordering::Relaxed) - 1;
         let max_txn_id = local_max_txn_id.max(image_max_txn_id);
-        if let Err(error) = snapshot::write(dir, lsn, max_txn_id, &state) {
-            discard_snapshot(dir, lsn);
+        let storage = self.inner.storage.as_ref();
+        if let Err(error) = snapshot::write(storage, dir, lsn, max_txn_id, &state) {
+            discard_snapshot(storage, dir, lsn);
             return Err(error);
         }
         self.inner
@@ -129,11 +130,11 @@ impl Database {
 
 /// After a failed snapshot write: removes whatever reached the snapshot's name, so a reopen
 /// does not load a snapshot the live state never had.
-fn discard_snapshot(dir: &Path, lsn: Lsn) {
+fn discard_snapshot(storage: &dyn Storage, dir: &Path, lsn: Lsn) {
     use std::io::ErrorKind::{NotADirectory, NotFound};
     let path = snapshot::path_of(dir, lsn);
-    let outcome = match keel_wal::fsutil::remove_file(&path) {
-        Ok(()) => fsutil::sync_dir(dir).map_err(Error::from),
+    let outcome = match storage.remove_file(&path) {
+        Ok(()) => fsutil::sync_dir(storage, dir).map_err(Error::from),
         Err(e) if matches!(e.kind(), NotFound | NotADirectory) => Ok(()),
         Err(e) => Err(keel_wal::Error::io("removing snapshot", &path, e).into()),
     };

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 
-use keel_recovery::{RecoveryOptions, RecoveryPolicy, RecoveryReport};
-use keel_wal::{Lsn, TxnId, Wal, WalOptions, fsutil};
+use keel_recovery::{RecoveryOptions, RecoveryReport};
+use keel_wal::{Lsn, Storage, TxnId, Wal, WalOptions, fsutil};
 
 use super::{Database, Inner, Options};
 use crate::retention::Spills;
@@ -37,15 +37,16 @@ impl Database {
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
         let path = path.as_ref().to_path_buf();
         let _span = tracing::info_span!("database_open", path = %path.display()).entered();
+        let storage = options.storage.as_ref();
         if options.create_if_missing {
-            fsutil::create_dir_all_durably(&path)?;
+            fsutil::create_dir_all_durably(storage, &path)?;
         }
-        let lock = fsutil::lock_dir(&path)?;
+        let lock = fsutil::lock_dir(storage, &path)?;
         let wal_dir = path.join("wal");
-        let mut recovered = recover(&path, &wal_dir, options.recovery_policy)?;
+        let mut recovered = recover(&path, &wal_dir, &options)?;
         let wal = open_wal(&wal_dir, &options, recovered.snapshot_lsn.unwrap_or(0))?;
         recovered.state.applied_through = wal.next_lsn() - 1;
-        sync_database_dirs(&path)?;
+        sync_database_dirs(storage, &path)?;
         tracing::info!(
             runs = recovered.state.runs.len(),
             keys = recovered.state.data.len(),
@@ -57,7 +58,7 @@ impl Database {
 }
 
 /// Loads the newest readable snapshot and replays the log above it.
-fn recover(path: &Path, wal_dir: &Path, policy: RecoveryPolicy) -> Result<Recovered> {
+fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<Recovered> {
     let (loaded, snapshots_skipped) = snapshot::load_newest(&path.join("snapshots"))?;
     let snapshot_lsn = loaded.as_ref().map(|l| l.lsn);
     let (mut state, snapshot_txn) = match loaded {
@@ -76,7 +77,7 @@ fn recover(path: &Path, wal_dir: &Path, policy: RecoveryPolicy) -> Result<Recove
         spills: Vec::new(),
         last_install_marker: 0,
     };
-    let report = replay_log(wal_dir, policy, snapshot_lsn, &mut replay)?;
+    let report = replay_log(wal_dir, options, snapshot_lsn, &mut replay)?;
     let last_install_marker = replay.last_install_marker;
     let mut spills = Spills::default();
     for (txn_id, head, commit) in std::mem::take(&mut replay.spills) {
@@ -153,19 +154,20 @@ fn describe_unreadable(skipped: &Skipped) -> String {
 /// Recovers the log in `wal_dir` (if any) into `replay`, under `policy`.
 fn replay_log(
     wal_dir: &Path,
-    policy: RecoveryPolicy,
+    options: &Options,
     snapshot_lsn: Option<Lsn>,
     replay: &mut StateReplay<'_>,
 ) -> Result<RecoveryReport> {
     if !wal_dir.exists() {
-        return Ok(keel_recovery::recover_empty(policy));
+        return Ok(keel_recovery::recover_empty(options.recovery_policy));
     }
     // Recovery knows the snapshot: damage it covers cuts nothing above it, and a
     // transaction committed above it must be read whole.
     let recovery = RecoveryOptions {
-        policy,
+        policy: options.recovery_policy,
         covered_through: snapshot_lsn,
-        ..RecoveryOptions::default()
+        dry_run: false,
+        storage: Arc::clone(&options.storage),
     };
     Ok(keel_recovery::recover_with(wal_dir, recovery, replay)?)
 }
@@ -180,7 +182,7 @@ fn open_wal(wal_dir: &Path, options: &Options, after: Lsn) -> Result<Wal> {
             max_record_bytes: options.max_record_bytes,
             backend: options.backend,
             create_if_missing: options.create_if_missing,
-            faults: options.faults.clone(),
+            storage: Arc::clone(&options.storage),
             ..WalOptions::default()
         },
     )?;
@@ -196,10 +198,10 @@ fn open_wal(wal_dir: &Path, options: &Options, after: Lsn) -> Result<Wal> {
 /// The previous process may have died before syncing the entries it created here (a
 /// snapshot's rename, the snapshots directory itself); the log directory is synced by
 /// `Wal::open`. Nothing is acknowledged before these are durable.
-fn sync_database_dirs(path: &Path) -> Result<()> {
-    fsutil::sync_dir(path)?;
+fn sync_database_dirs(storage: &dyn Storage, path: &Path) -> Result<()> {
+    fsutil::sync_dir(storage, path)?;
     if path.join("snapshots").is_dir() {
-        fsutil::sync_dir(&path.join("snapshots"))?;
+        fsutil::sync_dir(storage, &path.join("snapshots"))?;
     }
     Ok(())
 }
@@ -217,6 +219,7 @@ fn assemble(
     let snapshot_lsn = recovered.snapshot_lsn;
     let inner = Inner {
         path,
+        storage: Arc::clone(&options.storage),
         wal,
         durability: options.durability,
         max_record_bytes: options.max_record_bytes,

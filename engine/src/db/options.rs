@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use keel_recovery::RecoveryPolicy;
-use keel_wal::{BackendChoice, Durability, WalOptions};
+use keel_wal::{BackendChoice, Durability, Storage, WalOptions};
 
 /// Options of [`Database::open`](super::Database::open).
 #[derive(Clone, Debug)]
@@ -26,9 +26,9 @@ pub struct Options {
     /// of its commit (after a `BeginTxn`), so its memory stays bounded; an abandoned one is
     /// closed with an `AbortTxn`.
     pub spill_txn_bytes: usize,
-    /// Fault injection for tests (see `keel_wal::Faults`).
-    #[doc(hidden)]
-    pub faults: Option<Arc<keel_wal::Faults>>,
+    /// The storage the database lives on: the real file system by default; tests hand in
+    /// simulated storage or a fault injector (see [`keel_wal::Storage`]).
+    pub storage: Arc<dyn Storage>,
 }
 
 impl Default for Options {
@@ -43,7 +43,7 @@ impl Default for Options {
             create_if_missing: true,
             checkpoint_log_bytes: 256 << 20,
             spill_txn_bytes: 8 << 20,
-            faults: None,
+            storage: wal.storage,
         }
     }
 }

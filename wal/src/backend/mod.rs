@@ -6,7 +6,6 @@
 //! turns completions into watermarks (see `watermark.rs`), so a backend never decides what is
 //! durable. Buffers are owned by the chain until its completion hands them back.
 
-pub mod faults;
 pub mod std_io;
 #[cfg(all(target_os = "linux", feature = "uring"))]
 #[expect(
@@ -14,6 +13,7 @@ pub mod std_io;
     reason = "io_uring submission and the eventfd wake are unsafe FFI; every block has a SAFETY comment"
 )]
 pub mod uring;
+pub mod uring_faults;
 
 use std::fs::File;
 use std::io;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::options::{BackendChoice, WalOptions};
-use faults::Faults;
+use uring_faults::UringFaults;
 
 /// Which backend a log runs on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -31,9 +31,8 @@ pub enum BackendKind {
     Std,
     /// io_uring: linked write→fdatasync chains, several in flight.
     Uring,
-    /// Simulated storage, for tests (`sim` feature; see [`crate::sim`]).
-    #[cfg(feature = "sim")]
-    Sim,
+    /// A backend of another storage ([`crate::Storage`]), e.g. simulated storage in tests.
+    Other(&'static str),
 }
 
 impl BackendKind {
@@ -42,8 +41,7 @@ impl BackendKind {
         match self {
             BackendKind::Std => "std",
             BackendKind::Uring => "uring",
-            #[cfg(feature = "sim")]
-            BackendKind::Sim => "sim",
+            BackendKind::Other(name) => name,
         }
     }
 }
@@ -118,7 +116,7 @@ pub trait Backend: Send + std::fmt::Debug {
 }
 
 /// Whether io_uring can be used here; the reason when not.
-pub(crate) fn probe_uring(faults: Option<&Arc<Faults>>) -> std::result::Result<(), String> {
+pub(crate) fn probe_uring(faults: Option<&Arc<UringFaults>>) -> std::result::Result<(), String> {
     #[cfg(all(target_os = "linux", feature = "uring"))]
     return uring::probe(faults);
     #[cfg(not(all(target_os = "linux", feature = "uring")))]
@@ -133,51 +131,39 @@ const UNCOMPILED: &str =
     "io_uring support is not compiled in (it needs Linux and the `uring` feature of keel-wal)";
 
 /// The io_uring backend `options` ask for, or why there is none.
-fn build_uring(options: &WalOptions) -> std::result::Result<Box<dyn Backend>, String> {
+fn build_uring(
+    options: &WalOptions,
+    faults: Option<&Arc<UringFaults>>,
+) -> std::result::Result<Box<dyn Backend>, String> {
     #[cfg(all(target_os = "linux", feature = "uring"))]
-    return uring::UringBackend::new(options.io_depth, options.faults.as_ref())
+    return uring::UringBackend::new(options.io_depth, faults)
         .map(|b| Box::new(b) as Box<dyn Backend>);
     #[cfg(not(all(target_os = "linux", feature = "uring")))]
     {
-        let _ = options;
+        let _ = (options, faults);
         Err(UNCOMPILED.into())
     }
 }
 
-/// Builds the backend `options` ask for. `Auto` prefers io_uring and falls back to std with
-/// one warning a process; an explicit `Uring` that cannot run is an error. A log under a
-/// registered [`crate::sim::Sim`] always runs on the simulated backend.
-pub(crate) fn build(options: &WalOptions, dir: &std::path::Path) -> Result<Box<dyn Backend>> {
-    #[cfg(feature = "sim")]
-    if let Some(sim) = crate::sim::lookup(dir) {
-        let backend: Box<dyn Backend> =
-            Box::new(crate::sim::SimBackend::new(sim, options.io_depth));
-        return Ok(match &options.faults {
-            Some(faults) => Box::new(faults::FaultyBackend::new(backend, Arc::clone(faults))),
-            None => backend,
-        });
-    }
-    #[cfg(not(feature = "sim"))]
-    let _ = dir;
-    let backend: Box<dyn Backend> = match options.backend {
+/// Builds the real-file backend `options` ask for (what [`crate::FileSystem`] uses), the
+/// io_uring one with `faults` armed if given. `Auto` prefers io_uring and falls back to std
+/// with one warning a process; an explicit `Uring` that cannot run is an error.
+pub fn build(options: &WalOptions, faults: Option<&Arc<UringFaults>>) -> Result<Box<dyn Backend>> {
+    Ok(match options.backend {
         BackendChoice::Std => Box::new(std_io::StdBackend::default()),
-        BackendChoice::Uring => {
-            build_uring(options).map_err(|reason| crate::error::Error::BackendUnavailable {
+        BackendChoice::Uring => build_uring(options, faults).map_err(|reason| {
+            crate::error::Error::BackendUnavailable {
                 backend: "uring",
                 reason,
-            })?
-        }
-        BackendChoice::Auto => match build_uring(options) {
+            }
+        })?,
+        BackendChoice::Auto => match build_uring(options, faults) {
             Ok(backend) => backend,
             Err(reason) => {
                 warn_fallback(&reason);
                 Box::new(std_io::StdBackend::default())
             }
         },
-    };
-    Ok(match &options.faults {
-        Some(faults) => Box::new(faults::FaultyBackend::new(backend, Arc::clone(faults))),
-        None => backend,
     })
 }
 

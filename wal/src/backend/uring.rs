@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 use io_uring::{IoUring, Probe, opcode, squeue, types};
 
-use super::faults::Faults;
+use super::uring_faults::UringFaults;
 use super::{Backend, BackendKind, Chain, ChainError, Completion, Waker, std_io};
 
 /// Marks the eventfd poll's completion.
@@ -128,7 +128,7 @@ pub fn judge_round(write: WriteOutcome, sync: Option<i32>) -> RoundVerdict {
 }
 
 /// Why io_uring cannot be used here, for the fallback warning or the "uring required" error.
-pub fn probe(faults: Option<&Arc<Faults>>) -> Result<(), String> {
+pub fn probe(faults: Option<&Arc<UringFaults>>) -> Result<(), String> {
     UringBackend::new(1, faults).map(drop)
 }
 
@@ -168,13 +168,13 @@ pub struct UringBackend {
     /// Set once io_uring_enter failed hard: the ring is given up, every later chain fails
     /// with this error, and completions still posted for the abandoned chains are ignored.
     abandoned: Option<(io::ErrorKind, String)>,
-    faults: Option<Arc<Faults>>,
+    faults: Option<Arc<UringFaults>>,
 }
 
 impl UringBackend {
     /// A ring for `depth` chains. Fails with the reason when io_uring is unusable here.
-    pub fn new(depth: usize, faults: Option<&Arc<Faults>>) -> Result<Self, String> {
-        if faults.is_some_and(|f| f.uring_probe_fails()) {
+    pub fn new(depth: usize, faults: Option<&Arc<UringFaults>>) -> Result<Self, String> {
+        if faults.is_some_and(|f| f.probe_fails()) {
             return Err("injected probe failure".into());
         }
         let depth = depth.max(1);
@@ -239,10 +239,10 @@ impl UringBackend {
             let mut len = u32::try_from(rest.len()).expect("batches are at most 4 MiB");
             let mut fd = fd;
             if let Some(faults) = self.faults.as_ref().filter(|_| !chain.witness) {
-                if faults.uring_short_writes_on() && len > 1 {
+                if faults.short_writes_on() && len > 1 {
                     len /= 2;
                 }
-                if faults.uring_bad_fd_trips() {
+                if faults.bad_fd_trips() {
                     fd = types::Fd(-1);
                 }
             }
@@ -257,12 +257,7 @@ impl UringBackend {
         }
         if chain.sync {
             let mut fd = fd;
-            if !chain.witness
-                && self
-                    .faults
-                    .as_ref()
-                    .is_some_and(|f| f.uring_bad_sync_fd_trips())
-            {
+            if !chain.witness && self.faults.as_ref().is_some_and(|f| f.bad_sync_fd_trips()) {
                 fd = types::Fd(-1);
             }
             entries.push(
@@ -289,7 +284,7 @@ impl UringBackend {
 
     /// Submits what is queued and waits for `want` completions, retrying interruptions.
     fn enter(&mut self, want: usize) {
-        if self.faults.as_ref().is_some_and(|f| f.uring_enter_trips()) {
+        if self.faults.as_ref().is_some_and(|f| f.enter_trips()) {
             return self.fail_enter_after_completions();
         }
         loop {
@@ -311,7 +306,7 @@ impl UringBackend {
         }
     }
 
-    /// Fault injection ([`Faults::fail_uring_enter_after`]): submits what is queued, waits
+    /// Fault injection ([`UringFaults::fail_enter_after`]): submits what is queued, waits
     /// until every operation of the chains in flight has posted its completion, then fails as
     /// a hard io_uring_enter error would, leaving those completions to be reaped later.
     fn fail_enter_after_completions(&mut self) {
@@ -543,7 +538,7 @@ impl Backend for UringBackend {
             });
             return;
         }
-        let direct_allowed = !self.faults.as_ref().is_some_and(|f| f.uring_ring_only_on());
+        let direct_allowed = !self.faults.as_ref().is_some_and(|f| f.ring_only_on());
         if chain.alone && self.in_flight() == 0 && direct_allowed {
             let result = std_io::run_chain(&chain);
             self.ready.push_back(Completion {
@@ -618,15 +613,15 @@ mod tests {
     use std::sync::Arc;
 
     use super::{
-        Action, Backend, Chain, Completion, Faults, RoundVerdict, UringBackend, WriteOutcome,
+        Action, Backend, Chain, Completion, RoundVerdict, UringBackend, UringFaults, WriteOutcome,
         classify, judge_round,
     };
     use crate::backend::{IoFile, WriteOp};
 
     /// A file to write to, and a ring on which `faults` are armed, every chain going through
     /// the ring. `None` where io_uring cannot run.
-    fn ring(faults: &Arc<Faults>) -> Option<(tempfile::TempDir, Arc<IoFile>, UringBackend)> {
-        faults.uring_ring_only(true);
+    fn ring(faults: &Arc<UringFaults>) -> Option<(tempfile::TempDir, Arc<IoFile>, UringBackend)> {
+        faults.ring_only(true);
         let backend = match UringBackend::new(4, Some(faults)) {
             Ok(backend) => backend,
             Err(why) => {
@@ -673,8 +668,8 @@ mod tests {
     /// the abandoned ring takes no further chain.
     #[test]
     fn late_completions_after_a_failed_enter_are_ignored() {
-        let faults = Faults::new();
-        faults.fail_uring_enter_after(1);
+        let faults = Arc::new(UringFaults::default());
+        faults.fail_enter_after(1);
         let Some((_dir, file, mut backend)) = ring(&faults) else {
             return;
         };
@@ -696,9 +691,9 @@ mod tests {
     /// retried into a later "successful" sync (fsyncgate).
     #[test]
     fn a_failed_sync_after_a_short_write_fails_the_chain() {
-        let faults = Faults::new();
-        faults.uring_short_writes(true);
-        faults.fail_uring_sync_after(0);
+        let faults = Arc::new(UringFaults::default());
+        faults.short_writes(true);
+        faults.fail_sync_after(0);
         let Some((_dir, file, mut backend)) = ring(&faults) else {
             return;
         };

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::{OpenSummary, Shared, Wal, simulated_seed};
-use crate::backend::{self, Backend, IoFile};
+use super::{OpenSummary, Shared, Wal};
+use crate::backend::{Backend, IoFile};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::ids::{DatabaseId, Lsn};
@@ -19,6 +19,7 @@ use crate::segment::{
     self, Continuation, DirectoryListing, HEADER_BLOCK_LEN, SegmentFile, SegmentHeader,
 };
 use crate::stats::Counters;
+use crate::storage::{self, Storage};
 use crate::tail;
 use crate::writer::{self, ActiveSegment, WitnessTiming, Writer};
 
@@ -30,34 +31,35 @@ impl Wal {
     pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
         options.validate()?;
+        let storage = Arc::clone(&options.storage);
         let _span = tracing::info_span!("wal_open", dir = %dir.display()).entered();
         if options.create_if_missing {
-            fsutil::create_dir_all_durably(&dir)?;
+            fsutil::create_dir_all_durably(storage.as_ref(), &dir)?;
         }
-        let lock = fsutil::lock_dir(&dir)?;
+        let lock = fsutil::lock_dir(storage.as_ref(), &dir)?;
         // Everything that can refuse the open comes before anything that changes the disk
         // (the spares, a torn tail, a fresh segment): a refused open leaves the log as it was.
-        let backend = backend::build(&options, &dir)?;
+        let backend = storage.backend(&options)?;
         let (listing, database_id, created) = read_directory(&dir, &options)?;
         let preallocator = Preallocator::start(
+            &storage,
             &dir,
             options.segment_bytes,
-            options.preallocate && !simulated(&dir),
+            options.preallocate && storage.background_work(),
             &listing.spares,
         )?;
-        let salt_seed = salt_seed(&options, &dir);
         let fresh = FreshSegment {
+            storage: storage.as_ref(),
             dir: &dir,
             database_id,
             segment_bytes: options.segment_bytes,
             preallocator: &preallocator,
-            salt_seed,
         };
         let (active, next_lsn, truncated_bytes) = fresh.open_active(listing.segments.last())?;
         // The previous process may have died before syncing the directory entries it made
         // (a rotation's rename, a spare, the identity, recovery's fresh segment, the directory
         // itself): nothing is acknowledged before they are durable.
-        fsutil::sync_dir_and_parent(&dir)?;
+        fsutil::sync_dir_and_parent(storage.as_ref(), &dir)?;
         let active_first_lsn = active.header.first_lsn;
         let backend_kind = backend.kind();
         let shared = new_shared(backend.as_ref(), next_lsn);
@@ -70,8 +72,8 @@ impl Wal {
             active,
             preallocator,
             next_lsn - 1,
-            salt_seed,
-            witness_timing(&options, &dir),
+            Arc::clone(&storage),
+            witness_timing(&options),
         );
         let handle = spawn_writer(writer, &dir)?;
         let summary = summarize(
@@ -98,6 +100,7 @@ impl Wal {
             backend: backend_kind,
             summary,
             read_files: Mutex::new(HashMap::new()),
+            storage,
             _lock: lock,
         })
     }
@@ -118,16 +121,6 @@ fn read_directory(
         tracing::warn!(file = %unknown.display(), "ignoring a file that is not part of the log");
     }
     Ok((listing, database_id, created))
-}
-
-/// The seed segment salts derive from (a test hook): the fault injector's, else the
-/// simulation's; `None` for random salts.
-fn salt_seed(options: &WalOptions, dir: &Path) -> Option<u64> {
-    options
-        .faults
-        .as_ref()
-        .and_then(|f| f.salt_seed())
-        .or_else(|| simulated_seed(dir))
 }
 
 /// The state the handle shares with the writer thread: a queue that assigns LSNs from
@@ -180,35 +173,18 @@ fn summarize(
     }
 }
 
-/// Whether `dir` is under simulated storage: then spares are made on the writer thread, so
-/// that every file operation happens in a reproducible order.
-fn simulated(dir: &Path) -> bool {
-    simulated_seed(dir).is_some()
-}
-
 /// When the writer writes the durable witness: after the options' idle delay and at close;
-/// under simulated storage, where no timer may decide what is written (runs replay), with no
-/// delay in manual mode and only at close otherwise (see `sim.rs`).
-fn witness_timing(options: &WalOptions, dir: &Path) -> WitnessTiming {
-    let Some(idle) = options.witness_idle else {
-        return WitnessTiming {
+/// on storage that forbids timers of the log's own (runs replay), as it says.
+fn witness_timing(options: &WalOptions) -> WitnessTiming {
+    match options.witness_idle {
+        None => WitnessTiming {
             enabled: false,
             idle: None,
-        };
-    };
-    #[cfg(feature = "sim")]
-    if let Some(sim) = crate::sim::lookup(dir) {
-        let idle = sim.manual().then_some(std::time::Duration::ZERO);
-        return WitnessTiming {
+        },
+        Some(idle) => WitnessTiming {
             enabled: true,
-            idle,
-        };
-    }
-    #[cfg(not(feature = "sim"))]
-    let _ = dir;
-    WitnessTiming {
-        enabled: true,
-        idle: Some(idle),
+            idle: storage::witness_idle(options.storage.as_ref(), idle),
+        },
     }
 }
 
@@ -232,7 +208,7 @@ fn establish_identity(
             Ok((found, false))
         }
         None if listing.segments.is_empty() && options.create_if_missing => {
-            let id = match (options.database_id, simulated_seed(dir)) {
+            let id = match (options.database_id, options.storage.seed()) {
                 (Some(id), _) => id,
                 (None, Some(seed)) => {
                     let mut bytes = [0u8; 16];
@@ -244,7 +220,7 @@ fn establish_identity(
                     DatabaseId::random().map_err(|e| Error::io("generating an id for", dir, e))?
                 }
             };
-            fsutil::write_identity(dir, id)?;
+            fsutil::write_identity(options.storage.as_ref(), dir, id)?;
             Ok((id, true))
         }
         None if listing.segments.is_empty() => Err(Error::io(
@@ -282,11 +258,11 @@ fn check_headers(segments: &[SegmentFile], database_id: DatabaseId) -> Result<()
 
 /// How an open starts a segment: of the current format and the options' size.
 struct FreshSegment<'a> {
+    storage: &'a dyn Storage,
     dir: &'a Path,
     database_id: DatabaseId,
     segment_bytes: u64,
     preallocator: &'a Preallocator,
-    salt_seed: Option<u64>,
 }
 
 impl FreshSegment<'_> {
@@ -297,7 +273,7 @@ impl FreshSegment<'_> {
         Ok(match last {
             None => (self.start(1)?, 1, 0),
             Some(last) => {
-                let (active, next_lsn, truncated_bytes) = open_last_segment(last)?;
+                let (active, next_lsn, truncated_bytes) = open_last_segment(self.storage, last)?;
                 (
                     self.unless_appendable(active, next_lsn)?,
                     next_lsn,
@@ -315,11 +291,11 @@ impl FreshSegment<'_> {
             self.database_id,
             first_lsn,
             self.segment_bytes,
-            self.salt_seed,
+            self.storage.seed(),
         )
         .map_err(|e| Error::io("generating salt in", self.dir, e))?;
         let path = self.dir.join(segment::file_name(first_lsn));
-        writer::install_segment(&spare.file, &spare.path, &path, &header)?;
+        writer::install_segment(self.storage, &spare.file, &spare.path, &path, &header)?;
         self.preallocator.replenish();
         let file = Arc::new(IoFile {
             file: spare.file,
@@ -350,16 +326,19 @@ impl FreshSegment<'_> {
     }
 }
 
-fn open_last_segment(segment: &SegmentFile) -> Result<(ActiveSegment, Lsn, u64)> {
+fn open_last_segment(
+    storage: &dyn Storage,
+    segment: &SegmentFile,
+) -> Result<(ActiveSegment, Lsn, u64)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&segment.path)
         .map_err(|e| Error::io("opening segment", &segment.path, e))?;
-    let (file, tail) = tail::repair(file, segment)?;
+    let (file, tail) = tail::repair(storage, file, segment)?;
     // What was found may still sit only in the page cache (after a process crash): make it
     // durable before new records claim it in their durable marks.
-    fsutil::sync_file(&file, &segment.path, false)?;
+    fsutil::sync_file(storage, &file, &segment.path, false)?;
     let io_file = Arc::new(IoFile {
         file,
         path: segment.path.clone(),

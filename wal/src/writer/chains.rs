@@ -89,8 +89,6 @@ impl Writer {
                 self.chain_commits_x8 - self.chain_commits_x8 / 8 + u64::from(commits);
         }
         self.in_flight.insert(id, info);
-        #[cfg(feature = "sim")]
-        let sync = sync && !self.ack_before_sync;
         self.backend.submit(Chain {
             id,
             file: Arc::clone(&self.active.file),

@@ -42,6 +42,7 @@ use crate::error::PoisonCause;
 use crate::ids::{DatabaseId, Lsn};
 use crate::prealloc::Preallocator;
 use crate::segment::{self, SegmentHeader};
+use crate::storage::{Defects, Storage};
 use crate::wal::Shared;
 use crate::watermark::{Waiters, Watermark};
 use crate::witness::Witness;
@@ -156,17 +157,15 @@ pub(crate) struct Writer {
     durable_waiters: Waiters,
     sync_due: SyncDue,
     poisoned: Option<Arc<PoisonCause>>,
-    /// Test hook: derive segment salts from this seed.
+    /// Where the segments live (syncs, renames).
+    storage: Arc<dyn Storage>,
+    /// Segment salts derive from this seed (storage that replays runs); random without.
     salt_seed: Option<u64>,
+    /// Defects the storage asked for (tests of checkers only).
+    defects: Defects,
     /// Commits a chain carries, a moving average (weight 1/8) scaled by 8.
     chain_commits_x8: u64,
     witness_timer: WitnessTimer,
-    /// Test switch: submit chains without their sync, acknowledge as if synced.
-    #[cfg(feature = "sim")]
-    ack_before_sync: bool,
-    /// Test switch: witnesses claim every record written, synced or not.
-    #[cfg(feature = "sim")]
-    witness_before_sync: bool,
 }
 
 impl Writer {
@@ -180,7 +179,7 @@ impl Writer {
         active: ActiveSegment,
         preallocator: Preallocator,
         durable_through: Lsn,
-        salt_seed: Option<u64>,
+        storage: Arc<dyn Storage>,
         witness: WitnessTiming,
     ) -> Self {
         // Wal::open starts a fresh segment when the last one is older or of another size.
@@ -209,13 +208,10 @@ impl Writer {
             durable_waiters: VecDeque::new(),
             sync_due: SyncDue::default(),
             poisoned: None,
-            #[cfg(feature = "sim")]
-            ack_before_sync: crate::sim::lookup(&dir).is_some_and(|s| s.broken().ack_before_sync),
-            #[cfg(feature = "sim")]
-            witness_before_sync: crate::sim::lookup(&dir)
-                .is_some_and(|s| s.broken().witness_before_sync),
             dir,
-            salt_seed,
+            salt_seed: storage.seed(),
+            defects: storage.defects(),
+            storage,
             chain_commits_x8: 0,
             witness_timer: WitnessTimer {
                 timing: witness,

@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::{ActiveSegment, Writer};
 use crate::backend::IoFile;
 use crate::error::{Error, PoisonCause};
+use crate::fsutil;
 use crate::ids::Lsn;
 use crate::record::RECORD_HEADER_LEN;
 use crate::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
+use crate::storage::Storage;
 
 impl Writer {
     /// Starts the segment whose first record is `first_lsn`, after the barrier: the staged
@@ -49,7 +51,13 @@ impl Writer {
         )
         .map_err(|e| Error::io("generating salt for", &spare.path, e))?;
         let path = self.dir.join(segment::file_name(first_lsn));
-        install_segment(&spare.file, &spare.path, &path, &header)?;
+        install_segment(
+            self.storage.as_ref(),
+            &spare.file,
+            &spare.path,
+            &path,
+            &header,
+        )?;
         self.preallocator.replenish();
         self.shared.counters.rotations.fetch_add(1, Relaxed);
         self.shared
@@ -74,6 +82,7 @@ impl Writer {
 /// Turns a zero-filled spare into the segment `path`: header written and synced, the file
 /// renamed, the directory synced. Nothing in it is acknowledged before this returns.
 pub(crate) fn install_segment(
+    storage: &dyn Storage,
     file: &std::fs::File,
     spare_path: &std::path::Path,
     path: &std::path::Path,
@@ -92,12 +101,10 @@ pub(crate) fn install_segment(
     );
     file.write_all_at(&header.encode(), 0)
         .map_err(|e| Error::io("writing header of", spare_path, e))?;
-    crate::fsutil::sync_file(file, spare_path, false)?;
-    std::fs::rename(spare_path, path).map_err(|e| Error::io("renaming spare to", path, e))?;
+    fsutil::sync_file(storage, file, spare_path, false)?;
+    storage
+        .rename(spare_path, path)
+        .map_err(|e| Error::io("renaming spare to", path, e))?;
     let dir = path.parent().expect("segments live in a directory");
-    #[cfg(feature = "sim")]
-    if crate::sim::lookup(dir).is_some_and(|s| s.broken().skip_rotation_dir_sync) {
-        return Ok(());
-    }
-    crate::fsutil::sync_dir(dir)
+    fsutil::sync_dir(storage, dir)
 }

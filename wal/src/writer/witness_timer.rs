@@ -17,8 +17,8 @@ impl Writer {
             return None;
         }
         let durable = self.durable.through();
-        #[cfg(feature = "sim")]
-        if self.witness_before_sync && self.in_flight.is_empty() && self.poisoned.is_none() {
+        if self.defects.witness_before_sync && self.in_flight.is_empty() && self.poisoned.is_none()
+        {
             return self.witness_of_everything_written();
         }
         let header = &self.active.header;
@@ -34,8 +34,7 @@ impl Writer {
             .then(|| Witness::after(self.active.witness, durable, self.active.offset))
     }
 
-    /// The broken witness of [`crate::sim::Broken::witness_before_sync`].
-    #[cfg(feature = "sim")]
+    /// The broken witness of [`crate::Defects::witness_before_sync`].
     fn witness_of_everything_written(&self) -> Option<Witness> {
         let claimed = self.active.witness.map_or(0, |w| w.durable_lsn);
         let written = self.sealed_through;
@@ -74,11 +73,7 @@ impl Writer {
     /// an fdatasync. It claims only records already durable, so it may complete in any order
     /// with later chains.
     fn submit_witness(&mut self, witness: Witness) {
-        #[cfg(feature = "sim")]
-        let broken = self.witness_before_sync;
-        #[cfg(not(feature = "sim"))]
-        let broken = false;
-        assert!(broken || witness.durable_lsn <= self.durable.through());
+        assert!(self.defects.witness_before_sync || witness.durable_lsn <= self.durable.through());
         assert!(witness.end_offset >= HEADER_BLOCK_LEN && witness.end_offset <= self.active.offset);
         self.wait_for_capacity();
         if self.poisoned.is_some() {

@@ -1,10 +1,16 @@
-//! Simulated storage, for tests (the `sim` feature): a seeded model of what a crash keeps.
+//! keel-sim: test storage for Keel, in two parts, each a [`keel_wal::Storage`] a test hands to
+//! a log (or a database) through its options:
+//! - [`Sim`], simulated storage: a seeded model of what a crash keeps (below);
+//! - [`Faults`], a fault injector over the real file system: a chosen write or fdatasync
+//!   fails, completions come back out of order, the io_uring backend's own faults.
+//!
+//! Nothing here is part of the product: the crate is a dev-dependency of the others.
 //!
 //! # The model
 //!
-//! A [`Sim`] is registered for a directory tree (its *root*). While it lives, every log
-//! opened under the root runs on [`SimBackend`], and the file-system hooks of
-//! [`crate::fsutil`] (file and directory syncs) report to it instead of calling the kernel.
+//! A [`Sim`] covers a directory tree (its *root*). Every log opened with it as its storage
+//! runs on [`SimBackend`], and its file and directory syncs, renames, removals and file
+//! creations report to it ([`keel_wal::Storage`]) instead of going to the kernel directly.
 //!
 //! - **Cache image.** The real files under the root are the page cache: what a process
 //!   reads. A write reaches them when it *completes*, not when it is submitted. Put the root on
@@ -61,8 +67,13 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
-use crate::backend::{Backend, BackendKind, Chain, ChainError, Completion, IoFile};
-use crate::error::{Error, Result};
+use keel_wal::backend::{Backend, BackendKind, Chain, ChainError, Completion, IoFile};
+use keel_wal::{Error, Result};
+
+mod faults;
+mod storage;
+
+pub use faults::Faults;
 
 /// The unit of tearing and of media damage.
 pub const SECTOR: usize = 512;
@@ -102,19 +113,6 @@ impl SimRng {
     }
 }
 
-static REGISTRY: Mutex<Vec<(PathBuf, Weak<Sim>)>> = Mutex::new(Vec::new());
-
-/// The sim registered for a root that `path` lies under, if any.
-pub(crate) fn lookup(path: &Path) -> Option<Arc<Sim>> {
-    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    registry.retain(|(_, sim)| sim.strong_count() > 0);
-    registry
-        .iter()
-        .filter(|(root, _)| path.starts_with(root))
-        .max_by_key(|(root, _)| root.as_os_str().len())
-        .and_then(|(_, sim)| sim.upgrade())
-}
-
 /// Faults to inject, counted in backend operations from the moment they are armed.
 #[derive(Clone, Debug, Default)]
 pub struct SimFaults {
@@ -137,15 +135,15 @@ struct ArmedFaults {
     misdirect_write: Option<u64>,
 }
 
-/// Deliberately broken builds, to check that the simulation catches them: a test-only switch
-/// read by the writer.
+/// Deliberately broken builds, to check that the simulation catches them. The first two the
+/// storage plays by itself; the third it asks of the log ([`keel_wal::Defects`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Broken {
-    /// Submit chains without their fdatasync, and acknowledge as if they had one.
+    /// Record chains run without their fdatasync and are acknowledged as if they had one.
     pub ack_before_sync: bool,
-    /// Install a new segment without syncing the directory after the rename.
+    /// A segment is installed without the directory sync after its rename.
     pub skip_rotation_dir_sync: bool,
-    /// Write the durable witness as soon as nothing is in flight, claiming every record
+    /// The durable witness is written as soon as nothing is in flight, claiming every record
     /// written, synced or not.
     pub witness_before_sync: bool,
 }
@@ -199,7 +197,7 @@ struct SimChain {
     id: u64,
     ino: u64,
     file: Arc<IoFile>,
-    write: Option<crate::backend::WriteOp>,
+    write: Option<keel_wal::backend::WriteOp>,
     write_due: Option<u64>,
     sync: bool,
     /// When the sync was submitted: the sequence number it covers through.
@@ -232,6 +230,9 @@ struct State {
     crash_after_events: Option<u64>,
     captured: Option<CrashState>,
     trace: Vec<String>,
+    /// A segment was installed by a rename into this directory and its sync is to be
+    /// skipped ([`Broken::skip_rotation_dir_sync`]).
+    skip_dir_sync: Option<PathBuf>,
 }
 
 /// Simulated storage for one directory tree. See the module documentation.
@@ -239,11 +240,14 @@ struct State {
 pub struct Sim {
     state: Mutex<State>,
     changed: Condvar,
+    /// Itself, for the backends it hands out.
+    me: Weak<Sim>,
 }
 
 impl Sim {
-    /// Registers a sim for `root` (created if missing), seeded with `seed`. What is under
-    /// `root` now is taken as durable. It stays registered while the returned handle lives.
+    /// Simulated storage for `root` (created if missing), seeded with `seed`. What is under
+    /// `root` now is taken as durable. Logs and databases under `root` use it when it is
+    /// their options' storage.
     pub fn new(root: &Path, seed: u64) -> io::Result<Arc<Sim>> {
         std::fs::create_dir_all(root)?;
         let mut state = State {
@@ -269,20 +273,18 @@ impl Sim {
             crash_after_events: None,
             captured: None,
             trace: Vec::new(),
+            skip_dir_sync: None,
         };
         retry_vanished(|| {
             state.dirs.clear();
             state.files.clear();
             state.adopt_tree(root)
         })?;
-        let sim = Arc::new(Sim {
+        Ok(Arc::new_cyclic(|me| Sim {
             state: Mutex::new(state),
             changed: Condvar::new(),
-        });
-        let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-        registry.retain(|(r, s)| s.strong_count() > 0 && r != root);
-        registry.push((root.to_path_buf(), Arc::downgrade(&sim)));
-        Ok(sim)
+            me: me.clone(),
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -503,7 +505,7 @@ impl Sim {
         result
     }
 
-    /// Hook of [`crate::fsutil::sync_file`].
+    /// [`keel_wal::Storage::sync_file`].
     pub(crate) fn sync_file(&self, file: &File, path: &Path) -> Result<()> {
         let mut state = self.lock();
         self.hook_event(&mut state, path, "sync file")?;
@@ -525,9 +527,13 @@ impl Sim {
         Ok(())
     }
 
-    /// Hook of [`crate::fsutil::sync_dir`].
+    /// [`keel_wal::Storage::sync_dir`].
     pub(crate) fn sync_dir(&self, dir: &Path) -> Result<()> {
         let mut state = self.lock();
+        if state.skip_dir_sync.as_deref() == Some(dir) {
+            state.skip_dir_sync = None;
+            return Ok(());
+        }
         self.hook_event(&mut state, dir, "sync directory")?;
         let ino = std::fs::metadata(dir)
             .map_err(|e| Error::io("reading metadata of", dir, e))?
@@ -781,7 +787,7 @@ fn list_once(dir: &Path) -> io::Result<BTreeMap<String, Node>> {
             Err(error) => return Err(error),
         };
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name == crate::fsutil::LOCK_FILE {
+        if name == keel_wal::fsutil::LOCK_FILE {
             continue;
         }
         entries.insert(
@@ -831,7 +837,7 @@ impl SimBackend {
 
 impl Backend for SimBackend {
     fn kind(&self) -> BackendKind {
-        BackendKind::Sim
+        BackendKind::Other("sim")
     }
 
     fn depth(&self) -> usize {
@@ -842,9 +848,12 @@ impl Backend for SimBackend {
         self.in_flight
     }
 
-    fn submit(&mut self, chain: Chain) {
+    fn submit(&mut self, mut chain: Chain) {
         self.in_flight += 1;
         let mut state = self.sim.lock();
+        if state.broken.ack_before_sync && !chain.witness {
+            chain.sync = false;
+        }
         let path = chain.file.path.clone();
         if let Err(error) = state.event(&path, "submit") {
             state.ready.push(Completion {

@@ -1,4 +1,5 @@
-//! Fault injection at the backend interface, for tests of every backend: a chosen write or
+//! Fault injection at the backend interface, for tests of every backend, as a
+//! [`keel_wal::Storage`] over the real file system: a chosen write or
 //! fdatasync fails with an error instead of being performed, and completions can be held back
 //! and reported out of order (as a pipelined backend reports them), so the writer's
 //! watermarks are exercised on any backend.
@@ -8,10 +9,12 @@
 //! aims at those.
 
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
-use super::{Backend, BackendKind, Chain, ChainError, Completion};
+use keel_wal::backend::uring_faults::trips;
+use keel_wal::backend::{self, Backend, BackendKind, Chain, ChainError, Completion, Waker};
+use keel_wal::{Storage, UringFaults, WalOptions};
 
 /// Which operations to fail. Counters count down per operation; a counter at 0 fails that
 /// operation (once) and disarms; a negative counter is disarmed.
@@ -21,37 +24,24 @@ pub struct Faults {
     sync_countdown: AtomicI64,
     witness_countdown: AtomicI64,
     held_completions: AtomicUsize,
-    uring_probe_fails: AtomicBool,
-    uring_short_writes: AtomicBool,
-    uring_ring_only: AtomicBool,
-    uring_bad_fd_countdown: AtomicI64,
-    uring_bad_sync_fd_countdown: AtomicI64,
-    uring_enter_countdown: AtomicI64,
+    uring: Arc<UringFaults>,
     salt_seed: AtomicU64,
-}
-
-impl Default for Faults {
-    fn default() -> Self {
-        Faults {
-            write_countdown: AtomicI64::new(-1),
-            sync_countdown: AtomicI64::new(-1),
-            witness_countdown: AtomicI64::new(-1),
-            held_completions: AtomicUsize::new(0),
-            uring_probe_fails: AtomicBool::new(false),
-            uring_short_writes: AtomicBool::new(false),
-            uring_ring_only: AtomicBool::new(false),
-            uring_bad_fd_countdown: AtomicI64::new(-1),
-            uring_bad_sync_fd_countdown: AtomicI64::new(-1),
-            uring_enter_countdown: AtomicI64::new(-1),
-            salt_seed: AtomicU64::new(0),
-        }
-    }
+    /// Itself, for the backends it wraps.
+    me: Weak<Faults>,
 }
 
 impl Faults {
     /// A fault plan with nothing armed.
     pub fn new() -> Arc<Faults> {
-        Arc::new(Faults::default())
+        Arc::new_cyclic(|me| Faults {
+            write_countdown: AtomicI64::new(-1),
+            sync_countdown: AtomicI64::new(-1),
+            witness_countdown: AtomicI64::new(-1),
+            held_completions: AtomicUsize::new(0),
+            uring: Arc::new(UringFaults::default()),
+            salt_seed: AtomicU64::new(0),
+            me: me.clone(),
+        })
     }
 
     /// The write `after` writes from now fails with EIO (0: the next one).
@@ -79,115 +69,42 @@ impl Faults {
 
     /// The io_uring probe at open fails, as where io_uring is disabled or filtered.
     pub fn fail_uring_probe(&self) {
-        self.uring_probe_fails.store(true, Ordering::SeqCst);
+        self.uring.fail_probe();
     }
 
-    #[cfg_attr(
-        not(all(target_os = "linux", feature = "uring")),
-        expect(dead_code, reason = "read by the uring backend only")
-    )]
-    pub(crate) fn uring_probe_fails(&self) -> bool {
-        self.uring_probe_fails.load(Ordering::SeqCst)
-    }
-
-    /// The io_uring backend submits each write with half its length first, so that every
-    /// write comes back short and must be reissued before its sync counts.
+    /// See [`UringFaults::short_writes`].
     pub fn uring_short_writes(&self, on: bool) {
-        self.uring_short_writes.store(on, Ordering::SeqCst);
+        self.uring.short_writes(on);
     }
 
-    #[cfg_attr(
-        not(all(target_os = "linux", feature = "uring")),
-        expect(dead_code, reason = "read by the uring backend only")
-    )]
-    pub(crate) fn uring_short_writes_on(&self) -> bool {
-        self.uring_short_writes.load(Ordering::SeqCst)
-    }
-
-    /// The io_uring backend sends every chain through the ring, never the direct path it
-    /// takes for a chain alone in flight, so tests exercise the ring with one committer.
+    /// See [`UringFaults::ring_only`].
     pub fn uring_ring_only(&self, on: bool) {
-        self.uring_ring_only.store(on, Ordering::SeqCst);
+        self.uring.ring_only(on);
     }
 
-    #[cfg_attr(
-        not(all(target_os = "linux", feature = "uring")),
-        expect(dead_code, reason = "read by the uring backend only")
-    )]
-    pub(crate) fn uring_ring_only_on(&self) -> bool {
-        self.uring_ring_only.load(Ordering::SeqCst)
-    }
-
-    /// The io_uring write `after` writes from now (0: the next) is submitted on an invalid
-    /// file descriptor, so the kernel fails it (EBADF) and cancels its linked sync: a real
-    /// error travelling through the ring.
+    /// See [`UringFaults::fail_write_after`].
     pub fn fail_uring_write_after(&self, after: u32) {
-        self.uring_bad_fd_countdown
-            .store(after.into(), Ordering::SeqCst);
+        self.uring.fail_write_after(after);
     }
 
-    #[cfg_attr(
-        not(all(target_os = "linux", feature = "uring")),
-        expect(dead_code, reason = "read by the uring backend only")
-    )]
-    pub(crate) fn uring_bad_fd_trips(&self) -> bool {
-        Self::trips(&self.uring_bad_fd_countdown)
-    }
-
-    /// The io_uring fdatasync `after` syncs from now (0: the next) is submitted on an invalid
-    /// file descriptor, so the kernel fails it (EBADF): a real sync error travelling through
-    /// the ring. With [`Faults::uring_short_writes`] the sync runs after a write the kernel
-    /// saw as complete (it was asked for half), so both the write's and the sync's outcome
-    /// reach the same round.
+    /// See [`UringFaults::fail_sync_after`].
     pub fn fail_uring_sync_after(&self, after: u32) {
-        self.uring_bad_sync_fd_countdown
-            .store(after.into(), Ordering::SeqCst);
+        self.uring.fail_sync_after(after);
     }
 
-    #[cfg_attr(
-        not(all(target_os = "linux", feature = "uring")),
-        expect(dead_code, reason = "read by the uring backend only")
-    )]
-    pub(crate) fn uring_bad_sync_fd_trips(&self) -> bool {
-        Self::trips(&self.uring_bad_sync_fd_countdown)
-    }
-
-    /// The io_uring_enter `after` calls from now (0: the next) is performed, waits until every
-    /// operation the kernel holds has completed, and then reports a hard failure: the ring is
-    /// abandoned while the completions of its chains are still to be reaped.
+    /// See [`UringFaults::fail_enter_after`].
     pub fn fail_uring_enter_after(&self, after: u32) {
-        self.uring_enter_countdown
-            .store(after.into(), Ordering::SeqCst);
+        self.uring.fail_enter_after(after);
     }
 
-    #[cfg_attr(
-        not(all(target_os = "linux", feature = "uring")),
-        expect(dead_code, reason = "read by the uring backend only")
-    )]
-    pub(crate) fn uring_enter_trips(&self) -> bool {
-        Self::trips(&self.uring_enter_countdown)
-    }
-
-    /// Segment salts derived from `seed` instead of random ones (0: random), so the same
-    /// workload writes byte-identical segments on every backend.
+    /// Segment salts (and a new log's id) derived from `seed` instead of random ones (0:
+    /// random), so the same workload writes byte-identical segments on every backend.
     pub fn deterministic_salts(&self, seed: u64) {
         self.salt_seed.store(seed, Ordering::SeqCst);
     }
 
-    pub(crate) fn salt_seed(&self) -> Option<u64> {
-        Some(self.salt_seed.load(Ordering::SeqCst)).filter(|&s| s != 0)
-    }
-
     fn held(&self) -> usize {
         self.held_completions.load(Ordering::SeqCst)
-    }
-
-    fn trips(counter: &AtomicI64) -> bool {
-        counter
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n >= 0).then_some(n - 1)
-            })
-            .is_ok_and(|previous| previous == 0)
     }
 }
 
@@ -241,9 +158,9 @@ impl Backend for FaultyBackend {
             false => (&self.faults.write_countdown, &self.faults.sync_countdown),
             true => (&NEVER, &self.faults.witness_countdown),
         };
-        if chain.write.is_some() && Faults::trips(writes) {
+        if chain.write.is_some() && trips(writes) {
             self.finished.push(Self::injected(chain, "write"));
-        } else if chain.sync && Faults::trips(syncs) {
+        } else if chain.sync && trips(syncs) {
             let id = chain.id;
             self.inner.submit(Chain {
                 sync: false,
@@ -269,7 +186,7 @@ impl Backend for FaultyBackend {
         }
     }
 
-    fn waker(&self) -> Option<super::Waker> {
+    fn waker(&self) -> Option<Waker> {
         self.inner.waker()
     }
 
@@ -293,5 +210,19 @@ impl Backend for FaultyBackend {
             .saturating_sub(from_finished)
             .min(self.inner.in_flight());
         self.inner.wait(still, out);
+    }
+}
+
+impl Storage for Faults {
+    /// The real backend `options` ask for (io_uring with this plan's faults armed), wrapped
+    /// in the injector.
+    fn backend(&self, options: &WalOptions) -> keel_wal::Result<Box<dyn Backend>> {
+        let inner = backend::build(options, Some(&self.uring))?;
+        let faults = self.me.upgrade().expect("a fault plan in use is alive");
+        Ok(Box::new(FaultyBackend::new(inner, faults)))
+    }
+
+    fn seed(&self) -> Option<u64> {
+        Some(self.salt_seed.load(Ordering::SeqCst)).filter(|&s| s != 0)
     }
 }
