@@ -62,7 +62,7 @@ fn options() -> WalOptions {
 
 /// Ten units of a write and a commit (LSNs 1 to 20), closed: the close's witness claims 20.
 fn witnessed_log(dir: &Path) {
-    let wal = Wal::open(dir, options()).unwrap();
+    let wal = keel_recovery::open_wal(dir, options()).unwrap();
     let run_id = RunId::from_u128(1);
     for txn_id in 0..10u64 {
         let unit = [

@@ -70,7 +70,7 @@ fn child(spec: &str) {
         let _ = recover(&dir, RecoveryPolicy::default(), &mut Check::default());
         return;
     }
-    let wal = Arc::new(Wal::open(&dir, options(backend)).unwrap());
+    let wal = Arc::new(keel_recovery::open_wal(&dir, options(backend)).unwrap());
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let threads: Vec<_> = (0..WRITERS)
         .map(|writer| {

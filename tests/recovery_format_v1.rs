@@ -74,7 +74,7 @@ fn set_version_1(path: &Path) {
 #[test]
 fn recovery_reads_version_1_segments_and_the_version_2_segment_after_them() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), options()).unwrap();
     commit(&wal, 0..40, false);
     wal.close().unwrap();
     let old = segment::list_directory(dir.path()).unwrap().segments;
@@ -89,7 +89,7 @@ fn recovery_reads_version_1_segments_and_the_version_2_segment_after_them() {
     assert_eq!(report.last_lsn, Some(80));
     assert!(report.anomalies.is_empty(), "{:?}", report.anomalies);
 
-    let wal = Wal::open(dir.path(), options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), options()).unwrap();
     commit(&wal, 40..45, true);
     wal.close().unwrap();
     let now = segment::list_directory(dir.path()).unwrap().segments;

@@ -461,7 +461,7 @@ impl Run {
             self.note(format!("life {life}: crash armed at event {at} from now"));
             sim.crash_after_events(at);
         }
-        let wal = match Wal::open(dir, wal_options(self.segment_bytes, self.depth, sim)) {
+        let wal = match keel_recovery::open_wal(dir, wal_options(self.segment_bytes, self.depth, sim)) {
             Ok(wal) => wal,
             Err(e) if sim.is_crashed() => {
                 self.note(format!("life {life}: crashed while opening: {e}"));
@@ -1246,7 +1246,7 @@ fn scenario_prefix(seed: u64, steps: usize) -> (Run, CrashState) {
     let dir = run.dir(0);
     let sim = Sim::new(&dir, seed).unwrap();
     sim.set_manual(true);
-    let wal = Wal::open(&dir, wal_options(run.segment_bytes, run.depth, &sim)).unwrap();
+    let wal = keel_recovery::open_wal(&dir, wal_options(run.segment_bytes, run.depth, &sim)).unwrap();
     settle(&wal, &sim);
     let mut syncs = Vec::new();
     for step in 0..steps {
@@ -1458,7 +1458,7 @@ fn sim_a_held_sync_goes_out_when_the_writes_before_it_complete() {
         },
         ..wal_options(8192, 4, &sim)
     };
-    let wal = Wal::open(&dir, options).unwrap();
+    let wal = keel_recovery::open_wal(&dir, options).unwrap();
     // Dropped first, also when a check fails: lets the log close without manual steps.
     struct Auto<'a>(&'a Sim);
     impl Drop for Auto<'_> {

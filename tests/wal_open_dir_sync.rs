@@ -29,7 +29,7 @@ fn a_log_directory_whose_name_was_never_synced_is_synced_at_open() {
         storage: sim.clone(),
         ..WalOptions::default()
     };
-    let wal = Wal::open(&dir, options).unwrap();
+    let wal = keel_recovery::open_wal(&dir, options).unwrap();
     let mut acked = 0;
     for i in 0..4u64 {
         let entry = WalEntry::Payload {

@@ -35,7 +35,7 @@ fn appends(c: &mut Criterion) {
     let mut group = c.benchmark_group("raft_log_store");
     group.sample_size(30);
 
-    let wal = Wal::open(dir.path().join("wal"), options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path().join("wal"), options()).unwrap();
     let bytes = serde_json::to_vec(&entry(0)).unwrap();
     group.throughput(Throughput::Elements(1));
     group.bench_function("wal_append_strict_1", |b| {

@@ -30,7 +30,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use keel_wal::{Durability, LogReader, Lsn, RecordPosition, Wal, WalEntry, WalOptions};
+use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError};
+use keel_wal::{
+    ArchivedWalEntry, Durability, Lsn, RecordPosition, Wal, WalEntry, WalOptions,
+};
 use openraft::{
     AnyError, ErrorSubject, ErrorVerb, LogId, RaftLogId, RaftTypeConfig, StorageError,
     StorageIOError, Vote,
@@ -208,32 +211,62 @@ fn corrupt<C: RaftTypeConfig>(message: String) -> StorageError<C::NodeId> {
     io_error::<C>(ErrorSubject::Logs, ErrorVerb::Read, error)
 }
 
+/// Builds the index from the records recovery reads at open.
+struct IndexReplay<C: RaftTypeConfig> {
+    index: Index<C>,
+}
+
+impl<C: RaftTypeConfig> Replay for IndexReplay<C> {
+    fn apply(&mut self, txn: &CommittedTxn<'_>) -> Result<(), ReplayError> {
+        Err(format!("a committed transaction (LSN {}) is not a Raft record", txn.commit_lsn).into())
+    }
+
+    fn checkpoint(&mut self, _: Lsn, _: &ArchivedWalEntry) -> Result<(), ReplayError> {
+        Err("a checkpoint is not a Raft record".into())
+    }
+
+    fn payload(
+        &mut self,
+        position: RecordPosition,
+        entry: &ArchivedWalEntry,
+    ) -> Result<(), ReplayError> {
+        let decoded = record::decode::<C>(entry)?;
+        self.index.replay(decoded, position)?;
+        Ok(())
+    }
+}
+
 impl<C: RaftTypeConfig> KeelLogStore<C>
 where
     C::Entry: Clone,
 {
-    /// Opens (or creates) the Raft log in `dir`: opens the keel-wal log there (taking its
-    /// lock and repairing a torn tail), then replays its records into the index. Any record
-    /// that is not a Raft record, and any damage before the tail, is an error.
+    /// Opens (or creates) the Raft log in `dir`: recovers the keel-wal log there (taking its
+    /// lock, validating every segment and repairing a torn tail) with its records replayed
+    /// into the index as they are read, then resumes it for appends: one read of the log.
+    /// A committed transaction or a checkpoint (not a Raft record), a Raft record that does
+    /// not decode, and any damage before the tail are errors.
     pub fn open(
         dir: impl AsRef<Path>,
         options: WalOptions,
     ) -> Result<Self, StorageError<C::NodeId>> {
         let dir = dir.as_ref();
-        let wal = Wal::open(dir, options)
-            .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        let mut index = Index::default();
-        let mut reader = LogReader::open(dir)
-            .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        while let Some(found) = reader
-            .next_record()
-            .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Read, e))?
-        {
-            let position = found.position();
-            let decoded = record::decode::<C>(found.entry)
-                .map_err(|e| corrupt::<C>(format!("LSN {}: {e}", position.lsn)))?;
-            index.replay(decoded, position).map_err(corrupt::<C>)?;
-        }
+        let mut replay = IndexReplay {
+            index: Index::default(),
+        };
+        let (wal, _) = keel_recovery::open_log(
+            dir,
+            options,
+            RecoveryPolicy::TolerateTornTail,
+            None,
+            &mut replay,
+        )
+        .map_err(|e| match e {
+            keel_recovery::Error::Replay { lsn, source, .. } => {
+                corrupt::<C>(format!("LSN {lsn}: {source}"))
+            }
+            other => io_error::<C>(ErrorSubject::Logs, ErrorVerb::Read, other),
+        })?;
+        let index = replay.index;
         tracing::info!(
             dir = %dir.display(),
             entries = index.entries.len(),

@@ -163,7 +163,7 @@ mod tests {
     /// position in `records`).
     fn read_back(records: &[WalEntry], mut check: impl FnMut(usize, &ArchivedWalEntry)) {
         let dir = tempfile::tempdir().unwrap();
-        let wal = keel_wal::Wal::open(dir.path(), keel_wal::WalOptions::default()).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), keel_wal::WalOptions::default()).unwrap();
         wal.append(records).wait().unwrap();
         wal.close().unwrap();
         let mut reader = keel_wal::LogReader::open(dir.path()).unwrap();

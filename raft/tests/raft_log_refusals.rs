@@ -47,7 +47,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A log of exactly `records`, written below the store.
 fn write_log(dir: &std::path::Path, records: &[WalEntry]) {
-    let wal = Wal::open(dir, options()).unwrap();
+    let wal = keel_recovery::open_wal(dir, options()).unwrap();
     wal.append(records).wait().unwrap();
     wal.close().unwrap();
 }

@@ -97,7 +97,7 @@ fn truncation_purge_and_marks_survive_reopening() {
 #[test]
 fn a_log_that_is_not_a_raft_log_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), options(BackendChoice::Std)).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), options(BackendChoice::Std)).unwrap();
     wal.append(&[WalEntry::CommitTxn {
         run_id: RunId::from_u128(5),
         txn_id: 1,

@@ -36,7 +36,7 @@ fn build(dir: &Path, target_bytes: u64) -> u64 {
         backend: BackendChoice::Std,
         ..WalOptions::default()
     };
-    let wal = Wal::open(dir, options).unwrap();
+    let wal = keel_recovery::open_wal(dir, options).unwrap();
     let run_id = RunId::from_u128(1);
     let value = vec![0x5a; 128];
     let mut txn_id = 0;

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use keel_wal::{EntryKind, Lsn, Storage, fsutil, segment};
+use keel_wal::{EntryKind, Lsn, RecoveredLog, Storage, Wal, WalOptions, fsutil, segment};
 
 pub use policy::{Decision, Finding, RecoveryPolicy, decide};
 pub use report::{Anomaly, RecoveryReport};
@@ -144,17 +144,68 @@ pub fn recover_with(
     options: RecoveryOptions,
     replay: &mut impl Replay,
 ) -> Result<RecoveryReport> {
-    let started = Instant::now();
+    recover_locked(dir.as_ref(), options, replay).map(|(report, _)| report)
+}
+
+/// Recovers the log in `dir` and resumes it for appends: the one way an existing log is
+/// opened. The recovery takes the directory's lock, lists it, reads its identity, validates
+/// every segment under `policy` (handing each committed transaction above `covered_through`,
+/// and every checkpoint and payload, to `replay`) and repairs the tail; the log then resumes
+/// from what it established ([`Wal::resume`]), holding the same lock and reading nothing
+/// again. The log's storage (`wal.storage`) is the recovery's. Creates the directory and a new
+/// log when there is none and `wal.create_if_missing` is set.
+pub fn open_log(
+    dir: impl AsRef<Path>,
+    wal: WalOptions,
+    policy: RecoveryPolicy,
+    covered_through: Option<Lsn>,
+    replay: &mut impl Replay,
+) -> Result<(Wal, RecoveryReport)> {
     let dir = dir.as_ref();
+    if wal.create_if_missing {
+        fsutil::create_dir_all_durably(wal.storage.as_ref(), dir)?;
+    }
+    let options = RecoveryOptions {
+        policy,
+        covered_through,
+        dry_run: false,
+        storage: Arc::clone(&wal.storage),
+    };
+    let (report, recovered) = recover_locked(dir, options, replay)?;
+    let recovered = recovered.ok_or_else(|| Error::Internal("a repair left no log".into()))?;
+    Ok((Wal::resume(recovered, wal)?, report))
+}
+
+/// Opens the log in `dir` for a component that keeps nothing of its records (or reads them
+/// back itself): [`open_log`] under the default policy, with nothing replayed.
+pub fn open_wal(dir: impl AsRef<Path>, wal: WalOptions) -> Result<Wal> {
+    struct Nothing;
+    impl Replay for Nothing {
+        fn apply(&mut self, _: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError> {
+            Ok(())
+        }
+    }
+    open_log(dir, wal, RecoveryPolicy::default(), None, &mut Nothing).map(|(wal, _)| wal)
+}
+
+/// The recovery itself: returns the report and, unless it was a dry run, the log as the
+/// repair left it, still locked.
+fn recover_locked(
+    dir: &Path,
+    options: RecoveryOptions,
+    replay: &mut impl Replay,
+) -> Result<(RecoveryReport, Option<RecoveredLog>)> {
+    let started = Instant::now();
     let policy = options.policy;
     let _span = tracing::info_span!("recovery", dir = %dir.display(), %policy).entered();
     let storage = Arc::clone(&options.storage);
-    let _lock = fsutil::lock_dir(storage.as_ref(), dir)?;
+    let lock = fsutil::lock_dir(storage.as_ref(), dir)?;
     let listing = segment::list_directory(dir)?;
+    let identity = fsutil::read_identity(dir)?;
     let mut report = empty_report(policy);
     report.covered_through = options.covered_through;
     report.dry_run = options.dry_run;
-    let mut walk = walk::Walk::new(dir, options, fsutil::read_identity(dir)?, replay, report);
+    let mut walk = walk::Walk::new(dir, options, identity, replay, report);
     for path in &listing.unknown {
         // Left by an earlier recovery: set aside, or an empty segment it did not finish.
         let name = path.to_string_lossy();
@@ -164,7 +215,7 @@ pub fn recover_with(
         walk.judge(path, 0, Finding::UnknownFile)?;
     }
     let cut = walk.segments(&listing.segments)?;
-    let mut report = repair::finish(storage.as_ref(), walk, &listing.segments, cut)?;
+    let (mut report, repaired) = repair::finish(storage.as_ref(), walk, &listing.segments, cut)?;
     report.duration = started.elapsed();
     tracing::info!(
         records = report.records,
@@ -173,7 +224,26 @@ pub fn recover_with(
         next_lsn = report.next_lsn,
         "recovered"
     );
-    Ok(report)
+    let Some(repaired) = repaired else {
+        return Ok((report, None));
+    };
+    let mut unknown = listing.unknown;
+    unknown.extend(repaired.set_aside);
+    let listing = segment::DirectoryListing {
+        segments: repaired.segments,
+        spares: listing.spares,
+        unknown,
+    };
+    let recovered = RecoveredLog::new(
+        dir,
+        lock,
+        identity,
+        listing,
+        repaired.end,
+        report.next_lsn,
+        report.bytes_truncated,
+    )?;
+    Ok((report, Some(recovered)))
 }
 
 /// The report of a recovery that found no log at all (a new database).

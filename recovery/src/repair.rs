@@ -11,11 +11,13 @@
 //! I/O failure can stop it part-way, and that order leaves a directory that recovers to the
 //! same result.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use keel_wal::segment::{self, SegmentFile};
-use keel_wal::{DatabaseId, Lsn, Storage, fsutil, witness};
+use keel_wal::segment::{self, SegmentFile, SegmentHeader};
+use keel_wal::witness::Witness;
+use keel_wal::{DatabaseId, LogEnd, Lsn, Storage, fsutil, witness};
 
 use crate::report::RecoveryReport;
 use crate::txns::Replay;
@@ -39,21 +41,33 @@ struct Plan {
     next_lsn: Lsn,
 }
 
-/// Plans and applies the repair; completes the report.
+/// The log as the repair left it: its segments in LSN order, where the last one's records
+/// end (what the log resumes from), and the files set aside.
+#[derive(Debug)]
+pub(crate) struct Repaired {
+    pub segments: Vec<SegmentFile>,
+    pub end: Option<LogEnd>,
+    pub set_aside: Vec<PathBuf>,
+}
+
+/// Plans and applies the repair; completes the report. Returns the log as repaired, or
+/// `None` for a dry run (nothing changed).
 pub(crate) fn finish<R: Replay>(
     storage: &dyn Storage,
     walk: Walk<'_, R>,
     segments: &[SegmentFile],
     cut: Option<Cut>,
-) -> Result<RecoveryReport> {
+) -> Result<(RecoveryReport, Option<Repaired>)> {
     let plan = plan(&walk, segments, cut)?;
     let dir = walk.dir;
     let mut report = walk.report;
-    if report.dry_run {
+    let repaired = if report.dry_run {
         describe(segments, &plan, &mut report)?;
+        None
     } else {
-        apply(storage, dir, segments, &plan, &mut report)?;
-    }
+        let applied = apply(storage, dir, segments, &plan, &mut report)?;
+        Some(repaired(segments, &plan, &walk.ends, applied)?)
+    };
     let txns = &walk.txns;
     report.txns_incomplete = txns.open_count();
     report.txns_aborted = txns.counts.aborted;
@@ -65,7 +79,65 @@ pub(crate) fn finish<R: Replay>(
     report.peak_txn_bytes = txns.peak_held;
     report.max_txn_id = txns.max_txn_id;
     report.next_lsn = plan.next_lsn;
-    Ok(report)
+    Ok((report, repaired))
+}
+
+/// What [`apply`] did that the log's new state depends on.
+#[derive(Debug, Default)]
+struct Applied {
+    /// The witness of the segment the log now ends in, lowered.
+    lowered: Option<Witness>,
+    /// The fresh last segment started, with its header.
+    fresh: Option<(PathBuf, SegmentHeader)>,
+    /// Where segments were set aside.
+    set_aside: Vec<PathBuf>,
+}
+
+/// The log after `plan` was applied: the segments not set aside (and the fresh one), and
+/// where the last one's records end.
+fn repaired(
+    segments: &[SegmentFile],
+    plan: &Plan,
+    ends: &BTreeMap<usize, SegmentEnd>,
+    applied: Applied,
+) -> Result<Repaired> {
+    let remaining: Vec<usize> = (0..segments.len())
+        .filter(|i| !plan.aside.contains(i))
+        .collect();
+    let mut kept: Vec<SegmentFile> = remaining.iter().map(|&i| segments[i].clone()).collect();
+    let end = match (applied.fresh, remaining.last()) {
+        (Some((path, header)), _) => {
+            kept.push(SegmentFile {
+                path,
+                first_lsn: header.first_lsn,
+            });
+            kept.sort_by_key(|s| s.first_lsn);
+            Some(LogEnd {
+                header,
+                offset: segment::HEADER_BLOCK_LEN,
+                witness: None,
+            })
+        }
+        (None, Some(&last)) => {
+            let end = ends.get(&last).ok_or_else(|| {
+                Error::Internal(format!(
+                    "the log ends in {}, whose records were never read",
+                    segments[last].path.display()
+                ))
+            })?;
+            Some(LogEnd {
+                header: end.header,
+                offset: end.offset,
+                witness: applied.lowered.or(end.witness),
+            })
+        }
+        (None, None) => None,
+    };
+    Ok(Repaired {
+        segments: kept,
+        end,
+        set_aside: applied.set_aside,
+    })
 }
 
 /// The size of a fresh segment: the log's own, from a header that read back, else from the
@@ -159,7 +231,8 @@ fn apply(
     segments: &[SegmentFile],
     plan: &Plan,
     report: &mut RecoveryReport,
-) -> Result<()> {
+) -> Result<Applied> {
+    let mut applied = Applied::default();
     let held_back = match plan.fresh {
         Some((_, first_lsn, _)) => plan
             .aside
@@ -171,7 +244,8 @@ fn apply(
     };
     for &index in plan.aside.iter().rev() {
         if Some(index) != held_back {
-            set_aside(storage, dir, &segments[index].path, report)?;
+            let aside = set_aside(storage, dir, &segments[index].path, report)?;
+            applied.set_aside.push(aside);
         }
     }
     // Zeroed (and synced) before the witness is lowered: until the lowered claim is durable,
@@ -182,20 +256,23 @@ fn apply(
         report.bytes_truncated += zero_tail(storage, &segments[index].path, offset)?;
     }
     if let Some((index, end)) = plan.lower_witness {
-        lower_witness(storage, &segments[index].path, &end, plan.walked)?;
+        applied.lowered = Some(lower_witness(storage, &segments[index].path, &end, plan.walked)?);
     }
     if let Some((database_id, first_lsn, bytes)) = plan.fresh {
         let replaced = held_back.filter(|&i| segments[i].first_lsn == first_lsn);
         if let Some(index) = replaced {
-            keep_aside(storage, dir, &segments[index].path, report)?;
+            let aside = keep_aside(storage, dir, &segments[index].path, report)?;
+            applied.set_aside.push(aside);
         }
-        let path = segment::create_empty(storage, dir, database_id, first_lsn, bytes)?;
+        let (path, header) = segment::create_empty(storage, dir, database_id, first_lsn, bytes)?;
         tracing::warn!(segment = %path.display(), first_lsn, "started a fresh segment after recovery");
+        applied.fresh = Some((path, header));
         if let Some(index) = held_back.filter(|i| Some(*i) != replaced) {
-            set_aside(storage, dir, &segments[index].path, report)?;
+            let aside = set_aside(storage, dir, &segments[index].path, report)?;
+            applied.set_aside.push(aside);
         }
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// The name a segment is set aside under: `<name>.discarded`, or `<name>.<n>.discarded`
@@ -223,13 +300,14 @@ fn set_aside(
     dir: &Path,
     path: &Path,
     report: &mut RecoveryReport,
-) -> Result<()> {
+) -> Result<PathBuf> {
+    let aside = aside_name(path);
     storage
-        .rename(path, &aside_name(path))
+        .rename(path, &aside)
         .map_err(|e| keel_wal::Error::io("setting aside segment", path, e))?;
     fsutil::sync_dir(storage, dir)?;
     report.segments_discarded.push(path.to_path_buf());
-    Ok(())
+    Ok(aside)
 }
 
 /// Keeps a segment's bytes under its discarded name (a hard link) while its own name is about
@@ -239,12 +317,13 @@ fn keep_aside(
     dir: &Path,
     path: &Path,
     report: &mut RecoveryReport,
-) -> Result<()> {
-    std::fs::hard_link(path, aside_name(path))
+) -> Result<PathBuf> {
+    let aside = aside_name(path);
+    std::fs::hard_link(path, &aside)
         .map_err(|e| keel_wal::Error::io("setting aside segment", path, e))?;
     fsutil::sync_dir(storage, dir)?;
     report.segments_discarded.push(path.to_path_buf());
-    Ok(())
+    Ok(aside)
 }
 
 /// What [`apply`] would do, in the report, with nothing changed: the segments it would set
@@ -288,7 +367,7 @@ fn lower_witness(
     path: &Path,
     end: &SegmentEnd,
     next_lsn: Lsn,
-) -> Result<()> {
+) -> Result<Witness> {
     let current = end
         .witness
         .expect("planned only for a segment with a witness");
@@ -310,7 +389,7 @@ fn lower_witness(
         segment = %path.display(), from = current.durable_lsn, to = lowered.durable_lsn,
         "lowered the durable witness to where the log now ends"
     );
-    Ok(())
+    Ok(lowered)
 }
 
 /// Zeroes `path` from `offset` to its end and syncs it; returns the non-zero bytes zeroed.

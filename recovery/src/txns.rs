@@ -38,7 +38,7 @@
 
 use std::collections::HashMap;
 
-use keel_wal::{ArchivedWalEntry, EntryKind, Lsn, RunId, TxnId};
+use keel_wal::{ArchivedWalEntry, EntryKind, Lsn, RecordPosition, RunId, TxnId};
 use rkyv::util::AlignedVec;
 
 use crate::policy::Finding;
@@ -63,13 +63,15 @@ pub trait Replay {
         Ok(())
     }
 
-    /// A `Payload` entry at `lsn` (a record of a component built on the log), in log order.
+    /// A `Payload` entry (a record of a component built on the log), in log order, with
+    /// where it sits: enough for the component to read it back alone later
+    /// (`Wal::read_record`) instead of keeping it.
     fn payload(
         &mut self,
-        lsn: Lsn,
+        position: RecordPosition,
         entry: &ArchivedWalEntry,
     ) -> std::result::Result<(), ReplayError> {
-        let _ = (lsn, entry);
+        let _ = (position, entry);
         Ok(())
     }
 }
@@ -173,13 +175,14 @@ impl TxnTable {
     /// not read whole (it is dropped and counted, never applied).
     pub fn record(
         &mut self,
-        lsn: Lsn,
+        position: RecordPosition,
         entry: &ArchivedWalEntry,
         payload: &[u8],
         replay: &mut impl Replay,
     ) -> Result<Option<Finding>> {
+        let lsn = position.lsn;
         let Some(txn_id) = entry.txn_id() else {
-            self.untransacted(lsn, entry, replay)?;
+            self.untransacted(position, entry, replay)?;
             return Ok(None);
         };
         let key = (entry.run_id(), txn_id);
@@ -212,10 +215,11 @@ impl TxnTable {
     /// A `Checkpoint` or `Payload`: counted, handed over unless the snapshot covers it.
     fn untransacted(
         &mut self,
-        lsn: Lsn,
+        position: RecordPosition,
         entry: &ArchivedWalEntry,
         replay: &mut impl Replay,
     ) -> Result<()> {
+        let lsn = position.lsn;
         let payload = entry.kind() == EntryKind::Payload;
         if payload {
             self.counts.payloads += 1;
@@ -226,7 +230,7 @@ impl TxnTable {
             return Ok(());
         }
         let outcome = if payload {
-            replay.payload(lsn, entry)
+            replay.payload(position, entry)
         } else {
             replay.checkpoint(lsn, entry)
         };

@@ -197,7 +197,7 @@ impl<'a, R: Replay> Walk<'a, R> {
                     offset: segment::HEADER_BLOCK_LEN,
                 },
             );
-            let reader = SegmentReader::from_file(file, segment)?;
+            let reader = SegmentReader::with_header(file, segment, header)?;
             if let Some(cut) = self.records(reader, index, segment, &header, last)? {
                 return Ok(Some(cut));
             }
@@ -325,7 +325,7 @@ impl<'a, R: Replay> Walk<'a, R> {
                     let offset = record.offset;
                     let partial =
                         self.txns
-                            .record(record.lsn, record.entry, record.payload, self.replay)?;
+                            .record(record.position(), record.entry, record.payload, self.replay)?;
                     if let Some(finding) = partial {
                         // Skip (dropped and counted) or refuse: nothing to cut.
                         self.judge(&segment.path, offset, finding)?;

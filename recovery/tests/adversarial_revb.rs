@@ -31,7 +31,7 @@ fn run(
 /// two writes and its `CommitSpan`, acknowledged under `Strict` (after an fdatasync).
 /// Returns its commit LSN.
 fn commit_one_acknowledged(dir: &Path, txn_id: u64) -> Lsn {
-    let wal = Wal::open(dir, common::options()).unwrap();
+    let wal = keel_recovery::open_wal(dir, common::options()).unwrap();
     let first = wal.next_lsn();
     let entries = vec![
         common::write(1, txn_id, "after-recovery-0", 10),
@@ -129,7 +129,7 @@ fn a_crash_between_setting_aside_every_segment_and_the_fresh_one_restarts_lsns()
     let last = common::segments(&original).pop().unwrap();
     let f = common::first_lsn_of(&last);
     {
-        let wal = Wal::open(&original, common::options()).unwrap();
+        let wal = keel_recovery::open_wal(&original, common::options()).unwrap();
         assert!(wal.remove_segments_before(f).unwrap() >= 2);
         wal.close().unwrap();
     }
@@ -152,7 +152,7 @@ fn a_crash_between_setting_aside_every_segment_and_the_fresh_one_restarts_lsns()
     aside.push(keel_recovery::DISCARDED_SUFFIX);
     std::fs::hard_link(crashed.join(&name), crashed.join(aside)).unwrap();
     let (report, _) = run(&crashed, RecoveryPolicy::PointInTime, None);
-    let wal = Wal::open(&crashed, common::options()).unwrap();
+    let wal = keel_recovery::open_wal(&crashed, common::options()).unwrap();
     let next = wal.next_lsn();
     wal.close().unwrap();
     assert_eq!(
@@ -177,7 +177,7 @@ fn an_overlapping_segment_ending_inside_an_earlier_one_invents_a_gap() {
     };
     // The log: transactions of three writes and a CommitSpan (txn t at LSNs 4t+1..=4t+4).
     let log = base.path().join("log");
-    let wal = Wal::open(&log, options.clone()).unwrap();
+    let wal = keel_recovery::open_wal(&log, options.clone()).unwrap();
     for t in 0..80 {
         common::append_span_txn(&wal, 1, t, 3, 1000);
     }
@@ -194,7 +194,7 @@ fn an_overlapping_segment_ending_inside_an_earlier_one_invents_a_gap() {
     // Another log of the same database, with large records: its second segment starts and
     // ends well inside the first log's first segment.
     let other = base.path().join("other");
-    let wal = Wal::open(&other, options).unwrap();
+    let wal = keel_recovery::open_wal(&other, options).unwrap();
     for i in 0..10u8 {
         let entry = WalEntry::Payload {
             run_id: RunId::from_u128(2),

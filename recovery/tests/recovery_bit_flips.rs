@@ -40,7 +40,7 @@ fn tiny_options() -> WalOptions {
 }
 
 fn build(dir: &Path) -> Vec<Segment> {
-    let wal = Wal::open(dir, tiny_options()).unwrap();
+    let wal = keel_recovery::open_wal(dir, tiny_options()).unwrap();
     for t in 0..40 {
         wal.append(&common::txn(1, t, 1, 60)).wait().unwrap();
     }

@@ -35,7 +35,7 @@ fn counted(report: &RecoveryReport) -> u64 {
 #[test]
 fn a_commit_span_whose_head_segment_is_missing_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), common::options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), common::options()).unwrap();
     let begin = wal.next_lsn();
     wal.append(&[common::begin_txn(1, 7)]).wait().unwrap();
     let mut spans = Vec::new();
@@ -194,7 +194,7 @@ fn a_transaction_beginning_right_after_a_gap() {
 #[test]
 fn a_spilled_transaction_whose_begin_was_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), common::options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), common::options()).unwrap();
     common::append_span_txn(&wal, 1, 1, 1, 10);
     let begin = wal.next_lsn();
     wal.append(&[common::begin_txn(1, 7)]).wait().unwrap();

@@ -221,7 +221,7 @@ fn a_log_whose_only_segment_is_unreadable_continues_above_the_snapshot() {
         let report = recover_with(&copy, options(RecoveryPolicy::Absolute), &mut sink).unwrap();
         assert!(report.is_clean(), "{policy}: {report}");
         assert_eq!(report.next_lsn, 21);
-        let wal = Wal::open(&copy, common::options()).unwrap();
+        let wal = keel_recovery::open_wal(&copy, common::options()).unwrap();
         assert_eq!(wal.append(&common::txn(1, 50, 1, 10)).wait().unwrap(), 22);
         wal.close().unwrap();
     }
@@ -306,7 +306,7 @@ fn payload() -> WalEntry {
 /// Transaction 0 (LSNs 1-2), a checkpoint (3), a payload (4), transaction 1 (5-6), a
 /// checkpoint (7).
 fn mixed_log(dir: &Path) {
-    let wal = Wal::open(dir, common::options()).unwrap();
+    let wal = keel_recovery::open_wal(dir, common::options()).unwrap();
     wal.append(&common::txn(1, 0, 1, 10)).wait().unwrap();
     wal.append(&[checkpoint(2), payload()]).wait().unwrap();
     wal.append(&common::txn(1, 1, 1, 10)).wait().unwrap();
@@ -400,7 +400,7 @@ fn a_sink_failing_on_a_checkpoint_or_payload_is_named_as_such_and_nothing_change
 #[test]
 fn a_commit_with_no_entries_is_applied_empty_at_its_own_lsn() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), common::options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), common::options()).unwrap();
     wal.append(&[common::commit(1, 5)]).wait().unwrap();
     wal.append(&common::txn(1, 6, 1, 10)).wait().unwrap();
     wal.close().unwrap();
@@ -423,7 +423,7 @@ fn reports_of_no_log_and_of_an_empty_log_say_so() {
     assert!(none.is_clean());
 
     let dir = tempfile::tempdir().unwrap();
-    Wal::open(dir.path(), common::options())
+    keel_recovery::open_wal(dir.path(), common::options())
         .unwrap()
         .close()
         .unwrap();

@@ -33,7 +33,7 @@ fn a_repair_that_cannot_be_completed_is_not_started() {
 #[test]
 fn a_partial_transaction_is_refused_before_a_torn_tail_is_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = keel_wal::Wal::open(dir.path(), common::options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), common::options()).unwrap();
     let begin = wal.next_lsn();
     wal.append(&[common::begin_txn(1, 7)]).wait().unwrap();
     for t in 100..160 {

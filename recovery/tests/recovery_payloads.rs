@@ -31,7 +31,7 @@ impl Replay for Seen {
 #[test]
 fn payloads_are_replayed_in_order_beside_transactions() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), WalOptions::default()).unwrap();
     let run_id = RunId::from_u128(3);
     let mut expected = Vec::new();
     for i in 0..20u32 {

@@ -37,7 +37,7 @@ fn first_lsn_of(path: &Path) -> u64 {
 
 /// Appends work after recovery and land at `next_lsn`.
 fn appends_continue(dir: &Path, next_lsn: u64) {
-    let wal = Wal::open(dir, common::options()).unwrap();
+    let wal = keel_recovery::open_wal(dir, common::options()).unwrap();
     let lsn = wal.append(&common::txn(5, 900, 1, 10)).wait().unwrap();
     assert_eq!(lsn, next_lsn + 1);
     wal.close().unwrap();
@@ -274,7 +274,7 @@ fn overlapping_segments_are_read_once() {
     let segments = log(&ours);
     std::fs::create_dir_all(&other).unwrap();
     std::fs::copy(ours.join("IDENTITY"), other.join("IDENTITY")).unwrap();
-    let wal = Wal::open(
+    let wal = keel_recovery::open_wal(
         &other,
         keel_wal::WalOptions {
             segment_bytes: 48 * 1024,

@@ -17,7 +17,7 @@ fn a_cut_at_every_byte_of_the_last_batch_recovers_the_longest_prefix() {
     let base = tempfile::tempdir().unwrap();
     let log = base.path().join("log");
     common::committed_log(&log, 11, 2, 40);
-    let wal = Wal::open(&log, common::unwitnessed()).unwrap();
+    let wal = keel_recovery::open_wal(&log, common::unwitnessed()).unwrap();
     wal.append(&common::txn(1, 11, 2, 40)).wait().unwrap();
     wal.close().unwrap();
     let last_segment = common::segments(&log).pop().unwrap();
@@ -91,7 +91,7 @@ fn a_cut_at_every_byte_of_the_last_batch_recovers_the_longest_prefix() {
         assert!(second.is_clean() && second.bytes_truncated == 0, "{second}");
         assert_eq!(again.applied, sink.applied);
         // Appends continue at the right LSN, and a reopen sees prefix + new appends.
-        let wal = Wal::open(&dir, common::options()).unwrap();
+        let wal = keel_recovery::open_wal(&dir, common::options()).unwrap();
         let lsn = wal.append(&common::txn(2, 500, 1, 8)).wait().unwrap();
         assert_eq!(lsn, first_lsn + survivors + 1, "cut at {cut}");
         wal.close().unwrap();
@@ -111,7 +111,7 @@ fn a_stale_record_beyond_the_cut_never_comes_back() {
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("log");
     {
-        let wal = Wal::open(&dir, common::unwitnessed()).unwrap();
+        let wal = keel_recovery::open_wal(&dir, common::unwitnessed()).unwrap();
         for t in 0..3 {
             wal.append(&common::txn(1, t, 1, 30)).wait().unwrap();
         }
@@ -149,7 +149,7 @@ fn a_stale_record_beyond_the_cut_never_comes_back() {
     }
     // Appends of the same encoded size as the torn unit: if the old bytes were still there,
     // transaction 4's records would line up at exactly the LSNs expected next.
-    let wal = Wal::open(&dir, common::options()).unwrap();
+    let wal = keel_recovery::open_wal(&dir, common::options()).unwrap();
     wal.append(&common::txn(9, 3, 1, 30)).wait().unwrap();
     wal.close().unwrap();
     let mut after = Collect::default();

@@ -25,7 +25,7 @@ fn abort(run: u128, txn_id: u64) -> WalEntry {
 #[test]
 fn interleaved_aborted_and_incomplete_transactions() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), common::options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), common::options()).unwrap();
     // Run 1: transactions 10 and 11 interleaved; 11 commits first. Transaction 12 aborts,
     // 13 never ends. Run 2 reuses txn id 10: a different transaction.
     let units: Vec<Vec<WalEntry>> = vec![
@@ -86,7 +86,7 @@ fn interleaved_aborted_and_incomplete_transactions() {
 #[test]
 fn a_transaction_spanning_segments_is_applied_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), common::options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), common::options()).unwrap();
     wal.append(&[begin(1, 7)]).wait().unwrap();
     // ~200 KiB of writes in separate units: crosses several 64 KiB segments.
     for i in 0..50 {

@@ -72,7 +72,7 @@ fn damage_to_the_last_acknowledged_record_is_refused_once_the_writer_went_idle()
         witness_idle: Some(Duration::from_millis(1)),
         ..common::options()
     };
-    let wal = Wal::open(&live, options).unwrap();
+    let wal = keel_recovery::open_wal(&live, options).unwrap();
     for t in 0..5 {
         wal.append(&common::txn(1, t, 1, 60)).wait().unwrap();
     }
@@ -125,7 +125,7 @@ fn a_cut_below_the_witness_lowers_it_so_a_later_torn_tail_is_cut() {
     let lowered = witness_of(&segment_path).unwrap();
     assert_eq!((lowered.durable_lsn, lowered.end_offset), (6, cut_offset));
     // New records 7 to 10 where the cut was, no witness written after them; then torn.
-    let wal = Wal::open(dir, common::unwitnessed()).unwrap();
+    let wal = keel_recovery::open_wal(dir, common::unwitnessed()).unwrap();
     for t in 20..22 {
         wal.append(&common::txn(2, t, 1, 60)).wait().unwrap();
     }
@@ -162,7 +162,7 @@ fn a_sealed_segment_ending_below_its_witness_is_damaged() {
     let sealed = common::segments(dir).pop().unwrap();
     assert_eq!(witness_of(&sealed).unwrap().durable_lsn, 6);
     // Enough to rotate into new segments (64 KiB segments).
-    let wal = Wal::open(dir, common::options()).unwrap();
+    let wal = keel_recovery::open_wal(dir, common::options()).unwrap();
     for t in 3..40 {
         wal.append(&common::txn(1, t, 1, 3000)).wait().unwrap();
     }

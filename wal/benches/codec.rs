@@ -63,7 +63,7 @@ fn read(c: &mut Criterion) {
         segment_bytes: 32 << 20,
         ..WalOptions::default()
     };
-    let wal = Wal::open(dir.path(), options).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
     for chunk in 0..entries / 100 {
         let unit: Vec<WalEntry> = (0..100)
             .map(|i| write_entry(128, chunk * 100 + i))

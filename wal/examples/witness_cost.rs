@@ -36,7 +36,7 @@ fn run_cell(
         witness_idle: witness.then_some(DEFAULT_WITNESS_IDLE),
         ..WalOptions::default()
     };
-    let wal = Arc::new(Wal::open(dir, options).expect("open the log"));
+    let wal = Arc::new(keel_recovery::open_wal(dir, options).expect("open the log"));
     let stop = Arc::new(AtomicBool::new(false));
     let commits = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

@@ -13,10 +13,13 @@
 //! - **Storage** ([`Storage`]): syncs, renames, removals, the lock and the backend factory,
 //!   passed in through the options; the real file system unless a test hands in another.
 //! - **Reading** ([`SegmentReader`], [`LogReader`]).
+//! - **Opening** is recovery's: keel-recovery validates every segment and repairs the tail,
+//!   then the log resumes where it left it ([`Wal::resume`], [`RecoveredLog`]); one lock, one
+//!   listing and one scan per open. `keel_recovery::open_wal` does both for a log used alone.
 //!
 //! ```no_run
-//! use keel_wal::{RunId, Wal, WalEntry, WalOptions};
-//! let wal = Wal::open("/tmp/keel-example/wal", WalOptions::default())?;
+//! use keel_wal::{RunId, WalEntry, WalOptions};
+//! let wal = keel_recovery::open_wal("/tmp/keel-example/wal", WalOptions::default())?;
 //! let run_id = RunId::from_u128(1);
 //! let lsn = wal
 //!     .append(&[
@@ -25,7 +28,7 @@
 //!     ])
 //!     .wait()?;
 //! assert_eq!(lsn, 2);
-//! # Ok::<(), keel_wal::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod backend;
@@ -65,7 +68,7 @@ pub use reader::{LogReader, OwnedRecord, RecordPosition, RecordRef, SegmentEvent
 pub use record::EncodedBatch;
 pub use stats::{BATCH_BUCKETS, WalStats};
 pub use storage::{Defects, FileSystem, Storage};
-pub use wal::{OpenSummary, Wal};
+pub use wal::{LogEnd, OpenSummary, RecoveredLog, Wal};
 pub use witness::{DurableProof, Witness};
 
 /// Commit futures and the log handle cross threads and runtimes.

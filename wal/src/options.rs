@@ -112,7 +112,7 @@ impl BackendChoice {
     }
 }
 
-/// Options of [`crate::Wal::open`].
+/// Options of a log ([`crate::Wal::resume`], and keel-recovery's `open_wal` and `open_log`).
 #[derive(Clone, Debug)]
 pub struct WalOptions {
     /// The default durability of commits; each commit may override it.

@@ -170,6 +170,12 @@ impl SegmentReader {
     /// Reads a segment through an already open file (read access is enough).
     pub fn from_file(file: File, segment: &SegmentFile) -> Result<Self> {
         let header = segment::read_header(&file, segment)?;
+        Self::with_header(file, segment, header)
+    }
+
+    /// Reads a segment whose header the caller has read and checked already (with
+    /// [`segment::read_header`]): the header is not read again.
+    pub fn with_header(file: File, segment: &SegmentFile, header: SegmentHeader) -> Result<Self> {
         let len = file
             .metadata()
             .map_err(|e| Error::io("reading metadata of", &segment.path, e))?

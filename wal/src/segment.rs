@@ -326,7 +326,7 @@ pub fn create_empty(
     database_id: DatabaseId,
     first_lsn: Lsn,
     segment_bytes: u64,
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, SegmentHeader)> {
     let tmp = dir.join(format!("{}.creating", file_name(first_lsn)));
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -348,7 +348,7 @@ pub fn create_empty(
         .map_err(|e| Error::io("generating salt for", &tmp, e))?;
     let path = dir.join(file_name(first_lsn));
     crate::writer::install_segment(storage, &file, &tmp, &path, &header)?;
-    Ok(path)
+    Ok((path, header))
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! The log handle: appending, syncing, reading back, closing; opening (lock, identity, tail
-//! repair) is in [`open`].
+//! The log handle: appending, syncing, reading back, closing; resuming it where a recovery
+//! left it is in [`resume`].
 
-mod open;
+mod resume;
+
+pub use resume::{LogEnd, RecoveredLog};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -66,7 +66,7 @@ fn an_open_refused_for_its_backend_has_already_repaired_the_tail_and_started_a_s
     let before = files(dir.path());
     let faults = Faults::new();
     faults.fail_uring_probe();
-    let result = Wal::open(
+    let result = keel_recovery::open_wal(
         dir.path(),
         WalOptions {
             segment_bytes: 128 * 1024,
@@ -106,7 +106,7 @@ fn an_open_refused_for_a_newer_format_has_already_deleted_spares() {
     // The newer writer's spare, of its own segment size.
     std::fs::write(dir.path().join("spare-3.ready"), vec![0u8; 128 * 1024]).unwrap();
     let before = files(dir.path());
-    let result = Wal::open(dir.path(), options());
+    let result = keel_recovery::open_wal(dir.path(), options());
     assert!(
         matches!(result, Err(Error::UnknownFormatVersion { .. })),
         "{result:?}"

@@ -78,7 +78,7 @@ fn check_read_back(log: &[(Lsn, WalEntry)], id: u64, lsns: &RangeInclusive<Lsn>,
 fn appends_report_consecutive_ranges_across_rotations() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         let mut units = Vec::new();
         let mut next = 1;
         for id in 0..200u64 {
@@ -109,7 +109,7 @@ fn concurrent_appenders_get_disjoint_ranges_in_their_own_order() {
     let seed = common::seed(16);
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Arc::new(Wal::open(dir.path(), common::small_options(backend)).unwrap());
+        let wal = Arc::new(keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap());
         let appenders: Vec<_> = (0..4u64)
             .map(|thread| {
                 let wal = Arc::clone(&wal);
@@ -169,7 +169,7 @@ fn a_refused_append_gets_no_lsns() {
             ..common::small_options(backend)
         };
         let limit = options.max_record_bytes;
-        let wal = Wal::open(dir.path(), options).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
         let refused = |appended: Appended| {
             assert_eq!(appended.lsns, None);
             assert_eq!(appended.first_lsn(), None);

@@ -58,7 +58,7 @@ fn every_entry_type_round_trips_through_a_segment() {
                     max_record_bytes: MAX_RECORD,
                     ..common::small_options(backend)
                 };
-                let wal = Wal::open(dir.path(), options).unwrap();
+                let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
                 let mut expected = Vec::new();
                 for unit in &units {
                     let last = wal.append(unit).wait().unwrap();
@@ -81,7 +81,7 @@ fn a_record_over_the_maximum_is_a_clear_error() {
             max_record_bytes: MAX_RECORD,
             ..common::small_options(backend)
         };
-        let wal = Wal::open(dir.path(), options).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
         let too_big = common::write(1, 1, "k", MAX_RECORD as usize);
         let err = wal.append(&[too_big]).wait().unwrap_err();
         assert!(

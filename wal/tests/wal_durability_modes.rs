@@ -43,7 +43,7 @@ fn batched_mode_syncs_on_its_timer_without_further_appends() {
                 max_delay,
                 max_bytes: u64::MAX,
             };
-            let wal = Wal::open(dir.path(), options(backend, durability)).unwrap();
+            let wal = keel_recovery::open_wal(dir.path(), options(backend, durability)).unwrap();
             let lsn = wal.append(&[common::write(1, 1, "k", 100)]).wait().unwrap();
             let stats = wal.stats();
             assert!(
@@ -70,7 +70,7 @@ fn batched_mode_syncs_once_max_bytes_are_unsynced() {
             max_delay: Duration::from_secs(3600),
             max_bytes: 4096,
         };
-        let wal = Wal::open(dir.path(), options(backend, durability)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options(backend, durability)).unwrap();
         let mut last = 0;
         for i in 0..20 {
             last = wal
@@ -91,7 +91,7 @@ fn async_resolves_at_enqueue_and_sync_makes_it_durable() {
         let durability = Durability::Async {
             max_delay: Duration::from_secs(3600),
         };
-        let wal = Wal::open(dir.path(), options(backend, durability)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options(backend, durability)).unwrap();
         let mut future = Box::pin(wal.append(&[common::write(1, 1, "k", 100)]));
         let mut cx = Context::from_waker(Waker::noop());
         // Resolved before the writer thread has had any say: nothing was written for it yet
@@ -123,7 +123,7 @@ fn a_strict_commit_inside_a_batched_log_waits_for_its_sync() {
             max_delay: Duration::from_secs(3600),
             max_bytes: u64::MAX,
         };
-        let wal = Wal::open(dir.path(), options(backend, durability)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options(backend, durability)).unwrap();
         let batched = wal.append(&[common::write(1, 1, "k", 10)]).wait().unwrap();
         assert!(wal.stats().durable_lsn < batched);
         let strict = wal
@@ -141,7 +141,7 @@ fn a_strict_commit_inside_a_batched_log_waits_for_its_sync() {
 fn sync_on_an_idle_durable_log_resolves_at_once() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), options(backend, Durability::Strict)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options(backend, Durability::Strict)).unwrap();
         assert_eq!(wal.sync().wait().unwrap(), 0);
         let lsn = wal.append(&[common::write(1, 1, "k", 10)]).wait().unwrap();
         assert_eq!(wal.sync().wait().unwrap(), lsn);

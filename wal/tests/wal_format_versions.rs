@@ -61,7 +61,7 @@ fn a_version_1_log_is_read_recovered_and_continued_in_version_2() {
         drop(file);
 
         let options = common::small_options(backend);
-        let wal = Wal::open(dir.path(), options.clone()).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options.clone()).unwrap();
         let summary = wal.open_summary().clone();
         assert_eq!(summary.next_lsn, 31, "{backend:?}");
         assert_eq!(summary.truncated_bytes, 100, "{backend:?}");
@@ -95,7 +95,7 @@ fn a_version_1_log_is_read_recovered_and_continued_in_version_2() {
         assert_eq!(records[30], (31, span));
 
         // The next open continues in the version-2 segment.
-        let wal = Wal::open(dir.path(), options).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
         wal.append(&[common::write(1, 31, "k", 10)]).wait().unwrap();
         wal.close().unwrap();
         assert_eq!(segments(dir.path()).len(), found.len(), "{backend:?}");
@@ -136,7 +136,7 @@ fn version_3_is_refused() {
             }
         )
     };
-    let err = Wal::open(dir.path(), options).unwrap_err();
+    let err = keel_recovery::open_wal(dir.path(), options).unwrap_err();
     assert!(refused(&err), "{err}");
     let err = LogReader::open(dir.path())
         .and_then(|mut r| r.next_record().map(|_| ()))

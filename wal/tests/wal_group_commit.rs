@@ -21,7 +21,7 @@ fn concurrent_strict_commits_are_each_acknowledged_once_and_survive_reopen() {
             durability: Durability::Strict,
             ..common::small_options(backend)
         };
-        let wal = Arc::new(Wal::open(dir.path(), options.clone()).unwrap());
+        let wal = Arc::new(keel_recovery::open_wal(dir.path(), options.clone()).unwrap());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .build()

@@ -29,7 +29,7 @@ fn dropping_without_close_keeps_every_acknowledged_commit() {
     for backend in common::backends() {
         for durability in modes {
             let dir = tempfile::tempdir().unwrap();
-            let wal = Wal::open(dir.path(), in_mode(backend, durability)).unwrap();
+            let wal = keel_recovery::open_wal(dir.path(), in_mode(backend, durability)).unwrap();
             let acked: Vec<u64> = (0..300)
                 .map(|i| wal.append(&[common::write(3, i, "k", 300)]).wait().unwrap())
                 .collect();
@@ -39,7 +39,7 @@ fn dropping_without_close_keeps_every_acknowledged_commit() {
                 .map(|(lsn, _)| *lsn)
                 .collect();
             assert_eq!(recovered, acked, "{backend:?} {durability:?}");
-            let wal = Wal::open(dir.path(), in_mode(backend, durability)).unwrap();
+            let wal = keel_recovery::open_wal(dir.path(), in_mode(backend, durability)).unwrap();
             assert_eq!(wal.stats().durable_lsn, 300, "reopened state is durable");
             assert_eq!(wal.next_lsn(), 301);
         }
@@ -50,7 +50,7 @@ fn dropping_without_close_keeps_every_acknowledged_commit() {
 fn a_ready_spare_is_reused_by_the_next_open() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         wal.append(&[common::write(1, 1, "k", 10)]).wait().unwrap();
         let spares = |dir: &std::path::Path| keel_wal::segment::list_directory(dir).unwrap().spares;
         let ready = |dir: &std::path::Path| {
@@ -71,7 +71,7 @@ fn a_ready_spare_is_reused_by_the_next_open() {
         let before = spares(dir.path());
         assert_eq!(before.len(), 1, "one ready spare after close: {before:?}");
         assert!(before[0].to_string_lossy().ends_with(".ready"));
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         // Fill the segment so the next append rotates into the reused spare.
         for i in 0..200 {
             wal.append(&[common::write(1, i, "k", 400)]).wait().unwrap();
@@ -94,7 +94,7 @@ fn rotation_works_without_a_background_preallocator() {
             preallocate: false,
             ..common::small_options(backend)
         };
-        let wal = Wal::open(dir.path(), options).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
         for i in 0..500 {
             wal.append(&[common::write(1, i, "k", 400)]).wait().unwrap();
         }
@@ -113,7 +113,7 @@ fn rotation_works_without_a_background_preallocator() {
 fn a_large_unit_spanning_segments_is_written_whole() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         let unit: Vec<_> = (0..400)
             .map(|i| common::write(2, 9, &format!("k{i}"), 1000))
             .collect();

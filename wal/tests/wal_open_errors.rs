@@ -27,12 +27,12 @@ fn patch(path: &Path, offset: u64, bytes: &[u8]) {
 fn a_second_opener_gets_a_locked_error() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Wal::open(dir.path(), common::small_options(backend)).unwrap();
-        let err = Wal::open(dir.path(), common::small_options(backend)).unwrap_err();
+        let first = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
+        let err = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap_err();
         assert!(matches!(err, Error::Locked { .. }), "{err}");
         assert!(err.to_string().contains("locked"), "{err}");
         drop(first);
-        Wal::open(dir.path(), common::small_options(backend))
+        keel_recovery::open_wal(dir.path(), common::small_options(backend))
             .unwrap()
             .close()
             .unwrap();
@@ -53,7 +53,7 @@ fn an_unknown_format_version_is_refused() {
     let crc = crc32fast::hash(&header[..HEADER_CRC_OFFSET]);
     header[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     patch(&path, 0, &header);
-    let err = Wal::open(
+    let err = keel_recovery::open_wal(
         dir.path(),
         common::small_options(keel_wal::BackendChoice::Std),
     )
@@ -91,7 +91,7 @@ fn a_segment_from_another_database_is_refused() {
     let crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
     bytes[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(ours.path().join(segment::file_name(4)), bytes).unwrap();
-    let err = Wal::open(ours.path(), options.clone()).unwrap_err();
+    let err = keel_recovery::open_wal(ours.path(), options.clone()).unwrap_err();
     assert!(matches!(err, Error::ForeignDatabase { .. }), "{err}");
     assert!(err.to_string().contains("belongs to database"), "{err}");
 
@@ -99,7 +99,7 @@ fn a_segment_from_another_database_is_refused() {
         database_id: Some(DatabaseId([9; 16])),
         ..options
     };
-    let err = Wal::open(theirs.path(), stranger).unwrap_err();
+    let err = keel_recovery::open_wal(theirs.path(), stranger).unwrap_err();
     assert!(matches!(err, Error::ForeignDatabase { .. }), "{err}");
 }
 
@@ -109,7 +109,7 @@ fn a_zeroed_or_damaged_segment_header_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     make_log(dir.path(), options.clone(), 3);
     patch(&first_segment(dir.path()), 0, &[0u8; 4096]);
-    let err = Wal::open(dir.path(), options.clone()).unwrap_err();
+    let err = keel_recovery::open_wal(dir.path(), options.clone()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -133,7 +133,7 @@ fn a_zeroed_or_damaged_segment_header_is_refused() {
         segment::SALT_OFFSET as u64,
         &[0xff],
     );
-    let err = Wal::open(dir.path(), options).unwrap_err();
+    let err = keel_recovery::open_wal(dir.path(), options).unwrap_err();
     assert!(
         matches!(
             err,
@@ -152,7 +152,7 @@ fn segments_without_an_identity_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     make_log(dir.path(), options.clone(), 3);
     std::fs::remove_file(dir.path().join(keel_wal::fsutil::IDENTITY_FILE)).unwrap();
-    let err = Wal::open(dir.path(), options).unwrap_err();
+    let err = keel_recovery::open_wal(dir.path(), options).unwrap_err();
     assert!(
         matches!(
             err,
@@ -173,7 +173,7 @@ fn invalid_options_are_refused() {
         ..WalOptions::default()
     };
     assert!(matches!(
-        Wal::open(dir.path(), tiny),
+        keel_recovery::open_wal(dir.path(), tiny),
         Err(Error::InvalidOptions(_))
     ));
     let huge_record = WalOptions {
@@ -182,7 +182,7 @@ fn invalid_options_are_refused() {
         ..WalOptions::default()
     };
     assert!(matches!(
-        Wal::open(dir.path(), huge_record),
+        keel_recovery::open_wal(dir.path(), huge_record),
         Err(Error::InvalidOptions(_))
     ));
 }
@@ -193,7 +193,7 @@ fn unknown_files_are_reported_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     make_log(dir.path(), options.clone(), 3);
     std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
-    let wal = Wal::open(dir.path(), options).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
     assert_eq!(
         wal.open_summary().unknown_files,
         vec![dir.path().join("notes.txt")]

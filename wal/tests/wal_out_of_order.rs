@@ -20,7 +20,7 @@ fn open(dir: &std::path::Path, backend: keel_wal::BackendChoice, faults: &Arc<Fa
         storage: Arc::clone(faults) as _,
         ..common::small_options(backend)
     };
-    Arc::new(Wal::open(dir, options).unwrap())
+    Arc::new(keel_recovery::open_wal(dir, options).unwrap())
 }
 
 /// Each thread queues all its appends without waiting (so chains pile up in flight), then

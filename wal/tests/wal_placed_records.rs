@@ -52,7 +52,7 @@ fn fill(wal: &Wal) -> Vec<(WalEntry, RecordPosition)> {
 fn placed_records_read_back_by_position() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         let placed = fill(&wal);
         assert!(wal.stats().rotations >= 2, "the test should cross segments");
         for (i, (entry, position)) in placed.iter().enumerate() {
@@ -64,7 +64,7 @@ fn placed_records_read_back_by_position() {
         wal.close().unwrap();
 
         // The positions stay valid after a reopen, and a reader reports the same ones.
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         let mut reader = LogReader::open(dir.path()).unwrap();
         let mut seen = 0;
         while let Some(found) = reader.next_record().unwrap() {
@@ -86,7 +86,7 @@ fn placed_records_read_back_by_position() {
 fn a_position_that_names_another_record_is_refused() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         let placed = fill(&wal);
         let (_, first) = placed[0];
         let (_, second) = placed[1];
@@ -133,7 +133,7 @@ fn damage_under_a_position_is_reported() {
     use std::os::unix::fs::FileExt;
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         let placed = fill(&wal);
         let (_, target) = placed[5];
         wal.close().unwrap();
@@ -144,7 +144,7 @@ fn damage_under_a_position_is_reported() {
         // A byte of the payload (the record header is 32 bytes).
         file.write_all_at(&[0xff], target.offset + 40).unwrap();
         drop(file);
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         match wal.read_record(target) {
             Err(Error::Corruption { reason, .. }) => assert!(
                 matches!(reason, CorruptionReason::RecordBodyChecksum { .. }),
@@ -162,7 +162,7 @@ fn damage_under_a_position_is_reported() {
 fn removed_segments_are_not_read() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         let placed = fill(&wal);
         let (_, first) = placed[0];
         wal.read_record(first).unwrap();

@@ -36,7 +36,7 @@ fn poison_scenario(fail: impl Fn(&Faults), operation: &str) {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
         let faults = Faults::new();
-        let wal = Wal::open(dir.path(), options(backend, &faults)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options(backend, &faults)).unwrap();
         let durable: Vec<u64> = (0..10)
             .map(|i| wal.append(&[common::write(1, i, "ok", 50)]).wait().unwrap())
             .collect();
@@ -59,7 +59,7 @@ fn poison_scenario(fail: impl Fn(&Faults), operation: &str) {
         );
         assert_poisoned(&wal.close().unwrap_err(), operation);
 
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         let lsns: Vec<u64> = common::read_all(dir.path())
             .iter()
             .map(|(lsn, _)| *lsn)
@@ -92,7 +92,7 @@ fn pending_commits_of_a_failed_batch_all_fail() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
         let faults = Faults::new();
-        let wal = Arc::new(Wal::open(dir.path(), options(backend, &faults)).unwrap());
+        let wal = Arc::new(keel_recovery::open_wal(dir.path(), options(backend, &faults)).unwrap());
         faults.fail_sync_after(3);
         let threads: Vec<_> = (0..8)
             .map(|t| {

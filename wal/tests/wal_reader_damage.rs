@@ -29,7 +29,7 @@ fn pristine(
         witness_idle: witness.then_some(keel_wal::DEFAULT_WITNESS_IDLE),
         ..common::small_options(keel_wal::BackendChoice::Std)
     };
-    let wal = Wal::open(dir.path(), options).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
     let entries: Vec<WalEntry> = (0..count)
         .map(|i| {
             common::write(
@@ -131,7 +131,7 @@ fn damage_one_log(seed: u64, durability: keel_wal::Durability, witness: bool) {
                 prop_assert_eq!(record.entry.to_owned_entry(), entries[seen].clone());
                 seen += 1;
             }
-            match Wal::open(
+            match keel_recovery::open_wal(
                 dir.path(),
                 common::small_options(keel_wal::BackendChoice::Std),
             ) {

@@ -17,7 +17,7 @@ fn options() -> WalOptions {
 #[test]
 fn an_empty_append_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), options()).unwrap();
     let error = wal.append(&[]).wait().unwrap_err();
     assert!(matches!(error, Error::Encode(_)), "{error}");
     assert!(error.to_string().contains("at least one entry"), "{error}");
@@ -37,7 +37,7 @@ fn a_batch_framed_for_a_larger_limit_is_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
     let options = options();
     let limit = options.max_record_bytes;
-    let wal = Wal::open(dir.path(), options).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
     let entries = [
         common::write(1, 1, "small", 10),
         common::write(1, 1, "big", limit as usize + 100),
@@ -75,15 +75,15 @@ fn a_reader_refuses_another_databases_segment() {
     common::filled_log(ours.path(), options(), 3, 50);
     common::filled_log(theirs.path(), options(), 5, 50);
     let id = {
-        let wal = Wal::open(ours.path(), options()).unwrap();
+        let wal = keel_recovery::open_wal(ours.path(), options()).unwrap();
         let id = wal.database_id();
         wal.close().unwrap();
         id
     };
-    let reopened = Wal::open(ours.path(), options()).unwrap();
+    let reopened = keel_recovery::open_wal(ours.path(), options()).unwrap();
     assert_eq!(reopened.database_id(), id);
     reopened.close().unwrap();
-    let other = Wal::open(theirs.path(), options()).unwrap();
+    let other = keel_recovery::open_wal(theirs.path(), options()).unwrap();
     assert_ne!(other.database_id(), id);
     other.close().unwrap();
 
@@ -116,7 +116,7 @@ fn a_reader_refuses_another_databases_segment() {
 #[test]
 fn every_entry_keeps_its_run_and_kind() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), options()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), options()).unwrap();
     let run = |n: u128| RunId::from_u128(0x1000 + n);
     let entries = vec![
         WalEntry::BeginTxn {

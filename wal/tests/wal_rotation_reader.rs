@@ -9,7 +9,7 @@ use keel_wal::{Wal, WalEntry};
 fn reader_walks_many_segments_in_lsn_order() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         let mut expected: Vec<WalEntry> = Vec::new();
         for i in 0..600u64 {
             let unit = vec![
@@ -41,7 +41,7 @@ fn reader_walks_many_segments_in_lsn_order() {
         let entries: Vec<WalEntry> = records.into_iter().map(|(_, e)| e).collect();
         assert_eq!(entries, expected);
 
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         assert_eq!(wal.next_lsn(), expected.len() as u64 + 1);
         let lsn = wal
             .append(&[common::write(7, 9999, "after", 10)])

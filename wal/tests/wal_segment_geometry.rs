@@ -52,7 +52,7 @@ fn append(wal: &Wal, count: u64, len: usize) -> u64 {
 }
 
 fn reopened_next_lsn(dir: &Path, options: WalOptions) -> u64 {
-    let wal = Wal::open(dir, options).unwrap();
+    let wal = keel_recovery::open_wal(dir, options).unwrap();
     let next = wal.next_lsn();
     wal.close().unwrap();
     next
@@ -64,10 +64,10 @@ fn growing_segments_take_effect_at_a_fresh_segment() {
         let dir = tempfile::tempdir().unwrap();
         let small = options(backend, 64 * 1024, 16 * 1024);
         let large = options(backend, 256 * 1024, 128 * 1024);
-        let wal = Wal::open(dir.path(), small).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), small).unwrap();
         append(&wal, 3, 1000);
         wal.close().unwrap();
-        let wal = Wal::open(dir.path(), large.clone()).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), large.clone()).unwrap();
         // Larger than the old size; then enough to rotate in the new size.
         assert_eq!(append(&wal, 1, 100 * 1024), 4);
         assert_eq!(append(&wal, 6, 60 * 1024), 10);
@@ -99,10 +99,10 @@ fn shrinking_segments_take_effect_at_a_fresh_segment() {
         let dir = tempfile::tempdir().unwrap();
         let large = options(backend, 256 * 1024, 128 * 1024);
         let small = options(backend, 64 * 1024, 16 * 1024);
-        let wal = Wal::open(dir.path(), large).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), large).unwrap();
         append(&wal, 2, 100 * 1024);
         wal.close().unwrap();
-        let wal = Wal::open(dir.path(), small.clone()).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), small.clone()).unwrap();
         assert_eq!(append(&wal, 20, 10 * 1024), 22);
         wal.close().unwrap();
         let sizes: Vec<u64> = headers(dir.path())
@@ -126,12 +126,12 @@ fn shrinking_segments_take_effect_at_a_fresh_segment() {
 fn an_empty_last_segment_of_another_size_is_replaced() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        Wal::open(dir.path(), options(backend, 64 * 1024, 16 * 1024))
+        keel_recovery::open_wal(dir.path(), options(backend, 64 * 1024, 16 * 1024))
             .unwrap()
             .close()
             .unwrap();
         let large = options(backend, 256 * 1024, 128 * 1024);
-        let wal = Wal::open(dir.path(), large).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), large).unwrap();
         assert_eq!(wal.open_summary().segments, 1, "{backend:?}");
         assert_eq!(append(&wal, 1, 100 * 1024), 1);
         wal.close().unwrap();
@@ -149,7 +149,7 @@ fn the_same_size_continues_in_the_last_segment() {
     let dir = tempfile::tempdir().unwrap();
     let same = options(BackendChoice::Std, 64 * 1024, 16 * 1024);
     for _ in 0..3 {
-        let wal = Wal::open(dir.path(), same.clone()).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), same.clone()).unwrap();
         append(&wal, 2, 100);
         wal.close().unwrap();
     }
@@ -162,7 +162,7 @@ fn the_same_size_continues_in_the_last_segment() {
 #[test]
 fn a_batch_framed_for_a_larger_limit_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(
+    let wal = keel_recovery::open_wal(
         dir.path(),
         options(BackendChoice::Std, 64 * 1024, 16 * 1024),
     )

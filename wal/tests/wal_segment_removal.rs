@@ -9,7 +9,7 @@ use keel_wal::{LogReader, Wal, segment};
 fn covered_segments_are_removed_and_the_log_goes_on() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         for i in 0..400u64 {
             wal.append(&[common::write(1, i, "k", 600)]).wait().unwrap();
         }
@@ -31,7 +31,7 @@ fn covered_segments_are_removed_and_the_log_goes_on() {
         assert_eq!(lsn, 401);
         wal.close().unwrap();
 
-        let wal = Wal::open(dir.path(), common::small_options(backend)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         assert_eq!(wal.next_lsn(), 402);
         wal.close().unwrap();
         let records = common::read_all(dir.path());

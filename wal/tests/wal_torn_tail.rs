@@ -32,7 +32,7 @@ fn append_unwitnessed(dir: &std::path::Path, lsn: u64) {
         witness_idle: None,
         ..common::small_options(keel_wal::BackendChoice::Std)
     };
-    let wal = Wal::open(dir, options).unwrap();
+    let wal = keel_recovery::open_wal(dir, options).unwrap();
     assert_eq!(wal.next_lsn(), lsn);
     wal.append(&[common::write(1, lsn, "k", 200)])
         .wait()
@@ -68,7 +68,7 @@ fn a_torn_last_record_is_cut_at_every_byte_and_never_resurrected() {
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&vec![0u8; end - cut], cut as u64)
             .unwrap();
-        let wal = Wal::open(
+        let wal = keel_recovery::open_wal(
             dir.path(),
             common::small_options(keel_wal::BackendChoice::Std),
         )
@@ -103,7 +103,7 @@ fn a_stale_record_beyond_a_cut_is_zeroed() {
     // the cut and must be zeroed, not resurrected after the next append.
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.write_all_at(&[0xee; 8], offsets[4] + 40).unwrap();
-    let wal = Wal::open(
+    let wal = keel_recovery::open_wal(
         dir.path(),
         common::small_options(keel_wal::BackendChoice::Std),
     )
@@ -126,7 +126,7 @@ fn damage_below_a_durable_mark_refuses_to_open() {
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     // Record 2 was durable before record 3 was written (Strict): record 3+ say so.
     file.write_all_at(&[0xee; 8], offsets[1] + 40).unwrap();
-    let err = Wal::open(
+    let err = keel_recovery::open_wal(
         dir.path(),
         common::small_options(keel_wal::BackendChoice::Std),
     )
@@ -160,7 +160,7 @@ fn damage_to_the_newest_witnessed_record_refuses_to_open() {
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let at = if damage[0] == 0 { last } else { last + 40 };
         file.write_all_at(&damage, at).unwrap();
-        let err = Wal::open(
+        let err = keel_recovery::open_wal(
             dir.path(),
             common::small_options(keel_wal::BackendChoice::Std),
         )

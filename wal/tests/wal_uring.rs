@@ -60,7 +60,7 @@ fn short_writes_are_reissued_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
     faults.uring_short_writes(true);
-    let wal = Arc::new(Wal::open(dir.path(), ring_options(&faults)).unwrap());
+    let wal = Arc::new(keel_recovery::open_wal(dir.path(), ring_options(&faults)).unwrap());
     assert_eq!(wal.backend(), BackendKind::Uring);
     let acked = commit_concurrently(&wal, 4, 150);
     assert!(
@@ -90,7 +90,7 @@ fn an_error_from_the_ring_poisons_and_keeps_what_was_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let faults = Faults::new();
         faults.fail_uring_write_after(fail_after);
-        let wal = Arc::new(Wal::open(dir.path(), ring_options(&faults)).unwrap());
+        let wal = Arc::new(keel_recovery::open_wal(dir.path(), ring_options(&faults)).unwrap());
         let results = commit_concurrently(&wal, 4, 40);
         let acked: Vec<u64> = results
             .iter()
@@ -116,7 +116,7 @@ fn an_error_from_the_ring_poisons_and_keeps_what_was_acknowledged() {
             Err(Error::Poisoned { .. })
         ));
         drop(wal);
-        let reopened = Wal::open(dir.path(), common::small_options(BackendChoice::Uring)).unwrap();
+        let reopened = keel_recovery::open_wal(dir.path(), common::small_options(BackendChoice::Uring)).unwrap();
         reopened.close().unwrap();
         let records = common::read_all(dir.path());
         let highest = acked.iter().copied().max().unwrap_or(0);
@@ -136,7 +136,7 @@ fn poisoned_by(operation: &str, errno: Option<i32>, arm: impl Fn(&Faults, u32)) 
         let dir = tempfile::tempdir().unwrap();
         let faults = Faults::new();
         arm(&faults, fail_after);
-        let wal = Arc::new(Wal::open(dir.path(), ring_options(&faults)).unwrap());
+        let wal = Arc::new(keel_recovery::open_wal(dir.path(), ring_options(&faults)).unwrap());
         let results = commit_concurrently(&wal, 4, 40);
         let highest = results
             .iter()
@@ -162,7 +162,7 @@ fn poisoned_by(operation: &str, errno: Option<i32>, arm: impl Fn(&Faults, u32)) 
             matches!(&closed, Err(Error::Poisoned { cause }) if cause.operation == operation),
             "fail_after {fail_after}: {closed:?}"
         );
-        let reopened = Wal::open(dir.path(), common::small_options(BackendChoice::Uring)).unwrap();
+        let reopened = keel_recovery::open_wal(dir.path(), common::small_options(BackendChoice::Uring)).unwrap();
         reopened.close().unwrap();
         let records = common::read_all(dir.path());
         assert!(
@@ -203,7 +203,7 @@ fn a_failed_probe_falls_back_to_std_unless_uring_was_required() {
         storage: Arc::clone(&faults) as _,
         ..common::small_options(BackendChoice::Auto)
     };
-    let wal = Wal::open(dir.path(), auto.clone()).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), auto.clone()).unwrap();
     assert_eq!(wal.backend(), BackendKind::Std);
     assert_eq!(wal.stats().backend, BackendKind::Std);
     wal.append(&[common::write(1, 1, "k", 10)]).wait().unwrap();
@@ -213,7 +213,7 @@ fn a_failed_probe_falls_back_to_std_unless_uring_was_required() {
         backend: BackendChoice::Uring,
         ..auto
     };
-    match Wal::open(dir.path(), required) {
+    match keel_recovery::open_wal(dir.path(), required) {
         Err(Error::BackendUnavailable { backend, reason }) => {
             assert_eq!(backend, "uring");
             let why = if cfg!(all(target_os = "linux", feature = "uring")) {
@@ -235,7 +235,7 @@ fn auto_runs_on_uring_where_it_is_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), common::small_options(BackendChoice::Auto)).unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), common::small_options(BackendChoice::Auto)).unwrap();
     assert_eq!(wal.stats().backend, BackendKind::Uring);
     wal.close().unwrap();
 }
@@ -252,7 +252,7 @@ fn seeded_workload(dir: &Path, backend: BackendChoice, seed: u64) {
         preallocate: false,
         ..common::small_options(backend)
     };
-    let wal = Wal::open(dir, options).unwrap();
+    let wal = keel_recovery::open_wal(dir, options).unwrap();
     let mut rng = common::SeededRng::new(seed);
     for txn in 0..300u64 {
         let entries: Vec<_> = (0..=rng.below(3))

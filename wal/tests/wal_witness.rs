@@ -74,7 +74,7 @@ fn an_idle_writer_witnesses_every_durable_record_alternating_slots() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
         let idle = Some(Duration::from_millis(1));
-        let wal = Wal::open(dir.path(), with_idle(backend, idle)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), with_idle(backend, idle)).unwrap();
         for i in 0..3 {
             wal.append(&[common::write(1, i, "k", 100)]).wait().unwrap();
         }
@@ -112,7 +112,7 @@ fn an_idle_writer_witnesses_every_durable_record_alternating_slots() {
 fn the_close_writes_the_witness_the_idle_delay_had_not_yet() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), with_idle(backend, Some(HOUR))).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), with_idle(backend, Some(HOUR))).unwrap();
         for i in 0..4 {
             wal.append(&[common::write(1, i, "k", 100)]).wait().unwrap();
         }
@@ -131,7 +131,7 @@ fn the_close_writes_the_witness_the_idle_delay_had_not_yet() {
 fn no_witness_is_written_when_it_is_turned_off() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), with_idle(backend, None)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), with_idle(backend, None)).unwrap();
         wal.append(&[common::write(1, 1, "k", 100)]).wait().unwrap();
         std::thread::sleep(Duration::from_millis(20));
         wal.close().unwrap();
@@ -180,14 +180,14 @@ fn a_failed_witness_sync_poisons_the_log() {
             storage: Arc::clone(&faults) as _,
             ..with_idle(backend, Some(HOUR))
         };
-        let wal = Wal::open(dir.path(), options).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
         wal.append(&[common::write(1, 1, "k", 100)]).wait().unwrap();
         match wal.close() {
             Err(Error::Poisoned { cause }) => assert_eq!(cause.operation, "fdatasync"),
             other => panic!("{backend:?}: expected the witness's sync to poison, got {other:?}"),
         }
         // The record was durable before; only the witness is in doubt.
-        let wal = Wal::open(dir.path(), with_idle(backend, None)).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), with_idle(backend, None)).unwrap();
         assert_eq!(wal.next_lsn(), 2);
         wal.close().unwrap();
     }
@@ -204,7 +204,7 @@ fn record_faults_do_not_count_witness_chains() {
             storage: Arc::clone(&faults) as _,
             ..with_idle(backend, Some(Duration::from_millis(1)))
         };
-        let wal = Wal::open(dir.path(), options).unwrap();
+        let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
         faults.fail_sync_after(1);
         wal.append(&[common::write(1, 1, "k", 100)]).wait().unwrap();
         // Had the witness's sync been counted, it would have failed and this never comes.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 
-use keel_recovery::{RecoveryOptions, RecoveryReport};
+use keel_recovery::RecoveryReport;
 use keel_wal::{Lsn, Storage, TxnId, Wal, WalOptions, fsutil};
 
 use super::{Database, Inner, Options};
@@ -43,8 +43,7 @@ impl Database {
         }
         let lock = fsutil::lock_dir(storage, &path)?;
         let wal_dir = path.join("wal");
-        let mut recovered = recover(&path, &wal_dir, &options)?;
-        let wal = open_wal(&wal_dir, &options, recovered.snapshot_lsn.unwrap_or(0))?;
+        let (mut recovered, wal) = recover(&path, &wal_dir, &options)?;
         recovered.state.applied_through = wal.next_lsn() - 1;
         sync_database_dirs(storage, &path)?;
         tracing::info!(
@@ -57,8 +56,9 @@ impl Database {
     }
 }
 
-/// Loads the newest readable snapshot and replays the log above it.
-fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<Recovered> {
+/// Loads the newest readable snapshot, replays the log above it and resumes the log for
+/// appends.
+fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered, Wal)> {
     let (loaded, snapshots_skipped) = snapshot::load_newest(&path.join("snapshots"))?;
     let snapshot_lsn = loaded.as_ref().map(|l| l.lsn);
     let (mut state, snapshot_txn) = match loaded {
@@ -77,14 +77,14 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<Recovered> 
         spills: Vec::new(),
         last_install_marker: 0,
     };
-    let report = replay_log(wal_dir, options, snapshot_lsn, &mut replay)?;
+    let (wal, report) = open_log(wal_dir, options, snapshot_lsn, &mut replay)?;
     let last_install_marker = replay.last_install_marker;
     let mut spills = Spills::default();
     for (txn_id, head, commit) in std::mem::take(&mut replay.spills) {
         spills.committed(txn_id, head, commit);
     }
     let next_txn_id = report.max_txn_id.unwrap_or(0).max(snapshot_txn) + 1;
-    Ok(Recovered {
+    let recovered = Recovered {
         state,
         snapshot_lsn,
         snapshots_skipped,
@@ -92,7 +92,8 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<Recovered> 
         spills,
         last_install_marker,
         next_txn_id,
-    })
+    };
+    Ok((recovered, wal))
 }
 
 /// Refuses a log that does not reach back to the snapshot in use (or is missing), before
@@ -151,48 +152,39 @@ fn describe_unreadable(skipped: &Skipped) -> String {
     format!(" (unreadable snapshots: {})", each.join("; "))
 }
 
-/// Recovers the log in `wal_dir` (if any) into `replay`, under `policy`.
-fn replay_log(
+/// Recovers the log in `wal_dir` into `replay` and resumes it for appends (creating it for a
+/// new database); it must reach past the snapshot's LSN. Recovery knows the snapshot: damage
+/// it covers cuts nothing above it, and a transaction committed above it must be read whole.
+fn open_log(
     wal_dir: &Path,
     options: &Options,
     snapshot_lsn: Option<Lsn>,
     replay: &mut StateReplay<'_>,
-) -> Result<RecoveryReport> {
-    if !wal_dir.exists() {
-        return Ok(keel_recovery::recover_empty(options.recovery_policy));
-    }
-    // Recovery knows the snapshot: damage it covers cuts nothing above it, and a
-    // transaction committed above it must be read whole.
-    let recovery = RecoveryOptions {
-        policy: options.recovery_policy,
-        covered_through: snapshot_lsn,
-        dry_run: false,
+) -> Result<(Wal, RecoveryReport)> {
+    let wal_options = WalOptions {
+        durability: options.durability,
+        segment_bytes: options.segment_bytes,
+        max_record_bytes: options.max_record_bytes,
+        backend: options.backend,
+        create_if_missing: options.create_if_missing,
         storage: Arc::clone(&options.storage),
+        ..WalOptions::default()
     };
-    Ok(keel_recovery::recover_with(wal_dir, recovery, replay)?)
-}
-
-/// Opens the log for appends; it must reach past the snapshot's LSN `after`.
-fn open_wal(wal_dir: &Path, options: &Options, after: Lsn) -> Result<Wal> {
-    let wal = Wal::open(
+    let (wal, report) = keel_recovery::open_log(
         wal_dir,
-        WalOptions {
-            durability: options.durability,
-            segment_bytes: options.segment_bytes,
-            max_record_bytes: options.max_record_bytes,
-            backend: options.backend,
-            create_if_missing: options.create_if_missing,
-            storage: Arc::clone(&options.storage),
-            ..WalOptions::default()
-        },
+        wal_options,
+        options.recovery_policy,
+        snapshot_lsn,
+        replay,
     )?;
+    let after = snapshot_lsn.unwrap_or(0);
     if wal.next_lsn() <= after {
         return Err(Error::Metadata(format!(
             "the snapshot covers LSN {after} but the log ends at LSN {}",
             wal.next_lsn() - 1
         )));
     }
-    Ok(wal)
+    Ok((wal, report))
 }
 
 /// The previous process may have died before syncing the entries it created here (a

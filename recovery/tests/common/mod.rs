@@ -105,7 +105,7 @@ pub fn committed_log_with(
     writes: usize,
     value_len: usize,
 ) {
-    let wal = Wal::open(dir, options).unwrap();
+    let wal = keel_recovery::open_wal(dir, options).unwrap();
     for t in 0..count {
         wal.append(&txn(1, t, writes, value_len)).wait().unwrap();
     }
@@ -209,7 +209,7 @@ pub fn append_span_txn(
 
 /// A log of `count` transactions committed by `CommitSpan` (txn ids 0..count, run 1), closed.
 pub fn span_log(dir: &Path, count: u64, writes: usize, value_len: usize) {
-    let wal = Wal::open(dir, options()).unwrap();
+    let wal = keel_recovery::open_wal(dir, options()).unwrap();
     for t in 0..count {
         append_span_txn(&wal, 1, t, writes, value_len);
     }

@@ -169,7 +169,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    #[expect(clippy::too_many_arguments, reason = "assembled once, by Wal::open")]
+    #[expect(clippy::too_many_arguments, reason = "assembled once, by Wal::resume")]
     pub(crate) fn new(
         shared: Arc<Shared>,
         backend: Box<dyn Backend>,
@@ -182,7 +182,7 @@ impl Writer {
         storage: Arc<dyn Storage>,
         witness: WitnessTiming,
     ) -> Self {
-        // Wal::open starts a fresh segment when the last one is older or of another size.
+        // Wal::resume starts a fresh segment when the last one is older or of another size.
         assert_eq!(active.header.version, segment::FORMAT_VERSION);
         assert_eq!(active.header.segment_bytes, segment_bytes);
         let offset = active.offset;

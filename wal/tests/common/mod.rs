@@ -45,7 +45,7 @@ pub fn runner(seed: u64, cases: u32) -> proptest::test_runner::TestRunner {
 /// Opens a log with `options`, commits `count` single writes of `value_len` bytes (LSNs 1 to
 /// `count`) and closes it.
 pub fn filled_log(dir: &Path, options: WalOptions, count: u64, value_len: usize) {
-    let wal = keel_wal::Wal::open(dir, options).unwrap();
+    let wal = keel_recovery::open_wal(dir, options).unwrap();
     for i in 0..count {
         wal.append(&[write(1, i, "k", value_len)]).wait().unwrap();
     }

@@ -1,9 +1,12 @@
-//! Opening the log: the lock, the directory read (identity, segment headers), the spares,
-//! the last segment's tail repair or a fresh segment, then the writer thread.
+//! Resuming the log where a recovery left it: the recovery (keel-recovery) took the lock,
+//! listed the directory, read the identity, validated every segment and repaired the tail; the
+//! log trusts what it established ([`RecoveredLog`]) and reads none of it again. Here: the
+//! identity of a new log, the spares, a fresh segment when appends may not continue in the
+//! last one, the syncs a crashed process may have skipped, then the writer thread.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -15,51 +18,146 @@ use crate::ids::{DatabaseId, Lsn};
 use crate::options::WalOptions;
 use crate::prealloc::Preallocator;
 use crate::queue::Queue;
-use crate::segment::{
-    self, Continuation, DirectoryListing, HEADER_BLOCK_LEN, SegmentFile, SegmentHeader,
-};
+use crate::segment::{self, Continuation, DirectoryListing, HEADER_BLOCK_LEN, SegmentHeader};
 use crate::stats::Counters;
 use crate::storage::{self, Storage};
-use crate::tail;
+use crate::witness::Witness;
 use crate::writer::{self, ActiveSegment, WitnessTiming, Writer};
 
-impl Wal {
-    /// Opens (or creates) the log in `dir`: takes its lock, checks identity and format, finds
-    /// the tail of the last segment and repairs a torn one, starts a fresh segment when the
-    /// last one is of an older format or another size than `options.segment_bytes`, syncs the
-    /// directory and its parent, then starts the writer.
-    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
-        let dir = dir.as_ref().to_path_buf();
-        options.validate()?;
-        let storage = Arc::clone(&options.storage);
-        let _span = tracing::info_span!("wal_open", dir = %dir.display()).entered();
-        if options.create_if_missing {
-            fsutil::create_dir_all_durably(storage.as_ref(), &dir)?;
+/// Where the log's verified records end: the last segment's header, the offset the next
+/// record goes to, and the segment's newest valid durable witness (which claims nothing
+/// beyond that offset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogEnd {
+    pub header: SegmentHeader,
+    pub offset: u64,
+    pub witness: Option<Witness>,
+}
+
+/// What a recovery established about a log directory, for [`Wal::resume`]: the directory's
+/// lock (held since before anything was read), its identity, the files that make up the log
+/// after the repair, where its records end and the LSN the next record gets. Built by
+/// keel-recovery; [`RecoveredLog::new`] checks that its parts agree.
+#[derive(Debug)]
+pub struct RecoveredLog {
+    dir: PathBuf,
+    lock: File,
+    database_id: Option<DatabaseId>,
+    listing: DirectoryListing,
+    end: Option<LogEnd>,
+    next_lsn: Lsn,
+    truncated_bytes: u64,
+}
+
+impl RecoveredLog {
+    /// The state of the log in `dir`, locked by `lock`: its identity (`None`: none yet),
+    /// its files (`listing`, segments in LSN order), the end of the last segment's records
+    /// (`None` exactly when there is no segment), the next LSN, and the non-zero bytes the
+    /// repair zeroed. Refuses parts that disagree (a programming error of the caller).
+    pub fn new(
+        dir: &Path,
+        lock: File,
+        database_id: Option<DatabaseId>,
+        listing: DirectoryListing,
+        end: Option<LogEnd>,
+        next_lsn: Lsn,
+        truncated_bytes: u64,
+    ) -> Result<RecoveredLog> {
+        let disagree = |what: String| Err(Error::InvalidOptions(format!("recovered log: {what}")));
+        match (listing.segments.last(), &end) {
+            (None, None) => {}
+            (Some(last), Some(end)) => {
+                if end.header.first_lsn != last.first_lsn {
+                    return disagree(format!(
+                        "the end is in the segment of LSN {}, the last segment starts at {}",
+                        end.header.first_lsn, last.first_lsn
+                    ));
+                }
+                if next_lsn < end.header.first_lsn
+                    || end.offset < HEADER_BLOCK_LEN
+                    || end.offset > end.header.segment_bytes
+                {
+                    return disagree(format!(
+                        "next LSN {next_lsn} at offset {} in a segment from LSN {} of {} bytes",
+                        end.offset, end.header.first_lsn, end.header.segment_bytes
+                    ));
+                }
+                if end.witness.is_some_and(|w| !w.within(next_lsn, end.offset)) {
+                    return disagree("the witness claims more than the log holds".into());
+                }
+            }
+            _ => return disagree("an end without a segment, or a segment without an end".into()),
         }
-        let lock = fsutil::lock_dir(storage.as_ref(), &dir)?;
-        // Everything that can refuse the open comes before anything that changes the disk
-        // (the spares, a torn tail, a fresh segment): a refused open leaves the log as it was.
+        if next_lsn == 0 {
+            return disagree("LSNs start at 1".into());
+        }
+        Ok(RecoveredLog {
+            dir: dir.to_path_buf(),
+            lock,
+            database_id,
+            listing,
+            end,
+            next_lsn,
+            truncated_bytes,
+        })
+    }
+
+    /// The LSN the next record gets.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next_lsn
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Wal {
+    /// Resumes the log a recovery left in `recovered` (keel-recovery's `open_log` does both):
+    /// creates the identity of a new log, starts a fresh segment when the last one is of an
+    /// older format or another size than `options.segment_bytes`, makes what the previous
+    /// process may have left unsynced durable (the last segment, the directory and its
+    /// parent), then starts the writer.
+    pub fn resume(recovered: RecoveredLog, options: WalOptions) -> Result<Wal> {
+        options.validate()?;
+        let RecoveredLog {
+            dir,
+            listing,
+            end,
+            next_lsn,
+            truncated_bytes,
+            ..
+        } = &recovered;
+        let _span = tracing::info_span!("wal_resume", dir = %dir.display()).entered();
+        let storage = Arc::clone(&options.storage);
+        // Everything that can refuse comes before anything that changes the disk.
         let backend = storage.backend(&options)?;
-        let (listing, database_id, created) = read_directory(&dir, &options)?;
+        let (database_id, created) = establish_identity(dir, &options, recovered.database_id, listing)?;
+        for unknown in &listing.unknown {
+            tracing::warn!(file = %unknown.display(), "ignoring a file that is not part of the log");
+        }
         let preallocator = Preallocator::start(
             &storage,
-            &dir,
+            dir,
             options.segment_bytes,
             options.preallocate && storage.background_work(),
             &listing.spares,
         )?;
         let fresh = FreshSegment {
             storage: storage.as_ref(),
-            dir: &dir,
+            dir,
             database_id,
             segment_bytes: options.segment_bytes,
             preallocator: &preallocator,
         };
-        let (active, next_lsn, truncated_bytes) = fresh.open_active(listing.segments.last())?;
+        let last = listing.segments.last().zip(end.as_ref());
+        let active = fresh.open_active(last, *next_lsn)?;
         // The previous process may have died before syncing the directory entries it made
         // (a rotation's rename, a spare, the identity, recovery's fresh segment, the directory
         // itself): nothing is acknowledged before they are durable.
-        fsutil::sync_dir_and_parent(storage.as_ref(), &dir)?;
+        fsutil::sync_dir_and_parent(storage.as_ref(), dir)?;
+        let (next_lsn, truncated_bytes) = (*next_lsn, *truncated_bytes);
         let active_first_lsn = active.header.first_lsn;
         let backend_kind = backend.kind();
         let shared = new_shared(backend.as_ref(), next_lsn);
@@ -75,14 +173,11 @@ impl Wal {
             Arc::clone(&storage),
             witness_timing(&options),
         );
-        let handle = spawn_writer(writer, &dir)?;
-        let summary = summarize(
-            listing,
-            active_first_lsn,
-            next_lsn,
-            truncated_bytes,
-            created,
-        );
+        let handle = spawn_writer(writer, dir)?;
+        let RecoveredLog {
+            dir, lock, listing, ..
+        } = recovered;
+        let summary = summarize(listing, active_first_lsn, next_lsn, truncated_bytes, created);
         tracing::info!(
             next_lsn,
             backend = backend_kind.name(),
@@ -104,23 +199,6 @@ impl Wal {
             _lock: lock,
         })
     }
-}
-
-/// Lists `dir`, establishes the log's identity (creating it for a new log) and checks every
-/// segment header against it; files that are not the log's are left alone, with a warning.
-fn read_directory(
-    dir: &Path,
-    options: &WalOptions,
-) -> Result<(DirectoryListing, DatabaseId, bool)> {
-    let listing = segment::list_directory(dir)?;
-    let (database_id, created) = establish_identity(dir, options, &listing)?;
-    if !listing.segments.is_empty() {
-        check_headers(&listing.segments, database_id)?;
-    }
-    for unknown in &listing.unknown {
-        tracing::warn!(file = %unknown.display(), "ignoring a file that is not part of the log");
-    }
-    Ok((listing, database_id, created))
 }
 
 /// The state the handle shares with the writer thread: a queue that assigns LSNs from
@@ -188,13 +266,14 @@ fn witness_timing(options: &WalOptions) -> WitnessTiming {
     }
 }
 
-/// Reads the identity, or creates it for a new log.
+/// The identity recovery read, checked against the options; or, for a new log, created.
 fn establish_identity(
     dir: &Path,
     options: &WalOptions,
+    found: Option<DatabaseId>,
     listing: &DirectoryListing,
 ) -> Result<(DatabaseId, bool)> {
-    match fsutil::read_identity(dir)? {
+    match found {
         Some(found) => {
             if let Some(expected) = options.database_id
                 && expected != found
@@ -239,23 +318,6 @@ fn establish_identity(
     }
 }
 
-/// Every segment header must be readable, of this format, and of this database.
-fn check_headers(segments: &[SegmentFile], database_id: DatabaseId) -> Result<()> {
-    for segment in segments {
-        let file = File::open(&segment.path)
-            .map_err(|e| Error::io("opening segment", &segment.path, e))?;
-        let header = segment::read_header(&file, segment)?;
-        if header.database_id != database_id {
-            return Err(Error::ForeignDatabase {
-                path: segment.path.clone(),
-                expected: database_id,
-                found: header.database_id,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// How an open starts a segment: of the current format and the options' size.
 struct FreshSegment<'a> {
     storage: &'a dyn Storage,
@@ -266,21 +328,21 @@ struct FreshSegment<'a> {
 }
 
 impl FreshSegment<'_> {
-    /// The segment appends go to, the LSN the next record gets, and the bytes of a torn tail
-    /// zeroed: a fresh first segment for a log with none, else the last segment, repaired
-    /// (followed by a fresh one when appends may not continue in it).
-    fn open_active(&self, last: Option<&SegmentFile>) -> Result<(ActiveSegment, Lsn, u64)> {
-        Ok(match last {
-            None => (self.start(1)?, 1, 0),
-            Some(last) => {
-                let (active, next_lsn, truncated_bytes) = open_last_segment(self.storage, last)?;
-                (
-                    self.unless_appendable(active, next_lsn)?,
-                    next_lsn,
-                    truncated_bytes,
-                )
+    /// The segment appends go to: a fresh first segment for a log with none, else the last
+    /// segment where its records end (followed by a fresh one when appends may not continue
+    /// in it).
+    fn open_active(
+        &self,
+        last: Option<(&segment::SegmentFile, &LogEnd)>,
+        next_lsn: Lsn,
+    ) -> Result<ActiveSegment> {
+        match last {
+            None => self.start(next_lsn),
+            Some((segment, end)) => {
+                let active = open_last_segment(self.storage, segment, end)?;
+                self.unless_appendable(active, next_lsn)
             }
-        })
+        }
     }
 
     /// Installs a spare as the segment whose first record will be `first_lsn`. An existing
@@ -326,28 +388,27 @@ impl FreshSegment<'_> {
     }
 }
 
+/// The last segment, open for appends at `end`.
 fn open_last_segment(
     storage: &dyn Storage,
-    segment: &SegmentFile,
-) -> Result<(ActiveSegment, Lsn, u64)> {
+    segment: &segment::SegmentFile,
+    end: &LogEnd,
+) -> Result<ActiveSegment> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&segment.path)
         .map_err(|e| Error::io("opening segment", &segment.path, e))?;
-    let (file, tail) = tail::repair(storage, file, segment)?;
-    // What was found may still sit only in the page cache (after a process crash): make it
-    // durable before new records claim it in their durable marks.
+    // What recovery found may still sit only in the page cache (after a process crash):
+    // make it durable before new records claim it in their durable marks.
     fsutil::sync_file(storage, &file, &segment.path, false)?;
-    let io_file = Arc::new(IoFile {
-        file,
-        path: segment.path.clone(),
-    });
-    let active = ActiveSegment {
-        file: io_file,
-        header: tail.header,
-        offset: tail.append_offset,
-        witness: tail.witness,
-    };
-    Ok((active, tail.next_lsn, tail.truncated_bytes))
+    Ok(ActiveSegment {
+        file: Arc::new(IoFile {
+            file,
+            path: segment.path.clone(),
+        }),
+        header: end.header,
+        offset: end.offset,
+        witness: end.witness,
+    })
 }
