@@ -29,7 +29,7 @@ use keel_recovery::{
 use keel_sim::{CrashPlan, CrashState, Sim};
 use keel_wal::segment;
 use keel_wal::witness::{self, DurableProof};
-use keel_wal::{BackendChoice, Durability, Lsn, RunId, Wal, WalEntry, WalOptions};
+use keel_wal::{BackendChoice, Durability, Lsn, RunId, WalEntry, WalOptions};
 
 struct Count;
 

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError, recover};
-use keel_wal::{ArchivedWalEntry, BackendChoice, Lsn, RunId, Wal, WalEntry, WalOptions};
+use keel_wal::{ArchivedWalEntry, BackendChoice, Lsn, RunId, WalEntry, WalOptions};
 
 const CHILD_ENV: &str = "KEEL_KILL9_CHILD";
 const WRITERS: u64 = 4;

@@ -461,17 +461,18 @@ impl Run {
             self.note(format!("life {life}: crash armed at event {at} from now"));
             sim.crash_after_events(at);
         }
-        let wal = match keel_recovery::open_wal(dir, wal_options(self.segment_bytes, self.depth, sim)) {
-            Ok(wal) => wal,
-            Err(e) if sim.is_crashed() => {
-                self.note(format!("life {life}: crashed while opening: {e}"));
-                self.tally.crashes_inside += 1;
-                let state = sim.crash();
-                self.traces.push(sim.trace());
-                return self.crash_and_check(&state);
-            }
-            Err(e) => return violation(format!("I8: reopening after recovery failed: {e}")),
-        };
+        let wal =
+            match keel_recovery::open_wal(dir, wal_options(self.segment_bytes, self.depth, sim)) {
+                Ok(wal) => wal,
+                Err(e) if sim.is_crashed() => {
+                    self.note(format!("life {life}: crashed while opening: {e}"));
+                    self.tally.crashes_inside += 1;
+                    let state = sim.crash();
+                    self.traces.push(sim.trace());
+                    return self.crash_and_check(&state);
+                }
+                Err(e) => return violation(format!("I8: reopening after recovery failed: {e}")),
+            };
         // The opening made durable what the last recovery returned.
         for txn in &mut self.txns {
             txn.seen_present |= txn.returned;
@@ -1246,7 +1247,8 @@ fn scenario_prefix(seed: u64, steps: usize) -> (Run, CrashState) {
     let dir = run.dir(0);
     let sim = Sim::new(&dir, seed).unwrap();
     sim.set_manual(true);
-    let wal = keel_recovery::open_wal(&dir, wal_options(run.segment_bytes, run.depth, &sim)).unwrap();
+    let wal =
+        keel_recovery::open_wal(&dir, wal_options(run.segment_bytes, run.depth, &sim)).unwrap();
     settle(&wal, &sim);
     let mut syncs = Vec::new();
     for step in 0..steps {

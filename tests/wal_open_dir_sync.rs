@@ -4,7 +4,7 @@
 
 use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError, recover};
 use keel_sim::{CrashPlan, Sim};
-use keel_wal::{Durability, RunId, Wal, WalEntry, WalOptions};
+use keel_wal::{Durability, RunId, WalEntry, WalOptions};
 
 struct Count;
 impl Replay for Count {

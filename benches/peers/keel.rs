@@ -23,7 +23,7 @@ pub fn open(
         ..WalOptions::default()
     };
     Ok(Box::new(Keel(
-        Wal::open(dir, options).map_err(io::Error::other)?,
+        keel_recovery::open_wal(dir, options).map_err(io::Error::other)?,
     )))
 }
 
@@ -42,7 +42,7 @@ pub fn reopen(dir: &Path) -> io::Result<u64> {
     let mut count = Count(0);
     keel_recovery::recover(dir, keel_recovery::RecoveryPolicy::default(), &mut count)
         .map_err(io::Error::other)?;
-    let wal = Wal::open(dir, WalOptions::default()).map_err(io::Error::other)?;
+    let wal = keel_recovery::open_wal(dir, WalOptions::default()).map_err(io::Error::other)?;
     drop(wal);
     Ok(count.0)
 }

@@ -8,7 +8,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keel_raft::{KeelLogStore, KvRequest, TypeConfig};
-use keel_wal::{BackendChoice, Durability, RunId, Wal, WalEntry, WalOptions};
+use keel_wal::{BackendChoice, Durability, RunId, WalEntry, WalOptions};
 use openraft::storage::RaftLogStorageExt;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader};
 

@@ -31,9 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError};
-use keel_wal::{
-    ArchivedWalEntry, Durability, Lsn, RecordPosition, Wal, WalEntry, WalOptions,
-};
+use keel_wal::{ArchivedWalEntry, Durability, Lsn, RecordPosition, Wal, WalEntry, WalOptions};
 use openraft::{
     AnyError, ErrorSubject, ErrorVerb, LogId, RaftLogId, RaftTypeConfig, StorageError,
     StorageIOError, Vote,
@@ -218,7 +216,11 @@ struct IndexReplay<C: RaftTypeConfig> {
 
 impl<C: RaftTypeConfig> Replay for IndexReplay<C> {
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> Result<(), ReplayError> {
-        Err(format!("a committed transaction (LSN {}) is not a Raft record", txn.commit_lsn).into())
+        Err(format!(
+            "a committed transaction (LSN {}) is not a Raft record",
+            txn.commit_lsn
+        )
+        .into())
     }
 
     fn checkpoint(&mut self, _: Lsn, _: &ArchivedWalEntry) -> Result<(), ReplayError> {

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 
 use keel_raft::record::{self, RAFT_RUN};
 use keel_raft::{KeelLogStore, KvRequest, LogSummary, TypeConfig};
-use keel_wal::{BackendChoice, Wal, WalEntry, WalOptions};
+use keel_wal::{BackendChoice, WalEntry, WalOptions};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
 

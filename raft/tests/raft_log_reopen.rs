@@ -3,7 +3,7 @@
 //! damaged, is refused at open with an error.
 
 use keel_raft::{KeelLogStore, KvRequest, TypeConfig};
-use keel_wal::{BackendChoice, RunId, Wal, WalEntry, WalOptions};
+use keel_wal::{BackendChoice, RunId, WalEntry, WalOptions};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
 

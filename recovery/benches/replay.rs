@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError, recover};
-use keel_wal::{BackendChoice, Durability, RunId, Wal, WalEntry, WalOptions};
+use keel_wal::{BackendChoice, Durability, RunId, WalEntry, WalOptions};
 
 struct Touch {
     bytes: u64,

@@ -101,6 +101,9 @@ pub struct RecoveryOptions {
     /// Judge, plan and report, but change nothing on disk: the report says what a recovery
     /// under this policy *would* do (`RecoveryReport::dry_run`), for `keel recover --dry-run`.
     pub dry_run: bool,
+    /// The log must belong to this database (its `IDENTITY`): refused with
+    /// `keel_wal::Error::ForeignDatabase` before anything is read otherwise.
+    pub database_id: Option<keel_wal::DatabaseId>,
     /// The storage the log lives on (its syncs, renames, lock): the real file system unless
     /// a test hands in another (see [`keel_wal::Storage`]).
     pub storage: Arc<dyn Storage>,
@@ -112,6 +115,7 @@ impl Default for RecoveryOptions {
             policy: RecoveryPolicy::default(),
             covered_through: None,
             dry_run: false,
+            database_id: None,
             storage: keel_wal::storage::file_system(),
         }
     }
@@ -144,7 +148,7 @@ pub fn recover_with(
     options: RecoveryOptions,
     replay: &mut impl Replay,
 ) -> Result<RecoveryReport> {
-    recover_locked(dir.as_ref(), options, replay).map(|(report, _)| report)
+    recover_locked(dir.as_ref(), options, false, replay).map(|(report, _)| report)
 }
 
 /// Recovers the log in `dir` and resumes it for appends: the one way an existing log is
@@ -162,6 +166,9 @@ pub fn open_log(
     replay: &mut impl Replay,
 ) -> Result<(Wal, RecoveryReport)> {
     let dir = dir.as_ref();
+    // What can refuse the options comes before the recovery changes anything.
+    wal.validate()?;
+    let backend = wal.storage.backend(&wal)?;
     if wal.create_if_missing {
         fsutil::create_dir_all_durably(wal.storage.as_ref(), dir)?;
     }
@@ -169,11 +176,12 @@ pub fn open_log(
         policy,
         covered_through,
         dry_run: false,
+        database_id: wal.database_id,
         storage: Arc::clone(&wal.storage),
     };
-    let (report, recovered) = recover_locked(dir, options, replay)?;
+    let (report, recovered) = recover_locked(dir, options, true, replay)?;
     let recovered = recovered.ok_or_else(|| Error::Internal("a repair left no log".into()))?;
-    Ok((Wal::resume(recovered, wal)?, report))
+    Ok((Wal::resume_on(recovered, wal, backend)?, report))
 }
 
 /// Opens the log in `dir` for a component that keeps nothing of its records (or reads them
@@ -189,10 +197,12 @@ pub fn open_wal(dir: impl AsRef<Path>, wal: WalOptions) -> Result<Wal> {
 }
 
 /// The recovery itself: returns the report and, unless it was a dry run, the log as the
-/// repair left it, still locked.
+/// repair left it, still locked. `for_append`: the log is to resume, so segments without an
+/// identity (which it could not append to) are refused before anything changes.
 fn recover_locked(
     dir: &Path,
     options: RecoveryOptions,
+    for_append: bool,
     replay: &mut impl Replay,
 ) -> Result<(RecoveryReport, Option<RecoveredLog>)> {
     let started = Instant::now();
@@ -202,6 +212,24 @@ fn recover_locked(
     let lock = fsutil::lock_dir(storage.as_ref(), dir)?;
     let listing = segment::list_directory(dir)?;
     let identity = fsutil::read_identity(dir)?;
+    if for_append && identity.is_none() && !listing.segments.is_empty() {
+        return Err(keel_wal::Error::corruption(
+            dir.join(fsutil::IDENTITY_FILE),
+            0,
+            keel_wal::CorruptionReason::Identity("missing while segments exist"),
+        )
+        .into());
+    }
+    if let (Some(expected), Some(found)) = (options.database_id, identity)
+        && expected != found
+    {
+        return Err(keel_wal::Error::ForeignDatabase {
+            path: dir.to_path_buf(),
+            expected,
+            found,
+        }
+        .into());
+    }
     let mut report = empty_report(policy);
     report.covered_through = options.covered_through;
     report.dry_run = options.dry_run;

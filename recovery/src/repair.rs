@@ -256,7 +256,12 @@ fn apply(
         report.bytes_truncated += zero_tail(storage, &segments[index].path, offset)?;
     }
     if let Some((index, end)) = plan.lower_witness {
-        applied.lowered = Some(lower_witness(storage, &segments[index].path, &end, plan.walked)?);
+        applied.lowered = Some(lower_witness(
+            storage,
+            &segments[index].path,
+            &end,
+            plan.walked,
+        )?);
     }
     if let Some((database_id, first_lsn, bytes)) = plan.fresh {
         let replaced = held_back.filter(|&i| segments[i].first_lsn == first_lsn);

@@ -323,9 +323,12 @@ impl<'a, R: Replay> Walk<'a, R> {
                     self.report.first_lsn.get_or_insert(record.lsn);
                     self.report.last_lsn = Some(record.lsn);
                     let offset = record.offset;
-                    let partial =
-                        self.txns
-                            .record(record.position(), record.entry, record.payload, self.replay)?;
+                    let partial = self.txns.record(
+                        record.position(),
+                        record.entry,
+                        record.payload,
+                        self.replay,
+                    )?;
                     if let Some(finding) = partial {
                         // Skip (dropped and counted) or refuse: nothing to cut.
                         self.judge(&segment.path, offset, finding)?;

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use keel_recovery::{RecoveryOptions, RecoveryPolicy, RecoveryReport, recover_with};
-use keel_wal::{DatabaseId, Durability, Lsn, RunId, Wal, WalEntry, WalOptions};
+use keel_wal::{DatabaseId, Durability, Lsn, RunId, WalEntry, WalOptions};
 
 use common::Collect;
 

@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 
 use keel_recovery::{Finding, RecoveryOptions, RecoveryPolicy, RecoveryReport, recover_with};
-use keel_wal::{Lsn, Wal};
+use keel_wal::Lsn;
 
 use common::Collect;
 

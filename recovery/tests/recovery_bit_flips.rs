@@ -12,7 +12,7 @@ use keel_recovery::{Error, RecoveryPolicy, recover};
 use keel_wal::reader::{SegmentEvent, SegmentReader};
 use keel_wal::segment::HEADER_LEN;
 use keel_wal::witness::{self, SLOT_LEN, SLOT_OFFSETS, Witness};
-use keel_wal::{Lsn, Wal, WalOptions};
+use keel_wal::{Lsn, WalOptions};
 
 use common::{Applied, Collect};
 

@@ -12,7 +12,7 @@ use keel_recovery::{
     Decision, Error, Finding, RecoveryOptions, RecoveryPolicy, RecoveryReport, recover,
     recover_with,
 };
-use keel_wal::{Lsn, Wal};
+use keel_wal::Lsn;
 
 use common::Collect;
 

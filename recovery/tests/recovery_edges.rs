@@ -13,7 +13,7 @@ use keel_recovery::{
     recover, recover_empty, recover_with,
 };
 use keel_wal::segment::{self, HEADER_LEN};
-use keel_wal::{ArchivedWalEntry, CorruptionReason, DurableProof, Lsn, RunId, Wal, WalEntry};
+use keel_wal::{ArchivedWalEntry, CorruptionReason, DurableProof, Lsn, RunId, WalEntry};
 
 use common::Collect;
 
@@ -362,7 +362,11 @@ fn a_sink_failing_on_a_checkpoint_or_payload_is_named_as_such_and_nothing_change
                 _ => Ok(()),
             }
         }
-        fn payload(&mut self, _: Lsn, _: &ArchivedWalEntry) -> Result<(), ReplayError> {
+        fn payload(
+            &mut self,
+            _: keel_wal::RecordPosition,
+            _: &ArchivedWalEntry,
+        ) -> Result<(), ReplayError> {
             match self.0 {
                 "payload" => Err("unknown tag".into()),
                 _ => Ok(()),

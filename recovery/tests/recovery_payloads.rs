@@ -2,7 +2,7 @@
 //! order between transactions, are counted in the report, and never touch transactions.
 
 use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError};
-use keel_wal::{ArchivedWalEntry, EntryKind, Lsn, RunId, Wal, WalEntry, WalOptions};
+use keel_wal::{ArchivedWalEntry, EntryKind, Lsn, RunId, WalEntry, WalOptions};
 
 #[derive(Default)]
 struct Seen {
@@ -16,7 +16,12 @@ impl Replay for Seen {
         Ok(())
     }
 
-    fn payload(&mut self, lsn: Lsn, entry: &ArchivedWalEntry) -> Result<(), ReplayError> {
+    fn payload(
+        &mut self,
+        position: keel_wal::RecordPosition,
+        entry: &ArchivedWalEntry,
+    ) -> Result<(), ReplayError> {
+        let lsn = position.lsn;
         assert_eq!(entry.kind(), EntryKind::Payload);
         assert_eq!(entry.txn_id(), None);
         let ArchivedWalEntry::Payload { tag, payload, .. } = entry else {

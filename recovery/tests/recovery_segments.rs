@@ -5,7 +5,6 @@ mod common;
 use std::path::Path;
 
 use keel_recovery::{Decision, Error, Finding, RecoveryPolicy, RecoveryReport, recover};
-use keel_wal::Wal;
 use keel_wal::segment::{HEADER_CRC_OFFSET, VERSION_OFFSET};
 
 use common::Collect;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use keel_recovery::{
     Decision, Error, Finding, RecoveryOptions, RecoveryPolicy, RecoveryReport, recover_with,
 };
-use keel_wal::{Lsn, Wal};
+use keel_wal::Lsn;
 
 use common::{Applied, Collect};
 

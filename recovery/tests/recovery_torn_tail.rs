@@ -8,7 +8,7 @@
 mod common;
 
 use keel_recovery::{Decision, Finding, RecoveryPolicy, recover};
-use keel_wal::{Durability, Wal};
+use keel_wal::Durability;
 
 use common::Collect;
 

@@ -4,7 +4,7 @@
 mod common;
 
 use keel_recovery::{RecoveryPolicy, recover};
-use keel_wal::{RunId, Wal, WalEntry};
+use keel_wal::{RunId, WalEntry};
 
 use common::{Collect, commit, write};
 

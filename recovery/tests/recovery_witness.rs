@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use keel_recovery::{Error, Finding, RecoveryOptions, RecoveryPolicy, recover, recover_with};
 use keel_wal::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
-use keel_wal::{CorruptionReason, DurableProof, Lsn, Wal, Witness};
+use keel_wal::{CorruptionReason, DurableProof, Lsn, Witness};
 
 use common::Collect;
 

@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use keel_wal::record::{self, EncodedBatch, MAX_PAYLOAD_LEN};
-use keel_wal::{Durability, RunId, SegmentEvent, SegmentReader, Wal, WalEntry, WalOptions};
+use keel_wal::{Durability, RunId, SegmentEvent, SegmentReader, WalEntry, WalOptions};
 
 fn write_entry(value_len: usize, txn_id: u64) -> WalEntry {
     WalEntry::Write {

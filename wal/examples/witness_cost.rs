@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use keel_wal::{BackendChoice, DEFAULT_WITNESS_IDLE, Durability, RunId, Wal, WalEntry, WalOptions};
+use keel_wal::{BackendChoice, DEFAULT_WITNESS_IDLE, Durability, RunId, WalEntry, WalOptions};
 
 const COMMITTERS: [usize; 2] = [1, 64];
 

@@ -145,11 +145,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn corruption(
-        segment: impl Into<PathBuf>,
-        offset: u64,
-        reason: CorruptionReason,
-    ) -> Self {
+    /// Damage found in `segment` at `offset`.
+    pub fn corruption(segment: impl Into<PathBuf>, offset: u64, reason: CorruptionReason) -> Self {
         Error::Corruption {
             segment: segment.into(),
             offset,

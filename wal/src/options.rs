@@ -165,7 +165,7 @@ impl Default for WalOptions {
 }
 
 impl WalOptions {
-    pub(crate) fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         let invalid = |msg: String| Err(Error::InvalidOptions(msg));
         if self.segment_bytes < MIN_SEGMENT_BYTES || !self.segment_bytes.is_multiple_of(4096) {
             return invalid(format!(

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use keel_sim::Faults;
 use keel_wal::segment::{self, HEADER_CRC_OFFSET, VERSION_OFFSET};
-use keel_wal::{BackendChoice, Error, Wal, WalOptions};
+use keel_wal::{BackendChoice, Error, WalOptions};
 
 /// Every file of `dir` but `LOCK`, by name, with its length and CRC.
 fn files(dir: &Path) -> BTreeMap<String, (u64, u32)> {
@@ -76,7 +76,10 @@ fn an_open_refused_for_its_backend_has_already_repaired_the_tail_and_started_a_s
         },
     );
     assert!(
-        matches!(result, Err(Error::BackendUnavailable { .. })),
+        matches!(
+            result,
+            Err(keel_recovery::Error::Wal(Error::BackendUnavailable { .. }))
+        ),
         "{result:?}"
     );
     assert_eq!(
@@ -87,8 +90,8 @@ fn an_open_refused_for_its_backend_has_already_repaired_the_tail_and_started_a_s
 }
 
 /// A log whose last segment is of a format this build does not know (written by a newer
-/// one): the open is refused, but not before the stale spare the newer writer left was
-/// deleted.
+/// one): the open is refused, and the stale spare the newer writer left stays (recovery
+/// refuses before the log resumes and handles its spares).
 #[test]
 fn an_open_refused_for_a_newer_format_has_already_deleted_spares() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,7 +111,13 @@ fn an_open_refused_for_a_newer_format_has_already_deleted_spares() {
     let before = files(dir.path());
     let result = keel_recovery::open_wal(dir.path(), options());
     assert!(
-        matches!(result, Err(Error::UnknownFormatVersion { .. })),
+        matches!(
+            result,
+            Err(keel_recovery::Error::Refused {
+                finding: keel_recovery::Finding::UnknownFormatVersion { .. },
+                ..
+            })
+        ),
         "{result:?}"
     );
     assert_eq!(

@@ -109,7 +109,8 @@ fn concurrent_appenders_get_disjoint_ranges_in_their_own_order() {
     let seed = common::seed(16);
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Arc::new(keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap());
+        let wal =
+            Arc::new(keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap());
         let appenders: Vec<_> = (0..4u64)
             .map(|thread| {
                 let wal = Arc::clone(&wal);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use keel_wal::{Error, RunId, Wal, WalEntry};
+use keel_wal::{Error, RunId, WalEntry};
 use proptest::prelude::*;
 
 const MAX_RECORD: u32 = 16 * 1024;

@@ -141,7 +141,8 @@ fn a_strict_commit_inside_a_batched_log_waits_for_its_sync() {
 fn sync_on_an_idle_durable_log_resolves_at_once() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = keel_recovery::open_wal(dir.path(), options(backend, Durability::Strict)).unwrap();
+        let wal =
+            keel_recovery::open_wal(dir.path(), options(backend, Durability::Strict)).unwrap();
         assert_eq!(wal.sync().wait().unwrap(), 0);
         let lsn = wal.append(&[common::write(1, 1, "k", 10)]).wait().unwrap();
         assert_eq!(wal.sync().wait().unwrap(), lsn);

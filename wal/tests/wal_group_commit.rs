@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use keel_wal::{Durability, Lsn, Wal, WalEntry};
+use keel_wal::{Durability, Lsn, WalEntry};
 
 const TASKS: u64 = 64;
 const THREADS: u64 = 4;

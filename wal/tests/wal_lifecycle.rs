@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use keel_wal::{Durability, Wal, WalOptions};
+use keel_wal::{Durability, WalOptions};
 
 fn in_mode(backend: keel_wal::BackendChoice, durability: Durability) -> WalOptions {
     WalOptions {

@@ -1,5 +1,7 @@
 //! Opening refuses, with a clear error and no panic: a locked directory, an unknown format
-//! version, a foreign database, a zeroed or damaged segment header, a missing identity.
+//! version, a foreign database, a zeroed or damaged segment header, a missing identity. The
+//! segment-level refusals are recovery's findings (`keel_recovery::open_wal` recovers under
+//! the default policy before the log resumes): nothing on disk changes.
 
 mod common;
 
@@ -7,8 +9,9 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use keel_recovery::{Error as OpenError, Finding};
 use keel_wal::segment::{self, HEADER_CRC_OFFSET, VERSION_OFFSET};
-use keel_wal::{CorruptionReason, DatabaseId, Error, Wal, WalOptions};
+use keel_wal::{CorruptionReason, DatabaseId, Error, WalOptions};
 
 fn make_log(dir: &Path, options: WalOptions, entries: u64) {
     common::filled_log(dir, options, entries, 100);
@@ -29,7 +32,7 @@ fn a_second_opener_gets_a_locked_error() {
         let dir = tempfile::tempdir().unwrap();
         let first = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         let err = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap_err();
-        assert!(matches!(err, Error::Locked { .. }), "{err}");
+        assert!(matches!(err, OpenError::Wal(Error::Locked { .. })), "{err}");
         assert!(err.to_string().contains("locked"), "{err}");
         drop(first);
         keel_recovery::open_wal(dir.path(), common::small_options(backend))
@@ -61,9 +64,11 @@ fn an_unknown_format_version_is_refused() {
     assert!(
         matches!(
             err,
-            Error::UnknownFormatVersion {
-                found: 7,
-                supported: segment::FORMAT_VERSION,
+            OpenError::Refused {
+                finding: Finding::UnknownFormatVersion {
+                    found: 7,
+                    supported: segment::FORMAT_VERSION,
+                },
                 ..
             }
         ),
@@ -92,7 +97,16 @@ fn a_segment_from_another_database_is_refused() {
     bytes[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(ours.path().join(segment::file_name(4)), bytes).unwrap();
     let err = keel_recovery::open_wal(ours.path(), options.clone()).unwrap_err();
-    assert!(matches!(err, Error::ForeignDatabase { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            OpenError::Refused {
+                finding: Finding::ForeignSegment { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("belongs to database"), "{err}");
 
     let stranger = WalOptions {
@@ -100,7 +114,10 @@ fn a_segment_from_another_database_is_refused() {
         ..options
     };
     let err = keel_recovery::open_wal(theirs.path(), stranger).unwrap_err();
-    assert!(matches!(err, Error::ForeignDatabase { .. }), "{err}");
+    assert!(
+        matches!(err, OpenError::Wal(Error::ForeignDatabase { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -113,8 +130,8 @@ fn a_zeroed_or_damaged_segment_header_is_refused() {
     assert!(
         matches!(
             err,
-            Error::Corruption {
-                reason: CorruptionReason::ZeroedSegmentHeader,
+            OpenError::Refused {
+                finding: Finding::ZeroedSegment,
                 offset: 0,
                 ..
             }
@@ -137,8 +154,10 @@ fn a_zeroed_or_damaged_segment_header_is_refused() {
     assert!(
         matches!(
             err,
-            Error::Corruption {
-                reason: CorruptionReason::SegmentHeaderChecksum { .. },
+            OpenError::Refused {
+                finding: Finding::DamagedSegmentHeader {
+                    reason: CorruptionReason::SegmentHeaderChecksum { .. }
+                },
                 ..
             }
         ),
@@ -156,10 +175,10 @@ fn segments_without_an_identity_are_refused() {
     assert!(
         matches!(
             err,
-            Error::Corruption {
+            OpenError::Wal(Error::Corruption {
                 reason: CorruptionReason::Identity(_),
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -174,7 +193,7 @@ fn invalid_options_are_refused() {
     };
     assert!(matches!(
         keel_recovery::open_wal(dir.path(), tiny),
-        Err(Error::InvalidOptions(_))
+        Err(OpenError::Wal(Error::InvalidOptions(_)))
     ));
     let huge_record = WalOptions {
         segment_bytes: 64 * 1024,
@@ -183,7 +202,7 @@ fn invalid_options_are_refused() {
     };
     assert!(matches!(
         keel_recovery::open_wal(dir.path(), huge_record),
-        Err(Error::InvalidOptions(_))
+        Err(OpenError::Wal(Error::InvalidOptions(_)))
     ));
 }
 

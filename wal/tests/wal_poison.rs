@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use keel_sim::Faults;
-use keel_wal::{Durability, Error, Wal, WalOptions};
+use keel_wal::{Durability, Error, WalOptions};
 
 fn options(backend: keel_wal::BackendChoice, faults: &Arc<Faults>) -> WalOptions {
     WalOptions {

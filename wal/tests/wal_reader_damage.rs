@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::fs::FileExt;
 
 use keel_wal::segment::{self, HEADER_BLOCK_LEN};
-use keel_wal::{SegmentEvent, SegmentReader, Wal, WalEntry};
+use keel_wal::{SegmentEvent, SegmentReader, WalEntry};
 use proptest::prelude::*;
 
 /// A one-segment log of `count` records; returns its bytes and the entries.
@@ -153,8 +153,8 @@ fn damage_one_log(seed: u64, durability: keel_wal::Durability, witness: bool) {
                     refused.set(refused.get() + 1);
                     let is_durable_damage = matches!(
                         error,
-                        keel_wal::Error::Corruption {
-                            reason: keel_wal::CorruptionReason::DamageBelowDurableMark { .. },
+                        keel_recovery::Error::Refused {
+                            finding: keel_recovery::Finding::DamageBelowDurableMark { .. },
                             ..
                         }
                     );

@@ -7,7 +7,7 @@ mod common;
 
 use keel_wal::segment::{self, HEADER_CRC_OFFSET};
 use keel_wal::{
-    Durability, EncodedBatch, EntryKind, Error, LogReader, RunId, Wal, WalEntry, WalOptions,
+    Durability, EncodedBatch, EntryKind, Error, LogReader, RunId, WalEntry, WalOptions,
 };
 
 fn options() -> WalOptions {

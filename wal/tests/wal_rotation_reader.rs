@@ -3,7 +3,7 @@
 
 mod common;
 
-use keel_wal::{Wal, WalEntry};
+use keel_wal::WalEntry;
 
 #[test]
 fn reader_walks_many_segments_in_lsn_order() {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use keel_wal::{LogReader, Wal, segment};
+use keel_wal::{LogReader, segment};
 
 #[test]
 fn covered_segments_are_removed_and_the_log_goes_on() {

@@ -11,7 +11,6 @@ mod common;
 use std::os::unix::fs::FileExt;
 
 use keel_wal::segment::{self, HEADER_BLOCK_LEN};
-use keel_wal::{CorruptionReason, Error, Wal};
 
 fn log_with(dir: &std::path::Path, units: u64) {
     log_in_mode(dir, units, keel_wal::Durability::Strict, true);
@@ -132,9 +131,9 @@ fn damage_below_a_durable_mark_refuses_to_open() {
     )
     .unwrap_err();
     match &err {
-        Error::Corruption {
+        keel_recovery::Error::Refused {
             offset,
-            reason: CorruptionReason::DamageBelowDurableMark { lsn: 2, .. },
+            finding: keel_recovery::Finding::DamageBelowDurableMark { lsn: 2, .. },
             ..
         } => {
             assert_eq!(*offset, offsets[1]);
@@ -166,12 +165,13 @@ fn damage_to_the_newest_witnessed_record_refuses_to_open() {
         )
         .unwrap_err();
         match &err {
-            Error::Corruption {
+            keel_recovery::Error::Refused {
                 offset,
-                reason:
-                    CorruptionReason::DamageBelowDurableMark {
+                finding:
+                    keel_recovery::Finding::DamageBelowDurableMark {
                         lsn: 6,
                         proof: keel_wal::DurableProof::Witness { durable_lsn: 6, .. },
+                        ..
                     },
                 ..
             } => assert_eq!(*offset, last),

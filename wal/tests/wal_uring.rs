@@ -116,7 +116,9 @@ fn an_error_from_the_ring_poisons_and_keeps_what_was_acknowledged() {
             Err(Error::Poisoned { .. })
         ));
         drop(wal);
-        let reopened = keel_recovery::open_wal(dir.path(), common::small_options(BackendChoice::Uring)).unwrap();
+        let reopened =
+            keel_recovery::open_wal(dir.path(), common::small_options(BackendChoice::Uring))
+                .unwrap();
         reopened.close().unwrap();
         let records = common::read_all(dir.path());
         let highest = acked.iter().copied().max().unwrap_or(0);
@@ -162,7 +164,9 @@ fn poisoned_by(operation: &str, errno: Option<i32>, arm: impl Fn(&Faults, u32)) 
             matches!(&closed, Err(Error::Poisoned { cause }) if cause.operation == operation),
             "fail_after {fail_after}: {closed:?}"
         );
-        let reopened = keel_recovery::open_wal(dir.path(), common::small_options(BackendChoice::Uring)).unwrap();
+        let reopened =
+            keel_recovery::open_wal(dir.path(), common::small_options(BackendChoice::Uring))
+                .unwrap();
         reopened.close().unwrap();
         let records = common::read_all(dir.path());
         assert!(
@@ -214,7 +218,7 @@ fn a_failed_probe_falls_back_to_std_unless_uring_was_required() {
         ..auto
     };
     match keel_recovery::open_wal(dir.path(), required) {
-        Err(Error::BackendUnavailable { backend, reason }) => {
+        Err(keel_recovery::Error::Wal(Error::BackendUnavailable { backend, reason })) => {
             assert_eq!(backend, "uring");
             let why = if cfg!(all(target_os = "linux", feature = "uring")) {
                 "injected probe failure"
@@ -235,7 +239,8 @@ fn auto_runs_on_uring_where_it_is_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let wal = keel_recovery::open_wal(dir.path(), common::small_options(BackendChoice::Auto)).unwrap();
+    let wal =
+        keel_recovery::open_wal(dir.path(), common::small_options(BackendChoice::Auto)).unwrap();
     assert_eq!(wal.stats().backend, BackendKind::Uring);
     wal.close().unwrap();
 }

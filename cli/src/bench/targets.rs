@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use keel_bench::RawLog;
-use keel_wal::{RunId, Wal, WalEntry};
+use keel_wal::{RunId, WalEntry};
 
 use super::Cell;
 use super::args::{BenchArgs, Committers};
@@ -29,7 +29,9 @@ fn entry(writer: u32, sequence: u64, value: &[u8]) -> WalEntry {
 /// `cell.writers` committers, each appending one `Write` entry of `cell.value_size` bytes and
 /// waiting for it (as `--mode` and `--committers` say), on a log opened in `dir`.
 pub(super) fn keel(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String> {
-    let wal = Arc::new(keel_recovery::open_wal(dir, args.wal_options(cell.backend)).map_err(|e| e.to_string())?);
+    let wal = Arc::new(
+        keel_recovery::open_wal(dir, args.wal_options(cell.backend)).map_err(|e| e.to_string())?,
+    );
     let backend = wal.backend().name();
     let value = vec![0x6b; cell.value_size];
     let record_bytes = keel_wal::EncodedBatch::encode(&[entry(0, 0, &value)], u32::MAX >> 6)

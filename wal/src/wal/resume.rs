@@ -121,6 +121,18 @@ impl Wal {
     /// parent), then starts the writer.
     pub fn resume(recovered: RecoveredLog, options: WalOptions) -> Result<Wal> {
         options.validate()?;
+        let backend = options.storage.backend(&options)?;
+        Self::resume_on(recovered, options, backend)
+    }
+
+    /// [`Wal::resume`] on a backend built beforehand (with `options.storage.backend`), so
+    /// that a caller refuses what cannot run before its recovery changes the disk.
+    pub fn resume_on(
+        recovered: RecoveredLog,
+        options: WalOptions,
+        backend: Box<dyn Backend>,
+    ) -> Result<Wal> {
+        options.validate()?;
         let RecoveredLog {
             dir,
             listing,
@@ -132,8 +144,8 @@ impl Wal {
         let _span = tracing::info_span!("wal_resume", dir = %dir.display()).entered();
         let storage = Arc::clone(&options.storage);
         // Everything that can refuse comes before anything that changes the disk.
-        let backend = storage.backend(&options)?;
-        let (database_id, created) = establish_identity(dir, &options, recovered.database_id, listing)?;
+        let (database_id, created) =
+            establish_identity(dir, &options, recovered.database_id, listing)?;
         for unknown in &listing.unknown {
             tracing::warn!(file = %unknown.display(), "ignoring a file that is not part of the log");
         }
@@ -177,7 +189,13 @@ impl Wal {
         let RecoveredLog {
             dir, lock, listing, ..
         } = recovered;
-        let summary = summarize(listing, active_first_lsn, next_lsn, truncated_bytes, created);
+        let summary = summarize(
+            listing,
+            active_first_lsn,
+            next_lsn,
+            truncated_bytes,
+            created,
+        );
         tracing::info!(
             next_lsn,
             backend = backend_kind.name(),
