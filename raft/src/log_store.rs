@@ -217,14 +217,14 @@ struct IndexReplay<C: RaftTypeConfig> {
 impl<C: RaftTypeConfig> Replay for IndexReplay<C> {
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> Result<(), ReplayError> {
         Err(format!(
-            "a committed transaction (LSN {}) is not a Raft record",
+            "a committed transaction (LSN {}) is not a Raft log record",
             txn.commit_lsn
         )
         .into())
     }
 
     fn checkpoint(&mut self, _: Lsn, _: &ArchivedWalEntry) -> Result<(), ReplayError> {
-        Err("a checkpoint is not a Raft record".into())
+        Err("a checkpoint is not a Raft log record".into())
     }
 
     fn payload(
@@ -245,7 +245,7 @@ where
     /// Opens (or creates) the Raft log in `dir`: recovers the keel-wal log there (taking its
     /// lock, validating every segment and repairing a torn tail) with its records replayed
     /// into the index as they are read, then resumes it for appends: one read of the log.
-    /// A committed transaction or a checkpoint (not a Raft record), a Raft record that does
+    /// A committed transaction or a checkpoint (not a Raft log record), a Raft record that does
     /// not decode, and any damage before the tail are errors.
     pub fn open(
         dir: impl AsRef<Path>,

@@ -30,8 +30,13 @@ fn run(
 /// Opens the log as a restarted writer would (after recovery) and commits one transaction of
 /// two writes and its `CommitSpan`, acknowledged under `Strict` (after an fdatasync).
 /// Returns its commit LSN.
-fn commit_one_acknowledged(dir: &Path, txn_id: u64) -> Lsn {
-    let wal = keel_recovery::open_wal(dir, common::options()).unwrap();
+fn commit_one_acknowledged(
+    dir: &Path,
+    policy: RecoveryPolicy,
+    covered: Option<Lsn>,
+    txn_id: u64,
+) -> Lsn {
+    let wal = common::open_after(dir, policy, covered);
     let first = wal.next_lsn();
     let entries = vec![
         common::write(1, txn_id, "after-recovery-0", 10),
@@ -76,7 +81,8 @@ fn a_point_in_time_cut_below_the_snapshot_gives_out_covered_lsns_again() {
     // LSNs a..=a+5 unreadable: the gap starts at or below S = a+3, resumes at a+6 > S+1.
     zero_records(dir.path(), a, a + 5);
     let (first, _) = run(dir.path(), RecoveryPolicy::PointInTime, Some(covered));
-    let commit = commit_one_acknowledged(dir.path(), 9_999);
+    let commit =
+        commit_one_acknowledged(dir.path(), RecoveryPolicy::PointInTime, Some(covered), 9_999);
     let (second, sink) = run(dir.path(), RecoveryPolicy::PointInTime, Some(covered));
     assert!(
         sink.applied.iter().any(|t| t.commit_lsn == commit),
@@ -105,7 +111,8 @@ fn a_skipped_last_segment_below_the_snapshot_gives_out_covered_lsns_again() {
     let covered = last_first + 5;
     common::patch(&last, 33, &[common::byte_at(&last, 33) ^ 0x40]);
     let (first, _) = run(dir.path(), RecoveryPolicy::SkipCorrupted, Some(covered));
-    let commit = commit_one_acknowledged(dir.path(), 9_999);
+    let commit =
+        commit_one_acknowledged(dir.path(), RecoveryPolicy::SkipCorrupted, Some(covered), 9_999);
     let (second, sink) = run(dir.path(), RecoveryPolicy::SkipCorrupted, Some(covered));
     assert!(
         sink.applied.iter().any(|t| t.commit_lsn == commit),

@@ -63,7 +63,7 @@ fn a_witnessed_lost_tail_the_snapshot_covers_does_not_refuse_the_open() {
     // The next recovery judges it the same way, and the log opens and takes appends.
     let again = run(&dir, RecoveryPolicy::default(), 20);
     assert_eq!(again.next_lsn, 21, "{again}");
-    let wal = keel_recovery::open_wal(&dir, common::options()).unwrap();
+    let wal = common::open_after(&dir, RecoveryPolicy::default(), Some(20));
     assert_eq!(wal.next_lsn(), 21);
     // A `CommitSpan` (as the engine writes): a `CommitTxn` beginning right where reading
     // resumes after a gap is dropped by the conservative rule, with or without a witness.

@@ -35,8 +35,8 @@ fn first_lsn_of(path: &Path) -> u64 {
 }
 
 /// Appends work after recovery and land at `next_lsn`.
-fn appends_continue(dir: &Path, next_lsn: u64) {
-    let wal = keel_recovery::open_wal(dir, common::options()).unwrap();
+fn appends_continue(dir: &Path, policy: RecoveryPolicy, next_lsn: u64) {
+    let wal = common::open_after(dir, policy, None);
     let lsn = wal.append(&common::txn(5, 900, 1, 10)).wait().unwrap();
     assert_eq!(lsn, next_lsn + 1);
     wal.close().unwrap();
@@ -76,7 +76,7 @@ fn a_missing_middle_segment() {
                 assert!(sink.applied.iter().all(|a| a.commit_lsn < gap_start));
                 assert_eq!(report.segments_discarded.len(), segments.len() - 2);
                 assert!(report.anomalies[0].decision == Decision::Truncate);
-                appends_continue(&dir, gap_start);
+                appends_continue(&dir, policy, gap_start);
             }
             RecoveryPolicy::SkipCorrupted => {
                 let (report, sink) = run(&dir, policy);
@@ -190,7 +190,7 @@ fn an_all_zero_last_segment() {
             "{anomaly}"
         );
         assert!(sink.applied.iter().all(|a| a.commit_lsn < last_first));
-        appends_continue(&dir, last_first);
+        appends_continue(&dir, policy, last_first);
     }
 }
 
@@ -221,7 +221,7 @@ fn a_damaged_segment_header() {
         assert!(!sink.applied.is_empty());
         // The set-aside segment lets the log open again; appends continue at the end.
         let next = report.next_lsn;
-        appends_continue(&dir, next);
+        appends_continue(&dir, policy, next);
     }
 }
 

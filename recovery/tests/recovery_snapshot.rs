@@ -215,7 +215,7 @@ fn damage_below_the_snapshot_in_the_last_segment_seals_it() {
             |f| matches!(f, Finding::DamageInSealedSegment { lsn, .. } if *lsn == victim),
         );
         assert_eq!(common::files(&dir), after);
-        let wal = keel_recovery::open_wal(&dir, common::options()).unwrap();
+        let wal = common::open_after(&dir, policy, Some(covered));
         let lsn = wal.append(&common::txn(1, 900, 1, 10)).wait().unwrap();
         assert_eq!(lsn, 3 * TXNS + 2);
         wal.close().unwrap();

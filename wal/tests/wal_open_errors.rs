@@ -131,7 +131,9 @@ fn a_zeroed_or_damaged_segment_header_is_refused() {
         matches!(
             err,
             OpenError::Refused {
-                finding: Finding::ZeroedSegment,
+                finding: Finding::DamagedSegmentHeader {
+                    reason: CorruptionReason::ZeroedSegmentHeader
+                },
                 offset: 0,
                 ..
             }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_recovery::{CommittedTxn, Replay, ReplayError};
+use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError};
 use keel_wal::reader::{SegmentEvent, SegmentReader};
 use keel_wal::segment;
 use keel_wal::{ArchivedWalEntry, BackendChoice, Lsn, RunId, Wal, WalEntry, WalOptions};
@@ -253,4 +253,13 @@ pub fn files(dir: &Path) -> std::collections::BTreeMap<String, (usize, u32)> {
             (name, (bytes.len(), crc32fast::hash(&bytes)))
         })
         .collect()
+}
+
+/// Opens the log for appends as its owner does after a recovery under `policy` with a
+/// snapshot through `covered`: the same recovery runs again (a log with a gap a skip or a
+/// snapshot left reopens only under the policy and snapshot that left it).
+pub fn open_after(dir: &Path, policy: RecoveryPolicy, covered: Option<Lsn>) -> Wal {
+    keel_recovery::open_log(dir, options(), policy, covered, &mut Collect::default())
+        .unwrap_or_else(|e| panic!("reopening under {policy} (snapshot {covered:?}): {e}"))
+        .0
 }
