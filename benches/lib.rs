@@ -1,4 +1,4 @@
-//! keel-bench: `benches/peers.rs` runs Keel side by side with the raw `fdatasync` limits and
+//! keel-bench: `benches/peers/` runs Keel side by side with the raw `fdatasync` limits and
 //! with other logs (see `docs/BENCHMARKS.md`). The library holds what `keel bench` (keel-cli)
 //! shares with it: the raw `pwrite + fdatasync` baseline, [`RawLog`].
 

@@ -3,13 +3,13 @@
 //! every record costs on this device.
 //!
 //! `keel bench` runs it beside Keel (the `raw pwrite+fdatasync` row and the `vs raw` ratios);
-//! `benches/peers.rs` runs it as its `raw` system, and its `raw-uring` system drives the same
+//! `benches/peers/` runs it as its `raw` system, and its `raw-uring` system drives the same
 //! preallocated file through io_uring ([`RawLog::into_file`]).
 //!
 //! Commits are serialized. `fdatasync` syncs a file as a whole, so committers writing into one
 //! file at once would cover each other's writes: a group commit of the kernel's making, of a
 //! size nobody chose, which is what Keel is measured *against*. How far overlapping durable
-//! writes go is a separate limit (`raw-uring` in `benches/peers.rs`).
+//! writes go is a separate limit (`raw-uring` in `benches/peers/`).
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs benches/peers.rs with every peer, RocksDB included. Arguments go to the harness, e.g.
+# Runs benches/peers/ with every peer, RocksDB included. Arguments go to the harness, e.g.
 #   bash benches/run-peers.sh --duration 3 --recovery-mib 1024 --out docs/bench
 #
 # RocksDB is linked from Debian's librocksdb-dev (7.8.3) instead of being built from source

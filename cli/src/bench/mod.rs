@@ -3,7 +3,7 @@
 //! `writers` threads each commit one `Write` entry of `value_size` bytes at a time and wait
 //! for it, for `duration` seconds. In `strict` mode the same workload first runs as a raw
 //! `pwrite + fdatasync` loop on a preallocated file (the physical limit of this machine, one
-//! durable write at a time: `keel_bench::RawLog`, which `benches/peers.rs` runs too), so
+//! durable write at a time: `keel_bench::RawLog`, which `benches/peers/` runs too), so
 //! Keel's figures read as a ratio of it: measured in one run, on one device.
 //!
 //! `--writers`, `--value-size` and `--backend` take lists (`--writers 1,8,64 --backend

@@ -1,5 +1,5 @@
 //! The two things `keel bench` measures, one run each: Keel's log, and the raw
-//! `pwrite + fdatasync` baseline (`keel_bench::RawLog`, the one `benches/peers.rs` runs too).
+//! `pwrite + fdatasync` baseline (`keel_bench::RawLog`, the one `benches/peers/` runs too).
 
 use std::path::Path;
 use std::sync::Arc;

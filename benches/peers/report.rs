@@ -1,0 +1,77 @@
+//! The throughput tables: Markdown, and the JSON beside it.
+
+use std::fmt::Write as _;
+
+use crate::harness::Row;
+
+/// One table per record size: absolute figures and ratios to both raw limits and to the best
+/// peer of the same class (`systems`).
+pub fn markdown(
+    rows: &[Row],
+    title: &str,
+    systems: &[String],
+    sizes: &[usize],
+    committers: &[usize],
+) -> String {
+    let mut out = String::new();
+    for &size in sizes {
+        let _ = writeln!(out, "\n### {size}-byte records, {title}\n");
+        let _ = writeln!(
+            out,
+            "| committers | system | commits/s | vs raw | vs raw-uring | vs best peer | p50 µs | p99 µs | p999 µs |"
+        );
+        let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        for &c in committers {
+            let at = |system: &str| {
+                rows.iter()
+                    .find(|r| r.size == size && r.committers == c && r.system == system)
+                    .map(Row::rate)
+            };
+            let (raw, raw_uring) = (at("raw"), at("raw-uring"));
+            let best_peer = systems
+                .iter()
+                .filter(|s| !s.starts_with("raw") && !s.starts_with("keel"))
+                .filter_map(|s| at(s))
+                .fold(None, |best: Option<f64>, rate| {
+                    Some(best.map_or(rate, |b| b.max(rate)))
+                });
+            for system in systems {
+                let Some(row) = rows
+                    .iter()
+                    .find(|r| r.size == size && r.committers == c && &r.system == system)
+                else {
+                    continue;
+                };
+                let ratio = |base: Option<f64>| {
+                    base.filter(|b| *b > 0.0 && !system.starts_with("raw"))
+                        .map_or("–".to_owned(), |b| format!("{:.2}x", row.rate() / b))
+                };
+                let _ = writeln!(
+                    out,
+                    "| {c} | {system} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {:.0} |",
+                    row.rate(),
+                    ratio(raw),
+                    ratio(raw_uring),
+                    ratio(best_peer),
+                    row.p50_us,
+                    row.p99_us,
+                    row.p999_us
+                );
+            }
+        }
+    }
+    out
+}
+
+pub fn json(rows: &[Row]) -> String {
+    let items: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"system\":\"{}\",\"committers\":{},\"size\":{},\"commits\":{},\"seconds\":{:.3},\"commits_per_s\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
+                r.system, r.committers, r.size, r.commits, r.seconds, r.rate(), r.p50_us, r.p99_us, r.p999_us
+            )
+        })
+        .collect();
+    format!("[\n  {}\n]\n", items.join(",\n  "))
+}

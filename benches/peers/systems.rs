@@ -1,0 +1,124 @@
+//! The systems by name: which ones this build runs, in table order, and how each is opened
+//! and reopened. Each system's code is in its own module.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use keel_bench::RawLog;
+use keel_wal::{BackendChoice, Durability};
+
+use crate::harness::Peer;
+use crate::keel;
+
+/// The systems this build can run, in table order.
+pub fn compiled_systems() -> Vec<&'static str> {
+    let mut systems = vec!["raw"];
+    if BackendChoice::available().contains(&BackendChoice::Uring) {
+        systems.push("raw-uring");
+        systems.push("keel-uring");
+    }
+    systems.push("keel-std");
+    #[cfg(feature = "peer-okaywal")]
+    systems.push("okaywal");
+    #[cfg(feature = "peer-sqlite")]
+    systems.push("sqlite");
+    #[cfg(feature = "peer-raft-engine")]
+    systems.push("raft-engine");
+    #[cfg(feature = "peer-rocksdb")]
+    systems.push("rocksdb");
+    systems
+}
+
+/// Systems that acknowledge before fdatasync (written, or queued), for the throughput table.
+pub fn relaxed_systems() -> Vec<&'static str> {
+    let peers = [
+        ("sqlite-normal", cfg!(feature = "peer-sqlite")),
+        ("raft-engine-nosync", cfg!(feature = "peer-raft-engine")),
+        ("rocksdb-nosync", cfg!(feature = "peer-rocksdb")),
+    ];
+    ["keel-batched", "keel-async"]
+        .into_iter()
+        .chain(peers.into_iter().filter(|p| p.1).map(|p| p.0))
+        .collect()
+}
+
+/// Systems whose reopen is measured, and the system each fills the log with.
+pub fn recovery_systems() -> Vec<(&'static str, &'static str)> {
+    let peers = [
+        ("okaywal", "okaywal-fill", cfg!(feature = "peer-okaywal")),
+        ("sqlite", "sqlite-normal", cfg!(feature = "peer-sqlite")),
+        (
+            "raft-engine",
+            "raft-engine-nosync",
+            cfg!(feature = "peer-raft-engine"),
+        ),
+        ("rocksdb", "rocksdb-nosync", cfg!(feature = "peer-rocksdb")),
+    ];
+    std::iter::once(("keel", "keel-batched"))
+        .chain(peers.into_iter().filter(|p| p.2).map(|p| (p.0, p.1)))
+        .collect()
+}
+
+/// Opens `system` in `dir` for `committers` threads.
+pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn Peer>> {
+    let _ = committers;
+    match system {
+        "raw" => Ok(Box::new(RawLog::open(dir, 256 << 20)?)),
+        "keel-uring" => keel::open(dir, BackendChoice::Uring, Durability::Strict),
+        "keel-std" => keel::open(dir, BackendChoice::Std, Durability::Strict),
+        "keel-batched" => keel::open(
+            dir,
+            BackendChoice::Auto,
+            Durability::Batched {
+                max_delay: Duration::from_millis(10),
+                max_bytes: 4 << 20,
+            },
+        ),
+        "keel-async" => keel::open(
+            dir,
+            BackendChoice::Auto,
+            Durability::Async {
+                max_delay: Duration::from_millis(10),
+            },
+        ),
+        #[cfg(feature = "peer-okaywal")]
+        "okaywal" => Ok(Box::new(crate::okaywal::OkayWal::open(dir, 48 << 20)?)),
+        #[cfg(feature = "peer-okaywal")]
+        "okaywal-fill" => Ok(Box::new(crate::okaywal::OkayWal::open(dir, u64::MAX)?)),
+        #[cfg(feature = "peer-sqlite")]
+        "sqlite" => Ok(Box::new(crate::sqlite::Sqlite::open(
+            dir, committers, "FULL",
+        )?)),
+        #[cfg(feature = "peer-sqlite")]
+        "sqlite-normal" => Ok(Box::new(crate::sqlite::Sqlite::open(
+            dir, committers, "NORMAL",
+        )?)),
+        #[cfg(feature = "peer-raft-engine")]
+        "raft-engine" => Ok(Box::new(crate::raft_engine::RaftEngine::open(dir, true)?)),
+        #[cfg(feature = "peer-raft-engine")]
+        "raft-engine-nosync" => Ok(Box::new(crate::raft_engine::RaftEngine::open(dir, false)?)),
+        #[cfg(feature = "peer-rocksdb")]
+        "rocksdb" => Ok(Box::new(crate::rocksdb::RocksDb::open(dir, true)?)),
+        #[cfg(feature = "peer-rocksdb")]
+        "rocksdb-nosync" => Ok(Box::new(crate::rocksdb::RocksDb::open(dir, false)?)),
+        other => Err(io::Error::other(format!("unknown system {other}"))),
+    }
+}
+
+/// Reopens (recovers) `system`'s log in `dir`, reading what recovery hands over; returns how
+/// many records it read (0 when the system does not say).
+pub fn reopen(system: &str, dir: &Path) -> io::Result<u64> {
+    match system {
+        "keel" => keel::reopen(dir),
+        #[cfg(feature = "peer-okaywal")]
+        "okaywal" => crate::okaywal::reopen(dir),
+        #[cfg(feature = "peer-sqlite")]
+        "sqlite" => crate::sqlite::reopen(dir),
+        #[cfg(feature = "peer-raft-engine")]
+        "raft-engine" => crate::raft_engine::reopen(dir),
+        #[cfg(feature = "peer-rocksdb")]
+        "rocksdb" => crate::rocksdb::reopen(dir),
+        other => Err(io::Error::other(format!("no reopen for {other}"))),
+    }
+}
