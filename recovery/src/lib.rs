@@ -16,7 +16,7 @@
 //! [`recover_with`] also takes the LSN a caller's snapshot covers: damage that lost only LSNs
 //! at or below it is reported and passed over instead of cutting or refusing what lies above.
 //!
-//! Nothing on disk changes until the walk has judged every finding (`walk.rs`); then the
+//! Nothing on disk changes until the walk has judged every finding (`walk/`); then the
 //! repair (`repair.rs`) applies the outcome. Truncation never lets a byte beyond the cut be
 //! read back: the rest of the cut segment is zeroed and synced, later segments are renamed
 //! `*.discarded`, and the directory is synced. Later segments go first, so a crash in the

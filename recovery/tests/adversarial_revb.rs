@@ -81,8 +81,12 @@ fn a_point_in_time_cut_below_the_snapshot_gives_out_covered_lsns_again() {
     // LSNs a..=a+5 unreadable: the gap starts at or below S = a+3, resumes at a+6 > S+1.
     zero_records(dir.path(), a, a + 5);
     let (first, _) = run(dir.path(), RecoveryPolicy::PointInTime, Some(covered));
-    let commit =
-        commit_one_acknowledged(dir.path(), RecoveryPolicy::PointInTime, Some(covered), 9_999);
+    let commit = commit_one_acknowledged(
+        dir.path(),
+        RecoveryPolicy::PointInTime,
+        Some(covered),
+        9_999,
+    );
     let (second, sink) = run(dir.path(), RecoveryPolicy::PointInTime, Some(covered));
     assert!(
         sink.applied.iter().any(|t| t.commit_lsn == commit),
@@ -111,8 +115,12 @@ fn a_skipped_last_segment_below_the_snapshot_gives_out_covered_lsns_again() {
     let covered = last_first + 5;
     common::patch(&last, 33, &[common::byte_at(&last, 33) ^ 0x40]);
     let (first, _) = run(dir.path(), RecoveryPolicy::SkipCorrupted, Some(covered));
-    let commit =
-        commit_one_acknowledged(dir.path(), RecoveryPolicy::SkipCorrupted, Some(covered), 9_999);
+    let commit = commit_one_acknowledged(
+        dir.path(),
+        RecoveryPolicy::SkipCorrupted,
+        Some(covered),
+        9_999,
+    );
     let (second, sink) = run(dir.path(), RecoveryPolicy::SkipCorrupted, Some(covered));
     assert!(
         sink.applied.iter().any(|t| t.commit_lsn == commit),
