@@ -81,7 +81,7 @@ fn witnessed_log(dir: &Path) {
 
 /// Offset of the record of `lsn` in the only segment.
 fn offset_of(dir: &Path, lsn: Lsn) -> u64 {
-    let listing = segment::list_directory(dir).unwrap();
+    let listing = keel_wal::dir::list_directory(dir).unwrap();
     let mut reader = keel_wal::reader::SegmentReader::open(&listing.segments[0]).unwrap();
     loop {
         match reader.next_event().unwrap() {
@@ -93,7 +93,7 @@ fn offset_of(dir: &Path, lsn: Lsn) -> u64 {
 }
 
 fn witness_lsn(dir: &Path) -> Lsn {
-    let listing = segment::list_directory(dir).unwrap();
+    let listing = keel_wal::dir::list_directory(dir).unwrap();
     let path = &listing.segments[0].path;
     let file = std::fs::File::open(path).unwrap();
     let header = segment::read_header(&file, &listing.segments[0]).unwrap();
@@ -168,7 +168,7 @@ fn a_point_in_time_repair_crashed_part_way_never_turns_witnessed_damage_into_a_t
     assert_eq!(witnessed, 20);
     // The write of the last unit (LSN 19) damaged; LSN 20's durable mark (18) does not reach
     // it: only the witness proves it was durable.
-    let segment_path = segment::list_directory(&original).unwrap().segments[0]
+    let segment_path = keel_wal::dir::list_directory(&original).unwrap().segments[0]
         .path
         .clone();
     flip(&segment_path, offset_of(&original, 19) + 40);
@@ -284,7 +284,7 @@ fn a_repair_repeated_after_a_process_crash_never_turns_witnessed_damage_into_a_t
     let witnessed = witness_lsn(&original);
     assert_eq!(witnessed, 20);
     // The write of the last unit (LSN 19) damaged: only the witness proves it was durable.
-    let segment_path = segment::list_directory(&original).unwrap().segments[0]
+    let segment_path = keel_wal::dir::list_directory(&original).unwrap().segments[0]
         .path
         .clone();
     flip(&segment_path, offset_of(&original, 19) + 40);

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError, recover};
-use keel_wal::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
+use keel_wal::segment::{HEADER_BLOCK_LEN, SegmentHeader};
 use keel_wal::{BackendChoice, Lsn, RunId, Wal, WalEntry, WalOptions};
 
 fn options() -> WalOptions {
@@ -77,7 +77,7 @@ fn recovery_reads_version_1_segments_and_the_version_2_segment_after_them() {
     let wal = keel_recovery::open_wal(dir.path(), options()).unwrap();
     commit(&wal, 0..40, false);
     wal.close().unwrap();
-    let old = segment::list_directory(dir.path()).unwrap().segments;
+    let old = keel_wal::dir::list_directory(dir.path()).unwrap().segments;
     assert!(old.len() >= 2, "the log spans segments");
     for segment in &old {
         set_version_1(&segment.path);
@@ -92,7 +92,7 @@ fn recovery_reads_version_1_segments_and_the_version_2_segment_after_them() {
     let wal = keel_recovery::open_wal(dir.path(), options()).unwrap();
     commit(&wal, 40..45, true);
     wal.close().unwrap();
-    let now = segment::list_directory(dir.path()).unwrap().segments;
+    let now = keel_wal::dir::list_directory(dir.path()).unwrap().segments;
     assert_eq!(now.len(), old.len() + 1);
     assert_eq!(now.last().unwrap().first_lsn, 81);
 

@@ -241,7 +241,7 @@ fn recovered(dir: &Path, sim: &Arc<Sim>) -> Result<(RecoveryReport, Collect), St
 /// The highest LSN a valid durable witness in `dir` claims (0: none). Read before recovery:
 /// damage cut below it is no torn tail but a loss the witness exists to refuse.
 fn witnessed(dir: &Path) -> Lsn {
-    let Ok(listing) = keel_wal::segment::list_directory(dir) else {
+    let Ok(listing) = keel_wal::dir::list_directory(dir) else {
         return 0;
     };
     listing
@@ -796,7 +796,7 @@ impl Run {
         }
         match wal.remove_segments_before(below) {
             Ok(removed) => {
-                let first = keel_wal::segment::list_directory(wal.dir())
+                let first = keel_wal::dir::list_directory(wal.dir())
                     .ok()
                     .and_then(|l| l.segments.first().map(|s| s.first_lsn))
                     .unwrap_or(1);

@@ -68,7 +68,7 @@ fn on_a_damaged_database() {
     let dir = tempfile::tempdir().unwrap();
     database(dir.path());
     let path = dir.path().to_str().unwrap();
-    let segment = keel_wal::segment::list_directory(&dir.path().join("wal"))
+    let segment = keel_wal::dir::list_directory(&dir.path().join("wal"))
         .unwrap()
         .segments[0]
         .path
@@ -201,7 +201,7 @@ fn damage_records(dir: &Path, lsns: &[u64]) {
 fn recover_dry_run_tabulates_every_policy_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     database_of(dir.path(), 800);
-    let segments = keel_wal::segment::list_directory(&dir.path().join("wal"))
+    let segments = keel_wal::dir::list_directory(&dir.path().join("wal"))
         .unwrap()
         .segments;
     assert!(segments.len() >= 3, "three segments at least");

@@ -123,7 +123,7 @@ fn checkpoint_at_the_loaded_snapshot_lsn_strands_the_fallback() {
     assert_eq!(db.scan(run, b"spilled").unwrap().len(), 50);
     let again = block_on(db.checkpoint()).unwrap();
     let left = snapshots(dir.path());
-    let first = keel_wal::segment::list_directory(&dir.path().join("wal"))
+    let first = keel_wal::dir::list_directory(&dir.path().join("wal"))
         .unwrap()
         .segments[0]
         .first_lsn;

@@ -28,7 +28,7 @@ fn fill(db: &Database, run: RunId, tag: &str, n: u32) {
 }
 
 fn segments(dir: &std::path::Path) -> usize {
-    keel_wal::segment::list_directory(&dir.join("wal"))
+    keel_wal::dir::list_directory(&dir.join("wal"))
         .unwrap()
         .segments
         .len()

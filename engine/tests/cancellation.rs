@@ -86,7 +86,7 @@ fn still_sound(dir: &std::path::Path, db: Database, run: RunId, auto: bool, what
         stats.spills_tracked, 0,
         "{what}: spill registrations leaked"
     );
-    let segments = keel_wal::segment::list_directory(&dir.join("wal"))
+    let segments = keel_wal::dir::list_directory(&dir.join("wal"))
         .unwrap()
         .segments;
     assert!(

@@ -42,7 +42,7 @@ fn contents(db: &Database, run: RunId) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
 }
 
 fn segments(dir: &Path) -> usize {
-    keel_wal::segment::list_directory(&dir.join("wal"))
+    keel_wal::dir::list_directory(&dir.join("wal"))
         .unwrap()
         .segments
         .len()
@@ -142,7 +142,7 @@ fn damaged_snapshots_without_the_log_behind_them_are_a_clear_error() {
     }
     db.close().unwrap();
     assert!(
-        keel_wal::segment::list_directory(&dir.path().join("wal"))
+        keel_wal::dir::list_directory(&dir.path().join("wal"))
             .unwrap()
             .segments[0]
             .first_lsn

@@ -122,7 +122,7 @@ fn a_spilled_transaction_survives_checkpoints_that_remove_segments() {
         }
         block_on(db.checkpoint()).unwrap();
     }
-    let segments = keel_wal::segment::list_directory(&dir.path().join("wal"))
+    let segments = keel_wal::dir::list_directory(&dir.path().join("wal"))
         .unwrap()
         .segments;
     assert!(

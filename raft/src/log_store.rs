@@ -476,7 +476,7 @@ where
             None => return Ok(()),
         };
         let dir = self.wal.dir();
-        let segments = keel_wal::segment::list_directory(dir)
+        let segments = keel_wal::dir::list_directory(dir)
             .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Delete, e))?
             .segments;
         if segments

@@ -148,9 +148,7 @@ fn damage_found_after_open_is_an_error_on_read_not_a_wrong_entry() {
     runtime().block_on(async {
         // Reopened: every entry is read from the log by position.
         let mut store = KeelLogStore::<TypeConfig>::open(dir.path(), options()).unwrap();
-        let first = &keel_wal::segment::list_directory(dir.path())
-            .unwrap()
-            .segments[0];
+        let first = &keel_wal::dir::list_directory(dir.path()).unwrap().segments[0];
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&first.path)
@@ -204,13 +202,9 @@ fn purging_every_entry_deletes_the_segments_and_reopens_to_the_same_state() {
         store.blocking_append(entries(1, 0..40)).await.unwrap();
         store.save_vote(&Vote::new(1, 1)).await.unwrap();
         store.save_committed(Some(log_id(1, 39))).await.unwrap();
-        let before = keel_wal::segment::list_directory(dir.path())
-            .unwrap()
-            .segments;
+        let before = keel_wal::dir::list_directory(dir.path()).unwrap().segments;
         store.purge(log_id(1, 39)).await.unwrap();
-        let after = keel_wal::segment::list_directory(dir.path())
-            .unwrap()
-            .segments;
+        let after = keel_wal::dir::list_directory(dir.path()).unwrap().segments;
         assert_eq!(after.len(), 1, "only the segment appends go on in is left");
         assert_eq!(store.stats().segments_deleted, before.len() as u64 - 1);
         assert_eq!(store.summary(), expected);

@@ -51,9 +51,9 @@ fn truncation_purge_and_marks_survive_reopening() {
             store.blocking_append(entries(2, 30..35)).await.unwrap();
             store.save_vote(&Vote::new(2, 1)).await.unwrap();
             store.save_committed(Some(log_id(2, 33))).await.unwrap();
-            let segments_before = keel_wal::segment::list_directory(&path).unwrap().segments;
+            let segments_before = keel_wal::dir::list_directory(&path).unwrap().segments;
             store.purge(log_id(1, 20)).await.unwrap();
-            let segments_after = keel_wal::segment::list_directory(&path).unwrap().segments;
+            let segments_after = keel_wal::dir::list_directory(&path).unwrap().segments;
             assert!(
                 segments_after.len() < segments_before.len(),
                 "a purge deletes segments ({} before, {} after)",
@@ -121,9 +121,7 @@ fn damage_before_the_tail_is_refused_not_skipped() {
         store.blocking_append(entries(1, 0..40)).await.unwrap();
     });
     // A flipped byte in the first segment's first record (the log goes on after it).
-    let first = &keel_wal::segment::list_directory(dir.path())
-        .unwrap()
-        .segments[0];
+    let first = &keel_wal::dir::list_directory(dir.path()).unwrap().segments[0];
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&first.path)

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use keel_wal::{EntryKind, Lsn, RecoveredLog, Storage, Wal, WalOptions, fsutil, segment};
+use keel_wal::{EntryKind, Lsn, RecoveredLog, Storage, Wal, WalOptions, fsutil};
 
 pub use policy::{Decision, Finding, RecoveryPolicy, decide};
 pub use report::{Anomaly, RecoveryReport};
@@ -168,7 +168,7 @@ pub fn open_log(
     let dir = dir.as_ref();
     // What can refuse the options comes before the recovery changes anything.
     wal.validate()?;
-    let backend = wal.storage.backend(&wal)?;
+    let backend = wal.storage.backend(wal.backend, wal.io_depth)?;
     if wal.create_if_missing {
         fsutil::create_dir_all_durably(wal.storage.as_ref(), dir)?;
     }
@@ -210,7 +210,7 @@ fn recover_locked(
     let _span = tracing::info_span!("recovery", dir = %dir.display(), %policy).entered();
     let storage = Arc::clone(&options.storage);
     let lock = fsutil::lock_dir(storage.as_ref(), dir)?;
-    let listing = segment::list_directory(dir)?;
+    let listing = keel_wal::dir::list_directory(dir)?;
     let identity = fsutil::read_identity(dir)?;
     if for_append && identity.is_none() && !listing.segments.is_empty() {
         return Err(keel_wal::Error::corruption(
@@ -257,7 +257,7 @@ fn recover_locked(
     };
     let mut unknown = listing.unknown;
     unknown.extend(repaired.set_aside);
-    let listing = segment::DirectoryListing {
+    let listing = keel_wal::dir::DirectoryListing {
         segments: repaired.segments,
         spares: listing.spares,
         unknown,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use keel_wal::segment::{self, SegmentFile, SegmentHeader};
 use keel_wal::witness::Witness;
-use keel_wal::{DatabaseId, LogEnd, Lsn, Storage, fsutil, witness};
+use keel_wal::{DatabaseId, LogEnd, Lsn, Storage, fsutil};
 
 use crate::report::RecoveryReport;
 use crate::txns::Replay;
@@ -269,7 +269,8 @@ fn apply(
             let aside = keep_aside(storage, dir, &segments[index].path, report)?;
             applied.set_aside.push(aside);
         }
-        let (path, header) = segment::create_empty(storage, dir, database_id, first_lsn, bytes)?;
+        let (path, header) =
+            keel_wal::dir::create_empty(storage, dir, database_id, first_lsn, bytes)?;
         tracing::warn!(segment = %path.display(), first_lsn, "started a fresh segment after recovery");
         applied.fresh = Some((path, header));
         if let Some(index) = held_back.filter(|i| Some(*i) != replaced) {
@@ -381,7 +382,7 @@ fn lower_witness(
         .write(true)
         .open(path)
         .map_err(|e| keel_wal::Error::io("opening segment", path, e))?;
-    let lowered = witness::lower(
+    let lowered = keel_wal::dir::lower_witness(
         storage,
         &file,
         path,

@@ -45,7 +45,7 @@ fn build(dir: &Path) -> Vec<Segment> {
         wal.append(&common::txn(1, t, 1, 60)).wait().unwrap();
     }
     wal.close().unwrap();
-    let listing = keel_wal::segment::list_directory(dir).unwrap();
+    let listing = keel_wal::dir::list_directory(dir).unwrap();
     listing
         .segments
         .iter()

@@ -17,7 +17,7 @@ use common::Collect;
 
 fn witness_of(path: &Path) -> Option<Witness> {
     let dir = path.parent().unwrap();
-    let listing = segment::list_directory(dir).unwrap();
+    let listing = keel_wal::dir::list_directory(dir).unwrap();
     let segment = listing.segments.iter().find(|s| s.path == path).unwrap();
     let file = std::fs::File::open(path).unwrap();
     let header = segment::read_header(&file, segment).unwrap();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 
 use keel_wal::backend::uring_faults::trips;
 use keel_wal::backend::{self, Backend, BackendKind, Chain, ChainError, Completion, Waker};
-use keel_wal::{Storage, UringFaults, WalOptions};
+use keel_wal::{BackendChoice, Storage, UringFaults};
 
 /// Which operations to fail. Counters count down per operation; a counter at 0 fails that
 /// operation (once) and disarms; a negative counter is disarmed.
@@ -216,8 +216,12 @@ impl Backend for FaultyBackend {
 impl Storage for Faults {
     /// The real backend `options` ask for (io_uring with this plan's faults armed), wrapped
     /// in the injector.
-    fn backend(&self, options: &WalOptions) -> keel_wal::Result<Box<dyn Backend>> {
-        let inner = backend::build(options, Some(&self.uring))?;
+    fn backend(
+        &self,
+        choice: BackendChoice,
+        io_depth: usize,
+    ) -> keel_wal::Result<Box<dyn Backend>> {
+        let inner = backend::build(choice, io_depth, Some(&self.uring))?;
         let faults = self.me.upgrade().expect("a fault plan in use is alive");
         Ok(Box::new(FaultyBackend::new(inner, faults)))
     }

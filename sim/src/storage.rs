@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 
 use keel_wal::backend::Backend;
-use keel_wal::{Defects, Error, FileSystem, Storage, WalOptions};
+use keel_wal::{BackendChoice, Defects, Error, FileSystem, Storage};
 
 use crate::{Sim, SimBackend};
 
@@ -35,9 +35,9 @@ impl Sim {
 }
 
 impl Storage for Sim {
-    fn backend(&self, options: &WalOptions) -> keel_wal::Result<Box<dyn Backend>> {
+    fn backend(&self, _: BackendChoice, io_depth: usize) -> keel_wal::Result<Box<dyn Backend>> {
         let sim = self.me.upgrade().expect("a sim in use is alive");
-        Ok(Box::new(SimBackend::new(sim, options.io_depth)))
+        Ok(Box::new(SimBackend::new(sim, io_depth)))
     }
 
     fn sync_file(&self, file: &File, path: &Path, all: bool) -> io::Result<()> {

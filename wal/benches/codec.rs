@@ -71,7 +71,7 @@ fn read(c: &mut Criterion) {
         drop(wal.append(&unit));
     }
     wal.close().unwrap();
-    let segment = keel_wal::segment::list_directory(dir.path())
+    let segment = keel_wal::dir::list_directory(dir.path())
         .unwrap()
         .segments
         .remove(0);

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::ids::{DatabaseId, Lsn};
-use crate::witness::DurableProof;
 
 /// Why bytes on disk were not accepted. Carried by [`Error::Corruption`] and by the reader's
 /// findings, with the segment and offset where they were found.
@@ -157,3 +156,32 @@ impl Error {
 
 /// The result type of keel-wal.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What proves that a damaged or missing record had been durable.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DurableProof {
+    /// A later record of the segment (LSN `lsn`) carries a durable mark reaching it.
+    LaterRecord { lsn: Lsn, durable_lsn: Lsn },
+    /// The segment's witness says every record through `durable_lsn`, ending at `end_offset`,
+    /// was durable.
+    Witness { durable_lsn: Lsn, end_offset: u64 },
+}
+
+impl std::fmt::Display for DurableProof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DurableProof::LaterRecord { lsn, durable_lsn } => write!(
+                f,
+                "a later record (LSN {lsn}) says LSN {durable_lsn} was already durable"
+            ),
+            DurableProof::Witness {
+                durable_lsn,
+                end_offset,
+            } => write!(
+                f,
+                "the segment's durable witness says LSNs through {durable_lsn} (ending at \
+                 offset {end_offset}) were durable"
+            ),
+        }
+    }
+}

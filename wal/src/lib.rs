@@ -32,44 +32,34 @@
 //! ```
 
 pub mod backend;
-mod checksum;
-mod completion;
-mod entry;
+pub mod dir;
 mod error;
-pub mod fsutil;
+pub mod format;
 mod ids;
 mod options;
-mod prealloc;
-mod queue;
-pub mod reader;
-pub mod record;
-pub mod segment;
-mod stats;
-pub mod storage;
-mod sync;
-pub mod tail;
 mod wal;
-mod watermark;
-pub mod witness;
 mod writer;
 
-pub use backend::BackendKind;
+// The paths the other crates use: `keel_wal::segment::SegmentHeader` and so on.
+pub use dir::{fsutil, storage};
+pub use format::{reader, record, scan, segment, witness};
+
 pub use backend::uring_faults::UringFaults;
-pub use checksum::{ChecksumMismatch, Crc};
-pub use completion::{Appended, CommitFuture};
-pub use entry::{ArchivedWalEntry, EntryKind, WalEntry};
-pub use error::{CorruptionReason, Error, PoisonCause, Result};
+pub use backend::{BackendChoice, BackendKind};
+pub use dir::LogReader;
+pub use error::{CorruptionReason, DurableProof, Error, PoisonCause, Result};
+pub use format::checksum::{ChecksumMismatch, Crc};
+pub use format::entry::{ArchivedWalEntry, EntryKind, WalEntry};
+pub use format::reader::{OwnedRecord, RecordPosition, RecordRef, SegmentEvent, SegmentReader};
+pub use format::record::EncodedBatch;
+pub use format::witness::Witness;
 pub use ids::{ArchivedRunId, DatabaseId, Lsn, RunId, TxnId};
-pub use options::{
-    BackendChoice, DEFAULT_IO_DEPTH, DEFAULT_WITNESS_IDLE, Durability, MAX_IO_DEPTH, WalOptions,
-};
-pub use queue::MAX_QUEUED_BYTES;
-pub use reader::{LogReader, OwnedRecord, RecordPosition, RecordRef, SegmentEvent, SegmentReader};
-pub use record::EncodedBatch;
-pub use stats::{BATCH_BUCKETS, WalStats};
+pub use options::{DEFAULT_IO_DEPTH, DEFAULT_WITNESS_IDLE, Durability, MAX_IO_DEPTH, WalOptions};
 pub use storage::{Defects, FileSystem, Storage};
 pub use wal::{LogEnd, OpenSummary, RecoveredLog, Wal};
-pub use witness::{DurableProof, Witness};
+pub use writer::completion::{Appended, CommitFuture};
+pub use writer::queue::MAX_QUEUED_BYTES;
+pub use writer::stats::{BATCH_BUCKETS, WalStats};
 
 /// Commit futures and the log handle cross threads and runtimes.
 const _: () = {

@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::BackendChoice;
+use crate::dir::storage::{self, Storage};
 use crate::error::{Error, Result};
+use crate::format::record::MAX_PAYLOAD_LEN;
+use crate::format::segment::{HEADER_BLOCK_LEN, MIN_SEGMENT_BYTES};
 use crate::ids::DatabaseId;
-use crate::record::MAX_PAYLOAD_LEN;
-use crate::segment::{HEADER_BLOCK_LEN, MIN_SEGMENT_BYTES};
-use crate::storage::{self, Storage};
 
 /// The io_uring backend's default depth (see `docs/DESIGN.md`, "Choosing the depth").
 pub const DEFAULT_IO_DEPTH: usize = 8;
@@ -68,48 +69,6 @@ pub(crate) enum AckLevel {
     Enqueued,
     Written,
     Durable,
-}
-
-/// Which IO backend runs under the writer.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub enum BackendChoice {
-    /// The best available on this platform.
-    #[default]
-    Auto,
-    /// Portable `pwrite` + `fdatasync` (a full flush on macOS).
-    Std,
-    /// io_uring (Linux, `uring` feature); opening fails when it cannot run here.
-    Uring,
-}
-
-impl BackendChoice {
-    /// Every explicit backend this build can run here (io_uring is probed once); test
-    /// suites iterate it. `KEEL_BACKEND=std` or `KEEL_BACKEND=uring` narrows it to one.
-    pub fn available() -> &'static [BackendChoice] {
-        static AVAILABLE: std::sync::OnceLock<Vec<BackendChoice>> = std::sync::OnceLock::new();
-        AVAILABLE.get_or_init(|| {
-            let mut all = Vec::new();
-            if crate::backend::probe_uring(None).is_ok() {
-                all.push(BackendChoice::Uring);
-            }
-            all.push(BackendChoice::Std);
-            match std::env::var("KEEL_BACKEND").ok().as_deref() {
-                Some("std") => all.retain(|b| *b == BackendChoice::Std),
-                Some("uring") => all.retain(|b| *b == BackendChoice::Uring),
-                _ => {}
-            }
-            all
-        })
-    }
-
-    /// Its name in options and tool output.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendChoice::Auto => "auto",
-            BackendChoice::Std => "std",
-            BackendChoice::Uring => "uring",
-        }
-    }
 }
 
 /// Options of a log ([`crate::Wal::resume`], and keel-recovery's `open_wal` and `open_log`).
@@ -174,7 +133,7 @@ impl WalOptions {
             ));
         }
         let capacity =
-            self.segment_bytes - HEADER_BLOCK_LEN - crate::record::RECORD_HEADER_LEN as u64;
+            self.segment_bytes - HEADER_BLOCK_LEN - crate::format::record::RECORD_HEADER_LEN as u64;
         if self.max_record_bytes == 0
             || self.max_record_bytes > MAX_PAYLOAD_LEN
             || u64::from(self.max_record_bytes) > capacity

@@ -10,19 +10,19 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use crate::backend::BackendKind;
-use crate::completion::{Appended, CommitFuture};
-use crate::entry::WalEntry;
+use crate::dir::fsutil;
+use crate::dir::storage::Storage;
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::format::entry::WalEntry;
+use crate::format::reader::{self, OwnedRecord, RecordPosition};
+use crate::format::record::EncodedBatch;
+use crate::format::segment::{self, SegmentFile, SegmentHeader};
 use crate::ids::{DatabaseId, Lsn};
 use crate::options::Durability;
-use crate::queue::OnPlaced;
-use crate::queue::Queue;
-use crate::reader::{self, OwnedRecord, RecordPosition};
-use crate::record::EncodedBatch;
-use crate::segment::{self, SegmentFile, SegmentHeader};
-use crate::stats::{Counters, WalStats};
-use crate::storage::Storage;
+use crate::writer::Shared;
+use crate::writer::completion::{Appended, CommitFuture};
+use crate::writer::queue::OnPlaced;
+use crate::writer::stats::WalStats;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -30,13 +30,6 @@ use std::sync::{Arc, Mutex};
 /// lock is taken (a `CommitSpan` or `Checkpoint` archive is well under it; a larger entry is
 /// still framed, with a copy of the batch).
 const CLOSING_ENTRY_PAYLOAD_HINT: usize = 128;
-
-/// State shared by the handle and the writer thread.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub queue: Queue,
-    pub counters: Counters,
-}
 
 /// What opening found on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -230,7 +223,7 @@ impl Wal {
     /// the last segment (the one appended to) is never deleted. Returns how many were
     /// deleted. For a checkpoint that made everything below `lsn` redundant.
     pub fn remove_segments_before(&self, lsn: Lsn) -> Result<usize> {
-        let segments = segment::list_directory(&self.dir)?.segments;
+        let segments = crate::dir::list_directory(&self.dir)?.segments;
         let mut removed = 0;
         for pair in segments.windows(2) {
             if pair[1].first_lsn > lsn {

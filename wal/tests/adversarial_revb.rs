@@ -38,7 +38,10 @@ fn options() -> WalOptions {
 /// record that no durable mark vouches for.
 fn torn_log(dir: &Path) {
     common::filled_log(dir, options(), 20, 200);
-    let segment = segment::list_directory(dir).unwrap().segments.remove(0);
+    let segment = keel_wal::dir::list_directory(dir)
+        .unwrap()
+        .segments
+        .remove(0);
     let mut reader = keel_wal::SegmentReader::open(&segment).unwrap();
     let end = loop {
         match reader.next_event().unwrap() {
@@ -96,7 +99,7 @@ fn an_open_refused_for_its_backend_has_already_repaired_the_tail_and_started_a_s
 fn an_open_refused_for_a_newer_format_has_already_deleted_spares() {
     let dir = tempfile::tempdir().unwrap();
     common::filled_log(dir.path(), options(), 5, 200);
-    let segment = segment::list_directory(dir.path())
+    let segment = keel_wal::dir::list_directory(dir.path())
         .unwrap()
         .segments
         .remove(0);

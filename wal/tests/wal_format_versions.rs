@@ -12,7 +12,7 @@ use keel_wal::segment::{self, FORMAT_VERSION, HEADER_BLOCK_LEN, SegmentHeader};
 use keel_wal::{Error, LogReader, RunId, WalEntry};
 
 fn segments(dir: &Path) -> Vec<segment::SegmentFile> {
-    segment::list_directory(dir).unwrap().segments
+    keel_wal::dir::list_directory(dir).unwrap().segments
 }
 
 fn header_of(segment: &segment::SegmentFile) -> SegmentHeader {

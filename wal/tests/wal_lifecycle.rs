@@ -52,7 +52,7 @@ fn a_ready_spare_is_reused_by_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
         let wal = keel_recovery::open_wal(dir.path(), common::small_options(backend)).unwrap();
         wal.append(&[common::write(1, 1, "k", 10)]).wait().unwrap();
-        let spares = |dir: &std::path::Path| keel_wal::segment::list_directory(dir).unwrap().spares;
+        let spares = |dir: &std::path::Path| keel_wal::dir::list_directory(dir).unwrap().spares;
         let ready = |dir: &std::path::Path| {
             spares(dir)
                 .iter()

@@ -123,7 +123,7 @@ fn damage_one_log(seed: u64, durability: keel_wal::Durability, witness: bool) {
                 .unwrap()
                 .write_all_at(&bytes, 0)
                 .unwrap();
-            let listing = segment::list_directory(dir.path()).unwrap();
+            let listing = keel_wal::dir::list_directory(dir.path()).unwrap();
             let mut reader = SegmentReader::open(&listing.segments[0]).unwrap();
             let mut seen = 0;
             while let SegmentEvent::Record(record) = reader.next_event().unwrap() {

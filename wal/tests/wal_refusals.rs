@@ -88,7 +88,9 @@ fn a_reader_refuses_another_databases_segment() {
     other.close().unwrap();
 
     // Their first segment, renamed and renumbered to follow ours (checksum fixed up).
-    let theirs_first = segment::list_directory(theirs.path()).unwrap().segments[0]
+    let theirs_first = keel_wal::dir::list_directory(theirs.path())
+        .unwrap()
+        .segments[0]
         .path
         .clone();
     let mut bytes = std::fs::read(theirs_first).unwrap();

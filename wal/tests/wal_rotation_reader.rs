@@ -62,9 +62,7 @@ fn the_reader_refuses_a_missing_middle_segment() {
         300,
         800,
     );
-    let segments = keel_wal::segment::list_directory(dir.path())
-        .unwrap()
-        .segments;
+    let segments = keel_wal::dir::list_directory(dir.path()).unwrap().segments;
     assert!(segments.len() >= 3);
     std::fs::remove_file(&segments[1].path).unwrap();
     let mut reader = keel_wal::LogReader::open(dir.path()).unwrap();

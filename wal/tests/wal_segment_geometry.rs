@@ -23,7 +23,7 @@ fn options(backend: BackendChoice, segment_bytes: u64, max_record_bytes: u32) ->
 
 /// Every segment's header, after checking that its file is as long as the header says.
 fn headers(dir: &Path) -> Vec<SegmentHeader> {
-    segment::list_directory(dir)
+    keel_wal::dir::list_directory(dir)
         .unwrap()
         .segments
         .iter()

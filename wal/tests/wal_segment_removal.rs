@@ -3,7 +3,7 @@
 
 mod common;
 
-use keel_wal::{LogReader, segment};
+use keel_wal::LogReader;
 
 #[test]
 fn covered_segments_are_removed_and_the_log_goes_on() {
@@ -13,7 +13,7 @@ fn covered_segments_are_removed_and_the_log_goes_on() {
         for i in 0..400u64 {
             wal.append(&[common::write(1, i, "k", 600)]).wait().unwrap();
         }
-        let before = segment::list_directory(dir.path()).unwrap().segments;
+        let before = keel_wal::dir::list_directory(dir.path()).unwrap().segments;
         assert!(before.len() >= 4, "{before:?}");
         let cut = before[2].first_lsn;
         assert_eq!(wal.remove_segments_before(cut).unwrap(), 2);
@@ -21,7 +21,7 @@ fn covered_segments_are_removed_and_the_log_goes_on() {
         // Asking for everything never removes the segment being appended to.
         let last = before.last().unwrap().first_lsn;
         wal.remove_segments_before(u64::MAX).unwrap();
-        let left = segment::list_directory(dir.path()).unwrap().segments;
+        let left = keel_wal::dir::list_directory(dir.path()).unwrap().segments;
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].first_lsn, last);
         let lsn = wal
@@ -49,7 +49,7 @@ fn reading_from_an_lsn_skips_what_is_below_it() {
         300,
         500,
     );
-    let segments = segment::list_directory(dir.path()).unwrap().segments;
+    let segments = keel_wal::dir::list_directory(dir.path()).unwrap().segments;
     assert!(segments.len() >= 3);
     for from in [
         1,

@@ -41,7 +41,10 @@ fn append_unwitnessed(dir: &std::path::Path, lsn: u64) {
 
 /// Offsets of every record in the first segment.
 fn record_offsets(dir: &std::path::Path) -> Vec<u64> {
-    let segment = segment::list_directory(dir).unwrap().segments.remove(0);
+    let segment = keel_wal::dir::list_directory(dir)
+        .unwrap()
+        .segments
+        .remove(0);
     let mut reader = keel_wal::SegmentReader::open(&segment).unwrap();
     let mut offsets = Vec::new();
     while let keel_wal::SegmentEvent::Record(record) = reader.next_event().unwrap() {

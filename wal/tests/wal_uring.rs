@@ -301,7 +301,7 @@ fn log_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// What the last segment's witness claims: every record, after the close.
 fn last_witness_claim(dir: &Path) -> (u64, u64) {
-    let last = keel_wal::segment::list_directory(dir)
+    let last = keel_wal::dir::list_directory(dir)
         .unwrap()
         .segments
         .pop()

@@ -24,7 +24,7 @@ fn with_idle(backend: keel_wal::BackendChoice, idle: Option<Duration>) -> WalOpt
 }
 
 fn last_segment(dir: &Path) -> SegmentFile {
-    segment::list_directory(dir)
+    keel_wal::dir::list_directory(dir)
         .unwrap()
         .segments
         .pop()
@@ -155,7 +155,7 @@ fn witnesses_continue_across_opens_and_start_afresh_in_a_new_segment() {
     let sealed = last_segment(dir.path());
     // Enough to rotate (64 KiB segments).
     common::filled_log(dir.path(), with_idle(backend, Some(HOUR)), 40, 3000);
-    let segments = segment::list_directory(dir.path()).unwrap().segments;
+    let segments = keel_wal::dir::list_directory(dir.path()).unwrap().segments;
     assert!(segments.len() >= 2, "the log rotated");
     let fresh = newest(dir.path()).unwrap();
     assert_eq!(fresh.sequence, 1, "a new segment starts its own witness");

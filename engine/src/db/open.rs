@@ -100,7 +100,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
 /// anything on disk changes.
 fn check_log_behind(wal_dir: &Path, snapshot_lsn: Option<Lsn>, skipped: &Skipped) -> Result<()> {
     let log_start = if wal_dir.exists() {
-        keel_wal::segment::list_directory(wal_dir)?
+        keel_wal::dir::list_directory(wal_dir)?
             .segments
             .first()
             .map(|s| s.first_lsn)

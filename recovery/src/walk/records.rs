@@ -2,8 +2,8 @@
 
 use keel_wal::reader::{RecordRef, SegmentEvent, SegmentReader};
 use keel_wal::record::RECORD_ALIGN;
+use keel_wal::scan::{self, Beyond};
 use keel_wal::segment::{SegmentFile, SegmentHeader};
-use keel_wal::tail::{self, Beyond};
 use keel_wal::witness::{DurableProof, Witness};
 use keel_wal::{CorruptionReason, Lsn};
 
@@ -119,7 +119,7 @@ impl<R: Replay> Walk<'_, R> {
             // records of this log follow (then a zeroed record hides them) or its witness
             // says records beyond were durable.
             SegmentEvent::End { offset } if !last => {
-                let hidden = tail::next_valid_header(
+                let hidden = scan::next_valid_header(
                     reader.file(),
                     segment,
                     header,
@@ -173,7 +173,7 @@ impl<R: Replay> Walk<'_, R> {
         let searched = self.covered_through.is_some_and(|s| from <= s)
             || decide(&found.finding, self.policy) == Decision::Skip;
         let resume = match searched {
-            true => tail::next_valid_header(
+            true => scan::next_valid_header(
                 reader.file(),
                 segment,
                 header,
@@ -234,7 +234,7 @@ fn classify(
             reason,
         }));
     }
-    let beyond = tail::scan_beyond(
+    let beyond = scan::scan_beyond(
         reader.file(),
         segment,
         header,

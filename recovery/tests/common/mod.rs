@@ -114,7 +114,7 @@ pub fn committed_log_with(
 
 /// The segment files of a log directory, in LSN order.
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
-    segment::list_directory(dir)
+    keel_wal::dir::list_directory(dir)
         .unwrap()
         .segments
         .into_iter()
@@ -124,7 +124,7 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
 
 /// `(lsn, offset, len)` of every record of the segment at `path`.
 pub fn record_spans(dir: &Path, path: &Path) -> Vec<(Lsn, u64, u64)> {
-    let listing = segment::list_directory(dir).unwrap();
+    let listing = keel_wal::dir::list_directory(dir).unwrap();
     let file = listing.segments.iter().find(|s| s.path == path).unwrap();
     let mut reader = SegmentReader::open(file).unwrap();
     let mut spans = Vec::new();

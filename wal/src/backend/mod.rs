@@ -21,7 +21,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::options::{BackendChoice, WalOptions};
 use uring_faults::UringFaults;
 
 /// Which backend a log runs on.
@@ -42,6 +41,48 @@ impl BackendKind {
             BackendKind::Std => "std",
             BackendKind::Uring => "uring",
             BackendKind::Other(name) => name,
+        }
+    }
+}
+
+/// Which IO backend runs under the writer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum BackendChoice {
+    /// The best available on this platform.
+    #[default]
+    Auto,
+    /// Portable `pwrite` + `fdatasync` (a full flush on macOS).
+    Std,
+    /// io_uring (Linux, `uring` feature); opening fails when it cannot run here.
+    Uring,
+}
+
+impl BackendChoice {
+    /// Every explicit backend this build can run here (io_uring is probed once); test
+    /// suites iterate it. `KEEL_BACKEND=std` or `KEEL_BACKEND=uring` narrows it to one.
+    pub fn available() -> &'static [BackendChoice] {
+        static AVAILABLE: std::sync::OnceLock<Vec<BackendChoice>> = std::sync::OnceLock::new();
+        AVAILABLE.get_or_init(|| {
+            let mut all = Vec::new();
+            if probe_uring(None).is_ok() {
+                all.push(BackendChoice::Uring);
+            }
+            all.push(BackendChoice::Std);
+            match std::env::var("KEEL_BACKEND").ok().as_deref() {
+                Some("std") => all.retain(|b| *b == BackendChoice::Std),
+                Some("uring") => all.retain(|b| *b == BackendChoice::Uring),
+                _ => {}
+            }
+            all
+        })
+    }
+
+    /// Its name in options and tool output.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Std => "std",
+            BackendChoice::Uring => "uring",
         }
     }
 }
@@ -132,32 +173,36 @@ const UNCOMPILED: &str =
 
 /// The io_uring backend `options` ask for, or why there is none.
 fn build_uring(
-    options: &WalOptions,
+    io_depth: usize,
     faults: Option<&Arc<UringFaults>>,
 ) -> std::result::Result<Box<dyn Backend>, String> {
     #[cfg(all(target_os = "linux", feature = "uring"))]
-    return uring::UringBackend::new(options.io_depth, faults)
-        .map(|b| Box::new(b) as Box<dyn Backend>);
+    return uring::UringBackend::new(io_depth, faults).map(|b| Box::new(b) as Box<dyn Backend>);
     #[cfg(not(all(target_os = "linux", feature = "uring")))]
     {
-        let _ = (options, faults);
+        let _ = (io_depth, faults);
         Err(UNCOMPILED.into())
     }
 }
 
-/// Builds the real-file backend `options` ask for (what [`crate::FileSystem`] uses), the
-/// io_uring one with `faults` armed if given. `Auto` prefers io_uring and falls back to std
-/// with one warning a process; an explicit `Uring` that cannot run is an error.
-pub fn build(options: &WalOptions, faults: Option<&Arc<UringFaults>>) -> Result<Box<dyn Backend>> {
-    Ok(match options.backend {
+/// Builds the real-file backend `choice` asks for (what [`crate::FileSystem`] uses), with at
+/// most `io_depth` chains in flight, the io_uring one with `faults` armed if given. `Auto`
+/// prefers io_uring and falls back to std with one warning a process; an explicit `Uring`
+/// that cannot run is an error.
+pub fn build(
+    choice: BackendChoice,
+    io_depth: usize,
+    faults: Option<&Arc<UringFaults>>,
+) -> Result<Box<dyn Backend>> {
+    Ok(match choice {
         BackendChoice::Std => Box::new(std_io::StdBackend::default()),
-        BackendChoice::Uring => build_uring(options, faults).map_err(|reason| {
+        BackendChoice::Uring => build_uring(io_depth, faults).map_err(|reason| {
             crate::error::Error::BackendUnavailable {
                 backend: "uring",
                 reason,
             }
         })?,
-        BackendChoice::Auto => match build_uring(options, faults) {
+        BackendChoice::Auto => match build_uring(io_depth, faults) {
             Ok(backend) => backend,
             Err(reason) => {
                 warn_fallback(&reason);

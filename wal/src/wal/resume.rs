@@ -10,19 +10,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::{OpenSummary, Shared, Wal};
+use super::{OpenSummary, Wal};
 use crate::backend::{Backend, IoFile};
+use crate::dir::DirectoryListing;
+use crate::dir::fsutil;
+use crate::dir::prealloc::Preallocator;
+use crate::dir::storage::{self, Storage};
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::format::segment::{self, Continuation, HEADER_BLOCK_LEN, SegmentHeader};
+use crate::format::witness::Witness;
 use crate::ids::{DatabaseId, Lsn};
 use crate::options::WalOptions;
-use crate::prealloc::Preallocator;
-use crate::queue::Queue;
-use crate::segment::{self, Continuation, DirectoryListing, HEADER_BLOCK_LEN, SegmentHeader};
-use crate::stats::Counters;
-use crate::storage::{self, Storage};
-use crate::witness::Witness;
-use crate::writer::{self, ActiveSegment, WitnessTiming, Writer};
+use crate::writer::Shared;
+use crate::writer::queue::Queue;
+use crate::writer::stats::Counters;
+use crate::writer::{ActiveSegment, WitnessTiming, Writer};
 
 /// Where the log's verified records end: the last segment's header, the offset the next
 /// record goes to, and the segment's newest valid durable witness (which claims nothing
@@ -121,7 +123,7 @@ impl Wal {
     /// parent), then starts the writer.
     pub fn resume(recovered: RecoveredLog, options: WalOptions) -> Result<Wal> {
         options.validate()?;
-        let backend = options.storage.backend(&options)?;
+        let backend = options.storage.backend(options.backend, options.io_depth)?;
         Self::resume_on(recovered, options, backend)
     }
 
@@ -375,7 +377,7 @@ impl FreshSegment<'_> {
         )
         .map_err(|e| Error::io("generating salt in", self.dir, e))?;
         let path = self.dir.join(segment::file_name(first_lsn));
-        writer::install_segment(self.storage, &spare.file, &spare.path, &path, &header)?;
+        crate::dir::install_segment(self.storage, &spare.file, &spare.path, &path, &header)?;
         self.preallocator.replenish();
         let file = Arc::new(IoFile {
             file: spare.file,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Batch, ChainInfo, SyncDue, Writer};
 use crate::error::{Error, PoisonCause};
-use crate::queue::refuse;
+use crate::writer::queue::refuse;
 
 impl Writer {
     /// Collects completions (blocking for one when `block`), advances the watermarks and
@@ -72,7 +72,7 @@ impl Writer {
         if self.poisoned.is_some() {
             return;
         }
-        crate::watermark::publish(
+        crate::writer::watermark::publish(
             &self.shared.counters,
             self.written.through(),
             self.durable.through(),

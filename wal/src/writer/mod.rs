@@ -26,26 +26,28 @@
 //! installing segments) and [`witness_timer`] (when the durable witness is written).
 
 mod chains;
+pub(crate) mod completion;
 mod completions;
+pub(crate) mod queue;
 mod rotation;
 mod staging;
+pub(crate) mod stats;
+pub(crate) mod sync;
+pub(crate) mod watermark;
 mod witness_timer;
-
-pub(crate) use rotation::install_segment;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, IoFile};
+use crate::dir::prealloc::Preallocator;
+use crate::dir::storage::{Defects, Storage};
 use crate::error::PoisonCause;
+use crate::format::segment::{self, SegmentHeader};
+use crate::format::witness::Witness;
 use crate::ids::{DatabaseId, Lsn};
-use crate::prealloc::Preallocator;
-use crate::segment::{self, SegmentHeader};
-use crate::storage::{Defects, Storage};
-use crate::wal::Shared;
-use crate::watermark::{Waiters, Watermark};
-use crate::witness::Witness;
+use crate::writer::watermark::{Waiters, Watermark};
 use std::sync::Arc;
 
 /// A batch is submitted early once it holds this many bytes, bounding the buffer.
@@ -130,6 +132,13 @@ impl SyncDue {
             || (unsynced && self.unsynced_bytes >= self.bytes_limit)
             || (unsynced && closing)
     }
+}
+
+/// State shared by the handle and the writer thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub queue: crate::writer::queue::Queue,
+    pub counters: crate::writer::stats::Counters,
 }
 
 #[derive(Debug)]

@@ -1,17 +1,13 @@
 //! Rotation: the barrier before a new segment, and installing a spare as a segment.
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{ActiveSegment, Writer};
 use crate::backend::IoFile;
 use crate::error::{Error, PoisonCause};
-use crate::fsutil;
+use crate::format::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
 use crate::ids::Lsn;
-use crate::record::RECORD_HEADER_LEN;
-use crate::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
-use crate::storage::Storage;
 
 impl Writer {
     /// Starts the segment whose first record is `first_lsn`, after the barrier: the staged
@@ -51,7 +47,7 @@ impl Writer {
         )
         .map_err(|e| Error::io("generating salt for", &spare.path, e))?;
         let path = self.dir.join(segment::file_name(first_lsn));
-        install_segment(
+        crate::dir::install_segment(
             self.storage.as_ref(),
             &spare.file,
             &spare.path,
@@ -77,34 +73,4 @@ impl Writer {
         self.batch.offset = HEADER_BLOCK_LEN;
         Ok(())
     }
-}
-
-/// Turns a zero-filled spare into the segment `path`: header written and synced, the file
-/// renamed, the directory synced. Nothing in it is acknowledged before this returns.
-pub(crate) fn install_segment(
-    storage: &dyn Storage,
-    file: &std::fs::File,
-    spare_path: &std::path::Path,
-    path: &std::path::Path,
-    header: &SegmentHeader,
-) -> crate::error::Result<()> {
-    debug_assert!(RECORD_HEADER_LEN as u64 <= HEADER_BLOCK_LEN);
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("reading metadata of", spare_path, e))?
-        .len();
-    assert_eq!(
-        len,
-        header.segment_bytes,
-        "{} is installed with the size its header declares",
-        spare_path.display()
-    );
-    file.write_all_at(&header.encode(), 0)
-        .map_err(|e| Error::io("writing header of", spare_path, e))?;
-    fsutil::sync_file(storage, file, spare_path, false)?;
-    storage
-        .rename(spare_path, path)
-        .map_err(|e| Error::io("renaming spare to", path, e))?;
-    let dir = path.parent().expect("segments live in a directory");
-    fsutil::sync_dir(storage, dir)
 }

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use super::{MAX_BATCH_BYTES, Writer};
 use crate::error::Error;
+use crate::format::reader::RecordPosition;
+use crate::format::record::{self, get_u32};
 use crate::ids::Lsn;
 use crate::options::AckLevel;
-use crate::queue::{AppendRequest, Request, refuse};
-use crate::reader::RecordPosition;
-use crate::record::{self, get_u32};
+use crate::writer::queue::{AppendRequest, Request, refuse};
 
 impl Writer {
     pub(super) fn stage(&mut self, request: Request) {

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use super::{ChainInfo, Writer};
 use crate::backend::{Chain, WriteOp};
-use crate::segment::HEADER_BLOCK_LEN;
-use crate::witness::{self, Witness};
+use crate::format::segment::HEADER_BLOCK_LEN;
+use crate::format::witness::{self, Witness};
 
 impl Writer {
     /// The witness the idle writer owes: everything sealed is durable, nothing is staged or

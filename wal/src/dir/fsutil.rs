@@ -6,17 +6,17 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::dir::storage::Storage;
 use crate::error::{CorruptionReason, Error, Result};
+use crate::format::record::{get_u32, put_u32};
 use crate::ids::DatabaseId;
-use crate::record::{get_u32, put_u32};
-use crate::storage::Storage;
 
 /// The lock file of a WAL directory.
 pub const LOCK_FILE: &str = "LOCK";
 /// The identity file of a WAL directory.
 pub const IDENTITY_FILE: &str = "IDENTITY";
 /// The identity file's own format version, independent of the segment format's
-/// ([`crate::segment::FORMAT_VERSION`]).
+/// ([`crate::format::segment::FORMAT_VERSION`]).
 pub const IDENTITY_FORMAT_VERSION: u32 = 1;
 const IDENTITY_MAGIC: [u8; 8] = *b"KEELWID\0";
 const IDENTITY_LEN: usize = 36;
@@ -205,7 +205,7 @@ pub fn zero_range(file: &File, path: &Path, from: u64, to: u64) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::FileSystem;
+    use crate::dir::storage::FileSystem;
 
     #[test]
     fn identity_round_trips_and_damage_is_reported() {
@@ -233,7 +233,7 @@ mod tests {
         let path = dir.path().join(IDENTITY_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         assert_eq!(get_u32(&bytes, 8), 1);
-        put_u32(&mut bytes, 8, crate::segment::FORMAT_VERSION);
+        put_u32(&mut bytes, 8, crate::format::segment::FORMAT_VERSION);
         let crc = crc32fast::hash(&bytes[..32]);
         put_u32(&mut bytes, 32, crc);
         std::fs::write(&path, bytes).unwrap();

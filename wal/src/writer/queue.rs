@@ -6,13 +6,13 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::backend::Waker;
-use crate::completion::{CommitFuture, Resolver};
 use crate::error::{Error, PoisonCause, Result};
+use crate::format::reader::RecordPosition;
+use crate::format::record::EncodedBatch;
 use crate::ids::Lsn;
 use crate::options::{AckLevel, Durability};
-use crate::reader::RecordPosition;
-use crate::record::EncodedBatch;
-use crate::sync::{Condvar, Mutex, MutexGuard, lock};
+use crate::writer::completion::{CommitFuture, Resolver};
+use crate::writer::sync::{Condvar, Mutex, MutexGuard, lock};
 use std::sync::Arc;
 
 /// The caller's report of where an append's records went.
@@ -384,7 +384,7 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_models {
     use super::*;
-    use crate::entry::WalEntry;
+    use crate::format::entry::WalEntry;
     use crate::ids::RunId;
 
     fn one_entry() -> EncodedBatch {

@@ -6,9 +6,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, Result};
+use crate::format::record::{self, RECORD_ALIGN, RECORD_HEADER_LEN};
+use crate::format::segment::{SegmentFile, SegmentHeader};
 use crate::ids::Lsn;
-use crate::record::{self, RECORD_ALIGN, RECORD_HEADER_LEN};
-use crate::segment::{SegmentFile, SegmentHeader};
 
 /// What lies beyond the tail of a segment.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::sync::AtomicU64;
+use crate::writer::sync::AtomicU64;
 
 use crate::backend::BackendKind;
 use crate::ids::Lsn;

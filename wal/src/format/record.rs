@@ -17,9 +17,9 @@
 //! checksum covers the length, so a torn or flipped length is never trusted, and is checked
 //! before anything is allocated from it.
 
-use crate::checksum::{ChecksumMismatch, Crc};
-use crate::entry::{ArchivedWalEntry, WalEntry};
 use crate::error::{CorruptionReason, Error, Result};
+use crate::format::checksum::{ChecksumMismatch, Crc};
+use crate::format::entry::{ArchivedWalEntry, WalEntry};
 use crate::ids::Lsn;
 
 pub const HEADER_CRC_OFFSET: usize = 0;

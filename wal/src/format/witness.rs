@@ -27,11 +27,12 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::checksum::Crc;
+pub use crate::error::DurableProof;
 use crate::error::{Error, Result};
+use crate::format::checksum::Crc;
+use crate::format::record::{RECORD_ALIGN, get_u32, get_u64, put_u32, put_u64};
+use crate::format::segment::{HEADER_BLOCK_LEN, HEADER_LEN, SegmentHeader};
 use crate::ids::Lsn;
-use crate::record::{RECORD_ALIGN, get_u32, get_u64, put_u32, put_u64};
-use crate::segment::{HEADER_BLOCK_LEN, HEADER_LEN, SegmentHeader};
 
 pub const MAGIC: [u8; 8] = *b"KEELWIT\0";
 pub const MAGIC_OFFSET: usize = 0;
@@ -156,65 +157,6 @@ pub fn read(file: &File, path: &Path, header: &SegmentHeader) -> Result<Option<W
         slots[slot] = Witness::decode(&bytes, slot, header);
     }
     Ok(Witness::newest(slots))
-}
-
-/// Lowers the witness of a segment whose log now ends at `end_offset` with `next_lsn` (after
-/// a truncation), so that it claims nothing beyond: both slots are rewritten with the lowered
-/// claim, newer than `current`, and synced. Until the sync, either slot may still hold
-/// `current`; callers do this after zeroing (and syncing) what lies beyond, so that a crash in
-/// between leaves the cut records gone while `current` still claims them: damage below the
-/// witness, judged the same way again. (Lowered first, a crash would leave them on disk with
-/// nothing proving them durable: a torn tail to the next recovery.)
-pub fn lower(
-    storage: &dyn crate::Storage,
-    file: &File,
-    path: &Path,
-    header: &SegmentHeader,
-    current: Witness,
-    next_lsn: Lsn,
-    end_offset: u64,
-) -> Result<Witness> {
-    assert!(header.version >= FIRST_VERSION && next_lsn >= header.first_lsn);
-    let durable_lsn = current.durable_lsn.min(next_lsn - 1);
-    let end = current.end_offset.min(end_offset);
-    let first = Witness::after(Some(current), durable_lsn, end);
-    let second = Witness::after(Some(first), durable_lsn, end);
-    for witness in [first, second] {
-        file.write_all_at(&witness.encode(header.salt), SLOT_OFFSETS[witness.slot()])
-            .map_err(|e| Error::io("writing the witness of", path, e))?;
-    }
-    crate::fsutil::sync_file(storage, file, path, false)?;
-    assert!(second.within(next_lsn, end_offset));
-    Ok(second)
-}
-
-/// What proves that a damaged or missing record had been durable.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum DurableProof {
-    /// A later record of the segment (LSN `lsn`) carries a durable mark reaching it.
-    LaterRecord { lsn: Lsn, durable_lsn: Lsn },
-    /// The segment's witness says every record through `durable_lsn`, ending at `end_offset`,
-    /// was durable.
-    Witness { durable_lsn: Lsn, end_offset: u64 },
-}
-
-impl std::fmt::Display for DurableProof {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DurableProof::LaterRecord { lsn, durable_lsn } => write!(
-                f,
-                "a later record (LSN {lsn}) says LSN {durable_lsn} was already durable"
-            ),
-            DurableProof::Witness {
-                durable_lsn,
-                end_offset,
-            } => write!(
-                f,
-                "the segment's durable witness says LSNs through {durable_lsn} (ending at \
-                 offset {end_offset}) were durable"
-            ),
-        }
-    }
 }
 
 impl From<Witness> for DurableProof {
@@ -366,7 +308,7 @@ mod tests {
         file.write_all_at(&current.encode(header.salt), SLOT_OFFSETS[current.slot()])
             .unwrap();
         assert_eq!(read(&file, &path, &header).unwrap(), Some(current));
-        let lowered = lower(
+        let lowered = crate::dir::lower_witness(
             &crate::FileSystem,
             &file,
             &path,

@@ -15,16 +15,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{self, Backend};
+use crate::backend::{self, Backend, BackendChoice};
 use crate::error::Result;
-use crate::options::WalOptions;
 
 /// Where a log's files live and how their changes become durable. Every method has the real
 /// file system's behaviour as its default.
 pub trait Storage: Send + Sync + std::fmt::Debug {
-    /// The IO backend a log opened with `options` writes its records through.
-    fn backend(&self, options: &WalOptions) -> Result<Box<dyn Backend>> {
-        backend::build(options, None)
+    /// The IO backend a log writes its records through: the one `choice` asks for, with at
+    /// most `io_depth` chains in flight ([`crate::WalOptions::backend`], `io_depth`).
+    fn backend(&self, choice: BackendChoice, io_depth: usize) -> Result<Box<dyn Backend>> {
+        backend::build(choice, io_depth, None)
     }
 
     /// Makes `file`'s data durable (`fdatasync`; with `all`, its metadata too: `fsync`).

@@ -18,10 +18,12 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::checksum::{ChecksumMismatch, Crc};
 use crate::error::{CorruptionReason, Error, Result};
+use crate::format::checksum::{ChecksumMismatch, Crc};
+use crate::format::record::{
+    self, RECORD_ALIGN, RECORD_HEADER_LEN, get_u32, get_u64, put_u32, put_u64,
+};
 use crate::ids::{DatabaseId, Lsn};
-use crate::record::{self, RECORD_ALIGN, RECORD_HEADER_LEN, get_u32, get_u64, put_u32, put_u64};
 
 pub const MAGIC: [u8; 8] = *b"KEELWAL\0";
 /// The segment and record format this build writes: version 2 added the `CommitSpan` entry.
@@ -256,38 +258,6 @@ pub struct SegmentFile {
     pub first_lsn: Lsn,
 }
 
-/// What a directory holds besides segments.
-#[derive(Clone, Default, Debug)]
-pub struct DirectoryListing {
-    /// Segments in LSN order.
-    pub segments: Vec<SegmentFile>,
-    /// Preallocated spares left by an earlier writer.
-    pub spares: Vec<PathBuf>,
-    /// Files that are none of Keel's: reported, never touched.
-    pub unknown: Vec<PathBuf>,
-}
-
-/// Lists a WAL directory.
-pub fn list_directory(dir: &Path) -> Result<DirectoryListing> {
-    let mut listing = DirectoryListing::default();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let path = entry.path();
-        if let Some(first_lsn) = parse_file_name(&name) {
-            listing.segments.push(SegmentFile { path, first_lsn });
-        } else if name.starts_with(crate::prealloc::SPARE_PREFIX) {
-            listing.spares.push(path);
-        } else if !crate::fsutil::is_reserved_name(&name) {
-            listing.unknown.push(path);
-        }
-    }
-    listing.segments.sort_by_key(|s| s.first_lsn);
-    Ok(listing)
-}
-
 /// Reads and checks the header of a segment file, and that its name agrees with it.
 pub fn read_header(file: &File, segment: &SegmentFile) -> Result<SegmentHeader> {
     let path = &segment.path;
@@ -314,41 +284,6 @@ pub fn read_header(file: &File, segment: &SegmentFile) -> Result<SegmentHeader> 
         return Err(Error::corruption(path, 0, reason));
     }
     Ok(header)
-}
-
-/// Creates an empty segment in `dir` whose first record will be `first_lsn`: a zero-filled
-/// file, its header written and synced, renamed into place, the directory synced. Recovery
-/// uses it to seal a damaged last segment or to keep LSNs going when it discards every
-/// segment. Returns its path.
-pub fn create_empty(
-    storage: &dyn crate::Storage,
-    dir: &Path,
-    database_id: DatabaseId,
-    first_lsn: Lsn,
-    segment_bytes: u64,
-) -> Result<(PathBuf, SegmentHeader)> {
-    let tmp = dir.join(format!("{}.creating", file_name(first_lsn)));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("creating segment", &tmp, e))?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
-    while offset < segment_bytes {
-        let len = usize::try_from((segment_bytes - offset).min(zeros.len() as u64))
-            .expect("bounded by the chunk");
-        file.write_all_at(&zeros[..len], offset)
-            .map_err(|e| Error::io("zero-filling segment", &tmp, e))?;
-        offset += len as u64;
-    }
-    let header = SegmentHeader::new(database_id, first_lsn, segment_bytes, storage.seed())
-        .map_err(|e| Error::io("generating salt for", &tmp, e))?;
-    let path = dir.join(file_name(first_lsn));
-    crate::writer::install_segment(storage, &file, &tmp, &path, &header)?;
-    Ok((path, header))
 }
 
 #[cfg(test)]

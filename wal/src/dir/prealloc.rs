@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use crate::dir::fsutil;
+use crate::dir::storage::Storage;
 use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::storage::Storage;
 
 /// File names of spares start with this.
 pub const SPARE_PREFIX: &str = "spare-";

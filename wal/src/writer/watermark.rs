@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::completion::Resolver;
 use crate::ids::Lsn;
-use crate::stats::Counters;
+use crate::writer::completion::Resolver;
+use crate::writer::stats::Counters;
 
 /// Commits waiting for an LSN to be written or durable, in LSN order.
 pub(crate) type Waiters = VecDeque<(Lsn, Resolver)>;

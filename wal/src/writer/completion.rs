@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::{Error, Result};
 use crate::ids::Lsn;
-use crate::sync::{Condvar, Mutex, lock};
+use crate::writer::sync::{Condvar, Mutex, lock};
 use std::sync::Arc;
 
 /// Called with a commit's outcome by whoever resolves it (see [`CommitFuture::on_resolved`]).
