@@ -154,13 +154,8 @@ fn an_open_crashed_at_any_event_reopens_to_the_same_log() {
     let resized = 2 * SEGMENT;
     let reference = base.path().join("reference");
     copy_dir(&original, &reference);
-    let (wal, applied) = open(
-        &reference,
-        real(resized),
-        RecoveryPolicy::PointInTime,
-        None,
-    )
-    .unwrap();
+    let (wal, applied) =
+        open(&reference, real(resized), RecoveryPolicy::PointInTime, None).unwrap();
     assert_eq!(wal.next_lsn(), 19);
     wal.close().unwrap();
     let mut crashes = 0;
@@ -302,7 +297,11 @@ fn a_sealed_segment_with_a_dead_process_writes_strands_later_commits() {
         Some(10),
     )
     .unwrap();
-    assert_eq!(replayed.last(), Some(&22), "txn 10 read from the page cache");
+    assert_eq!(
+        replayed.last(),
+        Some(&22),
+        "txn 10 read from the page cache"
+    );
     let acked = wal.append(&txn(11, 200)).wait().unwrap();
     // Power loss: only what was made durable survives.
     let state = sim.crash();
