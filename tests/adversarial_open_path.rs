@@ -5,7 +5,7 @@
 //!   that sets segments aside, zeroes a tail, lowers a witness and starts a fresh segment of
 //!   a new size, crashed at each of its storage events, reopens to the same log; after it
 //!   completes, a Strict commit survives a power loss.
-//! - `a_sealed_segment_with_a_dead_process_writes_strands_later_commits` (FAILS): see there.
+//! - `a_sealed_segment_with_a_dead_process_writes_strands_later_commits` (failed before recovery synced the segment it seals): see there.
 
 use std::future::Future;
 use std::path::Path;
@@ -127,7 +127,7 @@ fn damaged_log(dir: &Path) {
         wal.append(&txn(t, 3000)).wait().unwrap();
     }
     wal.close().unwrap();
-    let segments = segment::list_directory(dir).unwrap().segments;
+    let segments = keel_wal::dir::list_directory(dir).unwrap().segments;
     assert!(segments.len() >= 2);
     let (offset, _) = span_of(&segments[0].path, 19);
     flip(&segments[0].path, offset + 40);
@@ -231,7 +231,7 @@ fn until_blocked(sim: &Sim) {
     }
 }
 
-/// FAILS. A process dies after its last record's write completed and before its fdatasync
+/// Failed before the fix. A process dies after its last record's write completed and before its fdatasync
 /// (nothing acknowledged). The next process's recovery reads that record from the page cache
 /// and, because the last segment holds damage its snapshot covers (a media fault at LSN 5,
 /// snapshot through LSN 10: skipped), seals the segment with a fresh one. `Wal::resume`
@@ -257,7 +257,7 @@ fn a_sealed_segment_with_a_dead_process_writes_strands_later_commits() {
         wal.append(&txn(t, 200)).wait().unwrap();
     }
     wal.close().unwrap();
-    let first = segment::list_directory(&dir).unwrap().segments[0]
+    let first = keel_wal::dir::list_directory(&dir).unwrap().segments[0]
         .path
         .clone();
     let (offset_5, _) = span_of(&first, 5);

@@ -255,7 +255,7 @@ where
         let mut replay = IndexReplay {
             index: Index::default(),
         };
-        let (wal, _) = keel_recovery::open_log(
+        let (wal, report) = keel_recovery::open_log(
             dir,
             options,
             RecoveryPolicy::TolerateTornTail,
@@ -268,6 +268,16 @@ where
             }
             other => io_error::<C>(ErrorSubject::Logs, ErrorVerb::Read, other),
         })?;
+        // Recovery hands the index payloads, checkpoints and committed transactions only; an
+        // open or aborted transaction's records would pass unseen. Every record of a Raft log
+        // is a payload.
+        if report.records != report.payloads {
+            return Err(corrupt::<C>(format!(
+                "{} of the log's {} records are not Raft log records",
+                report.records - report.payloads,
+                report.records
+            )));
+        }
         let index = replay.index;
         tracing::info!(
             dir = %dir.display(),

@@ -1,5 +1,5 @@
-//! Adversarial review of the one open path for the Raft log store (FAILS on the code it was
-//! written against): the store now opens through `keel_recovery::open_log` and builds its
+//! Adversarial review of the one open path for the Raft log store (failed on the code it was
+//! written against; fixed in `KeelLogStore::open`): the store now opens through `keel_recovery::open_log` and builds its
 //! index from `Replay::payload`. Recovery hands the sink only payloads, checkpoints and
 //! *committed* transactions; a transaction's entries that never commit (a `Write` or
 //! `BeginTxn` with no commit, or one ended by `AbortTxn`) are counted and dropped without the

@@ -185,12 +185,18 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
         _ => walked,
     };
     // A fresh last segment where appends could not continue in place: every segment set
-    // aside (LSNs must not restart at 1), a skip inside the last one (also when its tail
-    // was then cut: sealed, the skipped damage is judged the same way next time), or a log
-    // that must continue above the snapshot.
+    // aside (LSNs must not restart at 1); a last segment kept (the last one, or the one made
+    // last by what was set aside) with damage passed over inside it (also when its tail was
+    // then cut: sealed, the skipped damage is judged the same way next time), or whose own
+    // records stop below the next LSN (it overlaps what an earlier segment held), or that
+    // was never read; or a log that must continue above the snapshot.
     let remaining = segments.len() - aside.len();
+    let last_kept = last_kept(segments, &aside);
+    let appendable = last_kept
+        .and_then(|i| walk.ends.get(&i))
+        .is_some_and(|end| !end.skipped && end.next_lsn == walked);
     let seal = (remaining == 0 && !segments.is_empty())
-        || (walk.seal_last && !aside.contains(&(segments.len() - 1)))
+        || (last_kept.is_some() && !appendable)
         || next_lsn != walked;
     let fresh = match (seal, walk.identity) {
         (false, _) => None,
@@ -208,7 +214,10 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
     let lower_witness = cut
         .and_then(|_| (0..first_discarded).rev().find(|i| !aside.contains(i)))
         .and_then(|index| walk.ends.get(&index).map(|end| (index, *end)))
-        .filter(|(_, end)| end.witness.is_some_and(|w| !w.within(walked, end.offset)));
+        .filter(|(_, end)| {
+            end.witness
+                .is_some_and(|w| !w.within(end.next_lsn, end.offset))
+        });
     Ok(Plan {
         aside,
         zero_from,
@@ -260,7 +269,7 @@ fn apply(
             storage,
             &segments[index].path,
             &end,
-            plan.walked,
+            end.next_lsn,
         )?);
     }
     if let Some((database_id, first_lsn, bytes)) = plan.fresh {
@@ -268,6 +277,12 @@ fn apply(
         if let Some(index) = replaced {
             let aside = keep_aside(storage, dir, &segments[index].path, report)?;
             applied.set_aside.push(aside);
+        }
+        // The segment the log's read ended in takes no more appends: what a dead process
+        // wrote to it may still be in the page cache only, and the commits replayed from it
+        // must be durable before the fresh segment lets new ones be acknowledged.
+        if let Some(index) = last_kept(segments, &plan.aside) {
+            sync_segment(storage, &segments[index].path)?;
         }
         let (path, header) =
             keel_wal::dir::create_empty(storage, dir, database_id, first_lsn, bytes)?;
@@ -279,6 +294,22 @@ fn apply(
         }
     }
     Ok(applied)
+}
+
+/// The last of `segments` not set aside, if any.
+fn last_kept(segments: &[SegmentFile], aside: &[usize]) -> Option<usize> {
+    (0..segments.len()).rev().find(|i| !aside.contains(i))
+}
+
+/// Makes a segment's data durable.
+fn sync_segment(storage: &dyn Storage, path: &Path) -> Result<()> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| keel_wal::Error::io("opening segment", path, e))?;
+    fsutil::sync_file(storage, &file, path, false)?;
+    Ok(())
 }
 
 /// The name a segment is set aside under: `<name>.discarded`, or `<name>.<n>.discarded`

@@ -1,6 +1,6 @@
 //! Adversarial review of the one open path (`open_log`: recovery hands `LogEnd` and the next
-//! LSN to `Wal::resume`). Each test here FAILS on the code it was written against: it shows
-//! a way the log the writer resumes is not where the log's verified records end, so that an
+//! LSN to `Wal::resume`). Each test here failed on the code it was written against (23f0554)
+//! and passes since the fix in `recovery/src/repair.rs` and `walk/`: it shows a way the log the writer resumes is not where the log's verified records end, so that an
 //! acknowledged commit is lost or an open is refused wrongly. See each test's comment.
 
 mod common;
@@ -71,7 +71,8 @@ fn overlapping_last_segment(base: &Path, unwitnessed: bool) -> (PathBuf, PathBuf
     (ours, to)
 }
 
-/// FAILS. SkipCorrupted, an overlapping last segment that ends cleanly inside what was read
+/// Failed before the fix (the last segment kept must end at the next LSN with nothing passed
+/// over in it, or be sealed). SkipCorrupted, an overlapping last segment that ends cleanly inside what was read
 /// (LSNs 5..=8 of a log read through 10). The recovery says the next LSN is 11, and the
 /// `LogEnd` it hands the writer is the stray segment's end, after LSN 8: the writer appends
 /// LSN 11 right after LSN 8. The next recovery (same policy) reads 5..=8 there, expects 9,
@@ -101,7 +102,8 @@ fn appends_after_an_overlapping_last_segment_that_ends_early_are_lost() {
     );
 }
 
-/// FAILS. As above, but the stray last segment ends in a torn record (LSN 8, never
+/// Failed before the fix (the last segment kept must end at the next LSN with nothing passed
+/// over in it, or be sealed). As above, but the stray last segment ends in a torn record (LSN 8, never
 /// witnessed). The recovery cuts the torn tail and sets `expected` back to the gap's start,
 /// 8, ignoring that LSNs 8..=10 were already read (and replayed) from the first segment: the
 /// log resumes at LSN 8, handing out LSNs already used, right after LSN 7 in the stray
@@ -137,7 +139,8 @@ fn a_torn_overlapping_last_segment_hands_out_used_lsns_and_loses_the_next_commit
     );
 }
 
-/// FAILS. SkipCorrupted: the first segment's records end below its own witness (its last
+/// Failed before the fix (the last segment kept must end at the next LSN with nothing passed
+/// over in it, or be sealed). SkipCorrupted: the first segment's records end below its own witness (its last
 /// records zeroed: skipped as damage in a sealed segment, nothing readable after it), and
 /// every later segment's header is damaged (skipped, set aside). The first segment becomes the
 /// last and the log ends at the damage, but its witness still claims the lost records: no

@@ -73,12 +73,15 @@ impl<R: Replay> Walk<'_, R> {
                 None => found.finding,
             };
             if self.judge(&found.path, found.offset, finding)? == Decision::Truncate {
-                self.expected = Some(gap.from);
+                // A cut inside a segment that overlaps what was read (below the floor) loses
+                // nothing an earlier segment holds: the log goes on from the floor.
+                self.expected = Some(gap.from.max(self.floor));
                 self.report.cut_at = Some(gap.from);
                 if let Cut::At { segment, offset } = found.cut
                     && let Some(end) = self.ends.get_mut(&segment)
                 {
                     end.offset = offset;
+                    end.next_lsn = gap.from;
                 }
                 return Ok(Some(found.cut));
             }

@@ -58,6 +58,12 @@ pub(crate) struct SegmentEnd {
     pub witness: Option<Witness>,
     /// The clean end, where the unreadable rest began, or the cut.
     pub offset: u64,
+    /// The LSN its own records stop before (at `offset`): where appends in it would go on.
+    /// Below the log's next LSN when a segment overlapping what was read ends early.
+    pub next_lsn: Lsn,
+    /// Damage inside it was passed over (a skip, or damage the snapshot covers): appends must
+    /// not continue in it.
+    pub skipped: bool,
 }
 
 pub(crate) struct Walk<'a, R> {
@@ -75,8 +81,6 @@ pub(crate) struct Walk<'a, R> {
     floor: Lsn,
     /// Segments set aside by segment-level skips.
     pub set_aside: Vec<usize>,
-    /// A skip inside the last segment: it must be sealed by a fresh one.
-    pub seal_last: bool,
     pub segment_bytes: Option<u64>,
     /// Per readable segment (by index), where reading it stopped.
     pub ends: BTreeMap<usize, SegmentEnd>,
@@ -102,7 +106,6 @@ impl<'a, R: Replay> Walk<'a, R> {
             gap: None,
             floor: 0,
             set_aside: Vec::new(),
-            seal_last: false,
             segment_bytes: None,
             ends: BTreeMap::new(),
         }
@@ -165,6 +168,8 @@ impl<'a, R: Replay> Walk<'a, R> {
                     header,
                     witness,
                     offset: segment::HEADER_BLOCK_LEN,
+                    next_lsn: header.first_lsn,
+                    skipped: false,
                 },
             );
             let reader = SegmentReader::with_header(file, segment, header)?;

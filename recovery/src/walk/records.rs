@@ -83,6 +83,7 @@ impl<R: Replay> Walk<'_, R> {
         };
         if let Some(end) = self.ends.get_mut(&index) {
             end.offset = stopped_at;
+            end.next_lsn = expected;
         }
         // A segment overlapping what was read and ending inside it moves nothing back.
         self.expected = Some(expected.max(self.floor));
@@ -184,6 +185,10 @@ impl<R: Replay> Walk<'_, R> {
             false => None,
         };
         let witnessed_end = witnessed_end(&found.finding);
+        let in_segment = match found.cut {
+            Cut::At { segment, .. } => Some(segment),
+            Cut::Before { .. } => None,
+        };
         self.open_gap(from, Some(found));
         if resume.is_none()
             && last
@@ -200,14 +205,24 @@ impl<R: Replay> Walk<'_, R> {
                 },
             ),
             // The rest of a sealed segment: the next readable segment's start closes the gap.
-            None if searched && !last => return Ok(Salvage::End),
+            None if searched && !last => {
+                self.passed_over(in_segment);
+                return Ok(Salvage::End);
+            }
             None => (self.resolve(None)?, Salvage::End),
         };
         if let Some(cut) = cut {
             return Ok(Salvage::Cut(cut));
         }
-        self.seal_last |= last;
+        self.passed_over(in_segment);
         Ok(then)
+    }
+
+    /// Damage in segment `index` was passed over: appends must not continue in it.
+    fn passed_over(&mut self, index: Option<usize>) {
+        if let Some(end) = index.and_then(|i| self.ends.get_mut(&i)) {
+            end.skipped = true;
+        }
     }
 }
 
