@@ -135,50 +135,22 @@ impl Wal {
         backend: Box<dyn Backend>,
     ) -> Result<Wal> {
         options.validate()?;
-        let RecoveredLog {
-            dir,
-            listing,
-            end,
-            next_lsn,
-            truncated_bytes,
-            ..
-        } = &recovered;
-        let _span = tracing::info_span!("wal_resume", dir = %dir.display()).entered();
+        let _span = tracing::info_span!("wal_resume", dir = %recovered.dir.display()).entered();
         let storage = Arc::clone(&options.storage);
-        // Everything that can refuse comes before anything that changes the disk.
-        let (database_id, created) =
-            establish_identity(dir, &options, recovered.database_id, listing)?;
-        for unknown in &listing.unknown {
-            tracing::warn!(file = %unknown.display(), "ignoring a file that is not part of the log");
-        }
-        let preallocator = Preallocator::start(
-            &storage,
-            dir,
-            options.segment_bytes,
-            options.preallocate && storage.background_work(),
-            &listing.spares,
-        )?;
-        let fresh = FreshSegment {
-            storage: storage.as_ref(),
-            dir,
+        let Start {
             database_id,
-            segment_bytes: options.segment_bytes,
-            preallocator: &preallocator,
-        };
-        let last = listing.segments.last().zip(end.as_ref());
-        let active = fresh.open_active(last, *next_lsn)?;
-        // The previous process may have died before syncing the directory entries it made
-        // (a rotation's rename, a spare, the identity, recovery's fresh segment, the directory
-        // itself): nothing is acknowledged before they are durable.
-        fsutil::sync_dir_and_parent(storage.as_ref(), dir)?;
-        let (next_lsn, truncated_bytes) = (*next_lsn, *truncated_bytes);
+            created,
+            active,
+            preallocator,
+        } = start(&recovered, &options)?;
+        let (next_lsn, truncated_bytes) = (recovered.next_lsn, recovered.truncated_bytes);
         let active_first_lsn = active.header.first_lsn;
         let backend_kind = backend.kind();
         let shared = new_shared(backend.as_ref(), next_lsn);
         let writer = Writer::new(
             Arc::clone(&shared),
             backend,
-            dir.clone(),
+            recovered.dir.clone(),
             database_id,
             options.segment_bytes,
             active,
@@ -187,7 +159,7 @@ impl Wal {
             Arc::clone(&storage),
             witness_timing(&options),
         );
-        let handle = spawn_writer(writer, dir)?;
+        let handle = spawn_writer(writer, &recovered.dir)?;
         let RecoveredLog {
             dir, lock, listing, ..
         } = recovered;
@@ -219,6 +191,59 @@ impl Wal {
             _lock: lock,
         })
     }
+}
+
+/// What the log starts from: its identity (and whether this open created it), the segment
+/// appends go to, and the spares.
+struct Start {
+    database_id: DatabaseId,
+    created: bool,
+    active: ActiveSegment,
+    preallocator: Preallocator,
+}
+
+/// Establishes the identity (refusing a foreign one before anything changes), takes over
+/// the spares, opens the segment appends go to (a fresh one when needed), and makes durable
+/// the directory entries the previous process may have left unsynced.
+fn start(recovered: &RecoveredLog, options: &WalOptions) -> Result<Start> {
+    let RecoveredLog {
+        dir,
+        listing,
+        end,
+        next_lsn,
+        ..
+    } = recovered;
+    let storage = &options.storage;
+    let (database_id, created) = establish_identity(dir, options, recovered.database_id, listing)?;
+    for unknown in &listing.unknown {
+        tracing::warn!(file = %unknown.display(), "ignoring a file that is not part of the log");
+    }
+    let preallocator = Preallocator::start(
+        storage,
+        dir,
+        options.segment_bytes,
+        options.preallocate && storage.background_work(),
+        &listing.spares,
+    )?;
+    let fresh = FreshSegment {
+        storage: storage.as_ref(),
+        dir,
+        database_id,
+        segment_bytes: options.segment_bytes,
+        preallocator: &preallocator,
+    };
+    let last = listing.segments.last().zip(end.as_ref());
+    let active = fresh.open_active(last, *next_lsn)?;
+    // The previous process may have died before syncing the directory entries it made (a
+    // rotation's rename, a spare, the identity, recovery's fresh segment, the directory
+    // itself): nothing is acknowledged before they are durable.
+    fsutil::sync_dir_and_parent(storage.as_ref(), dir)?;
+    Ok(Start {
+        database_id,
+        created,
+        active,
+        preallocator,
+    })
 }
 
 /// The state the handle shares with the writer thread: a queue that assigns LSNs from
