@@ -65,6 +65,9 @@ pub enum Error {
         kind: EntryKind,
         source: ReplayError,
     },
+    /// The sink refused the log before anything was read or changed ([`Replay::begin`]).
+    #[error("{0}")]
+    Declined(ReplayError),
     /// A broken internal expectation (a bug), reported instead of a panic.
     #[error("internal error: {0}")]
     Internal(String),
@@ -148,7 +151,7 @@ pub fn recover_with(
     options: RecoveryOptions,
     replay: &mut impl Replay,
 ) -> Result<RecoveryReport> {
-    recover_locked(dir.as_ref(), options, false, replay).map(|(report, _)| report)
+    recover_locked(dir.as_ref(), options, Opening::Report, replay).map(|(report, _)| report)
 }
 
 /// Recovers the log in `dir` and resumes it for appends: the one way an existing log is
@@ -169,9 +172,7 @@ pub fn open_log(
     // What can refuse the options comes before the recovery changes anything.
     wal.validate()?;
     let backend = wal.storage.backend(wal.backend, wal.io_depth)?;
-    if wal.create_if_missing {
-        fsutil::create_dir_all_durably(wal.storage.as_ref(), dir)?;
-    }
+    let create = wal.create_if_missing;
     let options = RecoveryOptions {
         policy,
         covered_through,
@@ -179,7 +180,8 @@ pub fn open_log(
         database_id: wal.database_id,
         storage: Arc::clone(&wal.storage),
     };
-    let (report, recovered) = recover_locked(dir, options, true, replay)?;
+    let opening = Opening::Append { create };
+    let (report, recovered) = recover_locked(dir, options, opening, replay)?;
     let recovered = recovered.ok_or_else(|| Error::Internal("a repair left no log".into()))?;
     Ok((Wal::resume_on(recovered, wal, backend)?, report))
 }
@@ -196,22 +198,41 @@ pub fn open_wal(dir: impl AsRef<Path>, wal: WalOptions) -> Result<Wal> {
     open_log(dir, wal, RecoveryPolicy::default(), None, &mut Nothing).map(|(wal, _)| wal)
 }
 
+/// What a recovery is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opening {
+    /// A report (and the repair): [`recover_with`].
+    Report,
+    /// The log resumes afterwards ([`open_log`]): segments without an identity (which it
+    /// could not append to) are refused before anything changes, and with `create` a missing
+    /// directory is created once the sink accepted a log with no segment.
+    Append { create: bool },
+}
+
 /// The recovery itself: returns the report and, unless it was a dry run, the log as the
-/// repair left it, still locked. `for_append`: the log is to resume, so segments without an
-/// identity (which it could not append to) are refused before anything changes.
+/// repair left it, still locked.
 fn recover_locked(
     dir: &Path,
     options: RecoveryOptions,
-    for_append: bool,
+    opening: Opening,
     replay: &mut impl Replay,
 ) -> Result<(RecoveryReport, Option<RecoveredLog>)> {
     let started = Instant::now();
     let policy = options.policy;
     let _span = tracing::info_span!("recovery", dir = %dir.display(), %policy).entered();
     let storage = Arc::clone(&options.storage);
+    let missing = !dir.exists();
+    if missing {
+        // No log at all: the sink may refuse that before the directory is created.
+        replay.begin(None).map_err(Error::Declined)?;
+        if opening == (Opening::Append { create: true }) {
+            fsutil::create_dir_all_durably(storage.as_ref(), dir)?;
+        }
+    }
     let lock = fsutil::lock_dir(storage.as_ref(), dir)?;
     let listing = keel_wal::dir::list_directory(dir)?;
     let identity = fsutil::read_identity(dir)?;
+    let for_append = matches!(opening, Opening::Append { .. });
     if for_append && identity.is_none() && !listing.segments.is_empty() {
         return Err(keel_wal::Error::corruption(
             dir.join(fsutil::IDENTITY_FILE),
@@ -229,6 +250,11 @@ fn recover_locked(
             found,
         }
         .into());
+    }
+    if !missing {
+        replay
+            .begin(listing.segments.first().map(|s| s.first_lsn))
+            .map_err(Error::Declined)?;
     }
     let mut report = empty_report(policy);
     report.covered_through = options.covered_through;

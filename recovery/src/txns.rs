@@ -49,6 +49,15 @@ pub type ReplayError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The only thing recovery knows of its caller.
 pub trait Replay {
+    /// Called once, after the directory is listed and before any record is read or anything
+    /// changes, with the first LSN the log holds (`None`: no segment). A sink that knows what
+    /// the log must reach back to (a snapshot's successor) refuses here, and the recovery
+    /// ends with [`crate::Error::Declined`].
+    fn begin(&mut self, first_lsn: Option<Lsn>) -> std::result::Result<(), ReplayError> {
+        let _ = first_lsn;
+        Ok(())
+    }
+
     /// One committed transaction: called in commit-LSN order, the order the live engine
     /// applied them.
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError>;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 
-use keel_recovery::RecoveryReport;
-use keel_wal::{Lsn, Storage, TxnId, Wal, WalOptions, fsutil};
+use keel_recovery::{CommittedTxn, RecoveryReport, Replay, ReplayError};
+use keel_wal::{ArchivedWalEntry, Lsn, RecordPosition, Storage, TxnId, Wal, WalOptions, fsutil};
 
 use super::{Database, Inner, Options};
 use crate::retention::Spills;
@@ -65,7 +65,6 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
         Some(loaded) => (loaded.state, loaded.max_txn_id),
         None => (State::default(), 0),
     };
-    check_log_behind(wal_dir, snapshot_lsn, &snapshots_skipped)?;
     let unreadable: Vec<Lsn> = snapshots_skipped
         .iter()
         .filter_map(|(path, _)| snapshot::lsn_of(path))
@@ -77,7 +76,13 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
         spills: Vec::new(),
         last_install_marker: 0,
     };
-    let (wal, report) = open_log(wal_dir, options, snapshot_lsn, &mut replay)?;
+    let mut sink = OpenSink {
+        wal_dir,
+        replay: &mut replay,
+        snapshot_lsn,
+        skipped: &snapshots_skipped,
+    };
+    let (wal, report) = open_log(wal_dir, options, snapshot_lsn, &mut sink)?;
     let last_install_marker = replay.last_install_marker;
     let mut spills = Spills::default();
     for (txn_id, head, commit) in std::mem::take(&mut replay.spills) {
@@ -96,17 +101,50 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
     Ok((recovered, wal))
 }
 
-/// Refuses a log that does not reach back to the snapshot in use (or is missing), before
-/// anything on disk changes.
-fn check_log_behind(wal_dir: &Path, snapshot_lsn: Option<Lsn>, skipped: &Skipped) -> Result<()> {
-    let log_start = if wal_dir.exists() {
-        keel_wal::dir::list_directory(wal_dir)?
-            .segments
-            .first()
-            .map(|s| s.first_lsn)
-    } else {
-        None
-    };
+/// The engine's sink at open: the state replay, after the log was checked to reach back to
+/// the snapshot in use, on recovery's own listing and before anything on disk changes.
+struct OpenSink<'a, 'b> {
+    wal_dir: &'b Path,
+    replay: &'b mut StateReplay<'a>,
+    snapshot_lsn: Option<Lsn>,
+    skipped: &'b Skipped,
+}
+
+impl Replay for OpenSink<'_, '_> {
+    fn begin(&mut self, first_lsn: Option<Lsn>) -> std::result::Result<(), ReplayError> {
+        check_log_behind(self.wal_dir, first_lsn, self.snapshot_lsn, self.skipped)
+            .map_err(|e| Box::new(e).into())
+    }
+
+    fn apply(&mut self, txn: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError> {
+        self.replay.apply(txn)
+    }
+
+    fn checkpoint(
+        &mut self,
+        lsn: Lsn,
+        entry: &ArchivedWalEntry,
+    ) -> std::result::Result<(), ReplayError> {
+        self.replay.checkpoint(lsn, entry)
+    }
+
+    fn payload(
+        &mut self,
+        position: RecordPosition,
+        entry: &ArchivedWalEntry,
+    ) -> std::result::Result<(), ReplayError> {
+        self.replay.payload(position, entry)
+    }
+}
+
+/// Refuses a log (starting at `log_start`; `None`: no segment) that does not reach back to
+/// the snapshot in use, or is missing.
+fn check_log_behind(
+    wal_dir: &Path,
+    log_start: Option<Lsn>,
+    snapshot_lsn: Option<Lsn>,
+    skipped: &Skipped,
+) -> Result<()> {
     if log_start.is_none()
         && let Some(covered) = snapshot_lsn
     {
@@ -159,7 +197,7 @@ fn open_log(
     wal_dir: &Path,
     options: &Options,
     snapshot_lsn: Option<Lsn>,
-    replay: &mut StateReplay<'_>,
+    replay: &mut impl Replay,
 ) -> Result<(Wal, RecoveryReport)> {
     let wal_options = WalOptions {
         durability: options.durability,
@@ -176,7 +214,15 @@ fn open_log(
         options.recovery_policy,
         snapshot_lsn,
         replay,
-    )?;
+    )
+    .map_err(|e| match e {
+        // The log does not reach back to the snapshot: the engine's own refusal.
+        keel_recovery::Error::Declined(declined) => match declined.downcast::<Error>() {
+            Ok(engine) => *engine,
+            Err(other) => Error::Metadata(other.to_string()),
+        },
+        other => other.into(),
+    })?;
     let after = snapshot_lsn.unwrap_or(0);
     if wal.next_lsn() <= after {
         return Err(Error::Metadata(format!(
@@ -188,10 +234,9 @@ fn open_log(
 }
 
 /// The previous process may have died before syncing the entries it created here (a
-/// snapshot's rename, the snapshots directory itself); the log directory is synced by
-/// `Wal::open`. Nothing is acknowledged before these are durable.
+/// snapshot's rename, the snapshots directory itself); the log directory and this one, its
+/// parent, are synced by `Wal::resume`. Nothing is acknowledged before these are durable.
 fn sync_database_dirs(storage: &dyn Storage, path: &Path) -> Result<()> {
-    fsutil::sync_dir(storage, path)?;
     if path.join("snapshots").is_dir() {
         fsutil::sync_dir(storage, &path.join("snapshots"))?;
     }
