@@ -232,25 +232,7 @@ fn recover_locked(
     let lock = fsutil::lock_dir(storage.as_ref(), dir)?;
     let listing = keel_wal::dir::list_directory(dir)?;
     let identity = fsutil::read_identity(dir)?;
-    let for_append = matches!(opening, Opening::Append { .. });
-    if for_append && identity.is_none() && !listing.segments.is_empty() {
-        return Err(keel_wal::Error::corruption(
-            dir.join(fsutil::IDENTITY_FILE),
-            0,
-            keel_wal::CorruptionReason::Identity("missing while segments exist"),
-        )
-        .into());
-    }
-    if let (Some(expected), Some(found)) = (options.database_id, identity)
-        && expected != found
-    {
-        return Err(keel_wal::Error::ForeignDatabase {
-            path: dir.to_path_buf(),
-            expected,
-            found,
-        }
-        .into());
-    }
+    check_identity(dir, &listing, identity, options.database_id, opening)?;
     if !missing {
         replay
             .begin(listing.segments.first().map(|s| s.first_lsn))
@@ -298,6 +280,37 @@ fn recover_locked(
         report.bytes_truncated,
     )?;
     Ok((report, Some(recovered)))
+}
+
+/// Refuses, before anything is read or changed, a log of another database than `expected`,
+/// and (to be appended to) segments without an identity.
+fn check_identity(
+    dir: &Path,
+    listing: &keel_wal::dir::DirectoryListing,
+    identity: Option<keel_wal::DatabaseId>,
+    expected: Option<keel_wal::DatabaseId>,
+    opening: Opening,
+) -> Result<()> {
+    let for_append = matches!(opening, Opening::Append { .. });
+    if for_append && identity.is_none() && !listing.segments.is_empty() {
+        return Err(keel_wal::Error::corruption(
+            dir.join(fsutil::IDENTITY_FILE),
+            0,
+            keel_wal::CorruptionReason::Identity("missing while segments exist"),
+        )
+        .into());
+    }
+    if let (Some(expected), Some(found)) = (expected, identity)
+        && expected != found
+    {
+        return Err(keel_wal::Error::ForeignDatabase {
+            path: dir.to_path_buf(),
+            expected,
+            found,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// The report of a recovery that found no log at all (a new database).
