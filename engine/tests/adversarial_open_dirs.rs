@@ -80,7 +80,7 @@ fn a_new_database_by_absolute_path_keeps_its_commits() {
     assert_eq!(found, Ok(3));
 }
 
-/// FAILS. A process created the database directory (`mkdir`) and died before the fsync of
+/// Failed before the fix. A process created the database directory (`mkdir`) and died before the fsync of
 /// its parent (a crash at the first storage event of its open). The next process opens it
 /// on the same storage, commits Strict and closes: the directory exists, so
 /// `create_dir_all_durably` does nothing, `Wal::resume` syncs `db/wal` and `db`, and no one

@@ -62,7 +62,7 @@ fn a_new_database_by_absolute_path_syncs_its_name() {
     assert!(synced.contains(&parent), "{synced:?}");
 }
 
-/// FAILS. `Database::open("db")` from its parent directory, creating it:
+/// Failed before the fix. `Database::open("db")` from its parent directory, creating it:
 /// `create_dir_all_durably("db")` syncs the parent of each directory it made, but the parent
 /// of `db` is the empty path, which it skips (`.filter(|p| !p.as_os_str().is_empty())`)
 /// instead of syncing `.`. `Wal::resume` syncs `db/wal` and `db` (the log directory's

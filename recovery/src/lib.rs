@@ -233,15 +233,12 @@ fn recover_locked(
     let listing = keel_wal::dir::list_directory(dir)?;
     let identity = fsutil::read_identity(dir)?;
     check_identity(dir, &listing, identity, options.database_id, opening)?;
-    if !missing {
-        replay
-            .begin(listing.segments.first().map(|s| s.first_lsn))
-            .map_err(Error::Declined)?;
-    }
     let mut report = empty_report(policy);
     report.covered_through = options.covered_through;
     report.dry_run = options.dry_run;
     let mut walk = walk::Walk::new(dir, options, identity, replay, report);
+    // A missing directory: the sink was told before it was created.
+    walk.begun = missing;
     for path in &listing.unknown {
         // Left by an earlier recovery: set aside, or an empty segment it did not finish.
         let name = path.to_string_lossy();

@@ -22,7 +22,7 @@ use keel_wal::{DatabaseId, LogEnd, Lsn, Storage, fsutil};
 use crate::report::RecoveryReport;
 use crate::txns::Replay;
 use crate::walk::{Cut, SegmentEnd, Walk};
-use crate::{DISCARDED_SUFFIX, Error, Result};
+use crate::{DISCARDED_SUFFIX, Error, Finding, RecoveryPolicy, Result};
 
 /// What the repair will do.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,6 +59,12 @@ pub(crate) fn finish<R: Replay>(
     cut: Option<Cut>,
 ) -> Result<(RecoveryReport, Option<Repaired>)> {
     let plan = plan(&walk, segments, cut)?;
+    let first_lsn = (0..segments.len())
+        .find(|i| !plan.aside.contains(i))
+        .map(|i| segments[i].first_lsn)
+        .or(plan.fresh.map(|(_, first_lsn, _)| first_lsn));
+    let mut walk = walk;
+    walk.begin(first_lsn)?;
     let dir = walk.dir;
     let mut report = walk.report;
     let repaired = if report.dry_run {
@@ -184,6 +190,20 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
         Some(covered) if walked <= covered && !segments.is_empty() => covered + 1,
         _ => walked,
     };
+    // Under `Absolute` the log must be exactly as written: a log that ends below the snapshot
+    // is refused here, before anything changes, rather than continued above it (the jump
+    // would be refused by every later open under the same policy).
+    if next_lsn != walked && walk.policy == RecoveryPolicy::Absolute {
+        return Err(Error::Refused {
+            policy: walk.policy,
+            path: walk.dir.to_path_buf(),
+            offset: 0,
+            finding: Finding::MissingSegment {
+                expected: walked,
+                found: next_lsn,
+            },
+        });
+    }
     // A fresh last segment where appends could not continue in place: every segment set
     // aside (LSNs must not restart at 1); a last segment kept (the last one, or the one made
     // last by what was set aside) with damage passed over inside it (also when its tail was
@@ -207,8 +227,17 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
             ));
         }
     };
+    // A fresh segment named like the last one kept (none of whose records read, so the log
+    // goes on at its first LSN) would replace it: it is set aside instead, kept under its
+    // discarded name by a hard link before the fresh one takes the name (`apply`).
+    if let (Some((_, first_lsn, _)), Some(last)) = (fresh, last_kept)
+        && segments[last].first_lsn == first_lsn
+    {
+        aside.push(last);
+        aside.sort_unstable();
+    }
     let zero_from = match cut {
-        Some(Cut::At { segment, offset }) => Some((segment, offset)),
+        Some(Cut::At { segment, offset }) if !aside.contains(&segment) => Some((segment, offset)),
         _ => None,
     };
     let lower_witness = cut

@@ -49,8 +49,9 @@ pub type ReplayError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The only thing recovery knows of its caller.
 pub trait Replay {
-    /// Called once, after the directory is listed and before any record is read or anything
-    /// changes, with the first LSN the log holds (`None`: no segment). A sink that knows what
+    /// Called once, with the first LSN the log will hold once the repair is applied (`None`:
+    /// no segment, or no directory yet, which is created only after this accepts), after the
+    /// records were handed over and before anything on disk changes. A sink that knows what
     /// the log must reach back to (a snapshot's successor) refuses here, and the recovery
     /// ends with [`crate::Error::Declined`].
     fn begin(&mut self, first_lsn: Option<Lsn>) -> std::result::Result<(), ReplayError> {

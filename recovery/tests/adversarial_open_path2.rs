@@ -1,6 +1,6 @@
 //! Adversarial review (2) of the one open path's repair (`repair::plan`: a fresh segment
 //! where the last segment kept is not appendable, or where the log continues above the
-//! snapshot). The tests marked FAILS fail on the code they were written against (b834f7a);
+//! snapshot). The tests marked "failed before the fix" failed on the code they were written against (b834f7a);
 //! the others pass and guard what was tried and held. See each test's comment.
 
 mod common;
@@ -111,7 +111,7 @@ fn reopening_with_no_writes_changes_nothing() {
     }
 }
 
-/// FAILS. `Absolute` ("any anomaly is an error; success means the log is exactly as
+/// Failed before the fix. `Absolute` ("any anomaly is an error; success means the log is exactly as
 /// written"), with a snapshot through LSN 70 over a clean log that ends at LSN 60. The first
 /// open finds no anomaly and succeeds, and its repair continues the log above the snapshot:
 /// a fresh segment at LSN 71. The next open under the same policy and snapshot finds
@@ -138,7 +138,7 @@ fn absolute_opens_a_log_below_the_snapshot_then_refuses_what_it_made() {
     );
 }
 
-/// FAILS. SkipCorrupted. The last segment (from LSN 39) holds two records, both with a
+/// Failed before the fix. SkipCorrupted. The last segment (from LSN 39) holds two records, both with a
 /// damaged header (so no record of it reads and no resume point is found), which its
 /// witness proves acknowledged. The recovery skips them (LSNs 39 and 40 reported lost) and
 /// seals the segment with a fresh one, starting at the next LSN: 39, the sealed segment's own

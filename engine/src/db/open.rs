@@ -113,7 +113,7 @@ struct OpenSink<'a, 'b> {
 impl Replay for OpenSink<'_, '_> {
     fn begin(&mut self, first_lsn: Option<Lsn>) -> std::result::Result<(), ReplayError> {
         check_log_behind(self.wal_dir, first_lsn, self.snapshot_lsn, self.skipped)
-            .map_err(|e| Box::new(e).into())
+            .map_err(|e| -> ReplayError { Box::new(e) })
     }
 
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError> {
@@ -234,9 +234,11 @@ fn open_log(
 }
 
 /// The previous process may have died before syncing the entries it created here (a
-/// snapshot's rename, the snapshots directory itself); the log directory and this one, its
-/// parent, are synced by `Wal::resume`. Nothing is acknowledged before these are durable.
+/// snapshot's rename, the snapshots directory itself) or the database directory's own name;
+/// the log directory and this one, its parent, are synced by `Wal::resume`. Nothing is
+/// acknowledged before these are durable.
 fn sync_database_dirs(storage: &dyn Storage, path: &Path) -> Result<()> {
+    fsutil::sync_parent(storage, path)?;
     if path.join("snapshots").is_dir() {
         fsutil::sync_dir(storage, &path.join("snapshots"))?;
     }

@@ -71,6 +71,8 @@ pub(crate) struct Walk<'a, R> {
     pub policy: RecoveryPolicy,
     pub covered_through: Option<Lsn>,
     replay: &'a mut R,
+    /// The sink was told where the log starts ([`Replay::begin`], once).
+    pub begun: bool,
     pub report: RecoveryReport,
     pub txns: TxnTable,
     /// The LSN expected next (`None` before the first readable segment).
@@ -99,6 +101,7 @@ impl<'a, R: Replay> Walk<'a, R> {
             policy: options.policy,
             covered_through: options.covered_through,
             replay,
+            begun: false,
             report,
             txns: TxnTable::new(options.covered_through),
             expected: None,
@@ -109,6 +112,15 @@ impl<'a, R: Replay> Walk<'a, R> {
             segment_bytes: None,
             ends: BTreeMap::new(),
         }
+    }
+
+    /// Tells the sink where the log will start once the repair is applied (`None`: no
+    /// segment), before anything changes; the sink may refuse ([`crate::Error::Declined`]).
+    pub fn begin(&mut self, first_lsn: Option<Lsn>) -> Result<()> {
+        if std::mem::replace(&mut self.begun, true) {
+            return Ok(());
+        }
+        self.replay.begin(first_lsn).map_err(Error::Declined)
     }
 
     /// Records a finding and returns the policy's decision; a refusal is the error.

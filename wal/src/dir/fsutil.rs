@@ -38,6 +38,11 @@ pub fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
 /// (segments, spares, the identity, the directory itself) synced them before it stopped.
 pub fn sync_dir_and_parent(storage: &dyn Storage, dir: &Path) -> Result<()> {
     sync_dir(storage, dir)?;
+    sync_parent(storage, dir)
+}
+
+/// Makes `dir`'s own name durable: syncs the directory holding it (none for the root).
+pub fn sync_parent(storage: &dyn Storage, dir: &Path) -> Result<()> {
     match parent_of(dir)? {
         Some(parent) => sync_dir(storage, &parent),
         None => Ok(()),
@@ -76,8 +81,11 @@ pub fn create_dir_all_durably(storage: &dyn Storage, dir: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
     for created in missing.iter().rev() {
-        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(storage, parent)?;
+        // A bare relative name lives in the current directory.
+        match created.parent() {
+            Some(parent) if parent.as_os_str().is_empty() => sync_dir(storage, Path::new("."))?,
+            Some(parent) => sync_dir(storage, parent)?,
+            None => {}
         }
     }
     Ok(())
