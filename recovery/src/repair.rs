@@ -330,13 +330,18 @@ fn last_kept(segments: &[SegmentFile], aside: &[usize]) -> Option<usize> {
     (0..segments.len()).rev().find(|i| !aside.contains(i))
 }
 
-/// Makes a segment's data durable.
-fn sync_segment(storage: &dyn Storage, path: &Path) -> Result<()> {
-    let file = OpenOptions::new()
+/// Opens a segment for its repair (read and write).
+fn open_segment(path: &Path) -> Result<std::fs::File> {
+    Ok(OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|e| keel_wal::Error::io("opening segment", path, e))?;
+        .map_err(|e| keel_wal::Error::io("opening segment", path, e))?)
+}
+
+/// Makes a segment's data durable.
+fn sync_segment(storage: &dyn Storage, path: &Path) -> Result<()> {
+    let file = open_segment(path)?;
     fsutil::sync_file(storage, &file, path, false)?;
     Ok(())
 }
@@ -437,11 +442,7 @@ fn lower_witness(
     let current = end
         .witness
         .expect("planned only for a segment with a witness");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| keel_wal::Error::io("opening segment", path, e))?;
+    let file = open_segment(path)?;
     let lowered = keel_wal::dir::lower_witness(
         storage,
         &file,
@@ -466,11 +467,7 @@ fn lower_witness(
 /// bring back the records it had proven durable, to be cut as a torn tail
 /// (`tests/adversarial_witness_repair.rs`, its second test).
 fn zero_tail(storage: &dyn Storage, path: &Path, offset: u64) -> Result<u64> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| keel_wal::Error::io("opening segment", path, e))?;
+    let file = open_segment(path)?;
     let end = file
         .metadata()
         .map_err(|e| keel_wal::Error::io("reading metadata of", path, e))?

@@ -45,7 +45,7 @@ fn sim_catches_a_rotation_without_directory_sync() {
 /// The checker checked: a durable witness that claims records before their fdatasync (a
 /// crash may lose them) is caught: recovery refuses a log no damage touched. The witness's own
 /// fdatasync makes those records durable too, so only a crash between its write and its sync
-/// that keeps the witness and loses a record shows it: seed 2058 is the first to. The search
+/// that keeps the witness and loses a record shows it: seed 3562 is the first to. The search
 /// starts at seed 2000 to keep the test short.
 #[test]
 fn sim_catches_a_witness_that_claims_unsynced_records() {
