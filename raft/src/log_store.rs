@@ -15,8 +15,9 @@
 //!   (vote, committed and purge marks together) makes the marks in them redundant. With a
 //!   purge guard ([`KeelLogStore::with_purge_guard`]) a purge first waits until the state
 //!   machine has applied what it purges.
-//! - **Opening** repairs the log's torn tail ([`Wal::open`]) and replays its records into the
-//!   index, reading only the log ids.
+//! - **Opening** is the log's one open path (`keel_recovery::open_log`): the recovery validates
+//!   every segment and repairs a torn tail, handing each record to the index as it reads it
+//!   (only the log ids are kept), then the log resumes.
 //!
 //! openraft's trait implementations are in [`raft_traits`].
 

@@ -1,7 +1,7 @@
 //! Adversarial review (2) of the one open path's repair (`repair::plan`: a fresh segment
 //! where the last segment kept is not appendable, or where the log continues above the
-//! snapshot). The tests marked "failed before the fix" failed on the code they were written against (b834f7a);
-//! the others pass and guard what was tried and held. See each test's comment.
+//! snapshot). The tests marked "failed before the fix" failed on the code they were written
+//! against (b834f7a); the others pass and guard what was tried and held. See each test's comment.
 
 mod common;
 

@@ -1,7 +1,8 @@
 //! Adversarial review (revB): an open that fails must leave the directory as it found it.
-//! `Wal::open` repairs the tail, starts a fresh segment and prunes spares before the steps
-//! that can still refuse the open (the backend, the segment headers). Each test fails on the
-//! code it was written against; see the report of branch h-revB.
+//! The old `Wal::open` repaired the tail, started a fresh segment and pruned spares before the
+//! steps that could still refuse the open (the backend, the segment headers). Each test
+//! failed on the code it was written against (report of branch h-revB); they now run
+//! through the one open path (`keel_recovery::open_wal`).
 
 mod common;
 
