@@ -242,6 +242,48 @@ fn recover_dry_run_tabulates_every_policy_and_changes_nothing() {
     assert_ne!(files(dir.path()), before);
 }
 
+/// `--engine` adds a `keel-db` row per backend: commits through `Database`, each compared
+/// with the log on the same backend.
+#[test]
+fn bench_engine_rows_compare_the_database_with_its_log() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().to_str().unwrap();
+    let out = keel(&[
+        "bench",
+        "--engine",
+        "--duration",
+        "0.2",
+        "--writers",
+        "2",
+        "--backend",
+        "std",
+        "--segment-mib",
+        "1",
+        "--dir",
+        dir,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(
+        targets,
+        ["raw pwrite+fdatasync", "keel", "keel-db"],
+        "{report:#}"
+    );
+    let db = &runs[2];
+    assert!(db["commits"].as_u64().unwrap() > 0, "{db}");
+    assert!(
+        db["fsyncs"].as_u64().unwrap() > 0,
+        "strict commits sync: {db}"
+    );
+    let expected =
+        db["commits_per_sec"].as_f64().unwrap() / runs[1]["commits_per_sec"].as_f64().unwrap();
+    let ratio = db["ratio_to_log"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{db}");
+}
+
 /// `keel bench`, shortened: every cell of the lists runs, each target commits, the ratios
 /// are against the raw baseline run beside it, and the directory it made is removed.
 #[test]

@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// Skip the raw pwrite + fdatasync baseline.
     #[arg(long)]
     pub(super) no_baseline: bool,
+    /// Also run the engine beside the log: transactions through `Database`, one put of the
+    /// value per commit, automatic checkpoints at their default (`keel-db` rows, committer
+    /// threads; each compared with the log on the same backend).
+    #[arg(long)]
+    pub(super) engine: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,

@@ -97,6 +97,12 @@ fn compare(
             let name = format!("wal-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
             targets.push(targets::keel(args, cell(backend), &temp.join(name))?);
         }
+        if args.engine {
+            for &backend in &args.backend {
+                let name = format!("db-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
+                targets.push(targets::db(args, cell(backend), &temp.join(name))?);
+            }
+        }
         report::set_ratios(&mut targets);
         rounds.push(targets);
     }

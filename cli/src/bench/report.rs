@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Cell;
 use super::args::{BenchArgs, Committers, Mode};
 use super::drive::Measured;
-use super::targets::{KEEL, RAW};
+use super::targets::{DB, KEEL, RAW};
 
 /// The figures of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +32,8 @@ pub(super) struct Outcome {
     pub(super) ratio_to_raw: Option<f64>,
     /// commits/s over Keel's std backend in the same cell, when it ran.
     pub(super) ratio_to_std: Option<f64>,
+    /// An engine run's commits/s over the log's on the same backend (`keel-db` rows).
+    pub(super) ratio_to_log: Option<f64>,
     /// Segments started, and how many of those waited for the preallocator (Keel only).
     pub(super) rotations: Option<(u64, u64)>,
     /// Rounds this figure is the median of.
@@ -85,6 +87,7 @@ impl Outcome {
             },
             ratio_to_raw: None,
             ratio_to_std: None,
+            ratio_to_log: None,
             rotations: None,
             rounds: 1,
             spread: None,
@@ -117,9 +120,22 @@ pub(super) fn set_ratios(targets: &mut [Outcome]) {
     };
     let raw = per_sec(RAW, "");
     let std = per_sec(KEEL, "std");
-    for run in targets.iter_mut().filter(|r| r.target == KEEL) {
-        run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
-        run.ratio_to_std = std.map(|std| run.commits_per_sec / std);
+    let logs: Vec<(String, f64)> = targets
+        .iter()
+        .filter(|r| r.target == KEEL)
+        .map(|r| (r.backend.clone(), r.commits_per_sec))
+        .collect();
+    for run in targets.iter_mut() {
+        if run.target == KEEL {
+            run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
+            run.ratio_to_std = std.map(|std| run.commits_per_sec / std);
+        } else if run.target == DB {
+            run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
+            run.ratio_to_log = logs
+                .iter()
+                .find(|(backend, _)| *backend == run.backend)
+                .map(|(_, log)| run.commits_per_sec / log);
+        }
     }
 }
 
@@ -172,6 +188,14 @@ pub(super) fn print_table(report: &Report) {
     );
     for run in &report.runs {
         println!("{}", table_row(run));
+    }
+    for run in &report.runs {
+        if let Some(ratio) = run.ratio_to_log {
+            println!(
+                "keel-db {} w{} {}B: {ratio:.2}x the log's commits/s on the same backend",
+                run.backend, run.writers, run.value_bytes
+            );
+        }
     }
     for run in &report.runs {
         if let Some((rotations, waits)) = run.rotations {

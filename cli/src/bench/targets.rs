@@ -1,5 +1,6 @@
-//! The two things `keel bench` measures, one run each: Keel's log, and the raw
-//! `pwrite + fdatasync` baseline (`keel_bench::RawLog`, the one `benches/peers/` runs too).
+//! What `keel bench` measures, one run each: Keel's log, the engine on it (`--engine`), and
+//! the raw `pwrite + fdatasync` baseline (`keel_bench::RawLog`, the one `benches/peers/` runs
+//! too).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use super::report::Outcome;
 pub(super) const RAW: &str = "raw pwrite+fdatasync";
 /// The target name of Keel's rows.
 pub(super) const KEEL: &str = "keel";
+/// The target name of the engine's rows.
+pub(super) const DB: &str = "keel-db";
 
 fn entry(writer: u32, sequence: u64, value: &[u8]) -> WalEntry {
     WalEntry::Write {
@@ -65,6 +68,55 @@ pub(super) fn keel(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, 
     let mut result = Outcome::new(args, cell, KEEL, backend, run, stats.fsyncs, record_bytes);
     result.rotations = Some((stats.rotations, stats.rotation_waits));
     Ok(result)
+}
+
+/// `cell.writers` committer threads, each committing transactions of one put of
+/// `cell.value_size` bytes through a `Database` in `dir` (automatic checkpoints at their
+/// default) and waiting for each, as `--mode` says.
+pub(super) fn db(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String> {
+    let wal = args.wal_options(cell.backend);
+    let options = keel::Options {
+        durability: wal.durability,
+        backend: wal.backend,
+        segment_bytes: wal.segment_bytes,
+        max_record_bytes: wal.max_record_bytes,
+        ..keel::Options::default()
+    };
+    let db = Arc::new(keel::Database::open(dir, options).map_err(|e| e.to_string())?);
+    let run = futures::executor::block_on(db.begin_run("bench")).map_err(|e| e.to_string())?;
+    let backend = db.stats().wal.backend.name();
+    let value = vec![0x64; cell.value_size];
+    let record_bytes = keel_wal::EncodedBatch::encode(&[entry(0, 0, &value)], u32::MAX >> 6)
+        .map_err(|e| e.to_string())?
+        .byte_len();
+    let label = format!(
+        "keel-db {backend} {:?} w{} {}B",
+        args.mode, cell.writers, cell.value_size
+    )
+    .to_lowercase();
+    let committer = Arc::clone(&db);
+    let measured = drive::threads(args, cell.writers, &label, move |writer, sequence| {
+        let mut txn = committer.transaction(run).map_err(|e| e.to_string())?;
+        txn.put(format!("w{writer}-{sequence:012}").as_bytes(), &value)
+            .map_err(|e| e.to_string())?;
+        futures::executor::block_on(txn.commit())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })?;
+    let fsyncs = db.stats().wal.fsyncs;
+    Arc::into_inner(db)
+        .ok_or("the database is still shared")?
+        .close()
+        .map_err(|e| e.to_string())?;
+    Ok(Outcome::new(
+        args,
+        cell,
+        DB,
+        backend,
+        measured,
+        fsyncs,
+        record_bytes,
+    ))
 }
 
 /// The bytes of a Keel record holding one value of `value_size` bytes, about: what the raw
