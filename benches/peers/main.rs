@@ -10,6 +10,8 @@
 //! seconds. Per commit latency goes to a histogram. Systems:
 //!
 //! - `keel-uring`, `keel-std`: `keel_wal::Wal`, Strict (fdatasync before the ack, group commit);
+//! - `keel-db`: the engine (`keel::Database`), Strict, one transaction of one put per commit,
+//!   automatic checkpoints at their default;
 //! - `raw`: `pwrite` + `fdatasync` of each record on a preallocated file, one at a time: the
 //!   cost of one durable write, with no batching (the "physical limit" of a log that syncs every
 //!   record; `keel_bench::RawLog`, the baseline `keel bench` runs too);
@@ -26,13 +28,14 @@
 //! plots drawn here (`<out>/commits-<size>.svg`: commits/s against committers;
 //! `<out>/latency-<size>.svg`: p50/p99/p999 at each committer count).
 //!
-//! One module per system (`keel.rs`, `raw.rs`, `okaywal.rs`, `sqlite.rs`, `raft_engine.rs`,
+//! One module per system (`keel.rs`, `keel_db.rs`, `raw.rs`, `okaywal.rs`, `sqlite.rs`, `raft_engine.rs`,
 //! `rocksdb.rs`), opened by name in `systems.rs`; `harness.rs` runs the committers;
 //! `recovery.rs` the recovery table; `report.rs` and `plots.rs` the output.
 
 mod args;
 mod harness;
 mod keel;
+mod keel_db;
 #[cfg(feature = "peer-okaywal")]
 mod okaywal;
 mod plots;

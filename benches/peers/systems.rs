@@ -10,6 +10,7 @@ use keel_wal::{BackendChoice, Durability};
 
 use crate::harness::Peer;
 use crate::keel;
+use crate::keel_db;
 
 /// The systems this build can run, in table order.
 pub fn compiled_systems() -> Vec<&'static str> {
@@ -19,6 +20,7 @@ pub fn compiled_systems() -> Vec<&'static str> {
         systems.push("keel-uring");
     }
     systems.push("keel-std");
+    systems.push("keel-db");
     #[cfg(feature = "peer-okaywal")]
     systems.push("okaywal");
     #[cfg(feature = "peer-sqlite")]
@@ -67,6 +69,7 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
         "raw" => Ok(Box::new(RawLog::open(dir, 256 << 20)?)),
         "keel-uring" => keel::open(dir, BackendChoice::Uring, Durability::Strict),
         "keel-std" => keel::open(dir, BackendChoice::Std, Durability::Strict),
+        "keel-db" => keel_db::open(dir),
         "keel-batched" => keel::open(
             dir,
             BackendChoice::Auto,
