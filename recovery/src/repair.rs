@@ -54,7 +54,7 @@ pub(crate) struct Repaired {
 /// `None` for a dry run (nothing changed).
 pub(crate) fn finish<R: Replay>(
     storage: &dyn Storage,
-    walk: Walk<'_, R>,
+    mut walk: Walk<'_, R>,
     segments: &[SegmentFile],
     cut: Option<Cut>,
 ) -> Result<(RecoveryReport, Option<Repaired>)> {
@@ -63,7 +63,6 @@ pub(crate) fn finish<R: Replay>(
         .find(|i| !plan.aside.contains(i))
         .map(|i| segments[i].first_lsn)
         .or(plan.fresh.map(|(_, first_lsn, _)| first_lsn));
-    let mut walk = walk;
     walk.begin(first_lsn)?;
     let dir = walk.dir;
     let mut report = walk.report;
