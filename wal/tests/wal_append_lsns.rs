@@ -115,7 +115,7 @@ fn concurrent_appenders_get_disjoint_ranges_in_their_own_order() {
             .map(|thread| {
                 let wal = Arc::clone(&wal);
                 std::thread::spawn(move || {
-                    let mut rng = common::SeededRng::new(seed ^ thread);
+                    let mut rng = keel_sim::SimRng::new(seed ^ thread);
                     let mut mine = Vec::new();
                     for n in 0..100u64 {
                         let id = thread * 1000 + n;

@@ -258,7 +258,7 @@ fn seeded_workload(dir: &Path, backend: BackendChoice, seed: u64) {
         ..common::small_options(backend)
     };
     let wal = keel_recovery::open_wal(dir, options).unwrap();
-    let mut rng = common::SeededRng::new(seed);
+    let mut rng = keel_sim::SimRng::new(seed);
     for txn in 0..300u64 {
         let entries: Vec<_> = (0..=rng.below(3))
             .map(|i| {

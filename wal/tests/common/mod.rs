@@ -75,29 +75,6 @@ pub fn read_all(dir: &Path) -> Vec<(Lsn, WalEntry)> {
     out
 }
 
-/// A small seeded generator (SplitMix64) for workloads that must replay from a seed.
-#[derive(Debug, Clone)]
-pub struct SeededRng(u64);
-
-impl SeededRng {
-    pub fn new(seed: u64) -> Self {
-        SeededRng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..bound`.
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.next_u64() % bound
-    }
-}
-
 /// Whether this build and machine run io_uring; prints why a uring-only test is skipped.
 pub fn uring_available() -> bool {
     let available = BackendChoice::available().contains(&BackendChoice::Uring);
