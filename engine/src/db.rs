@@ -5,12 +5,14 @@
 //! - `open`: the lock, the snapshot, recovery, the log;
 //! - `commit`: appending a commit, the queue of commits not yet applied, visibility;
 //! - `checkpoint`: checkpoints, the automatic one, the clean-up they allow, reading snapshots;
+//! - `checkpointer`: the thread automatic checkpoints run on;
 //! - `install`: installing a snapshot image;
 //! - `transaction`: [`Transaction`], and its spills to the log;
 //! - `stats`: [`Stats`];
 //! - `sync`: the one policy for a poisoned lock.
 
 mod checkpoint;
+mod checkpointer;
 mod commit;
 mod install;
 mod open;
@@ -68,7 +70,10 @@ struct Inner {
     checkpoint_log_bytes: u64,
     /// Log bytes written when the last checkpoint ran (this process).
     checkpointed_at_bytes: AtomicU64,
+    /// An automatic checkpoint is asked for or running.
     checkpointing: AtomicBool,
+    /// How commits ask the checkpointer thread for one.
+    checkpoint_signal: Arc<checkpointer::Signal>,
     checkpoints: AtomicU64,
     /// Held through a checkpoint or a snapshot install, so they run one at a time (each
     /// deletes snapshots and segments the other may be looking at).
@@ -95,6 +100,9 @@ struct Inner {
 #[derive(Clone, Debug)]
 pub struct Database {
     inner: Arc<Inner>,
+    /// The automatic checkpoints' thread, held by every user handle (`None` in the thread's
+    /// own handle, and when automatic checkpoints are off): the last user handle stops it.
+    owner: Option<Arc<checkpointer::Checkpointer>>,
 }
 
 impl Database {
@@ -205,11 +213,7 @@ impl Database {
         if self.run_info(run).is_none() {
             return Err(Error::UnknownRun(run));
         }
-        Ok(self
-            .read()
-            .data
-            .get(&(run.as_u128(), key.to_vec()))
-            .cloned())
+        Ok(self.read().get(run.as_u128(), key))
     }
 
     /// Every committed `(key, value)` of `run` whose key starts with `prefix`, in key order.
@@ -221,12 +225,19 @@ impl Database {
     }
 
     /// Closes the database: queued commits are written and synced, the writer stops.
+    /// An automatic checkpoint being written is interrupted (its partial snapshot removed).
     pub fn close(self) -> Result<()> {
-        let inner = Arc::try_unwrap(self.inner).map_err(|_| {
+        let Database { inner, owner } = self;
+        let others = || {
             Error::Wal(keel_wal::Error::InvalidOptions(
                 "close() needs the last handle; other clones are still open".into(),
             ))
-        })?;
+        };
+        if let Some(owner) = owner {
+            // The last user handle: stopping the thread releases the thread's handle.
+            drop(Arc::try_unwrap(owner).map_err(|_| others())?);
+        }
+        let inner = Arc::try_unwrap(inner).map_err(|_| others())?;
         inner.wal.close()?;
         Ok(())
     }

@@ -66,11 +66,7 @@ impl SnapshotImage {
         if !self.has_run(run) {
             return None;
         }
-        self.loaded
-            .state
-            .data
-            .get(&(run.as_u128(), key.to_vec()))
-            .cloned()
+        self.loaded.state.get(run.as_u128(), key)
     }
 
     /// Every `(key, value)` of `run` whose key starts with `prefix`, in key order; empty when

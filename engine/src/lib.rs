@@ -48,9 +48,10 @@ pub fn check_snapshots(
     Ok(snapshot::list(&dir)?
         .into_iter()
         .map(|(_, file)| {
-            let outcome = snapshot::read(&file)
-                .map(|l| l.lsn)
-                .map_err(|e| e.to_string());
+            let outcome = match snapshot::verify(&file) {
+                Ok(outcome) => outcome.map_err(|why| format!("snapshot {}: {why}", file.display())),
+                Err(error) => Err(error.to_string()),
+            };
             (file, outcome)
         })
         .collect())

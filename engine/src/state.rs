@@ -4,9 +4,15 @@
 //!
 //! Run metadata is stored in the log like data, as writes to the reserved *system run*
 //! (`RunId` 0) under the key `run/<16-byte id>`; the value is [`RunRecord::encode`].
+//!
+//! The maps are persistent (`imbl::OrdMap`, a B-tree whose nodes are shared between copies):
+//! cloning a [`State`] costs O(1), and the clone is an immutable view while the original goes
+//! on taking commits, each copying only the nodes on its path. Keys and values are `Bytes`,
+//! so a copied node shares them rather than copying them. A checkpoint writes its snapshot
+//! from such a view, off the commit path.
 
-use std::collections::BTreeMap;
-
+use bytes::Bytes;
+use imbl::OrdMap;
 use keel_recovery::{CommittedTxn, Replay, ReplayError};
 use keel_wal::{ArchivedWalEntry, Lsn, RunId};
 
@@ -80,6 +86,26 @@ fn run_of_key(key: &[u8]) -> Option<RunId> {
     Some(RunId::from_u128(u128::from_be_bytes(id.try_into().ok()?)))
 }
 
+/// A key of the state: its run, then its bytes (the order of a scan).
+pub(crate) type Key = (u128, Bytes);
+
+/// A value as the state holds it, shared by every view that has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub value: Bytes,
+    pub version: Lsn,
+}
+
+impl Stored {
+    /// The value as the API hands it out.
+    pub fn to_versioned(&self) -> Versioned {
+        Versioned {
+            value: self.value.to_vec(),
+            version: self.version,
+        }
+    }
+}
+
 /// One committed change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Change {
@@ -87,33 +113,31 @@ pub(crate) enum Change {
     Delete(Vec<u8>),
 }
 
-#[derive(Debug, Default)]
+/// Cheap to clone (see the module doc).
+#[derive(Clone, Debug, Default)]
 pub(crate) struct State {
-    pub data: BTreeMap<(u128, Vec<u8>), Versioned>,
-    pub runs: BTreeMap<u128, RunInfo>,
+    pub data: OrdMap<Key, Stored>,
+    pub runs: OrdMap<u128, RunInfo>,
     /// Commits applied, through this LSN.
     pub applied_through: Lsn,
 }
 
 impl State {
-    /// Applies one committed transaction of `run` at `version`.
-    pub fn apply(&mut self, run: u128, version: Lsn, changes: &[Change]) -> Result<(), String> {
+    /// Applies one committed transaction of `run` at `version`, taking its buffers (a
+    /// value is moved into the state, not copied).
+    pub fn apply(&mut self, run: u128, version: Lsn, changes: Vec<Change>) -> Result<(), String> {
         for change in changes {
             match change {
                 Change::Put(key, value) => {
                     if run == SYSTEM_RUN {
-                        self.apply_run_record(key, value, version)?;
+                        self.apply_run_record(&key, &value, version)?;
                     }
-                    self.data.insert(
-                        (run, key.clone()),
-                        Versioned {
-                            value: value.clone(),
-                            version,
-                        },
-                    );
+                    let value = Bytes::from(value);
+                    self.data
+                        .insert((run, Bytes::from(key)), Stored { value, version });
                 }
                 Change::Delete(key) => {
-                    self.data.remove(&(run, key.clone()));
+                    self.data.remove(&(run, Bytes::from(key)));
                 }
             }
         }
@@ -121,12 +145,18 @@ impl State {
         Ok(())
     }
 
+    /// The committed value of `key` in `run`.
+    pub fn get(&self, run: u128, key: &[u8]) -> Option<Versioned> {
+        let key = (run, Bytes::copy_from_slice(key));
+        self.data.get(&key).map(Stored::to_versioned)
+    }
+
     /// Every `(key, value)` of `run` whose key starts with `prefix`, in key order.
     pub fn scan(&self, run: u128, prefix: &[u8]) -> Vec<(Vec<u8>, Versioned)> {
         self.data
-            .range((run, prefix.to_vec())..)
+            .range((run, Bytes::copy_from_slice(prefix))..)
             .take_while(|((r, key), _)| *r == run && key.starts_with(prefix))
-            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .map(|((_, key), stored)| (key.to_vec(), stored.to_versioned()))
             .collect()
     }
 
@@ -134,15 +164,23 @@ impl State {
     /// point) to `lsn`: for a state taken from another database, whose LSNs mean nothing in
     /// this database's log.
     pub fn rebase(&mut self, lsn: Lsn) {
-        for versioned in self.data.values_mut() {
-            versioned.version = lsn;
-        }
-        for info in self.runs.values_mut() {
-            info.began = lsn;
-            if let RunState::Ended(at) = &mut info.state {
-                *at = lsn;
-            }
-        }
+        self.data = std::mem::take(&mut self.data)
+            .into_iter()
+            .map(|(key, stored)| {
+                let version = lsn;
+                (key, Stored { version, ..stored })
+            })
+            .collect();
+        self.runs = std::mem::take(&mut self.runs)
+            .into_iter()
+            .map(|(id, mut info)| {
+                info.began = lsn;
+                if let RunState::Ended(at) = &mut info.state {
+                    *at = lsn;
+                }
+                (id, info)
+            })
+            .collect();
         self.applied_through = lsn;
     }
 
@@ -244,7 +282,7 @@ impl Replay for StateReplay<'_> {
             });
         }
         self.state
-            .apply(txn.run_id.as_u128(), txn.commit_lsn, &changes)
+            .apply(txn.run_id.as_u128(), txn.commit_lsn, changes)
             .map_err(Into::into)
     }
 }
@@ -286,16 +324,20 @@ mod tests {
             ended: false,
         };
         let begin = [Change::Put(run_key(run), record.encode())];
-        state.apply(SYSTEM_RUN, 3, &begin).unwrap();
+        state.apply(SYSTEM_RUN, 3, begin.to_vec()).unwrap();
         state
-            .apply(5, 4, &[Change::Put(b"k".to_vec(), b"v".to_vec())])
+            .apply(5, 4, vec![Change::Put(b"k".to_vec(), b"v".to_vec())])
             .unwrap();
         let ended = RunRecord {
             ended: true,
             ..record
         };
         state
-            .apply(SYSTEM_RUN, 6, &[Change::Put(run_key(run), ended.encode())])
+            .apply(
+                SYSTEM_RUN,
+                6,
+                vec![Change::Put(run_key(run), ended.encode())],
+            )
             .unwrap();
         state.rebase(100);
         assert_eq!(state.applied_through, 100);

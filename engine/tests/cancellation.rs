@@ -68,6 +68,7 @@ fn still_sound(dir: &std::path::Path, db: Database, run: RunId, auto: bool, what
         // In this process, not after a reopen: a flag left set would stop them here.
         let before = db.stats().checkpoints;
         commit(&db, run, "auto-live", 10);
+        db.wait_for_automatic_checkpoint();
         assert_eq!(
             db.stats().checkpoints,
             before + 1,
@@ -108,6 +109,7 @@ fn still_sound(dir: &std::path::Path, db: Database, run: RunId, auto: bool, what
     );
     let before = db.stats().checkpoints;
     commit(&db, run, "auto", 10);
+    db.wait_for_automatic_checkpoint();
     assert_eq!(
         db.stats().checkpoints,
         before + 1,

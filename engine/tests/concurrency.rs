@@ -55,6 +55,7 @@ fn concurrent_commits_recover_to_the_live_state() {
             .into_iter()
             .map(|(k, v)| (k, (v.value, v.version)))
             .collect();
+        db.wait_for_automatic_checkpoint();
         assert!(db.stats().checkpoints > 0, "checkpoints ran meanwhile");
         db.close().unwrap();
         let db = Database::open(dir.path(), options).unwrap();

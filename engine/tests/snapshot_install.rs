@@ -201,9 +201,9 @@ fn a_bad_image_is_refused_and_changes_nothing() {
     let mut magic = good.clone();
     magic[..8].copy_from_slice(b"NOTSNAPS");
     let mut version = good.clone();
-    version[8] = 2;
+    version[8] = 9;
     let bad: [(&str, Vec<u8>, &str); 5] = [
-        ("truncated", good[..good.len() - 1].to_vec(), "checksum"),
+        ("truncated", good[..good.len() - 1].to_vec(), "truncated"),
         ("flipped", flipped, "checksum"),
         ("magic", magic, "magic"),
         ("version", version, "version"),

@@ -3,21 +3,27 @@
 //! automatic checkpoint, and reading snapshots back as images.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use keel_wal::{Durability, Lsn, RunId, Storage, WalEntry, fsutil};
+use keel_wal::{Durability, Lsn, RunId, Storage, TxnId, WalEntry, fsutil};
 
 use super::Database;
 use super::sync::{lock, read};
 use crate::snapshot;
-use crate::state::SYSTEM_RUN;
+use crate::state::{SYSTEM_RUN, State};
 use crate::{Error, Result};
 
 impl Database {
     /// Writes a snapshot of the state, logs a `Checkpoint` entry, and deletes what it makes
     /// redundant: the log is kept back to the previous snapshot (so a damaged newest snapshot
     /// can fall back to it), older snapshots and segments are removed. Returns the snapshot's
-    /// LSN. Commits wait while the snapshot is written.
+    /// LSN.
+    ///
+    /// Commits go on during the whole checkpoint: the snapshot is written from an immutable
+    /// view of the state taken at its LSN (an O(1) copy), a frame at a time. The encoding
+    /// and writing happen on the calling thread (automatic checkpoints have a thread of their
+    /// own); from an async runtime whose threads must not block, call it from a blocking
+    /// task.
     pub async fn checkpoint(&self) -> Result<Lsn> {
         use tracing::Instrument;
         let span = tracing::info_span!("checkpoint", path = %self.inner.path.display());
@@ -28,7 +34,15 @@ impl Database {
         let _turn = self.inner.snapshot_turn.lock().await;
         let dir = self.snapshot_dir();
         self.move_off_install_marker().await?;
-        let lsn = self.write_snapshot(&dir)?;
+        let (lsn, view, max_txn_id) = self.snapshot_view();
+        // A crash could otherwise leave a log that restarts below the snapshot.
+        if self.inner.wal.stats().durable_lsn < lsn {
+            self.inner.wal.sync().await?;
+        }
+        let signal = &self.inner.checkpoint_signal;
+        let storage = self.inner.storage.as_ref();
+        snapshot::write(storage, &dir, lsn, max_txn_id, &view, &|| signal.stopping())?;
+        drop(view);
         // Logged above the snapshot's LSN (every LSN up to it was taken), so recovery tells
         // it from an install marker. Ordered with nothing of the engine's: no `pending` lock.
         let entry = WalEntry::Checkpoint {
@@ -61,10 +75,10 @@ impl Database {
         Ok(())
     }
 
-    /// Step 1 and 2 of a checkpoint, under the `pending` lock: applies what is visible, takes
-    /// the snapshot LSN, makes the log durable through it (or a crash could leave a log that
-    /// restarts below it) and writes the snapshot. Returns its LSN.
-    fn write_snapshot(&self, dir: &Path) -> Result<Lsn> {
+    /// The state as of the snapshot LSN, under the `pending` lock (held only for this):
+    /// applies what is visible, takes the LSN, and an immutable view of the state there (an
+    /// O(1) clone that later commits do not change), with the transaction-id high mark.
+    fn snapshot_view(&self) -> (Lsn, State, TxnId) {
         let mut pending = lock(&self.inner.pending);
         let lsn = self.applied_through_locked(&mut pending);
         assert_ne!(
@@ -72,13 +86,9 @@ impl Database {
             self.inner.last_install_marker.load(Ordering::Acquire),
             "only commits move the snapshot LSN, and the turn is held"
         );
-        if self.inner.wal.stats().durable_lsn < lsn {
-            self.inner.wal.sync().wait()?;
-        }
-        let state = read(&self.inner.state);
+        let view = read(&self.inner.state).clone();
         let max_txn_id = self.inner.next_txn_id.load(Ordering::Relaxed) - 1;
-        snapshot::write(self.inner.storage.as_ref(), dir, lsn, max_txn_id, &state)?;
-        Ok(lsn)
+        (lsn, view, max_txn_id)
     }
 
     /// After the snapshot at `newest` is durable: keeps the newest older snapshot that reads
@@ -125,14 +135,13 @@ impl Database {
         if lock(&self.inner.verified_snapshots).contains(&lsn) {
             return Ok(true);
         }
-        let bytes = snapshot::read_bytes(path)?;
-        match snapshot::decode(&bytes) {
-            Ok(loaded) if loaded.lsn == lsn => {
+        match snapshot::verify(path)? {
+            Ok(held) if held == lsn => {
                 lock(&self.inner.verified_snapshots).insert(lsn);
                 Ok(true)
             }
-            Ok(loaded) => {
-                tracing::error!(snapshot = %path.display(), held = loaded.lsn, "snapshot holds another LSN than its name; not kept as a fallback");
+            Ok(held) => {
+                tracing::error!(snapshot = %path.display(), held, "snapshot holds another LSN than its name; not kept as a fallback");
                 Ok(false)
             }
             Err(why) => {
@@ -169,14 +178,10 @@ impl Database {
         snapshot::newest_bytes(&self.snapshot_dir())
     }
 
-    /// Runs a checkpoint when the log has grown past the threshold since the last one. It
-    /// runs after a commit's acknowledgement, so it cannot fail that commit: a failure is
-    /// logged and counted ([`Stats::auto_checkpoint_failures`]), and the next automatic or
-    /// explicit checkpoint tries again. Dropped part-way (the commit's future cancelled), it
-    /// leaves the next commit free to run one.
-    ///
-    /// [`Stats::auto_checkpoint_failures`]: super::Stats::auto_checkpoint_failures
-    pub(super) async fn maybe_checkpoint(&self) {
+    /// Asks the checkpointer thread for a checkpoint when the log has grown past the
+    /// threshold since the last one. Called after a commit's acknowledgement; it neither
+    /// waits for the checkpoint nor can fail the commit.
+    pub(super) fn maybe_checkpoint(&self) {
         let threshold = self.inner.checkpoint_log_bytes;
         if threshold == 0 {
             return;
@@ -191,14 +196,34 @@ impl Database {
         if grown < threshold || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let _running = ClearOnDrop(&self.inner.checkpointing);
+        self.inner.checkpoint_signal.request();
+    }
+
+    /// Waits (blocking the calling thread) until no automatic checkpoint is asked for or
+    /// being written: every commit acknowledged before the call that asked for one has had
+    /// it. For tests and tools; returns at once when automatic checkpoints are off.
+    pub fn wait_for_automatic_checkpoint(&self) {
+        self.inner.checkpoint_signal.wait_idle();
+    }
+
+    /// An automatic checkpoint, on the checkpointer thread. A failure is logged and counted
+    /// ([`Stats::auto_checkpoint_failures`]), and the next automatic or explicit checkpoint
+    /// tries again.
+    ///
+    /// [`Stats::auto_checkpoint_failures`]: super::Stats::auto_checkpoint_failures
+    pub(super) async fn run_auto_checkpoint(&self) {
         if let Err(error) = self.checkpoint().await {
-            tracing::error!(path = %self.inner.path.display(), %error, "automatic checkpoint failed; the next one retries");
-            self.inner
-                .auto_checkpoint_failures
-                .fetch_add(1, Ordering::Relaxed);
-            *lock(&self.inner.last_auto_checkpoint_error) = Some(error.to_string());
+            if self.inner.checkpoint_signal.stopping() {
+                tracing::info!(path = %self.inner.path.display(), %error, "automatic checkpoint stopped: the database is closing");
+            } else {
+                tracing::error!(path = %self.inner.path.display(), %error, "automatic checkpoint failed; the next one retries");
+                self.inner
+                    .auto_checkpoint_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                *lock(&self.inner.last_auto_checkpoint_error) = Some(error.to_string());
+            }
         }
+        self.inner.checkpointing.store(false, Ordering::Release);
     }
 }
 
@@ -217,13 +242,4 @@ fn remove_snapshots(storage: &dyn Storage, dir: &Path, doomed: &[PathBuf]) -> Re
         fsutil::sync_dir(storage, dir)?;
     }
     Ok(())
-}
-
-/// Clears a flag when dropped: an operation that set it may be cancelled at any await.
-struct ClearOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for ClearOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
 }

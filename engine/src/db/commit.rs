@@ -107,7 +107,8 @@ impl Database {
     }
 
     /// Waits for a queued commit's acknowledgement; then its effects are visible, and an
-    /// automatic checkpoint may run (which cannot turn the commit into an error).
+    /// automatic checkpoint may be asked for (on its own thread: nothing here can turn the
+    /// commit into an error).
     pub(super) async fn finish_commit(
         &self,
         future: CommitFuture,
@@ -117,7 +118,7 @@ impl Database {
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         lock(&self.inner.latency).saturating_record(nanos);
         self.apply_visible();
-        self.maybe_checkpoint().await;
+        self.maybe_checkpoint();
         Ok(lsn)
     }
 
@@ -136,7 +137,7 @@ impl Database {
         let mut state = write(&self.inner.state);
         while pending.front().is_some_and(|p| p.last_lsn <= visible) {
             let commit = pending.pop_front().expect("checked");
-            if let Err(error) = state.apply(commit.run, commit.last_lsn, &commit.changes) {
+            if let Err(error) = state.apply(commit.run, commit.last_lsn, commit.changes) {
                 tracing::error!(%error, lsn = commit.last_lsn, "could not apply a commit");
             }
         }

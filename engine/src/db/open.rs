@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use keel_recovery::{CommittedTxn, RecoveryReport, Replay, ReplayError};
 use keel_wal::{ArchivedWalEntry, Lsn, RecordPosition, Storage, TxnId, Wal, WalOptions, fsutil};
 
+use super::checkpointer::{Checkpointer, Signal};
 use super::{Database, Inner, Options};
 use crate::retention::Spills;
 use crate::snapshot;
@@ -256,6 +257,7 @@ fn assemble(
     let latency = hdrhistogram::Histogram::new_with_bounds(1_000, 600_000_000_000, 3)
         .map_err(|e| Error::Metadata(format!("latency histogram: {e}")))?;
     let snapshot_lsn = recovered.snapshot_lsn;
+    let signal = Arc::new(Signal::default());
     let inner = Inner {
         path,
         storage: Arc::clone(&options.storage),
@@ -271,6 +273,7 @@ fn assemble(
         checkpoint_log_bytes: options.checkpoint_log_bytes,
         checkpointed_at_bytes: AtomicU64::new(0),
         checkpointing: AtomicBool::new(false),
+        checkpoint_signal: Arc::clone(&signal),
         checkpoints: AtomicU64::new(0),
         snapshot_turn: tokio::sync::Mutex::new(()),
         spill_txn_bytes: options.spill_txn_bytes.max(1),
@@ -282,7 +285,18 @@ fn assemble(
         latency: Mutex::new(latency),
         _lock: lock,
     };
+    let inner = Arc::new(inner);
+    if options.checkpoint_log_bytes == 0 {
+        return Ok(Database { inner, owner: None });
+    }
+    let internal = Database {
+        inner: Arc::clone(&inner),
+        owner: None,
+    };
+    let checkpointer = Checkpointer::start(internal, signal)
+        .map_err(|e| keel_wal::Error::io("starting the checkpoint thread for", &inner.path, e))?;
     Ok(Database {
-        inner: Arc::new(inner),
+        inner,
+        owner: Some(Arc::new(checkpointer)),
     })
 }

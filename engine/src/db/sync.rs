@@ -35,7 +35,7 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-const POISONED: &str = "a thread panicked while holding one of this database's locks, so its in-memory state may be broken; the handle stops here (reopen the database: the log is intact)";
+pub(super) const POISONED: &str = "a thread panicked while holding one of this database's locks, so its in-memory state may be broken; the handle stops here (reopen the database: the log is intact)";
 
 /// Locks `mutex`, under the policy above.
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
