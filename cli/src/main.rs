@@ -1,6 +1,7 @@
 //! `keel`: the command-line tool.
 
 mod bench;
+mod checkpoint_bench;
 mod tool;
 
 use std::process::ExitCode;
@@ -19,6 +20,9 @@ struct Cli {
 enum Command {
     /// Measure durable commits: Keel's WAL next to a raw pwrite + fdatasync loop.
     Bench(bench::BenchArgs),
+    /// Measure a checkpoint of a large state: its time, its peak memory, and commit latency
+    /// while it runs against without one.
+    CheckpointBench(checkpoint_bench::CheckpointBenchArgs),
     /// Print the log's records, from an LSN, as text or JSON.
     Dump(tool::DumpArgs),
     /// Check a log end to end without changing it; the exit status says whether it is clean.
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Bench(args) => bench::run(&args),
+        Command::CheckpointBench(args) => checkpoint_bench::run(&args),
         Command::Dump(args) => tool::dump(&args),
         Command::Verify(args) => tool::verify(&args),
         Command::Recover(args) => tool::recover(&args),

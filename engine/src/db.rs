@@ -62,6 +62,9 @@ struct Inner {
     /// The log itself says where each append went (`keel_wal::Appended`); appends that
     /// change no engine state (later spills, aborts, a checkpoint's entry) do not take it.
     pending: Mutex<PendingQueue>,
+    /// The last LSN of the first commit in `pending` (`NONE_PENDING`: none), stored under
+    /// its lock; read without it (see `Database::apply_visible`).
+    first_pending: AtomicU64,
     next_txn_id: AtomicU64,
     report: RecoveryReport,
     /// The snapshot the state was loaded from, and damaged newer ones passed over.
@@ -91,8 +94,8 @@ struct Inner {
     /// last failure's message.
     auto_checkpoint_failures: AtomicU64,
     last_auto_checkpoint_error: Mutex<Option<String>>,
-    /// Commit latencies in nanoseconds.
-    latency: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Commit latencies.
+    latency: stats::Latencies,
     _lock: File,
 }
 
@@ -198,22 +201,21 @@ impl Database {
     }
 
     fn check_writable(&self, run: RunId) -> Result<()> {
-        match self.run_info(run) {
+        let state = self.read().runs.get(&run.as_u128()).map(|info| info.state);
+        match state {
             None => Err(Error::UnknownRun(run)),
-            Some(RunInfo {
-                state: RunState::Ended(_),
-                ..
-            }) => Err(Error::RunEnded(run)),
-            Some(_) => Ok(()),
+            Some(RunState::Ended(_)) => Err(Error::RunEnded(run)),
+            Some(RunState::Active) => Ok(()),
         }
     }
 
     /// The committed value of `key` in `run`.
     pub fn get(&self, run: RunId, key: &[u8]) -> Result<Option<Versioned>> {
-        if self.run_info(run).is_none() {
+        let state = self.read();
+        if !state.runs.contains_key(&run.as_u128()) {
             return Err(Error::UnknownRun(run));
         }
-        Ok(self.read().get(run.as_u128(), key))
+        Ok(state.get(run.as_u128(), key))
     }
 
     /// Every committed `(key, value)` of `run` whose key starts with `prefix`, in key order.

@@ -7,6 +7,7 @@ pub use resume::{LogEnd, RecoveredLog};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::thread::JoinHandle;
 
 use crate::backend::BackendKind;
@@ -248,6 +249,22 @@ impl Wal {
     /// Counters.
     pub fn stats(&self) -> WalStats {
         self.shared.counters.snapshot(self.backend)
+    }
+
+    /// Every LSN up to this one is durable: [`WalStats::durable_lsn`] alone, read without
+    /// gathering the other counters (an engine asks for it on every commit).
+    pub fn durable_lsn(&self) -> Lsn {
+        self.shared.counters.durable_lsn.load(Relaxed)
+    }
+
+    /// Every LSN up to this one has reached the kernel: [`WalStats::written_lsn`] alone.
+    pub fn written_lsn(&self) -> Lsn {
+        self.shared.counters.written_lsn.load(Relaxed)
+    }
+
+    /// Bytes written to segments since open: [`WalStats::bytes_written`] alone.
+    pub fn bytes_written(&self) -> u64 {
+        self.shared.counters.bytes_written.load(Relaxed)
     }
 
     /// The LSN the next appended entry gets.

@@ -36,7 +36,7 @@ impl Database {
         self.move_off_install_marker().await?;
         let (lsn, view, max_txn_id) = self.snapshot_view();
         // A crash could otherwise leave a log that restarts below the snapshot.
-        if self.inner.wal.stats().durable_lsn < lsn {
+        if self.inner.wal.durable_lsn() < lsn {
             self.inner.wal.sync().await?;
         }
         let signal = &self.inner.checkpoint_signal;
@@ -190,8 +190,7 @@ impl Database {
         let grown = self
             .inner
             .wal
-            .stats()
-            .bytes_written
+            .bytes_written()
             .saturating_sub(self.inner.checkpointed_at_bytes.load(Ordering::Relaxed));
         if grown < threshold || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
             return;

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
+use std::sync::atomic::Ordering;
 
 use keel_wal::{CommitFuture, Durability, EncodedBatch, Lsn, RunId, TxnId, WalEntry};
 
@@ -24,8 +25,14 @@ pub(super) struct Pending {
     changes: Vec<Change>,
 }
 
-/// The commits queued in the log and not yet applied, in LSN order.
+/// The commits queued in the log and not yet applied, in LSN order. Its front's last LSN is
+/// mirrored in `Inner::first_pending` ([`NONE_PENDING`] when empty), stored under the
+/// `pending` lock after every change, so a reader tells without the lock whether anything
+/// acknowledged still waits to be applied.
 pub(super) type PendingQueue = VecDeque<Pending>;
+
+/// `Inner::first_pending` when nothing is queued.
+pub(super) const NONE_PENDING: Lsn = Lsn::MAX;
 
 impl Database {
     /// Logs `changes` of `run` as one transaction and waits for its acknowledgement.
@@ -49,10 +56,12 @@ impl Database {
         spilled_head: Option<Lsn>,
     ) -> Result<CommitFuture> {
         let run_id = RunId::from_u128(run);
-        let entries = Self::entries(run, txn_id, &logged);
-        let batch = EncodedBatch::encode(&entries, self.inner.max_record_bytes)?;
+        // The buffers move into the entries and back out after encoding: never copied.
+        let entries = Self::entries(run, txn_id, logged);
+        let batch = EncodedBatch::encode(&entries, self.inner.max_record_bytes);
         let mut changes = earlier;
-        changes.extend(logged);
+        changes.extend(entries.into_iter().map(change_of));
+        let batch = batch?;
         let mut pending = lock(&self.inner.pending);
         // The commit record names the unit's first LSN: the spilled head, else the first LSN
         // the log gives this append (the log frames it under its queue lock).
@@ -104,6 +113,9 @@ impl Database {
             run,
             changes,
         });
+        if pending.len() == 1 {
+            self.inner.first_pending.store(last_lsn, Ordering::Release);
+        }
     }
 
     /// Waits for a queued commit's acknowledgement; then its effects are visible, and an
@@ -115,15 +127,23 @@ impl Database {
         started: std::time::Instant,
     ) -> Result<Lsn> {
         let lsn = future.await?;
-        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        lock(&self.inner.latency).saturating_record(nanos);
+        self.inner.latency.record(started.elapsed());
         self.apply_visible();
         self.maybe_checkpoint();
         Ok(lsn)
     }
 
     /// Applies, in LSN order, every queued commit the log has acknowledged.
+    ///
+    /// Without the lock when none is: a commit is queued before its append returns and its
+    /// committer applies it (here) before returning, so whoever learned of an acknowledged
+    /// commit either finds it still queued in `first_pending`, or applied (that store
+    /// follows the apply, and is read with `Acquire`). The first committer of a group commit
+    /// to wake applies the whole group; the others find nothing left and take no lock.
     pub(super) fn apply_visible(&self) {
+        if self.inner.first_pending.load(Ordering::Acquire) > self.visible_lsn() {
+            return;
+        }
         let mut pending = lock(&self.inner.pending);
         self.apply_visible_locked(&mut pending);
     }
@@ -141,6 +161,9 @@ impl Database {
                 tracing::error!(%error, lsn = commit.last_lsn, "could not apply a commit");
             }
         }
+        drop(state);
+        let first = pending.front().map_or(NONE_PENDING, |p| p.last_lsn);
+        self.inner.first_pending.store(first, Ordering::Release);
     }
 
     /// Applies what is visible, then returns the last LSN before the first commit still
@@ -158,32 +181,41 @@ impl Database {
 
     /// The highest LSN acknowledged under the database's durability.
     fn visible_lsn(&self) -> Lsn {
-        let stats = self.inner.wal.stats();
+        let wal = &self.inner.wal;
         match self.inner.durability {
-            Durability::Strict => stats.durable_lsn,
-            Durability::Batched { .. } => stats.written_lsn,
-            Durability::Async { .. } => self.inner.wal.next_lsn() - 1,
+            Durability::Strict => wal.durable_lsn(),
+            Durability::Batched { .. } => wal.written_lsn(),
+            Durability::Async { .. } => wal.next_lsn() - 1,
         }
     }
 
-    /// The log entries of `changes`.
-    pub(super) fn entries(run: u128, txn_id: TxnId, changes: &[Change]) -> Vec<WalEntry> {
+    /// The log entries of `changes`, which move into them.
+    pub(super) fn entries(run: u128, txn_id: TxnId, changes: Vec<Change>) -> Vec<WalEntry> {
         let run_id = RunId::from_u128(run);
         changes
-            .iter()
+            .into_iter()
             .map(|change| match change {
                 Change::Put(key, value) => WalEntry::Write {
                     run_id,
                     txn_id,
-                    key: key.clone(),
-                    value: value.clone(),
+                    key,
+                    value,
                 },
                 Change::Delete(key) => WalEntry::Delete {
                     run_id,
                     txn_id,
-                    key: key.clone(),
+                    key,
                 },
             })
             .collect()
+    }
+}
+
+/// The change an entry of [`Database::entries`] holds, moved back out.
+fn change_of(entry: WalEntry) -> Change {
+    match entry {
+        WalEntry::Write { key, value, .. } => Change::Put(key, value),
+        WalEntry::Delete { key, .. } => Change::Delete(key),
+        other => unreachable!("entries() makes writes and deletes only, not {other:?}"),
     }
 }

@@ -12,6 +12,7 @@ use keel_recovery::{CommittedTxn, RecoveryReport, Replay, ReplayError};
 use keel_wal::{ArchivedWalEntry, Lsn, RecordPosition, Storage, TxnId, Wal, WalOptions, fsutil};
 
 use super::checkpointer::{Checkpointer, Signal};
+use super::commit::NONE_PENDING;
 use super::{Database, Inner, Options};
 use crate::retention::Spills;
 use crate::snapshot;
@@ -254,7 +255,7 @@ fn assemble(
     recovered: Recovered,
     options: &Options,
 ) -> Result<Database> {
-    let latency = hdrhistogram::Histogram::new_with_bounds(1_000, 600_000_000_000, 3)
+    let latency = super::stats::Latencies::new()
         .map_err(|e| Error::Metadata(format!("latency histogram: {e}")))?;
     let snapshot_lsn = recovered.snapshot_lsn;
     let signal = Arc::new(Signal::default());
@@ -266,6 +267,7 @@ fn assemble(
         max_record_bytes: options.max_record_bytes,
         state: RwLock::new(recovered.state),
         pending: Mutex::new(VecDeque::new()),
+        first_pending: AtomicU64::new(NONE_PENDING),
         next_txn_id: AtomicU64::new(recovered.next_txn_id),
         report: recovered.report,
         snapshot_lsn,
@@ -282,7 +284,7 @@ fn assemble(
         verified_snapshots: Mutex::new(snapshot_lsn.into_iter().collect::<BTreeSet<Lsn>>()),
         auto_checkpoint_failures: AtomicU64::new(0),
         last_auto_checkpoint_error: Mutex::new(None),
-        latency: Mutex::new(latency),
+        latency,
         _lock: lock,
     };
     let inner = Arc::new(inner);

@@ -1,7 +1,10 @@
 //! The database's counters.
 
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use keel_wal::WalStats;
 
 use super::Database;
@@ -68,7 +71,7 @@ impl Database {
 
     /// Commits timed, and the p50, p99 and p999 commit latencies in microseconds.
     fn latency(&self) -> (u64, [f64; 3]) {
-        let latency = lock(&self.inner.latency);
+        let latency = self.inner.latency.merged();
         let micros = |q: f64| {
             if latency.is_empty() {
                 0.0
@@ -78,4 +81,47 @@ impl Database {
         };
         (latency.len(), [micros(0.50), micros(0.99), micros(0.999)])
     }
+}
+
+/// Commit latencies in nanoseconds, in shards picked by thread, so concurrent committers
+/// rarely meet on one lock (one global histogram was a contended lock per commit).
+#[derive(Debug)]
+pub(super) struct Latencies {
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+const LATENCY_SHARDS: usize = 16;
+
+impl Latencies {
+    pub fn new() -> Result<Latencies, hdrhistogram::CreationError> {
+        let shards = (0..LATENCY_SHARDS)
+            .map(|_| Histogram::new_with_bounds(1_000, 600_000_000_000, 3).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Latencies { shards })
+    }
+
+    /// Records one commit's latency in the calling thread's shard.
+    pub fn record(&self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        lock(&self.shards[shard()]).saturating_record(nanos);
+    }
+
+    /// Every shard added up.
+    fn merged(&self) -> Histogram<u64> {
+        let mut all = lock(&self.shards[0]).clone();
+        for shard in &self.shards[1..] {
+            // Same bounds in every shard: adding cannot fail.
+            let _ = all.add(&*lock(shard));
+        }
+        all
+    }
+}
+
+/// The calling thread's latency shard: threads take them in turn as they first commit.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % LATENCY_SHARDS;
+    }
+    SHARD.with(|shard| *shard)
 }

@@ -126,11 +126,53 @@ pub(crate) fn write(
 ) -> Result<PathBuf> {
     fsutil::create_dir_all_durably(storage, dir)?;
     let name = file_name(lsn);
-    fsutil::write_atomically_with(storage, dir, &name, |file| {
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+    fsutil::write_atomically_with(storage, dir, &name, |file, path| {
+        let synced = SyncedEvery {
+            storage,
+            file,
+            path,
+            unsynced: 0,
+        };
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, synced);
         format::encode(&mut out, lsn, max_txn_id, state, cancelled)
     })?;
     Ok(dir.join(name))
+}
+
+/// Bytes of a snapshot written between two syncs of its file.
+const SYNC_BYTES: u64 = 8 << 20;
+
+/// A snapshot file being written, synced every [`SYNC_BYTES`]: so the final sync never has a
+/// whole state to flush at once, which would stall the log's own `fdatasync` on the same
+/// device for as long (measured: a 256 MiB snapshot's single fsync held a commit's
+/// `fdatasync` 185 ms).
+struct SyncedEvery<'a> {
+    storage: &'a dyn Storage,
+    file: &'a mut std::fs::File,
+    path: &'a Path,
+    unsynced: u64,
+}
+
+impl std::io::Write for SyncedEvery<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.file.write(buf)?;
+        self.unsynced += written as u64;
+        if self.unsynced >= SYNC_BYTES {
+            self.storage.sync_file(self.file, self.path, false)?;
+            self.unsynced = 0;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl std::io::Seek for SyncedEvery<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(to)
+    }
 }
 
 /// Deletes every snapshot in `dir` but the one at `keep` (and partial ones a crash left),

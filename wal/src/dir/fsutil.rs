@@ -120,16 +120,16 @@ pub fn rename(storage: &dyn Storage, from: &Path, to: &Path) -> Result<()> {
 
 /// Writes `bytes` to `dir/name` atomically: a temporary file, fsync, rename, directory fsync.
 pub fn write_atomically(storage: &dyn Storage, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    write_atomically_with(storage, dir, name, |file| file.write_all(bytes))
+    write_atomically_with(storage, dir, name, |file, _| file.write_all(bytes))
 }
 
 /// [`write_atomically`], with the contents written by `write` into the temporary file (a
-/// stream of any length, written a piece at a time).
+/// stream of any length, written a piece at a time), which it gets with its path.
 pub fn write_atomically_with(
     storage: &dyn Storage,
     dir: &Path,
     name: &str,
-    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+    write: impl FnOnce(&mut File, &Path) -> std::io::Result<()>,
 ) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
@@ -137,7 +137,7 @@ pub fn write_atomically_with(
         let mut file = storage
             .create(&tmp)
             .map_err(|e| Error::io("creating", &tmp, e))?;
-        write(&mut file).map_err(|e| Error::io("writing", &tmp, e))?;
+        write(&mut file, &tmp).map_err(|e| Error::io("writing", &tmp, e))?;
         sync_file(storage, &file, &tmp, true)?;
         drop(file);
         rename(storage, &tmp, &target)

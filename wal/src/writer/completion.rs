@@ -22,6 +22,10 @@ type ResolvedFn = Box<dyn FnOnce(Result<Lsn>) + Send>;
 struct SlotState {
     outcome: Option<Result<Lsn>>,
     resolved: bool,
+    /// A thread blocks in [`CommitFuture::wait`]: only then is the condvar notified (a
+    /// notification costs the resolving writer a syscall even with no one waiting, and an
+    /// async waiter is woken through its waker instead).
+    blocked: bool,
     waker: Option<Waker>,
     callback: Option<ResolvedFn>,
 }
@@ -31,6 +35,7 @@ impl std::fmt::Debug for SlotState {
         f.debug_struct("SlotState")
             .field("outcome", &self.outcome)
             .field("resolved", &self.resolved)
+            .field("blocked", &self.blocked)
             .field("waker", &self.waker)
             .field("callback", &self.callback.is_some())
             .finish()
@@ -66,7 +71,7 @@ impl Resolver {
     }
 
     fn deliver(slot: &Slot, outcome: Result<Lsn>) {
-        let waker = {
+        let (blocked, waker) = {
             let mut state = lock(&slot.state);
             assert!(!state.resolved, "commit resolved twice");
             state.resolved = true;
@@ -76,9 +81,11 @@ impl Resolver {
                 return;
             }
             state.outcome = Some(outcome);
-            state.waker.take()
+            (state.blocked, state.waker.take())
         };
-        slot.ready.notify_all();
+        if blocked {
+            slot.ready.notify_all();
+        }
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -185,6 +192,8 @@ impl CommitFuture {
                     if let Some(outcome) = state.outcome.take() {
                         return outcome;
                     }
+                    // Set under the lock the resolver takes: it sees the flag and notifies.
+                    state.blocked = true;
                     state = slot.ready.wait(state).expect("commit slot lock poisoned");
                 }
             }

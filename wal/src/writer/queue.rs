@@ -108,11 +108,16 @@ impl Queue {
     }
 
     /// Wakes the writer after new work was queued under `state`'s lock (released here).
+    /// The condvar is notified only when the writer waits on it (`writer_idle`, set under
+    /// this lock before it waits): a notification is a syscall even with no one waiting,
+    /// and appenders would pay it on every append while the writer is busy.
     fn wake_writer(&self, mut state: MutexGuard<'_, QueueState>) {
-        state.writer_idle = false;
+        let waiting = std::mem::take(&mut state.writer_idle);
         let parked = std::mem::take(&mut state.writer_parked);
         drop(state);
-        self.writer_wake.notify_one();
+        if waiting {
+            self.writer_wake.notify_one();
+        }
         if parked && let Some(wake) = &self.backend_waker.0 {
             wake();
         }

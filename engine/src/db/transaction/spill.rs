@@ -90,7 +90,12 @@ impl Transaction {
                 txn_id,
             });
         }
-        entries.extend(Database::entries(self.run.as_u128(), txn_id, buffered));
+        // Copied: the buffer is kept for the spill's key index, or restored on failure.
+        entries.extend(Database::entries(
+            self.run.as_u128(),
+            txn_id,
+            buffered.to_vec(),
+        ));
         entries
     }
 
