@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// threads; each compared with the log on the same backend).
     #[arg(long)]
     pub(super) engine: bool,
+    /// The engine rows' automatic checkpoint threshold in MiB of log (0: none; default: the
+    /// engine's, `Options::checkpoint_log_bytes`).
+    #[arg(long)]
+    pub(super) checkpoint_log_mib: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,

@@ -75,12 +75,16 @@ pub(super) fn keel(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, 
 /// default) and waiting for each, as `--mode` says.
 pub(super) fn db(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String> {
     let wal = args.wal_options(cell.backend);
+    let defaults = keel::Options::default();
     let options = keel::Options {
         durability: wal.durability,
         backend: wal.backend,
         segment_bytes: wal.segment_bytes,
         max_record_bytes: wal.max_record_bytes,
-        ..keel::Options::default()
+        checkpoint_log_bytes: args
+            .checkpoint_log_mib
+            .map_or(defaults.checkpoint_log_bytes, |mib| mib << 20),
+        ..defaults
     };
     let db = Arc::new(keel::Database::open(dir, options).map_err(|e| e.to_string())?);
     let run = futures::executor::block_on(db.begin_run("bench")).map_err(|e| e.to_string())?;

@@ -43,6 +43,10 @@ impl Database {
         let storage = self.inner.storage.as_ref();
         snapshot::write(storage, &dir, lsn, max_txn_id, &view, &|| signal.stopping())?;
         drop(view);
+        // Checked as it was written (every frame's checksum computed here, then synced):
+        // reading it back at the next checkpoint would only re-read the page cache, a whole
+        // state's worth of CPU while commits run.
+        lock(&self.inner.verified_snapshots).insert(lsn);
         // Logged above the snapshot's LSN (every LSN up to it was taken), so recovery tells
         // it from an install marker. Ordered with nothing of the engine's: no `pending` lock.
         let entry = WalEntry::Checkpoint {
