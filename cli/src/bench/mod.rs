@@ -74,7 +74,8 @@ fn scratch_dir(args: &BenchArgs) -> Result<tempfile::TempDir, String> {
 /// Every target of one writers × value size pair, each the median of the rounds.
 ///
 /// Every round runs each target once, interleaved, so a noisy machine's drift hits all of
-/// them alike; the reported run is the round with the median ratio.
+/// them alike (the log and the engine swap places every other round); the reported run is
+/// the round with the median ratio.
 fn compare(
     args: &BenchArgs,
     temp: &Path,
@@ -93,16 +94,34 @@ fn compare(
             let dir = temp.join(format!("raw-{writers}-{value_size}-{round}"));
             targets.push(targets::raw(args, cell(Backend::Std), &dir)?);
         }
-        for &backend in &args.backend {
-            let name = format!("wal-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
-            targets.push(targets::keel(args, cell(backend), &temp.join(name))?);
-        }
-        if args.engine {
+        let run_logs = || -> Result<Vec<Outcome>, String> {
+            let mut runs = Vec::new();
             for &backend in &args.backend {
-                let name = format!("db-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
-                targets.push(targets::db(args, cell(backend), &temp.join(name))?);
+                let name = format!("wal-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
+                runs.push(targets::keel(args, cell(backend), &temp.join(name))?);
             }
-        }
+            Ok(runs)
+        };
+        let run_dbs = || -> Result<Vec<Outcome>, String> {
+            let mut runs = Vec::new();
+            for &backend in args.backend.iter().filter(|_| args.engine) {
+                let name = format!("db-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
+                runs.push(targets::db(args, cell(backend), &temp.join(name))?);
+            }
+            Ok(runs)
+        };
+        // The engine runs after the log in even rounds and before it in odd ones: a run
+        // leaves work behind (preallocated segments the kernel is still writing back) that
+        // slows whichever comes next. Rows keep one order for `median_round`.
+        let (logs, dbs) = if round % 2 == 0 {
+            let logs = run_logs()?;
+            (logs, run_dbs()?)
+        } else {
+            let dbs = run_dbs()?;
+            (run_logs()?, dbs)
+        };
+        targets.extend(logs);
+        targets.extend(dbs);
         report::set_ratios(&mut targets);
         rounds.push(targets);
     }
