@@ -268,7 +268,11 @@ fn print_goal(what: &str, peak: Option<u64>, state_bytes: u64) {
             "{what}: peak ÷ state {:.2}; goal peak ≤ 1.2 × state + 64 MiB = {:.0} MiB: {}",
             peak as f64 / state_bytes as f64,
             goal / 1048576.0,
-            if (peak as f64) <= goal { "met" } else { "missed" }
+            if (peak as f64) <= goal {
+                "met"
+            } else {
+                "missed"
+            }
         );
     }
 }

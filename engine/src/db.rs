@@ -71,7 +71,7 @@ struct Inner {
     snapshot_lsn: Option<Lsn>,
     snapshots_skipped: Vec<(PathBuf, String)>,
     checkpoint_log_bytes: u64,
-    /// Log bytes written when the last checkpoint ran (this process).
+    /// Log bytes written when the last checkpoint took its view (this process).
     checkpointed_at_bytes: AtomicU64,
     /// An automatic checkpoint is asked for or running.
     checkpointing: AtomicBool,

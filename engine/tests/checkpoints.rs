@@ -2,6 +2,7 @@
 //! checkpoints keep the log bounded; a damaged newest snapshot falls back to the previous one
 //! plus the log, or is a clear error when that would lose commits.
 
+use std::future::Future;
 use std::path::Path;
 
 use futures::executor::block_on;
@@ -162,4 +163,45 @@ fn damaged_snapshots_without_the_log_behind_them_are_a_clear_error() {
         }
         other => panic!("expected a metadata error, got {other:?}"),
     }
+}
+
+/// The automatic threshold counts the log written since the last snapshot's view, not since
+/// its checkpoint finished: commits go on while a checkpoint writes, and what they log is not
+/// in its snapshot. (Counted from the end, a log could grow by the threshold plus what two
+/// checkpoints' worth of commits wrote before the next one.)
+#[test]
+fn log_written_during_a_checkpoint_counts_toward_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let threshold = 512 * 1024;
+    let db = Database::open(dir.path(), options(threshold)).unwrap();
+    let run = block_on(db.begin_run("r")).unwrap();
+    // Commits of about 1 KiB; 300 of them are about 300 KiB of log.
+    let mut explicit = Box::pin(db.checkpoint());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // Polled once: it takes its view and writes its snapshot, then waits for its entry.
+    assert!(explicit.as_mut().poll(&mut cx).is_pending());
+    commit_many(&db, run, 0, 300);
+    let during = db.stats().wal.bytes_written;
+    block_on(explicit).unwrap();
+    db.wait_for_automatic_checkpoint();
+    assert_eq!(
+        db.stats().checkpoints,
+        1,
+        "nothing asked for a second one yet"
+    );
+    // Another 300 KiB: past the threshold counted from the view, not from the end.
+    commit_many(&db, run, 300, 300);
+    db.wait_for_automatic_checkpoint();
+    let written = db.stats().wal.bytes_written;
+    assert!(
+        written > threshold + 4096 && during < threshold,
+        "{during} then {written}"
+    );
+    assert_eq!(
+        db.stats().checkpoints,
+        2,
+        "{written} bytes written, about {} since the view: past {threshold}",
+        written - during
+    );
+    db.close().unwrap();
 }

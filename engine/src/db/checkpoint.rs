@@ -39,6 +39,9 @@ impl Database {
         if self.inner.wal.durable_lsn() < lsn {
             self.inner.wal.sync().await?;
         }
+        // The log the snapshot holds: what commits write from here on counts toward the next
+        // automatic checkpoint, though this one is still being written.
+        let snapshot_bytes = self.inner.wal.bytes_written();
         let signal = &self.inner.checkpoint_signal;
         let storage = self.inner.storage.as_ref();
         snapshot::write(storage, &dir, lsn, max_txn_id, &view, &|| signal.stopping())?;
@@ -60,7 +63,7 @@ impl Database {
         self.release_before(&dir, lsn)?;
         self.inner
             .checkpointed_at_bytes
-            .store(self.inner.wal.stats().bytes_written, Ordering::Relaxed);
+            .store(snapshot_bytes, Ordering::Relaxed);
         self.inner.checkpoints.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.inner.path.display(), lsn, "checkpoint written");
         Ok(lsn)
