@@ -140,8 +140,16 @@ impl Database {
     /// commit either finds it still queued in `first_pending`, or applied (that store
     /// follows the apply, and is read with `Acquire`). The first committer of a group commit
     /// to wake applies the whole group; the others find nothing left and take no lock.
+    ///
+    /// Not past a poisoned `pending` lock: a panic under it may have left a commit in the log
+    /// and not queued (a panic in the append, after the log took it) or a snapshot installed
+    /// on disk and not in memory, with `first_pending` saying nothing waits. The lock then
+    /// stops the reader, as it did every reader before the shortcut (`sync.rs`;
+    /// `tests/adversarial_commit_path_poisoned_pending.rs`).
     pub(super) fn apply_visible(&self) {
-        if self.inner.first_pending.load(Ordering::Acquire) > self.visible_lsn() {
+        if self.inner.first_pending.load(Ordering::Acquire) > self.visible_lsn()
+            && !self.inner.pending.is_poisoned()
+        {
             return;
         }
         let mut pending = lock(&self.inner.pending);
