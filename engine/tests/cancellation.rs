@@ -65,7 +65,9 @@ fn still_sound(dir: &std::path::Path, db: Database, run: RunId, auto: bool, what
         None => block_on(db.begin_run("fresh")).unwrap(),
     };
     if auto {
-        // In this process, not after a reopen: a flag left set would stop them here.
+        // In this process, not after a reopen: a flag left set would stop them here. One
+        // asked for before (by `begin_run`'s commit) may still be running: counted first.
+        db.wait_for_automatic_checkpoint();
         let before = db.stats().checkpoints;
         commit(&db, run, "auto-live", 10);
         db.wait_for_automatic_checkpoint();
