@@ -58,7 +58,7 @@ pub use options::{DEFAULT_IO_DEPTH, DEFAULT_WITNESS_IDLE, Durability, MAX_IO_DEP
 pub use storage::{Defects, FileSystem, Storage};
 pub use wal::{LogEnd, OpenSummary, RecoveredLog, Wal};
 pub use writer::completion::{Appended, CommitFuture};
-pub use writer::queue::MAX_QUEUED_BYTES;
+pub use writer::queue::{MAX_QUEUED_BYTES, WriterWake};
 pub use writer::stats::{BATCH_BUCKETS, WalStats};
 
 /// Commit futures and the log handle cross threads and runtimes.

@@ -22,7 +22,7 @@ use crate::ids::{DatabaseId, Lsn};
 use crate::options::Durability;
 use crate::writer::Shared;
 use crate::writer::completion::{Appended, CommitFuture};
-use crate::writer::queue::OnPlaced;
+use crate::writer::queue::{OnPlaced, WriterWake};
 use crate::writer::stats::WalStats;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -112,26 +112,43 @@ impl Wal {
     /// log does (`lsns` is `None`, the future holds the error).
     pub fn append_closed_by(
         &self,
-        mut batch: EncodedBatch,
+        batch: EncodedBatch,
         durability: Durability,
         closing: impl FnOnce(Lsn) -> WalEntry,
     ) -> Appended {
+        let (appended, wake) = self.append_closed_by_deferring_wake(batch, durability, closing);
+        drop(wake);
+        appended
+    }
+
+    /// [`Wal::append_closed_by`], with the writer's wake left to the returned guard (`None`
+    /// when the append was refused): for a caller that appends under a lock of its own and
+    /// releases it before dropping the guard, so other appenders waiting for that lock do
+    /// not also wait for the wake's syscall. The writer may sleep on the append until the
+    /// guard is dropped.
+    pub fn append_closed_by_deferring_wake(
+        &self,
+        mut batch: EncodedBatch,
+        durability: Durability,
+        closing: impl FnOnce(Lsn) -> WalEntry,
+    ) -> (Appended, Option<WriterWake<'_>>) {
         if batch.largest_payload > self.max_record_bytes {
-            return Appended::refused(Error::RecordTooLarge {
+            let error = Error::RecordTooLarge {
                 size: batch.largest_payload.into(),
                 max: self.max_record_bytes.into(),
-            });
+            };
+            return (Appended::refused(error), None);
         }
         // Room for a small closing entry, so framing it under the lock copies no batch.
         batch.reserve_record(CLOSING_ENTRY_PAYLOAD_HINT);
         let max_record_bytes = self.max_record_bytes;
-        let (lsns, future) =
-            self.shared
-                .queue
-                .append_closed(batch, durability, None, |batch, first_lsn| {
-                    batch.push(&closing(first_lsn), max_record_bytes)
-                });
-        Appended { lsns, future }
+        let (lsns, future, wake) = self.shared.queue.append_closed_deferring(
+            batch,
+            durability,
+            None,
+            |batch, first_lsn| batch.push(&closing(first_lsn), max_record_bytes),
+        );
+        (Appended { lsns, future }, wake)
     }
 
     /// A batch must hold an entry, and no record larger than this log takes (the limit its

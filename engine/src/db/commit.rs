@@ -65,16 +65,17 @@ impl Database {
         let mut pending = lock(&self.inner.pending);
         // The commit record names the unit's first LSN: the spilled head, else the first LSN
         // the log gives this append (the log frames it under its queue lock).
-        let appended = self
-            .inner
-            .wal
-            .append_closed_by(batch, self.inner.durability, |first_lsn| {
-                WalEntry::CommitSpan {
-                    run_id,
-                    txn_id,
-                    first_lsn: spilled_head.unwrap_or(first_lsn),
-                }
-            });
+        // The writer's wake (a syscall when it waits for work) is made after `pending` is
+        // released, not while the next committers wait for it.
+        let (appended, _wake) = self.inner.wal.append_closed_by_deferring_wake(
+            batch,
+            self.inner.durability,
+            |first_lsn| WalEntry::CommitSpan {
+                run_id,
+                txn_id,
+                first_lsn: spilled_head.unwrap_or(first_lsn),
+            },
+        );
         let Some(lsns) = appended.lsns else {
             // Refused (a poisoned or closing log): the future holds the error. A spilled
             // transaction is over: its registration would otherwise pin the log for good.
@@ -84,6 +85,7 @@ impl Database {
             return Ok(appended.future);
         };
         self.note_queued(&mut pending, lsns, run, changes, spilled_head, txn_id);
+        drop(pending);
         Ok(appended.future)
     }
 

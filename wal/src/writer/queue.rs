@@ -88,6 +88,40 @@ impl std::fmt::Debug for BackendWaker {
     }
 }
 
+/// A wake of the writer an append owes it, done when dropped (or by [`WriterWake::wake`]).
+///
+/// An append wakes the writer only when it waits for work; a caller that holds a lock of
+/// its own around the append (the engine's commit ordering) drops this after releasing it,
+/// so the wake's syscall is not made while other appenders wait for that lock. Until then
+/// the writer may sleep on work already queued: keep the guard for no longer than that.
+#[derive(Debug)]
+#[must_use = "dropping the guard wakes the writer: drop it when the caller's own locks are released"]
+pub struct WriterWake<'a> {
+    queue: &'a Queue,
+    waiting: bool,
+    parked: bool,
+}
+
+impl WriterWake<'_> {
+    /// Wakes the writer now, if the append found it waiting.
+    pub fn wake(self) {
+        drop(self);
+    }
+}
+
+impl Drop for WriterWake<'_> {
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.queue.writer_wake.notify_one();
+        }
+        if std::mem::take(&mut self.parked)
+            && let Some(wake) = &self.queue.backend_waker.0
+        {
+            wake();
+        }
+    }
+}
+
 impl Queue {
     pub(crate) fn new(next_lsn: Lsn, backend_waker: Option<Waker>) -> Self {
         let state = QueueState {
@@ -111,15 +145,20 @@ impl Queue {
     /// The condvar is notified only when the writer waits on it (`writer_idle`, set under
     /// this lock before it waits): a notification is a syscall even with no one waiting,
     /// and appenders would pay it on every append while the writer is busy.
-    fn wake_writer(&self, mut state: MutexGuard<'_, QueueState>) {
+    fn wake_writer(&self, state: MutexGuard<'_, QueueState>) {
+        self.writer_wake_after(state).wake();
+    }
+
+    /// What [`Queue::wake_writer`] does, with the wake itself left to the returned guard:
+    /// the lock is released here, the writer woken when the guard is dropped or woken.
+    fn writer_wake_after(&self, mut state: MutexGuard<'_, QueueState>) -> WriterWake<'_> {
         let waiting = std::mem::take(&mut state.writer_idle);
         let parked = std::mem::take(&mut state.writer_parked);
         drop(state);
-        if waiting {
-            self.writer_wake.notify_one();
-        }
-        if parked && let Some(wake) = &self.backend_waker.0 {
-            wake();
+        WriterWake {
+            queue: self,
+            waiting,
+            parked,
         }
     }
 
@@ -164,19 +203,37 @@ impl Queue {
     /// the append (the batch then gets no LSN) with its error.
     pub(crate) fn append_closed(
         &self,
-        mut batch: EncodedBatch,
+        batch: EncodedBatch,
         durability: Durability,
         placed: Option<OnPlaced>,
         close: impl FnOnce(&mut EncodedBatch, Lsn) -> Result<()>,
     ) -> (Option<RangeInclusive<Lsn>>, CommitFuture) {
+        let (lsns, future, wake) = self.append_closed_deferring(batch, durability, placed, close);
+        drop(wake);
+        (lsns, future)
+    }
+
+    /// [`Queue::append_closed`], leaving the writer's wake to the returned guard (`None`
+    /// when nothing was queued).
+    pub(crate) fn append_closed_deferring(
+        &self,
+        mut batch: EncodedBatch,
+        durability: Durability,
+        placed: Option<OnPlaced>,
+        close: impl FnOnce(&mut EncodedBatch, Lsn) -> Result<()>,
+    ) -> (
+        Option<RangeInclusive<Lsn>>,
+        CommitFuture,
+        Option<WriterWake<'_>>,
+    ) {
         let mut ack = durability.ack_level();
         let mut state = lock(&self.state);
         if let Some(error) = Self::refusal(&state) {
-            return (None, CommitFuture::ready(Err(error)));
+            return (None, CommitFuture::ready(Err(error)), None);
         }
         let first_lsn = state.next_lsn;
         if let Err(error) = close(&mut batch, first_lsn) {
-            return (None, CommitFuture::ready(Err(error)));
+            return (None, CommitFuture::ready(Err(error)), None);
         }
         assert!(!batch.is_empty(), "an append holds at least one record");
         state.queued_bytes += batch.byte_len();
@@ -201,8 +258,8 @@ impl Queue {
             resolver,
             placed,
         }));
-        self.wake_writer(state);
-        (Some(first_lsn..=last_lsn), future)
+        let wake = self.writer_wake_after(state);
+        (Some(first_lsn..=last_lsn), future, Some(wake))
     }
 
     /// Queues a request to make everything queued so far durable.
