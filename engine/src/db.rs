@@ -71,8 +71,11 @@ struct Inner {
     snapshot_lsn: Option<Lsn>,
     snapshots_skipped: Vec<(PathBuf, String)>,
     checkpoint_log_bytes: u64,
+    checkpoint_log_percent: u64,
     /// Log bytes written when the last checkpoint took its view (this process).
     checkpointed_at_bytes: AtomicU64,
+    /// The size of the newest snapshot (written, installed or loaded; 0: none).
+    snapshot_bytes: AtomicU64,
     /// An automatic checkpoint is asked for or running.
     checkpointing: AtomicBool,
     /// How commits ask the checkpointer thread for one.

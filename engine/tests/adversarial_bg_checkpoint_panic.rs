@@ -48,6 +48,7 @@ fn options(storage: Arc<dyn Storage>) -> Options {
         max_record_bytes: 16 * 1024,
         backend: BackendChoice::Std,
         checkpoint_log_bytes: 1, // every commit asks for one
+        checkpoint_log_percent: 0,
         storage,
         ..Options::default()
     }

@@ -101,6 +101,7 @@ fn still_sound(dir: &std::path::Path, db: Database, run: RunId, auto: bool, what
     db.close().unwrap();
     let auto = Options {
         checkpoint_log_bytes: 1,
+        checkpoint_log_percent: 0,
         ..options()
     };
     let db = Database::open(dir, auto).unwrap();
@@ -183,6 +184,7 @@ fn a_cancelled_commit_with_an_automatic_checkpoint_leaves_them_running() {
         },
         || Options {
             checkpoint_log_bytes: 1,
+            checkpoint_log_percent: 0,
             ..options()
         },
     );

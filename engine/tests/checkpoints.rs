@@ -83,8 +83,21 @@ fn a_reopen_recovers_from_the_snapshot_plus_the_tail() {
 
 #[test]
 fn automatic_checkpoints_keep_the_log_bounded() {
+    // The fixed threshold alone (a state of about 300 KiB, under 128 KiB of log between
+    // checkpoints: at most 8 segments), and with the default that waits for a snapshot's
+    // worth of log (about 300 KiB between checkpoints, two of them kept: at most 14).
+    for (percent, bound) in [(0, 8), (100, 14)] {
+        keeps_the_log_bounded(percent, bound);
+    }
+}
+
+fn keeps_the_log_bounded(percent: u64, bound: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(dir.path(), options(128 * 1024)).unwrap();
+    let options = Options {
+        checkpoint_log_percent: percent,
+        ..options(128 * 1024)
+    };
+    let db = Database::open(dir.path(), options.clone()).unwrap();
     let run = block_on(db.begin_run("long")).unwrap();
     let mut most = 0;
     for round in 0..30 {
@@ -99,12 +112,12 @@ fn automatic_checkpoints_keep_the_log_bounded() {
     assert!(db.stats().checkpoints > 3);
     assert!(written > 3 << 20, "a long workload: {written} bytes");
     assert!(
-        most <= 8,
-        "at most {most} segments of 64 KiB for {written} bytes"
+        most <= bound,
+        "at most {most} segments of 64 KiB for {written} bytes (percent {percent})"
     );
     let before = contents(&db, run);
     db.close().unwrap();
-    let db = Database::open(dir.path(), options(128 * 1024)).unwrap();
+    let db = Database::open(dir.path(), options).unwrap();
     assert!(db.snapshot_lsn().is_some());
     assert_eq!(contents(&db, run), before);
     db.close().unwrap();
@@ -204,4 +217,63 @@ fn log_written_during_a_checkpoint_counts_toward_the_next() {
         written - during
     );
     db.close().unwrap();
+}
+
+/// With a large state, a fixed threshold would rewrite the whole state for every
+/// `checkpoint_log_bytes` of log: the automatic threshold also waits for the log to reach
+/// `checkpoint_log_percent` of the newest snapshot's size.
+#[test]
+fn automatic_checkpoints_wait_for_a_log_in_proportion_to_the_snapshot() {
+    for percent in [100, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            checkpoint_log_percent: percent,
+            ..options(64 * 1024)
+        };
+        let db = Database::open(dir.path(), options.clone()).unwrap();
+        let run = block_on(db.begin_run("r")).unwrap();
+        // 300 keys of 1000 bytes: a snapshot of about 300 KiB.
+        commit_many(&db, run, 0, 300);
+        db.wait_for_automatic_checkpoint();
+        block_on(db.checkpoint()).unwrap();
+        let snapshot = std::fs::metadata(snapshots(dir.path()).last().unwrap())
+            .unwrap()
+            .len();
+        assert!(snapshot > 256 * 1024, "a snapshot of {snapshot} bytes");
+        let checkpoints = db.stats().checkpoints;
+        let from = db.stats().wal.bytes_written;
+        // About 150 KiB of overwrites: past 64 KiB, not past the snapshot's size.
+        commit_many(&db, run, 300, 150);
+        db.wait_for_automatic_checkpoint();
+        let grown = db.stats().wal.bytes_written - from;
+        assert!(
+            grown > 128 * 1024 && grown < snapshot,
+            "{grown} bytes of log"
+        );
+        let taken = db.stats().checkpoints - checkpoints;
+        if percent == 0 {
+            assert!(taken >= 1, "{grown} bytes past 64 KiB: {taken} checkpoints");
+            db.close().unwrap();
+            continue;
+        }
+        assert_eq!(
+            taken, 0,
+            "{grown} bytes, below the {snapshot}-byte snapshot"
+        );
+        // Past the snapshot's size: one now, counted from the explicit one.
+        commit_many(&db, run, 450, 200);
+        db.wait_for_automatic_checkpoint();
+        let grown = db.stats().wal.bytes_written - from;
+        assert!(grown > snapshot, "{grown} bytes of log");
+        assert_eq!(db.stats().checkpoints - checkpoints, 1, "{grown} bytes");
+        db.close().unwrap();
+        // A reopen knows the loaded snapshot's size: 150 KiB more takes no checkpoint.
+        let db = Database::open(dir.path(), options).unwrap();
+        let from = db.stats().wal.bytes_written;
+        commit_many(&db, run, 650, 150);
+        db.wait_for_automatic_checkpoint();
+        assert!(db.stats().wal.bytes_written - from > 128 * 1024);
+        assert_eq!(db.stats().checkpoints, 0, "after a reopen");
+        db.close().unwrap();
+    }
 }

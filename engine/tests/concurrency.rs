@@ -16,6 +16,7 @@ fn concurrent_commits_recover_to_the_live_state() {
             max_record_bytes: 16 * 1024,
             backend: *backend,
             checkpoint_log_bytes: 256 * 1024,
+            checkpoint_log_percent: 0,
             spill_txn_bytes: 2048,
             ..Options::default()
         };

@@ -64,6 +64,7 @@ fn options() -> Options {
         max_record_bytes: 2 * 1024,
         backend: BackendChoice::Std,
         checkpoint_log_bytes: 24 * 1024,
+        checkpoint_log_percent: 0,
         spill_txn_bytes: 1500,
         ..Options::default()
     }

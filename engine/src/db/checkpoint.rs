@@ -44,7 +44,8 @@ impl Database {
         let snapshot_bytes = self.inner.wal.bytes_written();
         let signal = &self.inner.checkpoint_signal;
         let storage = self.inner.storage.as_ref();
-        snapshot::write(storage, &dir, lsn, max_txn_id, &view, &|| signal.stopping())?;
+        let written =
+            snapshot::write(storage, &dir, lsn, max_txn_id, &view, &|| signal.stopping())?;
         drop(view);
         // Checked as it was written (every frame's checksum computed here, then synced):
         // reading it back at the next checkpoint would only re-read the page cache, a whole
@@ -64,6 +65,7 @@ impl Database {
         self.inner
             .checkpointed_at_bytes
             .store(snapshot_bytes, Ordering::Relaxed);
+        self.inner.snapshot_bytes.store(written, Ordering::Relaxed);
         self.inner.checkpoints.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.inner.path.display(), lsn, "checkpoint written");
         Ok(lsn)
@@ -193,6 +195,7 @@ impl Database {
         if threshold == 0 {
             return;
         }
+        let threshold = threshold.max(self.proportional_threshold());
         // A checkpoint finishing meanwhile may store a count newer than the one read here.
         let grown = self
             .inner
@@ -203,6 +206,15 @@ impl Database {
             return;
         }
         self.inner.checkpoint_signal.request();
+    }
+
+    /// [`Options::checkpoint_log_percent`] of the newest snapshot's size.
+    ///
+    /// [`Options::checkpoint_log_percent`]: super::Options::checkpoint_log_percent
+    fn proportional_threshold(&self) -> u64 {
+        let snapshot = self.inner.snapshot_bytes.load(Ordering::Relaxed);
+        let scaled = u128::from(snapshot) * u128::from(self.inner.checkpoint_log_percent) / 100;
+        u64::try_from(scaled).unwrap_or(u64::MAX)
     }
 
     /// Waits (blocking the calling thread) until no automatic checkpoint is asked for or

@@ -88,10 +88,14 @@ impl Database {
         let local_max_txn_id = self.inner.next_txn_id.load(Ordering::Relaxed) - 1;
         let max_txn_id = local_max_txn_id.max(image_max_txn_id);
         let storage = self.inner.storage.as_ref();
-        if let Err(error) = snapshot::write(storage, dir, lsn, max_txn_id, &state, &|| false) {
-            discard_snapshot(storage, dir, lsn);
-            return Err(error);
-        }
+        let written = match snapshot::write(storage, dir, lsn, max_txn_id, &state, &|| false) {
+            Ok(written) => written,
+            Err(error) => {
+                discard_snapshot(storage, dir, lsn);
+                return Err(error);
+            }
+        };
+        self.inner.snapshot_bytes.store(written, Ordering::Relaxed);
         self.inner
             .next_txn_id
             .fetch_max(max_txn_id.saturating_add(1), Ordering::Relaxed);

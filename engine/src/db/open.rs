@@ -26,6 +26,8 @@ type Skipped = Vec<(PathBuf, String)>;
 struct Recovered {
     state: State,
     snapshot_lsn: Option<Lsn>,
+    /// The size of the snapshot at `snapshot_lsn` (0: none).
+    snapshot_bytes: u64,
     snapshots_skipped: Skipped,
     report: RecoveryReport,
     spills: Spills,
@@ -63,6 +65,7 @@ impl Database {
 fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered, Wal)> {
     let (loaded, snapshots_skipped) = snapshot::load_newest(&path.join("snapshots"))?;
     let snapshot_lsn = loaded.as_ref().map(|l| l.lsn);
+    let snapshot_bytes = loaded.as_ref().map_or(0, |l| l.bytes);
     let (mut state, snapshot_txn) = match loaded {
         Some(loaded) => (loaded.state, loaded.max_txn_id),
         None => (State::default(), 0),
@@ -94,6 +97,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
     let recovered = Recovered {
         state,
         snapshot_lsn,
+        snapshot_bytes,
         snapshots_skipped,
         report,
         spills,
@@ -273,7 +277,9 @@ fn assemble(
         snapshot_lsn,
         snapshots_skipped: recovered.snapshots_skipped,
         checkpoint_log_bytes: options.checkpoint_log_bytes,
+        checkpoint_log_percent: options.checkpoint_log_percent,
         checkpointed_at_bytes: AtomicU64::new(0),
+        snapshot_bytes: AtomicU64::new(recovered.snapshot_bytes),
         checkpointing: AtomicBool::new(false),
         checkpoint_signal: Arc::clone(&signal),
         checkpoints: AtomicU64::new(0),

@@ -19,9 +19,17 @@ pub struct Options {
     pub max_record_bytes: u32,
     /// Create the database when the directory holds none.
     pub create_if_missing: bool,
-    /// A checkpoint runs (in the commit that crosses it) once the log has grown by this many
-    /// bytes since the last one, bounding recovery time and disk use; 0 turns it off.
+    /// An automatic checkpoint is asked for (by the commit that crosses it; it runs on a
+    /// thread of its own) once the log has grown by this many bytes since the last one,
+    /// bounding recovery time and disk use; 0 turns automatic checkpoints off.
     pub checkpoint_log_bytes: u64,
+    /// ... and by at least this percentage of the newest snapshot's size: each checkpoint
+    /// writes the whole state, so with a fixed threshold alone a large state would be
+    /// rewritten for every `checkpoint_log_bytes` of log (a 10 GiB state every 256 MiB: 40
+    /// bytes of snapshot per byte of log). At 100 a checkpoint writes at most about as much
+    /// as the log did since the last one, however large the state grows, and recovery
+    /// replays at most about a snapshot's worth of log. 0: only `checkpoint_log_bytes`.
+    pub checkpoint_log_percent: u64,
     /// A transaction whose buffered writes pass this many bytes writes them to the log ahead
     /// of its commit (after a `BeginTxn`), so its memory stays bounded; an abandoned one is
     /// closed with an `AbortTxn`.
@@ -42,6 +50,7 @@ impl Default for Options {
             max_record_bytes: wal.max_record_bytes,
             create_if_missing: true,
             checkpoint_log_bytes: 256 << 20,
+            checkpoint_log_percent: 100,
             spill_txn_bytes: 8 << 20,
             storage: wal.storage,
         }

@@ -25,6 +25,8 @@ const SUFFIX: &str = ".snap";
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub lsn: Lsn,
+    /// The snapshot file's size.
+    pub bytes: u64,
     pub max_txn_id: TxnId,
     pub state: State,
 }
@@ -115,7 +117,8 @@ pub(crate) fn remove_partials(storage: &dyn Storage, dir: &Path) -> usize {
 
 /// Writes `state` as the snapshot at `lsn` into `dir`, atomically, streaming it to the
 /// file a frame at a time (`state` is a view no one changes meanwhile). Once `cancelled`
-/// says so (checked between frames), it stops and removes the partial file.
+/// says so (checked between frames), it stops and removes the partial file. Returns the
+/// snapshot's size in bytes.
 pub(crate) fn write(
     storage: &dyn Storage,
     dir: &Path,
@@ -123,9 +126,10 @@ pub(crate) fn write(
     max_txn_id: TxnId,
     state: &State,
     cancelled: &dyn Fn() -> bool,
-) -> Result<PathBuf> {
+) -> Result<u64> {
     fsutil::create_dir_all_durably(storage, dir)?;
     let name = file_name(lsn);
+    let mut bytes = 0;
     fsutil::write_atomically_with(storage, dir, &name, |file, path| {
         let synced = SyncedEvery {
             storage,
@@ -134,9 +138,13 @@ pub(crate) fn write(
             unsynced: 0,
         };
         let mut out = std::io::BufWriter::with_capacity(1 << 16, synced);
-        format::encode(&mut out, lsn, max_txn_id, state, cancelled)
+        format::encode(&mut out, lsn, max_txn_id, state, cancelled)?;
+        // Flushed (with its error, which a drop would swallow) before the size is read.
+        out.into_inner().map_err(|e| e.into_error())?;
+        bytes = file.metadata()?.len();
+        Ok(())
     })?;
-    Ok(dir.join(name))
+    Ok(bytes)
 }
 
 /// Bytes of a snapshot written between two syncs of its file.
@@ -199,7 +207,12 @@ pub(crate) fn remove_all_but(storage: &dyn Storage, dir: &Path, keep: Lsn) -> Re
 /// Reads one snapshot into a state; an error says what is wrong with it.
 pub(crate) fn read(path: &Path) -> Result<Loaded> {
     let file = open(path)?;
-    load(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|why| damaged(path, &why))
+    // Its size only weighs the next automatic checkpoint: unknown counts as none.
+    let bytes = file.metadata().map_or(0, |m| m.len());
+    let mut loaded = load(std::io::BufReader::with_capacity(1 << 16, file))
+        .map_err(|why| damaged(path, &why))?;
+    loaded.bytes = bytes;
+    Ok(loaded)
 }
 
 /// Reads one snapshot through, checking every frame, without keeping its state: the LSN it
@@ -269,6 +282,7 @@ fn load<R: Read>(input: R) -> std::result::Result<Loaded, String> {
     state.applied_through = header.lsn;
     Ok(Loaded {
         lsn: header.lsn,
+        bytes: 0,
         max_txn_id: header.max_txn_id,
         state,
     })
@@ -453,7 +467,9 @@ mod tests {
         assert!(error.to_string().contains("closing"), "{error}");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
-        let path = write(&storage, dir.path(), 42, 7, &state, &|| false).unwrap();
+        let bytes = write(&storage, dir.path(), 42, 7, &state, &|| false).unwrap();
+        let path = path_of(dir.path(), 42);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
         assert_eq!(verify(&path).unwrap(), Ok(42));
         assert!(same(&read(&path).unwrap().state, &state));
     }
