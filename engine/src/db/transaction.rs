@@ -163,11 +163,22 @@ impl Transaction {
         let (txn_id, head) = (spill.txn_id, spill::written(spill.head));
         let logged = self.take_writes();
         let started = std::time::Instant::now();
-        let future = self
+        // Forgotten before the append, and put back only if nothing was queued: once the log
+        // took the commit, its outcome is the log's, and a drop must not abort it, also when
+        // `queue_commit` panics after the append (the writer's wake, made once `pending` is
+        // released: an `AbortTxn` and an abandoned registration then let a checkpoint remove
+        // the head the commit needs; `tests/adversarial_deferred_wake_spill.rs`).
+        let spill = self.spill.take();
+        let future = match self
             .db
-            .queue_commit(run, txn_id, logged, earlier, Some(head))?;
-        // Queued: from here on the log decides the outcome; nothing to abort on drop.
-        self.spill = None;
+            .queue_commit(run, txn_id, logged, earlier, Some(head))
+        {
+            Ok(future) => future,
+            Err(error) => {
+                self.spill = spill;
+                return Err(error);
+            }
+        };
         self.db.finish_commit(future, started).await
     }
 
