@@ -121,6 +121,11 @@ pub enum Error {
     #[error("the log is closed")]
     Closed,
 
+    #[error(
+        "LSN {requested} is no longer in the log: its oldest record is LSN {oldest} (read the newest snapshot, then follow the log from the LSN it covers)"
+    )]
+    LsnRemoved { requested: Lsn, oldest: Lsn },
+
     #[error("invalid options: {0}")]
     InvalidOptions(String),
 

@@ -37,6 +37,7 @@ mod error;
 pub mod format;
 mod ids;
 mod options;
+mod tail;
 mod wal;
 mod writer;
 
@@ -56,6 +57,7 @@ pub use format::witness::Witness;
 pub use ids::{ArchivedRunId, DatabaseId, Lsn, RunId, TxnId};
 pub use options::{DEFAULT_IO_DEPTH, DEFAULT_WITNESS_IDLE, Durability, MAX_IO_DEPTH, WalOptions};
 pub use storage::{Defects, FileSystem, Storage};
+pub use tail::Tail;
 pub use wal::{LogEnd, OpenSummary, RecoveredLog, Wal};
 pub use writer::completion::{Appended, CommitFuture};
 pub use writer::queue::{MAX_QUEUED_BYTES, WriterWake};

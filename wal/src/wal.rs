@@ -20,6 +20,7 @@ use crate::format::record::EncodedBatch;
 use crate::format::segment::{self, SegmentFile, SegmentHeader};
 use crate::ids::{DatabaseId, Lsn};
 use crate::options::Durability;
+use crate::tail::Tail;
 use crate::writer::Shared;
 use crate::writer::completion::{Appended, CommitFuture};
 use crate::writer::queue::{OnPlaced, WriterWake};
@@ -230,6 +231,19 @@ impl Wal {
         let open = Arc::new((file, header));
         self.read_files().insert(first_lsn, Arc::clone(&open));
         Ok(open)
+    }
+
+    /// Follows the log from `from` (at least 1): its records in LSN order, each once it is
+    /// durable, as a [`futures::Stream`] that waits for the writer at the durable position
+    /// and ends when the log is closed (see [`Tail`]). Reading does not hold the log back:
+    /// a position a checkpoint removed is [`Error::LsnRemoved`].
+    pub fn tail(&self, from: Lsn) -> Tail {
+        Tail::new(
+            Arc::clone(&self.shared),
+            self.dir.clone(),
+            self.database_id,
+            from,
+        )
     }
 
     /// Resolves once every entry appended before this call is durable, whatever its mode.

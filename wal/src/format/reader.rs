@@ -41,6 +41,17 @@ pub struct OwnedRecord {
 }
 
 impl OwnedRecord {
+    /// A copy of a record read by a [`SegmentReader`], to keep past the reader's next step.
+    pub(crate) fn copied_from(record: &RecordRef<'_>) -> OwnedRecord {
+        let mut body = AlignedVec::<16>::with_capacity(record.payload.len());
+        body.extend_from_slice(record.payload);
+        OwnedRecord {
+            lsn: record.lsn,
+            payload_len: record.payload.len(),
+            body,
+        }
+    }
+
     /// The record's LSN.
     pub fn lsn(&self) -> Lsn {
         self.lsn
@@ -219,6 +230,14 @@ impl SegmentReader {
             "reposition to {offset}"
         );
         self.next_offset = offset;
+    }
+
+    /// Drops what was read ahead of the position, so the next read goes to the file: for a
+    /// reader of a segment that is still being written, whose read-ahead may predate
+    /// records written since.
+    pub(crate) fn forget_read_ahead(&mut self) {
+        self.buf.clear();
+        self.buf_offset = self.next_offset;
     }
 
     /// The underlying file.

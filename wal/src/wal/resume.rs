@@ -22,6 +22,7 @@ use crate::format::witness::Witness;
 use crate::ids::{DatabaseId, Lsn};
 use crate::options::WalOptions;
 use crate::writer::Shared;
+use crate::writer::durable_watch::DurableWatch;
 use crate::writer::queue::Queue;
 use crate::writer::stats::Counters;
 use crate::writer::{ActiveSegment, WitnessTiming, Writer};
@@ -252,6 +253,7 @@ fn new_shared(backend: &dyn Backend, next_lsn: Lsn) -> Arc<Shared> {
     let shared = Arc::new(Shared {
         queue: Queue::new(next_lsn, backend.waker()),
         counters: Counters::default(),
+        watch: DurableWatch::default(),
     });
     shared
         .counters

@@ -79,6 +79,7 @@ impl Writer {
             &mut self.written_waiters,
             &mut self.durable_waiters,
         );
+        self.shared.watch.notify();
     }
 
     pub(super) fn poison(&mut self, cause: PoisonCause) {
@@ -90,6 +91,7 @@ impl Writer {
         self.shared.queue.poison(Arc::clone(&cause));
         self.poisoned = Some(Arc::clone(&cause));
         self.fail_waiters(&cause);
+        self.shared.watch.notify();
     }
 
     pub(super) fn fail_waiters(&mut self, cause: &Arc<PoisonCause>) {

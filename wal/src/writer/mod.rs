@@ -28,6 +28,7 @@
 mod chains;
 pub(crate) mod completion;
 mod completions;
+pub(crate) mod durable_watch;
 pub(crate) mod queue;
 mod rotation;
 mod staging;
@@ -139,6 +140,8 @@ impl SyncDue {
 pub(crate) struct Shared {
     pub queue: crate::writer::queue::Queue,
     pub counters: crate::writer::stats::Counters,
+    /// Wakes tails when the durable position moves or the writer stops.
+    pub watch: crate::writer::durable_watch::DurableWatch,
 }
 
 #[derive(Debug)]
@@ -307,5 +310,6 @@ impl Drop for Writer {
     /// instead of waiting for a thread that is gone.
     fn drop(&mut self) {
         self.shared.queue.writer_stopped();
+        self.shared.watch.notify();
     }
 }

@@ -63,6 +63,8 @@ pub(crate) struct QueueState {
     pub held: bool,
     /// The writer is blocked waiting for work.
     pub writer_idle: bool,
+    /// The writer thread is gone: the durable position moves no more.
+    pub stopped: bool,
 }
 
 /// Above this many queued bytes an `Async` commit resolves once written, not at enqueue.
@@ -133,6 +135,7 @@ impl Queue {
             queued_bytes: 0,
             held: false,
             writer_idle: false,
+            stopped: false,
         };
         Queue {
             state: Mutex::new(state),
@@ -292,11 +295,24 @@ impl Queue {
         let queued = {
             let mut state = lock(&self.state);
             state.closing = true;
+            state.stopped = true;
             std::mem::take(&mut state.requests)
         };
         for request in queued {
             refuse(request, || Error::Closed);
         }
+    }
+
+    /// Why the durable position will move no more: the writer's poison cause, or
+    /// `Closed` once the writer thread is gone; `None` while it may still move.
+    pub(crate) fn durable_end(&self) -> Option<Error> {
+        let state = lock(&self.state);
+        if let Some(cause) = &state.poisoned {
+            return Some(Error::Poisoned {
+                cause: Arc::clone(cause),
+            });
+        }
+        state.stopped.then_some(Error::Closed)
     }
 
     pub(crate) fn poisoned(&self) -> Option<Arc<PoisonCause>> {

@@ -1,0 +1,226 @@
+//! Following the log as it grows: the records from an LSN on, each once it is durable.
+//!
+//! A [`Tail`] reads the segment files (as [`crate::LogReader`] does) and never past the
+//! durable position the writer publishes after each `fdatasync`: a record it yields cannot be
+//! taken back by a crash, whatever the durability mode its append was acknowledged under.
+//! When it reaches the durable position it waits (as a [`Stream`], without a thread) until
+//! the writer publishes a new one; it follows the writer into each new segment. It ends
+//! (`None`) once the log is closed and every durable record was read; after a poisoned
+//! writer it yields the records that were durable, then the poison.
+//!
+//! A tail does not hold the log back: a checkpoint may remove the segments ahead of a slow
+//! tail, which then ends with [`Error::LsnRemoved`] naming the oldest LSN still there.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+
+use crate::dir::list_directory;
+use crate::error::{CorruptionReason, Error, Result};
+use crate::format::reader::{OwnedRecord, SegmentEvent, SegmentReader};
+use crate::ids::{DatabaseId, Lsn};
+use crate::writer::Shared;
+
+/// The durable records of a log from an LSN on, in LSN order, each once: see the module.
+/// Made by [`crate::Wal::tail`].
+#[derive(Debug)]
+pub struct Tail {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    database_id: DatabaseId,
+    /// This tail's waker slot in the writer's watch.
+    id: u64,
+    next_lsn: Lsn,
+    /// The segment being read, positioned at `next_lsn`, and its first LSN.
+    reader: Option<(Lsn, SegmentReader)>,
+    ended: bool,
+}
+
+impl Tail {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        dir: PathBuf,
+        database_id: DatabaseId,
+        from: Lsn,
+    ) -> Tail {
+        let id = shared.watch.new_id();
+        Tail {
+            shared,
+            dir,
+            database_id,
+            id,
+            next_lsn: from.max(1),
+            reader: None,
+            ended: false,
+        }
+    }
+
+    /// The LSN of the next record this tail yields.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next_lsn
+    }
+
+    /// The highest durable LSN: records up to it can be read now.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.shared.counters.durable_lsn.load(Relaxed)
+    }
+
+    /// The next record if it is durable already, without waiting; `Ok(None)` when it is not
+    /// (yet). An error ends the tail.
+    pub fn try_next(&mut self) -> Result<Option<OwnedRecord>> {
+        if self.ended || self.next_lsn > self.durable_lsn() {
+            return Ok(None);
+        }
+        match self.read_next() {
+            Ok(record) => {
+                self.next_lsn += 1;
+                Ok(Some(record))
+            }
+            Err(error) => {
+                self.ended = true;
+                self.reader = None;
+                Err(error)
+            }
+        }
+    }
+
+    /// Reads the record at `next_lsn`, which is durable.
+    fn read_next(&mut self) -> Result<OwnedRecord> {
+        // A segment being written may have been read ahead before the record was: once
+        // more from the file. Then, at its end, the record is in the next segment.
+        let mut fresh = false;
+        loop {
+            if self.reader.is_none() {
+                self.reader = Some(self.open_segment_at(self.next_lsn)?);
+                fresh = true;
+            }
+            let (first, reader) = self.reader.as_mut().expect("opened above");
+            let first = *first;
+            match reader.next_event()? {
+                SegmentEvent::Record(record) if record.lsn == self.next_lsn => {
+                    return Ok(OwnedRecord::copied_from(&record));
+                }
+                SegmentEvent::Record(record) => {
+                    let (offset, found) = (record.offset, record.lsn);
+                    let reason = CorruptionReason::LsnMismatch {
+                        expected: self.next_lsn,
+                        found,
+                    };
+                    return Err(Error::corruption(reader.path(), offset, reason));
+                }
+                SegmentEvent::End { .. } | SegmentEvent::Damaged { .. } if !fresh => {
+                    reader.forget_read_ahead();
+                    fresh = true;
+                }
+                SegmentEvent::End { .. } => {
+                    // Read from the file: the segment ends before the record, which is
+                    // durable, so it starts the next segment.
+                    self.reader = None;
+                    let next = self.open_segment_at(self.next_lsn)?;
+                    if next.0 == first {
+                        let path = next.1.path().to_path_buf();
+                        let offset = next.1.offset();
+                        return Err(Error::corruption(
+                            path,
+                            offset,
+                            CorruptionReason::MissingSegment {
+                                expected: self.next_lsn,
+                                found: first,
+                            },
+                        ));
+                    }
+                    self.reader = Some(next);
+                    fresh = true;
+                }
+                SegmentEvent::Damaged { offset, reason } => {
+                    return Err(Error::corruption(reader.path(), offset, reason));
+                }
+            }
+        }
+    }
+
+    /// Opens the segment that holds `lsn` and moves past the records below it.
+    fn open_segment_at(&self, lsn: Lsn) -> Result<(Lsn, SegmentReader)> {
+        // Twice at most: a checkpoint may remove the segment between the listing and the
+        // open, and the second listing then says where the log starts.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let segments = list_directory(&self.dir)?.segments;
+            let oldest = segments.first().map_or(lsn, |s| s.first_lsn);
+            let Some(index) = segments.iter().rposition(|s| s.first_lsn <= lsn) else {
+                return Err(Error::LsnRemoved {
+                    requested: lsn,
+                    oldest,
+                });
+            };
+            let segment = &segments[index];
+            let mut reader = match SegmentReader::open(segment) {
+                Ok(reader) => reader,
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempts < 2 =>
+                {
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let found = reader.header().database_id;
+            if found != self.database_id {
+                return Err(Error::ForeignDatabase {
+                    path: segment.path.clone(),
+                    expected: self.database_id,
+                    found,
+                });
+            }
+            // The records below `lsn` (their headers checked); `next_event` reports whatever
+            // stops it short.
+            reader.skip_below(lsn)?;
+            return Ok((segment.first_lsn, reader));
+        }
+    }
+}
+
+impl Stream for Tail {
+    type Item = Result<OwnedRecord>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let tail = self.get_mut();
+        loop {
+            if tail.ended {
+                return Poll::Ready(None);
+            }
+            match tail.try_next() {
+                Ok(Some(record)) => return Poll::Ready(Some(Ok(record))),
+                Err(error) => return Poll::Ready(Some(Err(error))),
+                Ok(None) => {}
+            }
+            // Nothing durable to read. The end of the log first: read once the writer is
+            // gone, the durable position is final.
+            if let Some(end) = tail.shared.queue.durable_end() {
+                if tail.next_lsn <= tail.durable_lsn() {
+                    continue;
+                }
+                tail.ended = true;
+                return Poll::Ready(match end {
+                    Error::Closed => None,
+                    poisoned => Some(Err(poisoned)),
+                });
+            }
+            tail.shared.watch.register(tail.id, cx.waker());
+            if tail.next_lsn <= tail.durable_lsn() || tail.shared.queue.durable_end().is_some() {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.shared.watch.cancel(self.id);
+    }
+}
