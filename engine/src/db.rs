@@ -14,6 +14,7 @@
 mod checkpoint;
 mod checkpointer;
 mod commit;
+mod feed;
 mod install;
 mod open;
 mod options;
@@ -30,6 +31,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use keel_recovery::RecoveryReport;
 use keel_wal::{Durability, Lsn, RunId, Storage, TxnId, Wal};
 
+pub use feed::{FeedChange, FeedCommit, FeedEvent, Subscription};
 pub use options::Options;
 pub use stats::Stats;
 pub use transaction::Transaction;

@@ -33,7 +33,9 @@ mod retention;
 mod snapshot;
 mod state;
 
-pub use db::{Database, Options, Stats, Transaction};
+pub use db::{
+    Database, FeedChange, FeedCommit, FeedEvent, Options, Stats, Subscription, Transaction,
+};
 pub use image::SnapshotImage;
 pub use keel_recovery::{RecoveryPolicy, RecoveryReport};
 pub use keel_wal::{BackendChoice, Durability, Lsn, RunId};

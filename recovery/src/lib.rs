@@ -37,7 +37,7 @@ use keel_wal::{EntryKind, Lsn, RecoveredLog, Storage, Wal, WalOptions, fsutil};
 
 pub use policy::{Decision, Finding, RecoveryPolicy, decide};
 pub use report::{Anomaly, RecoveryReport};
-pub use txns::{CommittedTxn, Replay, ReplayError};
+pub use txns::{CommittedTxn, Replay, ReplayError, TxnAssembler};
 
 /// Suffix of segments set aside by truncation (or skipped whole): never read as log again.
 pub const DISCARDED_SUFFIX: &str = ".discarded";

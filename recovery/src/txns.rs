@@ -425,6 +425,45 @@ impl TxnTable {
     }
 }
 
+/// Groups records read in LSN order into committed transactions by the rules recovery uses
+/// (the module documentation): for a reader that follows a live log from some LSN on (a
+/// change feed) rather than opening it.
+#[derive(Debug)]
+pub struct TxnAssembler {
+    table: TxnTable,
+}
+
+impl TxnAssembler {
+    /// An assembler of records read from `start` on: what began before it was not read
+    /// (a gap, for the rules), and nothing committed at or below `covered_through` is handed
+    /// to the sink.
+    pub fn new(start: Lsn, covered_through: Lsn) -> Self {
+        let mut table = TxnTable::new(Some(covered_through));
+        if start > 1 {
+            table.gap(Some(start));
+        }
+        TxnAssembler { table }
+    }
+
+    /// Takes the next record (in LSN order). A commit whose transaction was not read whole
+    /// returns its [`Finding::PartialTransaction`] and is not handed over: read again from
+    /// the first LSN it names.
+    pub fn record(
+        &mut self,
+        position: RecordPosition,
+        entry: &ArchivedWalEntry,
+        payload: &[u8],
+        replay: &mut impl Replay,
+    ) -> Result<Option<Finding>> {
+        self.table.record(position, entry, payload, replay)
+    }
+
+    /// Bytes the open transactions hold (their data, until commit or abort).
+    pub fn held_bytes(&self) -> usize {
+        self.table.held
+    }
+}
+
 /// Whether a commit at `commit_lsn` may be applied: the table of the module documentation.
 fn read_whole(txn: Option<&OpenTxn>, commit_lsn: Lsn, named: Option<Lsn>, gap_seen: bool) -> bool {
     match (txn, named) {

@@ -59,6 +59,15 @@ impl Tail {
         }
     }
 
+    /// Moves the tail to `lsn` (at least 1), before or after where it is: the next record
+    /// it yields is the one at `lsn`. A tail that ended (an error, or the log closed) reads
+    /// again from there.
+    pub fn seek(&mut self, lsn: Lsn) {
+        self.next_lsn = lsn.max(1);
+        self.reader = None;
+        self.ended = false;
+    }
+
     /// The LSN of the next record this tail yields.
     pub fn next_lsn(&self) -> Lsn {
         self.next_lsn

@@ -35,6 +35,7 @@ pub struct RecordPosition {
 /// archive validated; the entry is borrowed from an aligned buffer the record owns.
 #[derive(Debug)]
 pub struct OwnedRecord {
+    position: RecordPosition,
     lsn: Lsn,
     body: AlignedVec<16>,
     payload_len: usize,
@@ -46,10 +47,16 @@ impl OwnedRecord {
         let mut body = AlignedVec::<16>::with_capacity(record.payload.len());
         body.extend_from_slice(record.payload);
         OwnedRecord {
+            position: record.position(),
             lsn: record.lsn,
             payload_len: record.payload.len(),
             body,
         }
+    }
+
+    /// Where the record sits in the log.
+    pub fn position(&self) -> RecordPosition {
+        self.position
     }
 
     /// The record's LSN.
@@ -107,6 +114,7 @@ pub(crate) fn read_record_at(
         .map_err(|e| Error::io("reading record from", path, e))?;
     record::check_body(&parsed, &body, header.salt).map_err(damaged)?;
     Ok(OwnedRecord {
+        position,
         lsn: parsed.lsn,
         body,
         payload_len: parsed.payload_len as usize,

@@ -1,0 +1,229 @@
+//! The change feed: the database's committed transactions from an LSN on, in commit order,
+//! each delivered once it is durable ([`Database::subscribe`]).
+//!
+//! A [`Subscription`] follows the log ([`keel_wal::Tail`]: durable records only, through
+//! rotations) and groups its records into transactions by the rules recovery replays them
+//! with ([`keel_recovery::TxnAssembler`]): a transaction is delivered at its commit, whole,
+//! or not at all; aborted and unfinished ones never are. Where a transaction began before
+//! the subscription's first record (a spilled one, or `from` inside a commit's records), the
+//! subscription reads again from the first LSN its commit names, delivering nothing twice.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use keel_recovery::{CommittedTxn, Finding, Replay, ReplayError, TxnAssembler};
+use keel_wal::{ArchivedWalEntry, Lsn, RunId, Tail, TxnId};
+
+use super::Database;
+use crate::{Error, Result};
+
+/// One change of a delivered transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedChange {
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+}
+
+/// A committed transaction, as the feed delivers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedCommit {
+    pub run: RunId,
+    pub txn_id: TxnId,
+    /// The LSN of its first record.
+    pub first_lsn: Lsn,
+    /// The LSN of its commit record: the version its writes have, and the position to
+    /// resume after (`subscribe(commit_lsn + 1)`).
+    pub commit_lsn: Lsn,
+    /// Its writes and deletes, in the order they were logged.
+    pub changes: Vec<FeedChange>,
+}
+
+impl FeedCommit {
+    /// Whether this is one of the engine's own commits (runs begun and ended, in the
+    /// system run), not a user run's.
+    pub fn is_system(&self) -> bool {
+        self.run.as_u128() == crate::state::SYSTEM_RUN
+    }
+}
+
+/// What a subscription delivers, in log order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// A committed transaction.
+    Commit(FeedCommit),
+    /// A snapshot was installed at `lsn` ([`Database::install_snapshot`]): the state after
+    /// it is the snapshot's, not the sum of the commits before. A consumer re-bootstraps
+    /// (reads the snapshot at `lsn`, then follows from `lsn + 1`).
+    Installed { lsn: Lsn },
+}
+
+impl FeedEvent {
+    /// The LSN to resume after: a commit's, or the install marker's.
+    pub fn lsn(&self) -> Lsn {
+        match self {
+            FeedEvent::Commit(commit) => commit.commit_lsn,
+            FeedEvent::Installed { lsn } => *lsn,
+        }
+    }
+}
+
+/// The database's committed transactions from an LSN on: see [`Database::subscribe`].
+#[derive(Debug)]
+pub struct Subscription {
+    tail: Tail,
+    assembler: TxnAssembler,
+    /// Events assembled and not yet taken, in order.
+    ready: VecDeque<FeedEvent>,
+    /// Nothing at or below this is delivered: below `from`, or delivered already.
+    delivered_through: Lsn,
+    ended: bool,
+}
+
+impl Database {
+    /// Follows the database's commits from `from` on: every transaction committed at or
+    /// above `from`, in commit order, once, as soon as its commit is durable (under every
+    /// durability mode: a delivered commit survives any crash). Snapshot installs come as
+    /// [`FeedEvent::Installed`]. The stream ends when the database closes.
+    ///
+    /// To resume, subscribe from the last delivered event's [`FeedEvent::lsn`] plus one. A
+    /// position the log no longer holds (a checkpoint removed it) ends the stream with
+    /// [`keel_wal::Error::LsnRemoved`], naming the oldest LSN still there: bootstrap from
+    /// the newest snapshot ([`Database::newest_snapshot`]) and subscribe from its LSN plus
+    /// one.
+    ///
+    /// A subscription reads the log's files as it is polled (from the page cache, usually):
+    /// short reads on the polling thread, as a file read would be. It does not keep the
+    /// log from being removed.
+    pub fn subscribe(&self, from: Lsn) -> Subscription {
+        let from = from.max(1);
+        Subscription {
+            tail: self.inner.wal.tail(from),
+            assembler: TxnAssembler::new(from, from - 1),
+            ready: VecDeque::new(),
+            delivered_through: from - 1,
+            ended: false,
+        }
+    }
+}
+
+impl Subscription {
+    /// The LSN the subscription reads next.
+    pub fn next_lsn(&self) -> Lsn {
+        self.tail.next_lsn()
+    }
+
+    /// Feeds one record to the assembler; on a transaction begun before the first record
+    /// read, reads again from its first LSN.
+    fn take(&mut self, record: &keel_wal::OwnedRecord) -> Result<()> {
+        let mut sink = Sink {
+            ready: &mut self.ready,
+            delivered_through: &mut self.delivered_through,
+        };
+        let finding = self.assembler.record(
+            record.position(),
+            record.entry(),
+            record.payload(),
+            &mut sink,
+        )?;
+        match finding {
+            None => Ok(()),
+            Some(Finding::PartialTransaction {
+                first_lsn: Some(first),
+                ..
+            }) if first < record.lsn() => {
+                // Everything at or below `delivered_through` was delivered (or is below
+                // `from`): reading again from `first` delivers only what follows.
+                self.assembler = TxnAssembler::new(first, self.delivered_through);
+                self.tail.seek(first);
+                Ok(())
+            }
+            Some(finding) => Err(Error::Metadata(format!(
+                "the change feed cannot deliver a transaction whole: {finding:?}"
+            ))),
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<FeedEvent>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let subscription = self.get_mut();
+        loop {
+            if let Some(event) = subscription.ready.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            if subscription.ended {
+                return Poll::Ready(None);
+            }
+            let record = match Pin::new(&mut subscription.tail).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    subscription.ended = true;
+                    continue;
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    subscription.ended = true;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Poll::Ready(Some(Ok(record))) => record,
+            };
+            if let Err(error) = subscription.take(&record) {
+                subscription.ended = true;
+                return Poll::Ready(Some(Err(error)));
+            }
+        }
+    }
+}
+
+/// Where the assembler hands committed transactions and checkpoints.
+struct Sink<'a> {
+    ready: &'a mut VecDeque<FeedEvent>,
+    delivered_through: &'a mut Lsn,
+}
+
+impl Replay for Sink<'_> {
+    fn apply(&mut self, txn: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError> {
+        let changes = txn
+            .entries()
+            .map(|(_, entry)| match entry {
+                ArchivedWalEntry::Write { key, value, .. } => FeedChange::Put {
+                    key: Bytes::copy_from_slice(key.as_slice()),
+                    value: Bytes::copy_from_slice(value.as_slice()),
+                },
+                ArchivedWalEntry::Delete { key, .. } => FeedChange::Delete {
+                    key: Bytes::copy_from_slice(key.as_slice()),
+                },
+                other => unreachable!("a transaction's entries are writes and deletes: {other:?}"),
+            })
+            .collect();
+        self.ready.push_back(FeedEvent::Commit(FeedCommit {
+            run: txn.run_id,
+            txn_id: txn.txn_id,
+            first_lsn: txn.first_lsn,
+            commit_lsn: txn.commit_lsn,
+            changes,
+        }));
+        *self.delivered_through = txn.commit_lsn;
+        Ok(())
+    }
+
+    fn checkpoint(
+        &mut self,
+        lsn: Lsn,
+        entry: &ArchivedWalEntry,
+    ) -> std::result::Result<(), ReplayError> {
+        // An install's marker names its own LSN; a checkpoint's entry names the snapshot
+        // below it, and changes nothing a consumer sees.
+        if let ArchivedWalEntry::Checkpoint { snapshot_lsn, .. } = entry
+            && snapshot_lsn.to_native() == lsn
+        {
+            self.ready.push_back(FeedEvent::Installed { lsn });
+            *self.delivered_through = lsn;
+        }
+        Ok(())
+    }
+}
