@@ -63,9 +63,18 @@ fn commit_some(db: &Database, run: RunId, from: u32, count: u32) -> Vec<Expected
             continue;
         }
         let lsn = block_on(txn.commit()).unwrap();
+        // A transaction logs one change per key, in key order (this data spills no key
+        // twice, and its chunks are in key order too).
+        changes.sort_by(|a, b| key_of(a).cmp(key_of(b)));
         expected.push((run, lsn, changes));
     }
     expected
+}
+
+fn key_of(change: &FeedChange) -> &Bytes {
+    match change {
+        FeedChange::Put { key, .. } | FeedChange::Delete { key } => key,
+    }
 }
 
 /// Follows `db` from `from` on a thread until the stream ends: the events.
@@ -230,4 +239,72 @@ fn an_install_is_an_event_and_a_removed_position_names_the_oldest_lsn() {
     }
     assert!(block_on(feed.next()).is_none(), "ended");
     db.close().unwrap();
+}
+
+/// A subscription keeps the log it has not read from checkpoints, within its lag; a slow one
+/// past it is let go with an explicit error, and the log goes: writers never wait for it.
+#[test]
+fn a_slow_subscription_holds_the_log_within_its_lag_and_is_let_go_past_it() {
+    for (max_lag, slow) in [(64 << 20, false), (2 * 64 * 1024, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            checkpoint_log_bytes: 128 * 1024,
+            checkpoint_log_percent: 0,
+            feed_max_lag_bytes: max_lag,
+            ..options()
+        };
+        let db = Database::open(dir.path(), options).unwrap();
+        let run = block_on(db.begin_run("feed")).unwrap();
+        let mut feed = db.subscribe(1);
+        let mut expected = Vec::new();
+        let mut most = 0;
+        for round in 0..20 {
+            expected.extend(commit_some(&db, run, round * 60, 60));
+            db.wait_for_automatic_checkpoint();
+            let segments = keel_wal::dir::list_directory(&dir.path().join("wal"))
+                .unwrap()
+                .segments
+                .len();
+            most = most.max(segments);
+        }
+        assert!(db.stats().checkpoints >= 6, "{:?}", db.stats().checkpoints);
+        if slow {
+            // Let go at the first removal past 2 segments: the log stayed small.
+            assert!(most <= 8, "{most} segments");
+            match block_on(feed.next()) {
+                Some(Err(keel::Error::Wal(keel_wal::Error::TailFellBehind {
+                    position: 1,
+                    max_bytes,
+                    ..
+                }))) => assert_eq!(max_bytes, max_lag),
+                other => panic!("expected TailFellBehind, got {other:?}"),
+            }
+            assert!(block_on(feed.next()).is_none());
+        } else {
+            // Held: every commit is still there to read.
+            let mut got = Vec::new();
+            while got.len() < expected.len() {
+                if let FeedEvent::Commit(c) = block_on(feed.next()).unwrap().unwrap()
+                    && !c.is_system()
+                {
+                    got.push((c.run, c.commit_lsn, c.changes));
+                }
+            }
+            let lsns = |v: &[Expected]| v.iter().map(|e| e.1).collect::<Vec<_>>();
+            assert_eq!(lsns(&got), lsns(&expected), "the commits, by LSN");
+            for (g, e) in got.iter().zip(&expected) {
+                let short = |c: &FeedChange| match c {
+                    FeedChange::Put { key, value } => format!("put {key:?} {}", value.len()),
+                    FeedChange::Delete { key } => format!("delete {key:?}"),
+                };
+                let (gs, es): (Vec<_>, Vec<_>) = (
+                    g.2.iter().map(short).collect(),
+                    e.2.iter().map(short).collect(),
+                );
+                assert_eq!(gs, es, "the changes of the commit at {}", e.1);
+                assert!(g == e, "the values of the commit at {}", e.1);
+            }
+        }
+        db.close().unwrap();
+    }
 }

@@ -126,6 +126,15 @@ pub enum Error {
     )]
     LsnRemoved { requested: Lsn, oldest: Lsn },
 
+    #[error(
+        "the tail at LSN {position} fell {lag_bytes} bytes of log behind, more than the {max_bytes} it may hold back (WalOptions::tail_max_lag_bytes): it ended and the log was released; resume from LSN {position} if it is still there, else from a snapshot"
+    )]
+    TailFellBehind {
+        position: Lsn,
+        lag_bytes: u64,
+        max_bytes: u64,
+    },
+
     #[error("invalid options: {0}")]
     InvalidOptions(String),
 

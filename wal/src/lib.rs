@@ -55,7 +55,10 @@ pub use format::reader::{OwnedRecord, RecordPosition, RecordRef, SegmentEvent, S
 pub use format::record::EncodedBatch;
 pub use format::witness::Witness;
 pub use ids::{ArchivedRunId, DatabaseId, Lsn, RunId, TxnId};
-pub use options::{DEFAULT_IO_DEPTH, DEFAULT_WITNESS_IDLE, Durability, MAX_IO_DEPTH, WalOptions};
+pub use options::{
+    DEFAULT_IO_DEPTH, DEFAULT_TAIL_MAX_LAG_BYTES, DEFAULT_WITNESS_IDLE, Durability, MAX_IO_DEPTH,
+    WalOptions,
+};
 pub use storage::{Defects, FileSystem, Storage};
 pub use tail::Tail;
 pub use wal::{LogEnd, OpenSummary, RecoveredLog, Wal};

@@ -98,10 +98,18 @@ pub struct WalOptions {
     /// the newest records then reads as a torn tail). A storage without
     /// [`Storage::background_work`] decides when instead, so that runs replay.
     pub witness_idle: Option<Duration>,
+    /// How much log a [`crate::Tail`] may hold back from removal
+    /// ([`crate::Wal::remove_segments_before`]) behind its position: a tail further behind
+    /// when segments are removed ends with [`Error::TailFellBehind`], and the log is
+    /// removed as if it were not there. A slow reader never stalls the writer.
+    pub tail_max_lag_bytes: u64,
     /// The storage the log lives on: the real file system by default; tests hand in
     /// simulated storage or a fault injector (the `keel-sim` crate).
     pub storage: Arc<dyn Storage>,
 }
+
+/// The default of [`WalOptions::tail_max_lag_bytes`]: 1 GiB.
+pub const DEFAULT_TAIL_MAX_LAG_BYTES: u64 = 1 << 30;
 
 /// The default of [`WalOptions::witness_idle`].
 pub const DEFAULT_WITNESS_IDLE: Duration = Duration::from_millis(5);
@@ -118,6 +126,7 @@ impl Default for WalOptions {
             create_if_missing: true,
             preallocate: true,
             witness_idle: Some(DEFAULT_WITNESS_IDLE),
+            tail_max_lag_bytes: DEFAULT_TAIL_MAX_LAG_BYTES,
             storage: storage::file_system(),
         }
     }

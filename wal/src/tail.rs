@@ -8,8 +8,12 @@
 //! (`None`) once the log is closed and every durable record was read; after a poisoned
 //! writer it yields the records that were durable, then the poison.
 //!
-//! A tail does not hold the log back: a checkpoint may remove the segments ahead of a slow
-//! tail, which then ends with [`Error::LsnRemoved`] naming the oldest LSN still there.
+//! **Retention.** A live tail holds the log from its position back from removal
+//! ([`crate::Wal::remove_segments_before`] keeps the segment it reads next), up to
+//! [`crate::WalOptions::tail_max_lag_bytes`] of log: a tail further behind when segments are
+//! removed is let go (it ends with [`Error::TailFellBehind`]) and the log goes as if it were
+//! not there. The writer never waits for a tail. A tail made at a position already removed
+//! ends with [`Error::LsnRemoved`], naming the oldest LSN still there.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -24,6 +28,74 @@ use crate::error::{CorruptionReason, Error, Result};
 use crate::format::reader::{OwnedRecord, SegmentEvent, SegmentReader};
 use crate::ids::{DatabaseId, Lsn};
 use crate::writer::Shared;
+use crate::writer::sync::{AtomicBool, AtomicU64, Mutex, lock};
+
+/// A live tail's position, as retention sees it.
+#[derive(Debug, Default)]
+pub(crate) struct Hold {
+    /// The LSN the tail reads next.
+    position: AtomicU64,
+    /// Set when a removal let the tail go; `lag` says how far behind it was.
+    fell_behind: AtomicBool,
+    lag: AtomicU64,
+}
+
+/// The holds of the live tails.
+#[derive(Debug, Default)]
+pub(crate) struct Holds {
+    live: Mutex<Vec<Arc<Hold>>>,
+}
+
+impl Holds {
+    fn add(&self, position: Lsn) -> Arc<Hold> {
+        let hold = Arc::new(Hold::default());
+        hold.position.store(position, Relaxed);
+        lock(&self.live).push(Arc::clone(&hold));
+        hold
+    }
+
+    fn remove(&self, hold: &Arc<Hold>) {
+        lock(&self.live).retain(|h| !Arc::ptr_eq(h, hold));
+    }
+
+    /// The LSN a removal below `lsn` may go up to with the live tails: the lowest position
+    /// of those it would pass within `max_lag` bytes of log. The others are let go (marked,
+    /// and forgotten; the caller wakes them). `segments` are the log's, oldest first, each
+    /// `segment_bytes` long. Returns the LSN and whether a tail was let go.
+    pub(crate) fn clamp(
+        &self,
+        lsn: Lsn,
+        segments: &[crate::format::segment::SegmentFile],
+        segment_bytes: u64,
+        max_lag: u64,
+    ) -> (Lsn, bool) {
+        let mut live = lock(&self.live);
+        let mut clamped = lsn;
+        let mut let_go = false;
+        live.retain(|hold| {
+            let position = hold.position.load(Relaxed);
+            if position >= lsn {
+                return true;
+            }
+            // The segments the tail keeps: from the one holding `position` to the one
+            // holding `lsn`, that one excluded (it stays anyway).
+            let kept = segments
+                .windows(2)
+                .filter(|pair| pair[1].first_lsn > position && pair[1].first_lsn <= lsn)
+                .count() as u64;
+            let lag = kept * segment_bytes;
+            if lag > max_lag {
+                hold.lag.store(lag, Relaxed);
+                hold.fell_behind.store(true, Relaxed);
+                let_go = true;
+                return false;
+            }
+            clamped = clamped.min(position);
+            true
+        });
+        (clamped, let_go)
+    }
+}
 
 /// The durable records of a log from an LSN on, in LSN order, each once: see the module.
 /// Made by [`crate::Wal::tail`].
@@ -38,6 +110,9 @@ pub struct Tail {
     /// The segment being read, positioned at `next_lsn`, and its first LSN.
     reader: Option<(Lsn, SegmentReader)>,
     ended: bool,
+    /// What keeps the log from `next_lsn` on.
+    hold: Arc<Hold>,
+    max_lag: u64,
 }
 
 impl Tail {
@@ -46,16 +121,21 @@ impl Tail {
         dir: PathBuf,
         database_id: DatabaseId,
         from: Lsn,
+        max_lag: u64,
     ) -> Tail {
         let id = shared.watch.new_id();
+        let from = from.max(1);
+        let hold = shared.holds.add(from);
         Tail {
             shared,
             dir,
             database_id,
             id,
-            next_lsn: from.max(1),
+            next_lsn: from,
             reader: None,
             ended: false,
+            hold,
+            max_lag,
         }
     }
 
@@ -66,6 +146,12 @@ impl Tail {
         self.next_lsn = lsn.max(1);
         self.reader = None;
         self.ended = false;
+        if self.hold.fell_behind.load(Relaxed) {
+            // Let go: held again, from here.
+            self.hold = self.shared.holds.add(self.next_lsn);
+        } else {
+            self.hold.position.store(self.next_lsn, Relaxed);
+        }
     }
 
     /// The LSN of the next record this tail yields.
@@ -81,12 +167,25 @@ impl Tail {
     /// The next record if it is durable already, without waiting; `Ok(None)` when it is not
     /// (yet). An error ends the tail.
     pub fn try_next(&mut self) -> Result<Option<OwnedRecord>> {
-        if self.ended || self.next_lsn > self.durable_lsn() {
+        if self.ended {
+            return Ok(None);
+        }
+        if self.hold.fell_behind.load(Relaxed) {
+            self.ended = true;
+            self.reader = None;
+            return Err(Error::TailFellBehind {
+                position: self.next_lsn,
+                lag_bytes: self.hold.lag.load(Relaxed),
+                max_bytes: self.max_lag,
+            });
+        }
+        if self.next_lsn > self.durable_lsn() {
             return Ok(None);
         }
         match self.read_next() {
             Ok(record) => {
                 self.next_lsn += 1;
+                self.hold.position.store(self.next_lsn, Relaxed);
                 Ok(Some(record))
             }
             Err(error) => {
@@ -220,7 +319,10 @@ impl Stream for Tail {
                 });
             }
             tail.shared.watch.register(tail.id, cx.waker());
-            if tail.next_lsn <= tail.durable_lsn() || tail.shared.queue.durable_end().is_some() {
+            if tail.next_lsn <= tail.durable_lsn()
+                || tail.shared.queue.durable_end().is_some()
+                || tail.hold.fell_behind.load(Relaxed)
+            {
                 continue;
             }
             return Poll::Pending;
@@ -231,5 +333,6 @@ impl Stream for Tail {
 impl Drop for Tail {
     fn drop(&mut self) {
         self.shared.watch.cancel(self.id);
+        self.shared.holds.remove(&self.hold);
     }
 }

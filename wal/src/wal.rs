@@ -58,6 +58,8 @@ pub struct Wal {
     database_id: DatabaseId,
     durability: Durability,
     max_record_bytes: u32,
+    segment_bytes: u64,
+    tail_max_lag_bytes: u64,
     backend: BackendKind,
     summary: OpenSummary,
     /// Segments opened by [`Wal::read_record`], by first LSN.
@@ -243,6 +245,7 @@ impl Wal {
             self.dir.clone(),
             self.database_id,
             from,
+            self.tail_max_lag_bytes,
         )
     }
 
@@ -253,9 +256,19 @@ impl Wal {
 
     /// Deletes every segment all of whose records are below `lsn`, then syncs the directory;
     /// the last segment (the one appended to) is never deleted. Returns how many were
-    /// deleted. For a checkpoint that made everything below `lsn` redundant.
+    /// deleted. For a checkpoint that made everything below `lsn` redundant. Live tails keep
+    /// the log from their positions, each up to [`crate::WalOptions::tail_max_lag_bytes`] (see
+    /// [`Tail`]).
     pub fn remove_segments_before(&self, lsn: Lsn) -> Result<usize> {
         let segments = crate::dir::list_directory(&self.dir)?.segments;
+        // Not past a live tail's position, unless it is too far behind (then it ends).
+        let (lsn, let_go) =
+            self.shared
+                .holds
+                .clamp(lsn, &segments, self.segment_bytes, self.tail_max_lag_bytes);
+        if let_go {
+            self.shared.watch.notify_all();
+        }
         let mut removed = 0;
         for pair in segments.windows(2) {
             if pair[1].first_lsn > lsn {

@@ -180,3 +180,77 @@ fn a_tail_of_a_closed_log_ends_after_its_last_record() {
     assert_eq!(waiting.recv_timeout(WATCHDOG).unwrap(), Vec::new());
     assert_eq!(all.recv_timeout(WATCHDOG).unwrap().len(), 2);
 }
+
+#[test]
+fn a_live_tail_holds_the_log_from_its_position_within_its_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = keel_wal::WalOptions {
+        tail_max_lag_bytes: 16 * 64 * 1024,
+        ..common::small_options(keel_wal::BackendChoice::Std)
+    };
+    let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
+    let mut tail = wal.tail(1);
+    for i in 0..600u64 {
+        wal.append(&unit(i)).wait().unwrap();
+    }
+    let segments = || keel_wal::dir::list_directory(dir.path()).unwrap().segments;
+    let before = segments().len();
+    assert!((4..16).contains(&before), "{before} segments");
+    // Held: nothing goes while the tail is at LSN 1.
+    assert_eq!(wal.remove_segments_before(1300).unwrap(), 0);
+    // Read up to 300: the segments wholly below it go, the one it reads stays.
+    while tail.next_lsn() <= 600 {
+        tail.try_next().unwrap().unwrap();
+    }
+    assert!(wal.remove_segments_before(1300).unwrap() > 0);
+    let oldest = segments()[0].first_lsn;
+    assert!(
+        oldest <= 600,
+        "the segment holding LSN 600 stays: oldest {oldest}"
+    );
+    // A dropped tail holds nothing.
+    drop(tail);
+    wal.remove_segments_before(1300).unwrap();
+    assert!(segments()[0].first_lsn > 600 || segments().len() == 1);
+    wal.close().unwrap();
+}
+
+#[test]
+fn a_tail_too_far_behind_is_let_go_and_the_log_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = keel_wal::WalOptions {
+        tail_max_lag_bytes: 2 * 64 * 1024,
+        ..common::small_options(keel_wal::BackendChoice::Std)
+    };
+    let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
+    let mut slow = wal.tail(1);
+    let (got, arrived) = mpsc::channel();
+    // A follower waiting at the durable position is woken by being let go.
+    let mut waiting = wal.tail(1);
+    for i in 0..600u64 {
+        wal.append(&unit(i)).wait().unwrap();
+    }
+    while waiting.try_next().unwrap().is_some() {}
+    let waiter = std::thread::spawn(move || {
+        got.send(block_on(waiting.next()).map(|r| r.map(|r| r.lsn())))
+            .unwrap();
+    });
+    // `waiting` is at the head (lag 0): held; `slow` at 1 is 4+ segments behind: let go.
+    let removed = wal.remove_segments_before(1300).unwrap();
+    assert!(removed >= 3, "{removed} removed");
+    match slow.try_next() {
+        Err(Error::TailFellBehind {
+            position: 1,
+            lag_bytes,
+            max_bytes,
+        }) => assert!(lag_bytes > max_bytes, "{lag_bytes} > {max_bytes}"),
+        other => panic!("expected TailFellBehind, got {other:?}"),
+    }
+    assert!(block_on(slow.next()).is_none(), "ended");
+    // The waiting tail is still there: the next commit reaches it.
+    wal.append(&unit(600)).wait().unwrap();
+    let next = arrived.recv_timeout(WATCHDOG).unwrap();
+    assert_eq!(next.map(|r| r.unwrap()), Some(1201));
+    waiter.join().unwrap();
+    wal.close().unwrap();
+}

@@ -37,7 +37,9 @@ pub struct FeedCommit {
     /// The LSN of its commit record: the version its writes have, and the position to
     /// resume after (`subscribe(commit_lsn + 1)`).
     pub commit_lsn: Lsn,
-    /// Its writes and deletes, in the order they were logged.
+    /// Its writes and deletes, in the order they were logged: one per key, in key order,
+    /// for a transaction written at its commit; chunk after chunk for one that spilled (a
+    /// key written again after a spill comes again). Applied in order, they are its effect.
     pub changes: Vec<FeedChange>,
 }
 

@@ -211,6 +211,7 @@ fn open_log(
         max_record_bytes: options.max_record_bytes,
         backend: options.backend,
         create_if_missing: options.create_if_missing,
+        tail_max_lag_bytes: options.feed_max_lag_bytes,
         storage: Arc::clone(&options.storage),
         ..WalOptions::default()
     };

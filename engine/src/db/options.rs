@@ -34,6 +34,10 @@ pub struct Options {
     /// of its commit (after a `BeginTxn`), so its memory stays bounded; an abandoned one is
     /// closed with an `AbortTxn`.
     pub spill_txn_bytes: usize,
+    /// How much log a [`Subscription`](super::Subscription) may keep from removal behind
+    /// its position: one further behind when a checkpoint removes log ends with
+    /// `keel_wal::Error::TailFellBehind`, and the log goes. Writers never wait for one.
+    pub feed_max_lag_bytes: u64,
     /// The storage the database lives on: the real file system by default; tests hand in
     /// simulated storage or a fault injector (see [`keel_wal::Storage`]).
     pub storage: Arc<dyn Storage>,
@@ -52,6 +56,7 @@ impl Default for Options {
             checkpoint_log_bytes: 256 << 20,
             checkpoint_log_percent: 100,
             spill_txn_bytes: 8 << 20,
+            feed_max_lag_bytes: keel_wal::DEFAULT_TAIL_MAX_LAG_BYTES,
             storage: wal.storage,
         }
     }

@@ -185,6 +185,8 @@ impl Wal {
             database_id,
             durability: options.durability,
             max_record_bytes: options.max_record_bytes,
+            segment_bytes: options.segment_bytes,
+            tail_max_lag_bytes: options.tail_max_lag_bytes,
             backend: backend_kind,
             summary,
             read_files: Mutex::new(HashMap::new()),
@@ -254,6 +256,7 @@ fn new_shared(backend: &dyn Backend, next_lsn: Lsn) -> Arc<Shared> {
         queue: Queue::new(next_lsn, backend.waker()),
         counters: Counters::default(),
         watch: DurableWatch::default(),
+        holds: crate::tail::Holds::default(),
     });
     shared
         .counters

@@ -57,6 +57,11 @@ impl DurableWatch {
         lock(&self.wakers).remove(&id);
     }
 
+    /// Wakes every waiter, whatever changed (a tail let go by retention, say).
+    pub(crate) fn notify_all(&self) {
+        self.notify();
+    }
+
     /// After the writer stored a new durable position (or stopped): wakes every waiter.
     pub(crate) fn notify(&self) {
         fence(SeqCst);

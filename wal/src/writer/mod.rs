@@ -142,6 +142,8 @@ pub(crate) struct Shared {
     pub counters: crate::writer::stats::Counters,
     /// Wakes tails when the durable position moves or the writer stops.
     pub watch: crate::writer::durable_watch::DurableWatch,
+    /// Where the live tails read: the log their removal must keep.
+    pub holds: crate::tail::Holds,
 }
 
 #[derive(Debug)]
