@@ -28,74 +28,7 @@ use crate::error::{CorruptionReason, Error, Result};
 use crate::format::reader::{OwnedRecord, SegmentEvent, SegmentReader};
 use crate::ids::{DatabaseId, Lsn};
 use crate::writer::Shared;
-use crate::writer::sync::{AtomicBool, AtomicU64, Mutex, lock};
-
-/// A live tail's position, as retention sees it.
-#[derive(Debug, Default)]
-pub(crate) struct Hold {
-    /// The LSN the tail reads next.
-    position: AtomicU64,
-    /// Set when a removal let the tail go; `lag` says how far behind it was.
-    fell_behind: AtomicBool,
-    lag: AtomicU64,
-}
-
-/// The holds of the live tails.
-#[derive(Debug, Default)]
-pub(crate) struct Holds {
-    live: Mutex<Vec<Arc<Hold>>>,
-}
-
-impl Holds {
-    fn add(&self, position: Lsn) -> Arc<Hold> {
-        let hold = Arc::new(Hold::default());
-        hold.position.store(position, Relaxed);
-        lock(&self.live).push(Arc::clone(&hold));
-        hold
-    }
-
-    fn remove(&self, hold: &Arc<Hold>) {
-        lock(&self.live).retain(|h| !Arc::ptr_eq(h, hold));
-    }
-
-    /// The LSN a removal below `lsn` may go up to with the live tails: the lowest position
-    /// of those it would pass within `max_lag` bytes of log. The others are let go (marked,
-    /// and forgotten; the caller wakes them). `segments` are the log's, oldest first, each
-    /// `segment_bytes` long. Returns the LSN and whether a tail was let go.
-    pub(crate) fn clamp(
-        &self,
-        lsn: Lsn,
-        segments: &[crate::format::segment::SegmentFile],
-        segment_bytes: u64,
-        max_lag: u64,
-    ) -> (Lsn, bool) {
-        let mut live = lock(&self.live);
-        let mut clamped = lsn;
-        let mut let_go = false;
-        live.retain(|hold| {
-            let position = hold.position.load(Relaxed);
-            if position >= lsn {
-                return true;
-            }
-            // The segments the tail keeps: from the one holding `position` to the one
-            // holding `lsn`, that one excluded (it stays anyway).
-            let kept = segments
-                .windows(2)
-                .filter(|pair| pair[1].first_lsn > position && pair[1].first_lsn <= lsn)
-                .count() as u64;
-            let lag = kept * segment_bytes;
-            if lag > max_lag {
-                hold.lag.store(lag, Relaxed);
-                hold.fell_behind.store(true, Relaxed);
-                let_go = true;
-                return false;
-            }
-            clamped = clamped.min(position);
-            true
-        });
-        (clamped, let_go)
-    }
-}
+use crate::writer::holds::Hold;
 
 /// The durable records of a log from an LSN on, in LSN order, each once: see the module.
 /// Made by [`crate::Wal::tail`].

@@ -256,7 +256,7 @@ fn new_shared(backend: &dyn Backend, next_lsn: Lsn) -> Arc<Shared> {
         queue: Queue::new(next_lsn, backend.waker()),
         counters: Counters::default(),
         watch: DurableWatch::default(),
-        holds: crate::tail::Holds::default(),
+        holds: crate::writer::holds::Holds::default(),
     });
     shared
         .counters

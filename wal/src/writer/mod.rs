@@ -29,6 +29,7 @@ mod chains;
 pub(crate) mod completion;
 mod completions;
 pub(crate) mod durable_watch;
+pub(crate) mod holds;
 pub(crate) mod queue;
 mod rotation;
 mod staging;
@@ -143,7 +144,7 @@ pub(crate) struct Shared {
     /// Wakes tails when the durable position moves or the writer stops.
     pub watch: crate::writer::durable_watch::DurableWatch,
     /// Where the live tails read: the log their removal must keep.
-    pub holds: crate::tail::Holds,
+    pub holds: crate::writer::holds::Holds,
 }
 
 #[derive(Debug)]
