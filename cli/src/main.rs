@@ -2,6 +2,7 @@
 
 mod bench;
 mod checkpoint_bench;
+mod tail;
 mod tool;
 
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ enum Command {
     CheckpointBench(checkpoint_bench::CheckpointBenchArgs),
     /// Print the log's records, from an LSN, as text or JSON.
     Dump(tool::DumpArgs),
+    /// Print a database's transactions as they commit, from an LSN, following the log while
+    /// another process writes it (read-only, no lock), with what is known durable.
+    Tail(tail::TailArgs),
     /// Check a log end to end without changing it; the exit status says whether it is clean.
     Verify(tool::VerifyArgs),
     /// Recover a log under a policy (repairing what it allows) and print the report.
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::CheckpointBench(args) => checkpoint_bench::run(&args),
         Command::Dump(args) => tool::dump(&args),
+        Command::Tail(args) => tail::tail(&args),
         Command::Verify(args) => tool::verify(&args),
         Command::Recover(args) => tool::recover(&args),
     };

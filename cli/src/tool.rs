@@ -7,7 +7,7 @@ use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError};
 use keel_wal::{ArchivedWalEntry, LogReader, Lsn};
 
 /// The log directory of a database directory (its `wal/`), or `dir` itself when it is one.
-fn log_dir(dir: &Path) -> Result<PathBuf, String> {
+pub(crate) fn log_dir(dir: &Path) -> Result<PathBuf, String> {
     if !dir.is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
     }
@@ -31,7 +31,7 @@ pub struct DumpArgs {
 }
 
 /// Bytes for JSON: the text when printable, else `0x` and hex; long values are cut.
-fn show_json(bytes: &[u8]) -> String {
+pub(crate) fn show_json(bytes: &[u8]) -> String {
     let shown = show(bytes);
     match shown.strip_prefix('"') {
         Some(rest) => rest.replacen('"', "", 1),
@@ -40,7 +40,7 @@ fn show_json(bytes: &[u8]) -> String {
 }
 
 /// Shows bytes as text when they are printable, else as hex; long values are cut.
-fn show(bytes: &[u8]) -> String {
+pub(crate) fn show(bytes: &[u8]) -> String {
     const MAX: usize = 48;
     let cut = &bytes[..bytes.len().min(MAX)];
     let more = if bytes.len() > MAX { "…" } else { "" };
