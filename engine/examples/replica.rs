@@ -1,0 +1,180 @@
+//! A read replica on the change feed: a primary and a follower database in two directories.
+//!
+//! The follower bootstraps from the primary's snapshot (`checkpoint`, `read_snapshot`,
+//! `install_snapshot`), then applies the primary's feed (`subscribe`) while the primary
+//! keeps committing. Midway it is stopped (closed) and restarted: it resumes from the
+//! primary LSN it stored in its own database. At the end both states are compared by digest.
+//!
+//! The follower stores the last applied primary LSN every few commits, not with each one: a
+//! restart may then apply again the commits after the stored LSN, which changes nothing,
+//! because puts and deletes applied again in commit order leave the same state. Runs are
+//! begun on the primary before the bootstrap (the snapshot carries them); the feed's system
+//! commits (runs begun or ended later) are counted here, not applied.
+//!
+//! `cargo run --release -p keel --example replica`
+
+use futures::StreamExt;
+use futures::executor::block_on;
+use keel::{Database, FeedChange, FeedEvent, Lsn, Options, RunId};
+
+/// Where the follower keeps its own bookkeeping (not a primary run).
+const REPLICATION: &str = "replication";
+/// Store the applied LSN every this many commits.
+const STORE_EVERY: u64 = 25;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let base = tempfile::tempdir()?;
+    let (primary_dir, replica_dir) = (base.path().join("primary"), base.path().join("replica"));
+    let primary = Database::open(&primary_dir, Options::default())?;
+    let orders = block_on(primary.begin_run("orders"))?;
+    let users = block_on(primary.begin_run("users"))?;
+    write(&primary, orders, users, 0..400)?;
+
+    // Bootstrap: the primary's newest snapshot, installed; then the feed from its LSN on.
+    let snapshot = block_on(primary.checkpoint())?;
+    let image = primary.read_snapshot(snapshot)?;
+    let replica = Database::open(&replica_dir, Options::default())?;
+    block_on(replica.install_snapshot(&image))?;
+    let bookkeeping = block_on(replica.begin_run(REPLICATION))?;
+    store_applied(&replica, bookkeeping, snapshot)?;
+    println!("bootstrapped the replica from the primary's snapshot at LSN {snapshot}");
+
+    // The follower applies the feed while the primary commits 400 more, then stops.
+    write(&primary, orders, users, 400..800)?;
+    let first = follow(&primary, &replica, bookkeeping, Some(300))?;
+    println!(
+        "follower stopped after {} commits (applied through primary LSN {})",
+        first.applied, first.through
+    );
+    replica.close()?;
+
+    // Restarted: resumes from the LSN it stored, while the primary commits 400 more.
+    write(&primary, orders, users, 800..1200)?;
+    let replica = Database::open(&replica_dir, Options::default())?;
+    let bookkeeping = run_named(&replica, REPLICATION).ok_or("the replica's bookkeeping run")?;
+    let stored = applied(&replica, bookkeeping)?;
+    println!("follower restarted: resumes after primary LSN {stored}");
+    let second = follow(&primary, &replica, bookkeeping, None)?;
+    println!(
+        "follower caught up: {} more commits applied (through primary LSN {}), {} system commits seen",
+        second.applied,
+        second.through,
+        first.system + second.system
+    );
+
+    let (primary_digest, replica_digest) = (digest(&primary), digest(&replica));
+    println!("primary digest {primary_digest:016x}, replica digest {replica_digest:016x}");
+    replica.close()?;
+    primary.close()?;
+    if primary_digest != replica_digest {
+        return Err("the replica differs from the primary".into());
+    }
+    println!("the replica holds exactly the primary's state");
+    Ok(())
+}
+
+/// Commits `range` transactions on the primary: puts in both runs, some deletes.
+fn write(
+    db: &Database,
+    orders: RunId,
+    users: RunId,
+    range: std::ops::Range<u32>,
+) -> keel::Result<()> {
+    for i in range {
+        let run = if i % 3 == 0 { users } else { orders };
+        let mut txn = db.transaction(run)?;
+        txn.put(format!("key-{:04}", i % 500).as_bytes(), format!("value {i}").as_bytes())?;
+        if i % 7 == 0 {
+            txn.delete(format!("key-{:04}", (i * 13) % 500).as_bytes())?;
+        }
+        block_on(txn.commit())?;
+    }
+    Ok(())
+}
+
+struct Followed {
+    applied: u64,
+    system: u64,
+    through: Lsn,
+}
+
+/// Applies the primary's feed from after the replica's stored LSN: `limit` commits, or
+/// until it has caught up with the primary's last commit.
+fn follow(
+    primary: &Database,
+    replica: &Database,
+    bookkeeping: RunId,
+    limit: Option<u64>,
+) -> Result<Followed, Box<dyn std::error::Error>> {
+    let target = primary.stats().wal.durable_lsn;
+    let mut through = applied(replica, bookkeeping)?;
+    let mut feed = primary.subscribe(through + 1);
+    let mut done = Followed {
+        applied: 0,
+        system: 0,
+        through,
+    };
+    while through < target && limit.is_none_or(|limit| done.applied < limit) {
+        let event = block_on(feed.next()).ok_or("the primary closed")??;
+        through = event.lsn();
+        match event {
+            FeedEvent::Commit(commit) if commit.is_system() => done.system += 1,
+            FeedEvent::Commit(commit) => {
+                let mut txn = replica.transaction(commit.run)?;
+                for change in &commit.changes {
+                    match change {
+                        FeedChange::Put { key, value } => txn.put(key, value)?,
+                        FeedChange::Delete { key } => txn.delete(key)?,
+                    }
+                }
+                block_on(txn.commit())?;
+                done.applied += 1;
+            }
+            FeedEvent::Installed { lsn } => {
+                return Err(format!("the primary installed a snapshot at {lsn}: bootstrap again").into());
+            }
+        }
+        if done.applied.is_multiple_of(STORE_EVERY) {
+            store_applied(replica, bookkeeping, through)?;
+        }
+    }
+    store_applied(replica, bookkeeping, through)?;
+    done.through = through;
+    Ok(done)
+}
+
+fn store_applied(db: &Database, bookkeeping: RunId, lsn: Lsn) -> keel::Result<()> {
+    let mut txn = db.transaction(bookkeeping)?;
+    txn.put(b"applied", &lsn.to_le_bytes())?;
+    block_on(txn.commit()).map(drop)
+}
+
+fn applied(db: &Database, bookkeeping: RunId) -> Result<Lsn, Box<dyn std::error::Error>> {
+    let stored = db.get(bookkeeping, b"applied")?.ok_or("no applied LSN")?;
+    Ok(Lsn::from_le_bytes(stored.value.as_slice().try_into()?))
+}
+
+fn run_named(db: &Database, name: &str) -> Option<RunId> {
+    db.list_runs().into_iter().find(|r| r.name == name).map(|r| r.id)
+}
+
+/// A digest of every user run's name, keys and values (versions are each database's own).
+fn digest(db: &Database) -> u64 {
+    let mut runs: Vec<_> = db
+        .list_runs()
+        .into_iter()
+        .filter(|r| r.name != REPLICATION)
+        .collect();
+    runs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut hasher = crc32fast::Hasher::new();
+    let mut count = 0u64;
+    for run in runs {
+        hasher.update(run.name.as_bytes());
+        for (key, value) in db.scan(run.id, b"").unwrap_or_default() {
+            hasher.update(&key);
+            hasher.update(&value.value);
+            count += 1;
+        }
+    }
+    (u64::from(hasher.finalize()) << 32) | count
+}
