@@ -80,6 +80,17 @@ impl Spills {
         heads.map_or(base + 1, |head| head.min(base + 1))
     }
 
+    /// The oldest head of the spills that began below `from` and are open or committed at
+    /// or above it: a change feed from `from` delivers them, so it reads (and holds the log)
+    /// from there. `None` when there is none.
+    pub fn oldest_head_for(&self, from: Lsn) -> Option<Lsn> {
+        self.spans
+            .values()
+            .filter(|span| span.head < from && span.commit.is_none_or(|commit| commit >= from))
+            .map(|span| span.head)
+            .min()
+    }
+
     /// Spills tracked (open, or committed above the last base).
     pub fn len(&self) -> usize {
         self.spans.len()
@@ -112,6 +123,19 @@ mod tests {
         // Once the base holds the commit, the head is no longer needed.
         assert_eq!(spills.keep_from(12), 13);
         assert_eq!(spills.len(), 0);
+    }
+
+    #[test]
+    fn a_feed_reads_from_the_heads_of_the_spills_it_will_deliver() {
+        let mut spills = Spills::default();
+        spills.begin(1, 4);
+        spills.commit(1, 12);
+        spills.begin(2, 6);
+        spills.begin(3, 30);
+        assert_eq!(spills.oldest_head_for(10), Some(4));
+        // Committed below `from`: not delivered, not read.
+        assert_eq!(spills.oldest_head_for(13), Some(6));
+        assert_eq!(spills.oldest_head_for(4), None);
     }
 
     #[test]

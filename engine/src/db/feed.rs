@@ -18,6 +18,7 @@ use keel_recovery::{CommittedTxn, Finding, Replay, ReplayError, TxnAssembler};
 use keel_wal::{ArchivedWalEntry, Lsn, RunId, Tail, TxnId};
 
 use super::Database;
+use super::sync::lock;
 use crate::{Error, Result};
 
 /// One change of a delivered transaction.
@@ -97,13 +98,21 @@ impl Database {
     /// one.
     ///
     /// A subscription reads the log's files as it is polled (from the page cache, usually):
-    /// short reads on the polling thread, as a file read would be. It does not keep the
-    /// log from being removed.
+    /// short reads on the polling thread, as a file read would be. It keeps the log it has
+    /// still to read from being removed, within [`crate::Options::feed_max_lag_bytes`]:
+    /// from `from`, or from the head of a spilled transaction begun below `from` that it
+    /// will deliver (its records are read, not delivered, from there).
     pub fn subscribe(&self, from: Lsn) -> Subscription {
         let from = from.max(1);
+        // A spill that began below `from` and commits at or above it is delivered whole:
+        // its head must still be there when the commit is read. The spill's registration
+        // keeps it only until a checkpoint's fallback holds the commit, so the tail holds it.
+        let start = lock(&self.inner.spills)
+            .oldest_head_for(from)
+            .map_or(from, |head| head.min(from));
         Subscription {
-            tail: self.inner.wal.tail(from),
-            assembler: TxnAssembler::new(from, from - 1),
+            tail: self.inner.wal.tail(start),
+            assembler: TxnAssembler::new(start, from - 1),
             ready: VecDeque::new(),
             delivered_through: from - 1,
             ended: false,
