@@ -12,7 +12,8 @@
 //! ([`crate::Wal::remove_segments_before`] keeps the segment it reads next), up to
 //! [`crate::WalOptions::tail_max_lag_bytes`] of log: a tail further behind when segments are
 //! removed is let go (it ends with [`Error::TailFellBehind`]) and the log goes as if it were
-//! not there. The writer never waits for a tail. A tail made at a position already removed
+//! not there. A tail that ended (an error, or the log closed) holds nothing until it is
+//! moved ([`Tail::seek`]). The writer never waits for a tail. A tail made at a position already removed
 //! ends with [`Error::LsnRemoved`], naming the oldest LSN still there.
 
 use std::path::PathBuf;
@@ -43,8 +44,9 @@ pub struct Tail {
     /// The segment being read, positioned at `next_lsn`, and its first LSN.
     reader: Option<(Lsn, SegmentReader)>,
     ended: bool,
-    /// What keeps the log from `next_lsn` on.
+    /// What keeps the log from `next_lsn` on, while `held` (a tail that ended holds nothing).
     hold: Arc<Hold>,
+    held: bool,
     max_lag: u64,
 }
 
@@ -68,7 +70,18 @@ impl Tail {
             reader: None,
             ended: false,
             hold,
+            held: true,
             max_lag,
+        }
+    }
+
+    /// Ends the tail: it reads no more (until a seek) and holds no log.
+    fn end(&mut self) {
+        self.ended = true;
+        self.reader = None;
+        if self.held {
+            self.shared.holds.remove(&self.hold);
+            self.held = false;
         }
     }
 
@@ -79,9 +92,10 @@ impl Tail {
         self.next_lsn = lsn.max(1);
         self.reader = None;
         self.ended = false;
-        if self.hold.fell_behind.load(Relaxed) {
-            // Let go: held again, from here.
+        if self.hold.fell_behind.load(Relaxed) || !self.held {
+            // Let go, or ended: held again, from here.
             self.hold = self.shared.holds.add(self.next_lsn);
+            self.held = true;
         } else {
             self.hold.position.store(self.next_lsn, Relaxed);
         }
@@ -104,8 +118,7 @@ impl Tail {
             return Ok(None);
         }
         if self.hold.fell_behind.load(Relaxed) {
-            self.ended = true;
-            self.reader = None;
+            self.end();
             return Err(Error::TailFellBehind {
                 position: self.next_lsn,
                 lag_bytes: self.hold.lag.load(Relaxed),
@@ -122,8 +135,7 @@ impl Tail {
                 Ok(Some(record))
             }
             Err(error) => {
-                self.ended = true;
-                self.reader = None;
+                self.end();
                 Err(error)
             }
         }
@@ -245,7 +257,7 @@ impl Stream for Tail {
                 if tail.next_lsn <= tail.durable_lsn() {
                     continue;
                 }
-                tail.ended = true;
+                tail.end();
                 return Poll::Ready(match end {
                     Error::Closed => None,
                     poisoned => Some(Err(poisoned)),
@@ -266,6 +278,8 @@ impl Stream for Tail {
 impl Drop for Tail {
     fn drop(&mut self) {
         self.shared.watch.cancel(self.id);
-        self.shared.holds.remove(&self.hold);
+        if self.held {
+            self.shared.holds.remove(&self.hold);
+        }
     }
 }
