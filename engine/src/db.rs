@@ -93,6 +93,11 @@ struct Inner {
     /// LSN of the newest install marker in the log (0: none seen): no checkpoint may take
     /// its snapshot at it.
     last_install_marker: AtomicU64,
+    /// Install markers in the log whose install never took effect (its snapshot write
+    /// failed; at open: replayed past, their snapshot absent). An install holds the lock from
+    /// before it logs its marker until its outcome is noted, so a change feed that read a
+    /// marker learns the outcome by taking it. Taken under `pending` (never the reverse).
+    failed_installs: Arc<Mutex<BTreeSet<Lsn>>>,
     /// Snapshots known to read back whole (loaded at open, or checked as a fallback).
     verified_snapshots: Mutex<BTreeSet<Lsn>>,
     /// Automatic checkpoints that failed (the commit that ran one still succeeded), and the

@@ -233,6 +233,9 @@ pub(crate) struct StateReplay<'a> {
     pub spills: Vec<(keel_wal::TxnId, Lsn, Lsn)>,
     /// LSN of the newest install marker replayed (0: none).
     pub last_install_marker: Lsn,
+    /// Install markers above `after` replayed past: their snapshot is absent, the install
+    /// never happened.
+    pub failed_installs: Vec<Lsn>,
 }
 
 impl Replay for StateReplay<'_> {
@@ -247,6 +250,9 @@ impl Replay for StateReplay<'_> {
         }
         self.last_install_marker = self.last_install_marker.max(lsn);
         if replays_past_install(lsn, self.after, self.unreadable) {
+            if lsn > self.after {
+                self.failed_installs.push(lsn);
+            }
             return Ok(());
         }
         Err(format!(

@@ -8,8 +8,9 @@
 //! the subscription's first record (a spilled one, or `from` inside a commit's records), the
 //! subscription reads again from the first LSN its commit names, delivering nothing twice.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -77,6 +78,8 @@ impl FeedEvent {
 #[derive(Debug)]
 pub struct Subscription {
     tail: Tail,
+    /// The database's failed installs (see `Inner::failed_installs`).
+    failed_installs: Arc<Mutex<BTreeSet<Lsn>>>,
     assembler: TxnAssembler,
     /// Events assembled and not yet taken, in order.
     ready: VecDeque<FeedEvent>,
@@ -112,6 +115,7 @@ impl Database {
             .map_or(from, |head| head.min(from));
         Subscription {
             tail: self.inner.wal.tail(start),
+            failed_installs: Arc::clone(&self.inner.failed_installs),
             assembler: TxnAssembler::new(start, from - 1),
             ready: VecDeque::new(),
             delivered_through: from - 1,
@@ -130,6 +134,7 @@ impl Subscription {
     /// read, reads again from its first LSN.
     fn take(&mut self, record: &keel_wal::OwnedRecord) -> Result<()> {
         let mut sink = Sink {
+            failed_installs: &self.failed_installs,
             ready: &mut self.ready,
             delivered_through: &mut self.delivered_through,
         };
@@ -192,6 +197,7 @@ impl Stream for Subscription {
 
 /// Where the assembler hands committed transactions and checkpoints.
 struct Sink<'a> {
+    failed_installs: &'a Mutex<BTreeSet<Lsn>>,
     ready: &'a mut VecDeque<FeedEvent>,
     delivered_through: &'a mut Lsn,
 }
@@ -228,9 +234,13 @@ impl Replay for Sink<'_> {
         entry: &ArchivedWalEntry,
     ) -> std::result::Result<(), ReplayError> {
         // An install's marker names its own LSN; a checkpoint's entry names the snapshot
-        // below it, and changes nothing a consumer sees.
+        // below it, and changes nothing a consumer sees. A marker is durable before its
+        // install's snapshot is: the outcome is known once the install lets go of the lock
+        // (a short wait on the polling thread, as a commit's during an install), and an
+        // install that failed never happened.
         if let ArchivedWalEntry::Checkpoint { snapshot_lsn, .. } = entry
             && snapshot_lsn.to_native() == lsn
+            && !lock(self.failed_installs).contains(&lsn)
         {
             self.ready.push_back(FeedEvent::Installed { lsn });
             *self.delivered_through = lsn;

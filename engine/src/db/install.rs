@@ -83,6 +83,8 @@ impl Database {
     fn swap_in(&self, dir: &Path, image: SnapshotImage) -> Result<Lsn> {
         let (mut state, image_max_txn_id) = image.into_parts();
         let mut pending = lock(&self.inner.pending);
+        // Held until the outcome is noted: a feed that read the marker waits for it here.
+        let mut failed_installs = lock(&self.inner.failed_installs);
         let lsn = self.log_install_marker(&mut pending)?;
         state.rebase(lsn);
         let local_max_txn_id = self.inner.next_txn_id.load(Ordering::Relaxed) - 1;
@@ -92,6 +94,7 @@ impl Database {
             Ok(written) => written,
             Err(error) => {
                 discard_snapshot(storage, dir, lsn);
+                failed_installs.insert(lsn);
                 return Err(error);
             }
         };

@@ -32,6 +32,7 @@ struct Recovered {
     report: RecoveryReport,
     spills: Spills,
     last_install_marker: Lsn,
+    failed_installs: Vec<Lsn>,
     next_txn_id: TxnId,
 }
 
@@ -80,6 +81,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
         unreadable: &unreadable,
         spills: Vec::new(),
         last_install_marker: 0,
+        failed_installs: Vec::new(),
     };
     let mut sink = OpenSink {
         wal_dir,
@@ -89,6 +91,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
     };
     let (wal, report) = open_log(wal_dir, options, snapshot_lsn, &mut sink)?;
     let last_install_marker = replay.last_install_marker;
+    let failed_installs = std::mem::take(&mut replay.failed_installs);
     let mut spills = Spills::default();
     for (txn_id, head, commit) in std::mem::take(&mut replay.spills) {
         spills.committed(txn_id, head, commit);
@@ -102,6 +105,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
         report,
         spills,
         last_install_marker,
+        failed_installs,
         next_txn_id,
     };
     Ok((recovered, wal))
@@ -288,6 +292,7 @@ fn assemble(
         spill_txn_bytes: options.spill_txn_bytes.max(1),
         spills: Mutex::new(recovered.spills),
         last_install_marker: AtomicU64::new(recovered.last_install_marker),
+        failed_installs: Arc::new(Mutex::new(recovered.failed_installs.into_iter().collect())),
         verified_snapshots: Mutex::new(snapshot_lsn.into_iter().collect::<BTreeSet<Lsn>>()),
         auto_checkpoint_failures: AtomicU64::new(0),
         last_auto_checkpoint_error: Mutex::new(None),
