@@ -83,7 +83,10 @@ fn write(
     for i in range {
         let run = if i % 3 == 0 { users } else { orders };
         let mut txn = db.transaction(run)?;
-        txn.put(format!("key-{:04}", i % 500).as_bytes(), format!("value {i}").as_bytes())?;
+        txn.put(
+            format!("key-{:04}", i % 500).as_bytes(),
+            format!("value {i}").as_bytes(),
+        )?;
         if i % 7 == 0 {
             txn.delete(format!("key-{:04}", (i * 13) % 500).as_bytes())?;
         }
@@ -131,7 +134,9 @@ fn follow(
                 done.applied += 1;
             }
             FeedEvent::Installed { lsn } => {
-                return Err(format!("the primary installed a snapshot at {lsn}: bootstrap again").into());
+                return Err(
+                    format!("the primary installed a snapshot at {lsn}: bootstrap again").into(),
+                );
             }
         }
         if done.applied.is_multiple_of(STORE_EVERY) {
@@ -155,7 +160,10 @@ fn applied(db: &Database, bookkeeping: RunId) -> Result<Lsn, Box<dyn std::error:
 }
 
 fn run_named(db: &Database, name: &str) -> Option<RunId> {
-    db.list_runs().into_iter().find(|r| r.name == name).map(|r| r.id)
+    db.list_runs()
+        .into_iter()
+        .find(|r| r.name == name)
+        .map(|r| r.id)
 }
 
 /// A digest of every user run's name, keys and values (versions are each database's own).

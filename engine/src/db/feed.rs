@@ -77,7 +77,8 @@ impl FeedEvent {
 /// The database's committed transactions from an LSN on: see [`Database::subscribe`].
 #[derive(Debug)]
 pub struct Subscription {
-    tail: Tail,
+    /// `None` once the subscription ended: its hold on the log is gone with it.
+    tail: Option<Tail>,
     /// The database's failed installs (see `Inner::failed_installs`).
     failed_installs: Arc<Mutex<BTreeSet<Lsn>>>,
     assembler: TxnAssembler,
@@ -85,7 +86,6 @@ pub struct Subscription {
     ready: VecDeque<FeedEvent>,
     /// Nothing at or below this is delivered: below `from`, or delivered already.
     delivered_through: Lsn,
-    ended: bool,
 }
 
 impl Database {
@@ -114,12 +114,11 @@ impl Database {
             .oldest_head_for(from)
             .map_or(from, |head| head.min(from));
         Subscription {
-            tail: self.inner.wal.tail(start),
+            tail: Some(self.inner.wal.tail(start)),
             failed_installs: Arc::clone(&self.inner.failed_installs),
             assembler: TxnAssembler::new(start, from - 1),
             ready: VecDeque::new(),
             delivered_through: from - 1,
-            ended: false,
         }
     }
 }
@@ -127,7 +126,9 @@ impl Database {
 impl Subscription {
     /// The LSN the subscription reads next.
     pub fn next_lsn(&self) -> Lsn {
-        self.tail.next_lsn()
+        self.tail
+            .as_ref()
+            .map_or(self.delivered_through + 1, Tail::next_lsn)
     }
 
     /// Feeds one record to the assembler; on a transaction begun before the first record
@@ -153,7 +154,9 @@ impl Subscription {
                 // Everything at or below `delivered_through` was delivered (or is below
                 // `from`): reading again from `first` delivers only what follows.
                 self.assembler = TxnAssembler::new(first, self.delivered_through);
-                self.tail.seek(first);
+                if let Some(tail) = &mut self.tail {
+                    tail.seek(first);
+                }
                 Ok(())
             }
             Some(finding) => Err(Error::Metadata(format!(
@@ -172,23 +175,24 @@ impl Stream for Subscription {
             if let Some(event) = subscription.ready.pop_front() {
                 return Poll::Ready(Some(Ok(event)));
             }
-            if subscription.ended {
+            let Some(tail) = &mut subscription.tail else {
                 return Poll::Ready(None);
-            }
-            let record = match Pin::new(&mut subscription.tail).poll_next(cx) {
+            };
+            // Ended (the log closed, an error): the tail goes, and its hold on the log.
+            let record = match Pin::new(tail).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
-                    subscription.ended = true;
+                    subscription.tail = None;
                     continue;
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    subscription.ended = true;
+                    subscription.tail = None;
                     return Poll::Ready(Some(Err(error.into())));
                 }
                 Poll::Ready(Some(Ok(record))) => record,
             };
             if let Err(error) = subscription.take(&record) {
-                subscription.ended = true;
+                subscription.tail = None;
                 return Poll::Ready(Some(Err(error)));
             }
         }
