@@ -31,7 +31,9 @@
 //! `state` or `spills`, and no thread takes `pending` while it holds either of those (nor
 //! any lock while it holds `state`): `Database::stats` once read the state and then took
 //! `pending`, and deadlocked against a commit being applied
-//! (`tests/adversarial_split_stats_deadlock.rs`).
+//! (`tests/adversarial_split_stats_deadlock.rs`). `failed_installs` is taken under
+//! `pending` by an install (from before its marker to its outcome) and alone by a change
+//! feed that read a marker, never the reverse.
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
