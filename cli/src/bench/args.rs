@@ -86,6 +86,12 @@ pub struct BenchArgs {
     /// engine's, `Options::checkpoint_log_bytes`).
     #[arg(long)]
     pub(super) checkpoint_log_mib: Option<u64>,
+    /// With `--engine`, also run the engine with one change-feed subscriber following every
+    /// commit (`keel-db+feed` rows): its commits/s beside keel-db's, the rate the feed
+    /// delivered, and each commit's latency from its acknowledgement (durable, in strict
+    /// mode) to its delivery.
+    #[arg(long)]
+    pub(super) feed: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,

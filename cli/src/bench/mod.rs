@@ -106,7 +106,11 @@ fn compare(
             let mut runs = Vec::new();
             for &backend in args.backend.iter().filter(|_| args.engine) {
                 let name = format!("db-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
-                runs.push(targets::db(args, cell(backend), &temp.join(name))?);
+                runs.push(targets::db(args, cell(backend), &temp.join(&name), false)?);
+                if args.feed {
+                    let name = format!("feed-{name}");
+                    runs.push(targets::db(args, cell(backend), &temp.join(name), true)?);
+                }
             }
             Ok(runs)
         };

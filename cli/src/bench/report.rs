@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Cell;
 use super::args::{BenchArgs, Committers, Mode};
 use super::drive::Measured;
-use super::targets::{DB, KEEL, RAW};
+use super::targets::{DB, DB_FEED, KEEL, RAW};
 
 /// The figures of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +36,10 @@ pub(super) struct Outcome {
     pub(super) ratio_to_log: Option<f64>,
     /// Segments started, and how many of those waited for the preallocator (Keel only).
     pub(super) rotations: Option<(u64, u64)>,
+    /// What the change-feed subscriber of a `keel-db+feed` run saw.
+    pub(super) feed: Option<FeedFigures>,
+    /// A `keel-db+feed` run's commits/s over keel-db's on the same backend.
+    pub(super) ratio_to_db: Option<f64>,
     /// Rounds this figure is the median of.
     pub(super) rounds: usize,
     /// Lowest and highest of the ranking ratio across rounds (vs std, else vs raw).
@@ -89,19 +93,35 @@ impl Outcome {
             ratio_to_std: None,
             ratio_to_log: None,
             rotations: None,
+            feed: None,
+            ratio_to_db: None,
             rounds: 1,
             spread: None,
         }
     }
 
-    /// What ranks the rounds of a target: its ratio to std (unless it is std), else to raw,
-    /// else commits/s.
+    /// What ranks the rounds of a target: the ratio it is compared by (a feed run's to the
+    /// engine's, an engine run's to the log's, a log's to std unless it is std), else to
+    /// raw, else commits/s.
     fn rank(&self) -> f64 {
-        self.ratio_to_std
-            .filter(|_| self.backend != "std")
+        self.ratio_to_db
+            .or(self.ratio_to_log)
+            .or(self.ratio_to_std.filter(|_| self.backend != "std"))
             .or(self.ratio_to_raw)
             .unwrap_or(self.commits_per_sec)
     }
+}
+
+/// A change-feed subscriber's figures over one run.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct FeedFigures {
+    /// Commits delivered by the end of the run's measured time.
+    pub(super) delivered: u64,
+    /// Delivered over committed, in the measured time (1.0: it kept up).
+    pub(super) delivered_per_commit: f64,
+    /// From a commit's acknowledgement to its delivery.
+    pub(super) p50_us: f64,
+    pub(super) p99_us: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -125,11 +145,22 @@ pub(super) fn set_ratios(targets: &mut [Outcome]) {
         .filter(|r| r.target == KEEL)
         .map(|r| (r.backend.clone(), r.commits_per_sec))
         .collect();
+    let dbs: Vec<(String, f64)> = targets
+        .iter()
+        .filter(|r| r.target == DB)
+        .map(|r| (r.backend.clone(), r.commits_per_sec))
+        .collect();
     for run in targets.iter_mut() {
+        if run.target == DB_FEED {
+            run.ratio_to_db = dbs
+                .iter()
+                .find(|(backend, _)| *backend == run.backend)
+                .map(|(_, db)| run.commits_per_sec / db);
+        }
         if run.target == KEEL {
             run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
             run.ratio_to_std = std.map(|std| run.commits_per_sec / std);
-        } else if run.target == DB {
+        } else if run.target == DB || run.target == DB_FEED {
             run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
             run.ratio_to_log = logs
                 .iter()
@@ -164,8 +195,9 @@ pub(super) fn print_table(report: &Report) {
     println!("directory: {}", report.directory.display());
     if let Some(rounds) = report.runs.first().map(|r| r.rounds).filter(|&r| r > 1) {
         println!(
-            "each row: the median of {rounds} interleaved rounds; range: lowest-highest ratio \
-             (vs std, else vs raw) across them"
+            "each row: the median of {rounds} interleaved rounds by the ratio it is compared by \
+             (keel-db+feed to keel-db, keel-db to the log, the log to std, else to raw); range: \
+             its lowest-highest across them"
         );
     }
     println!(
@@ -192,8 +224,26 @@ pub(super) fn print_table(report: &Report) {
     for run in &report.runs {
         if let Some(ratio) = run.ratio_to_log {
             println!(
-                "keel-db {} w{} {}B: {ratio:.2}x the log's commits/s on the same backend",
-                run.backend, run.writers, run.value_bytes
+                "{} {} w{} {}B: {ratio:.2}x the log's commits/s on the same backend",
+                run.target, run.backend, run.writers, run.value_bytes
+            );
+        }
+    }
+    for run in &report.runs {
+        if let Some(feed) = &run.feed {
+            let ratio = run
+                .ratio_to_db
+                .map_or(String::new(), |r| format!("{r:.2}x keel-db's commits/s; "));
+            println!(
+                "keel-db+feed {} w{} {}B: {ratio}the feed delivered {} commits ({:.2}x those \
+                 committed in the time), acknowledgement to delivery p50 {:.0} us, p99 {:.0} us",
+                run.backend,
+                run.writers,
+                run.value_bytes,
+                feed.delivered,
+                feed.delivered_per_commit,
+                feed.p50_us,
+                feed.p99_us
             );
         }
     }

@@ -4,6 +4,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
 
 use keel_bench::RawLog;
 use keel_wal::{RunId, WalEntry};
@@ -11,7 +16,7 @@ use keel_wal::{RunId, WalEntry};
 use super::Cell;
 use super::args::{BenchArgs, Committers};
 use super::drive::{self, Measured};
-use super::report::Outcome;
+use super::report::{FeedFigures, Outcome};
 
 /// The target name of the raw baseline's rows.
 pub(super) const RAW: &str = "raw pwrite+fdatasync";
@@ -19,6 +24,11 @@ pub(super) const RAW: &str = "raw pwrite+fdatasync";
 pub(super) const KEEL: &str = "keel";
 /// The target name of the engine's rows.
 pub(super) const DB: &str = "keel-db";
+/// The target name of the engine's rows with a change-feed subscriber.
+pub(super) const DB_FEED: &str = "keel-db+feed";
+
+/// Slots of the ring of acknowledgement times a feed subscriber reads (by commit LSN).
+const ACK_RING: usize = 1 << 20;
 
 fn entry(writer: u32, sequence: u64, value: &[u8]) -> WalEntry {
     WalEntry::Write {
@@ -72,8 +82,10 @@ pub(super) fn keel(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, 
 
 /// `cell.writers` committer threads, each committing transactions of one put of
 /// `cell.value_size` bytes through a `Database` in `dir` (automatic checkpoints at their
-/// default) and waiting for each, as `--mode` says.
-pub(super) fn db(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String> {
+/// default) and waiting for each, as `--mode` says; with `feed`, a subscriber thread
+/// follows every commit (`Database::subscribe`) and times it from acknowledgement to
+/// delivery.
+pub(super) fn db(args: &BenchArgs, cell: Cell, dir: &Path, feed: bool) -> Result<Outcome, String> {
     let wal = args.wal_options(cell.backend);
     let defaults = keel::Options::default();
     let options = keel::Options {
@@ -93,34 +105,112 @@ pub(super) fn db(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, St
     let record_bytes = keel_wal::EncodedBatch::encode(&[entry(0, 0, &value)], u32::MAX >> 6)
         .map_err(|e| e.to_string())?
         .byte_len();
+    let target = if feed { DB_FEED } else { DB };
     let label = format!(
-        "keel-db {backend} {:?} w{} {}B",
+        "{target} {backend} {:?} w{} {}B",
         args.mode, cell.writers, cell.value_size
     )
     .to_lowercase();
+    let start = Instant::now();
+    let acks: Arc<Vec<AtomicU64>> = Arc::new(
+        (0..if feed { ACK_RING } else { 0 })
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    );
+    let subscriber = feed.then(|| {
+        let next = db.stats().wal.durable_lsn + 1;
+        Subscriber::start(&db, next, Arc::clone(&acks), start)
+    });
     let committer = Arc::clone(&db);
+    let ring = Arc::clone(&acks);
     let measured = drive::threads(args, cell.writers, &label, move |writer, sequence| {
         let mut txn = committer.transaction(run).map_err(|e| e.to_string())?;
         txn.put(format!("w{writer}-{sequence:012}").as_bytes(), &value)
             .map_err(|e| e.to_string())?;
-        futures::executor::block_on(txn.commit())
-            .map(drop)
-            .map_err(|e| e.to_string())
+        let lsn = futures::executor::block_on(txn.commit()).map_err(|e| e.to_string())?;
+        if let Some(slot) = ring.get(ack_slot(lsn)) {
+            slot.store(nanos_since(start), Ordering::Relaxed);
+        }
+        Ok(())
     })?;
+    let committed = measured.commits;
+    let delivered_in_time = subscriber
+        .as_ref()
+        .map(|s| s.delivered.load(Ordering::Relaxed));
     let fsyncs = db.stats().wal.fsyncs;
     Arc::into_inner(db)
         .ok_or("the database is still shared")?
         .close()
         .map_err(|e| e.to_string())?;
-    Ok(Outcome::new(
-        args,
-        cell,
-        DB,
-        backend,
-        measured,
-        fsyncs,
-        record_bytes,
-    ))
+    let mut outcome = Outcome::new(args, cell, target, backend, measured, fsyncs, record_bytes);
+    if let (Some(subscriber), Some(delivered)) = (subscriber, delivered_in_time) {
+        // The database closed: the feed ends after its last commit.
+        let latencies = subscriber.finish()?;
+        let micros = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+        outcome.feed = Some(FeedFigures {
+            delivered,
+            delivered_per_commit: delivered as f64 / committed.max(1) as f64,
+            p50_us: micros(0.50),
+            p99_us: micros(0.99),
+        });
+    }
+    Ok(outcome)
+}
+
+fn ack_slot(lsn: keel_wal::Lsn) -> usize {
+    usize::try_from(lsn).unwrap_or(usize::MAX) % ACK_RING
+}
+
+/// Nanoseconds since `start`, plus one (0 marks an empty slot).
+fn nanos_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
+}
+
+/// A thread that follows the engine's change feed and times each delivery.
+struct Subscriber {
+    delivered: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<Result<Histogram<u64>, String>>,
+}
+
+impl Subscriber {
+    fn start(
+        db: &keel::Database,
+        from: keel_wal::Lsn,
+        acks: Arc<Vec<AtomicU64>>,
+        start: Instant,
+    ) -> Subscriber {
+        let mut feed = db.subscribe(from);
+        let delivered = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&delivered);
+        let thread = std::thread::spawn(move || {
+            let mut latencies = Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3)
+                .map_err(|e| e.to_string())?;
+            while let Some(event) = futures::executor::block_on(feed.next()) {
+                let keel::FeedEvent::Commit(commit) = event.map_err(|e| e.to_string())? else {
+                    continue;
+                };
+                let now = nanos_since(start);
+                // 0: its committer has not noted its acknowledgement yet (it is woken after
+                // the durable position moves, as the feed is): counted as no wait.
+                let acked = acks[ack_slot(commit.commit_lsn)].load(Ordering::Relaxed);
+                let waited = if acked == 0 {
+                    0
+                } else {
+                    now.saturating_sub(acked)
+                };
+                latencies.saturating_record(waited.max(1_000));
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(latencies)
+        });
+        Subscriber { delivered, thread }
+    }
+
+    fn finish(self) -> Result<Histogram<u64>, String> {
+        self.thread
+            .join()
+            .map_err(|_| "the feed subscriber panicked".to_string())?
+    }
 }
 
 /// The bytes of a Keel record holding one value of `value_size` bytes, about: what the raw
