@@ -74,7 +74,12 @@ struct Inner {
     snapshots_skipped: Vec<(PathBuf, String)>,
     checkpoint_log_bytes: u64,
     checkpoint_log_percent: u64,
-    /// Log bytes written when the last checkpoint took its view (this process).
+    /// Log above the loaded snapshot that earlier processes wrote (at least; see
+    /// [`Database::log_bytes`]): it counts toward the first automatic checkpoint, or a
+    /// database reopened between bursts under the threshold never took one and its log grew
+    /// without bound (`tests/adversarial_checkpoint_percent.rs`).
+    log_bytes_at_open: u64,
+    /// [`Database::log_bytes`] when the last checkpoint took its view.
     checkpointed_at_bytes: AtomicU64,
     /// The size of the newest snapshot (written, installed or loaded; 0: none).
     snapshot_bytes: AtomicU64,

@@ -41,7 +41,7 @@ impl Database {
         }
         // The log the snapshot holds: what commits write from here on counts toward the next
         // automatic checkpoint, though this one is still being written.
-        let snapshot_bytes = self.inner.wal.bytes_written();
+        let snapshot_bytes = self.log_bytes();
         let signal = &self.inner.checkpoint_signal;
         let storage = self.inner.storage.as_ref();
         let written =
@@ -198,14 +198,21 @@ impl Database {
         let threshold = threshold.max(self.proportional_threshold());
         // A checkpoint finishing meanwhile may store a count newer than the one read here.
         let grown = self
-            .inner
-            .wal
-            .bytes_written()
+            .log_bytes()
             .saturating_sub(self.inner.checkpointed_at_bytes.load(Ordering::Relaxed));
         if grown < threshold || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
             return;
         }
         self.inner.checkpoint_signal.request();
+    }
+
+    /// Log bytes written since the loaded snapshot as automatic checkpoints count them: this
+    /// process's, after the commits replayed at open (their keys and values).
+    pub(super) fn log_bytes(&self) -> u64 {
+        self.inner
+            .wal
+            .bytes_written()
+            .saturating_add(self.inner.log_bytes_at_open)
     }
 
     /// [`Options::checkpoint_log_percent`] of the newest snapshot's size.

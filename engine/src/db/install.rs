@@ -73,7 +73,7 @@ impl Database {
         self.inner.wal.remove_segments_before(keep_from)?;
         self.inner
             .checkpointed_at_bytes
-            .store(self.inner.wal.stats().bytes_written, Ordering::Relaxed);
+            .store(self.log_bytes(), Ordering::Relaxed);
         tracing::info!(path = %self.inner.path.display(), lsn, keys, "snapshot installed");
         Ok(lsn)
     }

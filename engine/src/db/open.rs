@@ -28,6 +28,9 @@ struct Recovered {
     snapshot_lsn: Option<Lsn>,
     /// The size of the snapshot at `snapshot_lsn` (0: none).
     snapshot_bytes: u64,
+    /// Key and value bytes of the commits replayed above it: at least that much log was
+    /// written since that snapshot, by earlier processes.
+    replayed_bytes: u64,
     snapshots_skipped: Skipped,
     report: RecoveryReport,
     spills: Spills,
@@ -88,8 +91,10 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
         replay: &mut replay,
         snapshot_lsn,
         skipped: &snapshots_skipped,
+        replayed_bytes: 0,
     };
     let (wal, report) = open_log(wal_dir, options, snapshot_lsn, &mut sink)?;
+    let replayed_bytes = sink.replayed_bytes;
     let last_install_marker = replay.last_install_marker;
     let failed_installs = std::mem::take(&mut replay.failed_installs);
     let mut spills = Spills::default();
@@ -101,6 +106,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
         state,
         snapshot_lsn,
         snapshot_bytes,
+        replayed_bytes,
         snapshots_skipped,
         report,
         spills,
@@ -118,6 +124,8 @@ struct OpenSink<'a, 'b> {
     replay: &'b mut StateReplay<'a>,
     snapshot_lsn: Option<Lsn>,
     skipped: &'b Skipped,
+    /// See [`Recovered::replayed_bytes`].
+    replayed_bytes: u64,
 }
 
 impl Replay for OpenSink<'_, '_> {
@@ -127,6 +135,16 @@ impl Replay for OpenSink<'_, '_> {
     }
 
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError> {
+        if Some(txn.commit_lsn) > self.snapshot_lsn {
+            for (_, entry) in txn.entries() {
+                let bytes = match entry {
+                    ArchivedWalEntry::Write { key, value, .. } => key.len() + value.len(),
+                    ArchivedWalEntry::Delete { key, .. } => key.len(),
+                    _ => 0,
+                };
+                self.replayed_bytes = self.replayed_bytes.saturating_add(bytes as u64);
+            }
+        }
         self.replay.apply(txn)
     }
 
@@ -283,6 +301,7 @@ fn assemble(
         snapshots_skipped: recovered.snapshots_skipped,
         checkpoint_log_bytes: options.checkpoint_log_bytes,
         checkpoint_log_percent: options.checkpoint_log_percent,
+        log_bytes_at_open: recovered.replayed_bytes,
         checkpointed_at_bytes: AtomicU64::new(0),
         snapshot_bytes: AtomicU64::new(recovered.snapshot_bytes),
         checkpointing: AtomicBool::new(false),
