@@ -34,7 +34,7 @@ use keel_wal::{Durability, Lsn, RunId, Storage, TxnId, Wal};
 pub use feed::{FeedChange, FeedCommit, FeedEvent, Subscription};
 pub use options::Options;
 pub use stats::Stats;
-pub use transaction::Transaction;
+pub use transaction::{Isolation, Transaction};
 
 use crate::retention::Spills;
 use crate::state::{Change, RunInfo, RunRecord, RunState, SYSTEM_RUN, State};
@@ -49,6 +49,8 @@ struct Inner {
     storage: Arc<dyn Storage>,
     wal: Wal,
     durability: Durability,
+    /// Transactions' isolation unless they choose one.
+    isolation: Isolation,
     max_record_bytes: u32,
     state: RwLock<State>,
     /// Commits queued in the log and not yet applied, in LSN order. The lock orders the
@@ -191,10 +193,11 @@ impl Database {
         self.read().runs.values().cloned().collect()
     }
 
-    /// Starts a transaction in `run`.
+    /// Starts a transaction in `run`, under [`Options::isolation`] (see
+    /// [`Transaction::isolation`]).
     pub fn transaction(&self, run: RunId) -> Result<Transaction> {
         self.check_writable(run)?;
-        Ok(Transaction::new(self.clone(), run))
+        Ok(Transaction::new(self.clone(), run, self.inner.isolation))
     }
 
     /// Refuses a write whose log entry could exceed the record limit. The bound is the key

@@ -34,7 +34,8 @@ mod snapshot;
 mod state;
 
 pub use db::{
-    Database, FeedChange, FeedCommit, FeedEvent, Options, Stats, Subscription, Transaction,
+    Database, FeedChange, FeedCommit, FeedEvent, Isolation, Options, Stats, Subscription,
+    Transaction,
 };
 pub use image::SnapshotImage;
 pub use keel_recovery::{RecoveryPolicy, RecoveryReport};
@@ -91,6 +92,15 @@ pub enum Error {
     /// The bytes given as a snapshot image are not one: nothing was changed.
     #[error("not a valid snapshot image: {0}")]
     InvalidSnapshotImage(String),
+    /// A transaction's commit was refused, nothing of it logged: a commit made after its
+    /// first read changed `key` (in `run`), which it read or scanned (under
+    /// [`Isolation::Serializable`]) or writes (under [`Isolation::Snapshot`]). Run it again
+    /// on fresh reads; [`Database::transact`] does, a bounded number of times.
+    #[error(
+        "transaction conflict: key \"{}\" of run {run} was changed by another commit after this transaction's first read; run the transaction again (Database::transact retries)",
+        key.escape_ascii()
+    )]
+    Conflict { run: RunId, key: Vec<u8> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

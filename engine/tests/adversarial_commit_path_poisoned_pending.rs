@@ -21,123 +21,15 @@
 //! committing thread. The waits on the writer are bounded by a generous watchdog (a minute;
 //! each returns as soon as the writer gets there) and measure no speed.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use futures::executor::block_on;
 use keel::{BackendChoice, Database, Options};
 use keel_wal::Storage;
-use keel_wal::backend::std_io::StdBackend;
-use keel_wal::backend::{Backend, BackendKind, Chain, Completion, Waker};
 
-#[derive(Debug, Default)]
-struct GateState {
-    /// Completions are held back while set.
-    hold: bool,
-    /// The waker was called since the last wait returned.
-    woken: bool,
-    /// The writer blocks in `wait` for a completion held back.
-    parked: bool,
-}
-
-/// What the test shares with the backend it hands the log.
-#[derive(Debug, Default)]
-struct Gate {
-    state: Mutex<GateState>,
-    changed: Condvar,
-    /// The waker panics (once) when set.
-    panic_in_waker: AtomicBool,
-}
-
-impl Gate {
-    fn set_hold(&self, hold: bool) {
-        self.state.lock().unwrap().hold = hold;
-        self.changed.notify_all();
-    }
-
-    /// Waits until the writer is parked in the backend on a held-back completion.
-    fn wait_parked(&self) {
-        let state = self.state.lock().unwrap();
-        let (state, timeout) = self
-            .changed
-            .wait_timeout_while(state, Duration::from_secs(60), |s| !s.parked)
-            .unwrap();
-        assert!(
-            !timeout.timed_out() && state.parked,
-            "the writer never parked"
-        );
-    }
-}
-
-/// The std backend, whose completions `gate` can hold back, and which has a waker.
-#[derive(Debug)]
-struct GatedBackend {
-    inner: StdBackend,
-    ready: Vec<Completion>,
-    gate: Arc<Gate>,
-}
-
-impl Backend for GatedBackend {
-    fn kind(&self) -> BackendKind {
-        self.inner.kind()
-    }
-
-    fn depth(&self) -> usize {
-        4
-    }
-
-    fn in_flight(&self) -> usize {
-        self.ready.len()
-    }
-
-    fn submit(&mut self, chain: Chain) {
-        self.inner.submit(chain);
-        self.inner.wait(0, &mut self.ready);
-    }
-
-    fn wait(&mut self, min: usize, out: &mut Vec<Completion>) {
-        let mut state = self.gate.state.lock().unwrap();
-        loop {
-            if !state.hold {
-                out.append(&mut self.ready);
-            }
-            if out.len() >= min || std::mem::take(&mut state.woken) {
-                state.parked = false;
-                return;
-            }
-            state.parked = true;
-            self.gate.changed.notify_all();
-            state = self.gate.changed.wait(state).unwrap();
-        }
-    }
-
-    fn waker(&self) -> Option<Waker> {
-        let gate = Arc::clone(&self.gate);
-        Some(Arc::new(move || {
-            gate.state.lock().unwrap().woken = true;
-            gate.changed.notify_all();
-            if gate.panic_in_waker.swap(false, Ordering::SeqCst) {
-                panic!("the storage's backend panicked waking the writer");
-            }
-        }))
-    }
-}
-
-#[derive(Debug)]
-struct GatedStorage {
-    gate: Arc<Gate>,
-}
-
-impl Storage for GatedStorage {
-    fn backend(&self, _: BackendChoice, _: usize) -> keel_wal::Result<Box<dyn Backend>> {
-        Ok(Box::new(GatedBackend {
-            inner: StdBackend::default(),
-            ready: Vec::new(),
-            gate: Arc::clone(&self.gate),
-        }))
-    }
-}
+mod common;
+use common::gated::{Gate, GatedStorage};
 
 fn options(storage: Arc<dyn Storage>) -> Options {
     Options {
@@ -174,7 +66,7 @@ fn a_panic_between_append_and_queue_does_not_leave_readers_serving_a_stale_state
     let mut spilled = db.transaction(run).unwrap();
     spilled.put(b"big", &[7; 2048]).unwrap();
     assert!(spilled.spilled());
-    gate.wait_parked();
+    gate.wait_until("the writer never parked", |s| s.parked);
 
     // The commit's append wakes the parked writer through the backend's waker, which panics.
     // Before the wake was deferred: the commit was queued in the log, the engine never

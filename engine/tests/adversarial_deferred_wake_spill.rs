@@ -20,128 +20,16 @@
 //! (a minute) and measure no speed.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Context;
-use std::time::Duration;
 
 use futures::executor::block_on;
 use keel::{BackendChoice, Database, Options, RunId};
 use keel_wal::Storage;
-use keel_wal::backend::std_io::StdBackend;
-use keel_wal::backend::{Backend, BackendKind, Chain, Completion, Waker};
 
-const WATCHDOG: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Default)]
-struct GateState {
-    /// Completions are held back while set.
-    hold: bool,
-    /// The waker was called since the last wait returned.
-    woken: bool,
-    /// The writer blocks in `wait` for a completion held back.
-    parked: bool,
-    /// Calls of the waker so far.
-    wakes: u64,
-}
-
-#[derive(Debug, Default)]
-struct Gate {
-    state: Mutex<GateState>,
-    changed: Condvar,
-    /// The waker panics (once) when set.
-    panic_in_waker: AtomicBool,
-}
-
-impl Gate {
-    fn set_hold(&self, hold: bool) {
-        self.state.lock().unwrap().hold = hold;
-        self.changed.notify_all();
-    }
-
-    /// Waits (bounded by the watchdog) until `ready` holds of the gate's state.
-    fn wait_until(&self, what: &str, ready: impl Fn(&GateState) -> bool) {
-        let state = self.state.lock().unwrap();
-        let (state, timeout) = self
-            .changed
-            .wait_timeout_while(state, WATCHDOG, |s| !ready(s))
-            .unwrap();
-        assert!(!timeout.timed_out() && ready(&state), "{what}: {state:?}");
-    }
-}
-
-/// The std backend, whose completions `gate` can hold back, and which has a waker.
-#[derive(Debug)]
-struct GatedBackend {
-    inner: StdBackend,
-    ready: Vec<Completion>,
-    gate: Arc<Gate>,
-}
-
-impl Backend for GatedBackend {
-    fn kind(&self) -> BackendKind {
-        self.inner.kind()
-    }
-
-    fn depth(&self) -> usize {
-        8
-    }
-
-    fn in_flight(&self) -> usize {
-        self.ready.len()
-    }
-
-    fn submit(&mut self, chain: Chain) {
-        self.inner.submit(chain);
-        self.inner.wait(0, &mut self.ready);
-    }
-
-    fn wait(&mut self, min: usize, out: &mut Vec<Completion>) {
-        let mut state = self.gate.state.lock().unwrap();
-        loop {
-            if !state.hold {
-                out.append(&mut self.ready);
-            }
-            if out.len() >= min || std::mem::take(&mut state.woken) {
-                state.parked = false;
-                return;
-            }
-            state.parked = true;
-            self.gate.changed.notify_all();
-            state = self.gate.changed.wait(state).unwrap();
-        }
-    }
-
-    fn waker(&self) -> Option<Waker> {
-        let gate = Arc::clone(&self.gate);
-        Some(Arc::new(move || {
-            {
-                let mut state = gate.state.lock().unwrap();
-                state.woken = true;
-                state.wakes += 1;
-            }
-            gate.changed.notify_all();
-            if gate.panic_in_waker.swap(false, Ordering::SeqCst) {
-                panic!("the storage's backend panicked waking the writer");
-            }
-        }))
-    }
-}
-
-#[derive(Debug)]
-struct GatedStorage {
-    gate: Arc<Gate>,
-}
-
-impl Storage for GatedStorage {
-    fn backend(&self, _: BackendChoice, _: usize) -> keel_wal::Result<Box<dyn Backend>> {
-        Ok(Box::new(GatedBackend {
-            inner: StdBackend::default(),
-            ready: Vec::new(),
-            gate: Arc::clone(&self.gate),
-        }))
-    }
-}
+mod common;
+use common::gated::{Gate, GatedStorage};
 
 fn options(storage: Arc<dyn Storage>) -> Options {
     Options {

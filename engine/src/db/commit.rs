@@ -12,9 +12,10 @@ use std::sync::atomic::Ordering;
 use keel_wal::{CommitFuture, Durability, EncodedBatch, Lsn, RunId, TxnId, WalEntry};
 
 use super::Database;
-use super::sync::{lock, write};
-use crate::Result;
+use super::sync::{lock, read, write};
+use super::transaction::{Isolation, Reads};
 use crate::state::Change;
+use crate::{Error, Result};
 
 /// A commit queued in the log and not yet applied to the state.
 #[derive(Debug)]
@@ -24,6 +25,23 @@ pub(super) struct Pending {
     run: u128,
     changes: Vec<Change>,
 }
+
+impl Pending {
+    /// The keys this commit writes or deletes in `run`.
+    pub(super) fn writes_of(&self, run: u128) -> impl Iterator<Item = &[u8]> {
+        let changes = if self.run == run {
+            &self.changes[..]
+        } else {
+            &[]
+        };
+        changes.iter().map(|change| match change {
+            Change::Put(key, _) | Change::Delete(key) => key.as_slice(),
+        })
+    }
+}
+
+/// What a transaction's commit is checked against: what it read, under which isolation.
+pub(super) type Validation<'a> = Option<(&'a Reads, Isolation)>;
 
 /// The commits queued in the log and not yet applied, in LSN order. Its front's last LSN is
 /// mirrored in `Inner::first_pending` ([`NONE_PENDING`] when empty), stored under the
@@ -39,14 +57,16 @@ impl Database {
     pub(super) async fn commit_changes(&self, run: u128, changes: Vec<Change>) -> Result<Lsn> {
         let txn_id = self.new_txn_id();
         let started = std::time::Instant::now();
-        let future = self.queue_commit(run, txn_id, changes, Vec::new(), None)?;
+        let future = self.queue_commit(run, txn_id, changes, Vec::new(), None, None)?;
         self.finish_commit(future, started).await
     }
 
     /// Queues `logged` and the commit as one unit of transaction `txn_id`, whose `earlier`
-    /// changes were spilled before (from `spilled_head` on). Once this returns `Ok` the
-    /// commit is in the log's queue: its outcome is the returned future's, whatever happens
-    /// to the caller. An `Err` means nothing was queued.
+    /// changes were spilled before (from `spilled_head` on), once `validation` finds no
+    /// conflict ([`Error::Conflict`]; checked under the `pending` lock, so no commit comes
+    /// between the check and the append). Once this returns `Ok` the commit is in the log's
+    /// queue: its outcome is the returned future's, whatever happens to the caller. An `Err`
+    /// means nothing was queued.
     pub(super) fn queue_commit(
         &self,
         run: u128,
@@ -54,6 +74,7 @@ impl Database {
         logged: Vec<Change>,
         earlier: Vec<Change>,
         spilled_head: Option<Lsn>,
+        validation: Validation<'_>,
     ) -> Result<CommitFuture> {
         let run_id = RunId::from_u128(run);
         // The buffers move into the entries and back out after encoding: never copied.
@@ -63,6 +84,12 @@ impl Database {
         changes.extend(entries.into_iter().map(change_of));
         let batch = batch?;
         let mut pending = lock(&self.inner.pending);
+        if let Some((reads, isolation)) = validation.filter(|(reads, _)| reads.has_view()) {
+            let state = read(&self.inner.state);
+            if let Some(key) = reads.conflict(isolation, run, &changes, &state, &pending) {
+                return Err(Error::Conflict { run: run_id, key });
+            }
+        }
         // The commit record names the unit's first LSN: the spilled head, else the first LSN
         // the log gives this append (the log frames it under its queue lock).
         // The writer's wake (a syscall when it waits for work) is made after `pending` is

@@ -291,6 +291,7 @@ fn assemble(
         storage: Arc::clone(&options.storage),
         wal,
         durability: options.durability,
+        isolation: options.isolation,
         max_record_bytes: options.max_record_bytes,
         state: RwLock::new(recovered.state),
         pending: Mutex::new(VecDeque::new()),

@@ -38,6 +38,9 @@ pub struct Options {
     /// its position: one further behind when a checkpoint removes log ends with
     /// `keel_wal::Error::TailFellBehind`, and the log goes. Writers never wait for one.
     pub feed_max_lag_bytes: u64,
+    /// How transactions are checked at commit unless they choose otherwise
+    /// ([`Transaction::isolation`](super::Transaction::isolation)): serializable by default.
+    pub isolation: super::Isolation,
     /// The storage the database lives on: the real file system by default; tests hand in
     /// simulated storage or a fault injector (see [`keel_wal::Storage`]).
     pub storage: Arc<dyn Storage>,
@@ -57,6 +60,7 @@ impl Default for Options {
             checkpoint_log_percent: 100,
             spill_txn_bytes: 8 << 20,
             feed_max_lag_bytes: keel_wal::DEFAULT_TAIL_MAX_LAG_BYTES,
+            isolation: super::Isolation::default(),
             storage: wal.storage,
         }
     }

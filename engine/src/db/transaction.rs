@@ -1,28 +1,46 @@
 //! Transactions: buffered writes to one run, committed as one unit. Large ones spill to the
 //! log ahead of their commit (`spill`).
 
+mod reads;
 mod spill;
 
 use std::collections::BTreeMap;
+use std::ops::{Bound, RangeBounds};
 
 use keel_wal::{Lsn, RunId, WalEntry};
 
 use super::Database;
 use super::sync::lock;
-use crate::state::Change;
-use crate::{Result, Versioned};
+use crate::state::{Change, State};
+use crate::{Error, Result, Versioned};
 
+pub use reads::Isolation;
+use reads::KeyRange;
+pub(super) use reads::Reads;
 use spill::Spill;
 
 /// Buffered writes to one run, committed as one atomic unit. Past
 /// [`Options::spill_txn_bytes`] the buffered writes go to the log ahead of the commit; a
 /// transaction dropped without `commit` is then closed with an `AbortTxn`.
 ///
+/// Reads ([`Transaction::get`], [`Transaction::range`], [`Transaction::scan`]) see the
+/// transaction's own writes over one consistent view of the committed state, taken at its
+/// first read. Its commit is checked against the commits made since under its
+/// [`Isolation`] (serializable by default) and refused with [`Error::Conflict`] when one of
+/// them changed what it read; [`Database::transact`] runs a transaction again on a conflict.
+/// The view holds the state as it was: a long-lived transaction keeps the values that later
+/// commits replaced in memory until it ends.
+///
+/// A transaction holds a handle to the database: [`Database::close`] waits for none, but
+/// refuses while one is alive.
+///
 /// [`Options::spill_txn_bytes`]: super::Options::spill_txn_bytes
 #[derive(Debug)]
 pub struct Transaction {
     db: Database,
     run: RunId,
+    isolation: Isolation,
+    reads: Reads,
     /// `None` marks a delete.
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     buffered_bytes: usize,
@@ -31,10 +49,12 @@ pub struct Transaction {
 
 impl Transaction {
     /// A transaction of `run` (checked writable by the caller) with nothing buffered.
-    pub(super) fn new(db: Database, run: RunId) -> Transaction {
+    pub(super) fn new(db: Database, run: RunId, isolation: Isolation) -> Transaction {
         Transaction {
             db,
             run,
+            isolation,
+            reads: Reads::default(),
             writes: BTreeMap::new(),
             buffered_bytes: 0,
             spill: None,
@@ -44,6 +64,11 @@ impl Transaction {
     /// The run this transaction writes to.
     pub fn run(&self) -> RunId {
         self.run
+    }
+
+    /// How this transaction's commit is checked.
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
     }
 
     /// Writes `value` under `key` (in this transaction). A key and value too large for one
@@ -134,8 +159,58 @@ impl Transaction {
                 let value = self.db.read_spilled_value(spill::written(lsn))?;
                 Ok(value.map(|value| Versioned { value, version: 0 }))
             }
-            None => self.db.get(self.run, key),
+            None => Ok(self.read_view(key)),
         }
+    }
+
+    /// `key`'s committed value in the transaction's view, recorded as read.
+    fn read_view(&mut self, key: &[u8]) -> Option<Versioned> {
+        self.reads.note_key(self.isolation, key);
+        let db = &self.db;
+        self.reads.view(|| db.view()).get(self.run.as_u128(), key)
+    }
+
+    /// Every `(key, value)` in `range` that this transaction would commit, in key order: its
+    /// own writes over the view (`version` 0 for its own). The range is recorded as read, so
+    /// under [`Isolation::Serializable`] a key another commit creates, changes or deletes in
+    /// it is a conflict.
+    pub fn range<K: AsRef<[u8]>>(
+        &mut self,
+        range: impl RangeBounds<K>,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        let owned = |bound: Bound<&K>| bound.map(|key| key.as_ref().to_vec());
+        let range: KeyRange = (owned(range.start_bound()), owned(range.end_bound()));
+        self.read_range(range)
+    }
+
+    /// [`Transaction::range`] over every key that starts with `prefix`.
+    pub fn scan(&mut self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        self.read_range(reads::prefix_range(prefix))
+    }
+
+    fn read_range(&mut self, range: KeyRange) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        let spilled = self.spilled_in(&range)?;
+        self.reads.note_range(self.isolation, range.clone());
+        let db = &self.db;
+        let view = self.reads.view(|| db.view());
+        let mut found: BTreeMap<Vec<u8>, Versioned> =
+            reads::entries(view, self.run.as_u128(), &range)
+                .map(|(key, stored)| (key.to_vec(), stored.to_versioned()))
+                .collect();
+        let buffered = self
+            .writes
+            .iter()
+            .filter(|(key, _)| reads::contains(&range, key));
+        let own = spilled
+            .into_iter()
+            .chain(buffered.map(|(k, v)| (k.clone(), v.clone())));
+        for (key, value) in own {
+            match value {
+                Some(value) => found.insert(key, Versioned { value, version: 0 }),
+                None => found.remove(&key),
+            };
+        }
+        Ok(found.into_iter().collect())
     }
 
     /// Commits: one unit in the log; resolves with the commit version (its LSN) once
@@ -149,7 +224,13 @@ impl Transaction {
         let run = self.run.as_u128();
         if self.spill.is_none() {
             let logged = self.take_writes();
-            return self.db.commit_changes(run, logged).await;
+            let txn_id = self.db.new_txn_id();
+            let started = std::time::Instant::now();
+            let validation = Some((&self.reads, self.isolation));
+            let future = self
+                .db
+                .queue_commit(run, txn_id, logged, Vec::new(), None, validation)?;
+            return self.db.finish_commit(future, started).await;
         }
         // The spilled writes, read back in LSN order, for the state. The spill stays in
         // `self` until the commit is queued, so a drop before then aborts it.
@@ -169,10 +250,14 @@ impl Transaction {
         // released: an `AbortTxn` and an abandoned registration then let a checkpoint remove
         // the head the commit needs; `tests/adversarial_deferred_wake_spill.rs`).
         let spill = self.spill.take();
-        let future = match self
-            .db
-            .queue_commit(run, txn_id, logged, earlier, Some(head))
-        {
+        let future = match self.db.queue_commit(
+            run,
+            txn_id,
+            logged,
+            earlier,
+            Some(head),
+            Some((&self.reads, self.isolation)),
+        ) {
             Ok(future) => future,
             Err(error) => {
                 self.spill = spill;
@@ -185,6 +270,45 @@ impl Transaction {
     /// Drops the transaction's writes. Nothing reaches the log, unless it spilled: then an
     /// `AbortTxn` tells recovery to drop the spilled entries.
     pub fn abort(self) {}
+}
+
+impl Database {
+    /// Starts a transaction in `run` under `isolation` (see [`Isolation`]).
+    pub fn transaction_with(&self, run: RunId, isolation: Isolation) -> Result<Transaction> {
+        self.check_writable(run)?;
+        Ok(Transaction::new(self.clone(), run, isolation))
+    }
+
+    /// Runs `body` in a new transaction of `run` and commits it; on [`Error::Conflict`] runs
+    /// it again in a new transaction (fresh reads), up to `attempts` runs in all. Returns what
+    /// `body` returned and the commit version, or the last conflict once every attempt had
+    /// one. Any other error, from `body` or the commit, is returned at once (a transaction
+    /// `body` failed in is dropped, so nothing of it commits).
+    ///
+    /// Cancel-safe as [`Transaction::commit`] is: dropped while an attempt commits, that
+    /// attempt may still commit.
+    pub async fn transact<T>(
+        &self,
+        run: RunId,
+        attempts: u32,
+        mut body: impl FnMut(&mut Transaction) -> Result<T>,
+    ) -> Result<(T, Lsn)> {
+        let mut attempt = 1;
+        loop {
+            let mut txn = self.transaction(run)?;
+            let out = body(&mut txn)?;
+            match txn.commit().await {
+                Ok(lsn) => return Ok((out, lsn)),
+                Err(Error::Conflict { .. }) if attempt < attempts => attempt += 1,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The state with every acknowledged commit applied, as an immutable view: O(1).
+    pub(super) fn view(&self) -> State {
+        self.read().clone()
+    }
 }
 
 impl Drop for Transaction {

@@ -163,6 +163,49 @@ impl Transaction {
         outcome.map(|_| ()).map_err(Error::from)
     }
 
+    /// This transaction's latest spilled change of each key in `range`, in key order, read
+    /// back from the log (`None`: a delete).
+    pub(super) fn spilled_in(
+        &mut self,
+        range: &super::KeyRange,
+    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+        let Some(spill) = &self.spill else {
+            return Ok(Vec::new());
+        };
+        let spilled: Vec<(Vec<u8>, Option<Lsn>, bool)> = spill
+            .entries
+            .iter()
+            .filter(|(key, _)| super::reads::contains(range, key))
+            .map(|(key, &(lsn, delete))| (key.clone(), lsn, delete))
+            .collect();
+        if spilled.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.spilled_written()?;
+        let mut lsns: Vec<Lsn> = spilled
+            .iter()
+            .filter(|(_, _, delete)| !delete)
+            .map(|(_, lsn, _)| written(*lsn))
+            .collect();
+        lsns.sort_unstable();
+        let mut values = BTreeMap::new();
+        self.db.read_logged(&lsns, |lsn, entry| {
+            if let keel_wal::ArchivedWalEntry::Write { value, .. } = entry {
+                values.insert(lsn, value.as_slice().to_vec());
+            }
+        })?;
+        let mut value_of = |lsn: Option<Lsn>, delete: bool| match delete {
+            true => Ok(None),
+            false => values.remove(&written(lsn)).map(Some).ok_or_else(|| {
+                Error::Metadata(format!("spilled entry at LSN {lsn:?} is not a write"))
+            }),
+        };
+        spilled
+            .into_iter()
+            .map(|(key, lsn, delete)| Ok((key, value_of(lsn, delete)?)))
+            .collect()
+    }
+
     /// Every spilled write, read back from the log in LSN order (once written).
     pub(super) fn read_spilled(&self) -> Result<Vec<Change>> {
         let Some(spill) = &self.spill else {

@@ -1,0 +1,224 @@
+//! Isolation: what a transaction read, from which view, and the check at its commit.
+//!
+//! A transaction reads from one view of the state, taken at its first read (an O(1) clone of
+//! the persistent maps), plus its own writes. Its commit is checked under the `pending` lock,
+//! where commits are appended, against the state and the commits queued and not yet applied:
+//!
+//! - [`Isolation::Serializable`]: every key it read (present or absent) and every range it
+//!   scanned must be as the view had them: the same version, or still absent. Then its
+//!   reads are those of the state just before its commit, so the commits run as if one at a
+//!   time in LSN order.
+//! - [`Isolation::Snapshot`]: only the keys it writes are checked (the first committer wins):
+//!   no lost updates, but two transactions that each read what the other writes may both
+//!   commit (write skew).
+//!
+//! A transaction that never read has no view and nothing to check: it is ordered at its
+//! commit. A conflict names the first key found changed.
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use super::super::commit::PendingQueue;
+use crate::state::{Change, Key, State, Stored};
+
+/// How a transaction's commit is checked against the commits made after its first read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Isolation {
+    /// Commits behave as if run one at a time in commit order: a commit fails with
+    /// [`Error::Conflict`](crate::Error::Conflict) when a key it read, or a key in a range it
+    /// scanned, was changed (written, deleted or created) by a commit after its first read.
+    #[default]
+    Serializable,
+    /// Snapshot isolation: a commit fails with [`Error::Conflict`](crate::Error::Conflict)
+    /// only when a key it writes was changed after its first read. Cheaper to check (nothing
+    /// read is recorded), but two transactions may each read what the other writes and both
+    /// commit (write skew).
+    Snapshot,
+}
+
+/// A range of keys a transaction scanned.
+pub(crate) type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The view a transaction reads from, and what it read there.
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    /// Taken at the first read.
+    view: Option<State>,
+    /// Keys read from the view (recorded under `Serializable` only).
+    keys: BTreeSet<Vec<u8>>,
+    /// Ranges scanned in the view (recorded under `Serializable` only).
+    ranges: Vec<KeyRange>,
+}
+
+impl Reads {
+    /// The view, taken by `take` at the first read.
+    pub fn view(&mut self, take: impl FnOnce() -> State) -> &State {
+        self.view.get_or_insert_with(take)
+    }
+
+    /// Whether the transaction read anything from the state (else there is nothing to check).
+    pub fn has_view(&self) -> bool {
+        self.view.is_some()
+    }
+
+    pub fn note_key(&mut self, isolation: Isolation, key: &[u8]) {
+        if isolation == Isolation::Serializable && !self.keys.contains(key) {
+            self.keys.insert(key.to_vec());
+        }
+    }
+
+    pub fn note_range(&mut self, isolation: Isolation, range: KeyRange) {
+        if isolation == Isolation::Serializable {
+            self.ranges.push(range);
+        }
+    }
+
+    /// The first key that breaks `isolation` for a commit of `writes` to `run`, given the
+    /// `current` state and the commits queued after it (`pending`); `None`: it may commit.
+    pub fn conflict(
+        &self,
+        isolation: Isolation,
+        run: u128,
+        writes: &[Change],
+        current: &State,
+        pending: &PendingQueue,
+    ) -> Option<Vec<u8>> {
+        let view = self.view.as_ref()?;
+        let written: BTreeSet<&[u8]> = match isolation {
+            Isolation::Serializable => BTreeSet::new(),
+            Isolation::Snapshot => writes.iter().map(change_key).collect(),
+        };
+        let watched = |key: &[u8]| match isolation {
+            Isolation::Serializable => {
+                self.keys.contains(key) || self.ranges.iter().any(|r| contains(r, key))
+            }
+            Isolation::Snapshot => written.contains(key),
+        };
+        // Queued commits are newer than any view (a view applies every acknowledged one).
+        let queued = pending.iter().flat_map(|commit| commit.writes_of(run));
+        if let Some(key) = queued.into_iter().find(|key| watched(key)) {
+            return Some(key.to_vec());
+        }
+        if view.data.ptr_eq(&current.data) {
+            return None;
+        }
+        let points: Box<dyn Iterator<Item = &[u8]>> = match isolation {
+            Isolation::Serializable => Box::new(self.keys.iter().map(Vec::as_slice)),
+            Isolation::Snapshot => Box::new(written.iter().copied()),
+        };
+        for key in points {
+            if version(view, run, key) != version(current, run, key) {
+                return Some(key.to_vec());
+            }
+        }
+        self.ranges
+            .iter()
+            .find_map(|range| first_difference(view, current, run, range))
+    }
+}
+
+fn change_key(change: &Change) -> &[u8] {
+    match change {
+        Change::Put(key, _) | Change::Delete(key) => key,
+    }
+}
+
+fn version(state: &State, run: u128, key: &[u8]) -> Option<keel_wal::Lsn> {
+    let key = (run, Bytes::copy_from_slice(key));
+    state.data.get(&key).map(|stored| stored.version)
+}
+
+/// The range of keys that start with `prefix`.
+pub(crate) fn prefix_range(prefix: &[u8]) -> KeyRange {
+    let mut end = prefix.to_vec();
+    while end.last() == Some(&u8::MAX) {
+        end.pop();
+    }
+    let end = match end.last_mut() {
+        Some(last) => {
+            *last += 1;
+            Bound::Excluded(end)
+        }
+        None => Bound::Unbounded,
+    };
+    (Bound::Included(prefix.to_vec()), end)
+}
+
+/// Whether `key` lies in `range`.
+pub(crate) fn contains(range: &KeyRange, key: &[u8]) -> bool {
+    let above = match &range.0 {
+        Bound::Included(start) => key >= start.as_slice(),
+        Bound::Excluded(start) => key > start.as_slice(),
+        Bound::Unbounded => true,
+    };
+    let below = match &range.1 {
+        Bound::Included(end) => key <= end.as_slice(),
+        Bound::Excluded(end) => key < end.as_slice(),
+        Bound::Unbounded => true,
+    };
+    above && below
+}
+
+/// The entries of `run` in `range`, in key order (none for an empty or inverted range).
+pub(crate) fn entries<'a>(
+    state: &'a State,
+    run: u128,
+    range: &KeyRange,
+) -> impl DoubleEndedIterator<Item = (&'a Bytes, &'a Stored)> + 'a {
+    let empty = match (&range.0, &range.1) {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e))
+        | (Bound::Excluded(s), Bound::Included(e)) => s >= e,
+        _ => false,
+    };
+    let start: Bound<Key> = match &range.0 {
+        Bound::Included(s) => Bound::Included((run, Bytes::copy_from_slice(s))),
+        Bound::Excluded(s) => Bound::Excluded((run, Bytes::copy_from_slice(s))),
+        Bound::Unbounded => Bound::Included((run, Bytes::new())),
+    };
+    let end: Bound<Key> = match &range.1 {
+        Bound::Included(e) => Bound::Included((run, Bytes::copy_from_slice(e))),
+        Bound::Excluded(e) => Bound::Excluded((run, Bytes::copy_from_slice(e))),
+        Bound::Unbounded => match run.checked_add(1) {
+            Some(next) => Bound::Excluded((next, Bytes::new())),
+            None => Bound::Unbounded,
+        },
+    };
+    let bounds = if empty {
+        // An empty range that imbl accepts.
+        let at = (run, Bytes::new());
+        (Bound::Excluded(at.clone()), Bound::Included(at))
+    } else {
+        (start, end)
+    };
+    state
+        .data
+        .range(bounds)
+        .map(|((_, key), stored)| (key, stored))
+}
+
+/// The first key of `run` in `range` whose version differs between `view` and `current`
+/// (written, created or deleted since).
+fn first_difference(view: &State, current: &State, run: u128, range: &KeyRange) -> Option<Vec<u8>> {
+    let mut old = entries(view, run, range).peekable();
+    let mut new = entries(current, run, range).peekable();
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => return None,
+            (Some((key, _)), None) | (None, Some((key, _))) => return Some(key.to_vec()),
+            (Some((a, va)), Some((b, vb))) => {
+                if a != b {
+                    return Some(a.min(b).to_vec());
+                }
+                if va.version != vb.version {
+                    return Some(a.to_vec());
+                }
+                old.next();
+                new.next();
+            }
+        }
+    }
+}
