@@ -423,7 +423,7 @@ fn nonzero_tail(path: &Path, offset: u64) -> Result<u64> {
         let n = usize::try_from((end - at).min(buf.len() as u64)).expect("bounded by the buffer");
         file.read_exact_at(&mut buf[..n], at)
             .map_err(|e| keel_wal::Error::io("reading segment", path, e))?;
-        nonzero += buf[..n].iter().filter(|&&b| b != 0).count() as u64;
+        nonzero += keel_wal::zeros::count_nonzero(&buf[..n]) as u64;
         at += n as u64;
     }
     Ok(nonzero)

@@ -43,7 +43,7 @@ mod writer;
 
 // The paths the other crates use: `keel_wal::segment::SegmentHeader` and so on.
 pub use dir::{fsutil, storage};
-pub use format::{reader, record, scan, segment, witness};
+pub use format::{reader, record, scan, segment, witness, zeros};
 
 pub use backend::uring_faults::UringFaults;
 pub use backend::{BackendChoice, BackendKind};

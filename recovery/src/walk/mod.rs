@@ -300,7 +300,7 @@ fn is_all_zero(file: &File, path: &Path) -> Result<bool> {
         let n = usize::try_from((len - offset).min(buf.len() as u64)).expect("bounded");
         file.read_exact_at(&mut buf[..n], offset)
             .map_err(|e| keel_wal::Error::io("reading segment", path, e))?;
-        if buf[..n].iter().any(|&b| b != 0) {
+        if !keel_wal::zeros::is_zero(&buf[..n]) {
             return Ok(false);
         }
         offset += n as u64;

@@ -209,7 +209,7 @@ pub fn zero_range(file: &File, path: &Path, from: u64, to: u64) -> Result<u64> {
         let len = usize::try_from((to - offset).min(CHUNK as u64)).expect("bounded by CHUNK");
         file.read_exact_at(&mut buf[..len], offset)
             .map_err(|e| Error::io("reading", path, e))?;
-        let nonzero = buf[..len].iter().filter(|&&b| b != 0).count();
+        let nonzero = crate::format::zeros::count_nonzero(&buf[..len]);
         if nonzero > 0 {
             dirty += nonzero as u64;
             file.write_all_at(&zeros[..len], offset)

@@ -9,3 +9,4 @@ pub mod record;
 pub mod scan;
 pub mod segment;
 pub mod witness;
+pub mod zeros;

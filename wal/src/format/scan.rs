@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use crate::error::{Error, Result};
 use crate::format::record::{self, RECORD_ALIGN, RECORD_HEADER_LEN};
 use crate::format::segment::{SegmentFile, SegmentHeader};
+use crate::format::zeros;
 use crate::ids::Lsn;
 
 /// What lies beyond the tail of a segment.
@@ -40,11 +41,15 @@ fn scan_headers<T>(
         file.read_exact_at(&mut buf[..len], chunk_start)
             .map_err(|e| Error::io("reading segment", &segment.path, e))?;
         let mut at = 0;
-        while at + RECORD_HEADER_LEN <= len && (at as u64) < CHUNK {
+        // The all-zero windows are skipped a run at a time, not tested one by one.
+        while let Some(nonzero) = zeros::first_nonzero(&buf[at..len]) {
+            at = first_window_holding(at + nonzero).max(at);
+            if at + RECORD_HEADER_LEN > len || at as u64 >= CHUNK {
+                break;
+            }
             let candidate = &buf[at..at + RECORD_HEADER_LEN];
-            if candidate.iter().any(|&b| b != 0)
-                && let Some(found) = visit(chunk_start + at as u64, candidate)
-            {
+            debug_assert!(!zeros::is_zero(candidate));
+            if let Some(found) = visit(chunk_start + at as u64, candidate) {
                 return Ok(Some(found));
             }
             at += RECORD_ALIGN;
@@ -52,6 +57,14 @@ fn scan_headers<T>(
         chunk_start += CHUNK;
     }
     Ok(None)
+}
+
+/// The first aligned window (offset a multiple of [`RECORD_ALIGN`]) whose header-sized span
+/// includes byte `index`.
+fn first_window_holding(index: usize) -> usize {
+    (index + 1)
+        .saturating_sub(RECORD_HEADER_LEN)
+        .next_multiple_of(RECORD_ALIGN)
 }
 
 /// Scans `[from, end)` for a verifiable record header whose durable mark reaches `lsn`.
@@ -93,4 +106,72 @@ pub fn next_valid_header(
             .filter(|found| found.lsn >= min_lsn)
             .map(|found| (offset, found))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The windows a byte-at-a-time scan visits: every aligned offset from `from` whose
+    /// header-sized window before `end` holds a non-zero byte.
+    fn visited_one_by_one(bytes: &[u8], from: usize, end: usize) -> Vec<u64> {
+        (from..)
+            .step_by(RECORD_ALIGN)
+            .take_while(|at| at + RECORD_HEADER_LEN <= end)
+            .filter(|&at| bytes[at..at + RECORD_HEADER_LEN].iter().any(|&b| b != 0))
+            .map(|at| at as u64)
+            .collect()
+    }
+
+    fn visited(bytes: &[u8], from: usize, end: usize) -> Vec<u64> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        std::fs::write(&path, bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let segment = SegmentFile { path, first_lsn: 1 };
+        let mut seen = Vec::new();
+        let found = scan_headers(&file, &segment, from as u64, end as u64, |at, window| {
+            assert!(window.iter().any(|&b| b != 0), "an all-zero window at {at}");
+            seen.push(at);
+            None::<()>
+        });
+        assert!(found.unwrap().is_none());
+        seen
+    }
+
+    /// Skipping zero runs visits exactly the windows the byte-at-a-time scan did: isolated
+    /// bytes at every offset within a word, runs, the bytes around the 1 MiB chunk boundary,
+    /// the last byte, and ends that are not a multiple of the alignment.
+    #[test]
+    fn skipping_zeros_visits_the_same_windows_as_testing_each() {
+        let len = (1 << 20) + 4096 + 5;
+        let mut bytes = vec![0u8; len];
+        for at in [
+            64, 97, 98, 131, 200, 201, 202, 203, 204, 205, 206, 207, 4000,
+        ] {
+            bytes[at] = 0x11;
+        }
+        bytes[5000..5100].fill(0xee);
+        let chunk = 1 << 20;
+        for at in [chunk - 33, chunk - 1, chunk, chunk + 7, chunk + 31, len - 1] {
+            bytes[at] = 0x22;
+        }
+        for (from, end) in [
+            (0, len),
+            (32, len),
+            (32, len - 3),
+            (40, chunk + 20),
+            (0, 96),
+        ] {
+            let expected = visited_one_by_one(&bytes, from, end);
+            assert!(!expected.is_empty());
+            assert_eq!(
+                visited(&bytes, from, end),
+                expected,
+                "from {from}, end {end}"
+            );
+        }
+        let zeros = vec![0u8; len];
+        assert!(visited(&zeros, 32, len).is_empty());
+    }
 }
