@@ -101,6 +101,15 @@ pub enum Error {
         key.escape_ascii()
     )]
     Conflict { run: RunId, key: Vec<u8> },
+    /// [`Database::open`] was given a path that is not a Keel database and where it will not
+    /// make one: a file, a keel-wal log, a directory holding other files, or (with
+    /// [`Options::create_if_missing`] off) no database at all. `what` says which, in a
+    /// sentence. Refused before anything was created or changed there.
+    #[error("{} is not a Keel database: {what}", path.display())]
+    NotADatabase {
+        path: std::path::PathBuf,
+        what: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,6 +1,8 @@
-//! Opening a database: its lock, the newest readable snapshot, recovery of the log above it,
-//! and the log opened for appends, in that order; nothing is acknowledged before the
-//! directories holding them are durable.
+//! Opening a database: what is at its path (`layout`), its lock, the newest readable snapshot,
+//! recovery of the log above it, and the log opened for appends, in that order; nothing is
+//! acknowledged before the directories holding them are durable.
+
+mod layout;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
@@ -42,15 +44,22 @@ struct Recovered {
 impl Database {
     /// Opens (or creates) the database in `path`: takes its lock, recovers the log into the
     /// state under `options.recovery_policy`, and starts the writer.
+    ///
+    /// A path that is not a Keel database and not an empty or missing directory (a file, a
+    /// keel-wal log, a directory holding other files) is refused with
+    /// [`Error::NotADatabase`] before anything is created there; so is one holding no
+    /// database when `options.create_if_missing` is off.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
         let path = path.as_ref().to_path_buf();
         let _span = tracing::info_span!("database_open", path = %path.display()).entered();
         let storage = options.storage.as_ref();
+        // Before anything is created: what is there must be a database or room for one.
+        layout::check(&path, options.create_if_missing)?;
         if options.create_if_missing {
             fsutil::create_dir_all_durably(storage, &path)?;
         }
         let lock = fsutil::lock_dir(storage, &path)?;
-        let wal_dir = path.join("wal");
+        let wal_dir = path.join(layout::LOG_DIR);
         let (mut recovered, wal) = recover(&path, &wal_dir, &options)?;
         recovered.state.applied_through = wal.next_lsn() - 1;
         sync_database_dirs(storage, &path)?;

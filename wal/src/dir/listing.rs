@@ -39,3 +39,11 @@ pub fn list_directory(dir: &Path) -> Result<DirectoryListing> {
     listing.segments.sort_by_key(|s| s.first_lsn);
     Ok(listing)
 }
+
+/// True for a name keel-wal gives a file in a log directory: a segment, a spare, `LOCK`,
+/// `IDENTITY` (what [`list_directory`] does not count as unknown).
+pub fn is_log_file_name(name: &str) -> bool {
+    parse_file_name(name).is_some()
+        || name.starts_with(SPARE_PREFIX)
+        || fsutil::is_reserved_name(name)
+}

@@ -10,7 +10,7 @@ pub(crate) mod prealloc;
 mod segments;
 pub mod storage;
 
-pub use listing::{DirectoryListing, list_directory};
+pub use listing::{DirectoryListing, is_log_file_name, list_directory};
 pub use log_reader::LogReader;
 pub(crate) use segments::install_segment;
 pub use segments::{create_empty, lower_witness};
