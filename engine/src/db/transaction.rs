@@ -302,6 +302,25 @@ impl Database {
                 Err(Error::Conflict { .. }) if attempt < attempts => attempt += 1,
                 Err(error) => return Err(error),
             }
+            self.wait_for_queued_commits().await?;
+        }
+    }
+
+    /// Waits until every commit queued in the log now is acknowledged, so a new view shows
+    /// them: a transaction that conflicted with one still queued (its key in a commit that
+    /// was not yet durable, under `Strict`) would otherwise conflict again on every retry
+    /// until it is, spinning through its attempts.
+    async fn wait_for_queued_commits(&self) -> Result<()> {
+        let queued = self
+            .inner
+            .first_pending
+            .load(std::sync::atomic::Ordering::Acquire);
+        if queued == super::commit::NONE_PENDING {
+            return Ok(());
+        }
+        match self.inner.durability {
+            keel_wal::Durability::Async { .. } => Ok(()),
+            _ => Ok(self.inner.wal.sync().await.map(|_| ())?),
         }
     }
 
