@@ -141,7 +141,7 @@ fn fill(db: &Db, run: keel::RunId, keys: u64, value_size: usize) -> Result<(), S
                 while first < keys {
                     let mut txn = db.transaction(run).map_err(|e| e.to_string())?;
                     for key in first..(first + PER_TXN).min(keys) {
-                        txn.put(&key_of(key), &value).map_err(|e| e.to_string())?;
+                        txn.put(key_of(key), &value).map_err(|e| e.to_string())?;
                     }
                     futures::executor::block_on(txn.commit()).map_err(|e| e.to_string())?;
                     first += THREADS * PER_TXN;
@@ -210,7 +210,7 @@ fn commit_window(
                     let counted = counting.load(Ordering::Acquire);
                     let began = Instant::now();
                     let mut txn = db.transaction(run).map_err(|e| e.to_string())?;
-                    txn.put(&key_of(rng % keys), &value)
+                    txn.put(key_of(rng % keys), &value)
                         .map_err(|e| e.to_string())?;
                     futures::executor::block_on(txn.commit()).map_err(|e| e.to_string())?;
                     if counted {

@@ -27,7 +27,7 @@ fn commit(db: &Database, run: RunId, from: u32, count: u32) {
         // Every tenth spills (its records before its commit, interleaved with nothing here).
         let parts = if i % 10 == 0 { 4 } else { 1 };
         for p in 0..parts {
-            txn.put(format!("key-{i:04}-{p}").as_bytes(), &[b'v'; 600])
+            txn.put(format!("key-{i:04}-{p}").as_bytes(), [b'v'; 600])
                 .unwrap();
         }
         block_on(txn.commit()).unwrap();

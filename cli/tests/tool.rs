@@ -37,8 +37,7 @@ fn database_of(dir: &Path, commits: u32) {
     let run = block_on(db.begin_run("tool-test")).unwrap();
     for i in 0..commits {
         let mut txn = db.transaction(run).unwrap();
-        txn.put(format!("key-{i:04}").as_bytes(), &[7; 100])
-            .unwrap();
+        txn.put(format!("key-{i:04}").as_bytes(), [7; 100]).unwrap();
         block_on(txn.commit()).unwrap();
     }
     db.close().unwrap();
@@ -385,10 +384,10 @@ fn dump_shows_binary_keys_deletes_and_checkpoints() {
     let db = Database::open(dir.path(), options).unwrap();
     let run = block_on(db.begin_run("dump")).unwrap();
     let mut txn = db.transaction(run).unwrap();
-    txn.put(&[0, 1, 0xfe], b"binary key").unwrap();
+    txn.put([0, 1, 0xfe], b"binary key").unwrap();
     block_on(txn.commit()).unwrap();
     let mut txn = db.transaction(run).unwrap();
-    txn.delete(&[0, 1, 0xfe]).unwrap();
+    txn.delete([0, 1, 0xfe]).unwrap();
     let deleted_at = block_on(txn.commit()).unwrap();
     let snapshot = block_on(db.checkpoint()).unwrap();
     db.close().unwrap();

@@ -150,7 +150,7 @@ fn follow(
 
 fn store_applied(db: &Database, bookkeeping: RunId, lsn: Lsn) -> keel::Result<()> {
     let mut txn = db.transaction(bookkeeping)?;
-    txn.put(b"applied", &lsn.to_le_bytes())?;
+    txn.put(b"applied", lsn.to_le_bytes())?;
     block_on(txn.commit()).map(drop)
 }
 

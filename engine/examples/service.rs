@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         format!("order/{task:03}/{i:05}").as_bytes(),
                         format!("{{\"task\":{task},\"seq\":{i}}}").as_bytes(),
                     )?;
-                    txn.put(format!("last/{task:03}").as_bytes(), &i.to_le_bytes())?;
+                    txn.put(format!("last/{task:03}").as_bytes(), i.to_le_bytes())?;
                     txn.commit().await?;
                 }
                 Ok::<_, keel::Error>(())

@@ -24,6 +24,7 @@ mod transaction;
 
 use std::collections::BTreeSet;
 use std::fs::File;
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -38,7 +39,7 @@ pub use transaction::{Isolation, Transaction};
 
 use crate::retention::Spills;
 use crate::state::{Change, RunInfo, RunRecord, RunState, SYSTEM_RUN, State};
-use crate::{Error, Result, Versioned};
+use crate::{Error, Iter, Result, Snapshot, Versioned};
 use commit::PendingQueue;
 use options::WRITE_ENTRY_OVERHEAD;
 
@@ -228,20 +229,35 @@ impl Database {
     }
 
     /// The committed value of `key` in `run`.
-    pub fn get(&self, run: RunId, key: &[u8]) -> Result<Option<Versioned>> {
+    pub fn get(&self, run: RunId, key: impl AsRef<[u8]>) -> Result<Option<Versioned>> {
         let state = self.read();
         if !state.runs.contains_key(&run.as_u128()) {
             return Err(Error::UnknownRun(run));
         }
-        Ok(state.get(run.as_u128(), key))
+        Ok(state.get(run.as_u128(), key.as_ref()))
     }
 
-    /// Every committed `(key, value)` of `run` whose key starts with `prefix`, in key order.
-    pub fn scan(&self, run: RunId, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>> {
-        if self.run_info(run).is_none() {
-            return Err(Error::UnknownRun(run));
-        }
-        Ok(self.read().scan(run.as_u128(), prefix))
+    /// Every committed `(key, value)` of `run` whose key starts with `prefix`, in key order
+    /// ([`Database::prefix`], collected).
+    pub fn scan(&self, run: RunId, prefix: impl AsRef<[u8]>) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        Ok(self.prefix(run, prefix)?.collect())
+    }
+
+    /// The committed `(key, value)` pairs of `run` in `range`, in key order from either end,
+    /// as of this call ([`Snapshot::range`] on a new [`Database::snapshot`]).
+    pub fn range<K: AsRef<[u8]>>(&self, run: RunId, range: impl RangeBounds<K>) -> Result<Iter> {
+        self.snapshot().range(run, range)
+    }
+
+    /// The committed `(key, value)` pairs of `run` whose keys start with `prefix`, as of
+    /// this call.
+    pub fn prefix(&self, run: RunId, prefix: impl AsRef<[u8]>) -> Result<Iter> {
+        self.snapshot().prefix(run, prefix)
+    }
+
+    /// A read-only view of the whole database with every commit acknowledged so far: O(1).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(self.view())
     }
 
     /// Closes the database: queued commits are written and synced, the writer stops.

@@ -29,18 +29,23 @@
 
 mod db;
 mod image;
+mod iter;
+mod range;
 mod retention;
 mod snapshot;
 mod state;
+mod view;
 
 pub use db::{
     Database, FeedChange, FeedCommit, FeedEvent, Isolation, Options, Stats, Subscription,
     Transaction,
 };
 pub use image::SnapshotImage;
+pub use iter::Iter;
 pub use keel_recovery::{RecoveryPolicy, RecoveryReport};
 pub use keel_wal::{BackendChoice, Durability, Lsn, RunId};
 pub use state::{RunInfo, RunState, Versioned};
+pub use view::Snapshot;
 
 /// Reads every snapshot in the database at `path` (newest first) and says whether it reads
 /// back whole: `Ok(lsn)` or why not. Changes nothing.

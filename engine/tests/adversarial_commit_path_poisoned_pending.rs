@@ -64,7 +64,7 @@ fn a_panic_between_append_and_queue_does_not_leave_readers_serving_a_stale_state
     // the writer parks in the backend.
     gate.set_hold(true);
     let mut spilled = db.transaction(run).unwrap();
-    spilled.put(b"big", &[7; 2048]).unwrap();
+    spilled.put(b"big", [7; 2048]).unwrap();
     assert!(spilled.spilled());
     gate.wait_until("the writer never parked", |s| s.parked);
 

@@ -51,7 +51,7 @@ fn fill(db: &Database, run: RunId, tag: &str, n: u32) {
     for i in 0..n {
         let mut filler = db.transaction(run).unwrap();
         filler
-            .put(format!("f{tag}-{i:03}").as_bytes(), &value(i))
+            .put(format!("f{tag}-{i:03}").as_bytes(), value(i))
             .unwrap();
         block_on(filler.commit()).unwrap();
     }
@@ -71,7 +71,7 @@ fn a_panic_in_a_spilled_commits_deferred_wake_does_not_abandon_the_queued_commit
     // checkpoints taken above it.
     let mut txn = db.transaction(run).unwrap();
     for i in 0..50 {
-        txn.put(format!("spilled{i:03}").as_bytes(), &value(i))
+        txn.put(format!("spilled{i:03}").as_bytes(), value(i))
             .unwrap();
     }
     assert!(txn.spilled());
@@ -85,7 +85,7 @@ fn a_panic_in_a_spilled_commits_deferred_wake_does_not_abandon_the_queued_commit
     // Another spill keeps a chain in flight: the writer parks in the backend.
     gate.set_hold(true);
     let mut other = db.transaction(run).unwrap();
-    other.put(b"other", &[7; 8192]).unwrap();
+    other.put(b"other", [7; 8192]).unwrap();
     assert!(other.spilled());
     gate.wait_until("the writer never parked", |s| s.parked);
 

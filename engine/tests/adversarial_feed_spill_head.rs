@@ -30,7 +30,7 @@ fn filler(db: &Database, run: RunId, tag: &str, count: u32) -> Vec<u64> {
     (0..count)
         .map(|i| {
             let mut txn = db.transaction(run).unwrap();
-            txn.put(format!("{tag}-{i}").as_bytes(), &[b'f'; 1000])
+            txn.put(format!("{tag}-{i}").as_bytes(), [b'f'; 1000])
                 .unwrap();
             block_on(txn.commit()).unwrap()
         })

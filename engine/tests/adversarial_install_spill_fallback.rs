@@ -51,7 +51,7 @@ fn spill_across_an_install_survives_a_fallback_to_the_installed_snapshot() {
     let mut spilled = db.transaction(shared).unwrap();
     for i in 0..40 {
         spilled
-            .put(format!("s{i:02}").as_bytes(), &[b'x'; 300])
+            .put(format!("s{i:02}").as_bytes(), [b'x'; 300])
             .unwrap();
     }
     assert!(spilled.spilled());

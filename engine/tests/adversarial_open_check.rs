@@ -19,8 +19,7 @@ fn options(policy: RecoveryPolicy) -> Options {
 fn commit_many(db: &Database, run: RunId, from: u32, count: u32) {
     for i in from..from + count {
         let mut txn = db.transaction(run).unwrap();
-        txn.put(format!("k{i:04}").as_bytes(), &[7u8; 2000])
-            .unwrap();
+        txn.put(format!("k{i:04}").as_bytes(), [7u8; 2000]).unwrap();
         block_on(txn.commit()).unwrap();
     }
 }

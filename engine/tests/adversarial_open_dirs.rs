@@ -32,7 +32,7 @@ fn commit_three(db: &Path, sim: &Arc<Sim>) {
     let run = block_on(database.begin_run("r")).unwrap();
     for k in 0..3u8 {
         let mut txn = database.transaction(run).unwrap();
-        txn.put(&[k], b"acknowledged").unwrap();
+        txn.put([k], b"acknowledged").unwrap();
         block_on(txn.commit()).unwrap();
     }
     database.close().unwrap();
@@ -144,7 +144,7 @@ fn a_checkpoint_killed_at_any_event_then_a_restart_keeps_what_it_acknowledged() 
         let run = block_on(database.begin_run("r")).unwrap();
         for k in 0..4u8 {
             let mut txn = database.transaction(run).unwrap();
-            txn.put(&[k], b"first").unwrap();
+            txn.put([k], b"first").unwrap();
             block_on(txn.commit()).unwrap();
         }
         sim.crash_after_events(crash_at);
@@ -171,7 +171,7 @@ fn a_checkpoint_killed_at_any_event_then_a_restart_keeps_what_it_acknowledged() 
             .id;
         for k in 4..6u8 {
             let mut txn = database.transaction(run).unwrap();
-            txn.put(&[k], b"second").unwrap();
+            txn.put([k], b"second").unwrap();
             block_on(txn.commit()).unwrap();
         }
         let expected = keys(&database);

@@ -45,7 +45,7 @@ fn create_and_commit(db: &Path) -> Vec<PathBuf> {
     let run = block_on(database.begin_run("r")).unwrap();
     for k in 0..3u8 {
         let mut txn = database.transaction(run).unwrap();
-        txn.put(&[k], b"acknowledged").unwrap();
+        txn.put([k], b"acknowledged").unwrap();
         block_on(txn.commit()).unwrap();
     }
     database.close().unwrap();

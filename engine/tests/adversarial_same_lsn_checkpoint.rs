@@ -33,7 +33,7 @@ fn fill(db: &Database, run: RunId, tag: &str, n: u32) {
     for i in 0..n {
         let mut filler = db.transaction(run).unwrap();
         filler
-            .put(format!("f{tag}-{i:03}").as_bytes(), &value(i))
+            .put(format!("f{tag}-{i:03}").as_bytes(), value(i))
             .unwrap();
         block_on(filler.commit()).unwrap();
     }
@@ -68,7 +68,7 @@ fn build(dir: &std::path::Path) -> (RunId, u64, u64, u64) {
     let run = block_on(db.begin_run("r")).unwrap();
     let mut txn = db.transaction(run).unwrap();
     for i in 0..50 {
-        txn.put(format!("spilled{i:03}").as_bytes(), &value(i))
+        txn.put(format!("spilled{i:03}").as_bytes(), value(i))
             .unwrap();
     }
     assert!(txn.spilled());

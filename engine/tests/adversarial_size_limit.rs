@@ -37,12 +37,12 @@ fn write_at_the_bound(spill: usize) {
         }
         let fits = MAX_RECORD as usize - 64 - key_len;
         let mut txn = db.transaction(run).unwrap();
-        let refused = txn.put(&key, &vec![1u8; fits + 1]);
+        let refused = txn.put(&key, vec![1u8; fits + 1]);
         assert!(
             matches!(refused, Err(Error::ValueTooLarge { .. })),
             "key of {key_len} bytes: {refused:?}"
         );
-        txn.put(&key, &vec![2u8; fits])
+        txn.put(&key, vec![2u8; fits])
             .unwrap_or_else(|e| panic!("key of {key_len} bytes: {e}"));
         if spill == 1 {
             assert!(txn.spilled(), "key of {key_len} bytes: spilled");

@@ -21,7 +21,7 @@ fn options() -> Options {
 fn fill(db: &Database, run: RunId, tag: &str, n: u32) {
     for i in 0..n {
         let mut txn = db.transaction(run).unwrap();
-        txn.put(format!("{tag}-{i:03}").as_bytes(), &[7u8; 400])
+        txn.put(format!("{tag}-{i:03}").as_bytes(), [7u8; 400])
             .unwrap();
         block_on(txn.commit()).unwrap();
     }

@@ -51,7 +51,7 @@ fn contents(db: &Database) -> Vec<(RunId, Vec<u8>, Vec<u8>)> {
 
 fn commit(db: &Database, run: RunId, key: &str, bytes: usize) {
     let mut txn = db.transaction(run).unwrap();
-    txn.put(key.as_bytes(), &vec![b'v'; bytes]).unwrap();
+    txn.put(key.as_bytes(), vec![b'v'; bytes]).unwrap();
     block_on(txn.commit()).unwrap();
 }
 
@@ -163,8 +163,7 @@ fn a_cancelled_spilled_commit_aborts_or_commits_whole() {
         |db, run, polls| {
             let mut txn = db.transaction(run).unwrap();
             for i in 0..20 {
-                txn.put(format!("s{i:02}").as_bytes(), &[b'x'; 500])
-                    .unwrap();
+                txn.put(format!("s{i:02}").as_bytes(), [b'x'; 500]).unwrap();
             }
             assert!(txn.spilled());
             poll_then_drop(txn.commit(), polls)
@@ -199,8 +198,7 @@ fn a_cancelled_checkpoint_leaves_the_database_sound() {
             // A spill open across the checkpoint, committed after it.
             let mut txn = db.transaction(run).unwrap();
             for i in 0..20 {
-                txn.put(format!("s{i:02}").as_bytes(), &[b'x'; 500])
-                    .unwrap();
+                txn.put(format!("s{i:02}").as_bytes(), [b'x'; 500]).unwrap();
             }
             let finished = poll_then_drop(db.checkpoint(), polls);
             block_on(txn.commit()).unwrap();

@@ -23,7 +23,7 @@ fn commit_many(db: &Database, run: RunId, from: u32, count: u32) {
         let mut txn = db.transaction(run).unwrap();
         txn.put(
             format!("k{:03}", i % 300).as_bytes(),
-            &i.to_le_bytes().repeat(250),
+            i.to_le_bytes().repeat(250),
         )
         .unwrap();
         if i % 7 == 0 {

@@ -217,26 +217,26 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
                 for (n, (k, v)) in writes.iter().enumerate() {
                     match v {
                         Some(v) => {
-                            txn.put(&key(*k), &value(*v, n)).unwrap();
+                            txn.put(key(*k), value(*v, n)).unwrap();
                             staged.insert(key(*k), Some(value(*v, n)));
                         }
                         None => {
-                            txn.delete(&key(*k)).unwrap();
+                            txn.delete(key(*k)).unwrap();
                             staged.insert(key(*k), None);
                         }
                     }
                     // Read-your-writes.
-                    let own = txn.get(&key(*k)).unwrap().map(|v| v.value);
+                    let own = txn.get(key(*k)).unwrap().map(|v| v.value);
                     prop_assert_eq!(own, staged[&key(*k)].clone());
                 }
                 if big {
                     // As large as the record limit of this open allows, and one byte more.
                     let k = b"big-key".to_vec();
                     let fits = current.max_record_bytes as usize - 64 - k.len();
-                    let refused = txn.put(&k, &vec![9u8; fits + 1]);
+                    let refused = txn.put(&k, vec![9u8; fits + 1]);
                     let too_large = matches!(refused, Err(Error::ValueTooLarge { .. }));
                     prop_assert!(too_large, "step {}: {:?}", step, refused.err());
-                    txn.put(&k, &vec![step.to_le_bytes()[0]; fits]).unwrap();
+                    txn.put(&k, vec![step.to_le_bytes()[0]; fits]).unwrap();
                     staged.insert(k, Some(vec![step.to_le_bytes()[0]; fits]));
                 }
                 if commit {
@@ -276,8 +276,8 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
                 let mut staged = BTreeMap::new();
                 for (n, (k, v)) in writes.iter().enumerate() {
                     match v {
-                        Some(v) => txn.put(&key(*k), &value(*v, n)).unwrap(),
-                        None => txn.delete(&key(*k)).unwrap(),
+                        Some(v) => txn.put(key(*k), value(*v, n)).unwrap(),
+                        None => txn.delete(key(*k)).unwrap(),
                     }
                     staged.insert(key(*k), v.map(|v| value(v, n)));
                 }

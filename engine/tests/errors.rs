@@ -293,7 +293,7 @@ fn a_spilled_transaction_reads_its_own_writes() {
     let mut txn = db.transaction(run).unwrap();
     txn.delete(b"gone").unwrap();
     for i in 0..40u8 {
-        txn.put(format!("k{i:02}").as_bytes(), &[i; 100]).unwrap();
+        txn.put(format!("k{i:02}").as_bytes(), [i; 100]).unwrap();
     }
     assert!(txn.spilled());
     assert_eq!(txn.get(b"k00").unwrap().unwrap().value, vec![0; 100]);

@@ -113,7 +113,7 @@ fn a_full_disk_fails_commits_clearly_and_loses_nothing_acknowledged() {
         let mut acked = 0u32;
         let error = loop {
             let mut txn = db.transaction(run).unwrap();
-            txn.put(format!("k{acked:06}").as_bytes(), &value(acked))
+            txn.put(format!("k{acked:06}").as_bytes(), value(acked))
                 .unwrap();
             match block_on(txn.commit()) {
                 Ok(_) => acked += 1,
@@ -149,7 +149,7 @@ fn a_full_disk_fails_commits_clearly_and_loses_nothing_acknowledged() {
         assert_eq!(db.get(run, b"after").unwrap(), None);
         for i in acked..acked + 50 {
             let mut txn = db.transaction(run).unwrap();
-            txn.put(format!("k{i:06}").as_bytes(), &value(i)).unwrap();
+            txn.put(format!("k{i:06}").as_bytes(), value(i)).unwrap();
             block_on(txn.commit()).unwrap();
         }
         db.close().unwrap();
@@ -187,7 +187,7 @@ fn a_checkpoint_on_a_full_disk_fails_clearly_and_leaves_nothing_behind() {
     let run = block_on(db.begin_run("fill")).unwrap();
     for i in 0..300 {
         let mut txn = db.transaction(run).unwrap();
-        txn.put(format!("k{i:06}").as_bytes(), &value(i)).unwrap();
+        txn.put(format!("k{i:06}").as_bytes(), value(i)).unwrap();
         block_on(txn.commit()).unwrap();
     }
     let ballast = fill(fs.path());

@@ -217,7 +217,7 @@ fn a_scanned_range_conflicts_with_a_key_created_changed_or_deleted_in_it() {
     // Ranges with bounds, forward: the range read is what is validated.
     let mut txn = db.transaction(run).unwrap();
     let seen = txn.range(b"a2".as_slice()..b"a4".as_slice()).unwrap();
-    let keys: Vec<_> = seen.iter().map(|(k, _)| k.clone()).collect();
+    let keys: Vec<_> = seen.map(|(k, _)| k).collect();
     assert_eq!(keys, vec![b"a2".to_vec(), b"a3".to_vec()]);
     put(&db, run, b"a1", b"outside the range read");
     txn.put(b"z", b"1").unwrap();
@@ -273,7 +273,7 @@ fn a_refused_spilled_transaction_is_aborted_and_recovered_without() {
     let mut txn = db.transaction(run).unwrap();
     assert_eq!(number(&mut txn, b"n"), 0);
     for i in 0..20u32 {
-        txn.put(format!("big{i:02}").as_bytes(), &[7; 200]).unwrap();
+        txn.put(format!("big{i:02}").as_bytes(), [7; 200]).unwrap();
     }
     assert!(txn.spilled());
     // Its own spilled writes show in its range reads, merged with its buffer.
@@ -393,22 +393,24 @@ fn inverted_and_empty_ranges_read_nothing() {
     assert!(
         txn.range(b"c".as_slice()..b"a".as_slice())
             .unwrap()
-            .is_empty()
+            .next()
+            .is_none()
     );
     assert!(
         txn.range(b"b".as_slice()..b"b".as_slice())
             .unwrap()
-            .is_empty()
+            .next()
+            .is_none()
     );
     let inclusive = txn.range(b"b".as_slice()..=b"b".as_slice()).unwrap();
-    assert_eq!(inclusive.len(), 1);
+    assert_eq!(inclusive.count(), 1);
     let all = txn.range::<&[u8]>(..).unwrap();
     let keys: Vec<_> = all.into_iter().map(|(k, _)| k).collect();
     assert_eq!(
         keys,
         [b"a".to_vec(), b"b".to_vec(), b"bb".to_vec(), b"c".to_vec()]
     );
-    assert_eq!(txn.scan(&[0xff, 0xff]).unwrap(), vec![]);
+    assert_eq!(txn.scan([0xff, 0xff]).unwrap(), vec![]);
     drop(txn);
     db.close().unwrap();
 }

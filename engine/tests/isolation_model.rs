@@ -90,7 +90,7 @@ impl Model {
 
     /// Reads account `i` in `open` through the engine and checks it against the model.
     fn read(&mut self, open: &mut Open, i: usize) -> i64 {
-        let seen = open.txn.get(&account(i)).unwrap().map(|v| parse(&v.value));
+        let seen = open.txn.get(account(i)).unwrap().map(|v| parse(&v.value));
         self.figures.reads += 1;
         let expected = match open.writes.get(&i) {
             Some(own) => *own,
@@ -134,7 +134,7 @@ impl Model {
 
     fn write(open: &mut Open, i: usize, value: i64) {
         open.txn
-            .put(&account(i), value.to_string().as_bytes())
+            .put(account(i), value.to_string().as_bytes())
             .unwrap();
         open.writes.insert(i, value);
     }
@@ -261,7 +261,7 @@ fn steps(model: &mut Model, db: &Database, run: RunId, rng: &mut SimRng, steps: 
 
 fn accounts_of(db: &Database, run: RunId) -> Vec<i64> {
     (0..ACCOUNTS + NOTES)
-        .map(|i| parse(&db.get(run, &account(i)).unwrap().unwrap().value))
+        .map(|i| parse(&db.get(run, account(i)).unwrap().unwrap().value))
         .collect()
 }
 
@@ -269,7 +269,7 @@ fn setup(db: &Database) -> RunId {
     let run = block_on(db.begin_run("accounts")).unwrap();
     let mut txn = db.transaction(run).unwrap();
     for i in 0..ACCOUNTS + NOTES {
-        txn.put(&account(i), START.to_string().as_bytes()).unwrap();
+        txn.put(account(i), START.to_string().as_bytes()).unwrap();
     }
     block_on(txn.commit()).unwrap();
     run
@@ -417,12 +417,12 @@ fn concurrent_transfers_conserve_the_total() {
                         block_on(db.transact(run, 1000, |txn| {
                             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let read = |txn: &mut Transaction, i| {
-                                parse(&txn.get(&account(i)).unwrap().unwrap().value)
+                                parse(&txn.get(account(i)).unwrap().unwrap().value)
                             };
                             let (va, vb) = (read(txn, a), read(txn, b));
                             if a != b && va >= amount {
-                                txn.put(&account(a), (va - amount).to_string().as_bytes())?;
-                                txn.put(&account(b), (vb + amount).to_string().as_bytes())?;
+                                txn.put(account(a), (va - amount).to_string().as_bytes())?;
+                                txn.put(account(b), (vb + amount).to_string().as_bytes())?;
                             }
                             Ok(())
                         }))

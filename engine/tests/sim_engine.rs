@@ -1461,7 +1461,7 @@ fn a_restart_on_an_interrupted_install_keeps_what_it_built_on() {
         let run = block_on(db.begin_run("before")).unwrap();
         for k in 0..5u8 {
             let mut txn = db.transaction(run).unwrap();
-            txn.put(&[k], b"old").unwrap();
+            txn.put([k], b"old").unwrap();
             block_on(txn.commit()).unwrap();
         }
         sim.crash_after_events(crash_at);
@@ -1494,7 +1494,7 @@ fn a_restart_on_an_interrupted_install_keeps_what_it_built_on() {
         let after = block_on(db.begin_run("after")).unwrap();
         for k in 0..3u8 {
             let mut txn = db.transaction(after).unwrap();
-            txn.put(&[k], b"new").unwrap();
+            txn.put([k], b"new").unwrap();
             block_on(txn.commit()).unwrap();
         }
         let expected = visible(&db);

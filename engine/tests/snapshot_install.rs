@@ -385,7 +385,7 @@ fn open_transactions_are_ordered_after_an_install() {
     let mut spilled = b.transaction(alpha).unwrap();
     for i in 0..40 {
         spilled
-            .put(format!("s{i:02}").as_bytes(), &[b'x'; 200])
+            .put(format!("s{i:02}").as_bytes(), [b'x'; 200])
             .unwrap();
     }
     assert!(spilled.spilled());

@@ -33,7 +33,7 @@ fn a_spilled_transaction_that_aborts_leaves_no_trace() {
     for ending in ["abort", "drop"] {
         let mut txn = db.transaction(run).unwrap();
         for i in 0..100 {
-            txn.put(format!("k{i:03}").as_bytes(), &value(i)).unwrap();
+            txn.put(format!("k{i:03}").as_bytes(), value(i)).unwrap();
         }
         txn.delete(b"kept").unwrap();
         assert!(txn.spilled(), "{ending}");
@@ -70,7 +70,7 @@ fn a_spilled_transaction_that_commits_is_whole_after_reopen() {
             txn.delete(&key).unwrap();
             expected.remove(&key);
         } else {
-            txn.put(&key, &value(i)).unwrap();
+            txn.put(&key, value(i)).unwrap();
             expected.insert(key, value(i));
         }
     }
@@ -108,7 +108,7 @@ fn a_spilled_transaction_survives_checkpoints_that_remove_segments() {
     let run = block_on(db.begin_run("r")).unwrap();
     let mut txn = db.transaction(run).unwrap();
     for i in 0..50 {
-        txn.put(format!("spilled{i:03}").as_bytes(), &value(i))
+        txn.put(format!("spilled{i:03}").as_bytes(), value(i))
             .unwrap();
     }
     assert!(txn.spilled());
@@ -116,7 +116,7 @@ fn a_spilled_transaction_survives_checkpoints_that_remove_segments() {
         for i in 0..150 {
             let mut filler = db.transaction(run).unwrap();
             filler
-                .put(format!("f{round}-{i:03}").as_bytes(), &value(i))
+                .put(format!("f{round}-{i:03}").as_bytes(), value(i))
                 .unwrap();
             block_on(filler.commit()).unwrap();
         }

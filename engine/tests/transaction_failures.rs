@@ -31,8 +31,8 @@ fn a_write_at_the_size_limit_commits_and_one_byte_more_is_refused_up_front() {
         let key = vec![b'k'; key_len];
         let fits = MAX_RECORD as usize - 64 - key_len;
         let mut txn = db.transaction(run).unwrap();
-        txn.put(&key, &vec![7u8; fits]).unwrap();
-        let refused = txn.put(b"other", &vec![7u8; fits + 1 + key_len - 5]);
+        txn.put(&key, vec![7u8; fits]).unwrap();
+        let refused = txn.put(b"other", vec![7u8; fits + 1 + key_len - 5]);
         match refused {
             Err(Error::ValueTooLarge {
                 max_record_bytes, ..
@@ -44,7 +44,7 @@ fn a_write_at_the_size_limit_commits_and_one_byte_more_is_refused_up_front() {
     }
     let message = {
         let mut txn = db.transaction(run).unwrap();
-        txn.put(b"k", &vec![0u8; MAX_RECORD as usize])
+        txn.put(b"k", vec![0u8; MAX_RECORD as usize])
             .unwrap_err()
             .to_string()
     };
@@ -74,7 +74,7 @@ fn a_failed_put_leaves_the_transaction_as_it_was() {
     txn.delete(b"b").unwrap();
     assert!(!txn.spilled());
     let error = txn
-        .put(b"huge", &vec![1u8; MAX_RECORD as usize])
+        .put(b"huge", vec![1u8; MAX_RECORD as usize])
         .unwrap_err();
     assert!(matches!(error, Error::ValueTooLarge { .. }), "{error}");
     assert_eq!(txn.get(b"a").unwrap().unwrap().value, b"first");
@@ -109,7 +109,7 @@ fn refused_commits_after_a_failed_sync_hold_no_memory() {
     );
     for i in 0..1000u32 {
         let mut txn = db.transaction(run).unwrap();
-        txn.put(&i.to_be_bytes(), b"v").unwrap();
+        txn.put(i.to_be_bytes(), b"v").unwrap();
         assert!(block_on(txn.commit()).is_err());
     }
     let pending = db.stats().pending_commits;
@@ -136,7 +136,7 @@ fn a_spilled_commit_never_reads_past_its_own_entries() {
     let run = block_on(db.begin_run("r")).unwrap();
     let mut txn = db.transaction(run).unwrap();
     for i in 0..4u8 {
-        txn.put(&[b's', i], &[i; 400]).unwrap();
+        txn.put([b's', i], [i; 400]).unwrap();
     }
     assert!(txn.spilled());
     let mut other = db.transaction(run).unwrap();
@@ -193,12 +193,12 @@ fn a_spill_onto_a_poisoned_log_fails_the_put_and_pins_nothing() {
     let run = block_on(db.begin_run("r")).unwrap();
     let mut before = db.transaction(run).unwrap();
     for i in 0..12u8 {
-        before.put(&[b'a', i], &[i; 100]).unwrap();
+        before.put([b'a', i], [i; 100]).unwrap();
     }
     assert!(before.spilled());
     assert_eq!(db.stats().spills_tracked, 1);
     // Reading a spilled write back waits until the spill is written.
-    assert_eq!(before.get(&[b'a', 2]).unwrap().unwrap().value, vec![2; 100]);
+    assert_eq!(before.get([b'a', 2]).unwrap().unwrap().value, vec![2; 100]);
 
     // Poison the log: the next sync fails, and every append after it is refused.
     faults.fail_sync_after(0);
@@ -209,7 +209,7 @@ fn a_spill_onto_a_poisoned_log_fails_the_put_and_pins_nothing() {
     let mut after = db.transaction(run).unwrap();
     let mut refused = None;
     for i in 0..12u8 {
-        if let Err(error) = after.put(&[b'b', i], &[i; 100]) {
+        if let Err(error) = after.put([b'b', i], [i; 100]) {
             refused = Some((i, error));
             break;
         }
@@ -218,19 +218,19 @@ fn a_spill_onto_a_poisoned_log_fails_the_put_and_pins_nothing() {
     assert!(error.to_string().contains("poisoned"), "{error}");
     assert!(!after.spilled(), "nothing reached the log");
     for i in 0..at {
-        assert_eq!(after.get(&[b'b', i]).unwrap().unwrap().value, vec![i; 100]);
+        assert_eq!(after.get([b'b', i]).unwrap().unwrap().value, vec![i; 100]);
     }
     assert_eq!(
-        after.get(&[b'b', at]).unwrap(),
+        after.get([b'b', at]).unwrap(),
         None,
         "the failed put is undone"
     );
 
-    assert_eq!(before.get(&[b'a', 3]).unwrap().unwrap().value, vec![3; 100]);
+    assert_eq!(before.get([b'a', 3]).unwrap().unwrap().value, vec![3; 100]);
     let error = block_on(before.commit()).unwrap_err();
     assert!(error.to_string().contains("poisoned"), "{error}");
     assert!(block_on(after.commit()).is_err());
-    assert_eq!(db.get(run, &[b'a', 3]).unwrap(), None);
+    assert_eq!(db.get(run, [b'a', 3]).unwrap(), None);
     assert_eq!(
         db.stats().spills_tracked,
         0,
@@ -251,14 +251,14 @@ fn a_spill_whose_write_fails_poisons_the_transaction() {
     faults.fail_write_after(0);
     let mut txn = db.transaction(run).unwrap();
     for i in 0..12u8 {
-        txn.put(&[b'a', i], &[i; 100]).unwrap();
+        txn.put([b'a', i], [i; 100]).unwrap();
     }
     assert!(txn.spilled(), "the spill was queued");
-    let first = txn.get(&[b'a', 3]);
+    let first = txn.get([b'a', 3]);
     assert!(first.is_err(), "{first:?}");
-    assert!(matches!(txn.get(&[b'a', 4]), Err(Error::SpillFailed(_))));
+    assert!(matches!(txn.get([b'a', 4]), Err(Error::SpillFailed(_))));
     let error = block_on(txn.commit()).unwrap_err();
     assert!(matches!(error, Error::SpillFailed(_)), "{error}");
-    assert_eq!(db.get(run, &[b'a', 3]).unwrap(), None);
+    assert_eq!(db.get(run, [b'a', 3]).unwrap(), None);
     assert_eq!(db.stats().spills_tracked, 0);
 }

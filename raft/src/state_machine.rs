@@ -214,7 +214,7 @@ impl KeelStateMachine {
         let store = self.store.lock().await;
         let found = store
             .db
-            .get(store.run, &data_key(key))
+            .get(store.run, data_key(key))
             .map_err(|e| sm_error(ErrorVerb::Read, e))?;
         Ok(found.map(|v| String::from_utf8_lossy(&v.value).into_owned()))
     }
@@ -289,14 +289,14 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             let reply = match &entry.payload {
                 EntryPayload::Blank => KvResponse { value: None },
                 EntryPayload::Normal(KvRequest::Set { key, value }) => {
-                    txn.put(&data_key(key), value.as_bytes())
+                    txn.put(data_key(key), value.as_bytes())
                         .map_err(|e| sm_error(ErrorVerb::Write, e))?;
                     KvResponse {
                         value: Some(value.clone()),
                     }
                 }
                 EntryPayload::Normal(KvRequest::Delete { key }) => {
-                    txn.delete(&data_key(key))
+                    txn.delete(data_key(key))
                         .map_err(|e| sm_error(ErrorVerb::Write, e))?;
                     KvResponse { value: None }
                 }

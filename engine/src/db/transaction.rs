@@ -5,17 +5,19 @@ mod reads;
 mod spill;
 
 use std::collections::BTreeMap;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
+use std::sync::Mutex;
 
 use keel_wal::{Lsn, RunId, WalEntry};
 
 use super::Database;
 use super::sync::lock;
+use crate::iter::Iter;
+use crate::range::{self, KeyRange};
 use crate::state::{Change, State};
 use crate::{Error, Result, Versioned};
 
 pub use reads::Isolation;
-use reads::KeyRange;
 pub(super) use reads::Reads;
 use spill::Spill;
 
@@ -40,7 +42,8 @@ pub struct Transaction {
     db: Database,
     run: RunId,
     isolation: Isolation,
-    reads: Reads,
+    /// Behind a lock so reads take `&self` (a transaction stays `Sync`).
+    reads: Mutex<Reads>,
     /// `None` marks a delete.
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     buffered_bytes: usize,
@@ -54,7 +57,7 @@ impl Transaction {
             db,
             run,
             isolation,
-            reads: Reads::default(),
+            reads: Mutex::new(Reads::default()),
             writes: BTreeMap::new(),
             buffered_bytes: 0,
             spill: None,
@@ -76,7 +79,8 @@ impl Transaction {
     /// failed spill to the log leaves the transaction as it was before this call.
     ///
     /// [`Error::ValueTooLarge`]: crate::Error::ValueTooLarge
-    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
         self.db.check_write_size(key.len(), value.len())?;
         let previous = self.writes.insert(key.to_vec(), Some(value.to_vec()));
         self.buffered_bytes += key.len() + value.len();
@@ -84,7 +88,8 @@ impl Transaction {
     }
 
     /// Deletes `key` (in this transaction); refused and undone as [`Transaction::put`] is.
-    pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<()> {
+        let key = key.as_ref();
         self.db.check_write_size(key.len(), 0)?;
         let previous = self.writes.insert(key.to_vec(), None);
         self.buffered_bytes += key.len();
@@ -141,7 +146,8 @@ impl Transaction {
     /// The value this transaction would commit for `key`: its own write (buffered, or read
     /// back from the log when spilled), else the committed value. (`version` of an
     /// uncommitted value is 0.)
-    pub fn get(&mut self, key: &[u8]) -> Result<Option<Versioned>> {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>> {
+        let key = key.as_ref();
         match self.writes.get(key) {
             Some(Some(value)) => {
                 return Ok(Some(Versioned {
@@ -164,53 +170,41 @@ impl Transaction {
     }
 
     /// `key`'s committed value in the transaction's view, recorded as read.
-    fn read_view(&mut self, key: &[u8]) -> Option<Versioned> {
-        self.reads.note_key(self.isolation, key);
-        let db = &self.db;
-        self.reads.view(|| db.view()).get(self.run.as_u128(), key)
+    fn read_view(&self, key: &[u8]) -> Option<Versioned> {
+        let mut reads = lock(&self.reads);
+        reads.note_key(self.isolation, key);
+        reads.view(|| self.db.view()).get(self.run.as_u128(), key)
     }
 
-    /// Every `(key, value)` in `range` that this transaction would commit, in key order: its
-    /// own writes over the view (`version` 0 for its own). The range is recorded as read, so
-    /// under [`Isolation::Serializable`] a key another commit creates, changes or deletes in
-    /// it is a conflict.
-    pub fn range<K: AsRef<[u8]>>(
-        &mut self,
-        range: impl RangeBounds<K>,
-    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
-        let owned = |bound: Bound<&K>| bound.map(|key| key.as_ref().to_vec());
-        let range: KeyRange = (owned(range.start_bound()), owned(range.end_bound()));
-        self.read_range(range)
+    /// The `(key, value)` pairs in `range` that this transaction would commit, in key order
+    /// from either end: its own writes (`version` 0) over its view. The whole range is
+    /// recorded as read when the iterator is made, so under [`Isolation::Serializable`] a
+    /// key another commit creates, changes or deletes anywhere in it is a conflict, however
+    /// far the iterator is taken. Its own writes are taken at the call (later ones do not
+    /// show); a spilled one is read back from the log here.
+    pub fn range<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Result<Iter> {
+        self.read_range(range::owned(&range))
     }
 
     /// [`Transaction::range`] over every key that starts with `prefix`.
-    pub fn scan(&mut self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>> {
-        self.read_range(reads::prefix_range(prefix))
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<Iter> {
+        self.read_range(range::prefix_range(prefix.as_ref()))
     }
 
-    fn read_range(&mut self, range: KeyRange) -> Result<Vec<(Vec<u8>, Versioned)>> {
-        let spilled = self.spilled_in(&range)?;
-        self.reads.note_range(self.isolation, range.clone());
-        let db = &self.db;
-        let view = self.reads.view(|| db.view());
-        let mut found: BTreeMap<Vec<u8>, Versioned> =
-            reads::entries(view, self.run.as_u128(), &range)
-                .map(|(key, stored)| (key.to_vec(), stored.to_versioned()))
-                .collect();
-        let buffered = self
-            .writes
-            .iter()
-            .filter(|(key, _)| reads::contains(&range, key));
-        let own = spilled
-            .into_iter()
-            .chain(buffered.map(|(k, v)| (k.clone(), v.clone())));
-        for (key, value) in own {
-            match value {
-                Some(value) => found.insert(key, Versioned { value, version: 0 }),
-                None => found.remove(&key),
-            };
-        }
-        Ok(found.into_iter().collect())
+    /// [`Transaction::prefix`], collected.
+    pub fn scan(&self, prefix: impl AsRef<[u8]>) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        Ok(self.prefix(prefix)?.collect())
+    }
+
+    fn read_range(&self, range: KeyRange) -> Result<Iter> {
+        let mut own = self.spilled_in(&range)?;
+        let buffered = self.writes.iter();
+        let buffered = buffered.filter(|(key, _)| range::contains(&range, key));
+        own.extend(buffered.map(|(key, value)| (key.clone(), value.clone())));
+        let mut reads = lock(&self.reads);
+        reads.note_range(self.isolation, range.clone());
+        let view = reads.view(|| self.db.view()).clone();
+        Ok(Iter::new(view, self.run.as_u128(), range, own))
     }
 
     /// Commits: one unit in the log; resolves with the commit version (its LSN) once
@@ -226,16 +220,18 @@ impl Transaction {
             let logged = self.take_writes();
             let txn_id = self.db.new_txn_id();
             let started = std::time::Instant::now();
-            let validation = Some((&self.reads, self.isolation));
-            let future = self
-                .db
-                .queue_commit(run, txn_id, logged, Vec::new(), None, validation)?;
+            let future = {
+                let reads = lock(&self.reads);
+                let validation = Some((&*reads, self.isolation));
+                self.db
+                    .queue_commit(run, txn_id, logged, Vec::new(), None, validation)?
+            };
             return self.db.finish_commit(future, started).await;
         }
         // The spilled writes, read back in LSN order, for the state. The spill stays in
         // `self` until the commit is queued, so a drop before then aborts it.
         self.spill_failure()?;
-        if let Some(future) = self.spill.as_mut().and_then(|s| s.last.take()) {
+        if let Some(future) = self.spill.as_ref().and_then(Spill::take_last) {
             let outcome = future.await;
             self.note_spill(outcome)?;
         }
@@ -250,14 +246,13 @@ impl Transaction {
         // released: an `AbortTxn` and an abandoned registration then let a checkpoint remove
         // the head the commit needs; `tests/adversarial_deferred_wake_spill.rs`).
         let spill = self.spill.take();
-        let future = match self.db.queue_commit(
-            run,
-            txn_id,
-            logged,
-            earlier,
-            Some(head),
-            Some((&self.reads, self.isolation)),
-        ) {
+        let queued = {
+            let reads = lock(&self.reads);
+            let validation = Some((&*reads, self.isolation));
+            let db = &self.db;
+            db.queue_commit(run, txn_id, logged, earlier, Some(head), validation)
+        };
+        let future = match queued {
             Ok(future) => future,
             Err(error) => {
                 self.spill = spill;

@@ -16,12 +16,12 @@
 //! commit. A conflict names the first key found changed.
 
 use std::collections::BTreeSet;
-use std::ops::Bound;
 
 use bytes::Bytes;
 
 use super::super::commit::PendingQueue;
-use crate::state::{Change, Key, State, Stored};
+use crate::range::{KeyRange, contains, entries};
+use crate::state::{Change, State};
 
 /// How a transaction's commit is checked against the commits made after its first read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,9 +38,6 @@ pub enum Isolation {
     /// commit (write skew).
     Snapshot,
 }
-
-/// A range of keys a transaction scanned.
-pub(crate) type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
 /// The view a transaction reads from, and what it read there.
 #[derive(Debug, Default)]
@@ -129,75 +126,6 @@ fn change_key(change: &Change) -> &[u8] {
 fn version(state: &State, run: u128, key: &[u8]) -> Option<keel_wal::Lsn> {
     let key = (run, Bytes::copy_from_slice(key));
     state.data.get(&key).map(|stored| stored.version)
-}
-
-/// The range of keys that start with `prefix`.
-pub(crate) fn prefix_range(prefix: &[u8]) -> KeyRange {
-    let mut end = prefix.to_vec();
-    while end.last() == Some(&u8::MAX) {
-        end.pop();
-    }
-    let end = match end.last_mut() {
-        Some(last) => {
-            *last += 1;
-            Bound::Excluded(end)
-        }
-        None => Bound::Unbounded,
-    };
-    (Bound::Included(prefix.to_vec()), end)
-}
-
-/// Whether `key` lies in `range`.
-pub(crate) fn contains(range: &KeyRange, key: &[u8]) -> bool {
-    let above = match &range.0 {
-        Bound::Included(start) => key >= start.as_slice(),
-        Bound::Excluded(start) => key > start.as_slice(),
-        Bound::Unbounded => true,
-    };
-    let below = match &range.1 {
-        Bound::Included(end) => key <= end.as_slice(),
-        Bound::Excluded(end) => key < end.as_slice(),
-        Bound::Unbounded => true,
-    };
-    above && below
-}
-
-/// The entries of `run` in `range`, in key order (none for an empty or inverted range).
-pub(crate) fn entries<'a>(
-    state: &'a State,
-    run: u128,
-    range: &KeyRange,
-) -> impl DoubleEndedIterator<Item = (&'a Bytes, &'a Stored)> + 'a {
-    let empty = match (&range.0, &range.1) {
-        (Bound::Included(s), Bound::Included(e)) => s > e,
-        (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e))
-        | (Bound::Excluded(s), Bound::Included(e)) => s >= e,
-        _ => false,
-    };
-    let start: Bound<Key> = match &range.0 {
-        Bound::Included(s) => Bound::Included((run, Bytes::copy_from_slice(s))),
-        Bound::Excluded(s) => Bound::Excluded((run, Bytes::copy_from_slice(s))),
-        Bound::Unbounded => Bound::Included((run, Bytes::new())),
-    };
-    let end: Bound<Key> = match &range.1 {
-        Bound::Included(e) => Bound::Included((run, Bytes::copy_from_slice(e))),
-        Bound::Excluded(e) => Bound::Excluded((run, Bytes::copy_from_slice(e))),
-        Bound::Unbounded => match run.checked_add(1) {
-            Some(next) => Bound::Excluded((next, Bytes::new())),
-            None => Bound::Unbounded,
-        },
-    };
-    let bounds = if empty {
-        // An empty range that imbl accepts.
-        let at = (run, Bytes::new());
-        (Bound::Excluded(at.clone()), Bound::Included(at))
-    } else {
-        (start, end)
-    };
-    state
-        .data
-        .range(bounds)
-        .map(|((_, key), stored)| (key, stored))
 }
 
 /// The first key of `run` in `range` whose version differs between `view` and `current`

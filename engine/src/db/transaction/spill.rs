@@ -7,6 +7,7 @@
 //! the error that the first read back or the commit reports, before any LSN is used.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use keel_wal::{Appended, CommitFuture, Durability, EncodedBatch, Lsn, TxnId, WalEntry};
 
@@ -25,12 +26,18 @@ pub(super) struct Spill {
     /// Each spilled key's latest entry: its LSN (`None`: refused), and whether it is a delete.
     entries: BTreeMap<Vec<u8>, (Option<Lsn>, bool)>,
     /// The latest spill's append: waited for (written) before reading spilled entries back.
-    pub(super) last: Option<CommitFuture>,
+    /// (Behind a lock, as `failed` is, so reads back take `&self`.)
+    last: Mutex<Option<CommitFuture>>,
     /// Why a spill failed, once one did: every later read back and the commit fail with it.
-    failed: Option<String>,
+    failed: Mutex<Option<String>>,
 }
 
 impl Spill {
+    /// The latest spill's append, if not waited for yet.
+    pub(super) fn take_last(&self) -> Option<CommitFuture> {
+        lock(&self.last).take()
+    }
+
     /// Where `key`'s latest spilled entry is, and whether it is a delete.
     pub(super) fn entry(&self, key: &[u8]) -> Option<(Option<Lsn>, bool)> {
         self.entries.get(key).copied()
@@ -120,8 +127,8 @@ impl Transaction {
             txn_id,
             head: appended.first_lsn(),
             entries: BTreeMap::new(),
-            last: None,
-            failed: None,
+            last: Mutex::new(None),
+            failed: Mutex::new(None),
         });
         for (i, change) in buffered.into_iter().enumerate() {
             let (key, delete) = match change {
@@ -131,14 +138,14 @@ impl Transaction {
             let lsn = data_first.map(|first| first + i as u64);
             spill.entries.insert(key, (lsn, delete));
         }
-        spill.last = Some(appended.future);
+        *lock(&spill.last) = Some(appended.future);
         tracing::debug!(txn_id, head = ?spill.head, "spilled a large transaction");
     }
 
     /// Waits until every spilled entry has been written, so it can be read back.
-    pub(super) fn spilled_written(&mut self) -> Result<()> {
+    pub(super) fn spilled_written(&self) -> Result<()> {
         self.spill_failure()?;
-        if let Some(future) = self.spill.as_mut().and_then(|s| s.last.take()) {
+        if let Some(future) = self.spill.as_ref().and_then(Spill::take_last) {
             let outcome = future.wait();
             self.note_spill(outcome)?;
         }
@@ -149,37 +156,34 @@ impl Transaction {
     /// first wait only; without this, a later commit went on to read back entries that were
     /// never written, and failed with a misleading error).
     pub(super) fn spill_failure(&self) -> Result<()> {
-        match self.spill.as_ref().and_then(|s| s.failed.clone()) {
+        match self.spill.as_ref().and_then(|s| lock(&s.failed).clone()) {
             Some(why) => Err(Error::SpillFailed(why)),
             None => Ok(()),
         }
     }
 
     /// Records the outcome of a spill's append.
-    pub(super) fn note_spill(&mut self, outcome: keel_wal::Result<Lsn>) -> Result<()> {
-        if let (Err(error), Some(spill)) = (&outcome, self.spill.as_mut()) {
-            spill.failed = Some(error.to_string());
+    pub(super) fn note_spill(&self, outcome: keel_wal::Result<Lsn>) -> Result<()> {
+        if let (Err(error), Some(spill)) = (&outcome, self.spill.as_ref()) {
+            *lock(&spill.failed) = Some(error.to_string());
         }
         outcome.map(|_| ()).map_err(Error::from)
     }
 
     /// This transaction's latest spilled change of each key in `range`, in key order, read
     /// back from the log (`None`: a delete).
-    pub(super) fn spilled_in(
-        &mut self,
-        range: &super::KeyRange,
-    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+    pub(super) fn spilled_in(&self, range: &super::KeyRange) -> Result<crate::iter::OwnWrites> {
         let Some(spill) = &self.spill else {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         };
         let spilled: Vec<(Vec<u8>, Option<Lsn>, bool)> = spill
             .entries
             .iter()
-            .filter(|(key, _)| super::reads::contains(range, key))
+            .filter(|(key, _)| crate::range::contains(range, key))
             .map(|(key, &(lsn, delete))| (key.clone(), lsn, delete))
             .collect();
         if spilled.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         }
         self.spilled_written()?;
         let mut lsns: Vec<Lsn> = spilled
@@ -209,7 +213,7 @@ impl Transaction {
     /// Every spilled write, read back from the log in LSN order (once written).
     pub(super) fn read_spilled(&self) -> Result<Vec<Change>> {
         let Some(spill) = &self.spill else {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         };
         let mut lsns: Vec<Lsn> = spill
             .entries
