@@ -14,7 +14,7 @@ use keel_wal::{CommitFuture, Durability, EncodedBatch, Lsn, RunId, TxnId, WalEnt
 use super::Database;
 use super::sync::{lock, read, write};
 use super::transaction::{Isolation, Reads};
-use crate::state::Change;
+use crate::state::{Change, RunRecord, RunState, SYSTEM_RUN, run_key};
 use crate::{Error, Result};
 
 /// A commit queued in the log and not yet applied to the state.
@@ -84,6 +84,9 @@ impl Database {
         changes.extend(entries.into_iter().map(change_of));
         let batch = batch?;
         let mut pending = lock(&self.inner.pending);
+        if run != SYSTEM_RUN {
+            self.check_writable_locked(run_id, &pending)?;
+        }
         if let Some((reads, isolation)) = validation.filter(|(reads, _)| reads.has_view()) {
             let state = read(&self.inner.state);
             if let Some(key) = reads.conflict(isolation, run, &changes, &state, &pending) {
@@ -114,6 +117,33 @@ impl Database {
         self.note_queued(&mut pending, lsns, run, changes, spilled_head, txn_id);
         drop(pending);
         Ok(appended.future)
+    }
+
+    /// Refuses a commit to `run` unless the run is active as of this commit's place in the log:
+    /// in the state and after the commits queued before it (a run's end the log took and has
+    /// not acknowledged is not in the state yet; `tests/adversarial_run_end_race.rs`). Under
+    /// the `pending` lock of the append.
+    fn check_writable_locked(&self, run: RunId, pending: &PendingQueue) -> Result<()> {
+        match read(&self.inner.state).runs.get(&run.as_u128()) {
+            None => return Err(Error::UnknownRun(run)),
+            Some(info) if info.state != RunState::Active => return Err(Error::RunEnded(run)),
+            Some(_) => {}
+        }
+        let key = run_key(run);
+        let ended = pending
+            .iter()
+            .filter(|commit| commit.run == SYSTEM_RUN)
+            .flat_map(|commit| &commit.changes)
+            .any(|change| match change {
+                Change::Put(k, value) if *k == key => {
+                    RunRecord::decode(value).is_ok_and(|record| record.ended)
+                }
+                _ => false,
+            });
+        if ended {
+            return Err(Error::RunEnded(run));
+        }
+        Ok(())
     }
 
     /// Records a commit the log took at `lsns`: queued for the state, and a spilled
