@@ -150,3 +150,94 @@ fn first_difference(view: &State, current: &State, run: u128, range: &KeyRange) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(keys: &[(u128, &[u8])]) -> State {
+        let mut state = State::default();
+        for &(run, key) in keys {
+            let stored = Stored {
+                value: Bytes::from_static(b"v"),
+                version: 1,
+            };
+            state
+                .data
+                .insert((run, Bytes::copy_from_slice(key)), stored);
+        }
+        state
+    }
+
+    fn keys(state: &State, run: u128, range: &KeyRange) -> Vec<Vec<u8>> {
+        entries(state, run, range)
+            .map(|(k, _)| k.to_vec())
+            .collect()
+    }
+
+    /// Unbounded ends stay inside the run, the last run (`u128::MAX`) and the first (0)
+    /// included; empty and inverted ranges of every bound kind read nothing.
+    #[test]
+    fn ranges_stay_within_their_run_at_the_ends_of_the_id_space() {
+        let s = state(&[
+            (0, b"a"),
+            (1, b""),
+            (1, b"b"),
+            (u128::MAX - 1, b"z"),
+            (u128::MAX, b""),
+            (u128::MAX, b"m"),
+        ]);
+        let all: KeyRange = (Bound::Unbounded, Bound::Unbounded);
+        assert_eq!(keys(&s, 0, &all), [b"a".to_vec()]);
+        assert_eq!(keys(&s, 1, &all), [b"".to_vec(), b"b".to_vec()]);
+        assert_eq!(keys(&s, u128::MAX - 1, &all), [b"z".to_vec()]);
+        assert_eq!(keys(&s, u128::MAX, &all), [b"".to_vec(), b"m".to_vec()]);
+        let from_m: KeyRange = (Bound::Excluded(b"".to_vec()), Bound::Unbounded);
+        assert_eq!(keys(&s, u128::MAX, &from_m), [b"m".to_vec()]);
+        let below_empty: KeyRange = (Bound::Unbounded, Bound::Excluded(b"".to_vec()));
+        assert!(keys(&s, u128::MAX, &below_empty).is_empty());
+        assert!(keys(&s, 1, &below_empty).is_empty());
+        let up_to_empty: KeyRange = (Bound::Unbounded, Bound::Included(b"".to_vec()));
+        assert_eq!(keys(&s, 1, &up_to_empty), [b"".to_vec()]);
+        let inverted = [
+            (
+                Bound::Included(b"m".to_vec()),
+                Bound::Included(b"a".to_vec()),
+            ),
+            (
+                Bound::Excluded(b"m".to_vec()),
+                Bound::Excluded(b"m".to_vec()),
+            ),
+            (
+                Bound::Excluded(b"m".to_vec()),
+                Bound::Included(b"m".to_vec()),
+            ),
+            (
+                Bound::Included(b"m".to_vec()),
+                Bound::Excluded(b"m".to_vec()),
+            ),
+            (
+                Bound::Excluded(b"".to_vec()),
+                Bound::Excluded(b"\0".to_vec()),
+            ),
+        ];
+        for range in inverted {
+            assert!(keys(&s, u128::MAX, &range).is_empty(), "{range:?}");
+            assert!(keys(&s, 1, &range).is_empty(), "{range:?}");
+        }
+        // A changed key of the next run is no difference in this one.
+        let mut t = s.clone();
+        t.data.insert(
+            (u128::MAX, Bytes::from_static(b"m")),
+            Stored {
+                value: Bytes::from_static(b"w"),
+                version: 2,
+            },
+        );
+        assert_eq!(first_difference(&s, &t, u128::MAX - 1, &all), None);
+        assert_eq!(
+            first_difference(&s, &t, u128::MAX, &all),
+            Some(b"m".to_vec())
+        );
+    }
+}
