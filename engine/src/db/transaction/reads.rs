@@ -153,7 +153,10 @@ fn first_difference(view: &State, current: &State, run: u128, range: &KeyRange) 
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Bound;
+
     use super::*;
+    use crate::state::Stored;
 
     fn state(keys: &[(u128, &[u8])]) -> State {
         let mut state = State::default();
