@@ -148,7 +148,8 @@ impl Database {
         &self.inner.path
     }
 
-    /// Begins a run named `name` and returns its id, once the run is committed.
+    /// Begins a run named `name` and returns its id, once the run is committed. Names are
+    /// unique among active runs: [`Error::RunNameTaken`] names the active run that has it.
     pub async fn begin_run(&self, name: &str) -> Result<RunId> {
         let id = loop {
             let random = keel_wal::DatabaseId::random()
@@ -161,12 +162,13 @@ impl Database {
         let record = RunRecord {
             name: name.to_owned(),
             ended: false,
+            deleted: false,
         };
         self.write_run_record(id, &record).await?;
         Ok(id)
     }
 
-    /// Ends a run: later writes to it fail with [`Error::RunEnded`].
+    /// Ends a run: later writes to it fail with [`Error::RunEnded`]; its keys stay readable.
     pub async fn end_run(&self, run: RunId) -> Result<Lsn> {
         let info = self.run_info(run).ok_or(Error::UnknownRun(run))?;
         if let RunState::Ended(_) = info.state {
@@ -175,8 +177,31 @@ impl Database {
         let record = RunRecord {
             name: info.name,
             ended: true,
+            deleted: false,
         };
         self.write_run_record(run, &record).await
+    }
+
+    /// Deletes a run, active or ended, with all its keys: one commit in the log, so recovery
+    /// and checkpoints honour it, and the run no longer takes memory. Its open transactions
+    /// then fail to commit ([`Error::UnknownRun`], or [`Error::RunEnded`] while the delete
+    /// is being acknowledged); its name is free again.
+    pub async fn delete_run(&self, run: RunId) -> Result<Lsn> {
+        let info = self.run_info(run).ok_or(Error::UnknownRun(run))?;
+        let record = RunRecord {
+            name: info.name,
+            ended: true,
+            deleted: true,
+        };
+        self.write_run_record(run, &record).await
+    }
+
+    /// The active run named `name` (names are unique among active runs).
+    pub fn find_run(&self, name: &str) -> Option<RunId> {
+        let state = self.read();
+        let mut runs = state.runs.values();
+        let found = runs.find(|info| info.state == RunState::Active && info.name == name);
+        found.map(|info| info.id)
     }
 
     async fn write_run_record(&self, run: RunId, record: &RunRecord) -> Result<Lsn> {
@@ -189,7 +214,7 @@ impl Database {
         self.read().runs.get(&run.as_u128()).cloned()
     }
 
-    /// Every run, active and ended.
+    /// Every run, active and ended (deleted ones are gone).
     pub fn list_runs(&self) -> Vec<RunInfo> {
         self.read().runs.values().cloned().collect()
     }

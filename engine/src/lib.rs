@@ -77,6 +77,13 @@ pub enum Error {
     UnknownRun(RunId),
     #[error("run {0} has ended and accepts no more writes")]
     RunEnded(RunId),
+    /// [`Database::begin_run`] was given the name of a run still active: names are unique
+    /// among active runs ([`Database::find_run`] finds one by name). End that run first, or
+    /// choose another name.
+    #[error(
+        "a run named {name:?} is active already (run {run}); run names are unique among active runs"
+    )]
+    RunNameTaken { name: String, run: RunId },
     #[error("the database's metadata is damaged: {0}")]
     Metadata(String),
     /// A write whose key and value cannot fit one log record: refused before anything was

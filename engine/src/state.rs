@@ -50,28 +50,39 @@ pub struct RunInfo {
 pub(crate) struct RunRecord {
     pub name: String,
     pub ended: bool,
+    /// The run and all its keys are removed (`Database::delete_run`); implies `ended`.
+    pub deleted: bool,
 }
 
 impl RunRecord {
-    /// `[ended: u8][name: utf-8]`.
+    /// `[flag: u8][name: utf-8]`, the flag 0 (active), 1 (ended) or 2 (deleted).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + self.name.len());
-        out.push(u8::from(self.ended));
+        let flag = match (self.deleted, self.ended) {
+            (true, _) => 2,
+            (false, ended) => u8::from(ended),
+        };
+        out.push(flag);
         out.extend_from_slice(self.name.as_bytes());
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let (&flag, name) = bytes.split_first().ok_or("empty run record")?;
-        let ended = match flag {
-            0 => false,
-            1 => true,
+        let (ended, deleted) = match flag {
+            0 => (false, false),
+            1 => (true, false),
+            2 => (true, true),
             other => return Err(format!("run record flag {other}")),
         };
         let name = std::str::from_utf8(name)
             .map_err(|e| format!("run name is not UTF-8: {e}"))?
             .to_owned();
-        Ok(RunRecord { name, ended })
+        Ok(RunRecord {
+            name,
+            ended,
+            deleted,
+        })
     }
 }
 
@@ -81,7 +92,7 @@ pub(crate) fn run_key(run: RunId) -> Vec<u8> {
     key
 }
 
-fn run_of_key(key: &[u8]) -> Option<RunId> {
+pub(crate) fn run_of_key(key: &[u8]) -> Option<RunId> {
     let id = key.strip_prefix(RUN_KEY_PREFIX)?;
     Some(RunId::from_u128(u128::from_be_bytes(id.try_into().ok()?)))
 }
@@ -129,8 +140,10 @@ impl State {
         for change in changes {
             match change {
                 Change::Put(key, value) => {
-                    if run == SYSTEM_RUN {
-                        self.apply_run_record(&key, &value, version)?;
+                    if run == SYSTEM_RUN && self.apply_run_record(&key, &value, version)? {
+                        // A deleted run leaves no record.
+                        self.data.remove(&(run, Bytes::from(key)));
+                        continue;
                     }
                     let value = Bytes::from(value);
                     self.data
@@ -184,9 +197,22 @@ impl State {
         self.applied_through = lsn;
     }
 
-    fn apply_run_record(&mut self, key: &[u8], value: &[u8], version: Lsn) -> Result<(), String> {
+    /// Applies a run record; `true` when it deletes the run (its keys are then removed).
+    fn apply_run_record(&mut self, key: &[u8], value: &[u8], version: Lsn) -> Result<bool, String> {
         let id = run_of_key(key).ok_or_else(|| format!("system key {key:?} is not a run key"))?;
         let record = RunRecord::decode(value)?;
+        if record.deleted {
+            self.runs.remove(&id.as_u128());
+            let run = id.as_u128();
+            let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
+            let keys: Vec<Key> = crate::range::entries(self, run, &all)
+                .map(|(key, _)| (run, key.clone()))
+                .collect();
+            for key in keys {
+                self.data.remove(&key);
+            }
+            return Ok(true);
+        }
         let info = self.runs.entry(id.as_u128()).or_insert(RunInfo {
             id,
             name: record.name.clone(),
@@ -197,7 +223,7 @@ impl State {
         if record.ended {
             info.state = RunState::Ended(version);
         }
-        Ok(())
+        Ok(false)
     }
 }
 

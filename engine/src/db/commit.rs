@@ -14,7 +14,7 @@ use keel_wal::{CommitFuture, Durability, EncodedBatch, Lsn, RunId, TxnId, WalEnt
 use super::Database;
 use super::sync::{lock, read, write};
 use super::transaction::{Isolation, Reads};
-use crate::state::{Change, RunRecord, RunState, SYSTEM_RUN, run_key};
+use crate::state::{Change, RunRecord, RunState, SYSTEM_RUN, run_key, run_of_key};
 use crate::{Error, Result};
 
 /// A commit queued in the log and not yet applied to the state.
@@ -84,7 +84,9 @@ impl Database {
         changes.extend(entries.into_iter().map(change_of));
         let batch = batch?;
         let mut pending = lock(&self.inner.pending);
-        if run != SYSTEM_RUN {
+        if run == SYSTEM_RUN {
+            self.check_run_names_locked(&changes, &pending)?;
+        } else {
             self.check_writable_locked(run_id, &pending)?;
         }
         if let Some((reads, isolation)) = validation.filter(|(reads, _)| reads.has_view()) {
@@ -142,6 +144,45 @@ impl Database {
             });
         if ended {
             return Err(Error::RunEnded(run));
+        }
+        Ok(())
+    }
+
+    /// Refuses a run record that begins a run under the name of another active run, in the
+    /// state or in the commits queued before it (so two `begin_run`s of one name racing each
+    /// other cannot both commit). Under the `pending` lock of the append.
+    fn check_run_names_locked(&self, changes: &[Change], pending: &PendingQueue) -> Result<()> {
+        let records = |changes: &'_ [Change]| -> Vec<(u128, RunRecord)> {
+            let records = changes.iter().filter_map(|change| match change {
+                Change::Put(key, value) => Some((run_of_key(key)?, RunRecord::decode(value).ok()?)),
+                Change::Delete(_) => None,
+            });
+            records.map(|(id, record)| (id.as_u128(), record)).collect()
+        };
+        for (id, record) in records(changes) {
+            if record.ended {
+                continue;
+            }
+            let state = read(&self.inner.state);
+            let mut active: std::collections::BTreeMap<u128, bool> = state
+                .runs
+                .values()
+                .filter(|info| info.name == record.name)
+                .map(|info| (info.id.as_u128(), info.state == RunState::Active))
+                .collect();
+            drop(state);
+            let queued = pending.iter().filter(|commit| commit.run == SYSTEM_RUN);
+            for (other, queued) in queued.flat_map(|commit| records(&commit.changes)) {
+                if queued.name == record.name || active.contains_key(&other) {
+                    active.insert(other, !queued.ended);
+                }
+            }
+            if let Some((&other, _)) = active.iter().find(|(other, live)| **other != id && **live) {
+                return Err(Error::RunNameTaken {
+                    name: record.name,
+                    run: RunId::from_u128(other),
+                });
+            }
         }
         Ok(())
     }

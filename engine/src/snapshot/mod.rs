@@ -369,6 +369,7 @@ mod tests {
             let record = RunRecord {
                 name: format!("run {id}"),
                 ended: id == 2,
+                deleted: false,
             };
             let change = Change::Put(run_key(RunId::from_u128(id)), record.encode());
             state.apply(SYSTEM_RUN, lsn, vec![change]).unwrap();
