@@ -354,6 +354,7 @@ mod tests {
         let record = RunRecord {
             name: "r".into(),
             ended: false,
+            deleted: false,
         };
         let begin = [Change::Put(run_key(run), record.encode())];
         state.apply(SYSTEM_RUN, 3, begin.to_vec()).unwrap();
@@ -377,5 +378,42 @@ mod tests {
         let info = &state.runs[&5];
         assert_eq!((info.began, info.state), (100, RunState::Ended(100)));
         assert_eq!(state.scan(5, b"")[0].1.value, b"v");
+    }
+
+    #[test]
+    fn run_records_round_trip_and_a_delete_removes_the_run_and_its_keys() {
+        for (ended, deleted) in [(false, false), (true, false), (true, true)] {
+            let record = RunRecord {
+                name: "name".into(),
+                ended,
+                deleted,
+            };
+            assert_eq!(RunRecord::decode(&record.encode()), Ok(record));
+        }
+        assert!(RunRecord::decode(&[3]).is_err());
+        let mut state = State::default();
+        for id in [5u128, 6] {
+            let run = RunId::from_u128(id);
+            let record = RunRecord {
+                name: format!("r{id}"),
+                ended: false,
+                deleted: false,
+            };
+            let begin = vec![Change::Put(run_key(run), record.encode())];
+            state.apply(SYSTEM_RUN, 1, begin).unwrap();
+            let keys = (0..3).map(|k| Change::Put(vec![k], b"v".to_vec())).collect();
+            state.apply(id, 2, keys).unwrap();
+        }
+        let delete = RunRecord {
+            name: "r5".into(),
+            ended: true,
+            deleted: true,
+        };
+        let delete = vec![Change::Put(run_key(RunId::from_u128(5)), delete.encode())];
+        state.apply(SYSTEM_RUN, 3, delete).unwrap();
+        assert!(!state.runs.contains_key(&5));
+        assert!(state.scan(5, b"").is_empty());
+        assert_eq!(state.scan(6, b"").len(), 3);
+        assert_eq!(state.scan(SYSTEM_RUN, b"").len(), 1, "only run 6's record is left");
     }
 }
