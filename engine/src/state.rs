@@ -401,7 +401,9 @@ mod tests {
             };
             let begin = vec![Change::Put(run_key(run), record.encode())];
             state.apply(SYSTEM_RUN, 1, begin).unwrap();
-            let keys = (0..3).map(|k| Change::Put(vec![k], b"v".to_vec())).collect();
+            let keys = (0..3)
+                .map(|k| Change::Put(vec![k], b"v".to_vec()))
+                .collect();
             state.apply(id, 2, keys).unwrap();
         }
         let delete = RunRecord {
@@ -414,6 +416,10 @@ mod tests {
         assert!(!state.runs.contains_key(&5));
         assert!(state.scan(5, b"").is_empty());
         assert_eq!(state.scan(6, b"").len(), 3);
-        assert_eq!(state.scan(SYSTEM_RUN, b"").len(), 1, "only run 6's record is left");
+        assert_eq!(
+            state.scan(SYSTEM_RUN, b"").len(),
+            1,
+            "only run 6's record is left"
+        );
     }
 }

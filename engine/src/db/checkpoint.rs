@@ -79,7 +79,7 @@ impl Database {
         while self.snapshot_lsn_now() == self.inner.last_install_marker.load(Ordering::Acquire) {
             let txn_id = self.new_txn_id();
             let empty =
-                self.queue_commit(SYSTEM_RUN, txn_id, Vec::new(), Vec::new(), None, None)?;
+                self.queue_commit(SYSTEM_RUN, txn_id, Vec::new(), Vec::new(), None, None, None)?;
             empty.await?;
         }
         Ok(())

@@ -57,7 +57,7 @@ impl Database {
     pub(super) async fn commit_changes(&self, run: u128, changes: Vec<Change>) -> Result<Lsn> {
         let txn_id = self.new_txn_id();
         let started = std::time::Instant::now();
-        let future = self.queue_commit(run, txn_id, changes, Vec::new(), None, None)?;
+        let future = self.queue_commit(run, txn_id, changes, Vec::new(), None, None, None)?;
         self.finish_commit(future, started).await
     }
 
@@ -75,7 +75,9 @@ impl Database {
         earlier: Vec<Change>,
         spilled_head: Option<Lsn>,
         validation: Validation<'_>,
+        durability: Option<Durability>,
     ) -> Result<CommitFuture> {
+        let durability = at_least(durability, self.inner.durability);
         let run_id = RunId::from_u128(run);
         // The buffers move into the entries and back out after encoding: never copied.
         let entries = Self::entries(run, txn_id, logged);
@@ -99,15 +101,16 @@ impl Database {
         // the log gives this append (the log frames it under its queue lock).
         // The writer's wake (a syscall when it waits for work) is made after `pending` is
         // released, not while the next committers wait for it.
-        let (appended, _wake) = self.inner.wal.append_closed_by_deferring_wake(
-            batch,
-            self.inner.durability,
-            |first_lsn| WalEntry::CommitSpan {
-                run_id,
-                txn_id,
-                first_lsn: spilled_head.unwrap_or(first_lsn),
-            },
-        );
+        let (appended, _wake) =
+            self.inner
+                .wal
+                .append_closed_by_deferring_wake(batch, durability, |first_lsn| {
+                    WalEntry::CommitSpan {
+                        run_id,
+                        txn_id,
+                        first_lsn: spilled_head.unwrap_or(first_lsn),
+                    }
+                });
         let Some(lsns) = appended.lsns else {
             // Refused (a poisoned or closing log): the future holds the error. A spilled
             // transaction is over: its registration would otherwise pin the log for good.
@@ -316,6 +319,22 @@ impl Database {
                 },
             })
             .collect()
+    }
+}
+
+/// The durability a commit asking for `requested` gets in a database of `floor`: the stronger
+/// of the two. Effects become visible at the database's own acknowledgement point, so a
+/// commit may ask for more than it (a `Strict` commit in a `Batched` database resolves once
+/// durable), never less (it would resolve before it is visible).
+fn at_least(requested: Option<Durability>, floor: Durability) -> Durability {
+    let rank = |d: &Durability| match d {
+        Durability::Async { .. } => 0,
+        Durability::Batched { .. } => 1,
+        Durability::Strict => 2,
+    };
+    match requested {
+        Some(requested) if rank(&requested) > rank(&floor) => requested,
+        _ => floor,
     }
 }
 

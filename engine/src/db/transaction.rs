@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ops::RangeBounds;
 use std::sync::Mutex;
 
-use keel_wal::{Lsn, RunId, WalEntry};
+use keel_wal::{Durability, Lsn, RunId, WalEntry};
 
 use super::Database;
 use super::sync::lock;
@@ -208,12 +208,37 @@ impl Transaction {
     }
 
     /// Commits: one unit in the log; resolves with the commit version (its LSN) once
-    /// acknowledged, and the effects are then visible to every reader.
+    /// acknowledged under the database's durability ([`Options::durability`]), and the
+    /// effects are then visible to every reader.
     ///
     /// Cancel-safe: dropped before the commit is queued in the log, the transaction is
     /// abandoned as if dropped (a spilled one is closed with an `AbortTxn`); dropped after,
     /// the commit goes ahead and becomes visible once acknowledged.
-    pub async fn commit(mut self) -> Result<Lsn> {
+    ///
+    /// The future needs no runtime (any executor, or [`Transaction::commit_blocking`]).
+    ///
+    /// [`Options::durability`]: super::Options::durability
+    pub async fn commit(self) -> Result<Lsn> {
+        self.commit_as(None).await
+    }
+
+    /// [`Transaction::commit`], resolving once acknowledged under `durability` when that is
+    /// stronger than the database's: a `Strict` commit in a `Batched` or `Async` database
+    /// resolves once durable (RocksDB's `WriteOptions::sync`). A weaker one gets the
+    /// database's durability: effects become visible at the database's acknowledgement
+    /// point, and a commit never resolves before it is visible.
+    pub async fn commit_with(self, durability: Durability) -> Result<Lsn> {
+        self.commit_as(Some(durability)).await
+    }
+
+    /// [`Transaction::commit`] for callers that are not async: blocks the calling thread
+    /// until the commit is acknowledged. Needs no runtime; on an async runtime's thread, use
+    /// `commit().await` instead (this would block that thread).
+    pub fn commit_blocking(self) -> Result<Lsn> {
+        futures::executor::block_on(self.commit())
+    }
+
+    async fn commit_as(mut self, durability: Option<Durability>) -> Result<Lsn> {
         self.db.check_writable(self.run)?;
         let run = self.run.as_u128();
         if self.spill.is_none() {
@@ -223,8 +248,15 @@ impl Transaction {
             let future = {
                 let reads = lock(&self.reads);
                 let validation = Some((&*reads, self.isolation));
-                self.db
-                    .queue_commit(run, txn_id, logged, Vec::new(), None, validation)?
+                self.db.queue_commit(
+                    run,
+                    txn_id,
+                    logged,
+                    Vec::new(),
+                    None,
+                    validation,
+                    durability,
+                )?
             };
             return self.db.finish_commit(future, started).await;
         }
@@ -250,7 +282,8 @@ impl Transaction {
             let reads = lock(&self.reads);
             let validation = Some((&*reads, self.isolation));
             let db = &self.db;
-            db.queue_commit(run, txn_id, logged, earlier, Some(head), validation)
+            let head = Some(head);
+            db.queue_commit(run, txn_id, logged, earlier, head, validation, durability)
         };
         let future = match queued {
             Ok(future) => future,
