@@ -37,7 +37,10 @@ fn a_strict_commit_in_a_batched_database_resolves_once_durable() {
     let mut txn = db.transaction(run).unwrap();
     txn.put("strict", "v").unwrap();
     let strict = block_on(txn.commit_with(Durability::Strict)).unwrap();
-    assert!(db.stats().wal.durable_lsn >= strict, "resolved once durable");
+    assert!(
+        db.stats().wal.durable_lsn >= strict,
+        "resolved once durable"
+    );
     assert!(db.get(run, "strict").unwrap().is_some());
     db.close().unwrap();
 }
@@ -54,7 +57,11 @@ fn a_weaker_durability_gets_the_databases_and_a_blocking_commit_needs_no_runtime
     };
     let lsn = block_on(txn.commit_with(async_mode)).unwrap();
     assert!(db.stats().wal.durable_lsn >= lsn, "still Strict: durable");
-    assert_eq!(db.get(run, "k").unwrap().unwrap().version, lsn, "and visible");
+    assert_eq!(
+        db.get(run, "k").unwrap().unwrap().version,
+        lsn,
+        "and visible"
+    );
 
     // From plain threads, no executor in sight.
     std::thread::scope(|s| {

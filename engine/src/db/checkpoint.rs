@@ -78,8 +78,14 @@ impl Database {
     async fn move_off_install_marker(&self) -> Result<()> {
         while self.snapshot_lsn_now() == self.inner.last_install_marker.load(Ordering::Acquire) {
             let txn_id = self.new_txn_id();
-            let empty =
-                self.queue_commit(SYSTEM_RUN, txn_id, Vec::new(), Vec::new(), None, None, None)?;
+            let empty = self.queue_commit(
+                SYSTEM_RUN,
+                txn_id,
+                Vec::new(),
+                Vec::new(),
+                None,
+                Default::default(),
+            )?;
             empty.await?;
         }
         Ok(())

@@ -40,8 +40,14 @@ impl Pending {
     }
 }
 
-/// What a transaction's commit is checked against: what it read, under which isolation.
-pub(super) type Validation<'a> = Option<(&'a Reads, Isolation)>;
+/// How a commit is checked and acknowledged.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct CommitAs<'a> {
+    /// What the transaction read, under which isolation (none: nothing to check).
+    pub reads: Option<(&'a Reads, Isolation)>,
+    /// The durability it asks for (none: the database's; see [`at_least`]).
+    pub durability: Option<Durability>,
+}
 
 /// The commits queued in the log and not yet applied, in LSN order. Its front's last LSN is
 /// mirrored in `Inner::first_pending` ([`NONE_PENDING`] when empty), stored under the
@@ -57,12 +63,13 @@ impl Database {
     pub(super) async fn commit_changes(&self, run: u128, changes: Vec<Change>) -> Result<Lsn> {
         let txn_id = self.new_txn_id();
         let started = std::time::Instant::now();
-        let future = self.queue_commit(run, txn_id, changes, Vec::new(), None, None, None)?;
+        let how = CommitAs::default();
+        let future = self.queue_commit(run, txn_id, changes, Vec::new(), None, how)?;
         self.finish_commit(future, started).await
     }
 
     /// Queues `logged` and the commit as one unit of transaction `txn_id`, whose `earlier`
-    /// changes were spilled before (from `spilled_head` on), once `validation` finds no
+    /// changes were spilled before (from `spilled_head` on), once `how.reads` shows no
     /// conflict ([`Error::Conflict`]; checked under the `pending` lock, so no commit comes
     /// between the check and the append). Once this returns `Ok` the commit is in the log's
     /// queue: its outcome is the returned future's, whatever happens to the caller. An `Err`
@@ -74,10 +81,9 @@ impl Database {
         logged: Vec<Change>,
         earlier: Vec<Change>,
         spilled_head: Option<Lsn>,
-        validation: Validation<'_>,
-        durability: Option<Durability>,
+        how: CommitAs<'_>,
     ) -> Result<CommitFuture> {
-        let durability = at_least(durability, self.inner.durability);
+        let durability = at_least(how.durability, self.inner.durability);
         let run_id = RunId::from_u128(run);
         // The buffers move into the entries and back out after encoding: never copied.
         let entries = Self::entries(run, txn_id, logged);
@@ -91,7 +97,7 @@ impl Database {
         } else {
             self.check_writable_locked(run_id, &pending)?;
         }
-        if let Some((reads, isolation)) = validation.filter(|(reads, _)| reads.has_view()) {
+        if let Some((reads, isolation)) = how.reads.filter(|(reads, _)| reads.has_view()) {
             let state = read(&self.inner.state);
             if let Some(key) = reads.conflict(isolation, run, &changes, &state, &pending) {
                 return Err(Error::Conflict { run: run_id, key });

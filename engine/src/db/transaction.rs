@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use keel_wal::{Durability, Lsn, RunId, WalEntry};
 
 use super::Database;
+use super::commit::CommitAs;
 use super::sync::lock;
 use crate::iter::Iter;
 use crate::range::{self, KeyRange};
@@ -247,16 +248,12 @@ impl Transaction {
             let started = std::time::Instant::now();
             let future = {
                 let reads = lock(&self.reads);
-                let validation = Some((&*reads, self.isolation));
-                self.db.queue_commit(
-                    run,
-                    txn_id,
-                    logged,
-                    Vec::new(),
-                    None,
-                    validation,
+                let how = CommitAs {
+                    reads: Some((&*reads, self.isolation)),
                     durability,
-                )?
+                };
+                let db = &self.db;
+                db.queue_commit(run, txn_id, logged, Vec::new(), None, how)?
             };
             return self.db.finish_commit(future, started).await;
         }
@@ -280,10 +277,12 @@ impl Transaction {
         let spill = self.spill.take();
         let queued = {
             let reads = lock(&self.reads);
-            let validation = Some((&*reads, self.isolation));
+            let how = CommitAs {
+                reads: Some((&*reads, self.isolation)),
+                durability,
+            };
             let db = &self.db;
-            let head = Some(head);
-            db.queue_commit(run, txn_id, logged, earlier, head, validation, durability)
+            db.queue_commit(run, txn_id, logged, earlier, Some(head), how)
         };
         let future = match queued {
             Ok(future) => future,
