@@ -92,6 +92,11 @@ pub struct BenchArgs {
     /// mode) to its delivery.
     #[arg(long)]
     pub(super) feed: bool,
+    /// With `--engine`, also run the engine with transactions that read before they write
+    /// (`keel-db+rw` rows): each reads the key its committer wrote last, then puts, so every
+    /// commit is validated under serializable isolation; its commits/s beside keel-db's.
+    #[arg(long)]
+    pub(super) read_write: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,

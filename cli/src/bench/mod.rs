@@ -23,6 +23,7 @@ use std::path::Path;
 pub use args::BenchArgs;
 use args::{Backend, Mode};
 use report::{Outcome, Report};
+use targets::DbRows;
 
 /// One combination of the lists on the command line.
 #[derive(Debug, Clone, Copy)]
@@ -106,10 +107,25 @@ fn compare(
             let mut runs = Vec::new();
             for &backend in args.backend.iter().filter(|_| args.engine) {
                 let name = format!("db-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
-                runs.push(targets::db(args, cell(backend), &temp.join(&name), false)?);
+                runs.push(targets::db(
+                    args,
+                    cell(backend),
+                    &temp.join(&name),
+                    DbRows::Plain,
+                )?);
                 if args.feed {
                     let name = format!("feed-{name}");
-                    runs.push(targets::db(args, cell(backend), &temp.join(name), true)?);
+                    runs.push(targets::db(
+                        args,
+                        cell(backend),
+                        &temp.join(name),
+                        DbRows::Feed,
+                    )?);
+                }
+                if args.read_write {
+                    let name = format!("rw-{name}");
+                    let rows = DbRows::ReadWrite;
+                    runs.push(targets::db(args, cell(backend), &temp.join(name), rows)?);
                 }
             }
             Ok(runs)

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Cell;
 use super::args::{BenchArgs, Committers, Mode};
 use super::drive::Measured;
-use super::targets::{DB, DB_FEED, KEEL, RAW};
+use super::targets::{DB, DB_FEED, DB_RW, KEEL, RAW};
 
 /// The figures of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -38,7 +38,7 @@ pub(super) struct Outcome {
     pub(super) rotations: Option<(u64, u64)>,
     /// What the change-feed subscriber of a `keel-db+feed` run saw.
     pub(super) feed: Option<FeedFigures>,
-    /// A `keel-db+feed` run's commits/s over keel-db's on the same backend.
+    /// A `keel-db+feed` or `keel-db+rw` run's commits/s over keel-db's on the same backend.
     pub(super) ratio_to_db: Option<f64>,
     /// Rounds this figure is the median of.
     pub(super) rounds: usize,
@@ -151,7 +151,7 @@ pub(super) fn set_ratios(targets: &mut [Outcome]) {
         .map(|r| (r.backend.clone(), r.commits_per_sec))
         .collect();
     for run in targets.iter_mut() {
-        if run.target == DB_FEED {
+        if run.target == DB_FEED || run.target == DB_RW {
             run.ratio_to_db = dbs
                 .iter()
                 .find(|(backend, _)| *backend == run.backend)
@@ -160,7 +160,7 @@ pub(super) fn set_ratios(targets: &mut [Outcome]) {
         if run.target == KEEL {
             run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
             run.ratio_to_std = std.map(|std| run.commits_per_sec / std);
-        } else if run.target == DB || run.target == DB_FEED {
+        } else if [DB, DB_FEED, DB_RW].contains(&run.target.as_str()) {
             run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
             run.ratio_to_log = logs
                 .iter()
@@ -196,7 +196,7 @@ pub(super) fn print_table(report: &Report) {
     if let Some(rounds) = report.runs.first().map(|r| r.rounds).filter(|&r| r > 1) {
         println!(
             "each row: the median of {rounds} interleaved rounds by the ratio it is compared by \
-             (keel-db+feed to keel-db, keel-db to the log, the log to std, else to raw); range: \
+             (keel-db+feed and keel-db+rw to keel-db, keel-db to the log, the log to std, else to raw); range: \
              its lowest-highest across them"
         );
     }
@@ -226,6 +226,15 @@ pub(super) fn print_table(report: &Report) {
             println!(
                 "{} {} w{} {}B: {ratio:.2}x the log's commits/s on the same backend",
                 run.target, run.backend, run.writers, run.value_bytes
+            );
+        }
+    }
+    for run in report.runs.iter().filter(|run| run.target == DB_RW) {
+        if let Some(ratio) = run.ratio_to_db {
+            println!(
+                "keel-db+rw {} w{} {}B: {ratio:.2}x keel-db's commits/s (a read and its \
+                 validation in every commit)",
+                run.backend, run.writers, run.value_bytes
             );
         }
     }

@@ -26,6 +26,20 @@ pub(super) const KEEL: &str = "keel";
 pub(super) const DB: &str = "keel-db";
 /// The target name of the engine's rows with a change-feed subscriber.
 pub(super) const DB_FEED: &str = "keel-db+feed";
+/// The target name of the engine's rows whose transactions read before they write.
+pub(super) const DB_RW: &str = "keel-db+rw";
+
+/// What the engine's committers do beside committing one put each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DbRows {
+    /// Nothing (`keel-db`).
+    Plain,
+    /// A change-feed subscriber follows every commit (`keel-db+feed`).
+    Feed,
+    /// Each transaction first reads the key its committer wrote last, so its commit is
+    /// validated (serializable isolation) against the commits since (`keel-db+rw`).
+    ReadWrite,
+}
 
 /// Slots of the ring of acknowledgement times a feed subscriber reads (by commit LSN).
 const ACK_RING: usize = 1 << 20;
@@ -82,10 +96,16 @@ pub(super) fn keel(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, 
 
 /// `cell.writers` committer threads, each committing transactions of one put of
 /// `cell.value_size` bytes through a `Database` in `dir` (automatic checkpoints at their
-/// default) and waiting for each, as `--mode` says; with `feed`, a subscriber thread
-/// follows every commit (`Database::subscribe`) and times it from acknowledgement to
-/// delivery.
-pub(super) fn db(args: &BenchArgs, cell: Cell, dir: &Path, feed: bool) -> Result<Outcome, String> {
+/// default) and waiting for each, as `--mode` says; with [`DbRows::Feed`], a subscriber
+/// thread follows every commit (`Database::subscribe`) and times it from acknowledgement to
+/// delivery; with [`DbRows::ReadWrite`], each transaction reads before it writes.
+pub(super) fn db(
+    args: &BenchArgs,
+    cell: Cell,
+    dir: &Path,
+    rows: DbRows,
+) -> Result<Outcome, String> {
+    let feed = rows == DbRows::Feed;
     let wal = args.wal_options(cell.backend);
     let defaults = keel::Options::default();
     let options = keel::Options {
@@ -105,7 +125,11 @@ pub(super) fn db(args: &BenchArgs, cell: Cell, dir: &Path, feed: bool) -> Result
     let record_bytes = keel_wal::EncodedBatch::encode(&[entry(0, 0, &value)], u32::MAX >> 6)
         .map_err(|e| e.to_string())?
         .byte_len();
-    let target = if feed { DB_FEED } else { DB };
+    let target = match rows {
+        DbRows::Plain => DB,
+        DbRows::Feed => DB_FEED,
+        DbRows::ReadWrite => DB_RW,
+    };
     let label = format!(
         "{target} {backend} {:?} w{} {}B",
         args.mode, cell.writers, cell.value_size
@@ -125,7 +149,17 @@ pub(super) fn db(args: &BenchArgs, cell: Cell, dir: &Path, feed: bool) -> Result
     let ring = Arc::clone(&acks);
     let measured = drive::threads(args, cell.writers, &label, move |writer, sequence| {
         let mut txn = committer.transaction(run).map_err(|e| e.to_string())?;
-        txn.put(format!("w{writer}-{sequence:012}").as_bytes(), &value)
+        if rows == DbRows::ReadWrite && sequence > 0 {
+            let last = format!("w{writer}-{:012}", sequence - 1);
+            let read = txn.get(last).map_err(|e| e.to_string())?;
+            if read.is_none() {
+                return Err(format!(
+                    "committer {writer} lost its write {}",
+                    sequence - 1
+                ));
+            }
+        }
+        txn.put(format!("w{writer}-{sequence:012}"), &value)
             .map_err(|e| e.to_string())?;
         let lsn = futures::executor::block_on(txn.commit()).map_err(|e| e.to_string())?;
         if let Some(slot) = ring.get(ack_slot(lsn)) {
