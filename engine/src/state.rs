@@ -23,13 +23,16 @@ const RUN_KEY_PREFIX: &[u8] = b"run/";
 /// A committed value and the commit version (LSN) that wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Versioned {
+    /// The value.
     pub value: Vec<u8>,
+    /// The LSN of the commit that wrote it (0 for a transaction's own uncommitted write).
     pub version: Lsn,
 }
 
 /// Whether a run still accepts writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
+    /// It accepts writes.
     Active,
     /// Ended by the commit at this LSN.
     Ended(Lsn),
@@ -38,10 +41,13 @@ pub enum RunState {
 /// What the database knows of a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunInfo {
+    /// Its id.
     pub id: RunId,
+    /// Its name (unique among active runs).
     pub name: String,
     /// The commit that began it.
     pub began: Lsn,
+    /// Whether it still accepts writes.
     pub state: RunState,
 }
 

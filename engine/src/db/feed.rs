@@ -25,14 +25,26 @@ use crate::{Error, Result};
 /// One change of a delivered transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeedChange {
-    Put { key: Bytes, value: Bytes },
-    Delete { key: Bytes },
+    /// `key` was set to `value`.
+    Put {
+        /// The key written.
+        key: Bytes,
+        /// Its new value.
+        value: Bytes,
+    },
+    /// `key` was deleted.
+    Delete {
+        /// The key deleted.
+        key: Bytes,
+    },
 }
 
 /// A committed transaction, as the feed delivers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FeedCommit {
+    /// The run it wrote to (the system run, id 0, for run changes: [`FeedCommit::is_system`]).
     pub run: RunId,
+    /// Its transaction id in the log.
     pub txn_id: TxnId,
     /// The LSN of its first record.
     pub first_lsn: Lsn,
@@ -61,7 +73,10 @@ pub enum FeedEvent {
     /// A snapshot was installed at `lsn` ([`Database::install_snapshot`]): the state after
     /// it is the snapshot's, not the sum of the commits before. A consumer re-bootstraps
     /// (reads the snapshot at `lsn`, then follows from `lsn + 1`).
-    Installed { lsn: Lsn },
+    Installed {
+        /// The LSN of the install's marker in the log.
+        lsn: Lsn,
+    },
 }
 
 impl FeedEvent {

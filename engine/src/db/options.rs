@@ -10,6 +10,7 @@ use keel_wal::{BackendChoice, Durability, Storage, WalOptions};
 pub struct Options {
     /// When a commit resolves (see [`Durability`]); also when its effects become visible.
     pub durability: Durability,
+    /// The log's I/O backend: io_uring where the kernel offers it (`Auto`), or std.
     pub backend: BackendChoice,
     /// What recovery accepts at open.
     pub recovery_policy: RecoveryPolicy,

@@ -19,7 +19,9 @@ pub struct Stats {
     pub commits: u64,
     /// Commit latency, from `commit()` to its acknowledgement, in microseconds.
     pub commit_p50_us: f64,
+    /// The 99th percentile of the same.
     pub commit_p99_us: f64,
+    /// The 99.9th percentile of the same.
     pub commit_p999_us: f64,
     /// Checkpoints written since open.
     pub checkpoints: u64,
@@ -34,7 +36,9 @@ pub struct Stats {
     /// Commits queued in the log and not yet visible. Bounded by the log's queue: a refused
     /// commit (a poisoned log) is never queued here.
     pub pending_commits: usize,
+    /// Runs in the state, active and ended.
     pub runs: usize,
+    /// Keys in the state, every run's (the runs' own records included).
     pub keys: usize,
 }
 
