@@ -11,40 +11,76 @@ use crate::ids::{DatabaseId, Lsn};
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CorruptionReason {
+    /// The segment's header block is all zeros: a segment created but never initialised (a crash
+    /// while creating it), or one zeroed by the storage. Recovery judges it by its policy.
     #[error("segment header is all zeros")]
     ZeroedSegmentHeader,
+    /// The segment's header does not start with keel-wal's magic number: not a segment, or one
+    /// overwritten at its start.
     #[error("segment header has a bad magic number")]
     BadMagic,
+    /// The segment header's checksum does not match its bytes: the header was damaged after it
+    /// was written.
     #[error("segment header checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")]
     SegmentHeaderChecksum { expected: u32, actual: u32 },
+    /// The first LSN in the segment's file name differs from the one in its header: a file
+    /// renamed or copied under another name. Restore its name, or remove it if it is a stray copy.
     #[error("segment file name says first LSN {named} but its header says {stored}")]
     SegmentNameMismatch { named: Lsn, stored: Lsn },
+    /// A field of an otherwise intact segment header is out of range (named in the message):
+    /// written by a newer or a broken build.
     #[error("segment header is damaged: {0}")]
     SegmentHeaderField(&'static str),
+    /// The segment file is shorter than its header block: truncated (a crash while creating it,
+    /// or a copy cut short).
     #[error("segment file is {actual} bytes, shorter than its header block")]
     SegmentTooShort { actual: u64 },
+    /// A record header's checksum does not match: a torn or damaged write. At the log's end this
+    /// is an interrupted append; below the durable mark it is damage (see
+    /// [`CorruptionReason::DamageBelowDurableMark`]).
     #[error("record header checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")]
     RecordHeaderChecksum { expected: u32, actual: u32 },
+    /// A record header claims a payload longer than what is left in the segment or than the
+    /// format allows: a damaged header.
     #[error("record length {length} exceeds the {limit} bytes left in the segment or format")]
     RecordLength { length: u64, limit: u64 },
+    /// A record's payload does not match its checksum: a torn or damaged write (as for
+    /// [`CorruptionReason::RecordHeaderChecksum`]).
     #[error("record body checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")]
     RecordBodyChecksum { expected: u32, actual: u32 },
+    /// A record of a kind this build does not know: written by a newer build, or damaged.
     #[error("record of unknown kind {0}")]
     RecordKind(u16),
+    /// A record's checksums match but its payload is not a valid entry: written by a broken or
+    /// incompatible build.
     #[error("record payload is not a valid entry archive: {0}")]
     InvalidArchive(String),
+    /// A record carries another LSN than the one expected at its place: records out of order,
+    /// or a stale record from the segment's earlier use.
     #[error("expected LSN {expected}, found {found}")]
     LsnMismatch { expected: Lsn, found: Lsn },
+    /// The file ends inside a record: the last append was cut short (a crash, or a copy cut
+    /// short).
     #[error("the file ends inside a record")]
     TruncatedRecord,
+    /// Where the log ends (a zeroed header), non-zero bytes follow: records lost in the middle of
+    /// a segment, or garbage after the end. Recovery reports it; its policy decides.
     #[error("the log ends here, but non-zero bytes follow")]
     DebrisAfterEnd,
+    /// An all-zero record header where a record was expected (below the durable mark, or with
+    /// records after it): a hole punched in the log.
     #[error("an all-zero record header where a record was expected")]
     ZeroedRecord,
+    /// A record is damaged or missing though a later record or the segment's durable
+    /// witness proves it had been synced: acknowledged data was lost by the storage, not torn
+    /// by a crash. Recovery refuses it unless its policy accepts the loss.
     #[error("record at LSN {lsn} is damaged or missing, but {proof}")]
     DamageBelowDurableMark { lsn: Lsn, proof: DurableProof },
+    /// The segments' LSNs leave a gap: a segment file was removed or never copied. Restore it.
     #[error("segments are not contiguous: expected first LSN {expected}, found {found}")]
     MissingSegment { expected: Lsn, found: Lsn },
+    /// The log directory's `IDENTITY` file is damaged (the reason is named). Restore it from a
+    /// copy of the same database.
     #[error("identity file is damaged: {0}")]
     Identity(&'static str),
 }
@@ -76,6 +112,9 @@ impl std::fmt::Display for PoisonCause {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// An operation on the file system failed: `operation` says what was being done, `path` on
+    /// what, `source` what the operating system answered (permissions, a full disk, a missing
+    /// file). Nothing was acknowledged that the failure could lose; fix the cause and retry.
     #[error("{operation} {}: {source}", path.display())]
     Io {
         operation: &'static str,
@@ -83,9 +122,13 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The log directory's `LOCK` is held: another process (or another open handle in this
+    /// one) has the log open. Close that one first; a lock is released when its process exits.
     #[error("the log at {} is locked by another process or handle", path.display())]
     Locked { path: PathBuf },
 
+    /// A segment or the identity file was written in a format version this build does not
+    /// read (by a newer build): open it with that build or a newer one.
     #[error(
         "{} has format version {found}; this build reads versions up to {supported}",
         path.display()
@@ -98,6 +141,9 @@ pub enum Error {
         supported: u32,
     },
 
+    /// A file of the directory belongs to another database (its identity differs): files of two
+    /// logs were mixed by a copy, or [`crate::WalOptions::database_id`] names another database.
+    /// Remove or restore the stranger; nothing was read from it.
     #[error("{} belongs to database {found}, not to this database ({expected})", path.display())]
     ForeignDatabase {
         path: PathBuf,
@@ -105,6 +151,9 @@ pub enum Error {
         found: DatabaseId,
     },
 
+    /// Bytes on disk are not what was written: `reason` says what is wrong, `segment` and
+    /// `offset` where. Recovery (keel-recovery) turns damage into findings its policy judges;
+    /// a reader that meets it reports this.
     #[error("corruption in {} at offset {offset}: {reason}", segment.display())]
     Corruption {
         segment: PathBuf,
@@ -112,20 +161,35 @@ pub enum Error {
         reason: CorruptionReason,
     },
 
+    /// An entry encodes to a record payload of `size` bytes, over the log's limit `max`
+    /// ([`crate::WalOptions::max_record_bytes`]): refused before anything was queued. Raise that
+    /// option (it must fit a segment, [`crate::WalOptions::segment_bytes`]) or write less.
     #[error("record of {size} bytes exceeds the maximum of {max} bytes")]
     RecordTooLarge { size: u64, max: u64 },
 
+    /// A write or sync of the log failed (`cause` says which, on which file): the log accepts no
+    /// more appends, since what reached the disk is unknown. Close it and open it again:
+    /// recovery establishes what is there.
     #[error("the log is poisoned and accepts no more commits: {cause}")]
     Poisoned { cause: Arc<PoisonCause> },
 
+    /// The log is closed or its writer stopped: an append or a wait made after (or
+    /// interrupted by) its close. Open it again to write.
     #[error("the log is closed")]
     Closed,
 
+    /// A read or tail asked for LSN `requested`, which a checkpoint already removed (the log now
+    /// starts at `oldest`): read the newest snapshot, then follow the log from the LSN it
+    /// covers.
     #[error(
         "LSN {requested} is no longer in the log: its oldest record is LSN {oldest} (read the newest snapshot, then follow the log from the LSN it covers)"
     )]
     LsnRemoved { requested: Lsn, oldest: Lsn },
 
+    /// A [`crate::Tail`] fell more than `max_bytes` of log behind the log's removal point and was
+    /// ended (a slow reader never stalls the writer): resume from `position` if the log still
+    /// holds it, else from a snapshot. Raise [`crate::WalOptions::tail_max_lag_bytes`] to allow
+    /// more lag.
     #[error(
         "the tail at LSN {position} fell {lag_bytes} bytes of log behind, more than the {max_bytes} it may hold back (WalOptions::tail_max_lag_bytes): it ended and the log was released; resume from LSN {position} if it is still there, else from a snapshot"
     )]
@@ -135,15 +199,21 @@ pub enum Error {
         max_bytes: u64,
     },
 
+    /// The options contradict themselves or are out of range: the message names the option to
+    /// change and the range it must be in. Nothing was opened or created.
     #[error("invalid options: {0}")]
     InvalidOptions(String),
 
+    /// The backend chosen explicitly ([`crate::BackendChoice`]) cannot run here (io_uring on an
+    /// old kernel, or refused by a seccomp policy): choose `Auto` or `Std`.
     #[error("the {backend} backend was required but cannot run here: {reason}")]
     BackendUnavailable {
         backend: &'static str,
         reason: String,
     },
 
+    /// An entry could not be encoded into a record (or an append carried no entry): a caller's
+    /// bug; nothing was queued.
     #[error("cannot encode entry: {0}")]
     Encode(String),
 }
