@@ -226,19 +226,17 @@ impl Database {
         Ok(Transaction::new(self.clone(), run, self.inner.isolation))
     }
 
-    /// Refuses a write whose log entry could exceed the record limit. The bound is the key
-    /// and value plus [`WRITE_ENTRY_OVERHEAD`], never less than the encoded size.
+    /// Refuses a write whose log entry could exceed the record limit: its key and value may
+    /// hold the limit less [`WRITE_ENTRY_OVERHEAD`], a bound never below the encoded size.
     fn check_write_size(&self, key_bytes: usize, value_bytes: usize) -> Result<()> {
-        let record_bytes = (key_bytes as u64)
-            .saturating_add(value_bytes as u64)
-            .saturating_add(WRITE_ENTRY_OVERHEAD);
-        let max_record_bytes = self.inner.max_record_bytes;
-        if record_bytes > u64::from(max_record_bytes) {
-            return Err(Error::ValueTooLarge {
+        let limit_bytes =
+            u64::from(self.inner.max_record_bytes).saturating_sub(WRITE_ENTRY_OVERHEAD);
+        if (key_bytes as u64).saturating_add(value_bytes as u64) > limit_bytes {
+            return Err(Error::TooLarge {
                 key_bytes,
                 value_bytes,
-                record_bytes,
-                max_record_bytes,
+                limit_bytes,
+                option: crate::RECORD_LIMIT_OPTION,
             });
         }
         Ok(())

@@ -42,8 +42,10 @@ pub use db::{
 };
 pub use image::SnapshotImage;
 pub use iter::Iter;
-pub use keel_recovery::{RecoveryPolicy, RecoveryReport};
-pub use keel_wal::{BackendChoice, Durability, Lsn, RunId};
+pub use keel_recovery::{Error as RecoveryError, RecoveryPolicy, RecoveryReport};
+pub use keel_wal::{
+    BackendChoice, CorruptionReason, Durability, Error as WalError, Lsn, PoisonCause, RunId,
+};
 pub use state::{RunInfo, RunState, Versioned};
 pub use view::Snapshot;
 
@@ -66,15 +68,33 @@ pub fn check_snapshots(
 }
 
 /// Everything that can go wrong in the engine.
+///
+/// The cases a caller handles have variants of their own here ([`Error::Locked`],
+/// [`Error::TooLarge`], [`Error::Closed`], [`Error::Conflict`], [`Error::NotADatabase`],
+/// ...): the log's and recovery's errors that stand for them are lifted into them (`From<WalError>`, `From<RecoveryError>`), so none needs keel-wal to match. The rest
+/// arrive as [`Error::Wal`] and [`Error::Recovery`], whose types are re-exported here
+/// ([`WalError`], [`RecoveryError`], [`CorruptionReason`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The log failed otherwise: IO (naming the operation and the file), damage found while
+    /// reading, a log poisoned by a failed write or sync (every commit is refused after it:
+    /// close and reopen), options out of range (naming the option), a feed position removed.
+    /// Each [`WalError`] variant says when it happens and what to do.
     #[error(transparent)]
-    Wal(#[from] keel_wal::Error),
+    Wal(WalError),
+    /// Recovery at [`Database::open`] refused what it found (under
+    /// [`Options::recovery_policy`]) or could not replay it: nothing on disk was changed. See
+    /// [`RecoveryError`]; `keel-cli recover` shows and repairs what was found. (The log's own
+    /// errors during recovery arrive as [`Error::Wal`], never as `RecoveryError::Wal`.)
     #[error(transparent)]
-    Recovery(#[from] keel_recovery::Error),
+    Recovery(RecoveryError),
+    /// No run has this id (never begun, or begun in another database): check the id, or find
+    /// the run by name in [`Database::list_runs`].
     #[error("run {0} does not exist")]
     UnknownRun(RunId),
+    /// The run has ended ([`Database::end_run`]): it stays readable but takes no more writes.
+    /// Begin a new run to write.
     #[error("run {0} has ended and accepts no more writes")]
     RunEnded(RunId),
     /// [`Database::begin_run`] was given the name of a run still active: names are unique
@@ -84,19 +104,42 @@ pub enum Error {
         "a run named {name:?} is active already (run {run}); run names are unique among active runs"
     )]
     RunNameTaken { name: String, run: RunId },
+    /// The database's own records (runs, snapshots, the log against the snapshots) are
+    /// damaged or do not agree; the message says what and where, and the same open refuses
+    /// the same way every time. Restore the files it names.
     #[error("the database's metadata is damaged: {0}")]
     Metadata(String),
-    /// A write whose key and value cannot fit one log record: refused before anything was
-    /// buffered or logged. Raise [`Options::max_record_bytes`] or split the value.
+    /// Another process (or another open [`Database`] in this one) holds the database at
+    /// `path`: close that one first. A lock is released when its holder closes or exits.
     #[error(
-        "a write of a {key_bytes}-byte key and a {value_bytes}-byte value needs a log record of up to {record_bytes} bytes, over Options::max_record_bytes ({max_record_bytes}); raise that option or split the value"
+        "the database at {} is locked: another process (or another open handle in this process) has it open; close that one first",
+        path.display()
     )]
-    ValueTooLarge {
+    Locked { path: std::path::PathBuf },
+    /// A write too large for one log record: a key of `key_bytes` and a value of
+    /// `value_bytes`, together over `limit_bytes`, the most one write may hold (the record
+    /// limit, [`Options::max_record_bytes`] — named by `option` — less a write's framing).
+    /// Refused before anything was buffered or logged; raise that option (up to what a
+    /// segment holds, [`Options::segment_bytes`]) or split the value.
+    ///
+    /// When the log refused an entry the engine does not check first (a run's record, with
+    /// its name), `key_bytes` is 0, and `value_bytes` and `limit_bytes` count the encoded
+    /// entry and the record limit.
+    #[error(
+        "a write of {} is too large: one write holds at most {limit_bytes} bytes of key and value, under {option}; raise {option} (up to what one Options::segment_bytes segment holds) or split the value",
+        too_large_what(*key_bytes, *value_bytes)
+    )]
+    TooLarge {
         key_bytes: usize,
         value_bytes: usize,
-        record_bytes: u64,
-        max_record_bytes: u32,
+        limit_bytes: u64,
+        /// The option that sets the limit: `"Options::max_record_bytes"`.
+        option: &'static str,
     },
+    /// The database's log is closed or its writer stopped: an operation that raced with
+    /// [`Database::close`] or the last handle's drop. Open the database again to go on.
+    #[error("the database is closed (its log stopped); open it again")]
+    Closed,
     /// A write this transaction spilled to the log ahead of its commit failed (the first
     /// error reported why): the transaction cannot commit, and dropping it is all that is left.
     #[error("a spilled write of this transaction failed, so it cannot commit: {0}")]
@@ -117,11 +160,59 @@ pub enum Error {
     /// make one: a file, a keel-wal log, a directory holding other files, or (with
     /// [`Options::create_if_missing`] off) no database at all. `what` says which, in a
     /// sentence. Refused before anything was created or changed there.
+    ///
+    /// This is also the "not found" case: with `create_if_missing` off, a missing directory
+    /// (`what`: "it does not exist, ...") or one holding no database is refused here, so one
+    /// variant answers "there is no Keel database at `path`".
     #[error("{} is not a Keel database: {what}", path.display())]
     NotADatabase {
         path: std::path::PathBuf,
         what: String,
     },
+}
+
+/// "a 3-byte key and a 9000-byte value", or "9000 bytes" when there is no key.
+fn too_large_what(key_bytes: usize, value_bytes: usize) -> String {
+    match key_bytes {
+        0 => format!("{value_bytes} bytes"),
+        _ => format!("a {key_bytes}-byte key and a {value_bytes}-byte value"),
+    }
+}
+
+/// The option that bounds one write, as [`Error::TooLarge`] names it.
+pub(crate) const RECORD_LIMIT_OPTION: &str = "Options::max_record_bytes";
+
+impl From<WalError> for Error {
+    /// The log's errors that have an engine variant become it; the rest stay [`Error::Wal`].
+    fn from(error: WalError) -> Self {
+        lift(error).unwrap_or_else(Error::Wal)
+    }
+}
+
+impl From<RecoveryError> for Error {
+    /// The log's errors recovery passes on are the log's ([`Error::Wal`], or the engine
+    /// variant they stand for, as `From<WalError>`); the rest stay [`Error::Recovery`].
+    fn from(error: RecoveryError) -> Self {
+        match error {
+            RecoveryError::Wal(wal) => wal.into(),
+            other => Error::Recovery(other),
+        }
+    }
+}
+
+/// The engine variant of a log error, or the error back.
+fn lift(error: WalError) -> std::result::Result<Error, WalError> {
+    match error {
+        WalError::Locked { path } => Ok(Error::Locked { path }),
+        WalError::Closed => Ok(Error::Closed),
+        WalError::RecordTooLarge { size, max } => Ok(Error::TooLarge {
+            key_bytes: 0,
+            value_bytes: usize::try_from(size).unwrap_or(usize::MAX),
+            limit_bytes: max,
+            option: RECORD_LIMIT_OPTION,
+        }),
+        other => Err(other),
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

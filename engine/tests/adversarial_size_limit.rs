@@ -1,4 +1,4 @@
-//! Adversarial review (passes: a regression test): the `ValueTooLarge` bound of `put` against
+//! Adversarial review (passes: a regression test): the `TooLarge` bound of `put` against
 //! the real encoder, for keys of every length from 0 to 64 and some large ones, written
 //! directly in a commit and spilled ahead of it; each write at the bound commits and is
 //! recovered after a reopen.
@@ -39,7 +39,7 @@ fn write_at_the_bound(spill: usize) {
         let mut txn = db.transaction(run).unwrap();
         let refused = txn.put(&key, vec![1u8; fits + 1]);
         assert!(
-            matches!(refused, Err(Error::ValueTooLarge { .. })),
+            matches!(refused, Err(Error::TooLarge { .. })),
             "key of {key_len} bytes: {refused:?}"
         );
         txn.put(&key, vec![2u8; fits])

@@ -234,7 +234,7 @@ fn run_ops(ops: Vec<Op>, backend: BackendChoice) -> Result<(), TestCaseError> {
                     let k = b"big-key".to_vec();
                     let fits = current.max_record_bytes as usize - 64 - k.len();
                     let refused = txn.put(&k, vec![9u8; fits + 1]);
-                    let too_large = matches!(refused, Err(Error::ValueTooLarge { .. }));
+                    let too_large = matches!(refused, Err(Error::TooLarge { .. }));
                     prop_assert!(too_large, "step {}: {:?}", step, refused.err());
                     txn.put(&k, vec![step.to_le_bytes()[0]; fits]).unwrap();
                     staged.insert(k, Some(vec![step.to_le_bytes()[0]; fits]));

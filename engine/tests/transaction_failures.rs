@@ -34,10 +34,10 @@ fn a_write_at_the_size_limit_commits_and_one_byte_more_is_refused_up_front() {
         txn.put(&key, vec![7u8; fits]).unwrap();
         let refused = txn.put(b"other", vec![7u8; fits + 1 + key_len - 5]);
         match refused {
-            Err(Error::ValueTooLarge {
-                max_record_bytes, ..
-            }) => assert_eq!(max_record_bytes, MAX_RECORD),
-            other => panic!("key of {key_len} bytes: expected ValueTooLarge, got {other:?}"),
+            Err(Error::TooLarge { limit_bytes, .. }) => {
+                assert_eq!(limit_bytes, u64::from(MAX_RECORD) - 64)
+            }
+            other => panic!("key of {key_len} bytes: expected TooLarge, got {other:?}"),
         }
         block_on(txn.commit()).unwrap();
         assert_eq!(db.get(run, &key).unwrap().unwrap().value.len(), fits);
@@ -76,7 +76,7 @@ fn a_failed_put_leaves_the_transaction_as_it_was() {
     let error = txn
         .put(b"huge", vec![1u8; MAX_RECORD as usize])
         .unwrap_err();
-    assert!(matches!(error, Error::ValueTooLarge { .. }), "{error}");
+    assert!(matches!(error, Error::TooLarge { .. }), "{error}");
     assert_eq!(txn.get(b"a").unwrap().unwrap().value, b"first");
     assert!(txn.get(b"huge").unwrap().is_none());
     block_on(txn.commit()).unwrap();

@@ -76,10 +76,10 @@ impl Transaction {
     }
 
     /// Writes `value` under `key` (in this transaction). A key and value too large for one
-    /// log record ([`Error::ValueTooLarge`]) are refused before anything is buffered. A
+    /// log record ([`Error::TooLarge`]) are refused before anything is buffered. A
     /// failed spill to the log leaves the transaction as it was before this call.
     ///
-    /// [`Error::ValueTooLarge`]: crate::Error::ValueTooLarge
+    /// [`Error::TooLarge`]: crate::Error::TooLarge
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.db.check_write_size(key.len(), value.len())?;
