@@ -283,22 +283,42 @@ impl Database {
         Snapshot::new(self.view())
     }
 
-    /// Closes the database: queued commits are written and synced, the writer stops.
-    /// An automatic checkpoint being written is interrupted (its partial snapshot removed).
-    pub fn close(self) -> Result<()> {
-        let Database { inner, owner } = self;
-        let others = || {
-            Error::Wal(keel_wal::Error::InvalidOptions(
-                "close() needs the last handle; other clones are still open".into(),
-            ))
+    /// Closes the database: queued commits are written and synced, the writer stops, the
+    /// directory's lock is released. An automatic checkpoint being written is interrupted
+    /// (its partial snapshot removed).
+    ///
+    /// It needs the last handle: every clone of the [`Database`] is one, and so is every open
+    /// [`Transaction`] (a [`Subscription`] is not: it ends when the database closes; nor are a
+    /// [`Snapshot`](crate::Snapshot) and an [`Iter`](crate::Iter), views that outlive it). While
+    /// others are alive nothing is closed and [`CloseError::InUse`] gives this handle back, as
+    /// [`Arc::try_unwrap`] does, so the close can be retried once they are dropped. Dropping
+    /// the last handle closes the database too, without reporting a failed final sync.
+    ///
+    /// [`CloseError::InUse`]: crate::CloseError::InUse
+    pub fn close(self) -> std::result::Result<(), crate::CloseError> {
+        let handles = match &self.owner {
+            Some(owner) => Arc::strong_count(owner) - 1,
+            None => Arc::strong_count(&self.inner) - 1,
         };
-        if let Some(owner) = owner {
-            // The last user handle: stopping the thread releases the thread's handle.
-            drop(Arc::try_unwrap(owner).map_err(|_| others())?);
+        if handles > 0 {
+            return Err(crate::CloseError::InUse { db: self, handles });
         }
-        let inner = Arc::try_unwrap(inner).map_err(|_| others())?;
-        inner.wal.close()?;
-        Ok(())
+        let Database { inner, owner } = self;
+        // The last user handle: stopping the thread releases the thread's handle.
+        drop(owner);
+        let inner = match Arc::try_unwrap(inner) {
+            Ok(inner) => inner,
+            // Every handle but the thread's holds `owner`: none is left to count here.
+            Err(inner) => {
+                let handles = Arc::strong_count(&inner) - 1;
+                let db = Database { inner, owner: None };
+                return Err(crate::CloseError::InUse { db, handles });
+            }
+        };
+        inner
+            .wal
+            .close()
+            .map_err(|e| crate::CloseError::Failed(e.into()))
     }
 
     /// The state with every acknowledged commit applied.

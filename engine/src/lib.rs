@@ -71,7 +71,8 @@ pub fn check_snapshots(
 ///
 /// The cases a caller handles have variants of their own here ([`Error::Locked`],
 /// [`Error::TooLarge`], [`Error::Closed`], [`Error::Conflict`], [`Error::NotADatabase`],
-/// ...): the log's and recovery's errors that stand for them are lifted into them (`From<WalError>`, `From<RecoveryError>`), so none needs keel-wal to match. The rest
+/// [`Error::InUse`], ...): the log's and recovery's errors that stand for them are lifted into
+/// them (`From<WalError>`, `From<RecoveryError>`), so none needs keel-wal to match. The rest
 /// arrive as [`Error::Wal`] and [`Error::Recovery`], whose types are re-exported here
 /// ([`WalError`], [`RecoveryError`], [`CorruptionReason`]).
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +141,18 @@ pub enum Error {
     /// [`Database::close`] or the last handle's drop. Open the database again to go on.
     #[error("the database is closed (its log stopped); open it again")]
     Closed,
+    /// [`Database::close`] was called while `handles` other handles of the database at `path`
+    /// were alive: clones of the [`Database`], and every open [`Transaction`] (each holds
+    /// one). Nothing was closed. [`CloseError::InUse`] hands the handle back: drop the others
+    /// and close it again.
+    #[error(
+        "the database at {} is still in use: close() needs the last handle, and {handles} other handle(s) are alive (clones of the Database, open Transactions); drop them and close again",
+        path.display()
+    )]
+    InUse {
+        path: std::path::PathBuf,
+        handles: usize,
+    },
     /// A write this transaction spilled to the log ahead of its commit failed (the first
     /// error reported why): the transaction cannot commit, and dropping it is all that is left.
     #[error("a spilled write of this transaction failed, so it cannot commit: {0}")]
@@ -212,6 +225,48 @@ fn lift(error: WalError) -> std::result::Result<Error, WalError> {
             option: RECORD_LIMIT_OPTION,
         }),
         other => Err(other),
+    }
+}
+
+/// Why [`Database::close`] did not close.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum CloseError {
+    /// Other handles of the database are alive (clones, open [`Transaction`]s, `handles` of
+    /// them): nothing was closed, and `db` is the handle given back. Drop the others and call
+    /// [`Database::close`] on it again. Into [`Error`], it is [`Error::InUse`].
+    #[error("{}", Error::InUse { path: db.path().to_path_buf(), handles: *handles })]
+    InUse { db: Database, handles: usize },
+    /// Closing the log failed (its last write or sync): the database is closed all the same,
+    /// and the next open recovers what reached the disk.
+    #[error(transparent)]
+    Failed(Error),
+}
+
+impl std::fmt::Debug for CloseError {
+    /// Names the database and the handles, not the handle's whole state.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseError::InUse { db, handles } => f
+                .debug_struct("InUse")
+                .field("path", &db.path())
+                .field("handles", handles)
+                .finish_non_exhaustive(),
+            CloseError::Failed(error) => f.debug_tuple("Failed").field(error).finish(),
+        }
+    }
+}
+
+impl From<CloseError> for Error {
+    /// [`CloseError::InUse`] becomes [`Error::InUse`] (the handle given back is dropped).
+    fn from(error: CloseError) -> Self {
+        match error {
+            CloseError::InUse { db, handles } => Error::InUse {
+                path: db.path().to_path_buf(),
+                handles,
+            },
+            CloseError::Failed(error) => error,
+        }
     }
 }
 

@@ -93,8 +93,8 @@ fn close_with_another_handle_open_is_refused_and_the_other_handle_works_on() {
     let other = db.clone();
     let run = block_on(db.begin_run("r")).unwrap();
     match db.close() {
-        Err(Error::Wal(keel_wal::Error::InvalidOptions(message))) => {
-            assert!(message.contains("last handle"), "{message}")
+        Err(error @ keel::CloseError::InUse { handles: 1, .. }) => {
+            assert!(error.to_string().contains("last handle"), "{error}")
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
