@@ -78,7 +78,9 @@ pub struct WalOptions {
     pub durability: Durability,
     /// Size every segment file is created with.
     pub segment_bytes: u64,
-    /// Largest payload of one record; must fit in a segment.
+    /// Largest payload of one record; must fit in a segment. 0 (the default): it follows
+    /// `segment_bytes`, an eighth of a segment (8 MiB for the default 64 MiB segments; see
+    /// [`WalOptions::record_limit`]), so a segment size set alone never contradicts it.
     pub max_record_bytes: u32,
     /// IO backend.
     pub backend: BackendChoice,
@@ -119,7 +121,7 @@ impl Default for WalOptions {
         WalOptions {
             durability: Durability::Strict,
             segment_bytes: 64 * 1024 * 1024,
-            max_record_bytes: 8 * 1024 * 1024,
+            max_record_bytes: 0,
             backend: BackendChoice::Auto,
             io_depth: DEFAULT_IO_DEPTH,
             database_id: None,
@@ -133,6 +135,19 @@ impl Default for WalOptions {
 }
 
 impl WalOptions {
+    /// The largest payload of one record these options allow: [`WalOptions::max_record_bytes`],
+    /// or when that is 0, an eighth of `segment_bytes` (never over [`MAX_PAYLOAD_LEN`]).
+    pub fn record_limit(&self) -> u32 {
+        match self.max_record_bytes {
+            0 => u32::try_from(self.segment_bytes / SEGMENT_SHARE_OF_ONE_RECORD)
+                .unwrap_or(u32::MAX)
+                .min(MAX_PAYLOAD_LEN),
+            set => set,
+        }
+    }
+
+    /// Refuses options that contradict themselves or are out of range, with a message naming
+    /// the option to change and the range it must be in.
     pub fn validate(&self) -> Result<()> {
         let invalid = |msg: String| Err(Error::InvalidOptions(msg));
         if self.segment_bytes < MIN_SEGMENT_BYTES || !self.segment_bytes.is_multiple_of(4096) {
@@ -141,16 +156,19 @@ impl WalOptions {
                 self.segment_bytes
             ));
         }
-        let capacity =
-            self.segment_bytes - HEADER_BLOCK_LEN - crate::format::record::RECORD_HEADER_LEN as u64;
-        if self.max_record_bytes == 0
-            || self.max_record_bytes > MAX_PAYLOAD_LEN
-            || u64::from(self.max_record_bytes) > capacity
-        {
-            return invalid(format!(
-                "max_record_bytes {} must be between 1 and min({MAX_PAYLOAD_LEN}, {capacity})",
-                self.max_record_bytes
-            ));
+        let limit = self.record_limit();
+        let room = record_room(self.segment_bytes);
+        if limit > MAX_PAYLOAD_LEN || u64::from(limit) > room {
+            let most = room.min(u64::from(MAX_PAYLOAD_LEN));
+            let mut msg = format!(
+                "max_record_bytes {limit} does not fit: with segment_bytes {} it must be between 1 and {most}, or 0 to follow segment_bytes",
+                self.segment_bytes
+            );
+            if limit <= MAX_PAYLOAD_LEN {
+                let segment = segment_bytes_for(limit);
+                msg.push_str(&format!("; or raise segment_bytes to at least {segment}"));
+            }
+            return invalid(msg);
         }
         if !(1..=MAX_IO_DEPTH).contains(&self.io_depth) {
             return invalid(format!(
@@ -162,5 +180,67 @@ impl WalOptions {
             return invalid("Batched max_bytes must be above 0".into());
         }
         Ok(())
+    }
+}
+
+/// A record limit left at 0 is this fraction of a segment: large records still leave most of
+/// a segment to others, and the room a rotation leaves unused stays under an eighth.
+const SEGMENT_SHARE_OF_ONE_RECORD: u64 = 8;
+
+/// The largest payload one segment of `segment_bytes` holds.
+fn record_room(segment_bytes: u64) -> u64 {
+    segment_bytes - HEADER_BLOCK_LEN - crate::format::record::RECORD_HEADER_LEN as u64
+}
+
+/// The smallest valid segment size holding a payload of `limit` bytes.
+fn segment_bytes_for(limit: u32) -> u64 {
+    let needed =
+        u64::from(limit) + HEADER_BLOCK_LEN + crate::format::record::RECORD_HEADER_LEN as u64;
+    needed.next_multiple_of(4096).max(MIN_SEGMENT_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(segment_bytes: u64, max_record_bytes: u32) -> WalOptions {
+        WalOptions {
+            segment_bytes,
+            max_record_bytes,
+            ..WalOptions::default()
+        }
+    }
+
+    #[test]
+    fn the_record_limit_follows_the_segment_size_unless_set() {
+        assert_eq!(WalOptions::default().record_limit(), 8 << 20);
+        assert_eq!(options(4 << 20, 0).record_limit(), 512 << 10);
+        assert_eq!(options(MIN_SEGMENT_BYTES, 0).record_limit(), 1024);
+        assert_eq!(options(1 << 40, 0).record_limit(), MAX_PAYLOAD_LEN);
+        assert_eq!(options(4 << 20, 1234).record_limit(), 1234);
+        for segment_bytes in [MIN_SEGMENT_BYTES, 4 << 20, 64 << 20, 1 << 40] {
+            options(segment_bytes, 0).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_record_limit_over_the_segment_names_both_options_and_the_ranges() {
+        let message = options(4 << 20, 8 << 20)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        let room = record_room(4 << 20);
+        for needle in [
+            "max_record_bytes 8388608".to_string(),
+            format!("between 1 and {room}"),
+            "0 to follow segment_bytes".into(),
+            format!("segment_bytes to at least {}", segment_bytes_for(8 << 20)),
+        ] {
+            assert!(message.contains(&needle), "{needle:?} not in {message}");
+        }
+        let exact = options(segment_bytes_for(8 << 20), 8 << 20);
+        exact.validate().unwrap();
+        let smaller = options(segment_bytes_for(8 << 20) - 4096, 8 << 20);
+        assert!(smaller.validate().is_err());
     }
 }

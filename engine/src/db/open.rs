@@ -53,7 +53,9 @@ impl Database {
         let path = path.as_ref().to_path_buf();
         let _span = tracing::info_span!("database_open", path = %path.display()).entered();
         let storage = options.storage.as_ref();
-        // Before anything is created: what is there must be a database or room for one.
+        // Before anything is created: options that hold together, and what is there must be
+        // a database or room for one.
+        wal_options(&options).validate()?;
         layout::check(&path, options.create_if_missing)?;
         if options.create_if_missing {
             fsutil::create_dir_all_durably(storage, &path)?;
@@ -236,19 +238,9 @@ fn open_log(
     snapshot_lsn: Option<Lsn>,
     replay: &mut impl Replay,
 ) -> Result<(Wal, RecoveryReport)> {
-    let wal_options = WalOptions {
-        durability: options.durability,
-        segment_bytes: options.segment_bytes,
-        max_record_bytes: options.max_record_bytes,
-        backend: options.backend,
-        create_if_missing: options.create_if_missing,
-        tail_max_lag_bytes: options.feed_max_lag_bytes,
-        storage: Arc::clone(&options.storage),
-        ..WalOptions::default()
-    };
     let (wal, report) = keel_recovery::open_log(
         wal_dir,
-        wal_options,
+        wal_options(options),
         options.recovery_policy,
         snapshot_lsn,
         replay,
@@ -269,6 +261,20 @@ fn open_log(
         )));
     }
     Ok((wal, report))
+}
+
+/// The log's options, from the database's.
+fn wal_options(options: &Options) -> WalOptions {
+    WalOptions {
+        durability: options.durability,
+        segment_bytes: options.segment_bytes,
+        max_record_bytes: options.max_record_bytes,
+        backend: options.backend,
+        create_if_missing: options.create_if_missing,
+        tail_max_lag_bytes: options.feed_max_lag_bytes,
+        storage: Arc::clone(&options.storage),
+        ..WalOptions::default()
+    }
 }
 
 /// The previous process may have died before syncing the entries it created here (a
@@ -294,6 +300,8 @@ fn assemble(
     let latency = super::stats::Latencies::new()
         .map_err(|e| Error::Metadata(format!("latency histogram: {e}")))?;
     let snapshot_lsn = recovered.snapshot_lsn;
+    // The limit the log resolved (0 in the options: derived from the segment size).
+    let max_record_bytes = wal.max_record_bytes();
     let signal = Arc::new(Signal::default());
     let inner = Inner {
         path,
@@ -301,7 +309,7 @@ fn assemble(
         wal,
         durability: options.durability,
         isolation: options.isolation,
-        max_record_bytes: options.max_record_bytes,
+        max_record_bytes,
         state: RwLock::new(recovered.state),
         pending: Mutex::new(VecDeque::new()),
         first_pending: AtomicU64::new(NONE_PENDING),

@@ -14,9 +14,17 @@ pub struct Options {
     pub backend: BackendChoice,
     /// What recovery accepts at open.
     pub recovery_policy: RecoveryPolicy,
-    /// Size of each log segment.
+    /// Size of each log segment (a multiple of 4096, at least 8 KiB; 64 MiB by default). The
+    /// record limit follows it unless set.
     pub segment_bytes: u64,
-    /// Largest single entry.
+    /// Largest log record, which bounds one write: a key and value may hold this less 64
+    /// bytes of framing, and a larger write is refused with [`Error::TooLarge`]. 0 (the
+    /// default): an eighth of `segment_bytes` (8 MiB for the default 64 MiB segments), so
+    /// setting `segment_bytes` alone never contradicts it. Set, it must fit one segment; a
+    /// value that does not is refused at open with a message naming both options and the
+    /// range allowed.
+    ///
+    /// [`Error::TooLarge`]: crate::Error::TooLarge
     pub max_record_bytes: u32,
     /// Create the database when the directory holds none.
     pub create_if_missing: bool,

@@ -184,7 +184,7 @@ impl Wal {
             dir,
             database_id,
             durability: options.durability,
-            max_record_bytes: options.max_record_bytes,
+            max_record_bytes: options.record_limit(),
             segment_bytes: options.segment_bytes,
             tail_max_lag_bytes: options.tail_max_lag_bytes,
             backend: backend_kind,
