@@ -17,24 +17,44 @@
 //!   then the log resumes where it left it ([`Wal::resume`], [`RecoveredLog`]); one lock, one
 //!   listing and one scan per open. `keel_recovery::open_wal` does both for a log used alone.
 //!
-//! ```no_run
-//! use keel_wal::{RunId, WalEntry, WalOptions};
-//! let wal = keel_recovery::open_wal("/tmp/keel-example/wal", WalOptions::default())?;
+//! Open a log (in a new temporary directory here), append a transaction as one unit, close
+//! it, and read it back:
+//!
+//! ```
+//! use keel_wal::{LogReader, RunId, WalEntry, WalOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("wal");
+//! // Recovery opens the log, creating it since there is none yet.
+//! let wal = keel_recovery::open_wal(&path, WalOptions::default())?;
 //! let run_id = RunId::from_u128(1);
+//! // One unit: consecutive LSNs, one write, one fdatasync (the default, `Durability::Strict`).
+//! // `.wait()` blocks; from async code, `.await` the same future instead.
 //! let lsn = wal
 //!     .append(&[
 //!         WalEntry::Write { run_id, txn_id: 1, key: b"k".to_vec(), value: b"v".to_vec() },
 //!         WalEntry::CommitTxn { run_id, txn_id: 1 },
 //!     ])
 //!     .wait()?;
-//! assert_eq!(lsn, 2);
+//! assert_eq!(lsn, 2); // LSNs start at 1: the `Write` got 1, the commit 2
+//! wal.close()?;
+//!
+//! // Every record, in LSN order, its entry read zero-copy from the reader's buffer.
+//! let mut reader = LogReader::open(&path)?;
+//! let mut kinds = Vec::new();
+//! while let Some(record) = reader.next_record()? {
+//!     kinds.push((record.lsn, record.entry.kind().name()));
+//! }
+//! assert_eq!(kinds, [(1, "Write"), (2, "CommitTxn")]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+#![warn(missing_docs)]
 
 pub mod backend;
 pub mod dir;
 mod error;
-pub mod format;
+mod format;
 mod ids;
 mod options;
 mod tail;
@@ -45,11 +65,11 @@ mod writer;
 pub use dir::{fsutil, storage};
 pub use format::{reader, record, scan, segment, witness, zeros};
 
+#[doc(hidden)]
 pub use backend::uring_faults::UringFaults;
 pub use backend::{BackendChoice, BackendKind};
 pub use dir::LogReader;
 pub use error::{CorruptionReason, DurableProof, Error, PoisonCause, Result};
-pub use format::checksum::{ChecksumMismatch, Crc};
 pub use format::entry::{ArchivedWalEntry, EntryKind, WalEntry};
 pub use format::reader::{OwnedRecord, RecordPosition, RecordRef, SegmentEvent, SegmentReader};
 pub use format::record::EncodedBatch;

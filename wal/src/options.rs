@@ -26,14 +26,22 @@ pub enum Durability {
     /// most `max_delay` after the oldest unsynced write, and sooner once `max_bytes` are
     /// unsynced. A process crash loses nothing acknowledged; a power loss can lose the
     /// commits of that window.
-    Batched { max_delay: Duration, max_bytes: u64 },
+    Batched {
+        /// The longest a written commit waits for its fdatasync.
+        max_delay: Duration,
+        /// Unsynced bytes that start an fdatasync without waiting for `max_delay`.
+        max_bytes: u64,
+    },
     /// A commit resolves as soon as it is queued; the writer writes and syncs it in the
     /// background within about `max_delay`. A process crash or power loss can lose the
     /// commits queued in that window, and a failed write fails commits already resolved.
     /// Backpressure: while more than [`crate::MAX_QUEUED_BYTES`] wait in the queue, a commit
     /// resolves once written instead, so a producer faster than the disk cannot grow memory
     /// without bound.
-    Async { max_delay: Duration },
+    Async {
+        /// About the longest a queued commit waits to be written and synced.
+        max_delay: Duration,
+    },
 }
 
 impl Durability {

@@ -13,6 +13,7 @@ pub mod std_io;
     reason = "io_uring submission and the eventfd wake are unsafe FFI; every block has a SAFETY comment"
 )]
 pub mod uring;
+#[doc(hidden)]
 pub mod uring_faults;
 
 use std::fs::File;
@@ -90,14 +91,18 @@ impl BackendChoice {
 /// An open segment file as the backend sees it.
 #[derive(Debug)]
 pub struct IoFile {
+    /// The file, open for writing.
     pub file: File,
+    /// Its path, for error messages and for storage that tracks files by name.
     pub path: PathBuf,
 }
 
 /// A positional write.
 #[derive(Debug)]
 pub struct WriteOp {
+    /// Where in the file the write starts.
     pub offset: u64,
+    /// The bytes to write, all of them; handed back in the chain's [`Completion`].
     pub buf: Vec<u8>,
 }
 
@@ -106,8 +111,11 @@ pub struct WriteOp {
 pub struct Chain {
     /// Unique and increasing in submission order.
     pub id: u64,
+    /// The file the chain writes and syncs.
     pub file: Arc<IoFile>,
+    /// The write, if the chain has one.
     pub write: Option<WriteOp>,
+    /// Whether an fdatasync of `file` follows, started only once the write completed.
     pub sync: bool,
     /// The writer expects no other chain to overlap this one (nothing else in flight or
     /// queued): a backend may then run it directly instead of pipelining it.
@@ -123,15 +131,20 @@ pub type Waker = Arc<dyn Fn() + Send + Sync>;
 /// What failed in a chain.
 #[derive(Debug)]
 pub struct ChainError {
+    /// The operation that failed (`"write"`, `"fdatasync"`, ...), for the error message.
     pub operation: &'static str,
+    /// Why it failed.
     pub error: io::Error,
 }
 
 /// The outcome of one chain. `buf` is the write buffer handed back for reuse.
 #[derive(Debug)]
 pub struct Completion {
+    /// The [`Chain::id`] of the chain that finished.
     pub id: u64,
+    /// Whether every operation of the chain succeeded; the first failure otherwise.
     pub result: std::result::Result<(), ChainError>,
+    /// The chain's write buffer, if it had a write.
     pub buf: Option<Vec<u8>>,
 }
 

@@ -17,12 +17,12 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const IDENTITY_FILE: &str = "IDENTITY";
 /// The identity file's own format version, independent of the segment format's
 /// ([`crate::format::segment::FORMAT_VERSION`]).
-pub const IDENTITY_FORMAT_VERSION: u32 = 1;
+pub(crate) const IDENTITY_FORMAT_VERSION: u32 = 1;
 const IDENTITY_MAGIC: [u8; 8] = *b"KEELWID\0";
 const IDENTITY_LEN: usize = 36;
 
 /// Names Keel keeps in a WAL directory besides segments and spares.
-pub fn is_reserved_name(name: &str) -> bool {
+pub(crate) fn is_reserved_name(name: &str) -> bool {
     name == LOCK_FILE || name == IDENTITY_FILE || name == "IDENTITY.tmp"
 }
 
@@ -187,7 +187,7 @@ pub fn read_identity(dir: &Path) -> Result<Option<DatabaseId>> {
 }
 
 /// Writes the directory's identity atomically.
-pub fn write_identity(storage: &dyn Storage, dir: &Path, id: DatabaseId) -> Result<()> {
+pub(crate) fn write_identity(storage: &dyn Storage, dir: &Path, id: DatabaseId) -> Result<()> {
     let mut bytes = [0u8; IDENTITY_LEN];
     bytes[..8].copy_from_slice(&IDENTITY_MAGIC);
     put_u32(&mut bytes, 8, IDENTITY_FORMAT_VERSION);

@@ -9,34 +9,64 @@ use crate::ids::{Lsn, RunId, TxnId};
 #[rkyv(derive(Debug))]
 pub enum WalEntry {
     /// A transaction spilled entries to the log before committing.
-    BeginTxn { run_id: RunId, txn_id: TxnId },
+    BeginTxn {
+        /// The run the entry belongs to.
+        run_id: RunId,
+        /// The transaction the entry belongs to, unique within its run.
+        txn_id: TxnId,
+    },
     /// `key` is set to `value` when the transaction commits.
     Write {
+        /// The run the entry belongs to.
         run_id: RunId,
+        /// The transaction the entry belongs to, unique within its run.
         txn_id: TxnId,
+        /// The key written.
         key: Vec<u8>,
+        /// Its new value.
         value: Vec<u8>,
     },
     /// `key` is removed when the transaction commits.
     Delete {
+        /// The run the entry belongs to.
         run_id: RunId,
+        /// The transaction the entry belongs to, unique within its run.
         txn_id: TxnId,
+        /// The key removed.
         key: Vec<u8>,
     },
     /// The transaction's entries take effect, in the order of this entry's LSN.
-    CommitTxn { run_id: RunId, txn_id: TxnId },
+    CommitTxn {
+        /// The run the entry belongs to.
+        run_id: RunId,
+        /// The transaction the entry belongs to, unique within its run.
+        txn_id: TxnId,
+    },
     /// The transaction's entries are void.
-    AbortTxn { run_id: RunId, txn_id: TxnId },
+    AbortTxn {
+        /// The run the entry belongs to.
+        run_id: RunId,
+        /// The transaction the entry belongs to, unique within its run.
+        txn_id: TxnId,
+    },
     /// A snapshot covering every LSN up to `snapshot_lsn` is durable; usually by
     /// [`RunId::SYSTEM`].
-    Checkpoint { run_id: RunId, snapshot_lsn: Lsn },
+    Checkpoint {
+        /// The run the entry belongs to.
+        run_id: RunId,
+        /// The snapshot holds the effect of every LSN up to and including this one.
+        snapshot_lsn: Lsn,
+    },
     /// An opaque record of a component built on the log (the Raft log store, say): the log
     /// frames, checksums and orders it, recovery counts it and passes it to
     /// `Replay::payload`, and transactions never see it. `tag` tells the owner's record
     /// kinds apart without decoding `payload`.
     Payload {
+        /// The run the entry belongs to.
         run_id: RunId,
+        /// The owner's kind of record.
         tag: u32,
+        /// The record, in the owner's encoding.
         payload: Vec<u8>,
     },
     /// Like `CommitTxn`, and it names the LSN of the transaction's first entry (its
@@ -44,8 +74,11 @@ pub enum WalEntry {
     /// it read every entry from `first_lsn` on, so a transaction whose head was lost (a
     /// removed segment, a skipped gap) is a finding, never a partial apply. Format version 2.
     CommitSpan {
+        /// The run the entry belongs to.
         run_id: RunId,
+        /// The transaction the entry belongs to, unique within its run.
         txn_id: TxnId,
+        /// The LSN of the transaction's first entry.
         first_lsn: Lsn,
     },
 }
@@ -57,13 +90,21 @@ const _: () = assert!(size_of::<ArchivedWalEntry>() == 48);
 /// The kind of an entry, without its fields.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum EntryKind {
+    /// [`WalEntry::BeginTxn`].
     BeginTxn,
+    /// [`WalEntry::Write`].
     Write,
+    /// [`WalEntry::Delete`].
     Delete,
+    /// [`WalEntry::CommitTxn`].
     CommitTxn,
+    /// [`WalEntry::AbortTxn`].
     AbortTxn,
+    /// [`WalEntry::Checkpoint`].
     Checkpoint,
+    /// [`WalEntry::Payload`].
     Payload,
+    /// [`WalEntry::CommitSpan`].
     CommitSpan,
 }
 

@@ -1,7 +1,7 @@
 //! Reading segments back. [`SegmentReader`] streams one segment through a bounded, aligned
 //! buffer and reports each record, the clean end of the written data, or damage, without
-//! judging it; [`LogReader`] walks every segment of a directory in LSN order and treats any
-//! anomaly as an error (for logs already recovered). Entries are validated rkyv archives
+//! judging it; [`LogReader`](crate::LogReader) walks every segment of a directory in LSN
+//! order and treats any anomaly as an error (for logs already recovered). Entries are validated rkyv archives
 //! borrowed from the reader's buffer: nothing is deserialized.
 
 use std::fs::File;
@@ -17,7 +17,7 @@ use crate::format::segment::{self, HEADER_BLOCK_LEN, SegmentFile, SegmentHeader}
 use crate::ids::Lsn;
 
 /// Bytes read from the file at a time (a record larger than this is read whole).
-pub const READ_CHUNK: usize = 1 << 20;
+pub(crate) const READ_CHUNK: usize = 1 << 20;
 
 /// Where one record sits: enough to read it back alone with [`crate::Wal::read_record`].
 /// Reported by [`crate::Wal::append_placed`] and by [`RecordRef::position`].
@@ -126,6 +126,7 @@ pub(crate) fn read_record_at(
 pub struct RecordRef<'a> {
     /// The segment the record is in, by its first LSN.
     pub segment: Lsn,
+    /// The record's LSN.
     pub lsn: Lsn,
     /// The highest LSN that was durable when this record was written.
     pub durable_lsn: Lsn,
@@ -154,14 +155,18 @@ impl RecordRef<'_> {
 /// What a segment holds at the reader's position.
 #[derive(Debug)]
 pub enum SegmentEvent<'a> {
+    /// The next record, verified; the reader has moved past it.
     Record(RecordRef<'a>),
     /// No further record: the next header is all zeros or the segment is full.
     End {
+        /// Where the records end: the offset the next record would go to.
         offset: u64,
     },
     /// The bytes at `offset` are not a valid record.
     Damaged {
+        /// Where the invalid record starts in the segment file.
         offset: u64,
+        /// What is wrong with it.
         reason: CorruptionReason,
     },
 }
@@ -187,7 +192,7 @@ impl SegmentReader {
     }
 
     /// Reads a segment through an already open file (read access is enough).
-    pub fn from_file(file: File, segment: &SegmentFile) -> Result<Self> {
+    pub(crate) fn from_file(file: File, segment: &SegmentFile) -> Result<Self> {
         let header = segment::read_header(&file, segment)?;
         Self::with_header(file, segment, header)
     }

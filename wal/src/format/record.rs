@@ -22,12 +22,19 @@ use crate::format::checksum::{ChecksumMismatch, Crc};
 use crate::format::entry::{ArchivedWalEntry, WalEntry};
 use crate::ids::Lsn;
 
+/// Offset of `header_crc` in a record: the salted CRC32 of bytes 4..32 of the header.
 pub const HEADER_CRC_OFFSET: usize = 0;
+/// Offset of `payload_len` in a record: the archive's exact length, u32 LE.
 pub const PAYLOAD_LEN_OFFSET: usize = HEADER_CRC_OFFSET + 4;
+/// Offset of `lsn` in a record: the record's own LSN, u64 LE.
 pub const LSN_OFFSET: usize = PAYLOAD_LEN_OFFSET + 4;
+/// Offset of `durable_lsn` in a record: the highest LSN known durable when it was written.
 pub const DURABLE_LSN_OFFSET: usize = LSN_OFFSET + 8;
+/// Offset of `body_crc` in a record: the salted CRC32 of the padded payload.
 pub const BODY_CRC_OFFSET: usize = DURABLE_LSN_OFFSET + 8;
+/// Offset of `kind` in a record: what the payload is ([`KIND_ENTRY`]), u16 LE.
 pub const KIND_OFFSET: usize = BODY_CRC_OFFSET + 4;
+/// Offset of `flags` in a record: 0, reserved.
 pub const FLAGS_OFFSET: usize = KIND_OFFSET + 2;
 /// Size of the record header; the payload starts here.
 pub const RECORD_HEADER_LEN: usize = FLAGS_OFFSET + 2;
@@ -45,7 +52,7 @@ const _: () = assert!((MAX_PAYLOAD_LEN as usize).is_multiple_of(RECORD_ALIGN));
 const _: () = assert!((MAX_PAYLOAD_LEN as u64) + (RECORD_HEADER_LEN as u64) < u32::MAX as u64);
 
 /// The payload length rounded up to the record alignment.
-pub const fn padded_len(payload_len: usize) -> usize {
+pub(crate) const fn padded_len(payload_len: usize) -> usize {
     payload_len.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
 
@@ -57,10 +64,15 @@ pub const fn record_len(payload_len: usize) -> usize {
 /// A parsed, checksum-verified record header.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct RecordHeader {
+    /// Exact length of the payload (the rkyv archive), without its padding.
     pub payload_len: u32,
+    /// The record's LSN.
     pub lsn: Lsn,
+    /// The highest LSN known durable when the record was written (its durable mark).
     pub durable_lsn: Lsn,
+    /// The salted checksum the padded payload must match.
     pub body_crc: u32,
+    /// What the payload is; [`KIND_ENTRY`] is the only kind so far.
     pub kind: u16,
 }
 
@@ -152,7 +164,7 @@ impl EncodedBatch {
     }
 
     /// Bytes on disk.
-    pub fn byte_len(&self) -> usize {
+    pub(crate) fn byte_len(&self) -> usize {
         self.bytes.len()
     }
 }
@@ -178,7 +190,7 @@ pub fn seal(record: &mut [u8], lsn: Lsn, durable_lsn: Lsn, salt: u32) -> usize {
 
 /// Checks a record header's checksum and length bound. `limit` is the largest payload the
 /// place it sits in can hold: nothing is allocated from a length that was not checked.
-pub fn parse_header(
+pub(crate) fn parse_header(
     header: &[u8],
     salt: u32,
     limit: u64,
@@ -213,7 +225,7 @@ pub fn parse_header(
 
 /// Checks the padded body against the header and validates the archive; the returned entry
 /// borrows `body`. `body` must start 8-byte aligned in memory.
-pub fn check_body<'a>(
+pub(crate) fn check_body<'a>(
     header: &RecordHeader,
     body: &'a [u8],
     salt: u32,

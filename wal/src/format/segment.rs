@@ -25,19 +25,29 @@ use crate::format::record::{
 };
 use crate::ids::{DatabaseId, Lsn};
 
+/// The first 8 bytes of every segment file.
 pub const MAGIC: [u8; 8] = *b"KEELWAL\0";
 /// The segment and record format this build writes: version 2 added the `CommitSpan` entry.
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest segment format this build reads. Versions from this one to
 /// [`FORMAT_VERSION`] are read; appends never go to a segment older than [`FORMAT_VERSION`].
 pub const OLDEST_READABLE_VERSION: u32 = 1;
+/// Offset of the magic in the segment header.
 pub const MAGIC_OFFSET: usize = 0;
+/// Offset of the format version (u32 LE) in the segment header.
 pub const VERSION_OFFSET: usize = MAGIC_OFFSET + 8;
+/// Offset of the flags (u32 LE, 0, reserved) in the segment header.
 pub const FLAGS_OFFSET: usize = VERSION_OFFSET + 4;
+/// Offset of the database id (16 bytes) in the segment header.
 pub const DATABASE_ID_OFFSET: usize = FLAGS_OFFSET + 4;
+/// Offset of the segment's first LSN (u64 LE) in its header; the file name repeats it.
 pub const FIRST_LSN_OFFSET: usize = DATABASE_ID_OFFSET + 16;
+/// Offset of the segment's size in bytes (u64 LE) in its header.
 pub const SEGMENT_BYTES_OFFSET: usize = FIRST_LSN_OFFSET + 8;
+/// Offset of the salt (u32 LE) every checksum of the segment is seeded with.
 pub const SALT_OFFSET: usize = SEGMENT_BYTES_OFFSET + 8;
+/// Offset of the header checksum (u32 LE, unsalted CRC32 of the bytes before it); 8 reserved
+/// bytes lie between the salt and it.
 pub const HEADER_CRC_OFFSET: usize = SALT_OFFSET + 4 + 8;
 /// Bytes of the header that carry fields.
 pub const HEADER_LEN: usize = HEADER_CRC_OFFSET + 4;
@@ -60,9 +70,14 @@ pub struct SegmentHeader {
     /// The format version the segment was written in, from [`OLDEST_READABLE_VERSION`] to
     /// [`FORMAT_VERSION`].
     pub version: u32,
+    /// The database the segment belongs to; a segment of another is refused.
     pub database_id: DatabaseId,
+    /// The LSN of the segment's first record (also in its file name).
     pub first_lsn: Lsn,
+    /// The size the segment file was created with; records never cross it.
     pub segment_bytes: u64,
+    /// The seed of every checksum in the segment, random per segment, so that stale or
+    /// copied bytes do not verify.
     pub salt: u32,
 }
 
@@ -182,7 +197,7 @@ impl SegmentHeader {
     }
 
     /// The largest payload a record starting at `offset` can carry in this segment.
-    pub fn payload_limit_at(&self, offset: u64) -> u64 {
+    pub(crate) fn payload_limit_at(&self, offset: u64) -> u64 {
         self.segment_bytes
             .saturating_sub(offset)
             .saturating_sub(RECORD_HEADER_LEN as u64)
@@ -253,6 +268,7 @@ pub fn parse_file_name(name: &str) -> Option<Lsn> {
 /// One segment file found in a directory.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SegmentFile {
+    /// Where the file is.
     pub path: PathBuf,
     /// The first LSN its name stands for.
     pub first_lsn: Lsn,

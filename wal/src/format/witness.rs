@@ -34,12 +34,19 @@ use crate::format::record::{RECORD_ALIGN, get_u32, get_u64, put_u32, put_u64};
 use crate::format::segment::{HEADER_BLOCK_LEN, HEADER_LEN, SegmentHeader};
 use crate::ids::Lsn;
 
+/// The first 8 bytes of a witness slot.
 pub const MAGIC: [u8; 8] = *b"KEELWIT\0";
+/// Offset of the magic in a slot.
 pub const MAGIC_OFFSET: usize = 0;
+/// Offset of the sequence number (u64 LE) in a slot.
 pub const SEQUENCE_OFFSET: usize = MAGIC_OFFSET + 8;
+/// Offset of the LSN the slot claims durable (u64 LE).
 pub const DURABLE_LSN_OFFSET: usize = SEQUENCE_OFFSET + 8;
+/// Offset of the segment offset where the claimed records end (u64 LE).
 pub const END_OFFSET_OFFSET: usize = DURABLE_LSN_OFFSET + 8;
+/// Offset of the slot's own index (u32 LE), so a slot written to the wrong place is refused.
 pub const SLOT_OFFSET: usize = END_OFFSET_OFFSET + 8;
+/// Offset of the slot's checksum (u32 LE, salted with the segment's salt).
 pub const CRC_OFFSET: usize = SLOT_OFFSET + 4;
 /// Bytes of one slot.
 pub const SLOT_LEN: usize = CRC_OFFSET + 4;
@@ -66,7 +73,9 @@ const _: () = assert!(SLOT_OFFSETS[1] + SECTOR + (SLOT_LEN as u64) <= HEADER_BLO
 pub struct Witness {
     /// Higher is newer; its parity is the slot it lives in.
     pub sequence: u64,
+    /// Every record of the segment through this LSN was durable.
     pub durable_lsn: Lsn,
+    /// The offset where the record at `durable_lsn` ends: nothing is claimed beyond it.
     pub end_offset: u64,
 }
 

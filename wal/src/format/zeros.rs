@@ -10,7 +10,7 @@ static ZERO_BLOCK: [u8; BLOCK_BYTES] = [0; BLOCK_BYTES];
 const _: () = assert!(BLOCK_BYTES.is_multiple_of(8));
 
 /// The index of the first non-zero byte of `bytes`, or `None` if all are zero.
-pub fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn first_nonzero(bytes: &[u8]) -> Option<usize> {
     let mut start = 0;
     for block in bytes.chunks(BLOCK_BYTES) {
         if block != &ZERO_BLOCK[..block.len()] {

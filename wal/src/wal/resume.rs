@@ -32,8 +32,11 @@ use crate::writer::{ActiveSegment, WitnessTiming, Writer};
 /// beyond that offset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogEnd {
+    /// The header of the last segment, verified.
     pub header: SegmentHeader,
+    /// The offset in the last segment where its last valid record ends: the next append's.
     pub offset: u64,
+    /// The last segment's newest valid durable witness, if it has one.
     pub witness: Option<Witness>,
 }
 
