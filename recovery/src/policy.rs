@@ -81,31 +81,59 @@ impl fmt::Display for RecoveryPolicy {
 pub enum Finding {
     /// The last segment ends in bytes that are not the next record, and no later record's
     /// durable mark reaches the missing LSN: only unacknowledged data is affected.
-    TornTail { lsn: Lsn, reason: CorruptionReason },
+    TornTail {
+        /// The LSN the next record would have had.
+        lsn: Lsn,
+        /// What is wrong with the bytes found there.
+        reason: CorruptionReason,
+    },
     /// A damaged, unexpected or missing record at `lsn` that was durable, as `proof` shows: a
     /// later record's durable mark, or the segment's durable witness (which also catches the
     /// newest records, with nothing written after them).
     DamageBelowDurableMark {
+        /// The LSN expected at the damage.
         lsn: Lsn,
+        /// What is wrong with the bytes found there.
         reason: CorruptionReason,
+        /// What shows the record was durable, so acknowledged.
         proof: DurableProof,
     },
     /// Damage in a segment that is not the last: the rotation barrier made all of it durable
     /// before the next segment was started.
-    DamageInSealedSegment { lsn: Lsn, reason: CorruptionReason },
+    DamageInSealedSegment {
+        /// The LSN expected at the damage.
+        lsn: Lsn,
+        /// What is wrong with the bytes found there.
+        reason: CorruptionReason,
+    },
     /// A segment starts above the LSN expected next: the segments in between are missing.
-    MissingSegment { expected: Lsn, found: Lsn },
+    MissingSegment {
+        /// The LSN expected next.
+        expected: Lsn,
+        /// The first LSN of the segment found instead.
+        found: Lsn,
+    },
     /// A segment header that fails its checks.
-    DamagedSegmentHeader { reason: CorruptionReason },
+    DamagedSegmentHeader {
+        /// Which check it fails.
+        reason: CorruptionReason,
+    },
     /// A segment file that is all zeros, header included.
     ZeroedSegment,
     /// A segment that belongs to another database.
     ForeignSegment {
+        /// The database of the log (its `IDENTITY`).
         expected: DatabaseId,
+        /// The database the segment's header names.
         found: DatabaseId,
     },
     /// A segment written by a format version this build does not read.
-    UnknownFormatVersion { found: u32, supported: u32 },
+    UnknownFormatVersion {
+        /// The version in the segment's header.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
     /// A file in the log directory that is not part of the log.
     UnknownFile,
     /// A committed transaction not all of whose entries were read: its head lies before the
@@ -113,8 +141,11 @@ pub enum Finding {
     /// the LSN a `CommitSpan` names (`None` for a `CommitTxn`, which names none: it is judged
     /// by the conservative rule of `txns.rs`). Applying it would apply part of it.
     PartialTransaction {
+        /// The transaction.
         txn_id: TxnId,
+        /// The LSN its `CommitSpan` names as its first entry's.
         first_lsn: Option<Lsn>,
+        /// The LSN of its commit record.
         commit_lsn: Lsn,
     },
     /// `damage` lost only LSNs `lost_from..resume_lsn`, all at or below `covered_through`, the
@@ -123,9 +154,13 @@ pub enum Finding {
     /// that its witness proves, `resume_lsn` is where the witness's claim ends: nothing proves
     /// a record beyond it was written, and the log continues above the snapshot.)
     DamageCoveredBySnapshot {
+        /// The damage as it would be judged without the snapshot.
         damage: Box<Finding>,
+        /// The first LSN lost.
         lost_from: Lsn,
+        /// The LSN reading resumes at (the first not lost).
         resume_lsn: Lsn,
+        /// The LSN the caller's snapshot covers ([`crate::RecoveryOptions::covered_through`]).
         covered_through: Lsn,
     },
 }

@@ -15,7 +15,9 @@ pub struct Anomaly {
     pub path: PathBuf,
     /// Byte offset in that file (0 for whole-file findings).
     pub offset: u64,
+    /// What was found.
     pub finding: Finding,
+    /// What the policy decided about it ([`crate::decide`]).
     pub decision: Decision,
 }
 
@@ -35,6 +37,7 @@ impl fmt::Display for Anomaly {
 /// The outcome of a recovery: fields for programs, `Display` for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecoveryReport {
+    /// The policy the findings were judged under.
     pub policy: RecoveryPolicy,
     /// The LSN the caller's snapshot covers, if it gave one: nothing at or below it was
     /// handed to the sink.
@@ -80,8 +83,9 @@ pub struct RecoveryReport {
     pub lsns_skipped: u64,
     /// Every anomaly, in the order found.
     pub anomalies: Vec<Anomaly>,
-    /// The first and last LSN of the recovered log (`None` when it holds no record).
+    /// The first LSN of the recovered log (`None` when it holds no record).
     pub first_lsn: Option<Lsn>,
+    /// The last LSN of the recovered log (`None` when it holds no record).
     pub last_lsn: Option<Lsn>,
     /// The LSN the next append gets.
     pub next_lsn: Lsn,
@@ -90,6 +94,7 @@ pub struct RecoveryReport {
     /// The highest transaction id in any record read, committed or not: a writer must not
     /// reuse it (an incomplete transaction's entries stay in the log).
     pub max_txn_id: Option<keel_wal::TxnId>,
+    /// How long the recovery took, repair included.
     pub duration: Duration,
 }
 

@@ -89,7 +89,9 @@ pub trait Replay {
 /// A committed transaction's data entries (`Write` and `Delete`), zero-copy, in LSN order.
 #[derive(Debug)]
 pub struct CommittedTxn<'a> {
+    /// The run the transaction wrote to.
     pub run_id: RunId,
+    /// The transaction, unique within its run.
     pub txn_id: TxnId,
     /// LSN of its first entry (`BeginTxn` or its first data entry).
     pub first_lsn: Lsn,
