@@ -52,3 +52,10 @@ openraft::declare_raft_types!(
         D = KvRequest,
         R = KvResponse,
 );
+
+/// The README's Rust blocks, compiled and run as doc-tests (`cargo test -p keel-raft --doc`):
+/// keel-raft is the one crate whose dependencies include every crate they use (keel, keel-wal,
+/// keel-recovery, keel-raft, openraft, tokio, tempfile).
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
