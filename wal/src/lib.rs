@@ -70,6 +70,9 @@ pub use backend::uring_faults::UringFaults;
 pub use backend::{BackendChoice, BackendKind};
 pub use dir::LogReader;
 pub use error::{CorruptionReason, DurableProof, Error, PoisonCause, Result};
+// The checksum newtype: for tests and fuzz targets that frame records by hand.
+#[doc(hidden)]
+pub use format::checksum::{ChecksumMismatch, Crc};
 pub use format::entry::{ArchivedWalEntry, EntryKind, WalEntry};
 pub use format::reader::{OwnedRecord, RecordPosition, RecordRef, SegmentEvent, SegmentReader};
 pub use format::record::EncodedBatch;

@@ -187,7 +187,7 @@ pub fn read_identity(dir: &Path) -> Result<Option<DatabaseId>> {
 }
 
 /// Writes the directory's identity atomically.
-pub(crate) fn write_identity(storage: &dyn Storage, dir: &Path, id: DatabaseId) -> Result<()> {
+pub fn write_identity(storage: &dyn Storage, dir: &Path, id: DatabaseId) -> Result<()> {
     let mut bytes = [0u8; IDENTITY_LEN];
     bytes[..8].copy_from_slice(&IDENTITY_MAGIC);
     put_u32(&mut bytes, 8, IDENTITY_FORMAT_VERSION);

@@ -6,20 +6,20 @@
 
 /// A checksum as stored on disk.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Crc(pub(crate) u32);
+pub struct Crc(pub u32);
 
 /// A checksum that did not match.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct ChecksumMismatch {
+pub struct ChecksumMismatch {
     /// The checksum stored on disk.
-    pub(crate) expected: u32,
+    pub expected: u32,
     /// The checksum computed over the bytes as read.
-    pub(crate) actual: u32,
+    pub actual: u32,
 }
 
 impl Crc {
     /// The salted checksum of `bytes`.
-    pub(crate) fn salted(salt: u32, bytes: &[u8]) -> Crc {
+    pub fn salted(salt: u32, bytes: &[u8]) -> Crc {
         let mut hasher = crc32fast::Hasher::new_with_initial(salt);
         hasher.update(bytes);
         Crc(hasher.finalize())
@@ -28,14 +28,14 @@ impl Crc {
     /// Re-seeds an unsalted checksum of `len` bytes with `salt`, in O(log len) and without the
     /// bytes: callers checksum their payloads on their own threads before the writer knows which
     /// segment (and so which salt) the record lands in.
-    pub(crate) fn salt_unsalted(salt: u32, unsalted: u32, len: u64) -> Crc {
+    pub fn salt_unsalted(salt: u32, unsalted: u32, len: u64) -> Crc {
         let mut hasher = crc32fast::Hasher::new_with_initial(salt);
         hasher.combine(&crc32fast::Hasher::new_with_initial_len(unsalted, len));
         Crc(hasher.finalize())
     }
 
     /// Checks this stored checksum against the one computed from the bytes.
-    pub(crate) fn check(self, actual: Crc) -> Result<(), ChecksumMismatch> {
+    pub fn check(self, actual: Crc) -> Result<(), ChecksumMismatch> {
         if self == actual {
             Ok(())
         } else {

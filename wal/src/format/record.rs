@@ -164,7 +164,7 @@ impl EncodedBatch {
     }
 
     /// Bytes on disk.
-    pub(crate) fn byte_len(&self) -> usize {
+    pub fn byte_len(&self) -> usize {
         self.bytes.len()
     }
 }
@@ -190,7 +190,11 @@ pub fn seal(record: &mut [u8], lsn: Lsn, durable_lsn: Lsn, salt: u32) -> usize {
 
 /// Checks a record header's checksum and length bound. `limit` is the largest payload the
 /// place it sits in can hold: nothing is allocated from a length that was not checked.
-pub(crate) fn parse_header(
+///
+/// Public for the record-decoder fuzz target (`fuzz/targets.rs`); readers use
+/// [`crate::SegmentReader`], which calls it.
+#[doc(hidden)]
+pub fn parse_header(
     header: &[u8],
     salt: u32,
     limit: u64,
@@ -225,7 +229,10 @@ pub(crate) fn parse_header(
 
 /// Checks the padded body against the header and validates the archive; the returned entry
 /// borrows `body`. `body` must start 8-byte aligned in memory.
-pub(crate) fn check_body<'a>(
+///
+/// Public for the record-decoder fuzz target, as [`parse_header`] is.
+#[doc(hidden)]
+pub fn check_body<'a>(
     header: &RecordHeader,
     body: &'a [u8],
     salt: u32,
