@@ -22,11 +22,21 @@ pub enum CorruptionReason {
     /// The segment header's checksum does not match its bytes: the header was damaged after it
     /// was written.
     #[error("segment header checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")]
-    SegmentHeaderChecksum { expected: u32, actual: u32 },
+    SegmentHeaderChecksum {
+        /// The checksum stored in the header.
+        expected: u32,
+        /// The checksum computed over the header's bytes as read.
+        actual: u32,
+    },
     /// The first LSN in the segment's file name differs from the one in its header: a file
     /// renamed or copied under another name. Restore its name, or remove it if it is a stray copy.
     #[error("segment file name says first LSN {named} but its header says {stored}")]
-    SegmentNameMismatch { named: Lsn, stored: Lsn },
+    SegmentNameMismatch {
+        /// The first LSN the file's name gives.
+        named: Lsn,
+        /// The first LSN its header records.
+        stored: Lsn,
+    },
     /// A field of an otherwise intact segment header is out of range (named in the message):
     /// written by a newer or a broken build.
     #[error("segment header is damaged: {0}")]
@@ -34,20 +44,39 @@ pub enum CorruptionReason {
     /// The segment file is shorter than its header block: truncated (a crash while creating it,
     /// or a copy cut short).
     #[error("segment file is {actual} bytes, shorter than its header block")]
-    SegmentTooShort { actual: u64 },
+    SegmentTooShort {
+        /// The file's length, in bytes.
+        actual: u64,
+    },
     /// A record header's checksum does not match: a torn or damaged write. At the log's end this
     /// is an interrupted append; below the durable mark it is damage (see
     /// [`CorruptionReason::DamageBelowDurableMark`]).
     #[error("record header checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")]
-    RecordHeaderChecksum { expected: u32, actual: u32 },
+    RecordHeaderChecksum {
+        /// The checksum stored in the record header.
+        expected: u32,
+        /// The checksum computed over the header's bytes as read.
+        actual: u32,
+    },
     /// A record header claims a payload longer than what is left in the segment or than the
     /// format allows: a damaged header.
     #[error("record length {length} exceeds the {limit} bytes left in the segment or format")]
-    RecordLength { length: u64, limit: u64 },
+    RecordLength {
+        /// The payload length the header claims, in bytes.
+        length: u64,
+        /// The most it could be, in bytes: what is left in the segment after this header, or the
+        /// format's maximum payload if smaller.
+        limit: u64,
+    },
     /// A record's payload does not match its checksum: a torn or damaged write (as for
     /// [`CorruptionReason::RecordHeaderChecksum`]).
     #[error("record body checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")]
-    RecordBodyChecksum { expected: u32, actual: u32 },
+    RecordBodyChecksum {
+        /// The body checksum stored in the record header.
+        expected: u32,
+        /// The checksum computed over the payload as read.
+        actual: u32,
+    },
     /// A record of a kind this build does not know: written by a newer build, or damaged.
     #[error("record of unknown kind {0}")]
     RecordKind(u16),
@@ -58,7 +87,12 @@ pub enum CorruptionReason {
     /// A record carries another LSN than the one expected at its place: records out of order,
     /// or a stale record from the segment's earlier use.
     #[error("expected LSN {expected}, found {found}")]
-    LsnMismatch { expected: Lsn, found: Lsn },
+    LsnMismatch {
+        /// The LSN due at this place (one past the previous record's).
+        expected: Lsn,
+        /// The LSN the record carries.
+        found: Lsn,
+    },
     /// The file ends inside a record: the last append was cut short (a crash, or a copy cut
     /// short).
     #[error("the file ends inside a record")]
@@ -75,10 +109,20 @@ pub enum CorruptionReason {
     /// witness proves it had been synced: acknowledged data was lost by the storage, not torn
     /// by a crash. Recovery refuses it unless its policy accepts the loss.
     #[error("record at LSN {lsn} is damaged or missing, but {proof}")]
-    DamageBelowDurableMark { lsn: Lsn, proof: DurableProof },
+    DamageBelowDurableMark {
+        /// The LSN expected at the damaged or missing record.
+        lsn: Lsn,
+        /// What shows it had been durable.
+        proof: DurableProof,
+    },
     /// The segments' LSNs leave a gap: a segment file was removed or never copied. Restore it.
     #[error("segments are not contiguous: expected first LSN {expected}, found {found}")]
-    MissingSegment { expected: Lsn, found: Lsn },
+    MissingSegment {
+        /// The first LSN the next segment should have (one past the previous one's last).
+        expected: Lsn,
+        /// The first LSN of the next segment present.
+        found: Lsn,
+    },
     /// The log directory's `IDENTITY` file is damaged (the reason is named). Restore it from a
     /// copy of the same database.
     #[error("identity file is damaged: {0}")]
@@ -117,15 +161,21 @@ pub enum Error {
     /// file). Nothing was acknowledged that the failure could lose; fix the cause and retry.
     #[error("{operation} {}: {source}", path.display())]
     Io {
+        /// What was being done (`"opening"`, `"syncing"`, `"locking"`, ...).
         operation: &'static str,
+        /// The file or directory it was done on.
         path: PathBuf,
+        /// The operating system's error.
         source: io::Error,
     },
 
     /// The log directory's `LOCK` is held: another process (or another open handle in this
     /// one) has the log open. Close that one first; a lock is released when its process exits.
     #[error("the log at {} is locked by another process or handle", path.display())]
-    Locked { path: PathBuf },
+    Locked {
+        /// The log directory.
+        path: PathBuf,
+    },
 
     /// A segment or the identity file was written in a format version this build does not
     /// read (by a newer build): open it with that build or a newer one.
@@ -134,7 +184,9 @@ pub enum Error {
         path.display()
     )]
     UnknownFormatVersion {
+        /// The segment or identity file.
         path: PathBuf,
+        /// The format version it was written in.
         found: u32,
         /// The newest version this build reads (segments: also every older one down to
         /// `segment::OLDEST_READABLE_VERSION`).
@@ -146,8 +198,11 @@ pub enum Error {
     /// Remove or restore the stranger; nothing was read from it.
     #[error("{} belongs to database {found}, not to this database ({expected})", path.display())]
     ForeignDatabase {
+        /// The file that belongs to another database.
         path: PathBuf,
+        /// This log's database id (from its `IDENTITY`, or the options).
         expected: DatabaseId,
+        /// The database id the file carries.
         found: DatabaseId,
     },
 
@@ -156,8 +211,11 @@ pub enum Error {
     /// a reader that meets it reports this.
     #[error("corruption in {} at offset {offset}: {reason}", segment.display())]
     Corruption {
+        /// The segment file (or the identity file) the damage is in.
         segment: PathBuf,
+        /// Where in that file, in bytes from its start.
         offset: u64,
+        /// What is wrong.
         reason: CorruptionReason,
     },
 
@@ -165,13 +223,22 @@ pub enum Error {
     /// ([`crate::WalOptions::max_record_bytes`]): refused before anything was queued. Raise that
     /// option (it must fit a segment, [`crate::WalOptions::segment_bytes`]) or write less.
     #[error("record of {size} bytes exceeds the maximum of {max} bytes")]
-    RecordTooLarge { size: u64, max: u64 },
+    RecordTooLarge {
+        /// The encoded record payload, in bytes.
+        size: u64,
+        /// The log's record limit, in bytes ([`crate::WalOptions::max_record_bytes`] as
+        /// resolved).
+        max: u64,
+    },
 
     /// A write or sync of the log failed (`cause` says which, on which file): the log accepts no
     /// more appends, since what reached the disk is unknown. Close it and open it again:
     /// recovery establishes what is there.
     #[error("the log is poisoned and accepts no more commits: {cause}")]
-    Poisoned { cause: Arc<PoisonCause> },
+    Poisoned {
+        /// The first failed write or sync (shared by every error the poisoned log returns).
+        cause: Arc<PoisonCause>,
+    },
 
     /// The log is closed or its writer stopped: an append or a wait made after (or
     /// interrupted by) its close. Open it again to write.
@@ -184,7 +251,12 @@ pub enum Error {
     #[error(
         "LSN {requested} is no longer in the log: its oldest record is LSN {oldest} (read the newest snapshot, then follow the log from the LSN it covers)"
     )]
-    LsnRemoved { requested: Lsn, oldest: Lsn },
+    LsnRemoved {
+        /// The LSN asked for.
+        requested: Lsn,
+        /// The oldest LSN the log still holds.
+        oldest: Lsn,
+    },
 
     /// A [`crate::Tail`] fell more than `max_bytes` of log behind the log's removal point and was
     /// ended (a slow reader never stalls the writer): resume from `position` if the log still
@@ -194,8 +266,11 @@ pub enum Error {
         "the tail at LSN {position} fell {lag_bytes} bytes of log behind, more than the {max_bytes} it may hold back (WalOptions::tail_max_lag_bytes): it ended and the log was released; resume from LSN {position} if it is still there, else from a snapshot"
     )]
     TailFellBehind {
+        /// The LSN the tail would have read next.
         position: Lsn,
+        /// How far behind it was, in bytes of log it held back from removal.
         lag_bytes: u64,
+        /// The most it may hold back, in bytes ([`crate::WalOptions::tail_max_lag_bytes`]).
         max_bytes: u64,
     },
 
@@ -208,7 +283,9 @@ pub enum Error {
     /// old kernel, or refused by a seccomp policy): choose `Auto` or `Std`.
     #[error("the {backend} backend was required but cannot run here: {reason}")]
     BackendUnavailable {
+        /// The backend asked for (`"uring"`).
         backend: &'static str,
+        /// Why it cannot run, as the probe found (the error from setting up a ring, say).
         reason: String,
     },
 
@@ -245,10 +322,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum DurableProof {
     /// A later record of the segment (LSN `lsn`) carries a durable mark reaching it.
-    LaterRecord { lsn: Lsn, durable_lsn: Lsn },
+    LaterRecord {
+        /// The LSN of the later record.
+        lsn: Lsn,
+        /// The durable mark it carries: every LSN through it had been synced.
+        durable_lsn: Lsn,
+    },
     /// The segment's witness says every record through `durable_lsn`, ending at `end_offset`,
     /// was durable.
-    Witness { durable_lsn: Lsn, end_offset: u64 },
+    Witness {
+        /// The last LSN the witness says was durable.
+        durable_lsn: Lsn,
+        /// Where that record ends in the segment, in bytes from the file's start.
+        end_offset: u64,
+    },
 }
 
 impl std::fmt::Display for DurableProof {
