@@ -16,16 +16,79 @@
 //! place of the receiver's state with [`Database::install_snapshot`] (a Raft state machine's
 //! snapshot transfer, say).
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), keel::Error> {
-//! let db = keel::Database::open("/tmp/keel-demo", keel::Options::default())?;
-//! let run = db.begin_run("ingest").await?;
-//! let mut txn = db.transaction(run)?;
-//! txn.put(b"k", b"v")?;
-//! let version = txn.commit().await?;
-//! assert_eq!(db.get(run, b"k")?.unwrap().version, version);
-//! # Ok(()) }
+//! A tour, in a new temporary directory: a run, a transaction, reads and iterators, a
+//! read-modify-write that conflicts and one that [`Database::transact`] retries, and a reopen.
+//! Commits are futures that need no runtime: `futures::executor::block_on` drives them here
+//! (from a non-async caller, [`Transaction::commit_blocking`] does the same).
+//!
 //! ```
+//! use futures::executor::block_on;
+//! use keel::{Database, Error, Options, Transaction};
+//!
+//! /// The counter under "count" as `txn` sees it (0 before its first write).
+//! fn count(txn: &Transaction) -> keel::Result<u64> {
+//!     let value = txn.get("count")?;
+//!     Ok(value.map_or(0, |v| u64::from_le_bytes(v.value.try_into().expect("8 bytes"))))
+//! }
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("db");
+//! let db = Database::open(&path, Options::default())?; // creates it: there is none yet
+//! block_on(async {
+//!     // Every key belongs to a run; names are unique among active runs.
+//!     let run = db.begin_run("ingest").await?;
+//!
+//!     // Writes are buffered in the transaction, which reads its own writes, and commit as one
+//!     // unit; the commit version is its LSN, returned once durable (`Durability::Strict`).
+//!     let mut txn = db.transaction(run)?;
+//!     txn.put("user/1", "ada")?;
+//!     txn.put("user/2", "grace")?;
+//!     txn.put("user/3", "edsger")?;
+//!     assert_eq!(txn.prefix("user/")?.count(), 3);
+//!     let version = txn.commit().await?;
+//!
+//!     // Reads see every commit acknowledged so far, each value with the version that wrote it.
+//!     let ada = db.get(run, "user/1")?.expect("committed");
+//!     assert_eq!((ada.value, ada.version), (b"ada".to_vec(), version));
+//!
+//!     // Iterators over a range (or a prefix) of one run's keys, from either end.
+//!     let keys: Vec<Vec<u8>> = db.range(run, "user/2"..)?.rev().map(|(key, _)| key).collect();
+//!     assert_eq!(keys, [b"user/3".to_vec(), b"user/2".to_vec()]);
+//!
+//!     // Two read-modify-writes of the counter, interleaved: both read 0, and the second to
+//!     // commit is refused (transactions are serializable), or the counter would lose one.
+//!     let (mut a, mut b) = (db.transaction(run)?, db.transaction(run)?);
+//!     let (seen_a, seen_b) = (count(&a)?, count(&b)?);
+//!     a.put("count", (seen_a + 1).to_le_bytes())?;
+//!     b.put("count", (seen_b + 1).to_le_bytes())?;
+//!     a.commit().await?;
+//!     let refused = b.commit().await;
+//!     assert!(matches!(refused, Err(Error::Conflict { ref key, .. }) if key == b"count"));
+//!
+//!     // `transact` runs the closure in a new transaction and commits it, and on a conflict
+//!     // runs it again on fresh reads (here up to 3 times in all).
+//!     let (now, _version) = db
+//!         .transact(run, 3, |txn| {
+//!             let next = count(txn)? + 1;
+//!             txn.put("count", next.to_le_bytes())?;
+//!             Ok(next)
+//!         })
+//!         .await?;
+//!     assert_eq!(now, 2);
+//!     Ok::<_, Error>(())
+//! })?;
+//! // Closing needs the last handle (no clone, no open transaction): it syncs and unlocks.
+//! db.close()?;
+//!
+//! // Reopened, the database recovers every acknowledged commit; the run is found by its name.
+//! let db = Database::open(&path, Options::default())?;
+//! let run = db.find_run("ingest").expect("still active");
+//! assert_eq!(db.get(run, "count")?.expect("committed").value, 2u64.to_le_bytes());
+//! db.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
 
 mod db;
 mod image;
@@ -104,7 +167,12 @@ pub enum Error {
     #[error(
         "a run named {name:?} is active already (run {run}); run names are unique among active runs"
     )]
-    RunNameTaken { name: String, run: RunId },
+    RunNameTaken {
+        /// The name asked for.
+        name: String,
+        /// The active run that has it.
+        run: RunId,
+    },
     /// The database's own records (runs, snapshots, the log against the snapshots) are
     /// damaged or do not agree; the message says what and where, and the same open refuses
     /// the same way every time. Restore the files it names.
@@ -116,7 +184,10 @@ pub enum Error {
         "the database at {} is locked: another process (or another open handle in this process) has it open; close that one first",
         path.display()
     )]
-    Locked { path: std::path::PathBuf },
+    Locked {
+        /// The database's directory.
+        path: std::path::PathBuf,
+    },
     /// A write too large for one log record: a key of `key_bytes` and a value of
     /// `value_bytes`, together over `limit_bytes`, the most one write may hold (the record
     /// limit, [`Options::max_record_bytes`] — named by `option` — less a write's framing).
@@ -131,8 +202,12 @@ pub enum Error {
         too_large_what(*key_bytes, *value_bytes)
     )]
     TooLarge {
+        /// The key's length, in bytes (0 for an entry the log refused).
         key_bytes: usize,
+        /// The value's length, in bytes (the encoded entry's, for an entry the log refused).
         value_bytes: usize,
+        /// The most key and value of one write may hold together, in bytes (the record
+        /// limit, for an entry the log refused).
         limit_bytes: u64,
         /// The option that sets the limit: `"Options::max_record_bytes"`.
         option: &'static str,
@@ -150,7 +225,9 @@ pub enum Error {
         path.display()
     )]
     InUse {
+        /// The database's directory.
         path: std::path::PathBuf,
+        /// How many other handles are alive (not counting the one `close` was called on).
         handles: usize,
     },
     /// A write this transaction spilled to the log ahead of its commit failed (the first
@@ -168,7 +245,12 @@ pub enum Error {
         "transaction conflict: key \"{}\" of run {run} was changed by another commit after this transaction's first read; run the transaction again (Database::transact retries)",
         key.escape_ascii()
     )]
-    Conflict { run: RunId, key: Vec<u8> },
+    Conflict {
+        /// The run of the key.
+        run: RunId,
+        /// The key another commit changed (the first one found).
+        key: Vec<u8>,
+    },
     /// [`Database::open`] was given a path that is not a Keel database and where it will not
     /// make one: a file, a keel-wal log, a directory holding other files, or (with
     /// [`Options::create_if_missing`] off) no database at all. `what` says which, in a
@@ -179,7 +261,9 @@ pub enum Error {
     /// variant answers "there is no Keel database at `path`".
     #[error("{} is not a Keel database: {what}", path.display())]
     NotADatabase {
+        /// The path given to [`Database::open`].
         path: std::path::PathBuf,
+        /// What is there instead, in a sentence.
         what: String,
     },
 }
@@ -236,7 +320,12 @@ pub enum CloseError {
     /// them): nothing was closed, and `db` is the handle given back. Drop the others and call
     /// [`Database::close`] on it again. Into [`Error`], it is [`Error::InUse`].
     #[error("{}", Error::InUse { path: db.path().to_path_buf(), handles: *handles })]
-    InUse { db: Database, handles: usize },
+    InUse {
+        /// The handle `close` was called on, given back.
+        db: Database,
+        /// How many other handles are alive.
+        handles: usize,
+    },
     /// Closing the log failed (its last write or sync): the database is closed all the same,
     /// and the next open recovers what reached the disk.
     #[error(transparent)]
@@ -270,4 +359,5 @@ impl From<CloseError> for Error {
     }
 }
 
+/// The result type of keel.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
