@@ -138,7 +138,27 @@ impl Database {
         &self.inner.snapshots_skipped
     }
 
-    /// What recovery found and did when this database was opened.
+    /// What recovery found and did when this database was opened: counts, and each anomaly
+    /// ([`Anomaly`](crate::Anomaly)) with its [`Finding`](crate::Finding) and the policy's
+    /// [`Decision`](crate::Decision), all named through keel.
+    ///
+    /// ```
+    /// use keel::{Database, Decision, Finding, Options};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path().join("db"), Options::default())?;
+    /// let report = db.recovery_report();
+    /// for anomaly in &report.anomalies {
+    ///     match (&anomaly.finding, anomaly.decision) {
+    ///         (Finding::TornTail { lsn, .. }, Decision::Truncate) => {
+    ///             println!("an interrupted commit at LSN {lsn} was cut off")
+    ///         }
+    ///         (finding, decision) => println!("{finding}: {decision}"),
+    ///     }
+    /// }
+    /// assert!(report.is_clean()); // a new database: nothing found
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.report
     }

@@ -105,9 +105,15 @@ pub use db::{
 };
 pub use image::SnapshotImage;
 pub use iter::Iter;
-pub use keel_recovery::{Error as RecoveryError, RecoveryPolicy, RecoveryReport};
+// What recovery found ([`RecoveryReport::anomalies`], [`RecoveryError::Refused`]) is part of
+// what a user of keel reads and matches: its types are here, so no one needs keel-recovery
+// or keel-wal as a dependency to name them.
+pub use keel_recovery::{
+    Anomaly, Decision, Error as RecoveryError, Finding, RecoveryPolicy, RecoveryReport,
+};
 pub use keel_wal::{
-    BackendChoice, CorruptionReason, Durability, Error as WalError, Lsn, PoisonCause, RunId,
+    BackendChoice, CorruptionReason, Durability, DurableProof, Error as WalError, Lsn, PoisonCause,
+    RunId,
 };
 pub use state::{RunInfo, RunState, Versioned};
 pub use view::Snapshot;
