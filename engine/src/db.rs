@@ -298,6 +298,12 @@ impl Database {
         self.snapshot().prefix(run, prefix)
     }
 
+    /// Every committed `(key, value)` pair of `run`, as of this call, in key order from
+    /// either end.
+    pub fn iter(&self, run: RunId) -> Result<Iter> {
+        self.snapshot().iter(run)
+    }
+
     /// A read-only view of the whole database with every commit acknowledged so far: O(1).
     pub fn snapshot(&self) -> Snapshot {
         Snapshot::new(self.view())

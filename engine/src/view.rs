@@ -36,13 +36,22 @@ impl Snapshot {
 
     /// The `(key, value)` pairs of `run` in `range`, in key order from either end.
     pub fn range<K: AsRef<[u8]>>(&self, run: RunId, range: impl RangeBounds<K>) -> Result<Iter> {
-        self.iter(run, range::owned(&range))
+        self.iter_in(run, range::owned(&range))
+    }
+
+    /// Every `(key, value)` pair of `run`, in key order from either end (`range(run, ..)`
+    /// needs its key type named; this does not).
+    pub fn iter(&self, run: RunId) -> Result<Iter> {
+        self.iter_in(
+            run,
+            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+        )
     }
 
     /// The `(key, value)` pairs of `run` whose keys start with `prefix`, in key order from
     /// either end.
     pub fn prefix(&self, run: RunId, prefix: impl AsRef<[u8]>) -> Result<Iter> {
-        self.iter(run, range::prefix_range(prefix.as_ref()))
+        self.iter_in(run, range::prefix_range(prefix.as_ref()))
     }
 
     /// A run's metadata, as of this view.
@@ -50,7 +59,7 @@ impl Snapshot {
         self.state.runs.get(&run.as_u128()).cloned()
     }
 
-    fn iter(&self, run: RunId, range: KeyRange) -> Result<Iter> {
+    fn iter_in(&self, run: RunId, range: KeyRange) -> Result<Iter> {
         self.check_run(run)?;
         let own = Default::default();
         Ok(Iter::new(self.state.clone(), run.as_u128(), range, own))

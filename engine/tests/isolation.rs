@@ -404,7 +404,7 @@ fn inverted_and_empty_ranges_read_nothing() {
     );
     let inclusive = txn.range(b"b".as_slice()..=b"b".as_slice()).unwrap();
     assert_eq!(inclusive.count(), 1);
-    let all = txn.range::<&[u8]>(..).unwrap();
+    let all = txn.iter().unwrap();
     let keys: Vec<_> = all.into_iter().map(|(k, _)| k).collect();
     assert_eq!(
         keys,

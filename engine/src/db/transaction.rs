@@ -187,6 +187,11 @@ impl Transaction {
         self.read_range(range::owned(&range))
     }
 
+    /// [`Transaction::range`] over every key of the run.
+    pub fn iter(&self) -> Result<Iter> {
+        self.read_range((std::ops::Bound::Unbounded, std::ops::Bound::Unbounded))
+    }
+
     /// [`Transaction::range`] over every key that starts with `prefix`.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<Iter> {
         self.read_range(range::prefix_range(prefix.as_ref()))
