@@ -94,6 +94,7 @@ impl Database {
         let mut pending = lock(&self.inner.pending);
         if run == SYSTEM_RUN {
             self.check_run_names_locked(&changes, &pending)?;
+            self.check_run_ends_locked(&changes, &pending)?;
         } else {
             self.check_writable_locked(run_id, &pending)?;
         }
@@ -161,14 +162,7 @@ impl Database {
     /// state or in the commits queued before it (so two `begin_run`s of one name racing each
     /// other cannot both commit). Under the `pending` lock of the append.
     fn check_run_names_locked(&self, changes: &[Change], pending: &PendingQueue) -> Result<()> {
-        let records = |changes: &'_ [Change]| -> Vec<(u128, RunRecord)> {
-            let records = changes.iter().filter_map(|change| match change {
-                Change::Put(key, value) => Some((run_of_key(key)?, RunRecord::decode(value).ok()?)),
-                Change::Delete(_) => None,
-            });
-            records.map(|(id, record)| (id.as_u128(), record)).collect()
-        };
-        for (id, record) in records(changes) {
+        for (id, record) in run_records(changes) {
             if record.ended {
                 continue;
             }
@@ -181,7 +175,7 @@ impl Database {
                 .collect();
             drop(state);
             let queued = pending.iter().filter(|commit| commit.run == SYSTEM_RUN);
-            for (other, queued) in queued.flat_map(|commit| records(&commit.changes)) {
+            for (other, queued) in queued.flat_map(|commit| run_records(&commit.changes)) {
                 if queued.name == record.name || active.contains_key(&other) {
                     active.insert(other, !queued.ended);
                 }
@@ -191,6 +185,37 @@ impl Database {
                     name: record.name,
                     run: RunId::from_u128(other),
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a record that ends or deletes a run unless the run is there as of this
+    /// record's place in the log: in the state, after the run records queued before it. A
+    /// run deleted there is unknown; one ended there cannot end again (it may be deleted).
+    /// Without this, an `end_run` that read the state while a `delete_run` was queued and not
+    /// yet acknowledged was appended after it and put the deleted run back
+    /// (`tests/adversarial_run_record_race.rs`). Under the `pending` lock of the append.
+    fn check_run_ends_locked(&self, changes: &[Change], pending: &PendingQueue) -> Result<()> {
+        for (id, record) in run_records(changes) {
+            if !record.ended {
+                continue;
+            }
+            let mut ended = match read(&self.inner.state).runs.get(&id) {
+                None => None,
+                Some(info) => Some(info.state != RunState::Active),
+            };
+            let queued = pending.iter().filter(|commit| commit.run == SYSTEM_RUN);
+            for (other, queued) in queued.flat_map(|commit| run_records(&commit.changes)) {
+                if other == id {
+                    ended = (!queued.deleted).then_some(queued.ended);
+                }
+            }
+            let run = RunId::from_u128(id);
+            match ended {
+                None => return Err(Error::UnknownRun(run)),
+                Some(true) if !record.deleted => return Err(Error::RunEnded(run)),
+                Some(_) => {}
             }
         }
         Ok(())
@@ -342,6 +367,15 @@ fn at_least(requested: Option<Durability>, floor: Durability) -> Durability {
         Some(requested) if rank(&requested) > rank(&floor) => requested,
         _ => floor,
     }
+}
+
+/// The run records among `changes` (puts to `run/<id>` keys of the system run), by run id.
+fn run_records(changes: &[Change]) -> Vec<(u128, RunRecord)> {
+    let records = changes.iter().filter_map(|change| match change {
+        Change::Put(key, value) => Some((run_of_key(key)?, RunRecord::decode(value).ok()?)),
+        Change::Delete(_) => None,
+    });
+    records.map(|(id, record)| (id.as_u128(), record)).collect()
 }
 
 /// The change an entry of [`Database::entries`] holds, moved back out.
