@@ -248,10 +248,13 @@ impl Database {
 
     /// Refuses a write whose log entry could exceed the record limit: its key and value may
     /// hold the limit less [`WRITE_ENTRY_OVERHEAD`], a bound never below the encoded size.
+    /// A limit under that overhead holds no write, not even an empty one (which `put` let
+    /// through to be refused at commit: `tests/adversarial_tiny_limit.rs`).
     fn check_write_size(&self, key_bytes: usize, value_bytes: usize) -> Result<()> {
-        let limit_bytes =
-            u64::from(self.inner.max_record_bytes).saturating_sub(WRITE_ENTRY_OVERHEAD);
-        if (key_bytes as u64).saturating_add(value_bytes as u64) > limit_bytes {
+        let room = u64::from(self.inner.max_record_bytes).checked_sub(WRITE_ENTRY_OVERHEAD);
+        let limit_bytes = room.unwrap_or(0);
+        let bytes = (key_bytes as u64).saturating_add(value_bytes as u64);
+        if room.is_none_or(|room| bytes > room) {
             return Err(Error::TooLarge {
                 key_bytes,
                 value_bytes,
