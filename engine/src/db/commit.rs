@@ -201,10 +201,12 @@ impl Database {
             if !record.ended {
                 continue;
             }
-            let mut ended = match read(&self.inner.state).runs.get(&id) {
-                None => None,
-                Some(info) => Some(info.state != RunState::Active),
-            };
+            let state = read(&self.inner.state);
+            let mut ended = state
+                .runs
+                .get(&id)
+                .map(|info| info.state != RunState::Active);
+            drop(state);
             let queued = pending.iter().filter(|commit| commit.run == SYSTEM_RUN);
             for (other, queued) in queued.flat_map(|commit| run_records(&commit.changes)) {
                 if other == id {
