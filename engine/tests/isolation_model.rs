@@ -393,10 +393,12 @@ fn crashed_interleavings_recover_the_models_acknowledged_commits() {
         total.reads += f.reads;
     }
     report("simulated crashes, Serializable", &total);
+    // A crash often lands in the log's background work (segment preallocation, the
+    // checkpoint thread), and the next commit then fails before anything of it is written.
     println!(
-        "{cut} lives ended by a commit cut by the crash, {cut_kept} of them recovered with it"
+        "{cut} lives ended by a failed commit (its outcome unknown), {cut_kept} of them recovered with it"
     );
-    assert!(cut > 0, "no crash fell inside a commit");
+    assert!(cut > 0, "no crash ended a life at a commit");
 }
 
 #[test]
