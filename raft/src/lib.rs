@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
 #![expect(
     clippy::result_large_err,
     reason = "openraft's storage traits return its StorageError by value"
@@ -36,13 +37,24 @@ use serde::{Deserialize, Serialize};
 /// A client request to the replicated key-value map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvRequest {
-    Set { key: String, value: String },
-    Delete { key: String },
+    /// Sets `key` to `value`; the response carries the value set.
+    Set {
+        /// The key to set.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
+    /// Removes `key`, if present.
+    Delete {
+        /// The key to remove.
+        key: String,
+    },
 }
 
 /// The answer to a [`KvRequest`]: the value set, if any.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvResponse {
+    /// The value a `Set` wrote; `None` for a `Delete` and for blank or membership entries.
     pub value: Option<String>,
 }
 

@@ -167,11 +167,13 @@ impl<C: RaftTypeConfig> Clone for KeelLogStore<C> {
 /// What a log store did since it was opened (clones share them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogStoreStats {
-    /// `append` calls, and the entries they carried.
+    /// `append` calls.
     pub appends: u64,
+    /// Entries those `append` calls carried.
     pub entries_appended: u64,
-    /// Entries read while still in memory (not yet durable), and by position from the log.
+    /// Entries read while still in memory (not yet durable).
     pub entries_read_from_memory: u64,
+    /// Entries read by position from the log.
     pub entries_read_from_log: u64,
     /// Segments deleted after purges.
     pub segments_deleted: u64,
@@ -189,9 +191,13 @@ struct Counters {
 /// What opening found, for logs and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogSummary<NID: openraft::NodeId> {
+    /// The last vote saved, if any.
     pub vote: Option<Vote<NID>>,
+    /// The last committed log id saved, if any.
     pub committed: Option<LogId<NID>>,
+    /// The id of the last purged entry, if any.
     pub last_purged_log_id: Option<LogId<NID>>,
+    /// The id of the last entry in the log (or the last purged one when none is left), if any.
     pub last_log_id: Option<LogId<NID>>,
     /// Entries in the log.
     pub entries: u64,

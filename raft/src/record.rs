@@ -19,30 +19,45 @@ use serde::{Deserialize, Serialize};
 /// The run every record of a Raft log carries.
 pub const RAFT_RUN: RunId = RunId::from_u128(u128::from_be_bytes(*b"keel-raft-log\0\0\x01"));
 
+/// The tag of an `Entry` record: one Raft entry, its log id framed first.
 pub const TAG_ENTRY: u32 = 1;
+/// The tag of a `Vote` record: the vote saved.
 pub const TAG_VOTE: u32 = 2;
+/// The tag of a `Committed` record: the committed log id saved.
 pub const TAG_COMMITTED: u32 = 3;
+/// The tag of a `Truncate` record: entries from an index on are void.
 pub const TAG_TRUNCATE: u32 = 4;
+/// The tag of a `Purge` record: entries up to a log id are gone.
 pub const TAG_PURGE: u32 = 5;
+/// The tag of a `State` record: the durable [`Marks`], whole.
 pub const TAG_STATE: u32 = 6;
 
 /// The durable marks, written whole before segments holding older ones are deleted.
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(bound = "")]
 pub struct Marks<C: RaftTypeConfig> {
+    /// The last vote saved, if any.
     pub vote: Option<Vote<C::NodeId>>,
+    /// The last committed log id saved, if any.
     pub committed: Option<LogId<C::NodeId>>,
+    /// The id of the last purged entry, if any.
     pub purged: Option<LogId<C::NodeId>>,
 }
 
 /// A record read back.
 #[derive(Debug)]
 pub enum Decoded<C: RaftTypeConfig> {
+    /// An `Entry` record: the entry's log id (the entry itself is read on demand).
     Entry(LogId<C::NodeId>),
+    /// A `Vote` record.
     Vote(Vote<C::NodeId>),
+    /// A `Committed` record.
     Committed(Option<LogId<C::NodeId>>),
+    /// A `Truncate` record: the first index made void.
     Truncate(u64),
+    /// A `Purge` record: the last log id purged.
     Purge(LogId<C::NodeId>),
+    /// A `State` record.
     State(Marks<C>),
 }
 
@@ -75,22 +90,27 @@ pub fn entry<C: RaftTypeConfig>(log_id: &LogId<C::NodeId>, entry: &C::Entry) -> 
     payload(TAG_ENTRY, bytes)
 }
 
+/// A `Vote` record.
 pub fn vote<C: RaftTypeConfig>(vote: &Vote<C::NodeId>) -> WalEntry {
     payload(TAG_VOTE, json(vote))
 }
 
+/// A `Committed` record.
 pub fn committed<C: RaftTypeConfig>(committed: &Option<LogId<C::NodeId>>) -> WalEntry {
     payload(TAG_COMMITTED, json(committed))
 }
 
+/// A `Truncate` record voiding the entries at index `since` and above.
 pub fn truncate(since: u64) -> WalEntry {
     payload(TAG_TRUNCATE, json(&since))
 }
 
+/// A `Purge` record: the entries up to `upto` (included) are gone.
 pub fn purge<C: RaftTypeConfig>(upto: &LogId<C::NodeId>) -> WalEntry {
     payload(TAG_PURGE, json(upto))
 }
 
+/// A `State` record holding `marks`.
 pub fn state<C: RaftTypeConfig>(marks: &Marks<C>) -> WalEntry {
     payload(TAG_STATE, json(marks))
 }

@@ -16,6 +16,7 @@ use crate::tree::{
 /// An inode whose names changed since its directory was last synced.
 #[derive(Clone, Debug)]
 pub struct DirChange {
+    /// The inode whose names changed.
     pub ino: u64,
     /// (directory inode, name) pairs durable now.
     durable: Vec<(u64, String, Node)>,

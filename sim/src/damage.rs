@@ -9,9 +9,21 @@ use crate::SECTOR;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Damage {
     /// Flips bit `bit` of the byte at `offset` of the file at `path` (relative to the root).
-    BitFlip { path: PathBuf, offset: u64, bit: u8 },
+    BitFlip {
+        /// The file, relative to the root.
+        path: PathBuf,
+        /// Offset of the byte in the file, in bytes.
+        offset: u64,
+        /// The bit within the byte, 0 to 7 (taken modulo 8).
+        bit: u8,
+    },
     /// Zeroes sector `sector` of the file at `path`.
-    ZeroSector { path: PathBuf, sector: u64 },
+    ZeroSector {
+        /// The file, relative to the root.
+        path: PathBuf,
+        /// Index of the sector in the file, in [`SECTOR`](crate::SECTOR)s.
+        sector: u64,
+    },
 }
 
 pub(crate) fn apply_damage(root: &Path, damage: &Damage) -> io::Result<()> {

@@ -68,6 +68,8 @@
 //! (the real tree and byte images), `rng`, `settings` ([`SimFaults`], [`Broken`]);
 //! `storage` ([`Sim`] as a [`keel_wal::Storage`]) and `faults` ([`Faults`]).
 
+#![warn(missing_docs)]
+
 mod backend;
 mod crash;
 mod damage;

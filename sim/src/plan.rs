@@ -8,7 +8,9 @@ use crate::rng::SimRng;
 /// What a plan does with one pending write at a power loss.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteFate {
+    /// The write survives whole.
     Kept,
+    /// The write is gone, as if never made.
     Lost,
     /// Per sector of the write.
     Torn(Vec<SectorFate>),
@@ -17,9 +19,13 @@ pub enum WriteFate {
 /// What one sector of a torn write holds after the crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SectorFate {
+    /// The write's bytes.
     New,
+    /// The bytes the image held there before the write.
     Old,
+    /// Zeros.
     Zeroed,
+    /// Garbage bytes, generated from this seed and the sector's offset.
     Garbage(u8),
 }
 
@@ -32,6 +38,7 @@ pub struct CrashPlan {
     pub writes: Vec<WriteFate>,
     /// Per directory change of [`CrashState::dir_changes`]: true keeps the live names.
     pub dir_live: Vec<bool>,
+    /// Media damage applied to the surviving image, in order.
     pub damage: Vec<Damage>,
 }
 

@@ -31,7 +31,9 @@ pub struct PendingWrite {
     pub seq: u64,
     /// Inode of its file.
     pub ino: u64,
+    /// Offset in its file, in bytes.
     pub offset: u64,
+    /// The bytes written.
     pub data: Vec<u8>,
     /// Made outside the backend (found as a difference at capture).
     pub untracked: bool,
