@@ -40,7 +40,7 @@ fn delete(db: &Database, run: RunId, key: &[u8]) {
     block_on(txn.commit()).unwrap();
 }
 
-fn number(txn: &mut Transaction, key: &[u8]) -> i64 {
+fn number(txn: &Transaction, key: &[u8]) -> i64 {
     txn.get(key)
         .unwrap()
         .map_or(0, |v| String::from_utf8(v.value).unwrap().parse().unwrap())
@@ -65,7 +65,7 @@ fn a_lost_update_is_a_conflict() {
     let (db, run) = open(dir.path());
     put(&db, run, b"n", b"0");
     let (mut a, mut b) = (db.transaction(run).unwrap(), db.transaction(run).unwrap());
-    let (na, nb) = (number(&mut a, b"n"), number(&mut b, b"n"));
+    let (na, nb) = (number(&a, b"n"), number(&b, b"n"));
     assert_eq!((na, nb), (0, 0));
     set(&mut a, b"n", na + 1);
     set(&mut b, b"n", nb + 1);
@@ -84,7 +84,7 @@ fn a_lost_update_is_a_conflict() {
         Ok(())
     };
     let mut first = db.transaction(run).unwrap();
-    let seen = number(&mut first, b"n");
+    let seen = number(&first, b"n");
     block_on(db.transact(run, 3, increment)).unwrap();
     set(&mut first, b"n", seen + 1);
     assert!(matches!(
@@ -104,7 +104,7 @@ fn snapshot_isolation_refuses_lost_updates_and_allows_write_skew() {
     let mut a = db.transaction_with(run, Isolation::Snapshot).unwrap();
     let mut b = db.transaction_with(run, Isolation::Snapshot).unwrap();
     assert_eq!(a.isolation(), Isolation::Snapshot);
-    let (na, nb) = (number(&mut a, b"n"), number(&mut b, b"n"));
+    let (na, nb) = (number(&a, b"n"), number(&b, b"n"));
     set(&mut a, b"n", na + 1);
     set(&mut b, b"n", nb + 1);
     block_on(a.commit()).unwrap();
@@ -226,24 +226,52 @@ fn a_scanned_range_conflicts_with_a_key_created_changed_or_deleted_in_it() {
 }
 
 #[test]
-fn reads_come_from_one_view_taken_at_the_first_read() {
+fn reads_come_from_one_view() {
     let dir = tempfile::tempdir().unwrap();
     let (db, run) = open(dir.path());
     put(&db, run, b"x", b"1");
     put(&db, run, b"y", b"1");
-    let mut txn = db.transaction(run).unwrap();
-    // Created before its first read: the view is taken then, so this is seen.
-    put(&db, run, b"x", b"2");
-    assert_eq!(number(&mut txn, b"x"), 2);
-    // Made after: not seen, by point reads nor by scans.
-    put(&db, run, b"y", b"3");
-    put(&db, run, b"w", b"3");
-    assert_eq!(number(&mut txn, b"y"), 1);
-    let keys: Vec<_> = txn.scan(b"").unwrap().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, vec![b"x".to_vec(), b"y".to_vec()]);
-    // A read-only transaction commits nothing to conflict with... but it read a changed
-    // key: serializable refuses it too (its reads are not those of any one point).
-    assert_eq!(conflict_key(block_on(txn.commit())), b"y");
+    for isolation in [Isolation::Serializable, Isolation::Snapshot] {
+        put(&db, run, b"x", b"1");
+        put(&db, run, b"y", b"1");
+        let txn = db.transaction_with(run, isolation).unwrap();
+        // Made before its first read: seen.
+        put(&db, run, b"x", b"2");
+        assert_eq!(number(&txn, b"x"), 2);
+        // A serializable transaction's first point read is made on the state as it is; its
+        // view is taken at its second read (with `x` checked unchanged in it), so this is
+        // seen too. Under snapshot isolation the view was taken at the first read.
+        put(&db, run, b"y", b"3");
+        let y = number(&txn, b"y");
+        match isolation {
+            Isolation::Serializable => assert_eq!(y, 3),
+            _ => assert_eq!(y, 1),
+        }
+        // Made after the view: not seen, by point reads nor by scans.
+        put(&db, run, b"y", b"4");
+        put(&db, run, b"w", b"4");
+        assert_eq!(number(&txn, b"y"), y);
+        let keys: Vec<_> = txn.scan(b"").unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![b"x".to_vec(), b"y".to_vec()]);
+        match isolation {
+            // It read a key changed since: refused, though it writes nothing.
+            Isolation::Serializable => assert_eq!(conflict_key(block_on(txn.commit())), b"y"),
+            _ => {
+                block_on(txn.commit()).unwrap();
+            }
+        }
+        delete(&db, run, b"w");
+    }
+    // A lone first read whose key changes before the second read: no view holds both, so
+    // the second read is refused (the commit would be).
+    let txn = db.transaction(run).unwrap();
+    assert_eq!(number(&txn, b"x"), 2);
+    put(&db, run, b"x", b"5");
+    match txn.get(b"y") {
+        Err(Error::Conflict { key, .. }) => assert_eq!(key, b"x"),
+        other => panic!("expected a conflict on x, got {other:?}"),
+    }
+    drop(txn);
     db.close().unwrap();
 }
 
@@ -271,7 +299,7 @@ fn a_refused_spilled_transaction_is_aborted_and_recovered_without() {
     let (db, run) = open(dir.path());
     put(&db, run, b"n", b"0");
     let mut txn = db.transaction(run).unwrap();
-    assert_eq!(number(&mut txn, b"n"), 0);
+    assert_eq!(number(&txn, b"n"), 0);
     for i in 0..20u32 {
         txn.put(format!("big{i:02}").as_bytes(), [7; 200]).unwrap();
     }
@@ -313,7 +341,7 @@ fn a_queued_unacknowledged_commit_conflicts() {
     let run = block_on(db.begin_run("r")).unwrap();
     put(&db, run, b"k", b"0");
     let mut reader = db.transaction(run).unwrap();
-    assert_eq!(number(&mut reader, b"k"), 0);
+    assert_eq!(number(&reader, b"k"), 0);
     gate.set_hold(true);
     // Released however the test ends, or a failure would hang in the writer's shutdown.
     struct Release(Arc<Gate>);

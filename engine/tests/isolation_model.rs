@@ -60,6 +60,10 @@ struct Open {
     txn: Transaction,
     /// The model's commit count and accounts at its first read.
     view: Option<(usize, Vec<i64>)>,
+    /// Serializable: the account of its first read, a point read with no view, until a
+    /// second read pins the view there (if that account is unchanged since; else the read is
+    /// refused with a conflict).
+    lone: Option<usize>,
     read: BTreeSet<usize>,
     scanned: bool,
     writes: BTreeMap<usize, i64>,
@@ -88,33 +92,76 @@ impl Model {
         panic!("seed {} ({:?}): {what}", self.seed, self.isolation)
     }
 
-    /// Reads account `i` in `open` through the engine and checks it against the model.
-    fn read(&mut self, open: &mut Open, i: usize) -> i64 {
-        let seen = open.txn.get(account(i)).unwrap().map(|v| parse(&v.value));
+    /// Pins `open`'s view for a read from it: at the first read, or (serializable) moved to
+    /// now at the second if the lone first read's account is unchanged since. `Err`: the
+    /// engine must refuse the read with a conflict on that account.
+    fn pin(&self, open: &mut Open) -> Result<(), usize> {
+        let now = || (self.history.len(), self.accounts.clone());
+        match (&open.view, open.lone) {
+            (None, _) => open.view = Some(now()),
+            (Some((seq, _)), Some(lone)) => {
+                if self.history[*seq..].iter().any(|w| w.contains(&lone)) {
+                    return Err(lone);
+                }
+                open.view = Some(now());
+                open.lone = None;
+            }
+            (Some(_), None) => {}
+        }
+        Ok(())
+    }
+
+    /// Checks that the engine refused a read with a conflict on account `lone`.
+    fn refused(&mut self, outcome: Result<(), Error>, lone: usize) {
+        match outcome {
+            Err(Error::Conflict { key, .. }) if key == account(lone) => {
+                self.figures.conflicts += 1;
+            }
+            other => self.fail(&format!(
+                "a read after the lone read of account {lone}, changed since, gave {other:?}"
+            )),
+        }
+    }
+
+    /// Reads account `i` in `open` through the engine and checks it against the model; `None`
+    /// when the engine refused it as the model says (the transaction is then dropped).
+    fn read(&mut self, open: &mut Open, i: usize) -> Option<i64> {
+        let seen = open.txn.get(account(i));
         self.figures.reads += 1;
         let expected = match open.writes.get(&i) {
             Some(own) => *own,
-            None => {
-                let (_, view) = open
-                    .view
-                    .get_or_insert_with(|| (self.history.len(), self.accounts.clone()));
+            None if open.view.is_none() && self.isolation == Isolation::Serializable => {
+                open.view = Some((self.history.len(), self.accounts.clone()));
+                open.lone = Some(i);
                 open.read.insert(i);
-                view[i]
+                self.accounts[i]
+            }
+            None => {
+                if let Err(lone) = self.pin(open) {
+                    self.refused(seen.map(|_| ()), lone);
+                    return None;
+                }
+                open.read.insert(i);
+                open.view.as_ref().expect("pinned").1[i]
             }
         };
+        let seen = seen.unwrap().map(|v| parse(&v.value));
         if seen != Some(expected) {
             self.fail(&format!(
                 "account {i} read {seen:?}, the model has {expected}"
             ));
         }
-        expected
+        Some(expected)
     }
 
-    fn scan(&mut self, open: &mut Open) {
-        let seen = open.txn.scan(b"acct/").unwrap();
-        let (_, view) = open
-            .view
-            .get_or_insert_with(|| (self.history.len(), self.accounts.clone()));
+    fn scan(&mut self, open: &mut Open) -> Option<()> {
+        let seen = open.txn.scan(b"acct/");
+        if let Err(lone) = self.pin(open) {
+            self.refused(seen.map(|_| ()), lone);
+            return None;
+        }
+        let seen = seen.unwrap();
+        let (_, view) = open.view.as_ref().expect("pinned");
         open.scanned = true;
         let mut expected: Vec<i64> = view.clone();
         for (i, own) in &open.writes {
@@ -130,6 +177,7 @@ impl Model {
         if seen != expected {
             self.fail(&format!("scan saw {seen:?}, the model has {expected:?}"));
         }
+        Some(())
     }
 
     fn write(open: &mut Open, i: usize, value: i64) {
@@ -176,6 +224,29 @@ impl Model {
     }
 }
 
+/// A transfer from `a` to `b`, keeping `a` and its pair at or above zero.
+fn transfer(model: &mut Model, txn: &mut Open, (a, b): (usize, usize), amount: i64) -> Option<()> {
+    let (va, vb) = (model.read(txn, a)?, model.read(txn, b)?);
+    let pair = model.read(txn, a ^ 1)?;
+    if va >= amount && (a ^ 1 == b || va + pair >= amount) {
+        Model::write(txn, a, va - amount);
+        Model::write(txn, b, vb + amount);
+    }
+    Some(())
+}
+
+/// A withdrawal from `a` of over half its pair's sum, checked against that sum: two at once
+/// on both sides of a pair break it (write skew).
+fn withdraw(model: &mut Model, txn: &mut Open, a: usize) -> Option<()> {
+    let mine = model.read(txn, a)?;
+    let theirs = model.read(txn, a ^ 1)?;
+    let amount = (mine + theirs) / 2 + 1;
+    if mine + theirs >= amount {
+        Model::write(txn, a, mine - amount);
+    }
+    Some(())
+}
+
 /// The outcome of one life: `Err` carries the writes of the commit cut by a crash.
 type Life = Result<(), BTreeMap<usize, i64>>;
 
@@ -188,6 +259,7 @@ fn steps(model: &mut Model, db: &Database, run: RunId, rng: &mut SimRng, steps: 
             open.push(Open {
                 txn: db.transaction_with(run, model.isolation).unwrap(),
                 view: None,
+                lone: None,
                 read: BTreeSet::new(),
                 scanned: false,
                 writes: BTreeMap::new(),
@@ -198,28 +270,18 @@ fn steps(model: &mut Model, db: &Database, run: RunId, rng: &mut SimRng, steps: 
         let (a, b) = (rng.index(ACCOUNTS), rng.index(ACCOUNTS));
         let amount = 1 + rng.below(60) as i64;
         match pick {
-            15..35 => {
-                model.read(&mut open[at], a);
-            }
-            35..40 => model.scan(&mut open[at]),
-            40..60 if a != b => {
-                // A transfer from `a` keeps it and its pair at or above zero.
-                let (va, vb) = (model.read(&mut open[at], a), model.read(&mut open[at], b));
-                let pair = model.read(&mut open[at], a ^ 1);
-                if va >= amount && (a ^ 1 == b || va + pair >= amount) {
-                    Model::write(&mut open[at], a, va - amount);
-                    Model::write(&mut open[at], b, vb + amount);
-                }
-            }
-            60..72 => {
-                // A withdrawal checked against the pair's sum: write skew breaks the pair.
-                let partner = a ^ 1;
-                let mine = model.read(&mut open[at], a);
-                let theirs = model.read(&mut open[at], partner);
-                // Over half the pair's sum: two at once on both sides break it (write skew).
-                let amount = (mine + theirs) / 2 + 1;
-                if mine + theirs >= amount {
-                    Model::write(&mut open[at], a, mine - amount);
+            15..72 => {
+                let txn = &mut open[at];
+                let done = match pick {
+                    15..35 => model.read(txn, a).map(|_| ()),
+                    35..40 => model.scan(txn),
+                    40..60 if a != b => transfer(model, txn, (a, b), amount),
+                    40..60 => Some(()),
+                    _ => withdraw(model, txn, a),
+                };
+                if done.is_none() {
+                    // Refused at a read (as the model said): dropped.
+                    open.swap_remove(at);
                 }
             }
             72..76 => {

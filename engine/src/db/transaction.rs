@@ -28,9 +28,13 @@ use spill::Spill;
 ///
 /// Reads ([`Transaction::get`], [`Transaction::range`], [`Transaction::scan`]) see the
 /// transaction's own writes over one consistent view of the committed state, taken at its
-/// first read. Its commit is checked against the commits made since under its
-/// [`Isolation`] (serializable by default) and refused with [`Error::Conflict`] when one of
-/// them changed what it read; [`Database::transact`] runs a transaction again on a conflict.
+/// first read. (Under [`Isolation::Serializable`] a first point read is made on the state as
+/// it is and the view taken at the second read, with the first read's key checked unchanged
+/// in it: a read-modify-write of one key holds no view. If that key changed in between, the
+/// second read fails with [`Error::Conflict`], as the commit would.) Its commit is checked
+/// against the commits made since under its [`Isolation`] (serializable by default) and
+/// refused with [`Error::Conflict`] when one of them changed what it read;
+/// [`Database::transact`] runs a transaction again on a conflict.
 /// The view holds the state as it was: a long-lived transaction keeps the values that later
 /// commits replaced in memory until it ends.
 ///
@@ -166,15 +170,24 @@ impl Transaction {
                 let value = self.db.read_spilled_value(spill::written(lsn))?;
                 Ok(value.map(|value| Versioned { value, version: 0 }))
             }
-            None => Ok(self.read_view(key)),
+            None => self.read_view(key),
         }
     }
 
     /// `key`'s committed value in the transaction's view, recorded as read.
-    fn read_view(&self, key: &[u8]) -> Option<Versioned> {
+    fn read_view(&self, key: &[u8]) -> Result<Option<Versioned>> {
         let mut reads = lock(&self.reads);
+        let run = self.run.as_u128();
+        if reads.may_read_alone(self.isolation) {
+            let state = self.db.read();
+            let found = state.get(run, key);
+            reads.note_lone(key, found.as_ref().map(|v| v.version));
+            return Ok(found);
+        }
         reads.note_key(self.isolation, key);
-        reads.view(|| self.db.view()).get(self.run.as_u128(), key)
+        let view = reads.view(run, || self.db.view());
+        let view = view.map_err(|key| Error::Conflict { run: self.run, key })?;
+        Ok(view.get(run, key))
     }
 
     /// The `(key, value)` pairs in `range` that this transaction would commit, in key order
@@ -209,8 +222,10 @@ impl Transaction {
         own.extend(buffered.map(|(key, value)| (key.clone(), value.clone())));
         let mut reads = lock(&self.reads);
         reads.note_range(self.isolation, range.clone());
-        let view = reads.view(|| self.db.view()).clone();
-        Ok(Iter::new(view, self.run.as_u128(), range, own))
+        let run = self.run.as_u128();
+        let view = reads.view(run, || self.db.view());
+        let view = view.map_err(|key| Error::Conflict { run: self.run, key })?;
+        Ok(Iter::new(view.clone(), run, range, own))
     }
 
     /// Commits: one unit in the log; resolves with the commit version (its LSN) once
@@ -321,8 +336,9 @@ impl Database {
         Ok(Transaction::new(self.clone(), run, isolation))
     }
 
-    /// Runs `body` in a new transaction of `run` and commits it; on [`Error::Conflict`] runs
-    /// it again in a new transaction (fresh reads), up to `attempts` runs in all. Returns what
+    /// Runs `body` in a new transaction of `run` and commits it; on [`Error::Conflict`] (from
+    /// the commit, or from a read in `body` that `?` passed on) runs it again in a new
+    /// transaction (fresh reads), up to `attempts` runs in all. Returns what
     /// `body` returned and the commit version, or the last conflict once every attempt had
     /// one. Any other error, from `body` or the commit, is returned at once (a transaction
     /// `body` failed in is dropped, so nothing of it commits).
@@ -338,9 +354,12 @@ impl Database {
         let mut attempt = 1;
         loop {
             let mut txn = self.transaction(run)?;
-            let out = body(&mut txn)?;
-            match txn.commit().await {
-                Ok(lsn) => return Ok((out, lsn)),
+            let outcome = match body(&mut txn) {
+                Ok(out) => txn.commit().await.map(|lsn| (out, lsn)),
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(done) => return Ok(done),
                 Err(Error::Conflict { .. }) if attempt < attempts => attempt += 1,
                 Err(error) => return Err(error),
             }

@@ -1,7 +1,10 @@
 //! Isolation: what a transaction read, from which view, and the check at its commit.
 //!
 //! A transaction reads from one view of the state, taken at its first read (an O(1) clone of
-//! the persistent maps), plus its own writes. Its commit is checked under the `pending` lock,
+//! the persistent maps), plus its own writes. Under `Serializable`, a first read that is a
+//! point read takes no view (see `Reads::lone`): the view is taken at the second read, with
+//! the first read's key checked unchanged in it (else that read is refused with a
+//! conflict), so every read is still of one view. Its commit is checked under the `pending` lock,
 //! where commits are appended, against the state and the commits queued and not yet applied:
 //!
 //! - [`Isolation::Serializable`]: every key it read (present or absent) and every range it
@@ -22,6 +25,7 @@ use bytes::Bytes;
 use super::super::commit::PendingQueue;
 use crate::range::{KeyRange, contains, entries};
 use crate::state::{Change, State};
+use keel_wal::Lsn;
 
 /// How a transaction's commit is checked against the commits made after its first read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,8 +46,15 @@ pub enum Isolation {
 /// The view a transaction reads from, and what it read there.
 #[derive(Debug, Default)]
 pub(crate) struct Reads {
-    /// Taken at the first read.
+    /// Taken at the first read; under `Serializable`, at the second (see [`Reads::lone`]).
     view: Option<State>,
+    /// Under `Serializable`, a first read that is a point read is made on the state as it is,
+    /// with no view: its key and the version it saw (`None`: absent). A transaction whose
+    /// only read it is (a read-modify-write of one key) then holds no view, and commits
+    /// applied meanwhile copy no node for it. A second read takes the view and checks this
+    /// key unchanged in it, so every read is of that one view; the commit checks it as any
+    /// read key.
+    lone: Option<(Vec<u8>, Option<Lsn>)>,
     /// Keys read from the view (recorded under `Serializable` only).
     keys: BTreeSet<Vec<u8>>,
     /// Ranges scanned in the view (recorded under `Serializable` only).
@@ -51,14 +62,36 @@ pub(crate) struct Reads {
 }
 
 impl Reads {
-    /// The view, taken by `take` at the first read.
-    pub fn view(&mut self, take: impl FnOnce() -> State) -> &State {
-        self.view.get_or_insert_with(take)
+    /// The view, taken by `take` if not yet: `Err` names the key of a lone read (see
+    /// [`Reads::lone`]) that changed since it was read, so no view holds both it and the
+    /// reads to come.
+    pub fn view(&mut self, run: u128, take: impl FnOnce() -> State) -> Result<&State, Vec<u8>> {
+        if self.view.is_none() {
+            let view = take();
+            if let Some((key, seen)) = &self.lone
+                && version(&view, run, key) != *seen
+            {
+                return Err(key.clone());
+            }
+            self.view = Some(view);
+        }
+        Ok(self.view.as_ref().expect("taken above"))
+    }
+
+    /// Whether the next read may be a lone read: the first of a serializable transaction.
+    pub fn may_read_alone(&self, isolation: Isolation) -> bool {
+        isolation == Isolation::Serializable && self.view.is_none() && self.lone.is_none()
+    }
+
+    /// Records a lone read of `key`, which saw `version`.
+    pub fn note_lone(&mut self, key: &[u8], version: Option<Lsn>) {
+        self.lone = Some((key.to_vec(), version));
+        self.keys.insert(key.to_vec());
     }
 
     /// Whether the transaction read anything from the state (else there is nothing to check).
     pub fn has_view(&self) -> bool {
-        self.view.is_some()
+        self.view.is_some() || self.lone.is_some()
     }
 
     pub fn note_key(&mut self, isolation: Isolation, key: &[u8]) {
@@ -83,6 +116,9 @@ impl Reads {
         current: &State,
         pending: &PendingQueue,
     ) -> Option<Vec<u8>> {
+        if self.view.is_none() {
+            return self.lone_conflict(run, current, pending);
+        }
         let view = self.view.as_ref()?;
         let written: BTreeSet<&[u8]> = match isolation {
             Isolation::Serializable => BTreeSet::new(),
@@ -117,13 +153,25 @@ impl Reads {
     }
 }
 
+impl Reads {
+    /// [`Reads::conflict`] for a transaction whose only read is a lone read: its key changed
+    /// since, in the state or in a queued commit.
+    fn lone_conflict(&self, run: u128, current: &State, pending: &PendingQueue) -> Option<Vec<u8>> {
+        let (key, seen) = self.lone.as_ref()?;
+        let queued = pending.iter().flat_map(|commit| commit.writes_of(run));
+        let changed =
+            queued.into_iter().any(|k| k == key.as_slice()) || version(current, run, key) != *seen;
+        changed.then(|| key.clone())
+    }
+}
+
 fn change_key(change: &Change) -> &[u8] {
     match change {
         Change::Put(key, _) | Change::Delete(key) => key,
     }
 }
 
-fn version(state: &State, run: u128, key: &[u8]) -> Option<keel_wal::Lsn> {
+fn version(state: &State, run: u128, key: &[u8]) -> Option<Lsn> {
     let key = (run, Bytes::copy_from_slice(key));
     state.data.get(&key).map(|stored| stored.version)
 }
