@@ -356,7 +356,13 @@ impl Database {
             let mut txn = self.transaction(run)?;
             let outcome = match body(&mut txn) {
                 Ok(out) => txn.commit().await.map(|lsn| (out, lsn)),
-                Err(error) => Err(error),
+                // Dropped before the wait below, as a commit's conflict drops it: not held
+                // (its view, its handle, a spill's registration) until the queued commits
+                // are acknowledged (`tests/adversarial_lone_read.rs`).
+                Err(error) => {
+                    drop(txn);
+                    Err(error)
+                }
             };
             match outcome {
                 Ok(done) => return Ok(done),
