@@ -11,7 +11,7 @@ use futures::executor::block_on;
 use keel::{BackendChoice, Database, Error, Lsn, Options, RunId, Transaction};
 
 mod common;
-use common::gated::{Gate, GatedStorage};
+use common::gated::{Gate, GatedStorage, Release};
 
 fn options() -> Options {
     Options {
@@ -44,14 +44,6 @@ fn conflict_key<T: std::fmt::Debug>(outcome: keel::Result<T>) -> Vec<u8> {
     match outcome {
         Err(Error::Conflict { key, .. }) => key,
         other => panic!("expected a conflict, got {other:?}"),
-    }
-}
-
-/// Released however the test ends, or a failure would hang in the writer's shutdown.
-struct Release(Arc<Gate>);
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.0.set_hold(false);
     }
 }
 

@@ -12,15 +12,7 @@ use futures::executor::block_on;
 use keel::{BackendChoice, Database, Error, Options, RunState};
 
 mod common;
-use common::gated::{Gate, GatedStorage};
-
-/// Releases the gate however the test ends, or a failure would hang the writer's shutdown.
-struct Release(Arc<Gate>);
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.0.set_hold(false);
-    }
-}
+use common::gated::{Gate, GatedStorage, Release};
 
 fn gated_db(dir: &std::path::Path) -> (Database, Arc<Gate>) {
     let gate = Arc::new(Gate::default());

@@ -10,7 +10,7 @@ use futures::executor::block_on;
 use keel::{BackendChoice, Database, Error, Isolation, Lsn, Options, RunId, Transaction};
 
 mod common;
-use common::gated::{Gate, GatedStorage};
+use common::gated::{Gate, GatedStorage, Release};
 
 fn options() -> Options {
     Options {
@@ -343,13 +343,6 @@ fn a_queued_unacknowledged_commit_conflicts() {
     let mut reader = db.transaction(run).unwrap();
     assert_eq!(number(&reader, b"k"), 0);
     gate.set_hold(true);
-    // Released however the test ends, or a failure would hang in the writer's shutdown.
-    struct Release(Arc<Gate>);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            self.0.set_hold(false);
-        }
-    }
     let release = Release(Arc::clone(&gate));
     let mut writer = db.transaction(run).unwrap();
     writer.put(b"k", b"1").unwrap();
