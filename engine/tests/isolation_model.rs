@@ -480,10 +480,12 @@ fn concurrent_transfers_conserve_the_total() {
                         let amount = 1 + rng.below(30) as i64;
                         block_on(db.transact(run, 1000, |txn| {
                             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let read = |txn: &mut Transaction, i| {
-                                parse(&txn.get(account(i)).unwrap().unwrap().value)
+                            // A second read may be refused (the first read's key
+                            // changed meanwhile): `?` hands the conflict to `transact`.
+                            let read = |txn: &mut Transaction, i| -> keel::Result<i64> {
+                                Ok(parse(&txn.get(account(i))?.unwrap().value))
                             };
-                            let (va, vb) = (read(txn, a), read(txn, b));
+                            let (va, vb) = (read(txn, a)?, read(txn, b)?);
                             if a != b && va >= amount {
                                 txn.put(account(a), (va - amount).to_string().as_bytes())?;
                                 txn.put(account(b), (vb + amount).to_string().as_bytes())?;
