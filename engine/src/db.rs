@@ -204,8 +204,8 @@ impl Database {
 
     /// Deletes a run, active or ended, with all its keys: one commit in the log, so recovery
     /// and checkpoints honour it, and the run no longer takes memory. Its open transactions
-    /// then fail to commit ([`Error::UnknownRun`], or [`Error::RunEnded`] while the delete
-    /// is being acknowledged); its name is free again.
+    /// then fail to commit with [`Error::UnknownRun`] (also while the delete is being
+    /// acknowledged); its name is free again.
     pub async fn delete_run(&self, run: RunId) -> Result<Lsn> {
         let info = self.run_info(run).ok_or(Error::UnknownRun(run))?;
         let record = RunRecord {

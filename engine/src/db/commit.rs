@@ -14,7 +14,7 @@ use keel_wal::{CommitFuture, Durability, EncodedBatch, Lsn, RunId, TxnId, WalEnt
 use super::Database;
 use super::sync::{lock, read, write};
 use super::transaction::{Isolation, Reads};
-use crate::state::{Change, RunRecord, RunState, SYSTEM_RUN, run_key, run_of_key};
+use crate::state::{Change, RunRecord, RunState, SYSTEM_RUN, run_of_key};
 use crate::{Error, Result};
 
 /// A commit queued in the log and not yet applied to the state.
@@ -131,31 +131,34 @@ impl Database {
         Ok(appended.future)
     }
 
-    /// Refuses a commit to `run` unless the run is active as of this commit's place in the log:
-    /// in the state and after the commits queued before it (a run's end the log took and has
-    /// not acknowledged is not in the state yet; `tests/adversarial_run_end_race.rs`). Under
-    /// the `pending` lock of the append.
+    /// Refuses a commit to `run` unless the run is active as of this commit's place in the log
+    /// ([`Database::run_state_locked`]: a run's end the log took and has not acknowledged is
+    /// not in the state yet; `tests/adversarial_run_end_race.rs`).
     fn check_writable_locked(&self, run: RunId, pending: &PendingQueue) -> Result<()> {
-        match read(&self.inner.state).runs.get(&run.as_u128()) {
-            None => return Err(Error::UnknownRun(run)),
-            Some(info) if info.state != RunState::Active => return Err(Error::RunEnded(run)),
-            Some(_) => {}
+        match self.run_state_locked(run.as_u128(), pending) {
+            None => Err(Error::UnknownRun(run)),
+            Some(true) => Err(Error::RunEnded(run)),
+            Some(false) => Ok(()),
         }
-        let key = run_key(run);
-        let ended = pending
-            .iter()
-            .filter(|commit| commit.run == SYSTEM_RUN)
-            .flat_map(|commit| &commit.changes)
-            .any(|change| match change {
-                Change::Put(k, value) if *k == key => {
-                    RunRecord::decode(value).is_ok_and(|record| record.ended)
-                }
-                _ => false,
-            });
-        if ended {
-            return Err(Error::RunEnded(run));
+    }
+
+    /// Whether run `id` has ended (`None`: unknown, or deleted) as of the place in the log of
+    /// the commit being appended: in the state, then after each run record queued before it.
+    /// Under the `pending` lock of the append.
+    fn run_state_locked(&self, id: u128, pending: &PendingQueue) -> Option<bool> {
+        let state = read(&self.inner.state);
+        let mut ended = state
+            .runs
+            .get(&id)
+            .map(|info| info.state != RunState::Active);
+        drop(state);
+        let queued = pending.iter().filter(|commit| commit.run == SYSTEM_RUN);
+        for (other, queued) in queued.flat_map(|commit| run_records(&commit.changes)) {
+            if other == id {
+                ended = (!queued.deleted).then_some(queued.ended);
+            }
         }
-        Ok(())
+        ended
     }
 
     /// Refuses a run record that begins a run under the name of another active run, in the
@@ -201,20 +204,8 @@ impl Database {
             if !record.ended {
                 continue;
             }
-            let state = read(&self.inner.state);
-            let mut ended = state
-                .runs
-                .get(&id)
-                .map(|info| info.state != RunState::Active);
-            drop(state);
-            let queued = pending.iter().filter(|commit| commit.run == SYSTEM_RUN);
-            for (other, queued) in queued.flat_map(|commit| run_records(&commit.changes)) {
-                if other == id {
-                    ended = (!queued.deleted).then_some(queued.ended);
-                }
-            }
             let run = RunId::from_u128(id);
-            match ended {
+            match self.run_state_locked(id, pending) {
                 None => return Err(Error::UnknownRun(run)),
                 Some(true) if !record.deleted => return Err(Error::RunEnded(run)),
                 Some(_) => {}

@@ -259,8 +259,8 @@ impl Transaction {
         futures::executor::block_on(self.commit())
     }
 
+    /// The run is checked writable where the commit is ordered (`queue_commit`), not before.
     async fn commit_as(mut self, durability: Option<Durability>) -> Result<Lsn> {
-        self.db.check_writable(self.run)?;
         let run = self.run.as_u128();
         if self.spill.is_none() {
             let logged = self.take_writes();
