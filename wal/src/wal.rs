@@ -78,10 +78,22 @@ impl Wal {
     /// Appends `entries` as one unit with the given durability (a `Strict` commit inside a
     /// `Batched` log, say).
     pub fn append_with(&self, entries: &[WalEntry], durability: Durability) -> CommitFuture {
-        match EncodedBatch::encode(entries, self.max_record_bytes) {
+        match self.encode(entries) {
             Ok(batch) => self.append_encoded(batch, durability),
             Err(error) => CommitFuture::ready(Err(error)),
         }
+    }
+
+    /// Frames `entries` for [`Wal::append_encoded`] and its kin, as [`EncodedBatch::encode`]
+    /// does with this log's [`Wal::max_record_bytes`], into a buffer the writer handed back
+    /// from an earlier append: a log's callers should frame through it, so that appends
+    /// neither allocate nor leave the writer freeing their memory.
+    pub fn encode(&self, entries: &[WalEntry]) -> Result<EncodedBatch> {
+        let buffer = self.shared.buffers.take();
+        if buffer.capacity() > 0 {
+            self.shared.counters.buffers_reused.fetch_add(1, Relaxed);
+        }
+        EncodedBatch::encode_into(buffer, entries, self.max_record_bytes)
     }
 
     /// Appends entries framed beforehand with [`EncodedBatch::encode`]. A record over this

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering;
 
-use keel_wal::{CommitFuture, Durability, EncodedBatch, Lsn, RunId, TxnId, WalEntry};
+use keel_wal::{CommitFuture, Durability, Lsn, RunId, TxnId, WalEntry};
 
 use super::Database;
 use super::sync::{lock, read, write};
@@ -87,7 +87,7 @@ impl Database {
         let run_id = RunId::from_u128(run);
         // The buffers move into the entries and back out after encoding: never copied.
         let entries = Self::entries(run, txn_id, logged);
-        let batch = EncodedBatch::encode(&entries, self.inner.max_record_bytes);
+        let batch = self.inner.wal.encode(&entries);
         let mut changes = earlier;
         changes.extend(entries.into_iter().map(change_of));
         let batch = batch?;

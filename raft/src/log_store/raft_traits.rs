@@ -6,7 +6,7 @@ use std::ops::RangeBounds;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use keel_wal::{Durability, EncodedBatch, RecordPosition, WalEntry};
+use keel_wal::{Durability, RecordPosition, WalEntry};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader, RaftTypeConfig,
@@ -104,7 +104,9 @@ where
             .map(|e| record::entry::<C>(e.get_log_id(), e))
             .collect();
         // Framed first: an entry too large for the log is refused before the index changes.
-        let batch = EncodedBatch::encode(&records, self.wal.max_record_bytes())
+        let batch = self
+            .wal
+            .encode(&records)
             .map_err(|e| io_error::<C>(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let append = {
             let mut index = self.index();

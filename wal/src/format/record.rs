@@ -18,7 +18,7 @@
 //! before anything is allocated from it.
 
 use crate::error::{CorruptionReason, Error, Result};
-use crate::format::checksum::{ChecksumMismatch, Crc};
+use crate::format::checksum::{ChecksumMismatch, Crc, Salter};
 use crate::format::entry::{ArchivedWalEntry, WalEntry};
 use crate::ids::Lsn;
 
@@ -98,8 +98,19 @@ pub struct EncodedBatch {
 impl EncodedBatch {
     /// Frames `entries` (one record each), refusing any payload over `max_payload_len`.
     pub fn encode(entries: &[WalEntry], max_payload_len: u32) -> Result<EncodedBatch> {
+        EncodedBatch::encode_into(Vec::new(), entries, max_payload_len)
+    }
+
+    /// [`EncodedBatch::encode`] into `buffer` (cleared first), whose capacity is reused.
+    pub(crate) fn encode_into(
+        mut buffer: Vec<u8>,
+        entries: &[WalEntry],
+        max_payload_len: u32,
+    ) -> Result<EncodedBatch> {
+        buffer.clear();
+        buffer.reserve(entries.iter().map(estimated_record_len).sum());
         let mut batch = EncodedBatch {
-            bytes: Vec::with_capacity(entries.len() * 128),
+            bytes: buffer,
             count: 0,
             largest_payload: 0,
         };
@@ -169,9 +180,32 @@ impl EncodedBatch {
     }
 }
 
+/// About the bytes `entry` frames into, so that encoding does not grow the buffer as it goes:
+/// the header, the key and value, and the archive's fixed part.
+fn estimated_record_len(entry: &WalEntry) -> usize {
+    let data = match entry {
+        WalEntry::Write { key, value, .. } => key.len() + value.len(),
+        WalEntry::Delete { key, .. } => key.len(),
+        _ => 0,
+    };
+    RECORD_HEADER_LEN + padded_len(data) + 64
+}
+
 /// Completes one record framed by [`EncodedBatch`] in place: stamps its LSN and durable mark and
 /// seeds both checksums with the segment's salt. Returns the record's length.
 pub fn seal(record: &mut [u8], lsn: Lsn, durable_lsn: Lsn, salt: u32) -> usize {
+    seal_with(record, lsn, durable_lsn, salt, &mut Salter::new(salt))
+}
+
+/// [`seal`], salting the body checksum through `salter`: the writer keeps one, so records of a
+/// length it has sealed before cost no checksum combine.
+pub(crate) fn seal_with(
+    record: &mut [u8],
+    lsn: Lsn,
+    durable_lsn: Lsn,
+    salt: u32,
+    salter: &mut Salter,
+) -> usize {
     assert!(
         durable_lsn < lsn,
         "durable mark {durable_lsn} must be below LSN {lsn}"
@@ -179,7 +213,7 @@ pub fn seal(record: &mut [u8], lsn: Lsn, durable_lsn: Lsn, salt: u32) -> usize {
     let payload_len = get_u32(record, PAYLOAD_LEN_OFFSET) as usize;
     let len = record_len(payload_len);
     let unsalted = get_u32(record, BODY_CRC_OFFSET);
-    let body_crc = Crc::salt_unsalted(salt, unsalted, (len - RECORD_HEADER_LEN) as u64);
+    let body_crc = salter.salt(salt, unsalted, (len - RECORD_HEADER_LEN) as u64);
     put_u64(record, LSN_OFFSET, lsn);
     put_u64(record, DURABLE_LSN_OFFSET, durable_lsn);
     put_u32(record, BODY_CRC_OFFSET, body_crc.0);

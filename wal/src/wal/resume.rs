@@ -260,6 +260,7 @@ fn new_shared(backend: &dyn Backend, next_lsn: Lsn) -> Arc<Shared> {
         counters: Counters::default(),
         watch: DurableWatch::default(),
         holds: crate::writer::holds::Holds::default(),
+        buffers: crate::writer::buffers::BufferPool::default(),
     });
     shared
         .counters

@@ -25,6 +25,7 @@
 //! chains), [`completions`] (reaping them, poisoning), [`rotation`] (the rotation barrier and
 //! installing segments) and [`witness_timer`] (when the durable witness is written).
 
+pub(crate) mod buffers;
 mod chains;
 pub(crate) mod completion;
 mod completions;
@@ -46,6 +47,7 @@ use crate::backend::{Backend, IoFile};
 use crate::dir::prealloc::Preallocator;
 use crate::dir::storage::{Defects, Storage};
 use crate::error::PoisonCause;
+use crate::format::checksum::Salter;
 use crate::format::segment::{self, SegmentHeader};
 use crate::format::witness::Witness;
 use crate::ids::{DatabaseId, Lsn};
@@ -145,6 +147,8 @@ pub(crate) struct Shared {
     pub watch: crate::writer::durable_watch::DurableWatch,
     /// Where the live tails read: the log their removal must keep.
     pub holds: crate::writer::holds::Holds,
+    /// Encode buffers the writer is done with, for the next appends.
+    pub buffers: crate::writer::buffers::BufferPool,
 }
 
 #[derive(Debug)]
@@ -181,6 +185,10 @@ pub(crate) struct Writer {
     /// Commits a chain carries, a moving average (weight 1/8) scaled by 8.
     chain_commits_x8: u64,
     witness_timer: WitnessTimer,
+    /// Encode buffers of the appends staged this turn, handed back to `shared.buffers`.
+    returned_buffers: Vec<Vec<u8>>,
+    /// Salts the records' body checksums, a delta per record length (see [`Salter`]).
+    salter: Salter,
 }
 
 impl Writer {
@@ -233,6 +241,8 @@ impl Writer {
                 idle_since: None,
                 in_flight: false,
             },
+            returned_buffers: Vec::new(),
+            salter: Salter::new(0),
         }
     }
 
@@ -254,6 +264,7 @@ impl Writer {
             for request in requests.drain(..) {
                 self.stage(request);
             }
+            self.shared.buffers.give_back(&mut self.returned_buffers);
             if self.poisoned.is_none() {
                 self.flush(closing);
             }

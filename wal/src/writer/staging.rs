@@ -56,6 +56,8 @@ impl Writer {
             0
         });
         let lsn = self.seal_records(&mut bytes, first_lsn, placed.is_some(), &mut positions);
+        // Copied into the batch: back to the callers' pool, not freed on this thread.
+        self.returned_buffers.push(bytes);
         self.batch.commits += 1;
         self.shared.counters.commits.fetch_add(1, Relaxed);
         self.shared
@@ -114,11 +116,12 @@ impl Writer {
                 self.active.offset + len as u64 <= self.active.header.segment_bytes,
                 "a record of {len} bytes does not fit its segment"
             );
-            let sealed = record::seal(
+            let sealed = record::seal_with(
                 &mut bytes[at..at + len],
                 lsn,
                 self.durable.through(),
                 self.active.header.salt,
+                &mut self.salter,
             );
             debug_assert_eq!(sealed, len);
             if placed {

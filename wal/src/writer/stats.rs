@@ -26,6 +26,7 @@ pub(crate) struct Counters {
     pub durable_lsn: AtomicU64,
     pub witnesses: AtomicU64,
     pub witness_lsn: AtomicU64,
+    pub buffers_reused: AtomicU64,
 }
 
 impl Counters {
@@ -74,6 +75,9 @@ pub struct WalStats {
     pub witnesses: u64,
     /// The LSN the newest completed witness claims durable (0: none yet in this process).
     pub witness_lsn: Lsn,
+    /// Appends framed by [`crate::Wal::encode`] into a buffer an earlier append handed back
+    /// (no allocation): near `commits` once the log runs, unless values are over 64 KiB.
+    pub buffers_reused: u64,
 }
 
 impl Counters {
@@ -93,6 +97,7 @@ impl Counters {
             durable_lsn: self.durable_lsn.load(Relaxed),
             witnesses: self.witnesses.load(Relaxed),
             witness_lsn: self.witness_lsn.load(Relaxed),
+            buffers_reused: self.buffers_reused.load(Relaxed),
         }
     }
 }

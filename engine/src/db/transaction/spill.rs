@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use keel_wal::{Appended, CommitFuture, Durability, EncodedBatch, Lsn, TxnId, WalEntry};
+use keel_wal::{Appended, CommitFuture, Durability, Lsn, TxnId, WalEntry};
 
 use super::Transaction;
 use crate::db::Database;
@@ -249,7 +249,7 @@ impl Database {
         entries: &[WalEntry],
         opens: Option<TxnId>,
     ) -> Result<Appended> {
-        let batch = EncodedBatch::encode(entries, self.inner.max_record_bytes)?;
+        let batch = self.inner.wal.encode(entries)?;
         let written = Durability::Batched {
             max_delay: std::time::Duration::from_secs(1),
             max_bytes: u64::MAX,
