@@ -3,13 +3,14 @@
 //! every record costs on this device.
 //!
 //! `keel bench` runs it beside Keel (the `raw pwrite+fdatasync` row and the `vs raw` ratios);
-//! `benches/peers/` runs it as its `raw` system, and its `raw-uring` system drives the same
-//! preallocated file through io_uring ([`RawLog::into_file`]).
+//! `benches/peers/` runs it as its `raw` system, and its `raw-uring` and `raw-uring-batched`
+//! systems drive the same preallocated file through io_uring ([`RawLog::into_file`]).
 //!
 //! Commits are serialized. `fdatasync` syncs a file as a whole, so committers writing into one
 //! file at once would cover each other's writes: a group commit of the kernel's making, of a
-//! size nobody chose, which is what Keel is measured *against*. How far overlapping durable
-//! writes go is a separate limit (`raw-uring` in `benches/peers/`).
+//! size nobody chose. Group commit done on purpose is a baseline of its own
+//! ([`RawGroupLog`](crate::RawGroupLog), `raw-group`), and so is overlapping durable writes
+//! (`raw-uring` and `raw-uring-batched` in `benches/peers/`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -38,26 +39,45 @@ struct Cursor {
     syncs: u64,
 }
 
+/// Creates `path` (replacing a file there), zero-filled to `size_bytes` and synced whole, as
+/// Keel's segments are before their first commit: the baselines then overwrite allocated
+/// blocks, as Keel does.
+pub(crate) fn preallocate(path: &Path, size_bytes: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < size_bytes {
+        let chunk = (size_bytes - offset).min(zeros.len() as u64);
+        let chunk_len = usize::try_from(chunk).expect("at most the 1 MiB of zeros");
+        file.write_all_at(&zeros[..chunk_len], offset)?;
+        offset += chunk;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Refuses a record of `len` bytes that a file of `size_bytes` cannot hold even from its start.
+pub(crate) fn check_fits(len: u64, size_bytes: u64) -> io::Result<()> {
+    if len > size_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a {len}-byte record does not fit the {size_bytes}-byte raw log"),
+        ));
+    }
+    Ok(())
+}
+
 impl RawLog {
     /// Creates `dir/raw.log` (replacing one there), zero-filled to `size_bytes` and synced
     /// whole, as Keel's segments are before their first commit.
     pub fn open(dir: &Path, size_bytes: u64) -> io::Result<RawLog> {
         let path = dir.join(FILE_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut offset = 0;
-        while offset < size_bytes {
-            let chunk = (size_bytes - offset).min(zeros.len() as u64);
-            let chunk_len = usize::try_from(chunk).expect("at most the 1 MiB of zeros");
-            file.write_all_at(&zeros[..chunk_len], offset)?;
-            offset += chunk;
-        }
-        file.sync_all()?;
+        let file = preallocate(&path, size_bytes)?;
         Ok(RawLog {
             file,
             path,
@@ -71,15 +91,7 @@ impl RawLog {
     /// refused.
     pub fn commit(&self, record: &[u8]) -> io::Result<()> {
         let len = record.len() as u64;
-        if len > self.size_bytes {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a {len}-byte record does not fit the {}-byte raw log",
-                    self.size_bytes
-                ),
-            ));
-        }
+        check_fits(len, self.size_bytes)?;
         let mut cursor = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
         if cursor.offset + len > self.size_bytes {
             cursor.offset = 0;
