@@ -15,6 +15,14 @@
 //! - `raw`: `pwrite` + `fdatasync` of each record on a preallocated file, one at a time: the
 //!   cost of one durable write, with no batching (the "physical limit" of a log that syncs every
 //!   record; `keel_bench::RawLog`, the baseline `keel bench` runs too);
+//! - `raw-group`: leader/follower group commit by hand on the same file, one `pwrite` +
+//!   `fdatasync` of everything pending per group (`keel_bench::RawGroupLog`, run by `keel
+//!   bench` too);
+//! - `raw-uring`: one write→fdatasync chain per record through io_uring, one chain in flight
+//!   per committer (at most 64);
+//! - `raw-uring-batched`: one ring thread keeps up to 8 chains in flight (as Keel's ring does
+//!   by default; fewer with fewer committers), each carrying everything queued when it was
+//!   submitted;
 //! - `okaywal` (feature `peer-okaywal`): entry, chunk, commit (fdatasync, shared by waiters);
 //! - `sqlite` (feature `peer-sqlite`, bundled SQLite): WAL mode, `synchronous=FULL`, one insert
 //!   per transaction, one connection per committer;
@@ -24,13 +32,17 @@
 //!   one `put` per commit with `WriteOptions::set_sync(true)`, default options otherwise (WAL
 //!   on; leader-based group commit; memtables flushed to SST files in the background).
 //!
+//! Ratios: `vs raw` and `vs raw-uring` against the per-record loops, `vs best raw` against
+//! the best of every raw baseline in the same row (committers and size).
+//!
 //! Output: a Markdown table (stdout and `<out>/peers.md`), JSON (`<out>/peers.json`), and SVG
 //! plots drawn here (`<out>/commits-<size>.svg`: commits/s against committers;
 //! `<out>/latency-<size>.svg`: p50/p99/p999 at each committer count).
 //!
-//! One module per system (`keel.rs`, `keel_db.rs`, `raw.rs`, `okaywal.rs`, `sqlite.rs`, `raft_engine.rs`,
-//! `rocksdb.rs`), opened by name in `systems.rs`; `harness.rs` runs the committers;
-//! `recovery.rs` the recovery table; `report.rs` and `plots.rs` the output.
+//! One module per system (`keel.rs`, `keel_db.rs`, `raw.rs` and `raw_uring_batched.rs`,
+//! `okaywal.rs`, `sqlite.rs`, `raft_engine.rs`, `rocksdb.rs`), opened by name in `systems.rs`;
+//! `harness.rs` runs the committers; `recovery.rs` the recovery table; `report.rs` and
+//! `plots.rs` the output.
 
 mod args;
 mod harness;
@@ -42,6 +54,8 @@ mod plots;
 #[cfg(feature = "peer-raft-engine")]
 mod raft_engine;
 mod raw;
+#[cfg(all(target_os = "linux", feature = "uring"))]
+mod raw_uring_batched;
 mod recovery;
 mod report;
 #[cfg(feature = "peer-rocksdb")]

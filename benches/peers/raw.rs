@@ -1,10 +1,13 @@
-//! The raw limits: `raw` (`pwrite` + `fdatasync` of each record, one at a time: see
-//! [`RawLog`], the baseline `keel bench` runs too) and `raw-uring` (the same records, with
-//! several write→fdatasync chains in flight through io_uring).
+//! The raw limits, hand-written loops on a preallocated file: `raw` (`pwrite` + `fdatasync`
+//! of each record, one at a time: see [`RawLog`], the baseline `keel bench` runs too),
+//! `raw-group` (leader/follower group commit, one `pwrite` + `fdatasync` a group: see
+//! [`RawGroupLog`], which `keel bench` runs too), `raw-uring` (one write→fdatasync chain per
+//! record, several in flight through io_uring) and `raw-uring-batched` (chains carrying
+//! everything queued: `raw_uring_batched.rs`).
 
 use std::io;
 
-use keel_bench::RawLog;
+use keel_bench::{RawGroupLog, RawLog};
 
 use crate::harness::Peer;
 
@@ -12,6 +15,21 @@ use crate::harness::Peer;
 impl Peer for RawLog {
     fn commit(&self, _thread: usize, _seq: u64, payload: &[u8]) -> io::Result<()> {
         RawLog::commit(self, payload)
+    }
+}
+
+/// Group commit by hand, shared with `keel bench`: see [`RawGroupLog`].
+impl Peer for RawGroupLog {
+    fn commit(&self, _thread: usize, _seq: u64, payload: &[u8]) -> io::Result<()> {
+        RawGroupLog::commit(self, payload)
+    }
+
+    fn counters(&self) -> Option<String> {
+        Some(format!(
+            "{} groups (pwrite + fdatasync), {:.0} bytes a group",
+            self.syncs(),
+            self.bytes() as f64 / self.syncs().max(1) as f64
+        ))
     }
 }
 

@@ -5,7 +5,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use keel_bench::RawLog;
+use keel_bench::{RawGroupLog, RawLog};
 use keel_wal::{BackendChoice, Durability};
 
 use crate::harness::Peer;
@@ -14,9 +14,10 @@ use crate::keel_db;
 
 /// The systems this build can run, in table order.
 pub fn compiled_systems() -> Vec<&'static str> {
-    let mut systems = vec!["raw"];
+    let mut systems = vec!["raw", "raw-group"];
     if BackendChoice::available().contains(&BackendChoice::Uring) {
         systems.push("raw-uring");
+        systems.push("raw-uring-batched");
         systems.push("keel-uring");
     }
     systems.push("keel-std");
@@ -65,8 +66,22 @@ pub fn recovery_systems() -> Vec<(&'static str, &'static str)> {
 /// Opens `system` in `dir` for `committers` threads.
 pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn Peer>> {
     let _ = committers;
+    // `raw-uring-batched-<depth>`: a depth of one's choosing (not in the default list).
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    if let Some(depth) = batched_depth(system) {
+        return Ok(Box::new(crate::raw_uring_batched::RawUringBatched::open(
+            dir, depth,
+        )?));
+    }
     match system {
         "raw" => Ok(Box::new(RawLog::open(dir, 256 << 20)?)),
+        "raw-group" => Ok(Box::new(RawGroupLog::open(dir, 256 << 20)?)),
+        // As many chains in flight as Keel's ring keeps by default, or one per committer.
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        "raw-uring-batched" => Ok(Box::new(crate::raw_uring_batched::RawUringBatched::open(
+            dir,
+            committers.min(keel_wal::DEFAULT_IO_DEPTH),
+        )?)),
         "keel-uring" => keel::open(dir, BackendChoice::Uring, Durability::Strict),
         "keel-std" => keel::open(dir, BackendChoice::Std, Durability::Strict),
         "keel-db" => keel_db::open(dir),
@@ -107,6 +122,13 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
         "rocksdb-nosync" => Ok(Box::new(crate::rocksdb::RocksDb::open(dir, false)?)),
         other => Err(io::Error::other(format!("unknown system {other}"))),
     }
+}
+
+/// The depth a `raw-uring-batched-<depth>` system asks for (1 to 64).
+#[cfg(all(target_os = "linux", feature = "uring"))]
+fn batched_depth(system: &str) -> Option<usize> {
+    let depth = system.strip_prefix("raw-uring-batched-")?.parse().ok()?;
+    (1..=64).contains(&depth).then_some(depth)
 }
 
 /// Reopens (recovers) `system`'s log in `dir`, reading what recovery hands over; returns how
