@@ -242,7 +242,7 @@ fn recover_dry_run_tabulates_every_policy_and_changes_nothing() {
 }
 
 /// `--engine` adds a `keel-db` row per backend: commits through `Database`, each compared
-/// with the log on the same backend.
+/// with the log on the same backend, and with the best raw baseline of the round.
 #[test]
 fn bench_engine_rows_compare_the_database_with_its_log() {
     let parent = tempfile::tempdir().unwrap();
@@ -268,23 +268,42 @@ fn bench_engine_rows_compare_the_database_with_its_log() {
     let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
     assert_eq!(
         targets,
-        ["raw pwrite+fdatasync", "keel", "keel-db"],
+        [
+            "raw pwrite+fdatasync",
+            "raw group-commit",
+            "keel",
+            "keel-db"
+        ],
         "{report:#}"
     );
-    let db = &runs[2];
+    let db = &runs[3];
     assert!(db["commits"].as_u64().unwrap() > 0, "{db}");
     assert!(
         db["fsyncs"].as_u64().unwrap() > 0,
         "strict commits sync: {db}"
     );
-    let expected =
-        db["commits_per_sec"].as_f64().unwrap() / runs[1]["commits_per_sec"].as_f64().unwrap();
+    let per_sec = |run: &serde_json::Value| run["commits_per_sec"].as_f64().unwrap();
+    let expected = per_sec(db) / per_sec(&runs[2]);
     let ratio = db["ratio_to_log"].as_f64().unwrap();
     assert!((ratio - expected).abs() < 1e-9, "{db}");
+    // One round: the ratios are those of the rows shown.
+    let best_raw = per_sec(&runs[0]).max(per_sec(&runs[1]));
+    for run in &runs[2..] {
+        let ratio = run["ratio_to_best_raw"].as_f64().unwrap();
+        assert!((ratio - per_sec(run) / best_raw).abs() < 1e-9, "{run}");
+        let ratio = run["ratio_to_raw"].as_f64().unwrap();
+        assert!(
+            (ratio - per_sec(run) / per_sec(&runs[0])).abs() < 1e-9,
+            "{run}"
+        );
+    }
+    for raw in &runs[..2] {
+        assert!(raw["ratio_to_best_raw"].is_null(), "{raw}");
+    }
 }
 
 /// `keel bench`, shortened: every cell of the lists runs, each target commits, the ratios
-/// are against the raw baseline run beside it, and the directory it made is removed.
+/// are against the raw baselines run beside it, and the directory it made is removed.
 #[test]
 fn bench_runs_every_cell_and_reports_ratios() {
     let parent = tempfile::tempdir().unwrap();
@@ -308,8 +327,8 @@ fn bench_runs_every_cell_and_reports_ratios() {
     assert!(strict.status.success(), "{}", text(&strict));
     let report: serde_json::Value = serde_json::from_slice(&strict.stdout).unwrap();
     let runs = report["runs"].as_array().unwrap();
-    // Per writer count: the raw baseline and the two backends.
-    assert_eq!(runs.len(), 6, "{report:#}");
+    // Per writer count: the two raw baselines and the two backends.
+    assert_eq!(runs.len(), 8, "{report:#}");
     for run in runs {
         assert!(run["commits"].as_u64().unwrap() > 0, "{run}");
         assert_eq!(run["rounds"], 2, "{run}");
@@ -320,9 +339,11 @@ fn bench_runs_every_cell_and_reports_ratios() {
         );
         if run["target"] == "keel" {
             assert!(run["ratio_to_raw"].as_f64().unwrap() > 0.0, "{run}");
+            assert!(run["ratio_to_best_raw"].as_f64().unwrap() > 0.0, "{run}");
             assert!(run["ratio_to_std"].as_f64().unwrap() > 0.0, "{run}");
         } else {
-            assert_eq!(run["target"], "raw pwrite+fdatasync", "{run}");
+            let raw = ["raw pwrite+fdatasync", "raw group-commit"];
+            assert!(raw.contains(&run["target"].as_str().unwrap()), "{run}");
         }
     }
     assert_eq!(

@@ -50,7 +50,7 @@ pub struct BenchArgs {
     /// Durability mode.
     #[arg(long, value_enum, default_value_t = Mode::Strict)]
     pub(super) mode: Mode,
-    /// Committers as OS threads or as tokio tasks (the raw baseline always uses threads).
+    /// Committers as OS threads or as tokio tasks (the raw baselines always use threads).
     #[arg(long, value_enum, default_value_t = Committers::Threads)]
     pub(super) committers: Committers,
     /// Sync timer of the batched and async modes, in milliseconds.
@@ -74,7 +74,7 @@ pub struct BenchArgs {
     /// Segment size in MiB.
     #[arg(long, default_value_t = 64)]
     pub(super) segment_mib: u64,
-    /// Skip the raw pwrite + fdatasync baseline.
+    /// Skip the raw baselines (pwrite + fdatasync of each record, and group commit by hand).
     #[arg(long)]
     pub(super) no_baseline: bool,
     /// Also run the engine beside the log: transactions through `Database`, one put of the

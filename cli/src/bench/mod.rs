@@ -1,16 +1,19 @@
 //! `keel bench`: a WAL workload generator for storage performance testing.
 //!
 //! `writers` threads each commit one `Write` entry of `value_size` bytes at a time and wait
-//! for it, for `duration` seconds. In `strict` mode the same workload first runs as a raw
-//! `pwrite + fdatasync` loop on a preallocated file (the physical limit of this machine, one
-//! durable write at a time: `keel_bench::RawLog`, which `benches/peers/` runs too), so
-//! Keel's figures read as a ratio of it: measured in one run, on one device.
+//! for it, for `duration` seconds. In `strict` mode the same workload first runs through two raw
+//! loops on a preallocated file, which `benches/peers/` runs too: `pwrite + fdatasync` of each
+//! record, one durable write at a time (`keel_bench::RawLog`, the `vs raw` ratios), and group
+//! commit by hand, one `pwrite + fdatasync` per group of the committers that arrived during
+//! the previous one (`keel_bench::RawGroupLog`). Keel's figures read as ratios of them
+//! (`vs best raw`: of the faster of the two in the round), measured in one run, on one
+//! device.
 //!
 //! `--writers`, `--value-size` and `--backend` take lists (`--writers 1,8,64 --backend
 //! uring,std`): every combination runs, side by side in one table.
 //!
 //! Modules: [`args`] (the command line and the log options it makes), [`drive`] (committers
-//! against the clock), [`targets`] (Keel and the raw baseline), [`report`] (ratios, medians,
+//! against the clock), [`targets`] (Keel and the raw baselines), [`report`] (ratios, medians,
 //! the table).
 
 mod args;
@@ -94,6 +97,8 @@ fn compare(
         if args.mode == Mode::Strict && !args.no_baseline {
             let dir = temp.join(format!("raw-{writers}-{value_size}-{round}"));
             targets.push(targets::raw(args, cell(Backend::Std), &dir)?);
+            let dir = temp.join(format!("raw-group-{writers}-{value_size}-{round}"));
+            targets.push(targets::raw_group(args, cell(Backend::Std), &dir)?);
         }
         let run_logs = || -> Result<Vec<Outcome>, String> {
             let mut runs = Vec::new();

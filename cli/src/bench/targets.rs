@@ -1,6 +1,6 @@
 //! What `keel bench` measures, one run each: Keel's log, the engine on it (`--engine`), and
-//! the raw `pwrite + fdatasync` baseline (`keel_bench::RawLog`, the one `benches/peers/` runs
-//! too).
+//! the raw baselines `benches/peers/` runs too: `pwrite + fdatasync` of each record
+//! (`keel_bench::RawLog`) and group commit by hand (`keel_bench::RawGroupLog`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
-use keel_bench::RawLog;
+use keel_bench::{RawGroupLog, RawLog};
 use keel_wal::{RunId, WalEntry};
 
 use super::Cell;
@@ -18,8 +18,10 @@ use super::args::{BenchArgs, Committers};
 use super::drive::{self, Measured};
 use super::report::{FeedFigures, Outcome};
 
-/// The target name of the raw baseline's rows.
+/// The target name of the raw baseline's rows (one record per sync).
 pub(super) const RAW: &str = "raw pwrite+fdatasync";
+/// The target name of the raw group commit's rows (one sync per group).
+pub(super) const RAW_GROUP: &str = "raw group-commit";
 /// The target name of Keel's rows.
 pub(super) const KEEL: &str = "keel";
 /// The target name of the engine's rows.
@@ -248,20 +250,23 @@ impl Subscriber {
 }
 
 /// The bytes of a Keel record holding one value of `value_size` bytes, about: what the raw
-/// baseline writes per commit.
+/// baselines write per commit.
 fn raw_record_bytes(value_size: usize) -> usize {
     (value_size + 64).div_ceil(8) * 8
 }
 
+/// The raw baselines' file: room for 4096 records (at least 1 MiB) before it wraps.
+fn raw_file_bytes(record_bytes: usize) -> u64 {
+    (record_bytes as u64 * 4096).max(1 << 20)
+}
+
 /// `cell.writers` threads committing one record's worth of bytes each through [`RawLog`]:
-/// one at a time, each with its `fdatasync`, into a preallocated file in `dir` with room for
-/// 4096 records (at least 1 MiB) before it wraps.
+/// one at a time, each with its `fdatasync`, into a preallocated file in `dir`.
 pub(super) fn raw(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let record_bytes = raw_record_bytes(cell.value_size);
-    let size = (record_bytes as u64 * 4096).max(1 << 20);
-    let log =
-        RawLog::open(dir, size).map_err(|e| format!("preallocating {}: {e}", dir.display()))?;
+    let log = RawLog::open(dir, raw_file_bytes(record_bytes))
+        .map_err(|e| format!("preallocating {}: {e}", dir.display()))?;
     let log = Arc::new(log);
     let committer = Arc::clone(&log);
     let record = vec![0x72u8; record_bytes];
@@ -269,13 +274,40 @@ pub(super) fn raw(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, S
     let run: Measured = drive::threads(args, cell.writers, &label, move |_, _| {
         committer.commit(&record).map_err(|e| e.to_string())
     })?;
+    let syncs = log.syncs();
     Ok(Outcome::new(
         args,
         cell,
         RAW,
         "std",
         run,
-        log.syncs(),
+        syncs,
+        record_bytes,
+    ))
+}
+
+/// Like [`raw`], through [`RawGroupLog`]: the committers that arrive while a group is being
+/// written and synced share the next group's one `pwrite` and one `fdatasync`.
+pub(super) fn raw_group(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let record_bytes = raw_record_bytes(cell.value_size);
+    let log = RawGroupLog::open(dir, raw_file_bytes(record_bytes))
+        .map_err(|e| format!("preallocating {}: {e}", dir.display()))?;
+    let log = Arc::new(log);
+    let committer = Arc::clone(&log);
+    let record = vec![0x67u8; record_bytes];
+    let label = format!("raw group w{} {}B", cell.writers, cell.value_size);
+    let run: Measured = drive::threads(args, cell.writers, &label, move |_, _| {
+        committer.commit(&record).map_err(|e| e.to_string())
+    })?;
+    let syncs = log.syncs();
+    Ok(Outcome::new(
+        args,
+        cell,
+        RAW_GROUP,
+        "std",
+        run,
+        syncs,
         record_bytes,
     ))
 }
