@@ -58,3 +58,44 @@ fn appends_reuse_the_buffers_the_writer_hands_back() {
         }
     }
 }
+
+/// Payload entries (the Raft store's) are framed into a buffer sized for them up front: one
+/// of 40 KiB grown by doubling from a small guess would pass the 64 KiB the pool keeps, and
+/// every such append would allocate again.
+#[test]
+fn payload_entries_of_40_kib_reuse_their_buffers() {
+    for backend in common::backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = keel_wal::WalOptions {
+            segment_bytes: 4 << 20,
+            max_record_bytes: 128 << 10,
+            backend,
+            ..keel_wal::WalOptions::default()
+        };
+        let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
+        let written: Vec<WalEntry> = (0..50u8)
+            .map(|i| WalEntry::Payload {
+                run_id: keel_wal::RunId::from_u128(1),
+                tag: 7,
+                payload: vec![i; 40 << 10],
+            })
+            .collect();
+        for entry in &written {
+            let batch = wal.encode(std::slice::from_ref(entry)).unwrap();
+            wal.append_encoded(batch, Durability::Strict)
+                .wait()
+                .unwrap();
+        }
+        let reused = wal.stats().buffers_reused;
+        wal.close().unwrap();
+        assert_eq!(
+            reused, 49,
+            "{backend:?}: the first append allocates, no other"
+        );
+        let read: Vec<WalEntry> = common::read_all(dir.path())
+            .into_iter()
+            .map(|(_, entry)| entry)
+            .collect();
+        assert_eq!(read, written, "{backend:?}");
+    }
+}

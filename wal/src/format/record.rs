@@ -186,6 +186,7 @@ fn estimated_record_len(entry: &WalEntry) -> usize {
     let data = match entry {
         WalEntry::Write { key, value, .. } => key.len() + value.len(),
         WalEntry::Delete { key, .. } => key.len(),
+        WalEntry::Payload { payload, .. } => payload.len(),
         _ => 0,
     };
     RECORD_HEADER_LEN + padded_len(data) + 64
