@@ -195,7 +195,9 @@ fn estimated_record_len(entry: &WalEntry) -> usize {
 /// Completes one record framed by [`EncodedBatch`] in place: stamps its LSN and durable mark and
 /// seeds both checksums with the segment's salt. Returns the record's length.
 pub fn seal(record: &mut [u8], lsn: Lsn, durable_lsn: Lsn, salt: u32) -> usize {
-    seal_with(record, lsn, durable_lsn, salt, &mut Salter::new(salt))
+    seal_salting(record, lsn, durable_lsn, salt, |unsalted, len| {
+        Crc::salt_unsalted(salt, unsalted, len)
+    })
 }
 
 /// [`seal`], salting the body checksum through `salter`: the writer keeps one, so records of a
@@ -207,6 +209,20 @@ pub(crate) fn seal_with(
     salt: u32,
     salter: &mut Salter,
 ) -> usize {
+    seal_salting(record, lsn, durable_lsn, salt, |unsalted, len| {
+        salter.salt(salt, unsalted, len)
+    })
+}
+
+/// What [`seal`] and [`seal_with`] share; `salt_body` salts the unsalted body checksum of a
+/// body of the given length.
+fn seal_salting(
+    record: &mut [u8],
+    lsn: Lsn,
+    durable_lsn: Lsn,
+    salt: u32,
+    salt_body: impl FnOnce(u32, u64) -> Crc,
+) -> usize {
     assert!(
         durable_lsn < lsn,
         "durable mark {durable_lsn} must be below LSN {lsn}"
@@ -214,7 +230,7 @@ pub(crate) fn seal_with(
     let payload_len = get_u32(record, PAYLOAD_LEN_OFFSET) as usize;
     let len = record_len(payload_len);
     let unsalted = get_u32(record, BODY_CRC_OFFSET);
-    let body_crc = salter.salt(salt, unsalted, (len - RECORD_HEADER_LEN) as u64);
+    let body_crc = salt_body(unsalted, (len - RECORD_HEADER_LEN) as u64);
     put_u64(record, LSN_OFFSET, lsn);
     put_u64(record, DURABLE_LSN_OFFSET, durable_lsn);
     put_u32(record, BODY_CRC_OFFSET, body_crc.0);
