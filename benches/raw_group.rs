@@ -81,7 +81,7 @@ struct Batch {
 /// unless they would not fit a file of `size_bytes` together; then the longest run from the
 /// first that does. At least one (every record fits alone: [`RawGroupLog::commit`] refuses
 /// the others).
-fn records_that_fit(record_ends: &[usize], size_bytes: u64) -> usize {
+pub(crate) fn records_that_fit(record_ends: &[usize], size_bytes: u64) -> usize {
     assert!(
         record_ends
             .first()

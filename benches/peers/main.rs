@@ -39,7 +39,7 @@
 //! plots drawn here (`<out>/commits-<size>.svg`: commits/s against committers;
 //! `<out>/latency-<size>.svg`: p50/p99/p999 at each committer count).
 //!
-//! One module per system (`keel.rs`, `keel_db.rs`, `raw.rs` and `raw_uring_batched.rs`,
+//! One module per system (`keel.rs`, `keel_db.rs`, `raw.rs` with the library's raw baselines,
 //! `okaywal.rs`, `sqlite.rs`, `raft_engine.rs`, `rocksdb.rs`), opened by name in `systems.rs`;
 //! `harness.rs` runs the committers; `recovery.rs` the recovery table; `report.rs` and
 //! `plots.rs` the output.
@@ -54,8 +54,6 @@ mod plots;
 #[cfg(feature = "peer-raft-engine")]
 mod raft_engine;
 mod raw;
-#[cfg(all(target_os = "linux", feature = "uring"))]
-mod raw_uring_batched;
 mod recovery;
 mod report;
 #[cfg(feature = "peer-rocksdb")]

@@ -3,7 +3,7 @@
 //! `raw-group` (leader/follower group commit, one `pwrite` + `fdatasync` a group: see
 //! [`RawGroupLog`], which `keel bench` runs too), `raw-uring` (one write→fdatasync chain per
 //! record, several in flight through io_uring) and `raw-uring-batched` (chains carrying
-//! everything queued: `raw_uring_batched.rs`).
+//! everything queued: see `RawUringBatched`, which `keel bench` runs too).
 
 use std::io;
 
@@ -29,6 +29,24 @@ impl Peer for RawGroupLog {
             "{} groups (pwrite + fdatasync), {:.0} bytes a group",
             self.syncs(),
             self.bytes() as f64 / self.syncs().max(1) as f64
+        ))
+    }
+}
+
+/// Group commit on the ring, shared with `keel bench`: see `keel_bench::RawUringBatched`.
+#[cfg(all(target_os = "linux", feature = "uring"))]
+impl Peer for keel_bench::RawUringBatched {
+    fn commit(&self, _thread: usize, _seq: u64, payload: &[u8]) -> io::Result<()> {
+        keel_bench::RawUringBatched::commit(self, payload)
+    }
+
+    fn counters(&self) -> Option<String> {
+        let chains = self.syncs().max(1) as f64;
+        Some(format!(
+            "{} chains (write + fdatasync), {:.1} records and {:.0} bytes a chain",
+            self.syncs(),
+            self.records() as f64 / chains,
+            self.bytes() as f64 / chains
         ))
     }
 }

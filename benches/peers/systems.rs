@@ -12,6 +12,9 @@ use crate::harness::Peer;
 use crate::keel;
 use crate::keel_db;
 
+/// The raw baselines' preallocated file.
+const RAW_BYTES: u64 = 256 << 20;
+
 /// The systems this build can run, in table order.
 pub fn compiled_systems() -> Vec<&'static str> {
     let mut systems = vec!["raw", "raw-group"];
@@ -69,17 +72,18 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
     // `raw-uring-batched-<depth>`: a depth of one's choosing (not in the default list).
     #[cfg(all(target_os = "linux", feature = "uring"))]
     if let Some(depth) = batched_depth(system) {
-        return Ok(Box::new(crate::raw_uring_batched::RawUringBatched::open(
-            dir, depth,
+        return Ok(Box::new(keel_bench::RawUringBatched::open(
+            dir, RAW_BYTES, depth,
         )?));
     }
     match system {
-        "raw" => Ok(Box::new(RawLog::open(dir, 256 << 20)?)),
-        "raw-group" => Ok(Box::new(RawGroupLog::open(dir, 256 << 20)?)),
+        "raw" => Ok(Box::new(RawLog::open(dir, RAW_BYTES)?)),
+        "raw-group" => Ok(Box::new(RawGroupLog::open(dir, RAW_BYTES)?)),
         // As many chains in flight as Keel's ring keeps by default, or one per committer.
         #[cfg(all(target_os = "linux", feature = "uring"))]
-        "raw-uring-batched" => Ok(Box::new(crate::raw_uring_batched::RawUringBatched::open(
+        "raw-uring-batched" => Ok(Box::new(keel_bench::RawUringBatched::open(
             dir,
+            RAW_BYTES,
             committers.min(keel_wal::DEFAULT_IO_DEPTH),
         )?)),
         "keel-uring" => keel::open(dir, BackendChoice::Uring, Durability::Strict),
@@ -124,11 +128,13 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
     }
 }
 
-/// The depth a `raw-uring-batched-<depth>` system asks for (1 to 64).
+/// The depth a `raw-uring-batched-<depth>` system asks for (1 to the library's most).
 #[cfg(all(target_os = "linux", feature = "uring"))]
 fn batched_depth(system: &str) -> Option<usize> {
     let depth = system.strip_prefix("raw-uring-batched-")?.parse().ok()?;
-    (1..=64).contains(&depth).then_some(depth)
+    (1..=keel_bench::RAW_URING_BATCHED_MAX_DEPTH)
+        .contains(&depth)
+        .then_some(depth)
 }
 
 /// Reopens (recovers) `system`'s log in `dir`, reading what recovery hands over; returns how

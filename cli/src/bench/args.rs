@@ -74,7 +74,8 @@ pub struct BenchArgs {
     /// Segment size in MiB.
     #[arg(long, default_value_t = 64)]
     pub(super) segment_mib: u64,
-    /// Skip the raw baselines (pwrite + fdatasync of each record, and group commit by hand).
+    /// Skip the raw baselines (pwrite + fdatasync of each record, group commit by hand, and
+    /// group commit on the ring).
     #[arg(long)]
     pub(super) no_baseline: bool,
     /// Also run the engine beside the log: transactions through `Database`, one put of the

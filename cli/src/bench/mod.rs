@@ -1,12 +1,15 @@
 //! `keel bench`: a WAL workload generator for storage performance testing.
 //!
 //! `writers` threads each commit one `Write` entry of `value_size` bytes at a time and wait
-//! for it, for `duration` seconds. In `strict` mode the same workload first runs through two raw
-//! loops on a preallocated file, which `benches/peers/` runs too: `pwrite + fdatasync` of each
-//! record, one durable write at a time (`keel_bench::RawLog`, the `vs raw` ratios), and group
-//! commit by hand, one `pwrite + fdatasync` per group of the committers that arrived during
-//! the previous one (`keel_bench::RawGroupLog`). Keel's figures read as ratios of them
-//! (`vs best raw`: of the faster of the two in the round), measured in one run, on one
+//! for it, for `duration` seconds. In `strict` mode (unless `--no-baseline`) the same workload
+//! first runs through the raw loops on a preallocated file, which `benches/peers/` runs too:
+//! `pwrite + fdatasync` of each record, one durable write at a time (`keel_bench::RawLog`,
+//! the `vs raw` ratios); group commit by hand, one `pwrite + fdatasync` per group of the
+//! committers that arrived during the previous one (`keel_bench::RawGroupLog`); and group
+//! commit on the ring, up to `--io-depth` write→fdatasync chains in flight, each carrying
+//! everything queued (`keel_bench::RawUringBatched`, the `raw batched ring` row; where
+//! io_uring does not run, a note says so and the row is left out). Keel's figures read as
+//! ratios of them (`vs best raw`: of the fastest in the round), measured in one run, on one
 //! device.
 //!
 //! `--writers`, `--value-size` and `--backend` take lists (`--writers 1,8,64 --backend
@@ -39,10 +42,12 @@ struct Cell {
 pub fn run(args: &BenchArgs) -> Result<(), String> {
     args.check()?;
     let temp = scratch_dir(args)?;
+    let baselines = args.mode == Mode::Strict && !args.no_baseline;
+    let ring = baselines && ring_baseline_runs();
     let mut runs = Vec::new();
     for &value_size in &args.value_size {
         for &writers in &args.writers {
-            runs.extend(compare(args, temp.path(), writers, value_size)?);
+            runs.extend(compare(args, temp.path(), writers, value_size, ring)?);
         }
     }
     let report = Report {
@@ -60,6 +65,18 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the batched-ring baseline runs: where io_uring does not, a note on stderr says why
+/// its rows are missing (not an error: the other rows run).
+fn ring_baseline_runs() -> bool {
+    match targets::raw_ring_available() {
+        Ok(()) => true,
+        Err(reason) => {
+            eprintln!("note: no {} rows: {reason}", targets::RAW_RING);
+            false
+        }
+    }
+}
+
 /// A new directory, removed when dropped: under `--dir` when given, else the system's
 /// temporary directory.
 fn scratch_dir(args: &BenchArgs) -> Result<tempfile::TempDir, String> {
@@ -75,7 +92,8 @@ fn scratch_dir(args: &BenchArgs) -> Result<tempfile::TempDir, String> {
     }
 }
 
-/// Every target of one writers × value size pair, each the median of the rounds.
+/// Every target of one writers × value size pair, each the median of the rounds; the
+/// batched-ring baseline among them when `ring` (strict mode, baselines on, io_uring here).
 ///
 /// Every round runs each target once, interleaved, so a noisy machine's drift hits all of
 /// them alike (the log and the engine swap places every other round); the reported run is
@@ -85,6 +103,7 @@ fn compare(
     temp: &Path,
     writers: u32,
     value_size: usize,
+    ring: bool,
 ) -> Result<Vec<Outcome>, String> {
     let cell = |backend| Cell {
         writers,
@@ -99,6 +118,10 @@ fn compare(
             targets.push(targets::raw(args, cell(Backend::Std), &dir)?);
             let dir = temp.join(format!("raw-group-{writers}-{value_size}-{round}"));
             targets.push(targets::raw_group(args, cell(Backend::Std), &dir)?);
+        }
+        if ring {
+            let dir = temp.join(format!("raw-ring-{writers}-{value_size}-{round}"));
+            targets.push(targets::raw_ring(args, cell(Backend::Uring), &dir)?);
         }
         let run_logs = || -> Result<Vec<Outcome>, String> {
             let mut runs = Vec::new();

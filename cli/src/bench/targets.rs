@@ -1,6 +1,7 @@
 //! What `keel bench` measures, one run each: Keel's log, the engine on it (`--engine`), and
 //! the raw baselines `benches/peers/` runs too: `pwrite + fdatasync` of each record
-//! (`keel_bench::RawLog`) and group commit by hand (`keel_bench::RawGroupLog`).
+//! (`keel_bench::RawLog`), group commit by hand (`keel_bench::RawGroupLog`), and group commit
+//! on the ring (`keel_bench::RawUringBatched`, where io_uring runs).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ use super::report::{FeedFigures, Outcome};
 pub(super) const RAW: &str = "raw pwrite+fdatasync";
 /// The target name of the raw group commit's rows (one sync per group).
 pub(super) const RAW_GROUP: &str = "raw group-commit";
+/// The target name of the batched ring's rows (write→fdatasync chains in flight, each
+/// carrying everything queued).
+pub(super) const RAW_RING: &str = "raw batched ring";
 /// The target name of Keel's rows.
 pub(super) const KEEL: &str = "keel";
 /// The target name of the engine's rows.
@@ -310,4 +314,50 @@ pub(super) fn raw_group(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outc
         syncs,
         record_bytes,
     ))
+}
+
+/// Whether the batched ring runs here, else why not (printed once, and its rows skipped).
+pub(super) fn raw_ring_available() -> Result<(), String> {
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    return keel_bench::RawUringBatched::available()
+        .map_err(|reason| format!("io_uring does not run here ({reason})"));
+    #[cfg(not(all(target_os = "linux", feature = "uring")))]
+    Err("this build has no io_uring (Linux, with keel-cli's `uring` feature)".to_owned())
+}
+
+/// Like [`raw_group`], through `keel_bench::RawUringBatched`: one ring thread keeps up to
+/// `--io-depth` (at most one per committer) write→fdatasync chains in flight, each carrying
+/// every record queued. Only where [`raw_ring_available`] says it runs.
+#[cfg(all(target_os = "linux", feature = "uring"))]
+pub(super) fn raw_ring(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let record_bytes = raw_record_bytes(cell.value_size);
+    let depth = usize::try_from(cell.writers)
+        .unwrap_or(usize::MAX)
+        .min(args.io_depth);
+    let log = keel_bench::RawUringBatched::open(dir, raw_file_bytes(record_bytes), depth)
+        .map_err(|e| format!("opening the batched ring in {}: {e}", dir.display()))?;
+    let log = Arc::new(log);
+    let committer = Arc::clone(&log);
+    let record = vec![0x62u8; record_bytes];
+    let label = format!("raw ring w{} {}B", cell.writers, cell.value_size);
+    let run: Measured = drive::threads(args, cell.writers, &label, move |_, _| {
+        committer.commit(&record).map_err(|e| e.to_string())
+    })?;
+    let syncs = log.syncs();
+    Ok(Outcome::new(
+        args,
+        cell,
+        RAW_RING,
+        "uring",
+        run,
+        syncs,
+        record_bytes,
+    ))
+}
+
+/// Where io_uring is not compiled in, [`raw_ring_available`] says so and this never runs.
+#[cfg(not(all(target_os = "linux", feature = "uring")))]
+pub(super) fn raw_ring(_: &BenchArgs, _: Cell, _: &Path) -> Result<Outcome, String> {
+    Err(raw_ring_available().expect_err("no io_uring in this build"))
 }

@@ -1,9 +1,13 @@
-//! `raw-uring-batched`: the ring with batching by hand. Committer threads append their record
-//! to a shared queue and wait; one ring thread keeps up to `depth` chains in flight through
-//! keel-wal's io_uring backend (forced onto the ring, as `raw-uring` is), each chain carrying
-//! everything queued when it was submitted: one write of the records back to back, linked to
-//! an `fdatasync` that starts only once that write completed. What overlapping durable writes
-//! and group commit give together, with nothing of a log's format or bookkeeping.
+//! The raw group commit on the ring: batching by hand through io_uring. Committer threads
+//! append their record to a shared queue and wait; one ring thread, started by
+//! [`RawUringBatched::open`] and joined when it is dropped, keeps up to `depth` chains in
+//! flight through keel-wal's io_uring backend (forced onto the ring), each chain carrying
+//! everything queued when it was submitted (unless it would not fit the file together: then
+//! the longest run from the first that does): one write of the records back to back, linked
+//! to an `fdatasync` that starts only once that write completed. What overlapping durable
+//! writes and group commit give together, with nothing of a log's format or bookkeeping.
+//! `keel bench` runs it (the `raw batched ring` row) and so does `benches/peers/`
+//! (`raw-uring-batched`), on the preallocated file of [`RawLog`](crate::RawLog).
 //!
 //! Beside chains in flight, a new chain is submitted only once it carries as many records as
 //! the newest of them (Keel's writer holds its batches by the same rule): smaller ones would
@@ -16,28 +20,34 @@
 //! A chain's sync covers its own write, so its committers could return when it completes;
 //! they return when the *watermark* passes them (the last record of the contiguous run of
 //! completed chains, in submission order), as Keel's committers do, so that a committer
-//! never returns before one that queued before it. A failed chain fails the run: its
-//! committers, and every commit after, get the error.
+//! never returns before one that queued before it. A failed chain fails the log: its
+//! committers, and every commit after, get the error (so does a panic of the ring thread).
 //!
 //! The ring thread waits in one of two places: on a condvar when nothing is in flight, in the
 //! ring (woken through the backend's eventfd waker) when chains are in flight and there is
 //! room for more. A committer wakes it only where it waits, and not at all while it is busy
 //! or the ring is full: it then takes the queue on its next turn.
+//!
+//! Linux with the `uring` feature only (keel-wal's io_uring backend).
 
 use std::collections::VecDeque;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use keel_bench::RawLog;
 use keel_wal::backend::uring::UringBackend;
+use keel_wal::backend::uring_faults::UringFaults;
 use keel_wal::backend::{Backend, Chain, Completion, IoFile, Waker, WriteOp};
 
-use crate::harness::Peer;
+use crate::raw::{check_fits, preallocate};
+use crate::raw_group::records_that_fit;
 
-/// The preallocated file's size, as `raw` and `raw-uring` have it.
-const RAW_BYTES: u64 = 256 << 20;
+/// The file [`RawUringBatched::open`] creates in its directory.
+pub const FILE_NAME: &str = "raw-uring-batched.log";
+
+/// The most chains in flight [`RawUringBatched::open`] keeps (a larger depth is clamped).
+pub const MAX_DEPTH: usize = 64;
 
 /// Where the ring thread waits, so that a committer knows how to wake it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,18 +65,29 @@ enum RingWait {
 struct Queue {
     /// The records queued and not yet in a chain, back to back.
     pending: Vec<u8>,
+    /// Where each pending record ends in `pending`.
+    record_ends: Vec<usize>,
     /// The sequence of the last record queued (records count from 1).
     appended_through: u64,
     /// The sequence of the last record of the contiguous completed chains: the watermark.
     synced_through: u64,
-    /// The first failed chain's error: every commit not synced before it fails.
-    failure: Option<String>,
-    /// The peer is dropped: the ring thread finishes what is in flight and ends.
+    /// The first failure, kind and message: every commit not synced before it fails.
+    failure: Option<(io::ErrorKind, String)>,
+    /// The log is dropped: the ring thread finishes what is in flight and ends.
     stop: bool,
     ring: RingWait,
     /// Chains completed, and the bytes they wrote.
     chains: u64,
     bytes: u64,
+}
+
+impl Queue {
+    /// The log's failure, as an error for one more committer.
+    fn failed(&self) -> Option<io::Error> {
+        self.failure.as_ref().map(|(kind, message)| {
+            io::Error::new(*kind, format!("the raw batched ring failed: {message}"))
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -84,36 +105,60 @@ impl Shared {
     }
 }
 
-/// The `raw-uring-batched` system: committers on the harness's threads, and the ring thread.
+/// A preallocated file whose concurrent commits share write→fdatasync chains, up to `depth`
+/// of them in flight on one ring thread.
 pub struct RawUringBatched {
     shared: Arc<Shared>,
     waker: Waker,
     ring_thread: Option<JoinHandle<()>>,
+    path: PathBuf,
+    size_bytes: u64,
 }
 
 impl std::fmt::Debug for RawUringBatched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RawUringBatched")
             .field("shared", &self.shared)
+            .field("path", &self.path)
+            .field("size_bytes", &self.size_bytes)
             .finish_non_exhaustive()
     }
 }
 
 impl RawUringBatched {
-    /// Preallocates the file in `dir` (as `raw` does) and starts the ring thread with up to
-    /// `depth` chains in flight.
-    pub fn open(dir: &Path, depth: usize) -> io::Result<RawUringBatched> {
-        let raw = RawLog::open(dir, RAW_BYTES)?;
-        let raw_bytes = raw.size_bytes();
-        let (file, path) = raw.into_file();
-        let depth = depth.clamp(1, 64);
-        let ring = UringBackend::new(depth, None).map_err(io::Error::other)?;
+    /// Whether io_uring runs here (a ring can be set up), else why not: where it does not,
+    /// [`RawUringBatched::open`] fails with [`io::ErrorKind::Unsupported`].
+    pub fn available() -> Result<(), String> {
+        UringBackend::new(1, None).map(drop)
+    }
+
+    /// Creates `dir/raw-uring-batched.log` (replacing one there), zero-filled to `size_bytes`
+    /// and synced whole, as [`RawLog::open`](crate::RawLog::open) does, and starts the ring
+    /// thread with up to `depth` chains in flight (1 to [`MAX_DEPTH`]). Fails with
+    /// [`io::ErrorKind::Unsupported`], before touching `dir`, where io_uring does not run.
+    pub fn open(dir: &Path, size_bytes: u64, depth: usize) -> io::Result<RawUringBatched> {
+        RawUringBatched::open_with(dir, size_bytes, depth, None)
+    }
+
+    /// [`RawUringBatched::open`] on a ring built with `faults` (the tests').
+    fn open_with(
+        dir: &Path,
+        size_bytes: u64,
+        depth: usize,
+        faults: Option<&Arc<UringFaults>>,
+    ) -> io::Result<RawUringBatched> {
+        let depth = depth.clamp(1, MAX_DEPTH);
+        let ring = UringBackend::new(depth, faults)
+            .map_err(|reason| io::Error::new(io::ErrorKind::Unsupported, reason))?;
         let waker = ring
             .waker()
             .ok_or_else(|| io::Error::other("the ring backend has no waker"))?;
+        let path = dir.join(FILE_NAME);
+        let file = preallocate(&path, size_bytes)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 pending: Vec::new(),
+                record_ends: Vec::new(),
                 appended_through: 0,
                 synced_through: 0,
                 failure: None,
@@ -127,8 +172,11 @@ impl RawUringBatched {
         });
         let ring_thread = RingThread {
             ring,
-            file: Arc::new(IoFile { file, path }),
-            raw_bytes,
+            file: Arc::new(IoFile {
+                file,
+                path: path.clone(),
+            }),
+            size_bytes,
             depth,
             shared: Arc::clone(&shared),
             in_flight: VecDeque::new(),
@@ -145,34 +193,24 @@ impl RawUringBatched {
             shared,
             waker,
             ring_thread: Some(ring_thread),
+            path,
+            size_bytes,
         })
     }
 
-    /// Wakes the ring thread where it said it waits.
-    fn wake(&self, wait: RingWait) {
-        match wait {
-            RingWait::InRing => (self.waker)(),
-            RingWait::OnCondvar => self.shared.arrived.notify_one(),
-            RingWait::Busy => {}
-        }
-    }
-}
-
-fn failed(queue: &Queue) -> Option<io::Error> {
-    queue
-        .failure
-        .as_ref()
-        .map(|error| io::Error::other(format!("raw-uring-batched: a chain failed: {error}")))
-}
-
-impl Peer for RawUringBatched {
-    fn commit(&self, _thread: usize, _seq: u64, payload: &[u8]) -> io::Result<()> {
+    /// Queues `record` for the next chain and returns once an `fdatasync` that started after
+    /// it was written has completed (and every record queued before it is synced too). A
+    /// record longer than the file is refused; after a failed chain every commit fails.
+    pub fn commit(&self, record: &[u8]) -> io::Result<()> {
+        check_fits(record.len() as u64, self.size_bytes)?;
         let (seq, wait) = {
             let mut queue = self.shared.lock();
-            if let Some(error) = failed(&queue) {
+            if let Some(error) = queue.failed() {
                 return Err(error);
             }
-            queue.pending.extend_from_slice(payload);
+            queue.pending.extend_from_slice(record);
+            let end = queue.pending.len();
+            queue.record_ends.push(end);
             queue.appended_through += 1;
             let wait = std::mem::replace(&mut queue.ring, RingWait::Busy);
             (queue.appended_through, wait)
@@ -180,7 +218,7 @@ impl Peer for RawUringBatched {
         self.wake(wait);
         let mut queue = self.shared.lock();
         while queue.synced_through < seq {
-            if let Some(error) = failed(&queue) {
+            if let Some(error) = queue.failed() {
                 return Err(error);
             }
             queue = self
@@ -192,29 +230,53 @@ impl Peer for RawUringBatched {
         Ok(())
     }
 
-    fn counters(&self) -> Option<String> {
-        let queue = self.shared.lock();
-        Some(format!(
-            "{} chains (write + fdatasync), {:.1} records and {:.0} bytes a chain",
-            queue.chains,
-            queue.synced_through as f64 / queue.chains.max(1) as f64,
-            queue.bytes as f64 / queue.chains.max(1) as f64
-        ))
+    /// Wakes the ring thread where it said it waits.
+    fn wake(&self, wait: RingWait) {
+        match wait {
+            RingWait::InRing => (self.waker)(),
+            RingWait::OnCondvar => self.shared.arrived.notify_one(),
+            RingWait::Busy => {}
+        }
+    }
+
+    /// The chains completed so far (one write and one `fdatasync` each).
+    pub fn syncs(&self) -> u64 {
+        self.shared.lock().chains
+    }
+
+    /// The bytes of the completed chains.
+    pub fn bytes(&self) -> u64 {
+        self.shared.lock().bytes
+    }
+
+    /// The records the completed chains carried (the watermark).
+    pub fn records(&self) -> u64 {
+        self.shared.lock().synced_through
+    }
+
+    /// The preallocated size.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
 impl Drop for RawUringBatched {
-    /// Stops the ring thread once what it has in flight completed.
+    /// Stops the ring thread once what it has in flight completed, and joins it.
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.arrived.notify_one();
         (self.waker)();
         if let Some(thread) = self.ring_thread.take() {
+            // A panic of the ring thread already failed the log (`FailOnPanic`).
             let _ = thread.join();
         }
     }
 }
-
 /// A chain in flight: its id, the sequence of its last record, its bytes, and its outcome
 /// once completed (`Some(true)`: synced).
 #[derive(Debug)]
@@ -230,7 +292,7 @@ struct RingThread {
     ring: UringBackend,
     file: Arc<IoFile>,
     /// The preallocated file's size: chains wrap around to its start.
-    raw_bytes: u64,
+    size_bytes: u64,
     depth: usize,
     shared: Arc<Shared>,
     /// The chains in flight, in submission order.
@@ -250,6 +312,8 @@ impl RingThread {
     /// them; ends on `stop` once nothing is in flight.
     fn run(mut self) {
         let shared = Arc::clone(&self.shared);
+        // Declared before any guard of the lock, so dropped after it when unwinding.
+        let _failing_on_panic = FailOnPanic(&shared);
         loop {
             let mut queue = shared.lock();
             // The ring's count, not `in_flight`'s: a failed chain stays there, completed.
@@ -288,21 +352,33 @@ impl RingThread {
     /// every arrival wakes this thread.
     fn worth_a_chain(&self, queue: &Queue) -> bool {
         let queued = queue.appended_through - self.taken_through;
+        assert_eq!(queued, queue.record_ends.len() as u64, "one end per record");
         queued > 0 && (self.ring.in_flight() == 0 || queued >= self.newest_chain_records)
     }
 
-    /// Everything queued, as one chain at the next offset (the start again when it would run
-    /// past the end).
+    /// What is queued, as one chain at the next offset (the start again when it would run
+    /// past the end): every record, unless they would not fit the file together; then the
+    /// longest run from the first that does.
     fn take(&mut self, queue: &mut Queue) -> Chain {
-        let buf = std::mem::replace(&mut queue.pending, self.spare.pop().unwrap_or_default());
+        let count = records_that_fit(&queue.record_ends, self.size_bytes);
+        let end = queue.record_ends[count - 1];
+        let buf = if count == queue.record_ends.len() {
+            let spare = self.spare.pop().unwrap_or_default();
+            std::mem::replace(&mut queue.pending, spare)
+        } else {
+            let rest = queue.pending.split_off(end);
+            std::mem::replace(&mut queue.pending, rest)
+        };
+        queue.record_ends.drain(..count);
+        queue.record_ends.iter_mut().for_each(|e| *e -= end);
         let len = buf.len() as u64;
-        assert!(
-            len <= self.raw_bytes,
-            "one record per committer queued: {len} bytes"
-        );
-        if self.offset + len > self.raw_bytes {
+        if self.offset + len > self.size_bytes {
             self.offset = 0;
         }
+        assert!(
+            self.offset + len <= self.size_bytes,
+            "a chain fits the file"
+        );
         let chain = Chain {
             id: self.next_id,
             file: Arc::clone(&self.file),
@@ -316,11 +392,11 @@ impl RingThread {
             alone: self.ring.in_flight() == 0,
             witness: false,
         };
-        self.newest_chain_records = queue.appended_through - self.taken_through;
-        self.taken_through = queue.appended_through;
+        self.newest_chain_records = count as u64;
+        self.taken_through += count as u64;
         self.in_flight.push_back(InFlight {
             id: self.next_id,
-            through: queue.appended_through,
+            through: self.taken_through,
             bytes: len,
             synced: None,
         });
@@ -340,9 +416,9 @@ impl RingThread {
             let synced = match completion.result {
                 Ok(()) => true,
                 Err(e) => {
-                    queue
-                        .failure
-                        .get_or_insert_with(|| format!("{}: {}", e.operation, e.error));
+                    queue.failure.get_or_insert_with(|| {
+                        (e.error.kind(), format!("{}: {}", e.operation, e.error))
+                    });
                     false
                 }
             };
@@ -380,3 +456,22 @@ impl RingThread {
         }
     }
 }
+
+/// Fails the log when the ring thread panics (a broken invariant): the committers get an
+/// error instead of waiting forever for chains no one will publish.
+struct FailOnPanic<'a>(&'a Shared);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .lock()
+                .failure
+                .get_or_insert_with(|| (io::ErrorKind::Other, "its ring thread panicked".into()));
+            self.0.synced.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
