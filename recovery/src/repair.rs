@@ -237,6 +237,14 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
     }
     let zero_from = match cut {
         Some(Cut::At { segment, offset }) if !aside.contains(&segment) => Some((segment, offset)),
+        // A cut before a segment makes the segment kept before it the last one, and appends
+        // continue at its end. Its end was read as a sealed segment's, whose bytes beyond are
+        // not judged (no verifiable record of this log is there, or it would be damage): as
+        // the last segment the next recovery judges them, as debris after the end. They are
+        // zeroed now, as a torn tail is, so that the next recovery finds what this one left.
+        Some(Cut::Before { .. }) if fresh.is_none() => {
+            last_kept.and_then(|index| walk.ends.get(&index).map(|end| (index, end.offset)))
+        }
         _ => None,
     };
     let lower_witness = cut

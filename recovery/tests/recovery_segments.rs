@@ -306,3 +306,34 @@ fn overlapping_segments_are_read_once() {
     assert_eq!(report.txns_applied, 100);
     assert_eq!(report.lsns_skipped, 0);
 }
+
+/// A cut before a missing segment makes the segment before the gap the last one: its end was
+/// read as a sealed segment's, so bytes after its records were never judged, and as the last
+/// segment the next recovery took them for a torn tail and cut again (a fuzz input found it:
+/// `fuzz/corpus/recovery/crash-7fbdb8b8…`). The cut zeroes them, so a second recovery finds
+/// the log as the first left it.
+#[test]
+fn a_cut_before_a_missing_segment_leaves_nothing_for_the_next_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = log(dir.path());
+    let gap_start = first_lsn_of(&segments[1]);
+    std::fs::remove_file(&segments[1]).unwrap();
+    // Debris in the zeros after the first segment's last record, past the header-sized
+    // window where the next record would start (there it would read as a damaged record).
+    let (_, offset, len) = *common::record_spans(dir.path(), &segments[0])
+        .last()
+        .unwrap();
+    let size = std::fs::metadata(&segments[0]).unwrap().len();
+    assert!(offset + len + 80 <= size, "room after the last record");
+    common::patch(&segments[0], offset + len + 64, &[0x4e; 16]);
+    let (first, _) = run(dir.path(), RecoveryPolicy::PointInTime);
+    let first = first.unwrap();
+    assert_eq!(first.next_lsn, gap_start, "{first}");
+    assert_eq!(first.bytes_truncated, 16, "the debris is zeroed: {first}");
+    let (second, _) = run(dir.path(), RecoveryPolicy::PointInTime);
+    let second = second.unwrap();
+    assert_eq!(second.bytes_truncated, 0, "{second}");
+    assert!(second.anomalies.is_empty(), "{second}");
+    assert_eq!(second.next_lsn, gap_start, "{second}");
+    appends_continue(dir.path(), RecoveryPolicy::PointInTime, gap_start);
+}
