@@ -235,15 +235,18 @@ fn plan<R: Replay>(walk: &Walk<'_, R>, segments: &[SegmentFile], cut: Option<Cut
         aside.push(last);
         aside.sort_unstable();
     }
-    let zero_from = match cut {
-        Some(Cut::At { segment, offset }) if !aside.contains(&segment) => Some((segment, offset)),
-        // A cut before a segment makes the segment kept before it the last one, and appends
-        // continue at its end. Its end was read as a sealed segment's, whose bytes beyond are
-        // not judged (no verifiable record of this log is there, or it would be damage): as
-        // the last segment the next recovery judges them, as debris after the end. They are
-        // zeroed now, as a torn tail is, so that the next recovery finds what this one left.
-        Some(Cut::Before { .. }) if fresh.is_none() => {
-            last_kept.and_then(|index| walk.ends.get(&index).map(|end| (index, end.offset)))
+    let zero_from = match (cut, last_kept) {
+        (Some(Cut::At { segment, offset }), _) if !aside.contains(&segment) => {
+            Some((segment, offset))
+        }
+        // The segment kept last was read as a sealed one: segments after it are set aside
+        // (cut before, or skipped). Appends continue at its end, and bytes beyond a sealed
+        // segment's end are not judged (no verifiable record of this log is there, or it
+        // would be damage); as the last segment the next recovery judges them, as debris
+        // after the end. They are zeroed now, as a torn tail is, so that the next recovery
+        // finds what this one left.
+        (_, Some(index)) if fresh.is_none() && index + 1 < segments.len() => {
+            walk.ends.get(&index).map(|end| (index, end.offset))
         }
         _ => None,
     };

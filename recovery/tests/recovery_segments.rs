@@ -337,3 +337,31 @@ fn a_cut_before_a_missing_segment_leaves_nothing_for_the_next_recovery() {
     assert_eq!(second.next_lsn, gap_start, "{second}");
     appends_continue(dir.path(), RecoveryPolicy::PointInTime, gap_start);
 }
+
+/// The same without a cut: a last segment skipped and set aside (here zeroed whole, under
+/// SkipCorrupted) makes the one before it the last, read as a sealed segment; the bytes after
+/// its records are zeroed too, or the next recovery reports a torn tail nobody made (found by
+/// the review of the fix above).
+#[test]
+fn a_skipped_last_segment_leaves_nothing_for_the_next_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = log(dir.path());
+    let last = segments.last().unwrap();
+    let before = &segments[segments.len() - 2];
+    let size = std::fs::metadata(last).unwrap().len();
+    common::patch(last, 0, &vec![0u8; usize::try_from(size).unwrap()]);
+    let (_, offset, len) = *common::record_spans(dir.path(), before).last().unwrap();
+    assert!(offset + len + 80 <= size, "room after the last record");
+    common::patch(before, offset + len + 64, &[0x4e; 16]);
+    let policy = RecoveryPolicy::SkipCorrupted;
+    let (first, _) = run(dir.path(), policy);
+    let first = first.unwrap();
+    assert_eq!(first.segments_discarded.len(), 1, "{first}");
+    assert_eq!(first.bytes_truncated, 16, "the debris is zeroed: {first}");
+    let (second, _) = run(dir.path(), policy);
+    let second = second.unwrap();
+    assert_eq!(second.bytes_truncated, 0, "{second}");
+    assert!(second.anomalies.is_empty(), "{second}");
+    assert_eq!(second.next_lsn, first.next_lsn, "{second}");
+    appends_continue(dir.path(), policy, first.next_lsn);
+}
