@@ -3,7 +3,9 @@
 //! The walk has judged every finding (a refusal or a sink error ends recovery before this
 //! runs, so nothing on disk changed). The repair is planned first, with everything it needs
 //! checked, and only then applied: setting aside, newest first, the segments after a cut and
-//! the segments skipped; zeroing the rest of the cut segment; lowering the durable witness of
+//! the segments skipped; zeroing the rest of the cut segment, or of the segment kept last when
+//! the segments after it are set aside (read as sealed, its bytes beyond were not judged);
+//! lowering the durable witness of
 //! the segment the log now ends in when it claims more than remains (after what lies beyond is
 //! zeroed and synced: until then the old claim proves the cut records durable, so a crash in
 //! between leaves damage judged the same way again, never a torn tail); starting a fresh last
