@@ -20,6 +20,12 @@
 //! (I3), and nothing else (I4); and the database keeps working (I8). An install counts as
 //! one commit: acknowledged, it is never undone; in flight, it is whole or absent.
 //!
+//! One commit in five asks for `Async` durability in the `Strict` database (`commit_with`):
+//! once acknowledged its values must read back at its LSN at once, and after the crash it is
+//! an unknown outcome (whole or absent, its slot held until then) that may be absent only
+//! when nothing acknowledged durably after it in the log (a `Strict` commit, a run's end, a
+//! checkpoint) is above its LSN.
+//!
 //! Between lives the newest snapshot is sometimes damaged (one flipped byte), when an older
 //! one reads back whole and no install lies between them: the open must fall back to the
 //! older one and still recover the model's state, so checkpoints must keep the log back to
@@ -259,6 +265,12 @@ enum Op {
         slot: usize,
         writes: Writes,
         spilled: bool,
+        /// Committed `Async` in the `Strict` database (`commit_with`).
+        weak: bool,
+        /// Where a weak commit was acknowledged: it stays an unknown outcome until the
+        /// crash, whole or absent, and absent only if no commit after it in the log was
+        /// acknowledged durably.
+        acked_at: Option<u64>,
     },
     BeginRun {
         name: String,
@@ -288,10 +300,14 @@ impl Op {
                 slot,
                 writes,
                 spilled,
+                weak,
+                acked_at,
             } => format!(
-                "commit slot {slot} run {run:x} ({} keys{})",
+                "commit slot {slot} run {run:x} ({} keys{}{}{})",
                 writes.len(),
-                if *spilled { ", spilled" } else { "" }
+                if *spilled { ", spilled" } else { "" },
+                if *weak { ", async" } else { "" },
+                acked_at.map_or(String::new(), |lsn| format!(", acknowledged at {lsn}"))
             ),
             Op::BeginRun { name } => format!("begin_run {name}"),
             Op::EndRun { run } => format!("end_run {run:x}"),
@@ -365,6 +381,8 @@ struct Figures {
     unknown_absent: u64,
     damaged: u64,
     fallbacks: u64,
+    weak_commits: u64,
+    weak_lost: u64,
 }
 
 impl std::ops::AddAssign for Figures {
@@ -381,6 +399,8 @@ impl std::ops::AddAssign for Figures {
         self.unknown_absent += o.unknown_absent;
         self.damaged += o.damaged;
         self.fallbacks += o.fallbacks;
+        self.weak_commits += o.weak_commits;
+        self.weak_lost += o.weak_lost;
     }
 }
 
@@ -394,6 +414,9 @@ struct Driver {
     world: World,
     /// Operations whose outcome is unknown until the next open.
     unknown: Vec<Op>,
+    /// The highest LSN acknowledged durably (a `Strict` commit, a run's end, a checkpoint)
+    /// since the last open: every weak commit below it must survive the crash.
+    durable_acked: u64,
     /// LSNs of the snapshots installs wrote: never damaged, never fallen back across.
     installed: BTreeSet<u64>,
     /// The snapshot damaged before this open, the one the open must fall back to, and how
@@ -581,13 +604,34 @@ impl Driver {
                 self.installed.extend(db.snapshot_lsn());
                 self.figures.unknown_present += 1;
                 self.note(format!("the install of image {image} in flight survived"));
+                self.durable_acked = 0;
                 return;
             }
             self.figures.unknown_absent += 1;
         }
         for op in unknown {
             let present = match &op {
-                Op::Commit { run, writes, .. } => self.decide_commit(observed, *run, writes),
+                Op::Commit {
+                    run,
+                    writes,
+                    acked_at,
+                    ..
+                } => {
+                    let present = self.decide_commit(observed, *run, writes);
+                    if let Some(lsn) = acked_at {
+                        self.figures.weak_lost += u64::from(!present);
+                        if !present && *lsn < self.durable_acked {
+                            self.fail(&format!(
+                                "{} is absent after the crash ({}), though LSN {} after it \
+                                 was acknowledged durable",
+                                op.describe(),
+                                self.opened_from,
+                                self.durable_acked
+                            ));
+                        }
+                    }
+                    present
+                }
                 Op::BeginRun { name } => {
                     let began = observed
                         .runs
@@ -615,6 +659,7 @@ impl Driver {
             let verdict = if present { "survived" } else { "is absent" };
             self.note(format!("{} (outcome unknown) {verdict}", op.describe()));
         }
+        self.durable_acked = 0;
     }
 
     /// Applies an acknowledged (or recovered) commit to the model.
@@ -866,13 +911,23 @@ impl Driver {
             writes,
         } = open;
         let spilled = txn.spilled();
+        let weak = self.rng.chance(1, 5);
         let op = Op::Commit {
             run,
             slot,
             writes,
             spilled,
+            weak,
+            acked_at: None,
         };
-        let future = Box::pin(async move { txn.commit().await.map(u128::from) });
+        let future: Pin<Box<dyn Future<Output = Outcome>>> = if weak {
+            let lazy = keel::Durability::Async {
+                max_delay: Duration::from_millis(1),
+            };
+            Box::pin(async move { txn.commit_with(lazy).await.map(u128::from) })
+        } else {
+            Box::pin(async move { txn.commit().await.map(u128::from) })
+        };
         self.push_task(life, op, future);
     }
 
@@ -1053,12 +1108,37 @@ impl Driver {
             (
                 Op::Commit {
                     run,
+                    slot,
+                    writes,
+                    spilled,
+                    weak: true,
+                    ..
+                },
+                Ok(lsn),
+            ) => {
+                let lsn = u64::try_from(lsn).unwrap();
+                self.check_visible(life, id, run, &writes, lsn);
+                self.figures.weak_commits += 1;
+                self.note(format!("task {id}: committed async at {lsn}"));
+                self.unknown.push(Op::Commit {
+                    run,
+                    slot,
+                    writes,
+                    spilled,
+                    weak: true,
+                    acked_at: Some(lsn),
+                });
+            }
+            (
+                Op::Commit {
+                    run,
                     writes,
                     spilled,
                     ..
                 },
                 Ok(lsn),
             ) => {
+                self.durable_acked = self.durable_acked.max(u64::try_from(lsn).unwrap());
                 if !self.world.runs.contains_key(&run) {
                     self.fail(&format!(
                         "task {id}: a commit to run {run:x}, which an install removed, was \
@@ -1098,12 +1178,16 @@ impl Driver {
             }
             (Op::EndRun { run }, Ok(lsn)) => {
                 self.note(format!("task {id}: ended run {run:x} at {lsn}"));
+                self.durable_acked = self.durable_acked.max(u64::try_from(lsn).unwrap());
                 match self.world.runs.get_mut(&run) {
                     Some(model) => model.ended = true,
                     None => self.fail(&format!("task {id}: ended run {run:x}, unknown")),
                 }
             }
-            (Op::Checkpoint, Ok(lsn)) => self.note(format!("task {id}: checkpoint at {lsn}")),
+            (Op::Checkpoint, Ok(lsn)) => {
+                self.note(format!("task {id}: checkpoint at {lsn}"));
+                self.durable_acked = self.durable_acked.max(u64::try_from(lsn).unwrap());
+            }
             (Op::Install { image }, Ok(lsn)) => {
                 let lsn = u64::try_from(lsn).unwrap();
                 self.note(format!("task {id}: installed image {image} at {lsn}"));
@@ -1113,6 +1197,28 @@ impl Driver {
                 self.installed.insert(lsn);
                 self.installed_this_life = true;
                 self.figures.installs += 1;
+            }
+        }
+    }
+
+    /// A weak commit is visible once acknowledged: its slot's keys (no other commit writes
+    /// them) read as it wrote them, at its LSN.
+    fn check_visible(&self, life: &Life, id: u64, run: u128, writes: &Writes, lsn: u64) {
+        for (key, written) in writes {
+            let seen = life.db.get(RunId::from_u128(run), key);
+            let seen = seen.unwrap_or_else(|e| self.fail(&format!("task {id}: a read: {e}")));
+            let ok = match (written, &seen) {
+                (Some(value), Some(seen)) => seen.value == *value && seen.version == lsn,
+                (None, None) => true,
+                _ => false,
+            };
+            if !ok {
+                self.fail(&format!(
+                    "task {id}: the async commit acknowledged at {lsn} is not visible: key {} \
+                     reads {:?}",
+                    String::from_utf8_lossy(key),
+                    seen.map(|v| v.version)
+                ));
             }
         }
     }
@@ -1148,6 +1254,7 @@ fn run_seed(seed: u64) -> Figures {
         generation: 0,
         world: World::default(),
         unknown: Vec::new(),
+        durable_acked: 0,
         installed: BTreeSet::new(),
         damaged: None,
         intact_at_start: None,
@@ -1328,7 +1435,8 @@ fn report(what: &str, f: &Figures) {
         "{what}: {} crashes, {} acknowledged commits ({} spilled), {} acknowledged snapshot \
          installs; {} steps, {} interleaved, {} spilled-commit polls during a checkpoint, {} \
          tasks cancelled, {} unknown outcomes found present and {} absent; {} snapshots \
-         damaged, {} fallbacks taken; state checked after every crash",
+         damaged, {} fallbacks taken; {} async commits acknowledged, {} of them lost to a \
+         crash; state checked after every crash",
         f.crashes,
         f.commits,
         f.spilled_commits,
@@ -1340,7 +1448,9 @@ fn report(what: &str, f: &Figures) {
         f.unknown_present,
         f.unknown_absent,
         f.damaged,
-        f.fallbacks
+        f.fallbacks,
+        f.weak_commits,
+        f.weak_lost
     );
 }
 

@@ -266,6 +266,17 @@ impl Wal {
         self.shared.queue.sync()
     }
 
+    /// Resolves once every entry appended before this call has reached the point where an
+    /// append under `durability` resolves: durable (`Strict`, as [`Wal::sync`]), written
+    /// (`Batched`), or queued (`Async`: at once). It forces nothing the mode would not: a
+    /// `Batched` wait starts no sync. For a caller that must see earlier appends
+    /// acknowledged, under their own mode, before a later one counts (the engine's commits
+    /// of weaker durability than their database's, which become visible only after the
+    /// commits before them).
+    pub fn barrier(&self, durability: Durability) -> CommitFuture {
+        self.shared.queue.wait_for(durability.ack_level())
+    }
+
     /// Deletes every segment all of whose records are below `lsn`, then syncs the directory;
     /// the last segment (the one appended to) is never deleted. Returns how many were
     /// deleted. For a checkpoint that made everything below `lsn` redundant. Live tails keep

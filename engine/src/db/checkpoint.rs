@@ -86,7 +86,7 @@ impl Database {
                 None,
                 Default::default(),
             )?;
-            empty.await?;
+            empty.acknowledged().await?;
         }
         Ok(())
     }

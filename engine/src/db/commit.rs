@@ -2,8 +2,16 @@
 //!
 //! A commit is appended under the `pending` lock and queued, with the LSNs the log gave it, in
 //! [`Pending`]: the queue is in LSN order. It is applied to the state once the log has
-//! acknowledged it under the database's durability, always in LSN order, by whichever
-//! operation reads or commits next.
+//! acknowledged it at its visibility point (the database's durability, or the commit's own
+//! when that is weaker), always in LSN order, by whichever operation reads or commits next.
+//!
+//! A commit asking for weaker durability than the database's (an `Async` commit in a
+//! `Strict` database) becomes visible at its own acknowledgement point, but never before the
+//! commits ahead of it in the log: when one of them waits for a stronger point, the commit's
+//! future also waits for a log barrier queued just before it (every earlier record at the
+//! database's point), so it resolves once visible. So a weak commit never overtakes a strong
+//! one, and reading a weak commit's value never shows a state the log could not recover
+//! without the strong commits before it.
 
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
@@ -22,8 +30,66 @@ use crate::{Error, Result};
 pub(super) struct Pending {
     first_lsn: Lsn,
     last_lsn: Lsn,
+    /// Where it becomes visible: the weaker of its durability and the database's.
+    visible: Visibility,
     run: u128,
     changes: Vec<Change>,
+}
+
+/// The point at which a queued commit may be applied, weakest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(super) enum Visibility {
+    /// Once in the log's queue (`Async`).
+    Queued = 0,
+    /// Once written (`Batched`).
+    Written = 1,
+    /// Once durable (`Strict`).
+    Durable = 2,
+}
+
+impl Visibility {
+    pub(super) fn of(durability: Durability) -> Self {
+        match durability {
+            Durability::Async { .. } => Visibility::Queued,
+            Durability::Batched { .. } => Visibility::Written,
+            Durability::Strict => Visibility::Durable,
+        }
+    }
+
+    fn from_bits(bits: u64) -> Self {
+        match bits {
+            0 => Visibility::Queued,
+            1 => Visibility::Written,
+            _ => Visibility::Durable,
+        }
+    }
+}
+
+/// A commit the log took: its acknowledgement, and the barrier it waits for after it when
+/// commits ahead of it become visible later than it would ([`Database::queue_commit`]).
+#[derive(Debug)]
+#[must_use = "the commit resolves through it"]
+pub(super) struct Queued {
+    ack: CommitFuture,
+    barrier: Option<CommitFuture>,
+}
+
+impl Queued {
+    fn ready(ack: CommitFuture) -> Self {
+        Queued { ack, barrier: None }
+    }
+
+    /// Resolves once the commit is acknowledged and every commit ahead of it is
+    /// acknowledged at its own visibility point: the commit is then applicable. Cancel-safe:
+    /// dropped, the commit goes ahead as if awaited.
+    pub(super) async fn acknowledged(self) -> keel_wal::Result<Lsn> {
+        let lsn = self.ack.await?;
+        if let Some(barrier) = self.barrier {
+            barrier.await?;
+        }
+        Ok(lsn)
+    }
 }
 
 impl Pending {
@@ -45,7 +111,8 @@ impl Pending {
 pub(super) struct CommitAs<'a> {
     /// What the transaction read, under which isolation (none: nothing to check).
     pub reads: Option<(&'a Reads, Isolation)>,
-    /// The durability it asks for (none: the database's; see [`at_least`]).
+    /// The durability it asks for, stronger or weaker than the database's (none: the
+    /// database's). It resolves under this; it becomes visible at the weaker of the two.
     pub durability: Option<Durability>,
 }
 
@@ -56,7 +123,26 @@ pub(super) struct CommitAs<'a> {
 pub(super) type PendingQueue = VecDeque<Pending>;
 
 /// `Inner::first_pending` when nothing is queued.
-pub(super) const NONE_PENDING: Lsn = Lsn::MAX;
+pub(super) const NONE_PENDING: u64 = u64::MAX;
+
+/// Bits of `Inner::first_pending` below the front's [`Visibility`]: its last LSN.
+const VISIBILITY_SHIFT: u32 = 62;
+
+/// `Inner::first_pending` for a front commit: its visibility and last LSN in one word, so a
+/// reader without the lock never pairs one commit's LSN with another's visibility.
+fn pack_front(front: &Pending) -> u64 {
+    assert!(
+        front.last_lsn < 1 << VISIBILITY_SHIFT,
+        "LSNs stay below 2^62"
+    );
+    (front.visible as u64) << VISIBILITY_SHIFT | front.last_lsn
+}
+
+/// The front's visibility and last LSN from `Inner::first_pending` (not [`NONE_PENDING`]).
+fn unpack_front(packed: u64) -> (Visibility, Lsn) {
+    let visible = Visibility::from_bits(packed >> VISIBILITY_SHIFT);
+    (visible, packed & ((1 << VISIBILITY_SHIFT) - 1))
+}
 
 impl Database {
     /// Logs `changes` of `run` as one transaction and waits for its acknowledgement.
@@ -64,8 +150,8 @@ impl Database {
         let txn_id = self.new_txn_id();
         let started = std::time::Instant::now();
         let how = CommitAs::default();
-        let future = self.queue_commit(run, txn_id, changes, Vec::new(), None, how)?;
-        self.finish_commit(future, started).await
+        let queued = self.queue_commit(run, txn_id, changes, Vec::new(), None, how)?;
+        self.finish_commit(queued, started).await
     }
 
     /// Queues `logged` and the commit as one unit of transaction `txn_id`, whose `earlier`
@@ -74,6 +160,11 @@ impl Database {
     /// between the check and the append). Once this returns `Ok` the commit is in the log's
     /// queue: its outcome is the returned future's, whatever happens to the caller. An `Err`
     /// means nothing was queued.
+    ///
+    /// A commit of weaker durability than the database's gets a barrier when a commit ahead
+    /// of it in the queue becomes visible at a stronger point: queued in the log just before
+    /// it (under the `pending` lock, where commits get their LSNs), it resolves once every
+    /// earlier record reached the database's point, so the commit resolves once applicable.
     pub(super) fn queue_commit(
         &self,
         run: u128,
@@ -82,8 +173,9 @@ impl Database {
         earlier: Vec<Change>,
         spilled_head: Option<Lsn>,
         how: CommitAs<'_>,
-    ) -> Result<CommitFuture> {
-        let durability = at_least(how.durability, self.inner.durability);
+    ) -> Result<Queued> {
+        let durability = how.durability.unwrap_or(self.inner.durability);
+        let visible = Visibility::of(durability).min(Visibility::of(self.inner.durability));
         let run_id = RunId::from_u128(run);
         // The buffers move into the entries and back out after encoding: never copied.
         let entries = Self::entries(run, txn_id, logged);
@@ -104,6 +196,10 @@ impl Database {
                 return Err(Error::Conflict { run: run_id, key });
             }
         }
+        let barrier = pending
+            .iter()
+            .any(|ahead| ahead.visible > visible)
+            .then(|| self.inner.wal.barrier(self.inner.durability));
         // The commit record names the unit's first LSN: the spilled head, else the first LSN
         // the log gives this append (the log frames it under its queue lock).
         // The writer's wake (a syscall when it waits for work) is made after `pending` is
@@ -124,11 +220,15 @@ impl Database {
             if spilled_head.is_some() {
                 lock(&self.inner.spills).abandon(txn_id);
             }
-            return Ok(appended.future);
+            return Ok(Queued::ready(appended.future));
         };
-        self.note_queued(&mut pending, lsns, run, changes, spilled_head, txn_id);
+        let queued = (lsns, visible);
+        self.note_queued(&mut pending, queued, run, changes, spilled_head, txn_id);
         drop(pending);
-        Ok(appended.future)
+        Ok(Queued {
+            ack: appended.future,
+            barrier,
+        })
     }
 
     /// Refuses a commit to `run` unless the run is active as of this commit's place in the log
@@ -219,7 +319,7 @@ impl Database {
     fn note_queued(
         &self,
         pending: &mut PendingQueue,
-        lsns: RangeInclusive<Lsn>,
+        (lsns, visible): (RangeInclusive<Lsn>, Visibility),
         run: u128,
         changes: Vec<Change>,
         spilled_head: Option<Lsn>,
@@ -237,23 +337,25 @@ impl Database {
         pending.push_back(Pending {
             first_lsn,
             last_lsn,
+            visible,
             run,
             changes,
         });
         if pending.len() == 1 {
-            self.inner.first_pending.store(last_lsn, Ordering::Release);
+            let packed = pack_front(pending.front().expect("pushed"));
+            self.inner.first_pending.store(packed, Ordering::Release);
         }
     }
 
-    /// Waits for a queued commit's acknowledgement; then its effects are visible, and an
-    /// automatic checkpoint may be asked for (on its own thread: nothing here can turn the
-    /// commit into an error).
+    /// Waits for a queued commit's acknowledgement (and its barrier); then its effects are
+    /// visible, and an automatic checkpoint may be asked for (on its own thread: nothing here
+    /// can turn the commit into an error).
     pub(super) async fn finish_commit(
         &self,
-        future: CommitFuture,
+        queued: Queued,
         started: std::time::Instant,
     ) -> Result<Lsn> {
-        let lsn = future.await?;
+        let lsn = queued.acknowledged().await?;
         self.inner.latency.record(started.elapsed());
         self.apply_visible();
         self.maybe_checkpoint();
@@ -274,9 +376,12 @@ impl Database {
     /// stops the reader, as it did every reader before the shortcut (`sync.rs`;
     /// `tests/adversarial_commit_path_poisoned_pending.rs`).
     pub(super) fn apply_visible(&self) {
-        if self.inner.first_pending.load(Ordering::Acquire) > self.visible_lsn()
-            && !self.inner.pending.is_poisoned()
-        {
+        let front = self.inner.first_pending.load(Ordering::Acquire);
+        let waits = front == NONE_PENDING || {
+            let (visible, last_lsn) = unpack_front(front);
+            last_lsn > self.visible_lsn(visible)
+        };
+        if waits && !self.inner.pending.is_poisoned() {
             return;
         }
         let mut pending = lock(&self.inner.pending);
@@ -285,19 +390,19 @@ impl Database {
 
     /// [`Database::apply_visible`], under the `pending` lock the caller holds.
     pub(super) fn apply_visible_locked(&self, pending: &mut PendingQueue) {
-        let visible = self.visible_lsn();
-        if pending.front().is_none_or(|p| p.last_lsn > visible) {
+        let applicable = |p: &Pending| p.last_lsn <= self.visible_lsn(p.visible);
+        if !pending.front().is_some_and(applicable) {
             return;
         }
         let mut state = write(&self.inner.state);
-        while pending.front().is_some_and(|p| p.last_lsn <= visible) {
+        while pending.front().is_some_and(applicable) {
             let commit = pending.pop_front().expect("checked");
             if let Err(error) = state.apply(commit.run, commit.last_lsn, commit.changes) {
                 tracing::error!(%error, lsn = commit.last_lsn, "could not apply a commit");
             }
         }
         drop(state);
-        let first = pending.front().map_or(NONE_PENDING, |p| p.last_lsn);
+        let first = pending.front().map_or(NONE_PENDING, pack_front);
         self.inner.first_pending.store(first, Ordering::Release);
     }
 
@@ -314,13 +419,13 @@ impl Database {
         }
     }
 
-    /// The highest LSN acknowledged under the database's durability.
-    fn visible_lsn(&self) -> Lsn {
+    /// The highest LSN the log acknowledged at `visible`.
+    fn visible_lsn(&self, visible: Visibility) -> Lsn {
         let wal = &self.inner.wal;
-        match self.inner.durability {
-            Durability::Strict => wal.durable_lsn(),
-            Durability::Batched { .. } => wal.written_lsn(),
-            Durability::Async { .. } => wal.next_lsn() - 1,
+        match visible {
+            Visibility::Durable => wal.durable_lsn(),
+            Visibility::Written => wal.written_lsn(),
+            Visibility::Queued => wal.next_lsn() - 1,
         }
     }
 
@@ -343,22 +448,6 @@ impl Database {
                 },
             })
             .collect()
-    }
-}
-
-/// The durability a commit asking for `requested` gets in a database of `floor`: the stronger
-/// of the two. Effects become visible at the database's own acknowledgement point, so a
-/// commit may ask for more than it (a `Strict` commit in a `Batched` database resolves once
-/// durable), never less (it would resolve before it is visible).
-fn at_least(requested: Option<Durability>, floor: Durability) -> Durability {
-    let rank = |d: &Durability| match d {
-        Durability::Async { .. } => 0,
-        Durability::Batched { .. } => 1,
-        Durability::Strict => 2,
-    };
-    match requested {
-        Some(requested) if rank(&requested) > rank(&floor) => requested,
-        _ => floor,
     }
 }
 

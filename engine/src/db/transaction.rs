@@ -243,11 +243,22 @@ impl Transaction {
         self.commit_as(None).await
     }
 
-    /// [`Transaction::commit`], resolving once acknowledged under `durability` when that is
-    /// stronger than the database's: a `Strict` commit in a `Batched` or `Async` database
-    /// resolves once durable (RocksDB's `WriteOptions::sync`). A weaker one gets the
-    /// database's durability: effects become visible at the database's acknowledgement
-    /// point, and a commit never resolves before it is visible.
+    /// [`Transaction::commit`], acknowledged under `durability` instead of the database's
+    /// (RocksDB's `WriteOptions::sync`, redb's `set_durability`).
+    ///
+    /// - **Stronger**: a `Strict` commit in a `Batched` or `Async` database resolves once
+    ///   durable. Its effects become visible at the database's point, as any commit's.
+    /// - **Weaker**: an `Async` (or `Batched`) commit in a `Strict` database resolves once
+    ///   queued in the log (or written), without waiting for a sync, and is visible when it
+    ///   resolves. A crash or power loss may lose it, as it may lose any commit of that mode,
+    ///   but never without the commits after it: one that resolved `Strict` later (or a
+    ///   checkpoint taken later) makes it durable too, since the log keeps their order.
+    ///   Its effects are visible to every reader from then on, before they are durable.
+    ///
+    /// A commit is never visible before the commits ahead of it in the log: a weak commit
+    /// queued behind a commit that waits for its sync also waits for that sync (as a
+    /// RocksDB write does behind its write group). A stream of weak commits, or weak commits
+    /// behind commits that are already acknowledged, never waits for a sync.
     pub async fn commit_with(self, durability: Durability) -> Result<Lsn> {
         self.commit_as(Some(durability)).await
     }
@@ -266,7 +277,7 @@ impl Transaction {
             let logged = self.take_writes();
             let txn_id = self.db.new_txn_id();
             let started = std::time::Instant::now();
-            let future = {
+            let queued = {
                 let reads = lock(&self.reads);
                 let how = CommitAs {
                     reads: Some((&*reads, self.isolation)),
@@ -276,7 +287,7 @@ impl Transaction {
                 db.queue_commit(run, txn_id, logged, Vec::new(), None, how)?
             };
             self.release_view();
-            return self.db.finish_commit(future, started).await;
+            return self.db.finish_commit(queued, started).await;
         }
         // The spilled writes, read back in LSN order, for the state. The spill stays in
         // `self` until the commit is queued, so a drop before then aborts it.
@@ -305,15 +316,15 @@ impl Transaction {
             let db = &self.db;
             db.queue_commit(run, txn_id, logged, earlier, Some(head), how)
         };
-        let future = match queued {
-            Ok(future) => future,
+        let queued = match queued {
+            Ok(queued) => queued,
             Err(error) => {
                 self.spill = spill;
                 return Err(error);
             }
         };
         self.release_view();
-        self.db.finish_commit(future, started).await
+        self.db.finish_commit(queued, started).await
     }
 
     /// Drops the view once the commit is checked and queued, not after its acknowledgement:

@@ -42,9 +42,11 @@ pub(crate) struct AppendRequest {
 #[derive(Debug)]
 pub(crate) enum Request {
     Append(AppendRequest),
-    /// Resolve once everything up to `through` is durable.
+    /// Resolve once everything up to `through` is durable (`ack` [`AckLevel::Durable`]) or
+    /// written ([`AckLevel::Written`]).
     Sync {
         through: Lsn,
+        ack: AckLevel,
         resolver: Resolver,
     },
 }
@@ -267,13 +269,26 @@ impl Queue {
 
     /// Queues a request to make everything queued so far durable.
     pub(crate) fn sync(&self) -> CommitFuture {
+        self.wait_for(AckLevel::Durable)
+    }
+
+    /// Queues a request that resolves once everything queued so far has reached `ack`: made
+    /// durable (a sync is due), or written; at once for [`AckLevel::Enqueued`].
+    pub(crate) fn wait_for(&self, ack: AckLevel) -> CommitFuture {
         let mut state = lock(&self.state);
         if let Some(error) = Self::refusal(&state) {
             return CommitFuture::ready(Err(error));
         }
-        let (resolver, future) = Resolver::pair();
         let through = state.next_lsn - 1;
-        state.requests.push(Request::Sync { through, resolver });
+        if ack == AckLevel::Enqueued {
+            return CommitFuture::ready(Ok(through));
+        }
+        let (resolver, future) = Resolver::pair();
+        state.requests.push(Request::Sync {
+            through,
+            ack,
+            resolver,
+        });
         self.wake_writer(state);
         future
     }

@@ -23,12 +23,27 @@ impl Writer {
         }
         match request {
             Request::Append(append) => self.stage_append(append),
-            Request::Sync { through, resolver } => {
+            Request::Sync {
+                through,
+                ack: AckLevel::Durable,
+                resolver,
+            } => {
                 if through <= self.durable.through() {
                     resolver.resolve(Ok(through));
                 } else {
                     self.durable_waiters.push_back((through, resolver));
                     self.sync_due.now = true;
+                }
+            }
+            // Staged in queue order, after every append it waits for: `written_waiters` stay
+            // in LSN order. What is sealed is submitted at the end of the turn.
+            Request::Sync {
+                through, resolver, ..
+            } => {
+                if through <= self.written.through() {
+                    resolver.resolve(Ok(through));
+                } else {
+                    self.written_waiters.push_back((through, resolver));
                 }
             }
         }
