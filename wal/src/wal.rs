@@ -266,15 +266,18 @@ impl Wal {
         self.shared.queue.sync()
     }
 
-    /// Resolves once every entry appended before this call has reached the point where an
-    /// append under `durability` resolves: durable (`Strict`, as [`Wal::sync`]), written
-    /// (`Batched`), or queued (`Async`: at once). It forces nothing the mode would not: a
-    /// `Batched` wait starts no sync. For a caller that must see earlier appends
-    /// acknowledged, under their own mode, before a later one counts (the engine's commits
-    /// of weaker durability than their database's, which become visible only after the
-    /// commits before them).
-    pub fn barrier(&self, durability: Durability) -> CommitFuture {
-        self.shared.queue.wait_for(durability.ack_level())
+    /// Resolves once every entry up to `through` (clipped to the entries appended before
+    /// this call) has reached the point where an append under `durability` resolves:
+    /// durable (`Strict`, as [`Wal::sync`]), written (`Batched`), or queued (`Async`: at
+    /// once). It forces nothing the mode would not: a `Batched` wait starts no sync. For a
+    /// caller that must see some earlier appends acknowledged, under their own mode, before
+    /// a later one counts (the engine's commits of weaker durability than their database's,
+    /// which become visible only after the commits before them): `through` is the last of
+    /// those, so the wait covers nothing appended after them.
+    pub fn barrier(&self, through: Lsn, durability: Durability) -> CommitFuture {
+        self.shared
+            .queue
+            .wait_for(durability.ack_level(), Some(through))
     }
 
     /// Deletes every segment all of whose records are below `lsn`, then syncs the directory;

@@ -7,11 +7,12 @@
 //!
 //! A commit asking for weaker durability than the database's (an `Async` commit in a
 //! `Strict` database) becomes visible at its own acknowledgement point, but never before the
-//! commits ahead of it in the log: when one of them waits for a stronger point, the commit's
-//! future also waits for a log barrier queued just before it (every earlier record at the
-//! database's point), so it resolves once visible. So a weak commit never overtakes a strong
-//! one, and reading a weak commit's value never shows a state the log could not recover
-//! without the strong commits before it.
+//! commits ahead of it in the log: when some of them wait for a stronger point, the commit's
+//! future also waits for a log barrier through the last of them at that point (queued under
+//! the `pending` lock), so it resolves once visible, and waits for nothing more: not for the
+//! weak commits between them and it, which it needs no sync of. So a weak commit never
+//! overtakes a strong one, and reading a weak commit's value never shows a state the log
+//! could not recover without the strong commits before it.
 
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
@@ -64,20 +65,39 @@ impl Visibility {
             _ => Visibility::Durable,
         }
     }
+
+    /// A durability whose appends resolve at this point (for [`keel_wal::Wal::barrier`],
+    /// which reads nothing else of it).
+    fn durability(self) -> Durability {
+        match self {
+            Visibility::Queued => Durability::Async {
+                max_delay: std::time::Duration::ZERO,
+            },
+            Visibility::Written => Durability::Batched {
+                max_delay: std::time::Duration::ZERO,
+                max_bytes: 0,
+            },
+            Visibility::Durable => Durability::Strict,
+        }
+    }
 }
 
-/// A commit the log took: its acknowledgement, and the barrier it waits for after it when
-/// commits ahead of it become visible later than it would ([`Database::queue_commit`]).
+/// A commit the log took: its acknowledgement, and the barriers it waits for after it when
+/// commits ahead of it become visible later than it would ([`Database::queue_commit`]): at
+/// most one per stronger point.
 #[derive(Debug)]
 #[must_use = "the commit resolves through it"]
 pub(super) struct Queued {
     ack: CommitFuture,
-    barrier: Option<CommitFuture>,
+    barriers: Vec<CommitFuture>,
 }
 
 impl Queued {
     fn ready(ack: CommitFuture) -> Self {
-        Queued { ack, barrier: None }
+        Queued {
+            ack,
+            barriers: Vec::new(),
+        }
     }
 
     /// Resolves once the commit is acknowledged and every commit ahead of it is
@@ -85,7 +105,7 @@ impl Queued {
     /// dropped, the commit goes ahead as if awaited.
     pub(super) async fn acknowledged(self) -> keel_wal::Result<Lsn> {
         let lsn = self.ack.await?;
-        if let Some(barrier) = self.barrier {
+        for barrier in self.barriers {
             barrier.await?;
         }
         Ok(lsn)
@@ -162,9 +182,8 @@ impl Database {
     /// means nothing was queued.
     ///
     /// A commit of weaker durability than the database's gets a barrier when a commit ahead
-    /// of it in the queue becomes visible at a stronger point: queued in the log just before
-    /// it (under the `pending` lock, where commits get their LSNs), it resolves once every
-    /// earlier record reached the database's point, so the commit resolves once applicable.
+    /// of it in the queue becomes visible at a stronger point ([`Database::barriers_locked`]),
+    /// so it resolves once applicable.
     pub(super) fn queue_commit(
         &self,
         run: u128,
@@ -196,10 +215,7 @@ impl Database {
                 return Err(Error::Conflict { run: run_id, key });
             }
         }
-        let barrier = pending
-            .iter()
-            .any(|ahead| ahead.visible > visible)
-            .then(|| self.inner.wal.barrier(self.inner.durability));
+        let barriers = self.barriers_locked(visible, &pending);
         // The commit record names the unit's first LSN: the spilled head, else the first LSN
         // the log gives this append (the log frames it under its queue lock).
         // The writer's wake (a syscall when it waits for work) is made after `pending` is
@@ -227,8 +243,35 @@ impl Database {
         drop(pending);
         Ok(Queued {
             ack: appended.future,
-            barrier,
+            barriers,
         })
+    }
+
+    /// The barriers a commit visible at `visible` waits for, under the `pending` lock of its
+    /// append: for each stronger point, the log at that point through the last commit ahead
+    /// of it that becomes visible there (none when that is reached already, or implied by a
+    /// stronger barrier). Through that commit only, not through everything queued before
+    /// this one: the weak commits between are applicable once it is, and waiting for them
+    /// too would wait for a sync nobody needs, while the commit is visible, and fail it when
+    /// that sync fails (`tests/adversarial_weak_commit.rs`).
+    fn barriers_locked(&self, visible: Visibility, pending: &PendingQueue) -> Vec<CommitFuture> {
+        let mut barriers = Vec::new();
+        // Through what a stronger point's barrier (or its being reached) covers already.
+        let mut covered = 0;
+        for at in [Visibility::Durable, Visibility::Written] {
+            if at <= visible {
+                break;
+            }
+            let last = pending.iter().rev().find(|ahead| ahead.visible == at);
+            let Some(through) = last.map(|ahead| ahead.last_lsn) else {
+                continue;
+            };
+            if through > covered && through > self.visible_lsn(at) {
+                barriers.push(self.inner.wal.barrier(through, at.durability()));
+            }
+            covered = covered.max(through);
+        }
+        barriers
     }
 
     /// Refuses a commit to `run` unless the run is active as of this commit's place in the log

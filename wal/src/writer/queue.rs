@@ -43,7 +43,8 @@ pub(crate) struct AppendRequest {
 pub(crate) enum Request {
     Append(AppendRequest),
     /// Resolve once everything up to `through` is durable (`ack` [`AckLevel::Durable`]) or
-    /// written ([`AckLevel::Written`]).
+    /// written ([`AckLevel::Written`]). `through` may be below appends queued before it
+    /// (`Wal::barrier`): its waiter is placed among theirs in LSN order.
     Sync {
         through: Lsn,
         ack: AckLevel,
@@ -269,17 +270,19 @@ impl Queue {
 
     /// Queues a request to make everything queued so far durable.
     pub(crate) fn sync(&self) -> CommitFuture {
-        self.wait_for(AckLevel::Durable)
+        self.wait_for(AckLevel::Durable, None)
     }
 
-    /// Queues a request that resolves once everything queued so far has reached `ack`: made
-    /// durable (a sync is due), or written; at once for [`AckLevel::Enqueued`].
-    pub(crate) fn wait_for(&self, ack: AckLevel) -> CommitFuture {
+    /// Queues a request that resolves once everything queued so far, or up to `through`
+    /// when it is given (and lower), has reached `ack`: made durable (a sync is due), or
+    /// written; at once for [`AckLevel::Enqueued`].
+    pub(crate) fn wait_for(&self, ack: AckLevel, through: Option<Lsn>) -> CommitFuture {
         let mut state = lock(&self.state);
         if let Some(error) = Self::refusal(&state) {
             return CommitFuture::ready(Err(error));
         }
-        let through = state.next_lsn - 1;
+        let queued = state.next_lsn - 1;
+        let through = through.map_or(queued, |through| through.min(queued));
         if ack == AckLevel::Enqueued {
             return CommitFuture::ready(Ok(through));
         }

@@ -11,7 +11,17 @@ use crate::format::reader::RecordPosition;
 use crate::format::record::{self, get_u32};
 use crate::ids::Lsn;
 use crate::options::AckLevel;
+use crate::writer::completion::Resolver;
 use crate::writer::queue::{AppendRequest, Request, refuse};
+use crate::writer::watermark::Waiters;
+
+/// Adds a waiter for `through` where it keeps `waiters` in LSN order (`publish` releases them
+/// from the front): after every append queued before it, but before those above `through`
+/// (a barrier may wait for less than everything queued before it: `Wal::barrier`).
+fn wait_in_order(waiters: &mut Waiters, through: Lsn, resolver: Resolver) {
+    let at = waiters.partition_point(|(lsn, _)| *lsn <= through);
+    waiters.insert(at, (through, resolver));
+}
 
 impl Writer {
     pub(super) fn stage(&mut self, request: Request) {
@@ -31,19 +41,19 @@ impl Writer {
                 if through <= self.durable.through() {
                     resolver.resolve(Ok(through));
                 } else {
-                    self.durable_waiters.push_back((through, resolver));
+                    wait_in_order(&mut self.durable_waiters, through, resolver);
                     self.sync_due.now = true;
                 }
             }
-            // Staged in queue order, after every append it waits for: `written_waiters` stay
-            // in LSN order. What is sealed is submitted at the end of the turn.
+            // Staged in queue order, after every append it waits for. What is sealed is
+            // submitted at the end of the turn.
             Request::Sync {
                 through, resolver, ..
             } => {
                 if through <= self.written.through() {
                     resolver.resolve(Ok(through));
                 } else {
-                    self.written_waiters.push_back((through, resolver));
+                    wait_in_order(&mut self.written_waiters, through, resolver);
                 }
             }
         }
