@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Batch, ChainInfo, SyncDue, Writer};
 use crate::error::{Error, PoisonCause};
-use crate::writer::queue::refuse;
 
 impl Writer {
     /// Collects completions (blocking for one when `block`), advances the watermarks and
@@ -18,6 +17,10 @@ impl Writer {
         }
         let mut completions = Vec::new();
         self.backend.wait(usize::from(block), &mut completions);
+        // A failure poisons the log once every completion of the turn has moved the
+        // watermarks: a chain synced in the same turn is durable, whatever the order the
+        // backend reported them in, and its waiters resolve `Ok`.
+        let mut failed = None;
         for completion in completions {
             let info = self
                 .in_flight
@@ -35,16 +38,18 @@ impl Writer {
             match completion.result {
                 Ok(()) => self.completed(&info),
                 Err(failure) => {
-                    let path = info.file.path.clone();
-                    self.poison(PoisonCause {
+                    failed.get_or_insert(PoisonCause {
                         operation: failure.operation,
-                        path,
+                        path: info.file.path.clone(),
                         error: failure.error,
                     });
                 }
             }
         }
         self.release_waiters();
+        if let Some(cause) = failed {
+            self.poison(cause);
+        }
     }
 
     fn completed(&mut self, info: &ChainInfo) {
@@ -86,6 +91,9 @@ impl Writer {
         if self.poisoned.is_some() {
             return;
         }
+        // What the watermarks already cover was written or made durable before the failure:
+        // its waiters resolve `Ok`; only the rest fail.
+        self.release_waiters();
         tracing::error!(%cause, "write-ahead log poisoned: every pending and later commit fails");
         let cause = Arc::new(cause);
         self.shared.queue.poison(Arc::clone(&cause));
@@ -114,9 +122,8 @@ impl Writer {
         let mut late = Vec::new();
         self.shared.queue.take(&mut late, None);
         for request in late {
-            refuse(request, || Error::Poisoned {
-                cause: Arc::clone(&cause),
-            });
+            // Refused, but for a wait for records that reached its point before the poison.
+            self.stage(request);
         }
     }
 

@@ -25,6 +25,16 @@ fn wait_in_order(waiters: &mut Waiters, through: Lsn, resolver: Resolver) {
 
 impl Writer {
     pub(super) fn stage(&mut self, request: Request) {
+        // A wait for records that already reached its point resolves, poisoned or not: the
+        // failure came after them (a barrier through durable records is never refused).
+        let request = match request {
+            Request::Sync {
+                through,
+                ack,
+                resolver,
+            } if through <= self.reached(ack) => return resolver.resolve(Ok(through)),
+            other => other,
+        };
         if let Some(cause) = &self.poisoned {
             let cause = Arc::clone(cause);
             return refuse(request, || Error::Poisoned {
@@ -56,6 +66,14 @@ impl Writer {
                     wait_in_order(&mut self.written_waiters, through, resolver);
                 }
             }
+        }
+    }
+
+    /// The last LSN that reached `ack`: written, or durable.
+    fn reached(&self, ack: AckLevel) -> Lsn {
+        match ack {
+            AckLevel::Durable => self.durable.through(),
+            AckLevel::Written | AckLevel::Enqueued => self.written.through(),
         }
     }
 
