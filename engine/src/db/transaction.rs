@@ -253,7 +253,10 @@ impl Transaction {
     ///   resolves. A crash or power loss may lose it, as it may lose any commit of that mode,
     ///   but never without the commits after it: one that resolved `Strict` later (or a
     ///   checkpoint taken later) makes it durable too, since the log keeps their order.
-    ///   Its effects are visible to every reader from then on, before they are durable.
+    ///   Its effects are visible to every reader from then on, before they are durable. As
+    ///   in an `Async` database, a failed write (which poisons the log) can fail an `Async`
+    ///   commit whose effects were visible: one queued while the log's queue is over its
+    ///   bound resolves once written, not at once.
     ///
     /// A commit is never visible before the commits ahead of it in the log: a weak commit
     /// queued behind a commit that waits for its sync also waits for that sync (as a
