@@ -144,14 +144,14 @@ fn an_unknown_format_version_is_never_interpreted() {
             finding,
             Finding::UnknownFormatVersion {
                 found: 99,
-                supported: keel_wal::segment::FORMAT_VERSION
+                supported: keel_wal::segment::NEWEST_READABLE_VERSION
             }
         );
         assert_eq!(
             finding.to_string(),
             format!(
                 "segment has format version 99; this build reads version {}",
-                keel_wal::segment::FORMAT_VERSION
+                keel_wal::segment::NEWEST_READABLE_VERSION
             )
         );
     }

@@ -45,6 +45,44 @@ fn script_step(run: &mut Run, step: usize, wal: &Wal, sim: &Sim, syncs: &mut Vec
 /// chains too (a witness write torn, lost or in flight must never make recovery refuse).
 const FIRST_STRICT_SCENARIO: u64 = 9;
 
+/// Scenarios from this seed on start in a recycled segment (`WalOptions::recycle_segments`):
+/// a warm-up fills segments, frees them as a checkpoint does, and appends until a freed file
+/// is written over; the crash points then fall in a segment whose bytes past the records are
+/// its earlier contents, not zeros (torn writes over earlier records, earlier records lined
+/// up where the next one is due). Odd ones commit `Batched`, even ones `Strict`.
+const FIRST_RECYCLED_SCENARIO: u64 = 11;
+
+/// Completes every operation the writer submits until it has nothing in flight.
+fn complete_all(wal: &Wal, sim: &Sim) {
+    loop {
+        settle(wal, sim);
+        if !sim.advance() {
+            break;
+        }
+    }
+}
+
+/// The warm-up of a recycled scenario (see [`FIRST_RECYCLED_SCENARIO`]): every unit synced
+/// and checked; the crash points come after it.
+fn warm_up_recycled(run: &mut Run, wal: &Wal, sim: &Sim) {
+    let mut syncs = Vec::new();
+    let mut group = |run: &mut Run| {
+        run.enqueue_group(wal, sim);
+        syncs.push(wal.sync());
+        complete_all(wal, sim);
+        run.collect(&mut syncs)
+            .unwrap_or_else(|v| panic!("{}", run.report(&v)));
+    };
+    while wal.stats().rotations < 4 {
+        group(run);
+    }
+    run.checkpoint(wal, sim);
+    complete_all(wal, sim);
+    while wal.stats().segments_recycled == 0 {
+        group(run);
+    }
+}
+
 /// Runs scenario `seed` for `steps` steps from an empty log and crashes there.
 fn scenario_prefix(seed: u64, steps: usize) -> (Run, CrashState) {
     let mut run = Run::new(seed, Broken::default());
@@ -52,14 +90,23 @@ fn scenario_prefix(seed: u64, steps: usize) -> (Run, CrashState) {
     run.segment_bytes = if seed.is_multiple_of(2) { 8192 } else { 32768 };
     run.depth = 3;
     run.crash_recoveries = false;
-    run.strict_in_4 = if seed >= FIRST_STRICT_SCENARIO { 4 } else { 0 };
+    let recycled = seed >= FIRST_RECYCLED_SCENARIO;
+    let strict = seed >= FIRST_STRICT_SCENARIO && !(recycled && seed % 2 == 1);
+    run.strict_in_4 = if strict { 4 } else { 0 };
+    run.recycle = if recycled { 2 } else { 0 };
     run.batched_bytes = Some(1 << 20);
     let dir = run.dir(0);
     let sim = Sim::new(&dir, seed).unwrap();
     sim.set_manual(true);
-    let wal =
-        keel_recovery::open_wal(&dir, wal_options(run.segment_bytes, run.depth, &sim)).unwrap();
+    let wal = keel_recovery::open_wal(
+        &dir,
+        wal_options(run.segment_bytes, run.depth, run.recycle, &sim),
+    )
+    .unwrap();
     settle(&wal, &sim);
+    if recycled {
+        warm_up_recycled(&mut run, &wal, &sim);
+    }
     let mut syncs = Vec::new();
     for step in 0..steps {
         script_step(&mut run, step, &wal, &sim, &mut syncs);
@@ -195,14 +242,19 @@ fn exhaustive(
 #[test]
 fn sim_exhaustive_small_cases() {
     let full = std::env::var("KEEL_SIM_EXHAUSTIVE").is_ok_and(|v| v == "full");
-    // The default run (plain `cargo test`) takes the first crash points of one Batched and
-    // one Strict scenario.
+    // The default run (plain `cargo test`) takes the first crash points of one Batched, one
+    // Strict and one recycled scenario.
     let runs = if full {
-        let scenarios = env_u64("KEEL_SIM_SCENARIOS", 10);
+        let scenarios = env_u64("KEEL_SIM_SCENARIOS", 12);
         vec![(1..1 + scenarios, SCRIPT_STEPS)]
     } else {
         let strict = FIRST_STRICT_SCENARIO;
-        vec![(1..2, 9), (strict..strict + 1, 9)]
+        let recycled = FIRST_RECYCLED_SCENARIO;
+        vec![
+            (1..2, 9),
+            (strict..strict + 1, 9),
+            (recycled..recycled + 1, 9),
+        ]
     };
     let seconds = env_u64("KEEL_SIM_EXHAUSTIVE_SECONDS", 600);
     for (seeds, steps) in runs {

@@ -36,11 +36,19 @@ pub(crate) fn settle(wal: &Wal, sim: &Sim) {
     }
 }
 
-pub(crate) fn wal_options(segment_bytes: u64, depth: usize, sim: &Arc<Sim>) -> WalOptions {
+/// The log's options in a simulated run; `recycle`: how many freed segments are written
+/// over by later ones ([`WalOptions::recycle_segments`]).
+pub(crate) fn wal_options(
+    segment_bytes: u64,
+    depth: usize,
+    recycle: usize,
+    sim: &Arc<Sim>,
+) -> WalOptions {
     WalOptions {
         segment_bytes,
         max_record_bytes: 3072,
         io_depth: depth,
+        recycle_segments: recycle,
         storage: Arc::clone(sim) as _,
         ..WalOptions::default()
     }

@@ -116,6 +116,8 @@ pub(crate) struct Tally {
     pub(crate) nondurable_starts: u64,
     /// Power losses that could drop what an earlier life left not durable.
     pub(crate) inherited_losses: u64,
+    /// Segments started in recycled files (`WalOptions::recycle_segments`).
+    pub(crate) recycled_segments: u64,
 }
 
 impl Tally {
@@ -134,5 +136,6 @@ impl Tally {
         self.crashes_inside += other.crashes_inside;
         self.nondurable_starts += other.nondurable_starts;
         self.inherited_losses += other.inherited_losses;
+        self.recycled_segments += other.recycled_segments;
     }
 }

@@ -64,7 +64,8 @@ fn sim_random_crash_cycles() {
              unsynced; {} crashes inside an operation; {} lives started from non-durable \
              state): {} units, {} acknowledged, {} acknowledged commits checked, {} recoveries \
              crashed, {} faults armed, {} damaged logs refused, {} damaged tails cut (known \
-             limit; {} of them acknowledged as written and never known durable)",
+             limit; {} of them acknowledged as written and never known durable); {} segments \
+             started in recycled files",
             tally.cycles,
             tally.process_crashes,
             tally.power_losses,
@@ -78,7 +79,8 @@ fn sim_random_crash_cycles() {
             tally.faults,
             tally.refused,
             tally.tail_losses,
-            tally.tail_losses_unsynced
+            tally.tail_losses_unsynced,
+            tally.recycled_segments
         ),
         Err(report) => panic!("{report}"),
     }

@@ -24,7 +24,7 @@ fn sim_a_held_sync_goes_out_when_the_writes_before_it_complete() {
             max_delay: Duration::from_secs(3600),
             max_bytes: u64::MAX,
         },
-        ..wal_options(8192, 4, &sim)
+        ..wal_options(8192, 4, 0, &sim)
     };
     let wal = keel_recovery::open_wal(&dir, options).unwrap();
     // Dropped first, also when a check fails: lets the log close without manual steps.

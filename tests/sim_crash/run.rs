@@ -30,6 +30,8 @@ pub(crate) struct Run {
     pub(crate) silent_fault: bool,
     pub(crate) broken: Broken,
     pub(crate) segment_bytes: u64,
+    /// Freed segments kept and written over (odd seeds: 2; even ones delete them).
+    pub(crate) recycle: usize,
     pub(crate) depth: usize,
     /// Crash some recoveries part-way (off in the exhaustive sweep, which crashes elsewhere).
     pub(crate) crash_recoveries: bool,
@@ -68,6 +70,7 @@ impl Run {
             silent_fault: false,
             broken,
             segment_bytes,
+            recycle: if seed % 2 == 1 { 2 } else { 0 },
             depth,
             crash_recoveries: true,
             strict_in_4: 3,
@@ -165,18 +168,20 @@ impl Run {
             self.note(format!("life {life}: crash armed at event {at} from now"));
             sim.crash_after_events(at);
         }
-        let wal =
-            match keel_recovery::open_wal(dir, wal_options(self.segment_bytes, self.depth, sim)) {
-                Ok(wal) => wal,
-                Err(e) if sim.is_crashed() => {
-                    self.note(format!("life {life}: crashed while opening: {e}"));
-                    self.tally.crashes_inside += 1;
-                    let state = sim.crash();
-                    self.traces.push(sim.trace());
-                    return self.crash_and_check(&state);
-                }
-                Err(e) => return violation(format!("I8: reopening after recovery failed: {e}")),
-            };
+        let wal = match keel_recovery::open_wal(
+            dir,
+            wal_options(self.segment_bytes, self.depth, self.recycle, sim),
+        ) {
+            Ok(wal) => wal,
+            Err(e) if sim.is_crashed() => {
+                self.note(format!("life {life}: crashed while opening: {e}"));
+                self.tally.crashes_inside += 1;
+                let state = sim.crash();
+                self.traces.push(sim.trace());
+                return self.crash_and_check(&state);
+            }
+            Err(e) => return violation(format!("I8: reopening after recovery failed: {e}")),
+        };
         // The opening made durable what the last recovery returned.
         for txn in &mut self.txns {
             txn.seen_present |= txn.returned;
@@ -243,6 +248,7 @@ impl Run {
                 ));
             }
         }
+        self.tally.recycled_segments += wal.stats().segments_recycled;
         let state = sim.crash();
         drop(wal);
         self.abandon_pending();

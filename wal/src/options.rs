@@ -101,6 +101,12 @@ pub struct WalOptions {
     pub create_if_missing: bool,
     /// Keep a zero-filled spare segment ready on a background thread.
     pub preallocate: bool,
+    /// How many segments freed by [`crate::Wal::remove_segments_before`] are kept as spares
+    /// and written over by later segments (recycled: no zero fill, under a new salt, see
+    /// `docs/FORMAT.md`, "Recycled segments") instead of deleted. 0 (the default) deletes
+    /// them. Segments started in recycled files are format version 3, which builds before
+    /// it refuse.
+    pub recycle_segments: usize,
     /// How long the writer waits with nothing to do before it writes the durable witness
     /// (a checksummed slot in the segment's header block claiming the durable records, see
     /// `docs/FORMAT.md`); it is also written at close. Never on the commit path: a writer
@@ -135,6 +141,7 @@ impl Default for WalOptions {
             database_id: None,
             create_if_missing: true,
             preallocate: true,
+            recycle_segments: 0,
             witness_idle: Some(DEFAULT_WITNESS_IDLE),
             tail_max_lag_bytes: DEFAULT_TAIL_MAX_LAG_BYTES,
             storage: storage::file_system(),

@@ -64,6 +64,8 @@ pub struct Wal {
     summary: OpenSummary,
     /// Segments opened by [`Wal::read_record`], by first LSN.
     read_files: Mutex<HashMap<Lsn, Arc<(File, SegmentHeader)>>>,
+    /// Where removed segments go when they are recycled ([`crate::WalOptions::recycle_segments`]).
+    recycler: crate::dir::prealloc::Recycler,
     storage: Arc<dyn Storage>,
     _lock: File,
 }
@@ -282,7 +284,9 @@ impl Wal {
 
     /// Deletes every segment all of whose records are below `lsn`, then syncs the directory;
     /// the last segment (the one appended to) is never deleted. Returns how many were
-    /// deleted. For a checkpoint that made everything below `lsn` redundant. Live tails keep
+    /// deleted. With [`crate::WalOptions::recycle_segments`], up to that many become spares that
+    /// later segments are written into, instead of being deleted (counted as deleted: their
+    /// segment names are gone). For a checkpoint that made everything below `lsn` redundant. Live tails keep
     /// the log from their positions, each up to [`crate::WalOptions::tail_max_lag_bytes`] (see
     /// [`Tail`]).
     pub fn remove_segments_before(&self, lsn: Lsn) -> Result<usize> {
@@ -301,6 +305,10 @@ impl Wal {
                 break;
             }
             self.read_files().remove(&pair[0].first_lsn);
+            if self.recycler.recycle(&pair[0].path)? {
+                removed += 1;
+                continue;
+            }
             match self.storage.remove_file(&pair[0].path) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

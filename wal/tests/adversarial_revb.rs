@@ -106,7 +106,7 @@ fn an_open_refused_for_a_newer_format_has_already_deleted_spares() {
         .remove(0);
     let mut block = std::fs::read(&segment.path).unwrap();
     block[VERSION_OFFSET..VERSION_OFFSET + 4]
-        .copy_from_slice(&(segment::FORMAT_VERSION + 1).to_le_bytes());
+        .copy_from_slice(&(segment::NEWEST_READABLE_VERSION + 1).to_le_bytes());
     let crc = crc32fast::hash(&block[..HEADER_CRC_OFFSET]);
     block[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&segment.path, &block).unwrap();

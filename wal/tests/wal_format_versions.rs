@@ -122,18 +122,18 @@ fn new_segments_are_version_2() {
 }
 
 #[test]
-fn version_3_is_refused() {
+fn version_4_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let options = common::small_options(keel_wal::BackendChoice::Std);
     common::filled_log(dir.path(), options.clone(), 3, 100);
     let path = segments(dir.path())[0].path.clone();
-    set_version(&path, 3);
+    set_version(&path, 4);
     let refused = |err: &Error| {
         matches!(
             err,
             Error::UnknownFormatVersion {
-                found: 3,
-                supported: FORMAT_VERSION,
+                found: 4,
+                supported: segment::NEWEST_READABLE_VERSION,
                 ..
             }
         )
@@ -144,8 +144,8 @@ fn version_3_is_refused() {
             err,
             keel_recovery::Error::Refused {
                 finding: keel_recovery::Finding::UnknownFormatVersion {
-                    found: 3,
-                    supported: FORMAT_VERSION,
+                    found: 4,
+                    supported: segment::NEWEST_READABLE_VERSION,
                 },
                 ..
             }

@@ -67,7 +67,7 @@ fn an_unknown_format_version_is_refused() {
             OpenError::Refused {
                 finding: Finding::UnknownFormatVersion {
                     found: 7,
-                    supported: segment::FORMAT_VERSION,
+                    supported: segment::NEWEST_READABLE_VERSION,
                 },
                 ..
             }

@@ -272,6 +272,7 @@ fn wal_options(options: &Options) -> WalOptions {
         backend: options.backend,
         create_if_missing: options.create_if_missing,
         tail_max_lag_bytes: options.feed_max_lag_bytes,
+        recycle_segments: options.recycle_segments,
         storage: Arc::clone(&options.storage),
         ..WalOptions::default()
     }

@@ -47,6 +47,10 @@ pub struct Options {
     /// its position: one further behind when a checkpoint removes log ends with
     /// `keel_wal::Error::TailFellBehind`, and the log goes. Writers never wait for one.
     pub feed_max_lag_bytes: u64,
+    /// How many log segments a checkpoint frees are kept and written over by later ones
+    /// instead of deleted and zero-filled anew (see `keel_wal::WalOptions::recycle_segments`);
+    /// 0 (the default) deletes them.
+    pub recycle_segments: usize,
     /// How transactions are checked at commit unless they choose otherwise
     /// ([`Transaction::isolation`](super::Transaction::isolation)): serializable by default.
     pub isolation: super::Isolation,
@@ -69,6 +73,7 @@ impl Default for Options {
             checkpoint_log_percent: 100,
             spill_txn_bytes: 8 << 20,
             feed_max_lag_bytes: keel_wal::DEFAULT_TAIL_MAX_LAG_BYTES,
+            recycle_segments: wal.recycle_segments,
             isolation: super::Isolation::default(),
             storage: wal.storage,
         }

@@ -234,6 +234,10 @@ impl<R: Replay> Walk<'_, R> {
 /// |-------------------------------|-------------------------|-----------------------|------------|
 /// | damage, or debris after zeros | below durable mark      | below durable mark    | torn tail  |
 /// | zeros to the end              | (none can)              | below durable mark    | clean end  |
+///
+/// In a recycled segment a window whose header does not verify under its salt ends its
+/// records as zeros do (the reader's clean end), and only a record header of its own beyond
+/// counts as debris ([`scan::scan_beyond`]): the file's earlier contents are not.
 fn classify(
     reader: &SegmentReader,
     segment: &SegmentFile,

@@ -5,6 +5,11 @@
 //!
 //! A spare is written as `spare-<n>.tmp`, synced, then renamed to `spare-<n>.ready`; only
 //! `.ready` spares are ever used, so a crash mid-fill leaves nothing half-made in use.
+//!
+//! With [`crate::WalOptions::recycle_segments`], segments a checkpoint freed become spares
+//! as they are (`spare-<n>.recycled`: renamed, the directory synced, before one is handed
+//! out), and are used before a zero-filled one: the next segment is written over the file's
+//! earlier contents, under a new salt (`docs/FORMAT.md`, "Recycled segments").
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -19,22 +24,48 @@ use crate::error::{Error, Result};
 /// File names of spares start with this.
 pub const SPARE_PREFIX: &str = "spare-";
 const READY_SUFFIX: &str = ".ready";
+const RECYCLED_SUFFIX: &str = ".recycled";
 const ZERO_CHUNK: usize = 1 << 20;
 /// The zero fill is synced every this many bytes. One sync of a whole 64 MiB spare holds the
 /// device (and, on ext4, the journal) for ~80 ms, and every log fdatasync issued meanwhile
 /// waits behind it; measured on 64 KiB records, that was the p99 (~100 ms).
 const SYNC_STEP: u64 = 4 << 20;
 
-/// A zero-filled file of the segment size, not yet named as a segment.
+/// A file of the segment size, not yet named as a segment: zero-filled, or recycled.
 #[derive(Debug)]
 pub(crate) struct Spare {
     pub file: File,
     pub path: PathBuf,
+    /// A segment a checkpoint freed, with the salt its header had (`None`: unreadable).
+    pub recycled: Option<Option<u32>>,
+}
+
+impl Spare {
+    /// The header of the segment this spare becomes: of the current format when
+    /// zero-filled; recycled, with a salt other than its earlier one, when recycled.
+    pub(crate) fn header_for(
+        &self,
+        database_id: crate::ids::DatabaseId,
+        first_lsn: crate::ids::Lsn,
+        segment_bytes: u64,
+        salt_seed: Option<u64>,
+    ) -> Result<crate::format::segment::SegmentHeader> {
+        use crate::format::segment::SegmentHeader;
+        let header = match self.recycled {
+            None => SegmentHeader::new(database_id, first_lsn, segment_bytes, salt_seed),
+            Some(old_salt) => {
+                SegmentHeader::recycled(database_id, first_lsn, segment_bytes, salt_seed, old_salt)
+            }
+        };
+        header.map_err(|e| Error::io("generating salt for", &self.path, e))
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     ready: Option<Spare>,
+    /// Recycled spares, oldest first, at most `Shared::keep_recycled`.
+    recycled: std::collections::VecDeque<Spare>,
     wanted: bool,
     /// The background thread is making a spare (asked for already: asking again would make
     /// a second one, and the first would be left on disk unused).
@@ -49,6 +80,8 @@ struct Shared {
     storage: Arc<dyn Storage>,
     dir: PathBuf,
     segment_bytes: u64,
+    /// How many recycled spares are kept ([`crate::WalOptions::recycle_segments`]).
+    keep_recycled: usize,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -61,13 +94,14 @@ pub(crate) struct Preallocator {
 }
 
 impl Preallocator {
-    /// Starts the background thread (if `background`), reusing a ready spare from `found`
-    /// and deleting every other leftover spare.
+    /// Starts the background thread (if `background`), reusing a ready spare and up to
+    /// `keep_recycled` recycled ones from `found`, and deleting every other leftover spare.
     pub(crate) fn start(
         storage: &Arc<dyn Storage>,
         dir: &Path,
         segment_bytes: u64,
         background: bool,
+        keep_recycled: usize,
         found: &[PathBuf],
     ) -> Result<Self> {
         let mut state = State::default();
@@ -76,19 +110,25 @@ impl Preallocator {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let usable = name.ends_with(READY_SUFFIX)
-                && state.ready.is_none()
-                && std::fs::metadata(path).is_ok_and(|m| m.len() == segment_bytes);
-            if usable {
+            let sized = || std::fs::metadata(path).is_ok_and(|m| m.len() == segment_bytes);
+            let ready = name.ends_with(READY_SUFFIX) && state.ready.is_none() && sized();
+            let recycled =
+                name.ends_with(RECYCLED_SUFFIX) && state.recycled.len() < keep_recycled && sized();
+            if ready || recycled {
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
                     .open(path)
                     .map_err(|e| Error::io("opening spare", path, e))?;
-                state.ready = Some(Spare {
+                let spare = Spare {
+                    recycled: recycled.then(|| earlier_salt(&file)),
                     file,
                     path: path.clone(),
-                });
+                };
+                match recycled {
+                    true => state.recycled.push_back(spare),
+                    false => state.ready = Some(spare),
+                }
             } else {
                 storage
                     .remove_file(path)
@@ -104,6 +144,7 @@ impl Preallocator {
             storage: Arc::clone(storage),
             dir: dir.to_path_buf(),
             segment_bytes,
+            keep_recycled,
             state: Mutex::new(state),
             changed: Condvar::new(),
         });
@@ -131,10 +172,21 @@ impl Preallocator {
         }
     }
 
-    /// Takes the ready spare, waiting for the background thread (or, without one, making it
-    /// here). Returns the spare and whether the caller had to wait.
+    /// What frees segments hands them to: see [`Recycler::recycle`].
+    pub(crate) fn recycler(&self) -> Recycler {
+        Recycler {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Takes the oldest recycled spare, else the ready spare, waiting for the background
+    /// thread (or, without one, making it here). Returns the spare and whether the caller had
+    /// to wait.
     pub(crate) fn take(&self) -> Result<(Spare, bool)> {
         let mut state = lock(&self.shared.state);
+        if let Some(spare) = state.recycled.pop_front() {
+            return Ok((spare, false));
+        }
         let mut waited = false;
         loop {
             if let Some(spare) = state.ready.take() {
@@ -251,8 +303,80 @@ impl Shared {
             .rename(&tmp, &ready)
             .map_err(|e| Error::io("renaming spare", &tmp, e))?;
         fsutil::sync_dir(storage, &self.dir)?;
-        Ok(Spare { file, path: ready })
+        Ok(Spare {
+            file,
+            path: ready,
+            recycled: None,
+        })
     }
+}
+
+/// Turns segments a checkpoint freed into spares ([`crate::WalOptions::recycle_segments`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Recycler {
+    shared: Arc<Shared>,
+}
+
+impl Recycler {
+    /// Makes the segment at `path` (freed: every record in it is below what the log keeps) a
+    /// recycled spare, when fewer than `keep_recycled` are kept and it has the options' size:
+    /// renamed to `spare-<n>.recycled` and the directory synced, so that its segment name is
+    /// gone for good before the file is handed out and its header overwritten (a crash
+    /// could otherwise leave the old name on a new header). Returns `false` when it is not
+    /// wanted (the caller deletes it), `true` when its segment name is gone (kept, or
+    /// deleted here when another removal filled the last place meanwhile).
+    pub(crate) fn recycle(&self, path: &Path) -> Result<bool> {
+        let shared = &self.shared;
+        let sequence = {
+            let mut state = lock(&shared.state);
+            let sized = std::fs::metadata(path).is_ok_and(|m| m.len() == shared.segment_bytes);
+            if state.recycled.len() >= shared.keep_recycled || !sized || state.stopping {
+                return Ok(false);
+            }
+            state.sequence += 1;
+            state.sequence - 1
+        };
+        let spare_path = shared
+            .dir
+            .join(format!("{SPARE_PREFIX}{sequence}{RECYCLED_SUFFIX}"));
+        let storage = shared.storage.as_ref();
+        storage
+            .rename(path, &spare_path)
+            .map_err(|e| Error::io("recycling segment", path, e))?;
+        fsutil::sync_dir(storage, &shared.dir)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&spare_path)
+            .map_err(|e| Error::io("opening recycled spare", &spare_path, e))?;
+        let spare = Spare {
+            recycled: Some(earlier_salt(&file)),
+            file,
+            path: spare_path,
+        };
+        let mut state = lock(&shared.state);
+        if state.recycled.len() >= shared.keep_recycled {
+            // Another removal got there first: this one goes.
+            drop(state);
+            let Spare { file, path, .. } = spare;
+            drop(file);
+            storage
+                .remove_file(&path)
+                .map_err(|e| Error::io("removing recycled spare", &path, e))?;
+            return Ok(true);
+        }
+        state.recycled.push_back(spare);
+        Ok(true)
+    }
+}
+
+/// The salt of the segment header a recycled file still holds (`None`: it does not read).
+fn earlier_salt(file: &File) -> Option<u32> {
+    let mut block = [0u8; crate::format::segment::HEADER_LEN];
+    file.read_exact_at(&mut block, 0).ok()?;
+    crate::format::segment::SegmentHeader::decode(&block, Path::new("spare"))
+        .ok()
+        .map(|header| header.salt)
 }
 
 fn lock(mutex: &Mutex<State>) -> MutexGuard<'_, State> {

@@ -264,13 +264,17 @@ impl SegmentReader {
     }
 
     /// True when the next position holds no record: an all-zero header or no room for one.
+    /// In a recycled segment, also a header whose checksum does not verify under the
+    /// segment's salt: the file's earlier contents follow its records, as zeros follow them
+    /// in a zero-filled one (`docs/FORMAT.md`, "Recycled segments").
     pub fn at_clean_end(&mut self) -> Result<bool> {
         let offset = self.next_offset;
         if offset + RECORD_HEADER_LEN as u64 > self.end {
             return Ok(true);
         }
+        let (recycled, salt) = (self.header.is_recycled(), self.header.salt);
         let header = self.fill(offset, RECORD_HEADER_LEN)?;
-        Ok(header.iter().all(|&b| b == 0))
+        Ok(header.iter().all(|&b| b == 0) || (recycled && !record::header_verifies(header, salt)))
     }
 
     /// Moves past the records below `lsn`, checking only their header checksums (their bodies

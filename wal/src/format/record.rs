@@ -239,6 +239,19 @@ fn seal_salting(
     len
 }
 
+/// Whether a record-header-sized window's checksum verifies under `salt`: in a recycled
+/// segment, the test of whether a window is one of its own records or the file's earlier
+/// contents.
+pub(crate) fn header_verifies(header: &[u8], salt: u32) -> bool {
+    let stored = Crc(get_u32(header, HEADER_CRC_OFFSET));
+    stored
+        .check(Crc::salted(
+            salt,
+            &header[PAYLOAD_LEN_OFFSET..RECORD_HEADER_LEN],
+        ))
+        .is_ok()
+}
+
 /// Checks a record header's checksum and length bound. `limit` is the largest payload the
 /// place it sits in can hold: nothing is allocated from a length that was not checked.
 ///

@@ -14,9 +14,11 @@ use crate::ids::Lsn;
 /// What lies beyond the tail of a segment.
 #[derive(Debug)]
 pub enum Beyond {
-    /// Nothing but zeros: a clean end.
+    /// Nothing but zeros: a clean end. In a recycled segment, nothing of its own: zeros, or
+    /// the file's earlier contents (no record header verifies under its salt).
     Zeros,
-    /// Non-zero bytes, none of them a record proving the tail was durable: a torn tail.
+    /// Non-zero bytes, none of them a record proving the tail was durable: a torn tail. In a
+    /// recycled segment, only a record header of its own (verifying under its salt) counts.
     Debris,
     /// A verifiable record whose durable mark reaches the missing LSN.
     LaterMark(record::RecordHeader),
@@ -59,6 +61,17 @@ fn scan_headers<T>(
     Ok(None)
 }
 
+/// Whether a header-sized window could be a record of `header`'s segment with an LSN of at
+/// least `min_lsn`, by its fields alone: checked before the checksum in recycled segments,
+/// whose tails are full of the earlier contents' bytes, so that most windows cost a few
+/// comparisons, not a CRC. Every record the segment's writer wrote passes it.
+fn could_be_of(window: &[u8], header: &SegmentHeader, min_lsn: Lsn) -> bool {
+    let lsn = record::get_u64(window, record::LSN_OFFSET);
+    let durable_lsn = record::get_u64(window, record::DURABLE_LSN_OFFSET);
+    let kind = u16::from_le_bytes([window[record::KIND_OFFSET], window[record::KIND_OFFSET + 1]]);
+    lsn >= min_lsn.max(header.first_lsn) && durable_lsn < lsn && kind == record::KIND_ENTRY
+}
+
 /// The first aligned window (offset a multiple of [`RECORD_ALIGN`]) whose header-sized span
 /// includes byte `index`.
 fn first_window_holding(index: usize) -> usize {
@@ -68,6 +81,13 @@ fn first_window_holding(index: usize) -> usize {
 }
 
 /// Scans `[from, end)` for a verifiable record header whose durable mark reaches `lsn`.
+///
+/// In a recycled segment the bytes past its records are the file's earlier contents, which
+/// never verify under the segment's salt (a fresh one, never the file's previous salt): only
+/// a header that verifies, a record this segment's writer wrote, is debris. The rest could be
+/// a torn record of its own whose header did not reach the disk: left in place, it can never
+/// verify either, so reading it as the earlier contents loses nothing (`docs/FORMAT.md`,
+/// "Recycled segments").
 pub fn scan_beyond(
     file: &File,
     segment: &SegmentFile,
@@ -76,12 +96,15 @@ pub fn scan_beyond(
     end: u64,
     lsn: Lsn,
 ) -> Result<Beyond> {
+    let recycled = header.is_recycled();
     let mut debris = false;
     let marked = scan_headers(file, segment, from, end, |_, candidate| {
-        debris = true;
-        record::parse_header(candidate, header.salt, u64::MAX)
-            .ok()
-            .filter(|found| found.durable_lsn >= lsn)
+        if recycled && !could_be_of(candidate, header, header.first_lsn) {
+            return None;
+        }
+        let parsed = record::parse_header(candidate, header.salt, u64::MAX).ok();
+        debris |= !recycled || parsed.is_some();
+        parsed.filter(|found| found.durable_lsn >= lsn)
     })?;
     Ok(match marked {
         Some(found) => Beyond::LaterMark(found),
@@ -101,6 +124,9 @@ pub fn next_valid_header(
     min_lsn: Lsn,
 ) -> Result<Option<(u64, record::RecordHeader)>> {
     scan_headers(file, segment, from, end, |offset, candidate| {
+        if header.is_recycled() && !could_be_of(candidate, header, min_lsn) {
+            return None;
+        }
         record::parse_header(candidate, header.salt, header.payload_limit_at(offset))
             .ok()
             .filter(|found| found.lsn >= min_lsn)

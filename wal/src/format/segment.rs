@@ -3,8 +3,8 @@
 //! ```text
 //! offset size field
 //!   0     8  magic             b"KEELWAL\0"
-//!   8     4  format_version    u32 LE: 2 written, 1 and 2 read (see `docs/FORMAT.md`)
-//!  12     4  flags             0, reserved
+//!   8     4  format_version    u32 LE: 2 written (3 in a recycled file), 1 to 3 read
+//!  12     4  flags             0; 1 (recycled) in version 3 (see `docs/FORMAT.md`)
 //!  16    16  database_id       the database this segment belongs to
 //!  32     8  first_lsn         LSN of the first record, u64 LE
 //!  40     8  segment_bytes     size the file was created with, u64 LE
@@ -27,11 +27,21 @@ use crate::ids::{DatabaseId, Lsn};
 
 /// The first 8 bytes of every segment file.
 pub const MAGIC: [u8; 8] = *b"KEELWAL\0";
-/// The segment and record format this build writes: version 2 added the `CommitSpan` entry.
+/// The segment and record format this build writes into a new (zero-filled) file: version 2
+/// added the `CommitSpan` entry and the durable witness.
 pub const FORMAT_VERSION: u32 = 2;
+/// The format of a segment written into a recycled file (one a checkpoint freed, reused
+/// without zero-filling): version 2's layout, with [`FLAG_RECYCLED`] set, so that what
+/// follows its records is read as the file's earlier contents, not as a torn tail.
+pub const RECYCLED_VERSION: u32 = 3;
+/// The newest segment format this build reads.
+pub const NEWEST_READABLE_VERSION: u32 = RECYCLED_VERSION;
 /// The oldest segment format this build reads. Versions from this one to
-/// [`FORMAT_VERSION`] are read; appends never go to a segment older than [`FORMAT_VERSION`].
+/// [`NEWEST_READABLE_VERSION`] are read; appends never go to a segment older than
+/// [`FORMAT_VERSION`].
 pub const OLDEST_READABLE_VERSION: u32 = 1;
+/// The flag of a [`RECYCLED_VERSION`] segment (the only flag, and always set in it).
+pub const FLAG_RECYCLED: u32 = 1;
 /// Offset of the magic in the segment header.
 pub const MAGIC_OFFSET: usize = 0;
 /// Offset of the format version (u32 LE) in the segment header.
@@ -60,6 +70,7 @@ pub const EXTENSION: &str = "wal";
 
 const _: () = assert!(HEADER_LEN == 64);
 const _: () = assert!(OLDEST_READABLE_VERSION >= 1 && OLDEST_READABLE_VERSION <= FORMAT_VERSION);
+const _: () = assert!(FORMAT_VERSION < RECYCLED_VERSION);
 const _: () = assert!(HEADER_LEN as u64 <= HEADER_BLOCK_LEN);
 const _: () = assert!(HEADER_BLOCK_LEN.is_multiple_of(RECORD_ALIGN as u64));
 const _: () = assert!(FIRST_LSN_OFFSET.is_multiple_of(8) && SEGMENT_BYTES_OFFSET.is_multiple_of(8));
@@ -68,7 +79,7 @@ const _: () = assert!(FIRST_LSN_OFFSET.is_multiple_of(8) && SEGMENT_BYTES_OFFSET
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct SegmentHeader {
     /// The format version the segment was written in, from [`OLDEST_READABLE_VERSION`] to
-    /// [`FORMAT_VERSION`].
+    /// [`NEWEST_READABLE_VERSION`] ([`RECYCLED_VERSION`]: written into a recycled file).
     pub version: u32,
     /// The database the segment belongs to; a segment of another is refused.
     pub database_id: DatabaseId,
@@ -121,11 +132,44 @@ impl SegmentHeader {
         }
     }
 
+    /// The header of a segment written into a recycled file whose earlier header had
+    /// `old_salt` (`None`: unreadable): [`RECYCLED_VERSION`], and a fresh salt that is not
+    /// the old one, so no record the file held before verifies in it.
+    pub fn recycled(
+        database_id: DatabaseId,
+        first_lsn: Lsn,
+        segment_bytes: u64,
+        salt_seed: Option<u64>,
+        old_salt: Option<u32>,
+    ) -> std::io::Result<Self> {
+        let mut seed = salt_seed;
+        loop {
+            let header = Self::new(database_id, first_lsn, segment_bytes, seed)?;
+            if Some(header.salt) != old_salt {
+                return Ok(SegmentHeader {
+                    version: RECYCLED_VERSION,
+                    ..header
+                });
+            }
+            // The same salt again (1 in 2^32, or a seed that derives it): draw another.
+            seed = seed.map(|s| s.wrapping_add(0x9e37_79b9_7f4a_7c15));
+        }
+    }
+
+    /// Whether the segment was written into a recycled file: what follows its records is
+    /// the file's earlier contents (records of other salts, parts of them), not zeros.
+    pub fn is_recycled(&self) -> bool {
+        self.version == RECYCLED_VERSION
+    }
+
     /// The header block as written to disk.
     pub fn encode(&self) -> Vec<u8> {
         let mut block = vec![0u8; HEADER_BLOCK_LEN.try_into().expect("4096")];
         block[MAGIC_OFFSET..MAGIC_OFFSET + 8].copy_from_slice(&MAGIC);
         put_u32(&mut block, VERSION_OFFSET, self.version);
+        if self.is_recycled() {
+            put_u32(&mut block, FLAGS_OFFSET, FLAG_RECYCLED);
+        }
         block[DATABASE_ID_OFFSET..DATABASE_ID_OFFSET + 16].copy_from_slice(&self.database_id.0);
         put_u64(&mut block, FIRST_LSN_OFFSET, self.first_lsn);
         put_u64(&mut block, SEGMENT_BYTES_OFFSET, self.segment_bytes);
@@ -159,13 +203,19 @@ impl SegmentHeader {
                 actual,
             }));
         }
-        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
+        if !(OLDEST_READABLE_VERSION..=NEWEST_READABLE_VERSION).contains(&version) {
             let path = path.to_path_buf();
             return Err(Error::UnknownFormatVersion {
                 path,
                 found: version,
-                supported: FORMAT_VERSION,
+                supported: NEWEST_READABLE_VERSION,
             });
+        }
+        // Versions 1 and 2 never set a flag (their readers ignored the field).
+        if version == RECYCLED_VERSION && get_u32(block, FLAGS_OFFSET) != FLAG_RECYCLED {
+            return Err(corrupt(CorruptionReason::SegmentHeaderField(
+                "flags other than `recycled` in a recycled segment",
+            )));
         }
         let header = SegmentHeader {
             version,
@@ -238,6 +288,7 @@ pub(crate) enum FreshReason {
 /// `segment_bytes`) and a new format version take effect: at a rotation, never inside a
 /// segment written under other terms.
 pub(crate) fn continuation(last: &SegmentHeader, segment_bytes: u64) -> Continuation {
+    // A recycled segment (version 3) is version 2 in a reused file: appends continue in it.
     if last.version < FORMAT_VERSION {
         Continuation::FreshSegment(FreshReason::OlderFormat {
             found: last.version,
@@ -323,13 +374,13 @@ mod tests {
     /// refused as unknown.
     #[test]
     fn every_readable_version_decodes_and_no_other() {
-        for version in 0..=FORMAT_VERSION + 1 {
+        for version in 0..=NEWEST_READABLE_VERSION + 1 {
             let h = SegmentHeader {
                 version,
                 ..header()
             };
             let decoded = SegmentHeader::decode(&h.encode(), Path::new("s"));
-            if (OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
+            if (OLDEST_READABLE_VERSION..=NEWEST_READABLE_VERSION).contains(&version) {
                 assert_eq!(decoded.unwrap(), h, "version {version}");
             } else {
                 assert!(
@@ -339,6 +390,31 @@ mod tests {
             }
         }
         assert_eq!(header().version, FORMAT_VERSION);
+    }
+
+    /// A recycled header: version 3, its flag set (and required), a salt other than the old
+    /// one even when the seed derives it, and appends continue in it.
+    #[test]
+    fn a_recycled_header_has_its_flag_and_a_new_salt() {
+        let id = DatabaseId([7; 16]);
+        let old = SegmentHeader::new(id, 42, 1 << 20, Some(5)).unwrap();
+        let h = SegmentHeader::recycled(id, 42, 1 << 20, Some(5), Some(old.salt)).unwrap();
+        assert!(h.is_recycled() && !old.is_recycled());
+        assert_ne!(h.salt, old.salt, "the seed alone derives the old salt");
+        let mut block = h.encode();
+        assert_eq!(get_u32(&block, FLAGS_OFFSET), FLAG_RECYCLED);
+        assert_eq!(SegmentHeader::decode(&block, Path::new("s")).unwrap(), h);
+        assert_eq!(continuation(&h, 1 << 20), Continuation::Append);
+        put_u32(&mut block, FLAGS_OFFSET, 0);
+        let crc = crc32fast::hash(&block[..HEADER_CRC_OFFSET]);
+        put_u32(&mut block, HEADER_CRC_OFFSET, crc);
+        assert!(matches!(
+            SegmentHeader::decode(&block, Path::new("s")),
+            Err(Error::Corruption {
+                reason: CorruptionReason::SegmentHeaderField(_),
+                ..
+            })
+        ));
     }
 
     /// One assertion per row of `continuation`'s table.
@@ -429,7 +505,7 @@ mod tests {
             err,
             Error::UnknownFormatVersion {
                 found: 9,
-                supported: FORMAT_VERSION,
+                supported: NEWEST_READABLE_VERSION,
                 ..
             }
         ));

@@ -150,6 +150,7 @@ impl Wal {
         let (next_lsn, truncated_bytes) = (recovered.next_lsn, recovered.truncated_bytes);
         let active_first_lsn = active.header.first_lsn;
         let backend_kind = backend.kind();
+        let recycler = preallocator.recycler();
         let shared = new_shared(backend.as_ref(), next_lsn);
         let writer = Writer::new(
             Arc::clone(&shared),
@@ -193,6 +194,7 @@ impl Wal {
             backend: backend_kind,
             summary,
             read_files: Mutex::new(HashMap::new()),
+            recycler,
             storage,
             _lock: lock,
         })
@@ -229,6 +231,7 @@ fn start(recovered: &RecoveredLog, options: &WalOptions) -> Result<Start> {
         dir,
         options.segment_bytes,
         options.preallocate && storage.background_work(),
+        options.recycle_segments,
         &listing.spares,
     )?;
     let fresh = FreshSegment {
@@ -403,13 +406,12 @@ impl FreshSegment<'_> {
     /// segment of that name (one holding no record) is replaced by the rename.
     fn start(&self, first_lsn: Lsn) -> Result<ActiveSegment> {
         let (spare, _) = self.preallocator.take()?;
-        let header = SegmentHeader::new(
+        let header = spare.header_for(
             self.database_id,
             first_lsn,
             self.segment_bytes,
             self.storage.seed(),
-        )
-        .map_err(|e| Error::io("generating salt in", self.dir, e))?;
+        )?;
         let path = self.dir.join(segment::file_name(first_lsn));
         crate::dir::install_segment(self.storage, &spare.file, &spare.path, &path, &header)?;
         self.preallocator.replenish();

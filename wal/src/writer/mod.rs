@@ -206,7 +206,10 @@ impl Writer {
         witness: WitnessTiming,
     ) -> Self {
         // Wal::resume starts a fresh segment when the last one is older or of another size.
-        assert_eq!(active.header.version, segment::FORMAT_VERSION);
+        assert!(
+            active.header.version == segment::FORMAT_VERSION || active.header.is_recycled(),
+            "appends go to a segment of the current format"
+        );
         assert_eq!(active.header.segment_bytes, segment_bytes);
         let offset = active.offset;
         Writer {

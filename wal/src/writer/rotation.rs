@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::{ActiveSegment, Writer};
 use crate::backend::IoFile;
 use crate::error::{Error, PoisonCause};
-use crate::format::segment::{self, HEADER_BLOCK_LEN, SegmentHeader};
+use crate::format::segment::{self, HEADER_BLOCK_LEN};
 use crate::ids::Lsn;
 
 impl Writer {
@@ -39,13 +39,15 @@ impl Writer {
 
     fn start_segment(&mut self, first_lsn: Lsn) -> crate::error::Result<()> {
         let (spare, waited) = self.preallocator.take()?;
-        let header = SegmentHeader::new(
+        let header = spare.header_for(
             self.database_id,
             first_lsn,
             self.segment_bytes,
             self.salt_seed,
-        )
-        .map_err(|e| Error::io("generating salt for", &spare.path, e))?;
+        )?;
+        if spare.recycled.is_some() {
+            self.shared.counters.segments_recycled.fetch_add(1, Relaxed);
+        }
         let path = self.dir.join(segment::file_name(first_lsn));
         crate::dir::install_segment(
             self.storage.as_ref(),

@@ -20,6 +20,7 @@ pub(crate) struct Counters {
     pub fsyncs: AtomicU64,
     pub rotations: AtomicU64,
     pub rotation_waits: AtomicU64,
+    pub segments_recycled: AtomicU64,
     pub max_batch_commits: AtomicU64,
     pub batch_commits: [AtomicU64; BATCH_BUCKETS],
     pub written_lsn: AtomicU64,
@@ -62,6 +63,9 @@ pub struct WalStats {
     pub rotations: u64,
     /// Rotations that had to wait for the preallocator.
     pub rotation_waits: u64,
+    /// Segments started in a recycled file ([`crate::WalOptions::recycle_segments`]), not a
+    /// zero-filled one.
+    pub segments_recycled: u64,
     /// The largest number of commits one write carried.
     pub max_batch_commits: u64,
     /// Commits per write, in power-of-two buckets (see [`BATCH_BUCKETS`]).
@@ -91,6 +95,7 @@ impl Counters {
             fsyncs: self.fsyncs.load(Relaxed),
             rotations: self.rotations.load(Relaxed),
             rotation_waits: self.rotation_waits.load(Relaxed),
+            segments_recycled: self.segments_recycled.load(Relaxed),
             max_batch_commits: self.max_batch_commits.load(Relaxed),
             batch_commits_histogram: std::array::from_fn(|i| self.batch_commits[i].load(Relaxed)),
             written_lsn: self.written_lsn.load(Relaxed),
