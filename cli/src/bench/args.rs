@@ -98,6 +98,12 @@ pub struct BenchArgs {
     /// commit is validated under serializable isolation; its commits/s beside keel-db's.
     #[arg(long)]
     pub(super) read_write: bool,
+    /// Also run the log with its covered segments removed as it writes them (every 20 ms,
+    /// below the durable LSN, as checkpoints would): `keel+trim` rows, deleting them (every
+    /// new segment zero-filled), and `keel+recycle` rows, keeping this many as spares that
+    /// later segments are written over (`WalOptions::recycle_segments`; no zero fill).
+    #[arg(long)]
+    pub(super) recycle: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,

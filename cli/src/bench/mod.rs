@@ -29,7 +29,7 @@ use std::path::Path;
 pub use args::BenchArgs;
 use args::{Backend, Mode};
 use report::{Outcome, Report};
-use targets::DbRows;
+use targets::{DbRows, Trim};
 
 /// One combination of the lists on the command line.
 #[derive(Debug, Clone, Copy)]
@@ -125,9 +125,16 @@ fn compare(
         }
         let run_logs = || -> Result<Vec<Outcome>, String> {
             let mut runs = Vec::new();
-            for &backend in &args.backend {
-                let name = format!("wal-{writers}-{value_size}-{backend:?}-{round}").to_lowercase();
-                runs.push(targets::keel(args, cell(backend), &temp.join(name))?);
+            let mut trims = vec![Trim::Keep];
+            if let Some(kept) = args.recycle {
+                trims.extend([Trim::Delete, Trim::Recycle(kept)]);
+            }
+            for trim in trims {
+                for &backend in &args.backend {
+                    let name = format!("wal-{writers}-{value_size}-{backend:?}-{trim:?}-{round}")
+                        .to_lowercase();
+                    runs.push(targets::keel(args, cell(backend), &temp.join(name), trim)?);
+                }
             }
             Ok(runs)
         };

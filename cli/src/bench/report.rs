@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Cell;
 use super::args::{BenchArgs, Committers, Mode};
 use super::drive::Measured;
-use super::targets::{DB, DB_FEED, DB_RW, KEEL, RAW, RAW_GROUP, RAW_RING};
+use super::targets::{DB, DB_FEED, DB_RW, KEEL, KEEL_RECYCLE, KEEL_TRIM, RAW, RAW_GROUP, RAW_RING};
 
 /// The figures of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -37,8 +37,9 @@ pub(super) struct Outcome {
     pub(super) ratio_to_std: Option<f64>,
     /// An engine run's commits/s over the log's on the same backend (`keel-db` rows).
     pub(super) ratio_to_log: Option<f64>,
-    /// Segments started, and how many of those waited for the preallocator (Keel only).
-    pub(super) rotations: Option<(u64, u64)>,
+    /// Segments started, how many of those waited for the preallocator, and how many were
+    /// written over recycled files (Keel only).
+    pub(super) rotations: Option<(u64, u64, u64)>,
     /// What the change-feed subscriber of a `keel-db+feed` run saw.
     pub(super) feed: Option<FeedFigures>,
     /// A `keel-db+feed` or `keel-db+rw` run's commits/s over keel-db's on the same backend.
@@ -72,7 +73,7 @@ impl Outcome {
             target: target.to_owned(),
             backend: backend.to_owned(),
             mode: args.mode,
-            committers: if target == KEEL {
+            committers: if [KEEL, KEEL_TRIM, KEEL_RECYCLE].contains(&target) {
                 args.committers
             } else {
                 Committers::Threads
@@ -166,13 +167,13 @@ pub(super) fn set_ratios(targets: &mut [Outcome]) {
                 .find(|(backend, _)| *backend == run.backend)
                 .map(|(_, db)| run.commits_per_sec / db);
         }
-        if [KEEL, DB, DB_FEED, DB_RW].contains(&run.target.as_str()) {
+        if [KEEL, KEEL_TRIM, KEEL_RECYCLE, DB, DB_FEED, DB_RW].contains(&run.target.as_str()) {
             run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
             run.ratio_to_best_raw = best_raw.map(|best| run.commits_per_sec / best);
         }
         if run.target == KEEL {
             run.ratio_to_std = std.map(|std| run.commits_per_sec / std);
-        } else if [DB, DB_FEED, DB_RW].contains(&run.target.as_str()) {
+        } else if [KEEL_TRIM, KEEL_RECYCLE, DB, DB_FEED, DB_RW].contains(&run.target.as_str()) {
             run.ratio_to_log = logs
                 .iter()
                 .find(|(backend, _)| *backend == run.backend)
@@ -263,10 +264,11 @@ pub(super) fn print_table(report: &Report) {
         }
     }
     for run in &report.runs {
-        if let Some((rotations, waits)) = run.rotations {
+        if let Some((rotations, waits, recycled)) = run.rotations {
             println!(
-                "keel {} w{} {}B: {rotations} segment rotations, {waits} waited for preallocation",
-                run.backend, run.writers, run.value_bytes
+                "{} {} w{} {}B: {rotations} segment rotations, {waits} waited for \
+                 preallocation, {recycled} into recycled files",
+                run.target, run.backend, run.writers, run.value_bytes
             );
         }
     }

@@ -28,6 +28,10 @@ pub(super) const RAW_GROUP: &str = "raw group-commit";
 pub(super) const RAW_RING: &str = "raw batched ring";
 /// The target name of Keel's rows.
 pub(super) const KEEL: &str = "keel";
+/// The target name of Keel's rows with covered segments removed as written, and deleted.
+pub(super) const KEEL_TRIM: &str = "keel+trim";
+/// The target name of Keel's rows with covered segments removed as written, and recycled.
+pub(super) const KEEL_RECYCLE: &str = "keel+recycle";
 /// The target name of the engine's rows.
 pub(super) const DB: &str = "keel-db";
 /// The target name of the engine's rows with a change-feed subscriber.
@@ -59,12 +63,61 @@ fn entry(writer: u32, sequence: u64, value: &[u8]) -> WalEntry {
     }
 }
 
+/// How the log's covered segments are treated in a run of [`keel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Trim {
+    /// Never removed (`keel` rows).
+    Keep,
+    /// Removed as written and deleted (`keel+trim`).
+    Delete,
+    /// Removed as written and recycled, this many kept (`keel+recycle`).
+    Recycle(usize),
+}
+
+impl Trim {
+    fn target(self) -> &'static str {
+        match self {
+            Trim::Keep => KEEL,
+            Trim::Delete => KEEL_TRIM,
+            Trim::Recycle(_) => KEEL_RECYCLE,
+        }
+    }
+}
+
+/// Removes the log's covered segments every 20 ms until `stop`, as checkpoints would.
+fn trimmer(
+    wal: Arc<keel_wal::Wal>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<(), String>> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            wal.remove_segments_before(wal.durable_lsn())
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+}
+
 /// `cell.writers` committers, each appending one `Write` entry of `cell.value_size` bytes and
-/// waiting for it (as `--mode` and `--committers` say), on a log opened in `dir`.
-pub(super) fn keel(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, String> {
-    let wal = Arc::new(
-        keel_recovery::open_wal(dir, args.wal_options(cell.backend)).map_err(|e| e.to_string())?,
-    );
+/// waiting for it (as `--mode` and `--committers` say), on a log opened in `dir`, its covered
+/// segments treated as `trim` says.
+pub(super) fn keel(
+    args: &BenchArgs,
+    cell: Cell,
+    dir: &Path,
+    trim: Trim,
+) -> Result<Outcome, String> {
+    let options = keel_wal::WalOptions {
+        recycle_segments: match trim {
+            Trim::Recycle(kept) => kept,
+            Trim::Keep | Trim::Delete => 0,
+        },
+        ..args.wal_options(cell.backend)
+    };
+    let wal = Arc::new(keel_recovery::open_wal(dir, options).map_err(|e| e.to_string())?);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trimming = (trim != Trim::Keep).then(|| trimmer(Arc::clone(&wal), Arc::clone(&stop)));
     let backend = wal.backend().name();
     let value = vec![0x6b; cell.value_size];
     let record_bytes = keel_wal::EncodedBatch::encode(&[entry(0, 0, &value)], u32::MAX >> 6)
@@ -90,13 +143,22 @@ pub(super) fn keel(args: &BenchArgs, cell: Cell, dir: &Path) -> Result<Outcome, 
             committer.append(&[entry(writer, sequence, &value)])
         })?,
     };
+    stop.store(true, Ordering::Relaxed);
+    if let Some(trimming) = trimming {
+        trimming.join().map_err(|_| "the trimmer panicked")??;
+    }
     let stats = wal.stats();
     Arc::into_inner(wal)
         .ok_or("the log is still shared")?
         .close()
         .map_err(|e| e.to_string())?;
-    let mut result = Outcome::new(args, cell, KEEL, backend, run, stats.fsyncs, record_bytes);
-    result.rotations = Some((stats.rotations, stats.rotation_waits));
+    let target = trim.target();
+    let mut result = Outcome::new(args, cell, target, backend, run, stats.fsyncs, record_bytes);
+    result.rotations = Some((
+        stats.rotations,
+        stats.rotation_waits,
+        stats.segments_recycled,
+    ));
     Ok(result)
 }
 
