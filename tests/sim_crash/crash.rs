@@ -50,7 +50,7 @@ impl Run {
                 &Path::new(&keep).join(format!("g{}-{}", self.generation, self.tally.cycles)),
             );
         }
-        self.check_image(!process, damage.is_some() || self.silent_fault)
+        self.check_image(!process, damage.is_some() || self.silent_fault, false)
     }
 
     /// Media damage somewhere in a segment the crash left.

@@ -69,7 +69,15 @@ impl Run {
     /// that a power loss may bring back (a damaged segment whose removal was not durable)
     /// may make recovery refuse the log, but excuses no lost commit: without the bug this
     /// test looks for, what comes back is a sealed segment, never the tail.
-    pub(crate) fn check_image(&mut self, mut power_loss: bool, damage: bool) -> Checked<bool> {
+    /// `quiet`: nothing was in flight or unsynced at the crash, so the image is the log as
+    /// written and its recovery must cut and zero nothing (a recycled segment's earlier
+    /// contents after its records are not a torn tail, say).
+    pub(crate) fn check_image(
+        &mut self,
+        mut power_loss: bool,
+        damage: bool,
+        quiet: bool,
+    ) -> Checked<bool> {
         let refusable = damage || self.damage_may_return;
         let witnessed = witnessed(&self.dir(self.generation));
         let mut reference = None;
@@ -105,6 +113,11 @@ impl Run {
             report.next_lsn,
             report.bytes_truncated
         ));
+        if quiet && (report.cut_at.is_some() || report.bytes_truncated != 0) {
+            return violation(format!(
+                "a crash with nothing in flight or unsynced left a log its recovery cut: {report}"
+            ));
+        }
         check_contiguous(&dir, &report)?;
         self.check_txns(&collect, &report, power_loss, damage, witnessed)?;
         // I5: again, nothing to do and the same result.
