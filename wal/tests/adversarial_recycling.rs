@@ -167,3 +167,51 @@ fn a_recycled_spare_caught_mid_install_reopens_clean() {
         assert_eq!(txn_id, lsn, "LSN {lsn}");
     }
 }
+
+/// A `LogReader` reading a live log (as `keel dump` does, or an engine's read-back) reads a
+/// segment through its open file, a chunk at a time. A checkpoint may free that segment
+/// meanwhile: deleted, the file still reads as it was; recycled, a later segment is written
+/// over it, and the reader reported the later segment's records as damage in a log that has
+/// none (`Corruption`, which `keel dump` follows with "the log is damaged here; `keel
+/// recover` can judge and repair it"). It must say that the records it wanted were removed.
+#[test]
+fn a_log_reader_whose_segment_is_recycled_under_it_reports_removal_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments larger than the reader's chunk (1 MiB), so it reads the file again.
+    let options = WalOptions {
+        segment_bytes: 4 << 20,
+        ..options()
+    };
+    let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
+    while segments(dir.path()).len() < 2 {
+        append(&wal, 8000);
+    }
+    let mut reader = keel_wal::LogReader::open(dir.path()).unwrap();
+    for lsn in 1..=10 {
+        assert_eq!(reader.next_record().unwrap().unwrap().lsn, lsn);
+    }
+    let second = segments(dir.path())[1];
+    assert_eq!(wal.remove_segments_before(second).unwrap(), 1);
+    // Small records now: the next segment, in the recycled file, is written over its whole
+    // first half with records of another salt.
+    while wal.stats().segments_recycled < 1 || wal.bytes_written() < (10 << 20) {
+        append(&wal, 3000);
+    }
+    let mut expected = 11;
+    let outcome = loop {
+        match reader.next_record() {
+            Ok(Some(record)) => {
+                assert_eq!(record.lsn, expected, "never a record out of place");
+                expected += 1;
+            }
+            other => break other.map(|r| r.map(|r| r.lsn)),
+        }
+    };
+    assert!(
+        matches!(outcome, Err(keel_wal::Error::LsnRemoved { .. })),
+        "after LSN {}: {outcome:?}",
+        expected - 1
+    );
+    drop(reader);
+    wal.close().unwrap();
+}
