@@ -168,31 +168,36 @@ impl Tail {
                 SegmentEvent::End { .. } | SegmentEvent::Damaged { .. } if !fresh => {
                     reader.forget_read_ahead();
                     fresh = true;
+                    continue;
                 }
-                SegmentEvent::End { .. } => {
-                    // Read from the file: the segment ends before the record, which is
-                    // durable, so it starts the next segment.
-                    self.reader = None;
-                    let next = self.open_segment_at(self.next_lsn)?;
-                    if next.0 == first {
-                        let path = next.1.path().to_path_buf();
-                        let offset = next.1.offset();
-                        return Err(Error::corruption(
-                            path,
-                            offset,
-                            CorruptionReason::MissingSegment {
-                                expected: self.next_lsn,
-                                found: first,
-                            },
-                        ));
-                    }
-                    self.reader = Some(next);
-                    fresh = true;
-                }
+                SegmentEvent::End { .. } => {}
+                // The segment read last, freed once the tail's position moved past it, may
+                // have been recycled and written over by a later segment: what follows its
+                // records then is the later segment's, and the record is in the next one.
                 SegmentEvent::Damaged { offset, reason } => {
-                    return Err(Error::corruption(reader.path(), offset, reason));
+                    if reader.still_holds_its_segment() {
+                        return Err(Error::corruption(reader.path(), offset, reason));
+                    }
                 }
             }
+            // Read from the file: the segment ends before the record, which is durable, so
+            // it starts the next segment.
+            self.reader = None;
+            let next = self.open_segment_at(self.next_lsn)?;
+            if next.0 == first {
+                let path = next.1.path().to_path_buf();
+                let offset = next.1.offset();
+                return Err(Error::corruption(
+                    path,
+                    offset,
+                    CorruptionReason::MissingSegment {
+                        expected: self.next_lsn,
+                        found: first,
+                    },
+                ));
+            }
+            self.reader = Some(next);
+            fresh = true;
         }
     }
 

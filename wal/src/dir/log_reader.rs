@@ -58,6 +58,9 @@ impl LogReader {
                     if !reader.at_clean_end()? {
                         break;
                     }
+                    if !reader.still_holds_its_segment() {
+                        return Err(removed(reader.path(), self.expected_lsn));
+                    }
                     self.current = None;
                 }
                 None if self.next_segment == self.segments.len() => return Ok(None),
@@ -78,6 +81,11 @@ impl LogReader {
                 }
                 self.expected_lsn = Some(expected + 1);
                 Ok(Some(record))
+            }
+            // Recycling renames a segment away before its file is written over: damage read
+            // in a segment whose name is gone is the later segment's records.
+            SegmentEvent::Damaged { .. } if !path.exists() => {
+                Err(removed(&path, self.expected_lsn))
             }
             SegmentEvent::Damaged { offset, reason } => {
                 Err(Error::corruption(path, offset, reason))
@@ -118,5 +126,20 @@ impl LogReader {
         self.expected_lsn = Some(expected);
         self.current = Some(reader);
         Ok(())
+    }
+}
+
+/// The segment at `path` was freed while its file was open here, and the file recycled
+/// ([`crate::WalOptions::recycle_segments`]): a later segment is written over it, so what is
+/// read there is not damage but records removed from the log.
+fn removed(path: &Path, expected: Option<Lsn>) -> Error {
+    let oldest = path
+        .parent()
+        .and_then(|dir| listing::list_directory(dir).ok())
+        .and_then(|listing| listing.segments.first().map(|s| s.first_lsn))
+        .unwrap_or_default();
+    Error::LsnRemoved {
+        requested: expected.unwrap_or_default(),
+        oldest,
     }
 }

@@ -253,6 +253,15 @@ impl SegmentReader {
         self.buf_offset = self.next_offset;
     }
 
+    /// Whether the file still holds this reader's segment (its header reads back as it was
+    /// opened): a file a checkpoint freed may be recycled ([`crate::WalOptions::recycle_segments`])
+    /// and written over by a later segment while it is open here.
+    pub(crate) fn still_holds_its_segment(&self) -> bool {
+        let mut block = [0u8; segment::HEADER_LEN];
+        self.file.read_exact_at(&mut block, 0).is_ok()
+            && SegmentHeader::decode(&block, &self.path).is_ok_and(|h| h == self.header)
+    }
+
     /// The underlying file.
     pub fn file(&self) -> &File {
         &self.file
