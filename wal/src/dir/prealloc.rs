@@ -340,9 +340,13 @@ impl Recycler {
             .dir
             .join(format!("{SPARE_PREFIX}{sequence}{RECYCLED_SUFFIX}"));
         let storage = shared.storage.as_ref();
-        storage
-            .rename(path, &spare_path)
-            .map_err(|e| Error::io("recycling segment", path, e))?;
+        match storage.rename(path, &spare_path) {
+            Ok(()) => {}
+            // Another removal took it between the listing and here: not this one's to count
+            // (the caller's deletion then finds it gone, as two deleting removals do).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("recycling segment", path, e)),
+        }
         fsutil::sync_dir(storage, &shared.dir)?;
         let file = OpenOptions::new()
             .read(true)
@@ -388,4 +392,40 @@ fn sequence_of(name: &str) -> u64 {
         .and_then(|rest| rest.split('.').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dir::storage::FileSystem;
+
+    /// A storage on which every rename finds its source gone, as when another removal took
+    /// the segment between this one's listing and its rename.
+    #[derive(Debug)]
+    struct TakenMeanwhile;
+
+    impl Storage for TakenMeanwhile {
+        fn rename(&self, from: &Path, _: &Path) -> std::io::Result<()> {
+            std::fs::remove_file(from)?;
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+        }
+
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            FileSystem.sync_dir(dir)
+        }
+    }
+
+    /// Two removals racing for one segment: the one whose rename finds it gone is told to
+    /// delete it (and its deletion ignores the absence), not failed; nothing is kept.
+    #[test]
+    fn a_segment_another_removal_took_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(TakenMeanwhile);
+        let preallocator = Preallocator::start(&storage, dir.path(), 8192, false, 2, &[]).unwrap();
+        let segment = dir.path().join("00000000000000000001.wal");
+        std::fs::write(&segment, vec![0u8; 8192]).unwrap();
+        let recycled = preallocator.recycler().recycle(&segment);
+        assert!(matches!(recycled, Ok(false)), "{recycled:?}");
+        assert!(lock(&preallocator.shared.state).recycled.is_empty());
+    }
 }
