@@ -101,7 +101,8 @@ pub struct BenchArgs {
     /// Also run the log with its covered segments removed as it writes them (every 20 ms,
     /// below the durable LSN, as checkpoints would): `keel+trim` rows, deleting them (every
     /// new segment zero-filled), and `keel+recycle` rows, keeping this many as spares that
-    /// later segments are written over (`WalOptions::recycle_segments`; no zero fill).
+    /// later segments are written over (`WalOptions::recycle_segments`; no zero fill); with
+    /// `--engine`, also `keel-db+recycle` rows, the engine with its checkpoints recycling.
     #[arg(long)]
     pub(super) recycle: Option<usize>,
     /// Print JSON instead of a table.

@@ -162,6 +162,11 @@ fn compare(
                     let rows = DbRows::ReadWrite;
                     runs.push(targets::db(args, cell(backend), &temp.join(name), rows)?);
                 }
+                if let Some(kept) = args.recycle {
+                    let name = format!("recycle-{name}");
+                    let rows = DbRows::Recycle(kept);
+                    runs.push(targets::db(args, cell(backend), &temp.join(name), rows)?);
+                }
             }
             Ok(runs)
         };

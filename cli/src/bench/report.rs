@@ -8,7 +8,9 @@ use serde::Serialize;
 use super::Cell;
 use super::args::{BenchArgs, Committers, Mode};
 use super::drive::Measured;
-use super::targets::{DB, DB_FEED, DB_RW, KEEL, KEEL_RECYCLE, KEEL_TRIM, RAW, RAW_GROUP, RAW_RING};
+use super::targets::{
+    DB, DB_FEED, DB_RECYCLE, DB_RW, KEEL, KEEL_RECYCLE, KEEL_TRIM, RAW, RAW_GROUP, RAW_RING,
+};
 
 /// The figures of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -161,19 +163,31 @@ pub(super) fn set_ratios(targets: &mut [Outcome]) {
         .map(|r| (r.backend.clone(), r.commits_per_sec))
         .collect();
     for run in targets.iter_mut() {
-        if run.target == DB_FEED || run.target == DB_RW {
+        if run.target == DB_FEED || run.target == DB_RW || run.target == DB_RECYCLE {
             run.ratio_to_db = dbs
                 .iter()
                 .find(|(backend, _)| *backend == run.backend)
                 .map(|(_, db)| run.commits_per_sec / db);
         }
-        if [KEEL, KEEL_TRIM, KEEL_RECYCLE, DB, DB_FEED, DB_RW].contains(&run.target.as_str()) {
+        if [
+            KEEL,
+            KEEL_TRIM,
+            KEEL_RECYCLE,
+            DB,
+            DB_FEED,
+            DB_RW,
+            DB_RECYCLE,
+        ]
+        .contains(&run.target.as_str())
+        {
             run.ratio_to_raw = raw.map(|raw| run.commits_per_sec / raw);
             run.ratio_to_best_raw = best_raw.map(|best| run.commits_per_sec / best);
         }
         if run.target == KEEL {
             run.ratio_to_std = std.map(|std| run.commits_per_sec / std);
-        } else if [KEEL_TRIM, KEEL_RECYCLE, DB, DB_FEED, DB_RW].contains(&run.target.as_str()) {
+        } else if [KEEL_TRIM, KEEL_RECYCLE, DB, DB_FEED, DB_RW, DB_RECYCLE]
+            .contains(&run.target.as_str())
+        {
             run.ratio_to_log = logs
                 .iter()
                 .find(|(backend, _)| *backend == run.backend)
@@ -233,6 +247,15 @@ pub(super) fn print_table(report: &Report) {
             println!(
                 "{} {} w{} {}B: {ratio:.2}x the log's commits/s on the same backend",
                 run.target, run.backend, run.writers, run.value_bytes
+            );
+        }
+    }
+    for run in report.runs.iter().filter(|run| run.target == DB_RECYCLE) {
+        if let Some(ratio) = run.ratio_to_db {
+            println!(
+                "keel-db+recycle {} w{} {}B: {ratio:.2}x keel-db's commits/s (checkpoints \
+                 recycle the segments they free)",
+                run.backend, run.writers, run.value_bytes
             );
         }
     }

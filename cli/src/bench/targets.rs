@@ -38,6 +38,8 @@ pub(super) const DB: &str = "keel-db";
 pub(super) const DB_FEED: &str = "keel-db+feed";
 /// The target name of the engine's rows whose transactions read before they write.
 pub(super) const DB_RW: &str = "keel-db+rw";
+/// The target name of the engine's rows whose checkpoints recycle the log segments they free.
+pub(super) const DB_RECYCLE: &str = "keel-db+recycle";
 
 /// What the engine's committers do beside committing one put each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub(super) enum DbRows {
     /// Each transaction first reads the key its committer wrote last, so its commit is
     /// validated (serializable isolation) against the commits since (`keel-db+rw`).
     ReadWrite,
+    /// The segments checkpoints free are recycled, this many kept (`keel-db+recycle`).
+    Recycle(usize),
 }
 
 /// Slots of the ring of acknowledgement times a feed subscriber reads (by commit LSN).
@@ -184,6 +188,10 @@ pub(super) fn db(
         checkpoint_log_bytes: args
             .checkpoint_log_mib
             .map_or(defaults.checkpoint_log_bytes, |mib| mib << 20),
+        recycle_segments: match rows {
+            DbRows::Recycle(kept) => kept,
+            _ => 0,
+        },
         ..defaults
     };
     let db = Arc::new(keel::Database::open(dir, options).map_err(|e| e.to_string())?);
@@ -197,6 +205,7 @@ pub(super) fn db(
         DbRows::Plain => DB,
         DbRows::Feed => DB_FEED,
         DbRows::ReadWrite => DB_RW,
+        DbRows::Recycle(_) => DB_RECYCLE,
     };
     let label = format!(
         "{target} {backend} {:?} w{} {}B",
