@@ -63,7 +63,7 @@ pub struct Wal {
     backend: BackendKind,
     summary: OpenSummary,
     /// Segments opened by [`Wal::read_record`], by first LSN.
-    read_files: Mutex<HashMap<Lsn, Arc<(File, SegmentHeader)>>>,
+    read_files: Mutex<ReadFiles>,
     /// Where removed segments go when they are recycled ([`crate::WalOptions::recycle_segments`]).
     recycler: crate::dir::prealloc::Recycler,
     storage: Arc<dyn Storage>,
@@ -216,18 +216,33 @@ impl Wal {
     pub fn read_record(&self, position: RecordPosition) -> Result<OwnedRecord> {
         let segment = self.read_file(position.segment)?;
         let path = self.dir.join(segment::file_name(position.segment));
-        reader::read_record_at(&segment.0, &path, &segment.1, position)
+        match reader::read_record_at(&segment.0, &path, &segment.1, position) {
+            // A removal that raced this read recycled the file, and a later segment wrote
+            // over it: what the open file holds is no longer this segment's, and no damage.
+            // Removed, as a read after the removal reports it.
+            Err(Error::Corruption { .. }) if !holds_segment(&path, &segment.1) => {
+                self.read_files().open.remove(&position.segment);
+                Err(Error::io(
+                    "reading record from",
+                    path,
+                    std::io::ErrorKind::NotFound.into(),
+                ))
+            }
+            read => read,
+        }
     }
 
-    fn read_files(&self) -> std::sync::MutexGuard<'_, HashMap<Lsn, Arc<(File, SegmentHeader)>>> {
+    fn read_files(&self) -> std::sync::MutexGuard<'_, ReadFiles> {
         self.read_files
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The segment starting at `first_lsn`, opened for reading once and kept.
+    /// The segment starting at `first_lsn`, opened for reading once and kept (unless a
+    /// removal took it meanwhile: then it serves this read only, never holding a removed
+    /// file, and its disk space, open).
     fn read_file(&self, first_lsn: Lsn) -> Result<Arc<(File, SegmentHeader)>> {
-        if let Some(open) = self.read_files().get(&first_lsn) {
+        if let Some(open) = self.read_files().open.get(&first_lsn) {
             return Ok(Arc::clone(open));
         }
         let segment = SegmentFile {
@@ -245,7 +260,10 @@ impl Wal {
             });
         }
         let open = Arc::new((file, header));
-        self.read_files().insert(first_lsn, Arc::clone(&open));
+        let mut files = self.read_files();
+        if first_lsn >= files.removing_below {
+            files.open.insert(first_lsn, Arc::clone(&open));
+        }
         Ok(open)
     }
 
@@ -304,7 +322,12 @@ impl Wal {
             if pair[1].first_lsn > lsn {
                 break;
             }
-            self.read_files().remove(&pair[0].first_lsn);
+            {
+                // Before the file goes: a read that opened it meanwhile does not keep it.
+                let mut files = self.read_files();
+                files.open.remove(&pair[0].first_lsn);
+                files.removing_below = files.removing_below.max(pair[1].first_lsn);
+            }
             if self.recycler.recycle(&pair[0].path)? {
                 removed += 1;
                 continue;
@@ -412,4 +435,22 @@ impl Drop for Wal {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The segments [`Wal::read_record`] keeps open, by first LSN.
+#[derive(Debug, Default)]
+pub(crate) struct ReadFiles {
+    open: HashMap<Lsn, Arc<(File, SegmentHeader)>>,
+    /// Segments starting below this LSN are being (or were) removed: none is kept open.
+    removing_below: Lsn,
+}
+
+/// Whether the file at `path` still begins with `header`: false once it was removed or
+/// recycled (a recycled file's header names its new segment, under a new salt).
+fn holds_segment(path: &Path, header: &SegmentHeader) -> bool {
+    let mut block = [0u8; segment::HEADER_LEN];
+    File::open(path).is_ok_and(|file| {
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut block, 0).is_ok()
+            && SegmentHeader::decode(&block, path).is_ok_and(|found| found == *header)
+    })
 }

@@ -4,7 +4,6 @@
 //! identity of a new log, the spares, a fresh segment when appends may not continue in the
 //! last one, the syncs a crashed process may have skipped, then the writer thread.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -193,7 +192,7 @@ impl Wal {
             tail_max_lag_bytes: options.tail_max_lag_bytes,
             backend: backend_kind,
             summary,
-            read_files: Mutex::new(HashMap::new()),
+            read_files: Mutex::default(),
             recycler,
             storage,
             _lock: lock,
