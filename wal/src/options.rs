@@ -141,7 +141,7 @@ impl Default for WalOptions {
             database_id: None,
             create_if_missing: true,
             preallocate: true,
-            recycle_segments: 0,
+            recycle_segments: 4,
             witness_idle: Some(DEFAULT_WITNESS_IDLE),
             tail_max_lag_bytes: DEFAULT_TAIL_MAX_LAG_BYTES,
             storage: storage::file_system(),
