@@ -9,6 +9,14 @@
 //! - I4: nothing recovered was never written (every transaction is one a child made);
 //! - I5: recovery is idempotent (a second one truncates nothing), also after a killed one.
 //!
+//! In odd lives the child also removes the log below its durable LSN (less `TRIM_LAG`)
+//! every few milliseconds, as a checkpoint would: the freed segments are recycled (the default keeps
+//! 4) and later segments are written over them, so kills land in recycled files, between a
+//! recycle's rename and its directory sync, and mid-removal. The child reports each removal
+//! (`trim L`) before it starts; the parent then treats everything at or below the highest `L`
+//! as covered (a snapshot would hold it): recovery is told so (`covered_through`), and I1
+//! checks the acknowledged commits above it.
+//!
 //! `KEEL_KILLS` (default 6) and `KEEL_KILL_SECONDS` (default 60) bound the loop per backend;
 //! `KEEL_SEED` replays the delays. Every 40 kills start a fresh log, so each recovery stays
 //! short. CI runs it long (see `.ci/run`).
@@ -23,11 +31,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_recovery::{CommittedTxn, RecoveryPolicy, Replay, ReplayError, recover};
+use keel_recovery::{
+    CommittedTxn, RecoveryOptions, RecoveryPolicy, Replay, ReplayError, recover_with,
+};
 use keel_wal::{ArchivedWalEntry, BackendChoice, Lsn, RunId, WalEntry, WalOptions};
 
 const CHILD_ENV: &str = "KEEL_KILL9_CHILD";
 const WRITERS: u64 = 4;
+/// How far (in LSNs) behind the durable LSN a child's removals stay: about 2 segments.
+const TRIM_LAG: Lsn = 1500;
 
 fn options(backend: BackendChoice) -> WalOptions {
     WalOptions {
@@ -65,13 +77,45 @@ fn child(spec: &str) {
     let backend = backend_named(parts.next().unwrap());
     let life: u64 = parts.next().unwrap().parse().unwrap();
     let mode = parts.next().unwrap();
+    let covered = covered_through(parts.next().unwrap().parse().unwrap());
     if mode == "recover" {
         // A recovery that may be killed part-way.
-        let _ = recover(&dir, RecoveryPolicy::default(), &mut Check::default());
+        let _ = recover_with(&dir, recovery_options(covered), &mut Check::default());
         return;
     }
-    let wal = Arc::new(keel_recovery::open_wal(&dir, options(backend)).unwrap());
+    let (wal, _) = keel_recovery::open_log(
+        &dir,
+        options(backend),
+        RecoveryPolicy::default(),
+        covered,
+        &mut Check::default(),
+    )
+    .unwrap();
+    let wal = Arc::new(wal);
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    if life % 2 == 1 {
+        let (wal, out) = (Arc::clone(&wal), Arc::clone(&out));
+        std::thread::spawn(move || {
+            let mut trimmed = 0;
+            loop {
+                std::thread::sleep(Duration::from_millis(3));
+                // A few segments behind, so that most acknowledged commits stay checked.
+                let below = wal.durable_lsn().saturating_sub(TRIM_LAG);
+                if below <= trimmed {
+                    continue;
+                }
+                {
+                    // Said before the removal starts: a kill during it is covered too.
+                    let mut out = out.lock().unwrap();
+                    use std::io::Write;
+                    writeln!(out, "trim {below}").unwrap();
+                    out.flush().unwrap();
+                }
+                wal.remove_segments_before(below).unwrap();
+                trimmed = below;
+            }
+        });
+    }
     let threads: Vec<_> = (0..WRITERS)
         .map(|writer| {
             let (wal, out) = (Arc::clone(&wal), Arc::clone(&out));
@@ -99,6 +143,20 @@ fn child(spec: &str) {
         .collect();
     for thread in threads {
         thread.join().unwrap();
+    }
+}
+
+/// What the parent treats as covered, from the highest removal the children reported
+/// (`trim L`: segments wholly below `L` may be gone, and a transaction that ended at `L` may
+/// have lost its write; 0: none).
+fn covered_through(trimmed_below: Lsn) -> Option<Lsn> {
+    (trimmed_below > 0).then_some(trimmed_below)
+}
+
+fn recovery_options(covered_through: Option<Lsn>) -> RecoveryOptions {
+    RecoveryOptions {
+        covered_through,
+        ..RecoveryOptions::default()
     }
 }
 
@@ -134,6 +192,29 @@ fn kill9_child_entry() {
     }
 }
 
+/// A line of the child's.
+enum Said {
+    /// `lsn writer seq`: a commit acknowledged.
+    Acked(Lsn, u64, u64),
+    /// `trim L`: a removal below `L` starts.
+    Trim(Lsn),
+}
+
+/// How many of the log's segments were started in recycled files (format version 3).
+fn recycled_segments(dir: &Path) -> u64 {
+    let listing = keel_wal::dir::list_directory(dir).unwrap();
+    listing
+        .segments
+        .iter()
+        .filter(|segment| {
+            std::fs::File::open(&segment.path)
+                .ok()
+                .and_then(|file| keel_wal::segment::read_header(&file, segment).ok())
+                .is_some_and(|header| header.is_recycled())
+        })
+        .count() as u64
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -146,7 +227,13 @@ impl Rng {
     }
 }
 
-fn spawn_child(dir: &Path, backend: &str, life: u64, mode: &str) -> std::process::Child {
+fn spawn_child(
+    dir: &Path,
+    backend: &str,
+    life: u64,
+    mode: &str,
+    trimmed_below: Lsn,
+) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -157,7 +244,7 @@ fn spawn_child(dir: &Path, backend: &str, life: u64, mode: &str) -> std::process
         ])
         .env(
             CHILD_ENV,
-            format!("{},{backend},{life},{mode}", dir.display()),
+            format!("{},{backend},{life},{mode},{trimmed_below}", dir.display()),
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -191,22 +278,29 @@ fn acknowledged_commits_survive_kill9() {
         let mut acked: BTreeMap<Lsn, (u64, u64, u64)> = BTreeMap::new();
         let started = Instant::now();
         let (mut done, mut recoveries_killed, mut checked) = (0u64, 0u64, 0u64);
+        // The highest removal a child of this directory reported, and how many there were;
+        // segments written over recycled files, and the acknowledged commits a removal
+        // covered (not checked: a snapshot would hold them).
+        let (mut trimmed_below, mut trims, mut recycled, mut covered) = (0, 0u64, 0u64, 0u64);
         while done < kills && started.elapsed() < Duration::from_secs(seconds) {
             let life = done + 1;
             if done > 0 && done % 40 == 0 {
                 checked += acked.len() as u64;
                 acked.clear();
                 dir = tempfile::tempdir().unwrap();
+                trimmed_below = 0;
             }
-            let mut child = spawn_child(dir.path(), name, life, "commit");
+            let mut child = spawn_child(dir.path(), name, life, "commit", trimmed_below);
             let stdout = child.stdout.take().unwrap();
             let reader = std::thread::spawn(move || {
                 let mut lines = Vec::new();
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
                     let fields: Vec<u64> = line.split(' ').filter_map(|f| f.parse().ok()).collect();
-                    if let [lsn, writer, seq] = fields[..] {
-                        lines.push((lsn, writer, seq));
+                    match fields[..] {
+                        [lsn, writer, seq] => lines.push(Said::Acked(lsn, writer, seq)),
+                        [below] => lines.push(Said::Trim(below)),
+                        _ => {}
                     }
                 }
                 lines
@@ -214,19 +308,40 @@ fn acknowledged_commits_survive_kill9() {
             std::thread::sleep(Duration::from_millis(20 + rng.below(120)));
             child.kill().unwrap();
             child.wait().unwrap();
-            for (lsn, writer, seq) in reader.join().unwrap() {
-                acked.insert(lsn, (life, writer, seq));
+            for said in reader.join().unwrap() {
+                match said {
+                    Said::Acked(lsn, writer, seq) => {
+                        acked.insert(lsn, (life, writer, seq));
+                    }
+                    Said::Trim(below) => {
+                        trimmed_below = trimmed_below.max(below);
+                        trims += 1;
+                    }
+                }
             }
+            // Commits of earlier lives were checked by their lives' recoveries; this
+            // life's, covered before any recovery saw them, are counted apart.
+            acked.retain(|&lsn, &mut (acked_in, ..)| {
+                let keep = lsn > trimmed_below;
+                if !keep && acked_in < life {
+                    checked += 1;
+                } else if !keep {
+                    covered += 1;
+                }
+                keep
+            });
+            recycled += recycled_segments(dir.path());
             if rng.below(4) == 0 {
                 // Kill a recovery part-way too.
-                let mut recovery = spawn_child(dir.path(), name, life, "recover");
+                let mut recovery = spawn_child(dir.path(), name, life, "recover", trimmed_below);
                 std::thread::sleep(Duration::from_millis(rng.below(15)));
                 recovery.kill().unwrap();
                 recovery.wait().unwrap();
                 recoveries_killed += 1;
             }
             let mut check = Check::default();
-            let report = recover(dir.path(), RecoveryPolicy::default(), &mut check)
+            let options = recovery_options(covered_through(trimmed_below));
+            let report = recover_with(dir.path(), options.clone(), &mut check)
                 .unwrap_or_else(|e| panic!("{name} after kill {life} (seed {seed}): {e}"));
             assert!(
                 check.bad.is_empty(),
@@ -241,7 +356,7 @@ fn acknowledged_commits_survive_kill9() {
                 );
             }
             let mut again = Check::default();
-            let second = recover(dir.path(), RecoveryPolicy::default(), &mut again).unwrap();
+            let second = recover_with(dir.path(), options, &mut again).unwrap();
             assert!(
                 second.is_clean() && second.bytes_truncated == 0,
                 "{name} kill {life}: {second}"
@@ -251,7 +366,7 @@ fn acknowledged_commits_survive_kill9() {
             done += 1;
         }
         println!(
-            "kill -9 ({name}): {done} kills, {recoveries_killed} recoveries killed, {} acknowledged commits checked, {:.1?}",
+            "kill -9 ({name}): {done} kills, {recoveries_killed} recoveries killed, {} acknowledged commits checked, {trims} removals ({covered} acknowledged commits covered by one before any check), {recycled} segments found in recycled files after a kill, {:.1?}",
             checked + acked.len() as u64,
             started.elapsed()
         );
