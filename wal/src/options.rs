@@ -103,9 +103,12 @@ pub struct WalOptions {
     pub preallocate: bool,
     /// How many segments freed by [`crate::Wal::remove_segments_before`] are kept as spares
     /// and written over by later segments (recycled: no zero fill, under a new salt, see
-    /// `docs/FORMAT.md`, "Recycled segments") instead of deleted. 0 (the default) deletes
-    /// them. Segments started in recycled files are format version 3, which builds before
-    /// it refuse.
+    /// `docs/FORMAT.md`, "Recycled segments") instead of deleted. Default 4: at the
+    /// engine's default checkpoint threshold (256 MiB of log, four 64 MiB segments) a
+    /// checkpoint's freed segments take the next four rotations, none zero-filled, and at
+    /// most 4 segments' worth of disk is kept beyond the log. 0 deletes them (every new
+    /// segment is zero-filled first). Segments started in recycled files are format
+    /// version 3, which builds before it refuse.
     pub recycle_segments: usize,
     /// How long the writer waits with nothing to do before it writes the durable witness
     /// (a checksummed slot in the segment's header block claiming the durable records, see

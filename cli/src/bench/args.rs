@@ -102,7 +102,9 @@ pub struct BenchArgs {
     /// below the durable LSN, as checkpoints would): `keel+trim` rows, deleting them (every
     /// new segment zero-filled), and `keel+recycle` rows, keeping this many as spares that
     /// later segments are written over (`WalOptions::recycle_segments`; no zero fill); with
-    /// `--engine`, also `keel-db+recycle` rows, the engine with its checkpoints recycling.
+    /// `--engine`, also `keel-db+recycle` rows, the engine with its checkpoints recycling
+    /// (the other `keel-db` rows then recycle none, for the comparison; without this option
+    /// they run with the engine's default, which recycles).
     #[arg(long)]
     pub(super) recycle: Option<usize>,
     /// Print JSON instead of a table.

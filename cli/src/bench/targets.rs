@@ -190,7 +190,9 @@ pub(super) fn db(
             .map_or(defaults.checkpoint_log_bytes, |mib| mib << 20),
         recycle_segments: match rows {
             DbRows::Recycle(kept) => kept,
-            _ => 0,
+            // Beside `keel-db+recycle`, the zero-filled log it is compared with.
+            _ if args.recycle.is_some() => 0,
+            _ => defaults.recycle_segments,
         },
         ..defaults
     };

@@ -49,7 +49,7 @@ pub struct Options {
     pub feed_max_lag_bytes: u64,
     /// How many log segments a checkpoint frees are kept and written over by later ones
     /// instead of deleted and zero-filled anew (see `keel_wal::WalOptions::recycle_segments`);
-    /// 0 (the default) deletes them.
+    /// default 4, 0 deletes them.
     pub recycle_segments: usize,
     /// How transactions are checked at commit unless they choose otherwise
     /// ([`Transaction::isolation`](super::Transaction::isolation)): serializable by default.
