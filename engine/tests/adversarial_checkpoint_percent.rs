@@ -90,3 +90,22 @@ fn the_log_stays_bounded_across_reopens_with_the_proportional_threshold() {
 fn the_log_stays_bounded_across_reopens_with_the_fixed_threshold() {
     log_stays_bounded_across_reopens(0, 8);
 }
+
+/// A percentage so large that no log reaches it turned automatic checkpoints off without a
+/// word: the log and the replay at open grew without bound. It is refused at open, before
+/// anything is created, with what to set instead.
+#[test]
+fn a_percentage_that_would_never_be_reached_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let refused = Database::open(&path, options(Options::MAX_CHECKPOINT_LOG_PERCENT + 1));
+    match refused {
+        Err(keel::Error::Wal(keel::WalError::InvalidOptions(message))) => {
+            assert!(message.contains("checkpoint_log_percent"), "{message}");
+        }
+        other => panic!("expected InvalidOptions, got {:?}", other.map(|_| ())),
+    }
+    assert!(!path.exists(), "nothing is created for refused options");
+    let db = Database::open(&path, options(Options::MAX_CHECKPOINT_LOG_PERCENT)).unwrap();
+    db.close().unwrap();
+}

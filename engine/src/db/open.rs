@@ -56,6 +56,7 @@ impl Database {
         // Before anything is created: options that hold together, and what is there must be
         // a database or room for one.
         wal_options(&options).validate()?;
+        options.validate()?;
         layout::check(&path, options.create_if_missing)?;
         if options.create_if_missing {
             fsutil::create_dir_all_durably(storage, &path)?;

@@ -38,6 +38,9 @@ pub struct Options {
     /// bytes of snapshot per byte of log). At 100 a checkpoint writes at most about as much
     /// as the log did since the last one, however large the state grows, and recovery
     /// replays at most about a snapshot's worth of log. 0: only `checkpoint_log_bytes`.
+    /// At most [`Options::MAX_CHECKPOINT_LOG_PERCENT`]: a larger value would let the log
+    /// (and the replay at open) grow to many times the state before a checkpoint, which is
+    /// what turning them off says (`checkpoint_log_bytes: 0`).
     pub checkpoint_log_percent: u64,
     /// A transaction whose buffered writes pass this many bytes writes them to the log ahead
     /// of its commit (after a `BeginTxn`), so its memory stays bounded; an abandoned one is
@@ -57,6 +60,25 @@ pub struct Options {
     /// The storage the database lives on: the real file system by default; tests hand in
     /// simulated storage or a fault injector (see [`keel_wal::Storage`]).
     pub storage: Arc<dyn Storage>,
+}
+
+impl Options {
+    /// The largest [`Options::checkpoint_log_percent`] an open accepts: a log up to 100
+    /// times the newest snapshot.
+    pub const MAX_CHECKPOINT_LOG_PERCENT: u64 = 10_000;
+
+    /// Refuses the options no log-level check covers, before anything is created.
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        if self.checkpoint_log_percent > Self::MAX_CHECKPOINT_LOG_PERCENT {
+            return Err(crate::Error::Wal(keel_wal::Error::InvalidOptions(format!(
+                "checkpoint_log_percent is {}, over {} (a log 100 times the snapshot); \
+                 set checkpoint_log_bytes to 0 to turn automatic checkpoints off",
+                self.checkpoint_log_percent,
+                Self::MAX_CHECKPOINT_LOG_PERCENT
+            ))));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Options {
