@@ -129,7 +129,7 @@ impl RawUringBatched {
     /// Whether io_uring runs here (a ring can be set up), else why not: where it does not,
     /// [`RawUringBatched::open`] fails with [`io::ErrorKind::Unsupported`].
     pub fn available() -> Result<(), String> {
-        UringBackend::new(1, None).map(drop)
+        UringBackend::new(1, false, None).map(drop)
     }
 
     /// Creates `dir/raw-uring-batched.log` (replacing one there), zero-filled to `size_bytes`
@@ -148,7 +148,7 @@ impl RawUringBatched {
         faults: Option<&Arc<UringFaults>>,
     ) -> io::Result<RawUringBatched> {
         let depth = depth.clamp(1, MAX_DEPTH);
-        let ring = UringBackend::new(depth, faults)
+        let ring = UringBackend::new(depth, false, faults)
             .map_err(|reason| io::Error::new(io::ErrorKind::Unsupported, reason))?;
         let waker = ring
             .waker()

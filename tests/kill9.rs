@@ -53,6 +53,7 @@ fn options(backend: BackendChoice) -> WalOptions {
 fn backend_named(name: &str) -> BackendChoice {
     match name {
         "uring" => BackendChoice::Uring,
+        "uring-direct" => BackendChoice::UringDirect,
         _ => BackendChoice::Std,
     }
 }
@@ -269,10 +270,7 @@ fn acknowledged_commits_survive_kill9() {
     let seed = env_or("KEEL_SEED", 0x6b69_6c6c);
     println!("seed: {seed} (replay with KEEL_SEED={seed})");
     for backend in BackendChoice::available() {
-        let name = match backend {
-            BackendChoice::Uring => "uring",
-            _ => "std",
-        };
+        let name = backend.name();
         let mut dir = tempfile::tempdir().unwrap();
         let mut rng = Rng(seed);
         let mut acked: BTreeMap<Lsn, (u64, u64, u64)> = BTreeMap::new();

@@ -84,7 +84,7 @@ mod uring {
         let requested = depth;
         let depth = depth.clamp(1, 64);
         let mut run = RawUring {
-            ring: UringBackend::new(depth, None).map_err(io::Error::other)?,
+            ring: UringBackend::new(depth, false, None).map_err(io::Error::other)?,
             file: Arc::new(IoFile { file, path }),
             raw_bytes,
             size,

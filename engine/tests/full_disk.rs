@@ -93,6 +93,7 @@ fn backends() -> Vec<BackendChoice> {
         .iter()
         .map(|b| match b {
             keel_wal::BackendChoice::Uring => BackendChoice::Uring,
+            keel_wal::BackendChoice::UringDirect => BackendChoice::UringDirect,
             _ => BackendChoice::Std,
         })
         .collect()

@@ -37,6 +37,9 @@ pub enum Backend {
     Std,
     /// io_uring (an error where it cannot run).
     Uring,
+    /// io_uring with records written O_DIRECT (O_DSYNC in Strict) instead of through the
+    /// page cache and an fdatasync.
+    UringDirect,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +143,7 @@ impl BenchArgs {
                 Backend::Auto => BackendChoice::Auto,
                 Backend::Std => BackendChoice::Std,
                 Backend::Uring => BackendChoice::Uring,
+                Backend::UringDirect => BackendChoice::UringDirect,
             },
             io_depth: self.io_depth,
             ..WalOptions::default()

@@ -31,6 +31,9 @@ pub enum BackendKind {
     Std,
     /// io_uring: linked write→fdatasync chains, several in flight.
     Uring,
+    /// io_uring with records written `O_DIRECT` (and `O_DSYNC` where every chain syncs)
+    /// where the file system allows, through the page cache where it refuses.
+    UringDirect,
     /// A backend of another storage ([`crate::Storage`]), e.g. simulated storage in tests.
     Other(&'static str),
 }
@@ -41,6 +44,7 @@ impl BackendKind {
         match self {
             BackendKind::Std => "std",
             BackendKind::Uring => "uring",
+            BackendKind::UringDirect => "uring-direct",
             BackendKind::Other(name) => name,
         }
     }
@@ -56,6 +60,13 @@ pub enum BackendChoice {
     Std,
     /// io_uring (Linux, `uring` feature); opening fails when it cannot run here.
     Uring,
+    /// io_uring, with records written `O_DIRECT` from block-aligned buffers, and a chain
+    /// that syncs written `O_DSYNC` instead of followed by an fdatasync, while every chain
+    /// of its segment synced (`Strict`); the same bytes on disk as [`BackendChoice::Uring`]
+    /// (see `docs/DESIGN.md`, "Direct writes"). A segment whose file system refuses direct
+    /// I/O is written through the page cache (a warning says so). Opening fails where
+    /// io_uring cannot run.
+    UringDirect,
 }
 
 impl BackendChoice {
@@ -67,11 +78,13 @@ impl BackendChoice {
             let mut all = Vec::new();
             if probe_uring(None).is_ok() {
                 all.push(BackendChoice::Uring);
+                all.push(BackendChoice::UringDirect);
             }
             all.push(BackendChoice::Std);
             match std::env::var("KEEL_BACKEND").ok().as_deref() {
                 Some("std") => all.retain(|b| *b == BackendChoice::Std),
                 Some("uring") => all.retain(|b| *b == BackendChoice::Uring),
+                Some("uring-direct") => all.retain(|b| *b == BackendChoice::UringDirect),
                 _ => {}
             }
             all
@@ -84,6 +97,7 @@ impl BackendChoice {
             BackendChoice::Auto => "auto",
             BackendChoice::Std => "std",
             BackendChoice::Uring => "uring",
+            BackendChoice::UringDirect => "uring-direct",
         }
     }
 }
@@ -187,13 +201,15 @@ const UNCOMPILED: &str =
 /// The io_uring backend `options` ask for, or why there is none.
 fn build_uring(
     io_depth: usize,
+    direct: bool,
     faults: Option<&Arc<UringFaults>>,
 ) -> std::result::Result<Box<dyn Backend>, String> {
     #[cfg(all(target_os = "linux", feature = "uring"))]
-    return uring::UringBackend::new(io_depth, faults).map(|b| Box::new(b) as Box<dyn Backend>);
+    return uring::UringBackend::new(io_depth, direct, faults)
+        .map(|b| Box::new(b) as Box<dyn Backend>);
     #[cfg(not(all(target_os = "linux", feature = "uring")))]
     {
-        let _ = (io_depth, faults);
+        let _ = (io_depth, direct, faults);
         Err(UNCOMPILED.into())
     }
 }
@@ -209,13 +225,16 @@ pub fn build(
 ) -> Result<Box<dyn Backend>> {
     Ok(match choice {
         BackendChoice::Std => Box::new(std_io::StdBackend::default()),
-        BackendChoice::Uring => build_uring(io_depth, faults).map_err(|reason| {
-            crate::error::Error::BackendUnavailable {
-                backend: "uring",
-                reason,
-            }
-        })?,
-        BackendChoice::Auto => match build_uring(io_depth, faults) {
+        BackendChoice::Uring | BackendChoice::UringDirect => {
+            let direct = choice == BackendChoice::UringDirect;
+            build_uring(io_depth, direct, faults).map_err(|reason| {
+                crate::error::Error::BackendUnavailable {
+                    backend: choice.name(),
+                    reason,
+                }
+            })?
+        }
+        BackendChoice::Auto => match build_uring(io_depth, false, faults) {
             Ok(backend) => backend,
             Err(reason) => {
                 warn_fallback(&reason);

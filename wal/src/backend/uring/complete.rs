@@ -53,13 +53,14 @@ impl UringBackend {
             result: chain.error.map_or(Ok(()), Err),
             buf: chain.buf,
         });
+        self.release_held();
     }
 }
 
 /// Whether a chain whose round finished takes another one; when not, it is done, and its
 /// `error` (if any) is its failure.
 fn next_round(chain: &mut InFlight) -> bool {
-    let total = chain.buf.as_ref().map_or(0, Vec::len);
+    let total = chain.total();
     let write = if chain.error.is_some() {
         WriteOutcome::Failed
     } else if chain.write_again || chain.written < total {
@@ -104,7 +105,7 @@ fn record_write(chain: &mut InFlight, result: i32) {
         Ok(n) => {
             chain.written += n;
             chain.idle_rounds = 0;
-            let total = chain.buf.as_ref().map_or(0, Vec::len);
+            let total = chain.total();
             chain.write_again = chain.written < total;
         }
         Err(_) => match classify(-result) {

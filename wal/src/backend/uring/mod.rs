@@ -44,6 +44,7 @@
 //! functions).
 
 mod complete;
+mod direct;
 mod round;
 mod setup;
 mod submit;
@@ -61,6 +62,16 @@ use io_uring::IoUring;
 use super::uring_faults::UringFaults;
 use super::{Backend, BackendKind, Chain, ChainError, Completion, Waker, std_io};
 
+impl InFlight {
+    /// The bytes its write puts in the file: the widened ones of a direct write.
+    fn total(&self) -> usize {
+        match &self.aligned {
+            Some(aligned) => aligned.buf.len(),
+            None => self.buf.as_ref().map_or(0, Vec::len),
+        }
+    }
+}
+
 pub use round::{Action, RoundVerdict, WriteOutcome, classify, judge_round};
 
 /// Marks the eventfd poll's completion.
@@ -73,7 +84,7 @@ const MAX_IDLE_ROUNDS: u32 = 64;
 
 /// Why io_uring cannot be used here, for the fallback warning or the "uring required" error.
 pub fn probe(faults: Option<&Arc<UringFaults>>) -> Result<(), String> {
-    UringBackend::new(1, faults).map(drop)
+    UringBackend::new(1, false, faults).map(drop)
 }
 
 /// A chain the kernel may still be working on.
@@ -83,6 +94,11 @@ struct InFlight {
     file: Arc<super::IoFile>,
     buf: Option<Vec<u8>>,
     offset: u64,
+    /// The write widened to whole blocks, written directly instead of `buf` (see
+    /// `direct.rs`); with `dsync`, the chain's sync is the write's own.
+    aligned: Option<direct::AlignedWrite>,
+    /// Its first round was pushed (a direct write may be held behind another first).
+    pushed: bool,
     /// Bytes of `buf` known to be on their way to the file.
     written: usize,
     sync: bool,
@@ -101,6 +117,11 @@ struct InFlight {
 
 /// io_uring with linked write→fdatasync chains.
 pub struct UringBackend {
+    /// Records written with `O_DIRECT` (`BackendChoice::UringDirect`): `None` on the plain
+    /// ring.
+    direct: Option<direct::DirectWrites>,
+    /// Slots whose direct write waits for an earlier one of the same block, in order.
+    held: VecDeque<usize>,
     ring: IoUring,
     depth: usize,
     slots: Vec<Option<InFlight>>,
@@ -119,6 +140,48 @@ impl UringBackend {
     fn occupied(&self) -> usize {
         self.depth - self.free.len()
     }
+
+    /// The chain's write widened for a direct write, or `None` (the plain ring, no write, a
+    /// witness in the header block, or a file written through the page cache).
+    fn align(&mut self, chain: &Chain) -> io::Result<Option<direct::AlignedWrite>> {
+        match (&mut self.direct, &chain.write) {
+            (Some(direct), Some(write)) if !chain.witness => {
+                direct.prepare(&chain.file, write.offset, &write.buf, chain.sync)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether a direct write pushed and not yet completed writes a block `aligned` writes.
+    fn overlaps_in_flight(
+        &self,
+        file: &Arc<super::IoFile>,
+        aligned: &direct::AlignedWrite,
+    ) -> bool {
+        let (first, last) = aligned.blocks();
+        self.slots.iter().flatten().any(|c| {
+            c.pushed
+                && Arc::ptr_eq(&c.file, file)
+                && c.aligned.as_ref().is_some_and(|a| {
+                    let (a_first, a_last) = a.blocks();
+                    a_first <= last && first <= a_last
+                })
+        })
+    }
+
+    /// Pushes the held direct writes, in order, that no longer overlap one in flight.
+    fn release_held(&mut self) {
+        while let Some(&slot) = self.held.front() {
+            let chain = self.slots[slot].as_ref().expect("a held slot is occupied");
+            let aligned = chain.aligned.as_ref().expect("only direct writes are held");
+            if self.overlaps_in_flight(&chain.file, aligned) {
+                return;
+            }
+            self.held.pop_front();
+            self.slots[slot].as_mut().expect("occupied").pushed = true;
+            self.push_round(slot);
+        }
+    }
 }
 
 impl std::fmt::Debug for UringBackend {
@@ -133,7 +196,10 @@ impl std::fmt::Debug for UringBackend {
 
 impl Backend for UringBackend {
     fn kind(&self) -> BackendKind {
-        BackendKind::Uring
+        match self.direct {
+            Some(_) => BackendKind::UringDirect,
+            None => BackendKind::Uring,
+        }
     }
 
     fn depth(&self) -> usize {
@@ -155,9 +221,26 @@ impl Backend for UringBackend {
             });
             return;
         }
-        let direct_allowed = !self.faults.as_ref().is_some_and(|f| f.ring_only_on());
-        if chain.alone && self.in_flight() == 0 && direct_allowed {
-            let result = std_io::run_chain(&chain);
+        let aligned = match self.align(&chain) {
+            Ok(aligned) => aligned,
+            Err(error) => {
+                self.ready.push_back(Completion {
+                    id: chain.id,
+                    result: Err(ChainError {
+                        operation: "reading back the block a direct write starts in",
+                        error,
+                    }),
+                    buf: chain.write.map(|w| w.buf),
+                });
+                return;
+            }
+        };
+        let on_thread = !self.faults.as_ref().is_some_and(|f| f.ring_only_on());
+        if chain.alone && self.in_flight() == 0 && on_thread {
+            let result = match &aligned {
+                Some(aligned) => direct::run_chain(&chain, aligned),
+                None => std_io::run_chain(&chain),
+            };
             self.ready.push_back(Completion {
                 id: chain.id,
                 result,
@@ -169,13 +252,20 @@ impl Backend for UringBackend {
         let (offset, buf) = chain
             .write
             .map_or((0, None), |write| (write.offset, Some(write.buf)));
+        // A direct write with its own sync needs no fdatasync after it.
+        let sync = chain.sync && !aligned.as_ref().is_some_and(|a| a.dsync);
+        let hold = aligned
+            .as_ref()
+            .is_some_and(|a| !self.held.is_empty() || self.overlaps_in_flight(&chain.file, a));
         self.slots[slot] = Some(InFlight {
             id: chain.id,
             file: chain.file,
             buf,
             offset,
+            aligned,
+            pushed: !hold,
             written: 0,
-            sync: chain.sync,
+            sync,
             pending: 0,
             round_write: false,
             round_sync: None,
@@ -184,7 +274,11 @@ impl Backend for UringBackend {
             error: None,
             witness: chain.witness,
         });
-        self.push_round(slot);
+        if hold {
+            self.held.push_back(slot);
+        } else {
+            self.push_round(slot);
+        }
     }
 
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) {

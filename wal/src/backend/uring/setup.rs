@@ -11,8 +11,14 @@ use io_uring::{IoUring, Probe, opcode};
 use super::{UringBackend, UringFaults};
 
 impl UringBackend {
-    /// A ring for `depth` chains. Fails with the reason when io_uring is unusable here.
-    pub fn new(depth: usize, faults: Option<&Arc<UringFaults>>) -> Result<Self, String> {
+    /// A ring for `depth` chains; with `direct`, records are written with `O_DIRECT` where
+    /// the file system allows (`direct.rs`). Fails with the reason when io_uring is unusable
+    /// here.
+    pub fn new(
+        depth: usize,
+        direct: bool,
+        faults: Option<&Arc<UringFaults>>,
+    ) -> Result<Self, String> {
         if faults.is_some_and(|f| f.probe_fails()) {
             return Err("injected probe failure".into());
         }
@@ -21,6 +27,8 @@ impl UringBackend {
         require_operations(&ring)?;
         let wake = eventfd()?;
         Ok(UringBackend {
+            direct: direct.then(super::direct::DirectWrites::default),
+            held: VecDeque::new(),
             ring,
             depth,
             slots: (0..depth).map(|_| None).collect(),

@@ -14,23 +14,29 @@ impl UringBackend {
         let chain = self.slots[slot].as_mut().expect("an occupied slot");
         let fd = types::Fd(chain.file.file.as_raw_fd());
         let mut entries = Vec::with_capacity(2);
-        let total = chain.buf.as_ref().map_or(0, Vec::len);
+        let total = chain.total();
         chain.round_write = chain.written < total;
         chain.round_sync = None;
         chain.write_again = false;
         // The test faults aimed at record chains pass a witness chain by.
         let faults = self.faults.as_deref().filter(|_| !chain.witness);
         if chain.round_write {
-            entries.push(write_entry(chain, slot, fd, faults));
+            let write_fd = match &chain.aligned {
+                Some(aligned) => types::Fd(aligned.fd.as_raw_fd()),
+                None => fd,
+            };
+            entries.push(write_entry(chain, slot, write_fd, faults));
         }
         if chain.sync {
             entries.push(sync_entry(slot, fd, faults));
         }
         chain.pending = u8::try_from(entries.len()).expect("at most two");
-        // SAFETY: the write's buffer is owned by `self.slots[slot]`, which is neither dropped
-        // nor moved out until this round's completions have been reaped (`complete_round`,
-        // and `Drop` waits for every pending operation). The file descriptor is kept open by
-        // the `Arc<IoFile>` in the same slot. The ring has room for every chain's two entries
+        // SAFETY: the write's buffer (`buf`, or the direct write's `aligned.buf`) is owned by
+        // `self.slots[slot]`, which is neither dropped nor moved out until this round's
+        // completions have been reaped (`complete_round`, and `Drop` waits for every pending
+        // operation); an `AlignedVec`'s heap memory does not move with it. The file
+        // descriptors are kept open by the `Arc<IoFile>` (and the direct write's `Arc<File>`)
+        // in the same slot. The ring has room for every chain's two entries
         // plus the poll, and each round's entries are submitted before the next are pushed.
         unsafe {
             self.ring
@@ -95,9 +101,11 @@ impl UringBackend {
     fn abandon(&mut self, error: &io::Error) {
         tracing::error!(%error, "io_uring_enter failed; failing every chain in flight");
         self.abandoned = Some((error.kind(), error.to_string()));
+        self.held.clear();
         for slot in 0..self.slots.len() {
             if let Some(chain) = self.slots[slot].take() {
                 std::mem::forget(chain.buf);
+                std::mem::forget(chain.aligned);
                 std::mem::forget(chain.file);
                 self.free.push(slot);
                 let result = Err(self.abandoned_error().expect("just abandoned"));
@@ -128,8 +136,14 @@ fn write_entry(
     fd: types::Fd,
     faults: Option<&UringFaults>,
 ) -> squeue::Entry {
-    let buf = chain.buf.as_ref().expect("a write has a buffer");
-    let rest = &buf[chain.written..];
+    let rest = match &chain.aligned {
+        Some(aligned) => &aligned.buf[chain.written..],
+        None => &chain.buf.as_ref().expect("a write has a buffer")[chain.written..],
+    };
+    let offset = match &chain.aligned {
+        Some(aligned) => aligned.offset,
+        None => chain.offset,
+    };
     let mut len = u32::try_from(rest.len()).expect("batches are at most 4 MiB");
     let mut fd = fd;
     if let Some(faults) = faults {
@@ -141,7 +155,7 @@ fn write_entry(
         }
     }
     let write = opcode::Write::new(fd, rest.as_ptr(), len)
-        .offset(chain.offset + chain.written as u64)
+        .offset(offset + chain.written as u64)
         .build()
         .user_data(tag(slot, OP_WRITE));
     match chain.sync {

@@ -10,7 +10,7 @@ use crate::backend::{IoFile, WriteOp};
 /// the ring. `None` where io_uring cannot run.
 fn ring(faults: &Arc<UringFaults>) -> Option<(tempfile::TempDir, Arc<IoFile>, UringBackend)> {
     faults.ring_only(true);
-    let backend = match UringBackend::new(4, Some(faults)) {
+    let backend = match UringBackend::new(4, false, Some(faults)) {
         Ok(backend) => backend,
         Err(why) => {
             println!("skipped: {why}");
@@ -89,4 +89,96 @@ fn a_failed_sync_after_a_short_write_fails_the_chain() {
     let done = settle(&mut backend);
     assert_eq!(done.len(), 1);
     assert_eq!(failed_operation(&done[0]), ("fdatasync", Some(libc::EBADF)));
+}
+
+/// A ring that writes records directly (`O_DIRECT`), every chain through the ring.
+fn direct_ring() -> Option<(tempfile::TempDir, Arc<IoFile>, UringBackend)> {
+    let faults = Arc::new(UringFaults::default());
+    faults.ring_only(true);
+    let backend = match UringBackend::new(4, true, Some(&faults)) {
+        Ok(backend) => backend,
+        Err(why) => {
+            println!("skipped: {why}");
+            return None;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(64 * 1024).unwrap();
+    Some((dir, Arc::new(IoFile { file, path }), backend))
+}
+
+fn record_chain(id: u64, file: &Arc<IoFile>, offset: u64, len: usize) -> Chain {
+    Chain {
+        id,
+        file: Arc::clone(file),
+        write: Some(WriteOp {
+            offset,
+            buf: vec![u8::try_from(id).unwrap() + 1; len],
+        }),
+        sync: true,
+        alone: false,
+        witness: false,
+    }
+}
+
+/// Direct writes are widened to whole blocks; two in flight must never write one block, or
+/// the older, landing last, would take the newer records back. A chain starting in the
+/// block another one in flight ends in is held until that one completed, and so is every
+/// later chain (in order); the file then holds every chain's bytes where the writer put
+/// them, the block's earlier bytes rewritten as they were, and zeros after the last.
+#[test]
+fn a_direct_write_into_a_block_in_flight_waits_for_it() {
+    let Some((_dir, file, mut backend)) = direct_ring() else {
+        return;
+    };
+    backend.submit(record_chain(0, &file, 4096, 100));
+    backend.submit(record_chain(1, &file, 4196, 300));
+    assert_eq!(
+        backend.held.len(),
+        1,
+        "the second write shares the first's block"
+    );
+    backend.submit(record_chain(2, &file, 8192, 5000));
+    assert_eq!(backend.held.len(), 2, "held chains go out in order");
+    let done = settle(&mut backend);
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
+    assert!(backend.held.is_empty());
+    // A later write in the second one's block, with nothing in flight, goes out at once.
+    backend.submit(record_chain(3, &file, 4496, 8));
+    assert!(backend.held.is_empty());
+    assert_eq!(settle(&mut backend).len(), 1);
+    let bytes = std::fs::read(&file.path).unwrap();
+    assert!(bytes[4096..4196].iter().all(|&b| b == 1));
+    assert!(bytes[4196..4496].iter().all(|&b| b == 2));
+    assert!(bytes[4496..4504].iter().all(|&b| b == 4));
+    assert!(bytes[4504..8192].iter().all(|&b| b == 0));
+    assert!(bytes[8192..13192].iter().all(|&b| b == 3));
+    assert!(bytes[13192..].iter().all(|&b| b == 0));
+}
+
+/// After an open, the first direct write into a partly written block reads that block's
+/// earlier bytes back from the file, and rewrites them as they were.
+#[test]
+fn a_first_direct_write_mid_block_keeps_the_bytes_before_it() {
+    let Some((_dir, file, mut backend)) = direct_ring() else {
+        return;
+    };
+    std::os::unix::fs::FileExt::write_all_at(&file.file, &[7; 1000], 4096).unwrap();
+    file.file.sync_all().unwrap();
+    backend.submit(record_chain(5, &file, 5096, 50));
+    let done = settle(&mut backend);
+    assert!(done[0].result.is_ok(), "{done:?}");
+    let bytes = std::fs::read(&file.path).unwrap();
+    assert!(bytes[4096..5096].iter().all(|&b| b == 7));
+    assert!(bytes[5096..5146].iter().all(|&b| b == 6));
+    assert!(bytes[5146..8192].iter().all(|&b| b == 0));
 }
