@@ -347,12 +347,24 @@ impl Recycler {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(Error::io("recycling segment", path, e)),
         }
-        fsutil::sync_dir(storage, &shared.dir)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&spare_path)
-            .map_err(|e| Error::io("opening recycled spare", &spare_path, e))?;
+        let opened = fsutil::sync_dir(storage, &shared.dir).and_then(|()| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&spare_path)
+                .map_err(|e| Error::io("opening recycled spare", &spare_path, e))
+        });
+        let file = match opened {
+            Ok(file) => file,
+            Err(error) => {
+                // Neither kept nor handed out, the renamed file would hold a whole segment's
+                // space until the next open: deleted, as the removal does without recycling.
+                if let Err(e) = storage.remove_file(&spare_path) {
+                    tracing::warn!(file = %spare_path.display(), error = %e, "could not remove a recycled spare");
+                }
+                return Err(error);
+            }
+        };
         let spare = Spare {
             recycled: Some(earlier_salt(&file)),
             file,
