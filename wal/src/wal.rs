@@ -251,7 +251,19 @@ impl Wal {
         };
         let file = File::open(&segment.path)
             .map_err(|e| Error::io("opening segment", &segment.path, e))?;
-        let header = segment::read_header(&file, &segment)?;
+        let header = match segment::read_header(&file, &segment) {
+            Ok(header) => header,
+            // Recycled between the open and this read, and rewritten as a later segment:
+            // removed, as an open after the removal finds it.
+            Err(Error::Corruption { .. }) if first_lsn < self.read_files().removing_below => {
+                return Err(Error::io(
+                    "opening segment",
+                    &segment.path,
+                    std::io::ErrorKind::NotFound.into(),
+                ));
+            }
+            Err(error) => return Err(error),
+        };
         if header.database_id != self.database_id {
             return Err(Error::ForeignDatabase {
                 path: segment.path,
