@@ -224,6 +224,11 @@ impl Tail {
                 {
                     continue;
                 }
+                // Recycled between the open and the header read, and rewritten as a later
+                // segment (its name gone): removed, as above.
+                Err(Error::Corruption { .. }) if !segment.path.exists() && attempts < 2 => {
+                    continue;
+                }
                 Err(error) => return Err(error),
             };
             let found = reader.header().database_id;

@@ -307,3 +307,30 @@ fn damage_in_a_recycled_last_segment_is_judged_the_same_by_successive_recoveries
         }
     }
 }
+
+/// A reader that listed the log before a removal took its next segments: opening the next
+/// one found no file. It said so as an I/O error (`NotFound`); a segment removed under a
+/// reader is `LsnRemoved`, naming where the log now starts, however the removal went.
+#[test]
+fn a_reader_whose_next_segment_was_removed_says_lsn_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = keel_recovery::open_wal(dir.path(), options()).unwrap();
+    while segments(dir.path()).len() < 4 {
+        append(&wal, 3000);
+    }
+    let third = segments(dir.path())[2];
+    let mut reader = keel_wal::LogReader::open(dir.path()).unwrap();
+    assert_eq!(wal.remove_segments_before(third).unwrap(), 2);
+    let outcome = loop {
+        match reader.next_record() {
+            Ok(Some(_)) => {}
+            other => break other.map(|r| r.map(|r| r.lsn)),
+        }
+    };
+    assert!(
+        matches!(outcome, Err(keel_wal::Error::LsnRemoved { oldest, .. }) if oldest == third),
+        "{outcome:?}"
+    );
+    drop(reader);
+    wal.close().unwrap();
+}

@@ -97,7 +97,18 @@ impl LogReader {
     fn open_next_segment(&mut self) -> Result<()> {
         let segment = &self.segments[self.next_segment];
         self.next_segment += 1;
-        let reader = SegmentReader::open(segment)?;
+        let reader = match SegmentReader::open(segment) {
+            Ok(reader) => reader,
+            // Removed since the listing, or recycled between the open and the header read
+            // and rewritten as a later segment: its name is gone either way.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(removed(&segment.path, self.expected_lsn));
+            }
+            Err(Error::Corruption { .. }) if !segment.path.exists() => {
+                return Err(removed(&segment.path, self.expected_lsn));
+            }
+            Err(error) => return Err(error),
+        };
         let header = *reader.header();
         if let Some(expected) = self.database_id
             && header.database_id != expected
