@@ -62,10 +62,11 @@ pub enum BackendChoice {
     Uring,
     /// io_uring, with records written `O_DIRECT` from block-aligned buffers, and a chain
     /// that syncs written `O_DSYNC` instead of followed by an fdatasync, while every chain
-    /// of its segment synced (`Strict`); the same bytes on disk as [`BackendChoice::Uring`]
-    /// (see `docs/DESIGN.md`, "Direct writes"). A segment whose file system refuses direct
-    /// I/O is written through the page cache (a warning says so). Opening fails where
-    /// io_uring cannot run.
+    /// of its segment synced (`Strict`); the same records on disk as [`BackendChoice::Uring`],
+    /// the rest of the block the last one ends in zeroed (in a recycled segment, where a
+    /// buffered write leaves the file's earlier contents; see the uring backend's
+    /// `direct.rs`). A segment whose file system refuses direct I/O is written through the
+    /// page cache (a warning says so). Opening fails where io_uring cannot run.
     UringDirect,
 }
 

@@ -56,7 +56,10 @@ impl UringFaults {
     }
 
     /// Each write is submitted with half its length first, so that every write comes back
-    /// short and must be reissued before its sync counts.
+    /// short and must be reissued before its sync counts. A direct write
+    /// (`BackendChoice::UringDirect`) is shortened by whole 4096-byte blocks, as the kernel
+    /// shortens one, so that its reissue is a valid direct write too: one of a single block
+    /// is not shortened.
     pub fn short_writes(&self, on: bool) {
         self.short_writes.store(on, Ordering::SeqCst);
     }

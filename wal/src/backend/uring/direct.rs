@@ -9,7 +9,10 @@
 //! already there with the same bytes (kept from the previous write, [`DirectFile::tail`], or
 //! read back once after an open), and ends at the next boundary, padded with zeros (what a
 //! zero-filled segment holds there, and an end in a recycled one). The format does not
-//! change: a reader sees the same bytes a buffered write leaves.
+//! change: a reader sees the same records a buffered write leaves; past the last one, the
+//! rest of its block is zeros where a buffered write leaves a recycled segment's earlier
+//! contents, either of them the end of the written part (`docs/FORMAT.md`, "Recycled
+//! segments").
 //!
 //! - **Rewriting a block that holds acknowledged records.** The rewrite carries the same bytes
 //!   for them, so a write torn at any sector leaves each sector old or new, both holding

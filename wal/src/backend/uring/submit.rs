@@ -6,6 +6,7 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, squeue, types};
 
+use super::direct::BLOCK;
 use super::{ChainError, Completion, InFlight, OP_SYNC, OP_WRITE, UringBackend, UringFaults};
 
 impl UringBackend {
@@ -148,7 +149,15 @@ fn write_entry(
     let mut fd = fd;
     if let Some(faults) = faults {
         if faults.short_writes_on() && len > 1 {
-            len /= 2;
+            len = match chain.aligned {
+                // A direct write comes back short by whole blocks (its reissue must be a
+                // valid direct write too); one block cannot be shortened.
+                Some(_) => {
+                    let block = u32::try_from(BLOCK).expect("a block is 4096 bytes");
+                    (len / 2 / block * block).max(block)
+                }
+                None => len / 2,
+            };
         }
         if faults.bad_fd_trips() {
             fd = types::Fd(-1);
