@@ -64,8 +64,8 @@ pub enum BackendChoice {
     /// that syncs written `O_DSYNC` instead of followed by an fdatasync, while every chain
     /// of its segment synced (`Strict`); the same records on disk as [`BackendChoice::Uring`],
     /// the rest of the block the last one ends in zeroed (in a recycled segment, where a
-    /// buffered write leaves the file's earlier contents; see the uring backend's
-    /// `direct.rs`). A segment whose file system refuses direct I/O is written through the
+    /// buffered write leaves the file's earlier contents; see `docs/DESIGN.md`, "Direct
+    /// writes"). A segment whose file system refuses direct I/O is written through the
     /// page cache (a warning says so). Opening fails where io_uring cannot run.
     UringDirect,
 }
