@@ -87,23 +87,14 @@ fn append(wal: &Wal, value_len: usize) -> RecordPosition {
     placed.lock().unwrap().take().unwrap()
 }
 
-fn segments(dir: &Path) -> Vec<Lsn> {
-    keel_wal::dir::list_directory(dir)
-        .unwrap()
-        .segments
-        .iter()
-        .map(|s| s.first_lsn)
-        .collect()
-}
-
 /// Fills the log into a third segment; returns the first record's position and the
 /// second segment's first LSN.
 fn fill(setup: &Setup, dir: &Path) -> (RecordPosition, Lsn) {
     let first = append(&setup.wal, 3000);
-    while segments(dir).len() < 3 {
+    while common::segment_lsns(dir).len() < 3 {
         append(&setup.wal, 3000);
     }
-    (first, segments(dir)[1])
+    (first, common::segment_lsns(dir)[1])
 }
 
 /// Removes the first segment on another thread, reading `first` while the removal is held.
@@ -140,9 +131,9 @@ fn a_read_during_a_recycle_reports_the_segment_removed_not_damaged() {
     let (first, second) = fill(&setup, dir.path());
     remove_while_reading(&setup, first, second);
     // Into the recycled file (the next segment), past the removed segment's first record.
-    let third = *segments(dir.path()).last().unwrap();
+    let third = *common::segment_lsns(dir.path()).last().unwrap();
     loop {
-        let last = *segments(dir.path()).last().unwrap();
+        let last = *common::segment_lsns(dir.path()).last().unwrap();
         if last > third && setup.wal.next_lsn() > last + 2 {
             break;
         }

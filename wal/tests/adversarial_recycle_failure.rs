@@ -40,15 +40,6 @@ impl Storage for FailingRecycleSync {
     }
 }
 
-fn segments(dir: &Path) -> Vec<Lsn> {
-    keel_wal::dir::list_directory(dir)
-        .unwrap()
-        .segments
-        .iter()
-        .map(|s| s.first_lsn)
-        .collect()
-}
-
 fn spares(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -81,22 +72,22 @@ fn a_recycling_whose_directory_sync_fails_leaves_no_segment_behind() {
     let keep = options.recycle_segments;
     assert!(keep > 0, "recycling is the default");
     let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
-    while segments(dir.path()).len() < 8 {
+    while common::segment_lsns(dir.path()).len() < 8 {
         append(&wal);
     }
     let failures = 3;
     storage.failures.store(failures, SeqCst);
     for attempt in 0..failures {
-        let below = segments(dir.path())[1];
+        let below = common::segment_lsns(dir.path())[1];
         let removed = wal.remove_segments_before(below);
         assert!(removed.is_err(), "attempt {attempt}: {removed:?}");
     }
     // The log goes on: later removals succeed, and rotations take the spares kept.
     for _ in 0..6 {
-        while segments(dir.path()).len() < 2 * keep {
+        while common::segment_lsns(dir.path()).len() < 2 * keep {
             append(&wal);
         }
-        let live = segments(dir.path());
+        let live = common::segment_lsns(dir.path());
         wal.remove_segments_before(live[live.len() - 1]).unwrap();
     }
     let found = spares(dir.path());

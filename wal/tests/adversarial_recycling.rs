@@ -18,15 +18,6 @@ fn append(wal: &Wal, value_len: usize) -> Lsn {
         .unwrap()
 }
 
-fn segments(dir: &std::path::Path) -> Vec<Lsn> {
-    keel_wal::dir::list_directory(dir)
-        .unwrap()
-        .segments
-        .iter()
-        .map(|s| s.first_lsn)
-        .collect()
-}
-
 /// A live tail that read the last record of a segment keeps reading it until it sees its
 /// end, then goes on in the next segment; it holds the log from its position (the next
 /// segment's first LSN), so the segment it last read may be freed. Deleted, the tail's
@@ -39,10 +30,10 @@ fn a_tail_at_the_end_of_a_segment_recycled_under_it_goes_on_in_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let wal = keel_recovery::open_wal(dir.path(), options()).unwrap();
     // Large records: the first segment ends with a gap its next record did not fit in.
-    while segments(dir.path()).len() < 2 {
+    while common::segment_lsns(dir.path()).len() < 2 {
         append(&wal, 3000);
     }
-    let second = segments(dir.path())[1];
+    let second = common::segment_lsns(dir.path())[1];
     append(&wal, 3000);
     let mut tail = wal.tail(1);
     for lsn in 1..second {
@@ -52,7 +43,7 @@ fn a_tail_at_the_end_of_a_segment_recycled_under_it_goes_on_in_the_next() {
     assert_eq!(wal.remove_segments_before(second).unwrap(), 1);
     // Small records: the next segment, written into the recycled file, covers the
     // first one's end.
-    while wal.stats().segments_recycled < 1 || segments(dir.path()).len() < 4 {
+    while wal.stats().segments_recycled < 1 || common::segment_lsns(dir.path()).len() < 4 {
         append(&wal, 100);
     }
     let record = tail.try_next();
@@ -108,7 +99,7 @@ fn a_recycled_spare_caught_mid_install_reopens_clean() {
     for _ in 0..400 {
         append(&wal, 600);
     }
-    let kept = segments(dir.path())[3];
+    let kept = common::segment_lsns(dir.path())[3];
     assert_eq!(wal.remove_segments_before(kept).unwrap(), 3);
     let next = wal.next_lsn();
     let database_id = wal.database_id();
@@ -183,14 +174,14 @@ fn a_log_reader_whose_segment_is_recycled_under_it_reports_removal_not_damage() 
         ..options()
     };
     let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
-    while segments(dir.path()).len() < 2 {
+    while common::segment_lsns(dir.path()).len() < 2 {
         append(&wal, 8000);
     }
     let mut reader = keel_wal::LogReader::open(dir.path()).unwrap();
     for lsn in 1..=10 {
         assert_eq!(reader.next_record().unwrap().unwrap().lsn, lsn);
     }
-    let second = segments(dir.path())[1];
+    let second = common::segment_lsns(dir.path())[1];
     assert_eq!(wal.remove_segments_before(second).unwrap(), 1);
     // Small records now: the next segment, in the recycled file, is written over its whole
     // first half with records of another salt.
@@ -233,7 +224,7 @@ fn damage_in_a_recycled_last_segment_is_judged_the_same_by_successive_recoveries
         for _ in 0..400 {
             append(&wal, 600);
         }
-        let kept = segments(dir.path())[3];
+        let kept = common::segment_lsns(dir.path())[3];
         wal.remove_segments_before(kept).unwrap();
         while wal.stats().segments_recycled < 1 {
             append(&wal, 600);
@@ -315,10 +306,10 @@ fn damage_in_a_recycled_last_segment_is_judged_the_same_by_successive_recoveries
 fn a_reader_whose_next_segment_was_removed_says_lsn_removed() {
     let dir = tempfile::tempdir().unwrap();
     let wal = keel_recovery::open_wal(dir.path(), options()).unwrap();
-    while segments(dir.path()).len() < 4 {
+    while common::segment_lsns(dir.path()).len() < 4 {
         append(&wal, 3000);
     }
-    let third = segments(dir.path())[2];
+    let third = common::segment_lsns(dir.path())[2];
     let mut reader = keel_wal::LogReader::open(dir.path()).unwrap();
     assert_eq!(wal.remove_segments_before(third).unwrap(), 2);
     let outcome = loop {

@@ -83,3 +83,13 @@ pub fn uring_available() -> bool {
     }
     available
 }
+
+/// The first LSN of every segment in `dir`, oldest first.
+pub fn segment_lsns(dir: &Path) -> Vec<Lsn> {
+    keel_wal::dir::list_directory(dir)
+        .unwrap()
+        .segments
+        .iter()
+        .map(|s| s.first_lsn)
+        .collect()
+}
