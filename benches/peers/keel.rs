@@ -1,4 +1,4 @@
-//! `keel-uring`, `keel-std`, `keel-batched`, `keel-async`: `keel_wal::Wal`, one transaction
+//! `keel-uring`, `keel-uring-direct`, `keel-std`, `keel-batched`, `keel-async`: `keel_wal::Wal`, one transaction
 //! (a write and its commit) per record.
 
 use std::io;

@@ -9,7 +9,8 @@
 //! appending one record of `S` bytes and waiting until it is durable, for `--duration`
 //! seconds. Per commit latency goes to a histogram. Systems:
 //!
-//! - `keel-uring`, `keel-std`: `keel_wal::Wal`, Strict (fdatasync before the ack, group commit);
+//! - `keel-uring`, `keel-uring-direct`, `keel-std`: `keel_wal::Wal`, Strict (fdatasync, or an
+//!   `O_DSYNC` direct write, before the ack; group commit);
 //! - `keel-db`: the engine (`keel::Database`), Strict, one transaction of one put per commit,
 //!   automatic checkpoints at their default;
 //! - `raw`: `pwrite` + `fdatasync` of each record on a preallocated file, one at a time: the

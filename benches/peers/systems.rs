@@ -22,6 +22,7 @@ pub fn compiled_systems() -> Vec<&'static str> {
         systems.push("raw-uring");
         systems.push("raw-uring-batched");
         systems.push("keel-uring");
+        systems.push("keel-uring-direct");
     }
     systems.push("keel-std");
     systems.push("keel-db");
@@ -87,6 +88,7 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
             committers.min(keel_wal::DEFAULT_IO_DEPTH),
         )?)),
         "keel-uring" => keel::open(dir, BackendChoice::Uring, Durability::Strict),
+        "keel-uring-direct" => keel::open(dir, BackendChoice::UringDirect, Durability::Strict),
         "keel-std" => keel::open(dir, BackendChoice::Std, Durability::Strict),
         "keel-db" => keel_db::open(dir),
         "keel-batched" => keel::open(
