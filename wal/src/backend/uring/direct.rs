@@ -156,7 +156,15 @@ impl DirectWrites {
         let tail_block = end - end % BLOCK as u64;
         let tail_from = usize::try_from(tail_block - start).expect("within the write");
         let tail_to = usize::try_from(end - start).expect("within the write");
-        current.tail = Some((tail_block, buf[tail_from..tail_to].to_vec()));
+        // The kept bytes reuse their allocation: this runs once a chain.
+        let mut tail = current
+            .tail
+            .take()
+            .map(|(_, bytes)| bytes)
+            .unwrap_or_default();
+        tail.clear();
+        tail.extend_from_slice(&buf[tail_from..tail_to]);
+        current.tail = Some((tail_block, tail));
         Ok(Some(AlignedWrite {
             fd: Arc::clone(if use_dsync { dsync } else { plain }),
             offset: start,

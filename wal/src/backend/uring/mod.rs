@@ -62,16 +62,6 @@ use io_uring::IoUring;
 use super::uring_faults::UringFaults;
 use super::{Backend, BackendKind, Chain, ChainError, Completion, Waker, std_io};
 
-impl InFlight {
-    /// The bytes its write puts in the file: the widened ones of a direct write.
-    fn total(&self) -> usize {
-        match &self.aligned {
-            Some(aligned) => aligned.buf.len(),
-            None => self.buf.as_ref().map_or(0, Vec::len),
-        }
-    }
-}
-
 pub use round::{Action, RoundVerdict, WriteOutcome, classify, judge_round};
 
 /// Marks the eventfd poll's completion.
@@ -113,6 +103,16 @@ struct InFlight {
     error: Option<ChainError>,
     /// A durable-witness chain: the test faults aimed at record chains pass it by.
     witness: bool,
+}
+
+impl InFlight {
+    /// The bytes its write puts in the file: the widened ones of a direct write.
+    fn total(&self) -> usize {
+        match &self.aligned {
+            Some(aligned) => aligned.buf.len(),
+            None => self.buf.as_ref().map_or(0, Vec::len),
+        }
+    }
 }
 
 /// io_uring with linked write→fdatasync chains.

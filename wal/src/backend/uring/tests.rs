@@ -6,11 +6,15 @@ use std::sync::Arc;
 use super::{Backend, Chain, Completion, UringBackend, UringFaults};
 use crate::backend::{IoFile, WriteOp};
 
-/// A file to write to, and a ring on which `faults` are armed, every chain going through
-/// the ring. `None` where io_uring cannot run.
-fn ring(faults: &Arc<UringFaults>) -> Option<(tempfile::TempDir, Arc<IoFile>, UringBackend)> {
+/// A 64 KiB file to write to, and a ring on which `faults` are armed, every chain going
+/// through the ring; with `direct`, records are written `O_DIRECT`. `None` where io_uring
+/// cannot run.
+fn ring_on(
+    faults: &Arc<UringFaults>,
+    direct: bool,
+) -> Option<(tempfile::TempDir, Arc<IoFile>, UringBackend)> {
     faults.ring_only(true);
-    let backend = match UringBackend::new(4, false, Some(faults)) {
+    let backend = match UringBackend::new(4, direct, Some(faults)) {
         Ok(backend) => backend,
         Err(why) => {
             println!("skipped: {why}");
@@ -19,8 +23,19 @@ fn ring(faults: &Arc<UringFaults>) -> Option<(tempfile::TempDir, Arc<IoFile>, Ur
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file");
-    let file = std::fs::File::create(&path).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(64 * 1024).unwrap();
     Some((dir, Arc::new(IoFile { file, path }), backend))
+}
+
+fn ring(faults: &Arc<UringFaults>) -> Option<(tempfile::TempDir, Arc<IoFile>, UringBackend)> {
+    ring_on(faults, false)
 }
 
 fn chain(id: u64, file: &Arc<IoFile>) -> Chain {
@@ -93,26 +108,7 @@ fn a_failed_sync_after_a_short_write_fails_the_chain() {
 
 /// A ring that writes records directly (`O_DIRECT`), every chain through the ring.
 fn direct_ring() -> Option<(tempfile::TempDir, Arc<IoFile>, UringBackend)> {
-    let faults = Arc::new(UringFaults::default());
-    faults.ring_only(true);
-    let backend = match UringBackend::new(4, true, Some(&faults)) {
-        Ok(backend) => backend,
-        Err(why) => {
-            println!("skipped: {why}");
-            return None;
-        }
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("file");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    file.set_len(64 * 1024).unwrap();
-    Some((dir, Arc::new(IoFile { file, path }), backend))
+    ring_on(&Arc::new(UringFaults::default()), true)
 }
 
 fn record_chain(id: u64, file: &Arc<IoFile>, offset: u64, len: usize) -> Chain {
