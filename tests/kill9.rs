@@ -133,7 +133,13 @@ fn child(spec: &str) {
                         },
                         WalEntry::CommitTxn { run_id, txn_id },
                     ];
-                    let lsn = wal.append(&entries).wait().unwrap();
+                    // Half the writers write their own commit when they find the writer
+                    // idle (`append_wait`), half hand every commit to the writer thread.
+                    let lsn = if writer % 2 == 0 {
+                        wal.append_wait(&entries).unwrap()
+                    } else {
+                        wal.append(&entries).wait().unwrap()
+                    };
                     let mut out = out.lock().unwrap();
                     use std::io::Write;
                     writeln!(out, "{lsn} {writer} {seq}").unwrap();

@@ -8,13 +8,18 @@ use keel_wal::{BackendChoice, Durability, RunId, Wal, WalEntry, WalOptions};
 
 use crate::harness::Peer;
 
-pub struct Keel(Wal);
+/// The log, and whether a commit waits through `append(..).wait()` (every commit handed to
+/// the writer thread) instead of `append_wait` (a committer that finds the writer idle
+/// writes its own commit).
+pub struct Keel(Wal, bool);
 
-/// Opens a log on `backend` with `durability`.
+/// Opens a log on `backend` with `durability`; `handoff`: commits go through
+/// `append(..).wait()`.
 pub fn open(
     dir: &Path,
     backend: BackendChoice,
     durability: Durability,
+    handoff: bool,
 ) -> io::Result<Box<dyn Peer>> {
     let options = WalOptions {
         durability,
@@ -24,6 +29,7 @@ pub fn open(
     };
     Ok(Box::new(Keel(
         keel_recovery::open_wal(dir, options).map_err(io::Error::other)?,
+        handoff,
     )))
 }
 
@@ -62,25 +68,27 @@ impl Peer for Keel {
                 txn_id: seq,
             },
         ];
-        self.0
-            .append(&entries)
-            .wait()
-            .map(drop)
-            .map_err(io::Error::other)
+        let committed = if self.1 {
+            self.0.append(&entries).wait()
+        } else {
+            self.0.append_wait(&entries)
+        };
+        committed.map(drop).map_err(io::Error::other)
     }
 
     fn counters(&self) -> Option<String> {
         let s = self.0.stats();
         Some(format!(
             "{} commits in {} writes and {} fdatasyncs ({:.1} commits/write, at most {}), \
-             {} rotations ({} waited for a spare)",
+             {} rotations ({} waited for a spare), {} written by their committer",
             s.commits,
             s.writes,
             s.fsyncs,
             s.commits as f64 / s.writes.max(1) as f64,
             s.max_batch_commits,
             s.rotations,
-            s.rotation_waits
+            s.rotation_waits,
+            s.driven
         ))
     }
 }

@@ -23,8 +23,10 @@ pub fn compiled_systems() -> Vec<&'static str> {
         systems.push("raw-uring-batched");
         systems.push("keel-uring");
         systems.push("keel-uring-direct");
+        systems.push("keel-uring-handoff");
     }
     systems.push("keel-std");
+    systems.push("keel-std-handoff");
     systems.push("keel-db");
     #[cfg(feature = "peer-okaywal")]
     systems.push("okaywal");
@@ -87,9 +89,13 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
             RAW_BYTES,
             committers.min(keel_wal::DEFAULT_IO_DEPTH),
         )?)),
-        "keel-uring" => keel::open(dir, BackendChoice::Uring, Durability::Strict),
-        "keel-uring-direct" => keel::open(dir, BackendChoice::UringDirect, Durability::Strict),
-        "keel-std" => keel::open(dir, BackendChoice::Std, Durability::Strict),
+        "keel-uring" => keel::open(dir, BackendChoice::Uring, Durability::Strict, false),
+        "keel-uring-direct" => {
+            keel::open(dir, BackendChoice::UringDirect, Durability::Strict, false)
+        }
+        "keel-uring-handoff" => keel::open(dir, BackendChoice::Uring, Durability::Strict, true),
+        "keel-std" => keel::open(dir, BackendChoice::Std, Durability::Strict, false),
+        "keel-std-handoff" => keel::open(dir, BackendChoice::Std, Durability::Strict, true),
         "keel-db" => keel_db::open(dir),
         "keel-batched" => keel::open(
             dir,
@@ -98,6 +104,7 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
                 max_delay: Duration::from_millis(10),
                 max_bytes: 4 << 20,
             },
+            false,
         ),
         "keel-async" => keel::open(
             dir,
@@ -105,6 +112,7 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
             Durability::Async {
                 max_delay: Duration::from_millis(10),
             },
+            false,
         ),
         #[cfg(feature = "peer-okaywal")]
         "okaywal" => Ok(Box::new(crate::okaywal::OkayWal::open(dir, 48 << 20)?)),

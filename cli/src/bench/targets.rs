@@ -137,8 +137,7 @@ pub(super) fn keel(
         Committers::Threads => {
             drive::threads(args, cell.writers, &label, move |writer, sequence| {
                 committer
-                    .append(&[entry(writer, sequence, &value)])
-                    .wait()
+                    .append_wait(&[entry(writer, sequence, &value)])
                     .map(drop)
                     .map_err(|e| e.to_string())
             })?

@@ -21,6 +21,7 @@ use crate::format::witness::Witness;
 use crate::ids::{DatabaseId, Lsn};
 use crate::options::WalOptions;
 use crate::writer::Shared;
+use crate::writer::baton::Baton;
 use crate::writer::durable_watch::DurableWatch;
 use crate::writer::queue::Queue;
 use crate::writer::stats::Counters;
@@ -163,7 +164,8 @@ impl Wal {
             Arc::clone(&storage),
             witness_timing(&options),
         );
-        let handle = spawn_writer(writer, &recovered.dir)?;
+        let baton = crate::writer::baton::Baton::new(writer);
+        let handle = spawn_writer(Arc::clone(&baton), &recovered.dir)?;
         let RecoveredLog {
             dir, lock, listing, ..
         } = recovered;
@@ -184,6 +186,7 @@ impl Wal {
         Ok(Wal {
             shared,
             writer: Some(handle),
+            baton,
             dir,
             database_id,
             durability: options.durability,
@@ -276,10 +279,10 @@ fn new_shared(backend: &dyn Backend, next_lsn: Lsn) -> Arc<Shared> {
 }
 
 /// Starts the writer thread.
-fn spawn_writer(writer: Writer, dir: &Path) -> Result<JoinHandle<()>> {
+fn spawn_writer(baton: Arc<Baton>, dir: &Path) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("keel-wal-writer".into())
-        .spawn(move || writer.run())
+        .spawn(move || baton.run())
         .map_err(|e| Error::io("starting writer thread", dir, e))
 }
 

@@ -158,8 +158,23 @@ impl CommitFuture {
         }
     }
 
+    /// Whether the outcome was known when the commit was made (an `Async` commit, or a
+    /// refusal): nothing waits for the writer.
+    pub(crate) fn is_ready(&self) -> bool {
+        matches!(self.inner, Inner::Ready(_))
+    }
+
+    /// Whether the commit has been resolved (its outcome may still be to take).
+    pub(crate) fn is_resolved(&self) -> bool {
+        match &self.inner {
+            Inner::Ready(_) => true,
+            Inner::Pending(slot) => lock(&slot.state).resolved,
+        }
+    }
+
     /// Hands the outcome to `callback` instead of a waiter: it is called exactly once, by
-    /// the thread that resolves the commit (the log's writer thread), or at once on this
+    /// the thread that resolves the commit (the log's writer thread, or a committer
+    /// writing for it in [`crate::Wal::append_wait`]), or at once on this
     /// thread when the outcome is already known. It saves the hop through a task or a
     /// waiting thread, for callers that only pass the outcome on (a channel send, say). Keep
     /// it short and never wait in it for the log: the writer waits for it.

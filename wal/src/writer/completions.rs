@@ -120,7 +120,7 @@ impl Writer {
         self.batch = Batch::default();
         self.sync_due = SyncDue::default();
         let mut late = Vec::new();
-        self.shared.queue.take(&mut late, None);
+        self.shared.queue.take(&mut late);
         for request in late {
             // Refused, but for a wait for records that reached its point before the poison.
             self.stage(request);

@@ -25,6 +25,7 @@
 //! chains), [`completions`] (reaping them, poisoning), [`rotation`] (the rotation barrier and
 //! installing segments) and [`witness_timer`] (when the durable witness is written).
 
+pub(crate) mod baton;
 pub(crate) mod buffers;
 mod chains;
 pub(crate) mod completion;
@@ -51,6 +52,7 @@ use crate::format::checksum::Salter;
 use crate::format::segment::{self, SegmentHeader};
 use crate::format::witness::Witness;
 use crate::ids::{DatabaseId, Lsn};
+use crate::writer::queue::{Request, Taken};
 use crate::writer::watermark::{Waiters, Watermark};
 use std::sync::Arc;
 
@@ -189,6 +191,20 @@ pub(crate) struct Writer {
     returned_buffers: Vec<Vec<u8>>,
     /// Salts the records' body checksums, a delta per record length (see [`Salter`]).
     salter: Salter,
+    /// The requests a driving committer takes ([`baton`]), kept for the next drive.
+    driven_requests: Vec<Request>,
+}
+
+/// How a turn of the writer thread ended.
+#[derive(Debug)]
+pub(crate) enum Turn {
+    /// More to do.
+    Continue,
+    /// Nothing to do: the thread lets go of the baton and waits for work this long
+    /// (`None`: until woken).
+    Idle(Option<Duration>),
+    /// Closed, everything settled.
+    Stop,
 }
 
 impl Writer {
@@ -246,50 +262,55 @@ impl Writer {
             },
             returned_buffers: Vec::new(),
             salter: Salter::new(0),
+            driven_requests: Vec::new(),
         }
     }
 
-    /// The writer thread's body: runs until the log is closed and everything is settled.
-    pub(crate) fn run(mut self) {
-        let mut requests = Vec::new();
-        loop {
-            // With no room for another chain, wait for one to finish before taking more work:
-            // what arrives meanwhile then joins the next chain whole.
-            while self.backend.in_flight() >= self.backend.depth() {
-                self.reap(true);
-            }
-            let wait = self.idle_wait();
-            let closing = self.shared.queue.take(&mut requests, wait);
-            let staged = !requests.is_empty();
-            if staged {
-                self.witness_timer.idle_since = None;
-            }
-            for request in requests.drain(..) {
-                self.stage(request);
-            }
-            self.shared.buffers.give_back(&mut self.returned_buffers);
-            if self.poisoned.is_none() {
-                self.flush(closing);
-            }
-            if !staged && !closing {
-                self.write_witness_when_due();
-            }
-            if staged {
-                self.reap(false);
-            } else {
-                let block = self.shared.queue.park();
-                self.reap(block);
-            }
-            if self.poisoned.is_some() {
-                self.fail_all();
-            }
-            if closing && self.settled() {
-                self.write_witness_at_close();
-                break;
-            }
+    /// One turn of the writer thread ([`baton::Baton::run`]): takes what is queued, seals
+    /// and submits it, reaps. `Idle` instead when there is nothing to do for now.
+    fn turn(&mut self, requests: &mut Vec<Request>) -> Turn {
+        // With no room for another chain, wait for one to finish before taking more work:
+        // what arrives meanwhile then joins the next chain whole.
+        self.wait_for_capacity();
+        let wait = self.idle_wait();
+        let closing = match self.shared.queue.take_unless_idle(requests, wait) {
+            Taken::Idle(limit) => return Turn::Idle(limit),
+            Taken::Work { closing } => closing,
+        };
+        let staged = self.stage_all(requests);
+        if self.poisoned.is_none() {
+            self.flush(closing);
         }
-        self.drain_in_flight();
-        tracing::debug!(dir = %self.dir.display(), durable = self.durable.through(), "writer stopped");
+        if !staged && !closing {
+            self.write_witness_when_due();
+        }
+        if staged {
+            self.reap(false);
+        } else {
+            let block = self.shared.queue.park();
+            self.reap(block);
+        }
+        if self.poisoned.is_some() {
+            self.fail_all();
+        }
+        if closing && self.settled() {
+            self.write_witness_at_close();
+            return Turn::Stop;
+        }
+        Turn::Continue
+    }
+
+    /// Stages the requests taken; returns whether there were any.
+    fn stage_all(&mut self, requests: &mut Vec<Request>) -> bool {
+        let staged = !requests.is_empty();
+        if staged {
+            self.witness_timer.idle_since = None;
+        }
+        for request in requests.drain(..) {
+            self.stage(request);
+        }
+        self.shared.buffers.give_back(&mut self.returned_buffers);
+        staged
     }
 
     /// How long the queue may block: not at all with chains in flight, a batch staged, a

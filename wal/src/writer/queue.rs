@@ -3,7 +3,7 @@
 //! the moment it is queued.
 
 use std::ops::RangeInclusive;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::Waker;
 use crate::error::{Error, PoisonCause, Result};
@@ -64,8 +64,14 @@ pub(crate) struct QueueState {
     pub queued_bytes: usize,
     /// The writer takes nothing while this is set ([`crate::Wal::hold_writer`]).
     pub held: bool,
-    /// The writer is blocked waiting for work.
+    /// The writer is blocked waiting for work (and holds no [`crate::writer::Baton`]).
     pub writer_idle: bool,
+    /// While `writer_idle`: when its wait ends by itself (`None`: only when woken).
+    pub idle_until: Option<Instant>,
+    /// Callers that found the writer idle and write their own appends ([`Drive`]).
+    pub drivers: u32,
+    /// A drive ended while the writer was not waiting: its next wait looks again first.
+    pub recheck: bool,
     /// The writer thread is gone: the durable position moves no more.
     pub stopped: bool,
 }
@@ -138,6 +144,9 @@ impl Queue {
             queued_bytes: 0,
             held: false,
             writer_idle: false,
+            idle_until: None,
+            drivers: 0,
+            recheck: false,
             stopped: false,
         };
         Queue {
@@ -223,7 +232,7 @@ impl Queue {
     /// when nothing was queued).
     pub(crate) fn append_closed_deferring(
         &self,
-        mut batch: EncodedBatch,
+        batch: EncodedBatch,
         durability: Durability,
         placed: Option<OnPlaced>,
         close: impl FnOnce(&mut EncodedBatch, Lsn) -> Result<()>,
@@ -232,14 +241,64 @@ impl Queue {
         CommitFuture,
         Option<WriterWake<'_>>,
     ) {
+        match self.enqueue(batch, durability, placed, close) {
+            Ok((lsns, future, state)) => (Some(lsns), future, Some(self.writer_wake_after(state))),
+            Err(future) => (None, future, None),
+        }
+    }
+
+    /// Queues a batch as [`Queue::append`] does, for a caller that will wait for it on its
+    /// own thread: when the writer is idle (and not held) and the append waits for its write,
+    /// the writer is not woken and the caller is given a [`Drive`] instead, with which it
+    /// writes the append itself ([`crate::writer::baton`]); else the writer is woken.
+    pub(crate) fn append_driving(
+        &self,
+        batch: EncodedBatch,
+        durability: Durability,
+    ) -> (Option<RangeInclusive<Lsn>>, CommitFuture, Option<Drive<'_>>) {
+        match self.enqueue(batch, durability, None, |_, _| Ok(())) {
+            Ok((lsns, future, mut state)) => {
+                if state.writer_idle && !state.held && !future.is_ready() {
+                    state.drivers += 1;
+                    drop(state);
+                    let drive = Drive {
+                        queue: self,
+                        ended: false,
+                    };
+                    (Some(lsns), future, Some(drive))
+                } else {
+                    self.wake_writer(state);
+                    (Some(lsns), future, None)
+                }
+            }
+            Err(future) => (None, future, None),
+        }
+    }
+
+    /// Assigns the batch its LSNs and queues it; returns them with the future, and the queue
+    /// lock still held for the writer's wake. `Err`: refused, the future holds why.
+    fn enqueue(
+        &self,
+        mut batch: EncodedBatch,
+        durability: Durability,
+        placed: Option<OnPlaced>,
+        close: impl FnOnce(&mut EncodedBatch, Lsn) -> Result<()>,
+    ) -> std::result::Result<
+        (
+            RangeInclusive<Lsn>,
+            CommitFuture,
+            MutexGuard<'_, QueueState>,
+        ),
+        CommitFuture,
+    > {
         let mut ack = durability.ack_level();
         let mut state = lock(&self.state);
         if let Some(error) = Self::refusal(&state) {
-            return (None, CommitFuture::ready(Err(error)), None);
+            return Err(CommitFuture::ready(Err(error)));
         }
         let first_lsn = state.next_lsn;
         if let Err(error) = close(&mut batch, first_lsn) {
-            return (None, CommitFuture::ready(Err(error)), None);
+            return Err(CommitFuture::ready(Err(error)));
         }
         assert!(!batch.is_empty(), "an append holds at least one record");
         state.queued_bytes += batch.byte_len();
@@ -264,8 +323,7 @@ impl Queue {
             resolver,
             placed,
         }));
-        let wake = self.writer_wake_after(state);
-        (Some(first_lsn..=last_lsn), future, Some(wake))
+        Ok((first_lsn..=last_lsn, future, state))
     }
 
     /// Queues a request to make everything queued so far durable.
@@ -341,50 +399,124 @@ impl Queue {
         lock(&self.state).next_lsn
     }
 
-    /// Takes every queued request into `out`. Blocks while there is nothing to do, at most
-    /// until `deadline` (None: without limit) and not at all when `idle_wait` is false.
+    /// Takes every queued request into `out`, without blocking (nothing while held).
     /// Returns whether the log is closing.
-    pub(crate) fn take(&self, out: &mut Vec<Request>, idle_wait: Option<Option<Duration>>) -> bool {
-        let mut state = lock(&self.state);
-        state.writer_parked = false;
-        if let Some(limit) = idle_wait {
-            state = self.wait_for_work(state, limit);
+    pub(crate) fn take(&self, out: &mut Vec<Request>) -> bool {
+        match self.take_unless_idle(out, None) {
+            Taken::Work { closing } => closing,
+            Taken::Idle(_) => unreachable!("a take that may not wait is never idle"),
         }
-        if state.held {
-            return state.closing;
-        }
-        std::mem::swap(out, &mut state.requests);
-        state.queued_bytes = 0;
-        state.closing
     }
 
-    fn wait_for_work<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, QueueState>,
-        limit: Option<Duration>,
-    ) -> MutexGuard<'a, QueueState> {
-        if !state.requests.is_empty() || state.closing {
-            return state;
+    /// The writer's take: every queued request into `out`, unless there is nothing to do
+    /// and the writer may wait for work (`idle_wait`, as long as it holds: `None` without
+    /// limit). Then it returns [`Taken::Idle`]: the writer lets go of its baton and calls
+    /// [`Queue::wait_idle`].
+    pub(crate) fn take_unless_idle(
+        &self,
+        out: &mut Vec<Request>,
+        idle_wait: Option<Option<Duration>>,
+    ) -> Taken {
+        let mut state = lock(&self.state);
+        state.writer_parked = false;
+        // Computed with the baton held, so after every drive that ended before: fresh.
+        state.recheck = false;
+        if let Some(limit) = idle_wait
+            && (state.requests.is_empty() || state.held)
+            && !state.closing
+        {
+            return Taken::Idle(limit);
         }
-        match limit {
-            None => {
-                while (state.requests.is_empty() || state.held) && !state.closing {
-                    state.writer_idle = true;
-                    state = self.writer_wake.wait(state).expect("queue lock poisoned");
-                }
-                state.writer_idle = false;
-                state
-            }
+        if !state.held {
+            std::mem::swap(out, &mut state.requests);
+            state.queued_bytes = 0;
+        }
+        Taken::Work {
+            closing: state.closing,
+        }
+    }
+
+    /// The idle writer (its baton let go) waits for work, at most `limit` (`None`: until
+    /// woken). Returns at once when work is queued, the log is closing, or a drive ended
+    /// since the writer took (its `limit` may be stale: the writer looks again). Meanwhile
+    /// a committer may find it idle and drive ([`Queue::append_driving`]).
+    pub(crate) fn wait_idle(&self, limit: Option<Duration>) {
+        let mut state = lock(&self.state);
+        if (!state.requests.is_empty() && !state.held)
+            || state.closing
+            || std::mem::take(&mut state.recheck)
+        {
+            return;
+        }
+        state.writer_idle = true;
+        state.idle_until = limit.map(|limit| Instant::now() + limit);
+        let mut state = match limit {
+            None => self.writer_wake.wait(state).expect("queue lock poisoned"),
             Some(limit) => {
-                state.writer_idle = true;
-                let mut state = self
-                    .writer_wake
+                self.writer_wake
                     .wait_timeout(state, limit)
                     .expect("queue lock poisoned")
-                    .0;
-                state.writer_idle = false;
-                state
+                    .0
             }
+        };
+        state.writer_idle = false;
+        state.idle_until = None;
+    }
+
+    /// A drive is over ([`Drive`]): wakes the idle writer when work is left to it
+    /// (`left`, or requests queued meanwhile) or when its wait would outlast `deadline`
+    /// (a sync or witness the drive left due then); a writer that is not waiting looks
+    /// again before it does.
+    fn end_drive(&self, left: bool, deadline: Option<Instant>) {
+        let mut state = lock(&self.state);
+        state.drivers -= 1;
+        if !state.writer_idle {
+            state.recheck = true;
+            return;
+        }
+        let sooner = match (deadline, state.idle_until) {
+            (Some(deadline), Some(until)) => deadline < until,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let queued = !state.requests.is_empty() && !state.held;
+        if left || queued || sooner || state.closing {
+            self.wake_writer(state);
+        }
+    }
+}
+
+/// What the writer's take found: work (or a close), or nothing to do while it may wait.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    Work { closing: bool },
+    Idle(Option<Duration>),
+}
+
+/// A committer that found the writer idle writes its append itself, with the writer's
+/// baton ([`crate::writer::baton`]). Ended with what it left the writer thread
+/// ([`Drive::end`]); dropped unended (the baton was taken, or the driving panicked), it
+/// wakes the writer for the queued append.
+#[derive(Debug)]
+#[must_use = "the append waits for a writer: drive it, or drop this to wake the writer"]
+pub(crate) struct Drive<'a> {
+    queue: &'a Queue,
+    ended: bool,
+}
+
+impl Drive<'_> {
+    /// The drive is over: `left` says work is left to the writer thread (chains in flight,
+    /// records staged, a sync due), `deadline` when the idle writer must look again.
+    pub(crate) fn end(mut self, left: bool, deadline: Option<Instant>) {
+        self.ended = true;
+        self.queue.end_drive(left, deadline);
+    }
+}
+
+impl Drop for Drive<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.queue.end_drive(true, None);
         }
     }
 }
@@ -400,10 +532,10 @@ impl Queue {
         }
     }
 
-    /// Whether the writer is blocked waiting for work.
+    /// Whether the writer is blocked waiting for work, and no committer drives it.
     pub(crate) fn writer_idle(&self) -> bool {
         let state = lock(&self.state);
-        state.writer_idle && (state.requests.is_empty() || state.held)
+        state.writer_idle && state.drivers == 0 && (state.requests.is_empty() || state.held)
     }
 }
 
@@ -451,7 +583,7 @@ mod tests {
             drop(queue.append(megabyte(), lazy, None).1);
         }
         let mut taken = Vec::new();
-        queue.take(&mut taken, None);
+        queue.take(&mut taken);
         let waiting = waiting(&taken);
         let first = waiting
             .iter()
@@ -468,7 +600,7 @@ mod tests {
         drop(taken);
         drop(queue.append(megabyte(), lazy, None).1);
         let mut again = Vec::new();
-        queue.take(&mut again, None);
+        queue.take(&mut again);
         assert_eq!(self::waiting(&again), [false]);
     }
 }
@@ -508,7 +640,10 @@ mod loom_models {
             let mut seen = Vec::new();
             let mut taken = Vec::new();
             while seen.len() < 2 {
-                queue.take(&mut taken, Some(None));
+                if let Taken::Idle(limit) = queue.take_unless_idle(&mut taken, Some(None)) {
+                    queue.wait_idle(limit);
+                    continue;
+                }
                 for request in taken.drain(..) {
                     let Request::Append(append) = request else {
                         panic!("only appends were queued")
@@ -528,6 +663,94 @@ mod loom_models {
         });
     }
 
+    /// The writer thread of [`loom_a_drive_strands_no_commit`], with a stand-in for the
+    /// writer's state behind the baton: the commits "in flight" (taken, resolved by the next
+    /// turn). As the real writer, it lets go of the baton only with nothing in flight.
+    fn baton_writer(queue: &Queue, baton: &loom::sync::Mutex<Vec<Resolver>>) {
+        let mut taken = Vec::new();
+        loop {
+            let mut in_flight = baton.lock().unwrap();
+            for resolver in in_flight.drain(..) {
+                resolver.resolve(Ok(0));
+            }
+            match queue.take_unless_idle(&mut taken, Some(None)) {
+                Taken::Idle(limit) => {
+                    drop(in_flight);
+                    queue.wait_idle(limit);
+                }
+                Taken::Work { closing } => {
+                    if closing && taken.is_empty() {
+                        return;
+                    }
+                    in_flight.extend(taken.drain(..).filter_map(|request| match request {
+                        Request::Append(append) => append.resolver,
+                        Request::Sync { resolver, .. } => Some(resolver),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Leader/follower (`baton.rs`): a committer that found the writer idle drives it,
+    /// resolving only its own commit and leaving what it took of others' in flight; another
+    /// committer appends as usual, twice in turn. Under every interleaving (of up to 4 preemptions) every commit resolves
+    /// (the writer never sleeps on work a drive left it, `recheck` included) and the
+    /// writer stops at close.
+    #[test]
+    fn loom_a_drive_strands_no_commit() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(4);
+        model.check(|| {
+            let queue = Arc::new(Queue::new(1, None));
+            let baton = Arc::new(loom::sync::Mutex::new(Vec::<Resolver>::new()));
+            let writer = {
+                let (queue, baton) = (Arc::clone(&queue), Arc::clone(&baton));
+                loom::thread::spawn(move || baton_writer(&queue, &baton))
+            };
+            let driver = {
+                let (queue, baton) = (Arc::clone(&queue), Arc::clone(&baton));
+                loom::thread::spawn(move || {
+                    let (lsns, future, drive) =
+                        queue.append_driving(one_entry(), Durability::Strict);
+                    let own = *lsns.expect("queued").start();
+                    if let Some(drive) = drive
+                        && let Ok(mut in_flight) = baton.try_lock()
+                    {
+                        let mut taken = Vec::new();
+                        queue.take(&mut taken);
+                        for request in taken {
+                            let Request::Append(append) = request else {
+                                panic!("only appends were queued")
+                            };
+                            let resolver = append.resolver.expect("a Strict commit waits");
+                            if append.first_lsn == own {
+                                resolver.resolve(Ok(own));
+                            } else {
+                                in_flight.push(resolver);
+                            }
+                        }
+                        let left = !in_flight.is_empty();
+                        drop(in_flight);
+                        drive.end(left, None);
+                    }
+                    future.wait().unwrap();
+                })
+            };
+            // The second append may land while the writer is between its take and its
+            // wait, and the driver take it: only the drive's end can tell the writer.
+            for _ in 0..2 {
+                queue
+                    .append(one_entry(), Durability::Strict, None)
+                    .1
+                    .wait()
+                    .unwrap();
+            }
+            driver.join().unwrap();
+            queue.close();
+            writer.join().unwrap();
+        });
+    }
+
     #[test]
     fn loom_close_wakes_an_idle_writer() {
         loom::model(|| {
@@ -537,7 +760,13 @@ mod loom_models {
                 loom::thread::spawn(move || queue.close())
             };
             let mut taken = Vec::new();
-            while !queue.take(&mut taken, Some(None)) {}
+            loop {
+                match queue.take_unless_idle(&mut taken, Some(None)) {
+                    Taken::Idle(limit) => queue.wait_idle(limit),
+                    Taken::Work { closing: true } => break,
+                    Taken::Work { closing: false } => {}
+                }
+            }
             assert!(taken.is_empty());
             closer.join().unwrap();
         });

@@ -28,6 +28,7 @@ pub(crate) struct Counters {
     pub witnesses: AtomicU64,
     pub witness_lsn: AtomicU64,
     pub buffers_reused: AtomicU64,
+    pub driven: AtomicU64,
 }
 
 impl Counters {
@@ -82,6 +83,9 @@ pub struct WalStats {
     /// Appends framed by [`crate::Wal::encode`] into a buffer an earlier append handed back
     /// (no allocation): near `commits` once the log runs, unless values are over 64 KiB.
     pub buffers_reused: u64,
+    /// Drives: a committer waiting on its own thread ([`crate::Wal::append_wait`]) found
+    /// the writer idle and wrote its append itself, instead of the writer thread.
+    pub driven: u64,
 }
 
 impl Counters {
@@ -103,6 +107,7 @@ impl Counters {
             witnesses: self.witnesses.load(Relaxed),
             witness_lsn: self.witness_lsn.load(Relaxed),
             buffers_reused: self.buffers_reused.load(Relaxed),
+            driven: self.driven.load(Relaxed),
         }
     }
 }
