@@ -8,7 +8,8 @@
 //! - **Segments** (`segment`): preallocated, zero-filled files named by their first LSN.
 //! - **The durable witness** (`witness`): a checksummed claim in a segment's header block that
 //!   its records through an LSN were durable, written when the writer idles and at close.
-//! - **The writer** (`writer`): one thread, group commit, [`Durability`] modes, sticky failure.
+//! - **The writer** (`writer`): one thread, group commit, [`Durability`] modes, sticky failure;
+//!   a blocking committer that finds it idle writes its own commit ([`Wal::append_wait`]).
 //! - **Backends** (`backend`): the narrow interface the writer drives; `std` everywhere.
 //! - **Storage** ([`Storage`]): syncs, renames, removals, the lock and the backend factory,
 //!   passed in through the options; the real file system unless a test hands in another.
@@ -29,7 +30,8 @@
 //! let wal = keel_recovery::open_wal(&path, WalOptions::default())?;
 //! let run_id = RunId::from_u128(1);
 //! // One unit: consecutive LSNs, one write, one fdatasync (the default, `Durability::Strict`).
-//! // `.wait()` blocks; from async code, `.await` the same future instead.
+//! // `.wait()` blocks; from async code, `.await` the same future instead. (Blocking code
+//! // may call `wal.append_wait(..)`, which writes the commit itself when the writer idles.)
 //! let lsn = wal
 //!     .append(&[
 //!         WalEntry::Write { run_id, txn_id: 1, key: b"k".to_vec(), value: b"v".to_vec() },
