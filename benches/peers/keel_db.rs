@@ -31,9 +31,7 @@ impl Peer for KeelDb {
         let mut txn = self.db.transaction(self.run).map_err(io::Error::other)?;
         txn.put(format!("t{thread}-{seq:012}").as_bytes(), payload)
             .map_err(io::Error::other)?;
-        futures::executor::block_on(txn.commit())
-            .map(drop)
-            .map_err(io::Error::other)
+        txn.commit_blocking().map(drop).map_err(io::Error::other)
     }
 
     fn counters(&self) -> Option<String> {

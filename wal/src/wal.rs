@@ -104,9 +104,12 @@ impl Wal {
     /// [`Wal::append_wait`] for entries framed beforehand, with the given durability.
     pub fn append_encoded_wait(&self, batch: EncodedBatch, durability: Durability) -> Result<Lsn> {
         self.check_batch(&batch)?;
-        let (_, future, drive) = self.shared.queue.append_driving(batch, durability);
-        if let Some(drive) = drive {
-            self.baton.drive(&future, drive);
+        let (_, future, wake) =
+            self.shared
+                .queue
+                .append_closed_deferring(batch, durability, None, |_, _| Ok(()), true);
+        if let Some(wake) = wake {
+            wake.with_baton(&self.baton).drive(&future);
         }
         future.wait()
     }
@@ -170,9 +173,33 @@ impl Wal {
     /// guard is dropped.
     pub fn append_closed_by_deferring_wake(
         &self,
+        batch: EncodedBatch,
+        durability: Durability,
+        closing: impl FnOnce(Lsn) -> WalEntry,
+    ) -> (Appended, Option<WriterWake<'_>>) {
+        self.append_closed_with_wake(batch, durability, closing, false)
+    }
+
+    /// [`Wal::append_closed_by_deferring_wake`] for a caller that will wait for the append
+    /// on its own thread: once its locks are released, it calls [`WriterWake::drive`] with
+    /// the append's future (or drops the guard), then waits for the future. When the append
+    /// found the writer idle, the drive writes it on the caller's thread, as
+    /// [`Wal::append_wait`] does.
+    pub fn append_closed_by_driving(
+        &self,
+        batch: EncodedBatch,
+        durability: Durability,
+        closing: impl FnOnce(Lsn) -> WalEntry,
+    ) -> (Appended, Option<WriterWake<'_>>) {
+        self.append_closed_with_wake(batch, durability, closing, true)
+    }
+
+    fn append_closed_with_wake(
+        &self,
         mut batch: EncodedBatch,
         durability: Durability,
         closing: impl FnOnce(Lsn) -> WalEntry,
+        may_drive: bool,
     ) -> (Appended, Option<WriterWake<'_>>) {
         if batch.largest_payload > self.max_record_bytes {
             let error = Error::RecordTooLarge {
@@ -189,7 +216,9 @@ impl Wal {
             durability,
             None,
             |batch, first_lsn| batch.push(&closing(first_lsn), max_record_bytes),
+            may_drive,
         );
+        let wake = wake.map(|wake| wake.with_baton(&self.baton));
         (Appended { lsns, future }, wake)
     }
 

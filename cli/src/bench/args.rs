@@ -22,8 +22,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Committers {
-    /// One OS thread per committer, blocking in `Wal::append_wait` (the engine rows: in
-    /// `block_on` of the commit's future).
+    /// One OS thread per committer, blocking in `Wal::append_wait` (the engine rows:
+    /// `Transaction::commit_blocking`).
     Threads,
     /// One tokio task per committer on a multi-threaded runtime (one worker per core),
     /// awaiting its `CommitFuture`: an async service's shape.

@@ -239,7 +239,7 @@ pub(super) fn db(
         }
         txn.put(format!("w{writer}-{sequence:012}"), &value)
             .map_err(|e| e.to_string())?;
-        let lsn = futures::executor::block_on(txn.commit()).map_err(|e| e.to_string())?;
+        let lsn = txn.commit_blocking().map_err(|e| e.to_string())?;
         if let Some(slot) = ring.get(ack_slot(lsn)) {
             slot.store(nanos_since(start), Ordering::Relaxed);
         }

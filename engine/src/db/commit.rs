@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering;
 
-use keel_wal::{CommitFuture, Durability, Lsn, RunId, TxnId, WalEntry};
+use keel_wal::{CommitFuture, Durability, Lsn, RunId, TxnId, WalEntry, WriterWake};
 
 use super::Database;
 use super::sync::{lock, read, write};
@@ -100,6 +100,15 @@ impl Queued {
         }
     }
 
+    /// Writes the commit on this thread when its append found the log's writer idle (the
+    /// append was made `blocking`), until it is acknowledged; else only wakes the writer.
+    /// Blocks: for a committer waiting on its own thread.
+    pub(super) fn drive(&self, wake: Option<WriterWake<'_>>) {
+        if let Some(wake) = wake {
+            wake.drive(&self.ack);
+        }
+    }
+
     /// Resolves once the commit is acknowledged and every commit ahead of it is
     /// acknowledged at its own visibility point: the commit is then applicable. Cancel-safe:
     /// dropped, the commit goes ahead as if awaited.
@@ -134,6 +143,9 @@ pub(super) struct CommitAs<'a> {
     /// The durability it asks for, stronger or weaker than the database's (none: the
     /// database's). It resolves under this; it becomes visible at the weaker of the two.
     pub durability: Option<Durability>,
+    /// The committer waits on its own thread ([`super::Transaction::commit_blocking`]): its
+    /// append may be written by it when the log's writer is idle ([`Queued::drive`]).
+    pub blocking: bool,
 }
 
 /// The commits queued in the log and not yet applied, in LSN order. Its front's last LSN is
@@ -193,6 +205,24 @@ impl Database {
         spilled_head: Option<Lsn>,
         how: CommitAs<'_>,
     ) -> Result<Queued> {
+        let (queued, wake) =
+            self.queue_commit_waking(run, txn_id, logged, earlier, spilled_head, how)?;
+        drop(wake);
+        Ok(queued)
+    }
+
+    /// [`Database::queue_commit`], with the log writer's wake left to the caller (made
+    /// when it is dropped, or a drive: [`Queued::drive`]), once the caller's own locks are
+    /// released too.
+    pub(super) fn queue_commit_waking(
+        &self,
+        run: u128,
+        txn_id: TxnId,
+        logged: Vec<Change>,
+        earlier: Vec<Change>,
+        spilled_head: Option<Lsn>,
+        how: CommitAs<'_>,
+    ) -> Result<(Queued, Option<WriterWake<'_>>)> {
         let durability = how.durability.unwrap_or(self.inner.durability);
         let visible = Visibility::of(durability).min(Visibility::of(self.inner.durability));
         let run_id = RunId::from_u128(run);
@@ -220,31 +250,33 @@ impl Database {
         // the log gives this append (the log frames it under its queue lock).
         // The writer's wake (a syscall when it waits for work) is made after `pending` is
         // released, not while the next committers wait for it.
-        let (appended, _wake) =
-            self.inner
-                .wal
-                .append_closed_by_deferring_wake(batch, durability, |first_lsn| {
-                    WalEntry::CommitSpan {
-                        run_id,
-                        txn_id,
-                        first_lsn: spilled_head.unwrap_or(first_lsn),
-                    }
-                });
+        let closing = |first_lsn| WalEntry::CommitSpan {
+            run_id,
+            txn_id,
+            first_lsn: spilled_head.unwrap_or(first_lsn),
+        };
+        let wal = &self.inner.wal;
+        let (appended, wake) = if how.blocking {
+            wal.append_closed_by_driving(batch, durability, closing)
+        } else {
+            wal.append_closed_by_deferring_wake(batch, durability, closing)
+        };
         let Some(lsns) = appended.lsns else {
             // Refused (a poisoned or closing log): the future holds the error. A spilled
             // transaction is over: its registration would otherwise pin the log for good.
             if spilled_head.is_some() {
                 lock(&self.inner.spills).abandon(txn_id);
             }
-            return Ok(Queued::ready(appended.future));
+            return Ok((Queued::ready(appended.future), wake));
         };
         let queued = (lsns, visible);
         self.note_queued(&mut pending, queued, run, changes, spilled_head, txn_id);
         drop(pending);
-        Ok(Queued {
+        let queued = Queued {
             ack: appended.future,
             barriers,
-        })
+        };
+        Ok((queued, wake))
     }
 
     /// The barriers a commit visible at `visible` waits for, under the `pending` lock of its

@@ -240,7 +240,7 @@ impl Transaction {
     ///
     /// [`Options::durability`]: super::Options::durability
     pub async fn commit(self) -> Result<Lsn> {
-        self.commit_as(None).await
+        self.commit_as(None, false).await
     }
 
     /// [`Transaction::commit`], acknowledged under `durability` instead of the database's
@@ -263,33 +263,38 @@ impl Transaction {
     /// RocksDB write does behind its write group). A stream of weak commits, or weak commits
     /// behind commits that are already acknowledged, never waits for a sync.
     pub async fn commit_with(self, durability: Durability) -> Result<Lsn> {
-        self.commit_as(Some(durability)).await
+        self.commit_as(Some(durability), false).await
     }
 
     /// [`Transaction::commit`] for callers that are not async: blocks the calling thread
     /// until the commit is acknowledged. Needs no runtime; on an async runtime's thread, use
-    /// `commit().await` instead (this would block that thread).
+    /// `commit().await` instead (this would block that thread). When the log's writer is
+    /// idle, the calling thread writes (and syncs) the commit itself instead of waking the
+    /// writer thread and sleeping until it answers (`keel_wal::Wal::append_wait`).
     pub fn commit_blocking(self) -> Result<Lsn> {
-        futures::executor::block_on(self.commit())
+        futures::executor::block_on(self.commit_as(None, true))
     }
 
     /// The run is checked writable where the commit is ordered (`queue_commit`), not before.
-    async fn commit_as(mut self, durability: Option<Durability>) -> Result<Lsn> {
+    /// `blocking`: run by [`Transaction::commit_blocking`], on the committer's own thread.
+    async fn commit_as(mut self, durability: Option<Durability>, blocking: bool) -> Result<Lsn> {
         let run = self.run.as_u128();
         if self.spill.is_none() {
             let logged = self.take_writes();
             let txn_id = self.db.new_txn_id();
             let started = std::time::Instant::now();
-            let queued = {
+            let (queued, wake) = {
                 let reads = lock(&self.reads);
                 let how = CommitAs {
                     reads: Some((&*reads, self.isolation)),
                     durability,
+                    blocking,
                 };
                 let db = &self.db;
-                db.queue_commit(run, txn_id, logged, Vec::new(), None, how)?
+                db.queue_commit_waking(run, txn_id, logged, Vec::new(), None, how)?
             };
             self.release_view();
+            queued.drive(wake);
             return self.db.finish_commit(queued, started).await;
         }
         // The spilled writes, read back in LSN order, for the state. The spill stays in
@@ -315,11 +320,12 @@ impl Transaction {
             let how = CommitAs {
                 reads: Some((&*reads, self.isolation)),
                 durability,
+                blocking,
             };
             let db = &self.db;
-            db.queue_commit(run, txn_id, logged, earlier, Some(head), how)
+            db.queue_commit_waking(run, txn_id, logged, earlier, Some(head), how)
         };
-        let queued = match queued {
+        let (queued, wake) = match queued {
             Ok(queued) => queued,
             Err(error) => {
                 self.spill = spill;
@@ -327,6 +333,7 @@ impl Transaction {
             }
         };
         self.release_view();
+        queued.drive(wake);
         self.db.finish_commit(queued, started).await
     }
 

@@ -11,6 +11,7 @@ use crate::format::reader::RecordPosition;
 use crate::format::record::EncodedBatch;
 use crate::ids::Lsn;
 use crate::options::{AckLevel, Durability};
+use crate::writer::baton::Baton;
 use crate::writer::completion::{CommitFuture, Resolver};
 use crate::writer::sync::{Condvar, Mutex, MutexGuard, lock};
 use std::sync::Arc;
@@ -105,18 +106,42 @@ impl std::fmt::Debug for BackendWaker {
 /// its own around the append (the engine's commit ordering) drops this after releasing it,
 /// so the wake's syscall is not made while other appenders wait for that lock. Until then
 /// the writer may sleep on work already queued: keep the guard for no longer than that.
+///
+/// The guard of an append made to be driven ([`crate::Wal::append_closed_by_driving`])
+/// that found the writer idle can write the append on the caller's thread instead
+/// ([`WriterWake::drive`]); dropped, it wakes the writer as any other.
 #[derive(Debug)]
 #[must_use = "dropping the guard wakes the writer: drop it when the caller's own locks are released"]
 pub struct WriterWake<'a> {
     queue: &'a Queue,
     waiting: bool,
     parked: bool,
+    /// The append found the writer idle and may be driven (with the writer's baton).
+    drive: Option<Drive<'a>>,
+    baton: Option<&'a Baton>,
 }
 
-impl WriterWake<'_> {
+impl<'a> WriterWake<'a> {
     /// Wakes the writer now, if the append found it waiting.
     pub fn wake(self) {
         drop(self);
+    }
+
+    /// Blocks this thread until `until` (the append's future) resolves or none of its
+    /// writes is in flight: when the append found the writer idle, this thread writes (and
+    /// syncs, as the append's durability asks) what is queued, the append among it, as
+    /// [`crate::Wal::append_wait`] does; else it wakes the writer and returns. Then wait for
+    /// the future. Never from an async task: it can wait in `fdatasync`.
+    pub fn drive(mut self, until: &crate::CommitFuture) {
+        if let (Some(drive), Some(baton)) = (self.drive.take(), self.baton) {
+            baton.drive(until, drive);
+        }
+    }
+
+    /// The writer's baton, for [`WriterWake::drive`].
+    pub(crate) fn with_baton(mut self, baton: &'a Baton) -> Self {
+        self.baton = Some(baton);
+        self
     }
 }
 
@@ -130,6 +155,7 @@ impl Drop for WriterWake<'_> {
         {
             wake();
         }
+        // An undriven `drive` wakes the writer as it drops.
     }
 }
 
@@ -174,6 +200,8 @@ impl Queue {
             queue: self,
             waiting,
             parked,
+            drive: None,
+            baton: None,
         }
     }
 
@@ -223,56 +251,50 @@ impl Queue {
         placed: Option<OnPlaced>,
         close: impl FnOnce(&mut EncodedBatch, Lsn) -> Result<()>,
     ) -> (Option<RangeInclusive<Lsn>>, CommitFuture) {
-        let (lsns, future, wake) = self.append_closed_deferring(batch, durability, placed, close);
+        let (lsns, future, wake) =
+            self.append_closed_deferring(batch, durability, placed, close, false);
         drop(wake);
         (lsns, future)
     }
 
     /// [`Queue::append_closed`], leaving the writer's wake to the returned guard (`None`
-    /// when nothing was queued).
+    /// when nothing was queued). With `may_drive`, for a caller that will wait for the
+    /// append on its own thread: when the writer is idle (and not held) and the append waits
+    /// for its write, the writer is not woken and the guard holds a [`Drive`] instead, with
+    /// which the caller writes the append itself ([`WriterWake::drive`]).
     pub(crate) fn append_closed_deferring(
         &self,
         batch: EncodedBatch,
         durability: Durability,
         placed: Option<OnPlaced>,
         close: impl FnOnce(&mut EncodedBatch, Lsn) -> Result<()>,
+        may_drive: bool,
     ) -> (
         Option<RangeInclusive<Lsn>>,
         CommitFuture,
         Option<WriterWake<'_>>,
     ) {
-        match self.enqueue(batch, durability, placed, close) {
-            Ok((lsns, future, state)) => (Some(lsns), future, Some(self.writer_wake_after(state))),
-            Err(future) => (None, future, None),
-        }
-    }
-
-    /// Queues a batch as [`Queue::append`] does, for a caller that will wait for it on its
-    /// own thread: when the writer is idle (and not held) and the append waits for its write,
-    /// the writer is not woken and the caller is given a [`Drive`] instead, with which it
-    /// writes the append itself ([`crate::writer::baton`]); else the writer is woken.
-    pub(crate) fn append_driving(
-        &self,
-        batch: EncodedBatch,
-        durability: Durability,
-    ) -> (Option<RangeInclusive<Lsn>>, CommitFuture, Option<Drive<'_>>) {
-        match self.enqueue(batch, durability, None, |_, _| Ok(())) {
-            Ok((lsns, future, mut state)) => {
-                if state.writer_idle && !state.held && !future.is_ready() {
-                    state.drivers += 1;
-                    drop(state);
-                    let drive = Drive {
-                        queue: self,
-                        ended: false,
-                    };
-                    (Some(lsns), future, Some(drive))
-                } else {
-                    self.wake_writer(state);
-                    (Some(lsns), future, None)
-                }
+        let (lsns, future, mut state) = match self.enqueue(batch, durability, placed, close) {
+            Ok(queued) => queued,
+            Err(future) => return (None, future, None),
+        };
+        let wake = if may_drive && state.writer_idle && !state.held && !future.is_ready() {
+            state.drivers += 1;
+            drop(state);
+            WriterWake {
+                queue: self,
+                waiting: false,
+                parked: false,
+                drive: Some(Drive {
+                    queue: self,
+                    ended: false,
+                }),
+                baton: None,
             }
-            Err(future) => (None, future, None),
-        }
+        } else {
+            self.writer_wake_after(state)
+        };
+        (Some(lsns), future, Some(wake))
     }
 
     /// Assigns the batch its LSNs and queues it; returns them with the future, and the queue
@@ -710,10 +732,15 @@ mod loom_models {
             let driver = {
                 let (queue, baton) = (Arc::clone(&queue), Arc::clone(&baton));
                 loom::thread::spawn(move || {
-                    let (lsns, future, drive) =
-                        queue.append_driving(one_entry(), Durability::Strict);
+                    let (lsns, future, wake) = queue.append_closed_deferring(
+                        one_entry(),
+                        Durability::Strict,
+                        None,
+                        |_, _| Ok(()),
+                        true,
+                    );
                     let own = *lsns.expect("queued").start();
-                    if let Some(drive) = drive
+                    if let Some(drive) = wake.expect("queued").drive.take()
                         && let Ok(mut in_flight) = baton.try_lock()
                     {
                         let mut taken = Vec::new();
