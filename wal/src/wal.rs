@@ -91,9 +91,11 @@ impl Wal {
     /// Appends `entries` with the log's default durability and waits, blocking this thread,
     /// until the append is acknowledged: what `append(entries).wait()` does, and faster for
     /// a lone committer. When the writer thread is idle, the calling thread writes (and, as
-    /// the durability asks, syncs) the append itself, with whatever else is queued, instead
-    /// of waking the writer thread and sleeping until it answers; when the writer is busy,
-    /// the append joins its next chain as usual. Resolves with the LSN of the last entry.
+    /// the durability asks, syncs) the append itself, with other `append_wait` appends
+    /// queued beside it, instead of waking the writer thread and sleeping until it answers;
+    /// when the writer is busy, the append joins its next chain as usual. Other commits'
+    /// callbacks (`placed`, [`CommitFuture::on_resolved`]) never run on the calling thread.
+    /// Resolves with the LSN of the last entry.
     ///
     /// For blocking code: it may wait for an `fdatasync` on the calling thread, so async
     /// code awaits [`Wal::append`] instead.
@@ -184,7 +186,9 @@ impl Wal {
     /// on its own thread: once its locks are released, it calls [`WriterWake::drive`] with
     /// the append's future (or drops the guard), then waits for the future. When the append
     /// found the writer idle, the drive writes it on the caller's thread, as
-    /// [`Wal::append_wait`] does.
+    /// [`Wal::append_wait`] does. A driver may write other committers' appends made this way
+    /// too, and resolve their futures: give such a future no [`CommitFuture::on_resolved`]
+    /// callback (it would run on whichever committer drove it).
     pub fn append_closed_by_driving(
         &self,
         batch: EncodedBatch,

@@ -1,9 +1,18 @@
 //! Leader/follower commits. The writer's state sits behind a baton: the writer thread holds
 //! it while it works and lets go of it while it waits for work. A committer that will wait
 //! for its append on its own thread ([`crate::Wal::append_wait`]) and finds the writer idle
-//! takes the baton and writes (and syncs) its append itself, with everything queued beside
-//! it, instead of waking the thread and sleeping until it answers: the two thread hand-offs
-//! a lone committer paid over a raw `pwrite` + `fdatasync`.
+//! takes the baton and writes (and syncs) its append itself, with the appends of other
+//! committers waiting the same way queued beside it, instead of waking the thread and
+//! sleeping until it answers: the two thread hand-offs a lone committer paid over a raw
+//! `pwrite` + `fdatasync`.
+//!
+//! A driving committer writes nothing that carries a callback: other appends (their
+//! `placed`, and an `on_resolved` their caller may give their future at any time), syncs
+//! and barriers stay queued for the thread ([`crate::writer::queue::Queue::take_driven`]).
+//! So their callbacks run on the writer thread as before, never inside a committer's
+//! `append_wait`, where one that takes a lock the committer holds would deadlock and a
+//! panic would unwind through a caller whose own commit is durable. The writer's waiters
+//! hold none of theirs while it is idle, so a drive resolves only driven commits.
 //!
 //! A driving committer runs the same staging, flushing and reaping as the thread, until its
 //! own commit resolves or nothing of it is in flight (a `Batched` commit waiting for its
@@ -100,7 +109,8 @@ impl Drop for DropWriterOnExit<'_> {
 }
 
 impl Writer {
-    /// A committer's drive: the writer thread's turns without its waits for work, until
+    /// A committer's drive: the writer thread's turns without its waits for work (taking
+    /// only what a driver may write, [`crate::writer::queue::Queue::take_driven`]), until
     /// `until` resolves or none of the chains it waits for is in flight. Returns whether
     /// work is left to the thread now, and when its next deadline (a sync timer, a
     /// witness) falls.
@@ -109,7 +119,7 @@ impl Writer {
         let mut requests = std::mem::take(&mut self.driven_requests);
         loop {
             self.wait_for_capacity();
-            let closing = self.shared.queue.take(&mut requests);
+            let closing = self.shared.queue.take_driven(&mut requests);
             self.stage_all(&mut requests);
             if self.poisoned.is_none() {
                 self.flush(closing);
@@ -119,7 +129,7 @@ impl Writer {
                 self.reap(true);
             }
             if self.poisoned.is_some() {
-                self.fail_all();
+                self.fail_all(true);
                 break;
             }
             if !waiting || until.is_resolved() {

@@ -173,11 +173,12 @@ impl CommitFuture {
     }
 
     /// Hands the outcome to `callback` instead of a waiter: it is called exactly once, by
-    /// the thread that resolves the commit (the log's writer thread, or a committer
-    /// writing for it in [`crate::Wal::append_wait`]), or at once on this
-    /// thread when the outcome is already known. It saves the hop through a task or a
-    /// waiting thread, for callers that only pass the outcome on (a channel send, say). Keep
-    /// it short and never wait in it for the log: the writer waits for it.
+    /// the thread that resolves the commit (the log's writer thread: a committer writing
+    /// for it in [`crate::Wal::append_wait`] resolves only commits waited for that way,
+    /// never one of these), or at once on this thread when the outcome is already known.
+    /// It saves the hop through a task or a waiting thread, for callers that only pass the
+    /// outcome on (a channel send, say). Keep it short and never wait in it for the log:
+    /// the writer waits for it.
     pub fn on_resolved(self, callback: impl FnOnce(Result<Lsn>) + Send + 'static) {
         match self.inner {
             Inner::Ready(outcome) => callback(outcome.expect("polled after completion")),

@@ -114,13 +114,20 @@ impl Writer {
         }
     }
 
-    pub(super) fn fail_all(&mut self) {
+    /// Fails everything pending after a poison, and what is queued: all of it on the writer
+    /// thread; on a driving committer's (`driving`), only what it may take
+    /// ([`crate::writer::queue::Queue::take_driven`]), the rest being the thread's.
+    pub(super) fn fail_all(&mut self, driving: bool) {
         let cause = Arc::clone(self.poisoned.as_ref().expect("poisoned"));
         self.fail_waiters(&cause);
         self.batch = Batch::default();
         self.sync_due = SyncDue::default();
         let mut late = Vec::new();
-        self.shared.queue.take(&mut late);
+        if driving {
+            self.shared.queue.take_driven(&mut late);
+        } else {
+            self.shared.queue.take(&mut late);
+        }
         for request in late {
             // Refused, but for a wait for records that reached its point before the poison.
             self.stage(request);

@@ -291,7 +291,7 @@ impl Writer {
             self.reap(block);
         }
         if self.poisoned.is_some() {
-            self.fail_all();
+            self.fail_all(false);
         }
         if closing && self.settled() {
             self.write_witness_at_close();

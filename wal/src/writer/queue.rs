@@ -38,6 +38,11 @@ pub(crate) struct AppendRequest {
     /// `None` when the caller was answered at enqueue time (`Async`).
     pub resolver: Option<Resolver>,
     pub placed: Option<OnPlaced>,
+    /// Queued by a committer that waits for it on its own thread (`may_drive` in
+    /// [`Queue::append_closed_deferring`]):
+    /// it carries no callback (no `placed`, and its future is waited on, never given an
+    /// `on_resolved`), so a driving committer may write it ([`Queue::take_driven`]).
+    pub waited: bool,
 }
 
 #[derive(Debug)]
@@ -274,11 +279,14 @@ impl Queue {
         CommitFuture,
         Option<WriterWake<'_>>,
     ) {
-        let (lsns, future, mut state) = match self.enqueue(batch, durability, placed, close) {
+        // A drive writes no append that carries a callback (`AppendRequest::waited`).
+        let waited = may_drive && placed.is_none();
+        let (lsns, future, mut state) = match self.enqueue(batch, durability, placed, waited, close)
+        {
             Ok(queued) => queued,
             Err(future) => return (None, future, None),
         };
-        let wake = if may_drive && state.writer_idle && !state.held && !future.is_ready() {
+        let wake = if waited && state.writer_idle && !state.held && !future.is_ready() {
             state.drivers += 1;
             drop(state);
             WriterWake {
@@ -298,12 +306,14 @@ impl Queue {
     }
 
     /// Assigns the batch its LSNs and queues it; returns them with the future, and the queue
-    /// lock still held for the writer's wake. `Err`: refused, the future holds why.
+    /// lock still held for the writer's wake. `Err`: refused, the future holds why. `waited`:
+    /// see [`AppendRequest::waited`].
     fn enqueue(
         &self,
         mut batch: EncodedBatch,
         durability: Durability,
         placed: Option<OnPlaced>,
+        waited: bool,
         close: impl FnOnce(&mut EncodedBatch, Lsn) -> Result<()>,
     ) -> std::result::Result<
         (
@@ -344,6 +354,7 @@ impl Queue {
             max_bytes: durability.max_bytes(),
             resolver,
             placed,
+            waited,
         }));
         Ok((first_lsn..=last_lsn, future, state))
     }
@@ -430,6 +441,35 @@ impl Queue {
         }
     }
 
+    /// A driving committer's take ([`crate::writer::baton`]): the queued requests up to the
+    /// first one it may not write (nothing while held), into `out`. It writes only appends
+    /// of committers waiting as it does ([`AppendRequest::waited`]): the others' callbacks
+    /// (`placed`, `on_resolved`) run on the writer thread, never inside another committer's
+    /// `append_wait`, under whatever locks that caller holds, and a panic in one is the
+    /// writer's. What it leaves stays queued, in LSN order, for the writer thread (its
+    /// queueing woke the thread). Unlike the writer's take, `recheck` is left alone: it is
+    /// the thread's. Returns whether the log is closing.
+    pub(crate) fn take_driven(&self, out: &mut Vec<Request>) -> bool {
+        let mut state = lock(&self.state);
+        if state.held {
+            return state.closing;
+        }
+        let mine = state
+            .requests
+            .iter()
+            .position(|request| !matches!(request, Request::Append(a) if a.waited))
+            .unwrap_or(state.requests.len());
+        let mut bytes = 0;
+        for request in state.requests.drain(..mine) {
+            if let Request::Append(append) = &request {
+                bytes += append.batch.byte_len();
+            }
+            out.push(request);
+        }
+        state.queued_bytes = state.queued_bytes.saturating_sub(bytes);
+        state.closing
+    }
+
     /// The writer's take: every queued request into `out`, unless there is nothing to do
     /// and the writer may wait for work (`idle_wait`, as long as it holds: `None` without
     /// limit). Then it returns [`Taken::Idle`]: the writer lets go of its baton and calls
@@ -461,7 +501,7 @@ impl Queue {
     /// The idle writer (its baton let go) waits for work, at most `limit` (`None`: until
     /// woken). Returns at once when work is queued, the log is closing, or a drive ended
     /// since the writer took (its `limit` may be stale: the writer looks again). Meanwhile
-    /// a committer may find it idle and drive ([`Queue::append_driving`]).
+    /// a committer may find it idle and drive (`may_drive` in [`Queue::append_closed_deferring`]).
     pub(crate) fn wait_idle(&self, limit: Option<Duration>) {
         let mut state = lock(&self.state);
         if (!state.requests.is_empty() && !state.held)
@@ -715,9 +755,12 @@ mod loom_models {
 
     /// Leader/follower (`baton.rs`): a committer that found the writer idle drives it,
     /// resolving only its own commit and leaving what it took of others' in flight; another
-    /// committer appends as usual, twice in turn. Under every interleaving (of up to 4 preemptions) every commit resolves
-    /// (the writer never sleeps on work a drive left it, `recheck` included) and the
-    /// writer stops at close.
+    /// committer appends twice in turn, first as usual (an append that may carry callbacks:
+    /// only the writer takes it), then as a committer that found the baton taken (its drive
+    /// dropped: a driver may write it). Under every interleaving (of up to 4
+    /// preemptions) every commit resolves (the writer never sleeps on work a drive left it,
+    /// `recheck` included), the driver takes no append but waited ones, and the writer
+    /// stops at close.
     #[test]
     fn loom_a_drive_strands_no_commit() {
         let mut model = loom::model::Builder::new();
@@ -744,11 +787,12 @@ mod loom_models {
                         && let Ok(mut in_flight) = baton.try_lock()
                     {
                         let mut taken = Vec::new();
-                        queue.take(&mut taken);
+                        queue.take_driven(&mut taken);
                         for request in taken {
                             let Request::Append(append) = request else {
                                 panic!("only appends were queued")
                             };
+                            assert!(append.waited, "a driver takes only waited appends");
                             let resolver = append.resolver.expect("a Strict commit waits");
                             if append.first_lsn == own {
                                 resolver.resolve(Ok(own));
@@ -763,15 +807,22 @@ mod loom_models {
                     future.wait().unwrap();
                 })
             };
-            // The second append may land while the writer is between its take and its
+            // The waited append may land while the writer is between its take and its
             // wait, and the driver take it: only the drive's end can tell the writer.
-            for _ in 0..2 {
-                queue
-                    .append(one_entry(), Durability::Strict, None)
-                    .1
-                    .wait()
-                    .unwrap();
-            }
+            queue
+                .append(one_entry(), Durability::Strict, None)
+                .1
+                .wait()
+                .unwrap();
+            let (_, waited, lost) = queue.append_closed_deferring(
+                one_entry(),
+                Durability::Strict,
+                None,
+                |_, _| Ok(()),
+                true,
+            );
+            drop(lost);
+            waited.wait().unwrap();
             driver.join().unwrap();
             queue.close();
             writer.join().unwrap();

@@ -86,6 +86,7 @@ impl Writer {
             max_bytes,
             resolver,
             placed,
+            waited: _,
         } = append;
         assert_eq!(
             first_lsn,
