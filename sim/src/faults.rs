@@ -82,6 +82,11 @@ impl Faults {
         self.uring.ring_only(on);
     }
 
+    /// See [`UringFaults::refuse_direct`].
+    pub fn uring_refuse_direct(&self, on: bool) {
+        self.uring.refuse_direct(on);
+    }
+
     /// See [`UringFaults::fail_write_after`].
     pub fn fail_uring_write_after(&self, after: u32) {
         self.uring.fail_write_after(after);
@@ -188,6 +193,10 @@ impl Backend for FaultyBackend {
 
     fn waker(&self) -> Option<Waker> {
         self.inner.waker()
+    }
+
+    fn direct_refused(&self) -> u64 {
+        self.inner.direct_refused()
     }
 
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>) {

@@ -420,3 +420,60 @@ fn direct_writes_go_through_o_direct_and_read_back() {
     }
     assert!(recycled > 0, "no segment was written into a recycled file");
 }
+
+/// Where the file system refuses direct I/O (injected here), `uring-direct` writes the
+/// segment through the page cache; the backend is still the one chosen, and
+/// `WalStats::direct_refused` counts the segments it wrote that way (0 while all went
+/// direct), so a user can tell which one they got.
+#[test]
+fn segments_refused_direct_io_are_counted_in_the_stats() {
+    if !common::uring_available() {
+        return;
+    }
+    const O_DIRECT: u32 = 0o40000;
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let options = WalOptions {
+        storage: Arc::clone(&faults) as _,
+        ..common::small_options(BackendChoice::UringDirect)
+    };
+    let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
+    let mut acked = Vec::new();
+    let mut append = |wal: &Wal, i: u64| {
+        let entry = common::write(1, i, "k", 3000);
+        let lsn = wal.append_wait(std::slice::from_ref(&entry)).unwrap();
+        acked.push((lsn, entry));
+    };
+    append(&wal, 0);
+    assert_eq!(
+        wal.stats().direct_refused,
+        0,
+        "the first segment went direct"
+    );
+    faults.uring_refuse_direct(true);
+    // 3 KiB records in 64 KiB segments: 60 of them start a few more segments.
+    for i in 1..60 {
+        append(&wal, i);
+    }
+    let stats = wal.stats();
+    assert_eq!(stats.backend, BackendKind::UringDirect);
+    assert!(stats.rotations >= 2, "{stats:?}");
+    assert_eq!(
+        stats.direct_refused, stats.rotations,
+        "every later segment: {stats:?}"
+    );
+    let last = keel_wal::dir::list_directory(dir.path())
+        .unwrap()
+        .segments
+        .last()
+        .unwrap()
+        .path
+        .clone();
+    assert_eq!(
+        descriptors_with(&last, O_DIRECT),
+        0,
+        "no direct descriptor of a refused segment"
+    );
+    wal.close().unwrap();
+    assert_eq!(common::read_all(dir.path()), acked);
+}

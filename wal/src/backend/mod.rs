@@ -66,7 +66,8 @@ pub enum BackendChoice {
     /// the rest of the block the last one ends in zeroed (in a recycled segment, where a
     /// buffered write leaves the file's earlier contents; see `docs/DESIGN.md`, "Direct
     /// writes"). A segment whose file system refuses direct I/O is written through the
-    /// page cache (a warning says so). Opening fails where io_uring cannot run.
+    /// page cache (a warning says so, and `WalStats::direct_refused` counts such segments).
+    /// Opening fails where io_uring cannot run.
     UringDirect,
 }
 
@@ -177,6 +178,11 @@ pub trait Backend: Send + std::fmt::Debug {
     /// (`min` must not exceed [`Backend::in_flight`]) or the [`Backend::waker`] was called.
     /// Callers that need `min` completions call it in a loop.
     fn wait(&mut self, min: usize, out: &mut Vec<Completion>);
+    /// Segment files a direct backend wrote through the page cache because direct I/O was
+    /// refused for them ([`crate::WalStats::direct_refused`]); 0 for the others.
+    fn direct_refused(&self) -> u64 {
+        0
+    }
     /// How to interrupt [`Backend::wait`], for a backend whose waits can block while new
     /// work arrives. `None`: waits never block for long (the chain ran at submission).
     fn waker(&self) -> Option<Waker> {

@@ -14,6 +14,7 @@ pub struct UringFaults {
     probe_fails: AtomicBool,
     short_writes: AtomicBool,
     ring_only: AtomicBool,
+    refuse_direct: AtomicBool,
     bad_fd_countdown: AtomicI64,
     bad_sync_fd_countdown: AtomicI64,
     enter_countdown: AtomicI64,
@@ -25,6 +26,7 @@ impl Default for UringFaults {
             probe_fails: AtomicBool::new(false),
             short_writes: AtomicBool::new(false),
             ring_only: AtomicBool::new(false),
+            refuse_direct: AtomicBool::new(false),
             bad_fd_countdown: AtomicI64::new(-1),
             bad_sync_fd_countdown: AtomicI64::new(-1),
             enter_countdown: AtomicI64::new(-1),
@@ -84,6 +86,20 @@ impl UringFaults {
     )]
     pub(crate) fn ring_only_on(&self) -> bool {
         self.ring_only.load(Ordering::SeqCst)
+    }
+
+    /// `uring-direct` finds direct I/O refused for every segment it starts writing from now
+    /// (as on a file system without it), and writes them through the page cache.
+    pub fn refuse_direct(&self, on: bool) {
+        self.refuse_direct.store(on, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(
+        not(all(target_os = "linux", feature = "uring")),
+        expect(dead_code, reason = "read by the uring backend only")
+    )]
+    pub(crate) fn refuse_direct_on(&self) -> bool {
+        self.refuse_direct.load(Ordering::SeqCst)
     }
 
     /// The write `after` writes from now (0: the next) is submitted on an invalid file

@@ -2,6 +2,7 @@
 //! alone, each waiting first for what the sync must cover and for room in the backend.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::{ChainInfo, SyncDue, Writer};
 use crate::backend::{Chain, WriteOp};
@@ -97,5 +98,9 @@ impl Writer {
             alone,
             witness: false,
         });
+        let refused = self.backend.direct_refused();
+        if refused > 0 {
+            self.shared.counters.direct_refused.store(refused, Relaxed);
+        }
     }
 }

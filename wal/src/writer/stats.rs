@@ -29,6 +29,7 @@ pub(crate) struct Counters {
     pub witness_lsn: AtomicU64,
     pub buffers_reused: AtomicU64,
     pub driven: AtomicU64,
+    pub direct_refused: AtomicU64,
 }
 
 impl Counters {
@@ -86,6 +87,10 @@ pub struct WalStats {
     /// Drives: a committer waiting on its own thread ([`crate::Wal::append_wait`]) found
     /// the writer idle and wrote its append itself, instead of the writer thread.
     pub driven: u64,
+    /// Under [`BackendKind::UringDirect`]: segment files the file system refused direct I/O
+    /// for, written through the page cache instead (a warning said so). `backend` still
+    /// names the backend chosen; 0 means every segment so far was written direct.
+    pub direct_refused: u64,
 }
 
 impl Counters {
@@ -108,6 +113,7 @@ impl Counters {
             witness_lsn: self.witness_lsn.load(Relaxed),
             buffers_reused: self.buffers_reused.load(Relaxed),
             driven: self.driven.load(Relaxed),
+            direct_refused: self.direct_refused.load(Relaxed),
         }
     }
 }

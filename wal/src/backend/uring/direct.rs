@@ -96,6 +96,8 @@ pub(crate) struct DirectFile {
 #[derive(Debug, Default)]
 pub(crate) struct DirectWrites {
     current: Option<DirectFile>,
+    /// Segment files direct I/O was refused for, written through the page cache.
+    pub refused: u64,
 }
 
 impl DirectWrites {
@@ -108,15 +110,20 @@ impl DirectWrites {
         offset: u64,
         data: &[u8],
         sync: bool,
+        refuse: bool,
     ) -> io::Result<Option<AlignedWrite>> {
         if !self
             .current
             .as_ref()
             .is_some_and(|c| Arc::ptr_eq(&c.file, file))
         {
+            let mode = open_direct(file, refuse);
+            if matches!(mode, Mode::Buffered) {
+                self.refused += 1;
+            }
             self.current = Some(DirectFile {
                 file: Arc::clone(file),
-                mode: open_direct(file),
+                mode,
                 tail: None,
             });
         }
@@ -174,9 +181,15 @@ impl DirectWrites {
     }
 }
 
-/// The file's direct descriptors, or why the page cache is used instead.
-fn open_direct(file: &IoFile) -> Mode {
-    match try_open_direct(file) {
+/// The file's direct descriptors, or why the page cache is used instead (`refuse`: an
+/// injected refusal, [`crate::backend::uring_faults::UringFaults::refuse_direct`]).
+fn open_direct(file: &IoFile, refuse: bool) -> Mode {
+    let mode = if refuse {
+        Err("refused by an injected fault".to_string())
+    } else {
+        try_open_direct(file)
+    };
+    match mode {
         Ok(mode) => mode,
         Err(reason) => {
             warn_buffered(file, &reason);

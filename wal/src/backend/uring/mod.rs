@@ -146,7 +146,8 @@ impl UringBackend {
     fn align(&mut self, chain: &Chain) -> io::Result<Option<direct::AlignedWrite>> {
         match (&mut self.direct, &chain.write) {
             (Some(direct), Some(write)) if !chain.witness => {
-                direct.prepare(&chain.file, write.offset, &write.buf, chain.sync)
+                let refuse = self.faults.as_ref().is_some_and(|f| f.refuse_direct_on());
+                direct.prepare(&chain.file, write.offset, &write.buf, chain.sync, refuse)
             }
             _ => Ok(None),
         }
@@ -200,6 +201,10 @@ impl Backend for UringBackend {
             Some(_) => BackendKind::UringDirect,
             None => BackendKind::Uring,
         }
+    }
+
+    fn direct_refused(&self) -> u64 {
+        self.direct.as_ref().map_or(0, |direct| direct.refused)
     }
 
     fn depth(&self) -> usize {
