@@ -293,6 +293,9 @@ impl Transaction {
                 let db = &self.db;
                 db.queue_commit_waking(run, txn_id, logged, Vec::new(), None, how)?
             };
+            // A commit that does not drive wakes the writer here, before the view is dropped
+            // (dropping a large view takes a while); one that drives does so after.
+            let wake = wake.filter(|_| blocking);
             self.release_view();
             queued.drive(wake);
             return self.db.finish_commit(queued, started).await;
@@ -332,6 +335,7 @@ impl Transaction {
                 return Err(error);
             }
         };
+        let wake = wake.filter(|_| blocking);
         self.release_view();
         queued.drive(wake);
         self.db.finish_commit(queued, started).await
