@@ -20,7 +20,11 @@
 //! header block, as a chain of its own (a write and an fdatasync), and again at close. Never
 //! on the commit path: commits that arrive meanwhile go into their own chains.
 //!
-//! The writer's state is here, with its run loop; its methods are split by concern:
+//! Leader/follower (`baton.rs`): the writer's state sits behind a baton the thread lets go
+//! of while it waits for work, so that a blocking committer that finds it idle writes its
+//! own commit ([`crate::Wal::append_wait`]).
+//!
+//! The writer's state is here, with its turn; its methods are split by concern:
 //! [`staging`] (requests sealed into the batch, the sync policy), [`chains`] (submitting
 //! chains), [`completions`] (reaping them, poisoning), [`rotation`] (the rotation barrier and
 //! installing segments) and [`witness_timer`] (when the durable witness is written).
