@@ -119,13 +119,7 @@ fn freed_segments_are_written_over_and_a_clean_reopen_reports_nothing() {
             h.version == segment::FORMAT_VERSION || h.version == segment::RECYCLED_VERSION
         }));
         // The last segment's records end where its earlier contents go on, not in zeros.
-        let path = &keel_wal::dir::list_directory(dir.path())
-            .unwrap()
-            .segments
-            .last()
-            .unwrap()
-            .path
-            .clone();
+        let path = &common::last_segment(dir.path());
         let mut reader = LogReader::open(dir.path()).unwrap();
         let mut end = 0;
         while let Some(record) = reader.next_record().unwrap() {

@@ -392,13 +392,7 @@ fn direct_writes_go_through_o_direct_and_read_back() {
             let lsn = wal.append(std::slice::from_ref(&entry)).wait().unwrap();
             expected.push((lsn, entry));
         }
-        let segment = keel_wal::dir::list_directory(dir.path())
-            .unwrap()
-            .segments
-            .last()
-            .unwrap()
-            .path
-            .clone();
+        let segment = common::last_segment(dir.path());
         assert!(
             descriptors_with(&segment, O_DIRECT | O_DSYNC) > 0,
             "no O_DIRECT descriptor of {}",
@@ -462,13 +456,7 @@ fn segments_refused_direct_io_are_counted_in_the_stats() {
         stats.direct_refused, stats.rotations,
         "every later segment: {stats:?}"
     );
-    let last = keel_wal::dir::list_directory(dir.path())
-        .unwrap()
-        .segments
-        .last()
-        .unwrap()
-        .path
-        .clone();
+    let last = common::last_segment(dir.path());
     assert_eq!(
         descriptors_with(&last, O_DIRECT),
         0,

@@ -93,3 +93,14 @@ pub fn segment_lsns(dir: &Path) -> Vec<Lsn> {
         .map(|s| s.first_lsn)
         .collect()
 }
+
+/// The path of the newest segment in `dir`.
+pub fn last_segment(dir: &Path) -> std::path::PathBuf {
+    keel_wal::dir::list_directory(dir)
+        .unwrap()
+        .segments
+        .last()
+        .expect("a segment")
+        .path
+        .clone()
+}
