@@ -1,25 +1,48 @@
 //! `keel-uring`, `keel-uring-direct`, `keel-std`, `keel-batched`, `keel-async`: `keel_wal::Wal`, one transaction
 //! (a write and its commit) per record.
+//!
+//! The Strict rows remove the log behind its durable LSN as they go, as an application's
+//! checkpoints would (and as the `okaywal` row checkpoints every 48 MiB and reuses its
+//! files): the segments removed become the next ones, recycled, instead of new zero-filled
+//! files. `keel-uring-fill` keeps every record, as `okaywal-fill` does.
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use keel_wal::{BackendChoice, Durability, RunId, Wal, WalEntry, WalOptions};
 
 use crate::harness::Peer;
 
-/// The log, and whether a commit waits through `append(..).wait()` (every commit handed to
+/// The log, whether a commit waits through `append(..).wait()` (every commit handed to
 /// the writer thread) instead of `append_wait` (a committer that finds the writer idle
-/// writes its own commit).
-pub struct Keel(Wal, bool);
+/// writes its own commit), and the thread that removes covered log, if it is removed.
+pub struct Keel {
+    wal: Arc<Wal>,
+    handoff: bool,
+    trimmer: Option<Trimmer>,
+}
 
-/// Opens a log on `backend` with `durability`; `handoff`: commits go through
-/// `append(..).wait()`.
+/// How a row treats its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Log {
+    /// Commits go through `append_wait`; covered log is removed as it is written.
+    Trimmed,
+    /// Commits go through `append(..).wait()`; covered log is removed as it is written.
+    TrimmedHandoff,
+    /// Commits go through `append_wait`; every record is kept (new segments are zero-filled).
+    Kept,
+}
+
+/// Opens a log on `backend` with `durability`, treated as `log` says.
 pub fn open(
     dir: &Path,
     backend: BackendChoice,
     durability: Durability,
-    handoff: bool,
+    log: Log,
 ) -> io::Result<Box<dyn Peer>> {
     let options = WalOptions {
         durability,
@@ -27,10 +50,62 @@ pub fn open(
         max_record_bytes: 1 << 20,
         ..WalOptions::default()
     };
-    Ok(Box::new(Keel(
-        keel_recovery::open_wal(dir, options).map_err(io::Error::other)?,
-        handoff,
-    )))
+    let wal = Arc::new(keel_recovery::open_wal(dir, options).map_err(io::Error::other)?);
+    let trimmer = (log != Log::Kept).then(|| Trimmer::start(Arc::clone(&wal)));
+    Ok(Box::new(Keel {
+        wal,
+        handoff: log == Log::TrimmedHandoff,
+        trimmer,
+    }))
+}
+
+/// Removes the log behind its durable LSN every 20 ms, on its own thread, until dropped.
+struct Trimmer {
+    stop: Arc<AtomicBool>,
+    failed: Arc<Mutex<Option<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Trimmer {
+    fn start(wal: Arc<Wal>) -> Trimmer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(None));
+        let thread = {
+            let (stop, failed) = (Arc::clone(&stop), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    if let Err(e) = wal.remove_segments_before(wal.durable_lsn()) {
+                        *failed.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(e.to_string());
+                        return;
+                    }
+                }
+            })
+        };
+        Trimmer {
+            stop,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    /// Why removing log failed, if it did (commits fail with it from then on).
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for Trimmer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Recovers the log (counting the entries of every committed transaction), then opens it.
@@ -68,19 +143,25 @@ impl Peer for Keel {
                 txn_id: seq,
             },
         ];
-        let committed = if self.1 {
-            self.0.append(&entries).wait()
+        if let Some(why) = self.trimmer.as_ref().and_then(Trimmer::failure) {
+            return Err(io::Error::other(format!(
+                "removing covered log failed: {why}"
+            )));
+        }
+        let committed = if self.handoff {
+            self.wal.append(&entries).wait()
         } else {
-            self.0.append_wait(&entries)
+            self.wal.append_wait(&entries)
         };
         committed.map(drop).map_err(io::Error::other)
     }
 
     fn counters(&self) -> Option<String> {
-        let s = self.0.stats();
+        let s = self.wal.stats();
         Some(format!(
             "{} commits in {} writes and {} fdatasyncs ({:.1} commits/write, at most {}), \
-             {} rotations ({} waited for a spare), {} written by their committer",
+             {} rotations ({} waited for a spare, {} into recycled files), \
+             {} written by their committer",
             s.commits,
             s.writes,
             s.fsyncs,
@@ -88,6 +169,7 @@ impl Peer for Keel {
             s.max_batch_commits,
             s.rotations,
             s.rotation_waits,
+            s.segments_recycled,
             s.driven
         ))
     }

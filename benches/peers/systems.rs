@@ -10,6 +10,7 @@ use keel_wal::{BackendChoice, Durability};
 
 use crate::harness::Peer;
 use crate::keel;
+use crate::keel::Log;
 use crate::keel_db;
 
 /// The raw baselines' preallocated file.
@@ -24,6 +25,7 @@ pub fn compiled_systems() -> Vec<&'static str> {
         systems.push("keel-uring");
         systems.push("keel-uring-direct");
         systems.push("keel-uring-handoff");
+        systems.push("keel-uring-fill");
     }
     systems.push("keel-std");
     systems.push("keel-std-handoff");
@@ -89,13 +91,27 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
             RAW_BYTES,
             committers.min(keel_wal::DEFAULT_IO_DEPTH),
         )?)),
-        "keel-uring" => keel::open(dir, BackendChoice::Uring, Durability::Strict, false),
-        "keel-uring-direct" => {
-            keel::open(dir, BackendChoice::UringDirect, Durability::Strict, false)
-        }
-        "keel-uring-handoff" => keel::open(dir, BackendChoice::Uring, Durability::Strict, true),
-        "keel-std" => keel::open(dir, BackendChoice::Std, Durability::Strict, false),
-        "keel-std-handoff" => keel::open(dir, BackendChoice::Std, Durability::Strict, true),
+        "keel-uring" => keel::open(dir, BackendChoice::Uring, Durability::Strict, Log::Trimmed),
+        "keel-uring-direct" => keel::open(
+            dir,
+            BackendChoice::UringDirect,
+            Durability::Strict,
+            Log::Trimmed,
+        ),
+        "keel-uring-handoff" => keel::open(
+            dir,
+            BackendChoice::Uring,
+            Durability::Strict,
+            Log::TrimmedHandoff,
+        ),
+        "keel-uring-fill" => keel::open(dir, BackendChoice::Uring, Durability::Strict, Log::Kept),
+        "keel-std" => keel::open(dir, BackendChoice::Std, Durability::Strict, Log::Trimmed),
+        "keel-std-handoff" => keel::open(
+            dir,
+            BackendChoice::Std,
+            Durability::Strict,
+            Log::TrimmedHandoff,
+        ),
         "keel-db" => keel_db::open(dir),
         "keel-batched" => keel::open(
             dir,
@@ -104,7 +120,7 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
                 max_delay: Duration::from_millis(10),
                 max_bytes: 4 << 20,
             },
-            false,
+            Log::Kept,
         ),
         "keel-async" => keel::open(
             dir,
@@ -112,7 +128,7 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
             Durability::Async {
                 max_delay: Duration::from_millis(10),
             },
-            false,
+            Log::Kept,
         ),
         #[cfg(feature = "peer-okaywal")]
         "okaywal" => Ok(Box::new(crate::okaywal::OkayWal::open(dir, 48 << 20)?)),
