@@ -1,10 +1,12 @@
-//! `keel-uring`, `keel-uring-direct`, `keel-std`, `keel-batched`, `keel-async`: `keel_wal::Wal`, one transaction
+//! `keel-uring`, `keel-uring-direct`, `keel-std`, `keel-batched`, `keel-async` and the `-fill` and
+//! `-handoff` rows: `keel_wal::Wal`, one transaction
 //! (a write and its commit) per record.
 //!
-//! The Strict rows remove the log behind its durable LSN as they go, as an application's
+//! The rows remove the log behind its durable LSN as they go, as an application's
 //! checkpoints would (and as the `okaywal` row checkpoints every 48 MiB and reuses its
 //! files): the segments removed become the next ones, recycled, instead of new zero-filled
-//! files. `keel-uring-fill` keeps every record, as `okaywal-fill` does.
+//! files. `keel-uring-fill` and `keel-batched-fill` (the recovery table's filler) keep
+//! every record, as `okaywal-fill` does.
 
 use std::io;
 use std::path::Path;

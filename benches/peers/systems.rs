@@ -66,7 +66,7 @@ pub fn recovery_systems() -> Vec<(&'static str, &'static str)> {
         ),
         ("rocksdb", "rocksdb-nosync", cfg!(feature = "peer-rocksdb")),
     ];
-    std::iter::once(("keel", "keel-batched"))
+    std::iter::once(("keel", "keel-batched-fill"))
         .chain(peers.into_iter().filter(|p| p.2).map(|p| (p.0, p.1)))
         .collect()
 }
@@ -113,22 +113,16 @@ pub fn open(system: &str, dir: &Path, committers: usize) -> io::Result<Box<dyn P
             Log::TrimmedHandoff,
         ),
         "keel-db" => keel_db::open(dir),
-        "keel-batched" => keel::open(
-            dir,
-            BackendChoice::Auto,
-            Durability::Batched {
-                max_delay: Duration::from_millis(10),
-                max_bytes: 4 << 20,
-            },
-            Log::Kept,
-        ),
+        "keel-batched" => keel::open(dir, BackendChoice::Auto, batched(), Log::Trimmed),
+        // The recovery table's filler: every record kept.
+        "keel-batched-fill" => keel::open(dir, BackendChoice::Auto, batched(), Log::Kept),
         "keel-async" => keel::open(
             dir,
             BackendChoice::Auto,
             Durability::Async {
                 max_delay: Duration::from_millis(10),
             },
-            Log::Kept,
+            Log::Trimmed,
         ),
         #[cfg(feature = "peer-okaywal")]
         "okaywal" => Ok(Box::new(crate::okaywal::OkayWal::open(dir, 48 << 20)?)),
@@ -177,5 +171,13 @@ pub fn reopen(system: &str, dir: &Path) -> io::Result<u64> {
         #[cfg(feature = "peer-rocksdb")]
         "rocksdb" => crate::rocksdb::reopen(dir),
         other => Err(io::Error::other(format!("no reopen for {other}"))),
+    }
+}
+
+/// Batched: synced within 10 ms or 4 MiB of records.
+fn batched() -> Durability {
+    Durability::Batched {
+        max_delay: Duration::from_millis(10),
+        max_bytes: 4 << 20,
     }
 }
