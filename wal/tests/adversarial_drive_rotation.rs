@@ -456,3 +456,89 @@ fn a_rotation_parked_in_a_drive_waiting_for_a_spare_strands_nothing() {
         parked_rotation(backend, "prealloc");
     }
 }
+
+/// A storage whose file syncs panic on the preallocator's thread, once armed.
+#[derive(Debug, Default)]
+struct PanickingPreallocation {
+    armed: AtomicBool,
+}
+
+impl keel_wal::Storage for PanickingPreallocation {
+    fn sync_file(
+        &self,
+        file: &std::fs::File,
+        _: &std::path::Path,
+        all: bool,
+    ) -> std::io::Result<()> {
+        if self.armed.load(SeqCst) && std::thread::current().name() == Some("keel-wal-prealloc") {
+            panic!("injected storage panic while preallocating a spare");
+        }
+        if all {
+            file.sync_all()
+        } else {
+            file.sync_data()
+        }
+    }
+}
+
+/// A storage panic on the preallocator's thread (as a panic on the writer's thread, or in a
+/// committer's drive, is survived: the log stops and refuses what waits). The next rotation
+/// waits for a spare that will never come: the committer driving it must get an answer (an
+/// error is fine), not hang, and so must the committers behind it and the log's close.
+#[test]
+fn a_storage_panic_on_the_preallocator_thread_does_not_hang_a_driven_rotation() {
+    for backend in common::backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(PanickingPreallocation::default());
+        let wal = Arc::new(
+            keel_recovery::open_wal(
+                dir.path(),
+                WalOptions {
+                    storage: Arc::clone(&storage) as _,
+                    witness_idle: None,
+                    ..options(backend)
+                },
+            )
+            .unwrap(),
+        );
+        // The spare made at open is published before the panic is armed.
+        while !std::fs::read_dir(dir.path())
+            .unwrap()
+            .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        storage.armed.store(true, SeqCst);
+        let (acked, failed) = within(LIMIT, "commits across two rotations", {
+            let wal = Arc::clone(&wal);
+            move || {
+                let mut acked = BTreeMap::new();
+                // The first rotation takes the ready spare (its replacement's sync panics);
+                // the second needs that replacement.
+                for i in 0..60 {
+                    wait_until_idle(&wal);
+                    let e = entry(1, i, 6000);
+                    match wal.append_wait(std::slice::from_ref(&e)) {
+                        Ok(lsn) => {
+                            acked.insert(lsn, e);
+                        }
+                        Err(error) => return (acked, Some(error.to_string())),
+                    }
+                }
+                (acked, None)
+            }
+        });
+        println!("{backend:?}: {} acknowledged, then {failed:?}", acked.len());
+        within(LIMIT, "close", move || {
+            let _ = Arc::into_inner(wal).unwrap().close();
+        });
+        let recovered: BTreeMap<Lsn, WalEntry> = common::read_all(dir.path()).into_iter().collect();
+        for (lsn, e) in &acked {
+            assert_eq!(
+                recovered.get(lsn),
+                Some(e),
+                "{backend:?}: commit {lsn} lost"
+            );
+        }
+    }
+}
