@@ -71,6 +71,9 @@ struct State {
     /// a second one, and the first would be left on disk unused).
     making: bool,
     failed: Option<String>,
+    /// The background thread ended by a panic (a [`Storage`] that panics): no spare will
+    /// come from it, and a rotation waiting for one fails instead of waiting for ever.
+    gone: bool,
     stopping: bool,
     sequence: u64,
 }
@@ -201,6 +204,13 @@ impl Preallocator {
                     std::io::Error::other(why),
                 ));
             }
+            if state.gone {
+                return Err(Error::io(
+                    "preallocating a segment",
+                    &self.shared.dir,
+                    std::io::Error::other("the preallocator thread panicked"),
+                ));
+            }
             waited = true;
             if !state.wanted && !state.making {
                 state.wanted = true;
@@ -231,8 +241,27 @@ impl Drop for Preallocator {
     }
 }
 
+/// Marks the preallocator gone when its thread unwinds, and wakes whoever waits for a spare.
+struct GoneOnPanic<'a>(&'a Shared);
+
+impl Drop for GoneOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = self
+                .0
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.gone = true;
+            state.making = false;
+            self.0.changed.notify_all();
+        }
+    }
+}
+
 impl Shared {
     fn run(&self) {
+        let _gone = GoneOnPanic(self);
         loop {
             let sequence = {
                 let mut state = lock(&self.state);
