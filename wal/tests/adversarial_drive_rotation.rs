@@ -542,3 +542,149 @@ fn a_storage_panic_on_the_preallocator_thread_does_not_hang_a_driven_rotation() 
         }
     }
 }
+
+/// The gate above, and then a failed publish: the preallocator's rename of a spare to
+/// `.ready` fails (as on a full disk) once `fail` is set.
+#[derive(Debug)]
+struct GatedFailingPublish {
+    gate: Arc<RenameGate>,
+    fail: AtomicBool,
+}
+
+impl keel_wal::Storage for GatedFailingPublish {
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.gate.pass(to);
+        let publishing = to.to_string_lossy().ends_with(".ready");
+        if publishing && self.fail.load(SeqCst) {
+            return Err(std::io::Error::other(
+                "injected: no space left to publish a spare",
+            ));
+        }
+        std::fs::rename(from, to)
+    }
+}
+
+/// A rotation waits for the preallocator's next zero-filled spare (parked as it publishes
+/// it). Meanwhile a removal frees segments, which become recycled spares: the rotation
+/// takes one of them at once instead of waiting on. And when the zero-filled spare then
+/// fails (a full disk), the log goes on in the recycled ones instead of stopping: a
+/// checkpoint that frees segments is what a full disk needs. (Before the fix the waiting
+/// rotation never looked at the recycled spares: the committer waited for the parked
+/// preallocator, and its failure poisoned the log with recycled spares at hand.)
+#[test]
+fn a_rotation_waiting_for_a_spare_takes_a_recycled_one_that_arrives_meanwhile() {
+    for backend in common::backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(GatedFailingPublish {
+            gate: Arc::new(RenameGate::default()),
+            fail: AtomicBool::new(false),
+        });
+        let wal = Arc::new(
+            keel_recovery::open_wal(
+                dir.path(),
+                WalOptions {
+                    storage: Arc::clone(&storage) as _,
+                    witness_idle: None,
+                    ..options(backend)
+                },
+            )
+            .unwrap(),
+        );
+        let mut acked = BTreeMap::new();
+        let mut i = 0;
+        let mut commit = |wal: &keel_wal::Wal, acked: &mut BTreeMap<Lsn, WalEntry>| {
+            let e = entry(1, i, 6000);
+            i += 1;
+            acked.insert(wal.append_wait(std::slice::from_ref(&e)).unwrap(), e);
+        };
+        // Three segments (something to free), and the next spare published.
+        while common::segment_lsns(dir.path()).len() < 3 {
+            commit(&wal, &mut acked);
+        }
+        while !std::fs::read_dir(dir.path())
+            .unwrap()
+            .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The next rotation takes that spare; the one after waits for its replacement,
+        // which the gate parks as it is published.
+        storage.gate.arm("keel-wal-prealloc", ".ready");
+        let rotations = wal.stats().rotations;
+        let waiting = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                let mut mine = BTreeMap::new();
+                let mut k = 0;
+                while wal.stats().rotations < rotations + 2 {
+                    let e = entry(2, k, 6000);
+                    k += 1;
+                    mine.insert(wal.append_wait(std::slice::from_ref(&e)).unwrap(), e);
+                }
+                mine
+            })
+        };
+        storage.gate.wait_parked();
+        // The committer reaches the second rotation and waits there: it appends nothing more.
+        let started = Instant::now();
+        let mut last = (wal.next_lsn(), Instant::now());
+        while wal.stats().rotations < rotations + 1 || last.1.elapsed() < Duration::from_millis(100)
+        {
+            assert!(
+                started.elapsed() < LIMIT,
+                "{backend:?}: never waited for a spare"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+            if wal.next_lsn() != last.0 {
+                last = (wal.next_lsn(), Instant::now());
+            }
+        }
+        let freed = wal.remove_segments_before(wal.durable_lsn()).unwrap();
+        assert!(freed > 0, "{backend:?}: nothing freed to recycle");
+        let mine = within(
+            LIMIT,
+            "the rotation, with a recycled spare at hand",
+            move || waiting.join().unwrap(),
+        );
+        acked.extend(mine);
+        assert!(
+            wal.stats().segments_recycled > 0,
+            "{backend:?}: no rotation went into a recycled file"
+        );
+        // The parked spare now fails to publish: the log goes on in recycled files.
+        storage.fail.store(true, SeqCst);
+        storage.gate.open();
+        let before = wal.stats().rotations;
+        let recycled = wal.stats().segments_recycled;
+        let wal_for_more = Arc::clone(&wal);
+        let more = within(LIMIT, "commits after the failed spare", move || {
+            let mut more = BTreeMap::new();
+            let mut k = 0;
+            while wal_for_more.stats().rotations == before {
+                let e = entry(3, k, 6000);
+                k += 1;
+                match wal_for_more.append_wait(std::slice::from_ref(&e)) {
+                    Ok(lsn) => more.insert(lsn, e),
+                    Err(error) => panic!("a commit failed with a recycled spare at hand: {error}"),
+                };
+            }
+            more
+        });
+        acked.extend(more);
+        assert!(wal.stats().segments_recycled > recycled, "{backend:?}");
+        let oldest = common::segment_lsns(dir.path())[0];
+        Arc::into_inner(wal).unwrap().close().unwrap();
+        let recovered: BTreeMap<Lsn, WalEntry> = common::read_all(dir.path()).into_iter().collect();
+        for (lsn, e) in acked.range(oldest..) {
+            assert_eq!(
+                recovered.get(lsn),
+                Some(e),
+                "{backend:?}: commit {lsn} lost"
+            );
+        }
+        println!(
+            "{backend:?}: {} acknowledged, log from {oldest}",
+            acked.len()
+        );
+    }
+}

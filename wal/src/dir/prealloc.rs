@@ -183,15 +183,17 @@ impl Preallocator {
     }
 
     /// Takes the oldest recycled spare, else the ready spare, waiting for the background
-    /// thread (or, without one, making it here). Returns the spare and whether the caller had
-    /// to wait.
+    /// thread (or, without one, making it here). A segment recycled while it waits is taken
+    /// as soon as it is there, and before the error of a spare that could not be made (a
+    /// full disk: freed segments are what lets the log go on). Returns the spare and whether
+    /// the caller had to wait.
     pub(crate) fn take(&self) -> Result<(Spare, bool)> {
         let mut state = lock(&self.shared.state);
-        if let Some(spare) = state.recycled.pop_front() {
-            return Ok((spare, false));
-        }
         let mut waited = false;
         loop {
+            if let Some(spare) = state.recycled.pop_front() {
+                return Ok((spare, waited));
+            }
             if let Some(spare) = state.ready.take() {
                 return Ok((spare, waited));
             }
@@ -411,6 +413,8 @@ impl Recycler {
             return Ok(true);
         }
         state.recycled.push_back(spare);
+        // A rotation may be waiting for a spare.
+        shared.changed.notify_all();
         Ok(true)
     }
 }
