@@ -16,6 +16,9 @@ pub struct Args {
     pub recovery_mib: u64,
     pub dir: PathBuf,
     pub out: Option<PathBuf>,
+    /// Each cell (committers × size) this many times, the systems' order rotated each
+    /// round; a system's row is its median round (by commits/s).
+    pub rounds: usize,
 }
 
 fn list<T: std::str::FromStr>(value: &str) -> Vec<T> {
@@ -51,6 +54,7 @@ pub fn parse_args() -> Args {
         recovery_mib: 0,
         dir: std::env::temp_dir(),
         out: None,
+        rounds: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +68,7 @@ pub fn parse_args() -> Args {
             "--relaxed-committers" => args.relaxed_committers = list(&value()),
             "--recovery-mib" => args.recovery_mib = value().parse().unwrap_or(0),
             "--out" => args.out = Some(from_workspace(value())),
+            "--rounds" => args.rounds = value().parse().unwrap_or(1).max(1),
             // `cargo bench` passes --bench; criterion-style filters are not used here.
             _ => {}
         }

@@ -36,6 +36,10 @@
 //! Ratios: `vs raw` and `vs raw-uring` against the per-record loops, `vs best raw` against
 //! the best of every raw baseline in the same row (committers and size).
 //!
+//! `--rounds N` runs each cell N times, the systems' order rotated each round (the device
+//! drifts within a run, and the systems run late in a round would otherwise always pay for
+//! it), and reports each system's median round.
+//!
 //! Output: a Markdown table (stdout and `<out>/peers.md`), JSON (`<out>/peers.json`), and SVG
 //! plots drawn here (`<out>/commits-<size>.svg`: commits/s against committers;
 //! `<out>/latency-<size>.svg`: p50/p99/p999 at each committer count).
@@ -116,23 +120,48 @@ fn strict_rows(args: &Args) -> Vec<Row> {
     let mut rows = Vec::new();
     for &size in &args.sizes {
         for &committers in &args.committers {
-            for system in &args.systems {
-                match run_one(system, &args.dir, committers, size, args.duration) {
-                    Ok(row) => {
-                        eprintln!(
-                            "{system:>12} C={committers:<3} S={size:<5} {:>9.0} commits/s  p50 {:.0} µs  p99 {:.0} µs",
-                            row.rate(),
-                            row.p50_us,
-                            row.p99_us
-                        );
-                        rows.push(row);
-                    }
-                    Err(e) => eprintln!("{system} C={committers} S={size}: failed: {e}"),
-                }
-            }
+            rows.extend(cell_rows(args, &args.systems, committers, size));
         }
     }
     rows
+}
+
+/// Each of `systems` at one committer count and size, `--rounds` times: round `r` starts
+/// `r / rounds` of the way down the list and wraps, so a device that drifts during a round
+/// does not always favour the same systems. A system's row is its median round.
+fn cell_rows(args: &Args, systems: &[String], committers: usize, size: usize) -> Vec<Row> {
+    let mut runs: Vec<Vec<Row>> = vec![Vec::new(); systems.len()];
+    for round in 0..args.rounds {
+        let start = round * systems.len() / args.rounds;
+        for i in (start..systems.len()).chain(0..start) {
+            let system = &systems[i];
+            match run_one(system, &args.dir, committers, size, args.duration) {
+                Ok(row) => {
+                    eprintln!(
+                        "{system:>18} C={committers:<3} S={size:<5} {:>9.0} commits/s  p50 {:.0} µs  p99 {:.0} µs{}",
+                        row.rate(),
+                        row.p50_us,
+                        row.p99_us,
+                        if args.rounds > 1 {
+                            format!("  (round {} of {})", round + 1, args.rounds)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    runs[i].push(row);
+                }
+                Err(e) => eprintln!("{system} C={committers} S={size}: failed: {e}"),
+            }
+        }
+    }
+    runs.into_iter().filter_map(median_round).collect()
+}
+
+/// The round with the median commits/s (the lower of the two middle ones when even).
+fn median_round(mut rounds: Vec<Row>) -> Option<Row> {
+    rounds.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let middle = rounds.len().checked_sub(1)? / 2;
+    Some(rounds.swap_remove(middle))
 }
 
 /// The systems that acknowledge before fdatasync, and `raw`, at the record sizes up to 4 KiB;
@@ -143,26 +172,15 @@ fn relaxed_rows(args: &Args, table: &mut String) -> Vec<Row> {
         .map(str::to_owned)
         .collect();
     let relaxed_sizes: Vec<usize> = args.sizes.iter().copied().filter(|&s| s <= 4096).collect();
+    let mut systems = relaxed;
+    systems.push("raw".into());
     let mut relaxed_rows = Vec::new();
     for &size in &relaxed_sizes {
         for &committers in &args.relaxed_committers {
-            for system in relaxed.iter().chain(["raw".to_owned()].iter()) {
-                match run_one(system, &args.dir, committers, size, args.duration) {
-                    Ok(row) => {
-                        eprintln!(
-                            "{system:>18} C={committers:<3} S={size:<5} {:>9.0} commits/s",
-                            row.rate()
-                        );
-                        relaxed_rows.push(row);
-                    }
-                    Err(e) => eprintln!("{system} C={committers} S={size}: failed: {e}"),
-                }
-            }
+            relaxed_rows.extend(cell_rows(args, &systems, committers, size));
         }
     }
     if !relaxed_rows.is_empty() {
-        let mut systems = relaxed.clone();
-        systems.push("raw".into());
         table.push_str(&report::markdown(
             &relaxed_rows,
             "acknowledged before fdatasync (Keel Batched and Async, SQLite synchronous=NORMAL, raft-engine and RocksDB sync=false)",
