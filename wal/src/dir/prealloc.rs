@@ -278,6 +278,9 @@ impl Shared {
                 }
                 state.wanted = false;
                 state.making = true;
+                // A new fill: the error of an earlier one (the log went on in recycled
+                // spares meanwhile) is not this one's, and a rotation waits for this one.
+                state.failed = None;
                 state.sequence += 1;
                 state.sequence - 1
             };
@@ -299,44 +302,60 @@ impl Shared {
         lock(&self.state).stopping
     }
 
-    /// Creates, zero-fills, syncs and publishes one spare.
+    /// Creates, zero-fills, syncs and publishes one spare. A spare that fails is deleted:
+    /// kept, it would hold a segment's space until the next open, and the log goes on (in
+    /// recycled spares) and asks for another after a failure, one more file each time.
     fn make(&self, sequence: u64) -> Result<Spare> {
         let tmp = self.dir.join(format!("{SPARE_PREFIX}{sequence}.tmp"));
         let ready = self
             .dir
             .join(format!("{SPARE_PREFIX}{sequence}{READY_SUFFIX}"));
+        let made = self.fill(&tmp, &ready);
+        if made.is_err() {
+            for path in [&tmp, &ready] {
+                match self.storage.remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "could not remove a failed spare");
+                    }
+                }
+            }
+        }
+        made
+    }
+
+    fn fill(&self, tmp: &Path, ready: &Path) -> Result<Spare> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("creating spare", &tmp, e))?;
+            .open(tmp)
+            .map_err(|e| Error::io("creating spare", tmp, e))?;
         let zeros = vec![0u8; ZERO_CHUNK];
         let mut offset = 0u64;
         while offset < self.segment_bytes {
             if self.stopping() {
-                drop(file);
-                let _ = self.storage.remove_file(&tmp);
                 return Err(Error::Closed);
             }
             let len = (self.segment_bytes - offset).min(ZERO_CHUNK as u64);
             let len = usize::try_from(len).expect("bounded by ZERO_CHUNK");
             file.write_all_at(&zeros[..len], offset)
-                .map_err(|e| Error::io("zero-filling spare", &tmp, e))?;
+                .map_err(|e| Error::io("zero-filling spare", tmp, e))?;
             offset += len as u64;
             if offset.is_multiple_of(SYNC_STEP) && offset < self.segment_bytes {
-                fsutil::sync_file(self.storage.as_ref(), &file, &tmp, false)?;
+                fsutil::sync_file(self.storage.as_ref(), &file, tmp, false)?;
             }
         }
         let storage = self.storage.as_ref();
-        fsutil::sync_file(storage, &file, &tmp, true)?;
+        fsutil::sync_file(storage, &file, tmp, true)?;
         storage
-            .rename(&tmp, &ready)
-            .map_err(|e| Error::io("renaming spare", &tmp, e))?;
+            .rename(tmp, ready)
+            .map_err(|e| Error::io("renaming spare", tmp, e))?;
         fsutil::sync_dir(storage, &self.dir)?;
         Ok(Spare {
             file,
-            path: ready,
+            path: ready.to_path_buf(),
             recycled: None,
         })
     }
