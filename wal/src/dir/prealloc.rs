@@ -310,7 +310,14 @@ impl Shared {
         let ready = self
             .dir
             .join(format!("{SPARE_PREFIX}{sequence}{READY_SUFFIX}"));
-        let made = self.fill(&tmp, &ready);
+        // A file that could not be created is not this spare's to delete (it may be another's).
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("creating spare", &tmp, e))?;
+        let made = self.fill(file, &tmp, &ready);
         if made.is_err() {
             for path in [&tmp, &ready] {
                 match self.storage.remove_file(path) {
@@ -325,13 +332,8 @@ impl Shared {
         made
     }
 
-    fn fill(&self, tmp: &Path, ready: &Path) -> Result<Spare> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(tmp)
-            .map_err(|e| Error::io("creating spare", tmp, e))?;
+    /// Zero-fills, syncs and publishes the spare created at `tmp` as `ready`.
+    fn fill(&self, file: File, tmp: &Path, ready: &Path) -> Result<Spare> {
         let zeros = vec![0u8; ZERO_CHUNK];
         let mut offset = 0u64;
         while offset < self.segment_bytes {
