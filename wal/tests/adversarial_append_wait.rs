@@ -11,10 +11,11 @@
 
 mod common;
 
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, TryLockError, mpsc};
 use std::time::Duration;
 
+use common::gate::Gate;
+use common::{LIMIT, within};
 use keel_sim::Faults;
 use keel_wal::backend::{Backend, BackendKind, Chain, Completion, Waker};
 use keel_wal::{BackendChoice, Durability, Error, Lsn, Storage, Wal, WalOptions};
@@ -23,60 +24,6 @@ use keel_wal::{BackendChoice, Durability, Error, Lsn, Storage, Wal, WalOptions};
 const COMMITTER: &str = "keel-test-committer";
 /// The log's own writer thread.
 const WRITER: &str = "keel-wal-writer";
-const LIMIT: Duration = Duration::from_secs(5);
-
-/// Holds one named thread in the backend until opened.
-#[derive(Debug, Default)]
-struct Gate {
-    state: Mutex<GateState>,
-    changed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct GateState {
-    /// The thread the gate stops next, once.
-    armed_for: Option<&'static str>,
-    parked: bool,
-    open: bool,
-}
-
-impl Gate {
-    fn arm(&self, thread: &'static str) {
-        let mut state = self.state.lock().unwrap();
-        *state = GateState {
-            armed_for: Some(thread),
-            ..GateState::default()
-        };
-    }
-
-    /// Called by the backend: stops the armed thread until the gate opens.
-    fn pass(&self) {
-        let mut state = self.state.lock().unwrap();
-        if state.armed_for.is_none() || state.armed_for != std::thread::current().name() {
-            return;
-        }
-        state.armed_for = None;
-        state.parked = true;
-        self.changed.notify_all();
-        while !state.open {
-            state = self.changed.wait(state).unwrap();
-        }
-    }
-
-    fn wait_parked(&self) {
-        let state = self.state.lock().unwrap();
-        let (state, timeout) = self
-            .changed
-            .wait_timeout_while(state, LIMIT, |s| !s.parked)
-            .unwrap();
-        assert!(!timeout.timed_out(), "the committer never drove: {state:?}");
-    }
-
-    fn open(&self) {
-        self.state.lock().unwrap().open = true;
-        self.changed.notify_all();
-    }
-}
 
 /// A real backend whose `in_flight` (the first thing a drive asks, before its take) stops
 /// at the gate.
@@ -94,7 +41,7 @@ impl Backend for GatedBackend {
         self.inner.depth()
     }
     fn in_flight(&self) -> usize {
-        self.gate.pass();
+        self.gate.pass(None);
         self.inner.in_flight()
     }
     fn submit(&mut self, chain: Chain) {
@@ -126,16 +73,6 @@ impl Storage for GatedStorage {
             gate: Arc::clone(&self.gate),
         }))
     }
-}
-
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, outcome) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(f());
-    });
-    outcome
-        .recv_timeout(LIMIT)
-        .unwrap_or_else(|_| panic!("{what}: not done within {LIMIT:?}"))
 }
 
 fn wait_until_idle(wal: &Wal) {
@@ -174,7 +111,7 @@ fn drive_beside(
     };
     let wal = Arc::new(keel_recovery::open_wal(dir.path(), options).unwrap());
     wait_until_idle(&wal);
-    gate.arm(COMMITTER);
+    gate.arm(COMMITTER, None);
     let committer = {
         let (wal, order) = (Arc::clone(&wal), Arc::clone(order));
         std::thread::Builder::new()
@@ -188,7 +125,7 @@ fn drive_beside(
     gate.wait_parked();
     foreign(&wal);
     gate.open();
-    let outcome = within("the driving committer", move || committer.join());
+    let outcome = within(LIMIT, "the driving committer", move || committer.join());
     (outcome, wal, dir)
 }
 

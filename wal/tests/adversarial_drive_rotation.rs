@@ -12,10 +12,12 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use common::gate::Gate;
+use common::{LIMIT, within};
 use keel_wal::{BackendChoice, Durability, Error, Lsn, WalEntry, WalOptions};
 
 /// Small segments (64 KiB) recycled, and an idle witness, so rotations, recycled spares and
@@ -29,18 +31,30 @@ fn options(backend: BackendChoice) -> WalOptions {
     }
 }
 
-/// Runs `f` on a thread; fails the test when it takes longer than `limit` (a stranded
-/// commit or a deadlock).
-fn within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (done, outcome) = mpsc::channel();
-    std::thread::spawn(move || done.send(f()).unwrap());
-    outcome
-        .recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?} (a hang?)"))
+/// A log in `dir` on `storage`, with [`options`] and no idle witness.
+fn open_on(
+    dir: &std::path::Path,
+    backend: BackendChoice,
+    storage: Arc<dyn keel_wal::Storage>,
+) -> Arc<keel_wal::Wal> {
+    let options = WalOptions {
+        storage,
+        witness_idle: None,
+        ..options(backend)
+    };
+    Arc::new(keel_recovery::open_wal(dir, options).unwrap())
+}
+
+/// Waits until the preallocator has published a spare in `dir`.
+fn wait_for_a_ready_spare(dir: &std::path::Path) {
+    let started = Instant::now();
+    while !std::fs::read_dir(dir)
+        .unwrap()
+        .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
+    {
+        assert!(started.elapsed() < LIMIT, "no spare published");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn xorshift(rng: &mut u64) -> u64 {
@@ -220,71 +234,13 @@ fn driving_committers_beside_removal_recycling_and_a_tail_lose_nothing() {
 
 /// The committer thread that drives in the parked-rotation tests.
 const COMMITTER: &str = "keel-test-driver";
-const LIMIT: Duration = Duration::from_secs(5);
-
-/// Parks one named thread at a chosen rename until opened: the committer installing a
-/// segment (a spare renamed to a `.wal` name), or the preallocator publishing a spare
-/// (`.tmp` to `.ready`).
-#[derive(Debug, Default)]
-struct RenameGate {
-    state: std::sync::Mutex<GateState>,
-    changed: std::sync::Condvar,
-}
-
-#[derive(Debug, Default)]
-struct GateState {
-    /// The thread it stops and the suffix of the renamed-to name, once.
-    armed_for: Option<(String, &'static str)>,
-    parked: bool,
-    open: bool,
-}
-
-impl RenameGate {
-    fn arm(&self, thread: &str, to_suffix: &'static str) {
-        *self.state.lock().unwrap() = GateState {
-            armed_for: Some((thread.to_owned(), to_suffix)),
-            ..GateState::default()
-        };
-    }
-
-    fn pass(&self, to: &std::path::Path) {
-        let mut state = self.state.lock().unwrap();
-        let matches = state.armed_for.as_ref().is_some_and(|(thread, suffix)| {
-            std::thread::current().name() == Some(thread.as_str())
-                && to.to_string_lossy().ends_with(suffix)
-        });
-        if !matches {
-            return;
-        }
-        state.armed_for = None;
-        state.parked = true;
-        self.changed.notify_all();
-        while !state.open {
-            state = self.changed.wait(state).unwrap();
-        }
-    }
-
-    fn wait_parked(&self) {
-        let state = self.state.lock().unwrap();
-        let (_state, timeout) = self
-            .changed
-            .wait_timeout_while(state, LIMIT, |s| !s.parked)
-            .unwrap();
-        assert!(!timeout.timed_out(), "the gate never stopped its thread");
-    }
-
-    fn open(&self) {
-        self.state.lock().unwrap().open = true;
-        self.changed.notify_all();
-    }
-}
 
 #[derive(Debug)]
-struct GatedRenames(Arc<RenameGate>);
+struct GatedRenames(Arc<Gate>);
 
 impl keel_wal::Storage for GatedRenames {
     fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        self.0.pass(to);
+        self.0.pass(Some(to));
         std::fs::rename(from, to)
     }
 }
@@ -305,17 +261,11 @@ fn wait_until_idle(wal: &keel_wal::Wal) {
 /// reopen, and the removal kept the log whole.
 fn parked_rotation(backend: BackendChoice, at: &'static str) {
     let dir = tempfile::tempdir().unwrap();
-    let gate = Arc::new(RenameGate::default());
-    let wal = Arc::new(
-        keel_recovery::open_wal(
-            dir.path(),
-            WalOptions {
-                storage: Arc::new(GatedRenames(Arc::clone(&gate))) as _,
-                witness_idle: None,
-                ..options(backend)
-            },
-        )
-        .unwrap(),
+    let gate = Arc::new(Gate::default());
+    let wal = open_on(
+        dir.path(),
+        backend,
+        Arc::new(GatedRenames(Arc::clone(&gate))),
     );
     let mut acked = BTreeMap::new();
     // Three segments, so the removal has something to recycle.
@@ -336,14 +286,9 @@ fn parked_rotation(backend: BackendChoice, at: &'static str) {
             acked.insert(wal.append_wait(std::slice::from_ref(&e)).unwrap(), e);
         }
         // The preallocator is making the next spare, or has: wait until it did.
-        while !std::fs::read_dir(dir.path())
-            .unwrap()
-            .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_a_ready_spare(dir.path());
     }
-    gate.arm(&thread, suffix);
+    gate.arm(&thread, Some(suffix));
     let driver = {
         let wal = Arc::clone(&wal);
         std::thread::Builder::new()
@@ -490,24 +435,9 @@ fn a_storage_panic_on_the_preallocator_thread_does_not_hang_a_driven_rotation() 
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(PanickingPreallocation::default());
-        let wal = Arc::new(
-            keel_recovery::open_wal(
-                dir.path(),
-                WalOptions {
-                    storage: Arc::clone(&storage) as _,
-                    witness_idle: None,
-                    ..options(backend)
-                },
-            )
-            .unwrap(),
-        );
+        let wal = open_on(dir.path(), backend, Arc::clone(&storage) as _);
         // The spare made at open is published before the panic is armed.
-        while !std::fs::read_dir(dir.path())
-            .unwrap()
-            .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_a_ready_spare(dir.path());
         storage.armed.store(true, SeqCst);
         let (acked, failed) = within(LIMIT, "commits across two rotations", {
             let wal = Arc::clone(&wal);
@@ -547,13 +477,13 @@ fn a_storage_panic_on_the_preallocator_thread_does_not_hang_a_driven_rotation() 
 /// `.ready` fails (as on a full disk) once `fail` is set.
 #[derive(Debug)]
 struct GatedFailingPublish {
-    gate: Arc<RenameGate>,
+    gate: Arc<Gate>,
     fail: AtomicBool,
 }
 
 impl keel_wal::Storage for GatedFailingPublish {
     fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        self.gate.pass(to);
+        self.gate.pass(Some(to));
         let publishing = to.to_string_lossy().ends_with(".ready");
         if publishing && self.fail.load(SeqCst) {
             return Err(std::io::Error::other(
@@ -576,20 +506,10 @@ fn a_rotation_waiting_for_a_spare_takes_a_recycled_one_that_arrives_meanwhile() 
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(GatedFailingPublish {
-            gate: Arc::new(RenameGate::default()),
+            gate: Arc::new(Gate::default()),
             fail: AtomicBool::new(false),
         });
-        let wal = Arc::new(
-            keel_recovery::open_wal(
-                dir.path(),
-                WalOptions {
-                    storage: Arc::clone(&storage) as _,
-                    witness_idle: None,
-                    ..options(backend)
-                },
-            )
-            .unwrap(),
-        );
+        let wal = open_on(dir.path(), backend, Arc::clone(&storage) as _);
         let mut acked = BTreeMap::new();
         let mut i = 0;
         let mut commit = |wal: &keel_wal::Wal, acked: &mut BTreeMap<Lsn, WalEntry>| {
@@ -601,15 +521,10 @@ fn a_rotation_waiting_for_a_spare_takes_a_recycled_one_that_arrives_meanwhile() 
         while common::segment_lsns(dir.path()).len() < 3 {
             commit(&wal, &mut acked);
         }
-        while !std::fs::read_dir(dir.path())
-            .unwrap()
-            .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_a_ready_spare(dir.path());
         // The next rotation takes that spare; the one after waits for its replacement,
         // which the gate parks as it is published.
-        storage.gate.arm("keel-wal-prealloc", ".ready");
+        storage.gate.arm("keel-wal-prealloc", Some(".ready"));
         let rotations = wal.stats().rotations;
         let waiting = {
             let wal = Arc::clone(&wal);

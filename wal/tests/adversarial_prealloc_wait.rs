@@ -84,6 +84,35 @@ fn commit_through_rotation(wal: &Wal, acked: &mut BTreeMap<Lsn, WalEntry>, tag: 
     }
 }
 
+/// A log in a new directory on a [`FlakyPublish`] storage, `keep` recycled spares: three
+/// segments written and the next spare published.
+struct Started {
+    dir: tempfile::TempDir,
+    storage: Arc<FlakyPublish>,
+    wal: Arc<Wal>,
+    acked: BTreeMap<Lsn, WalEntry>,
+}
+
+fn started(backend: BackendChoice, keep: usize) -> Started {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(FlakyPublish::default());
+    let wal =
+        Arc::new(keel_recovery::open_wal(dir.path(), options(backend, &storage, keep)).unwrap());
+    let mut acked = BTreeMap::new();
+    let mut tag = 0;
+    while common::segment_lsns(dir.path()).len() < 3 {
+        commit_through_rotation(&wal, &mut acked, tag);
+        tag += 1;
+    }
+    wait_for("published a spare", || spare_ready(dir.path()));
+    Started {
+        dir,
+        storage,
+        wal,
+        acked,
+    }
+}
+
 fn check_acked(dir: &std::path::Path, acked: &BTreeMap<Lsn, WalEntry>) {
     let oldest = common::segment_lsns(dir)[0];
     let recovered: BTreeMap<Lsn, WalEntry> = common::read_all(dir).into_iter().collect();
@@ -99,18 +128,13 @@ fn check_acked(dir: &std::path::Path, acked: &BTreeMap<Lsn, WalEntry>) {
 #[test]
 fn a_failed_fill_retried_since_does_not_fail_a_later_rotation() {
     for backend in common::backends() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(FlakyPublish::default());
-        let wal =
-            Arc::new(keel_recovery::open_wal(dir.path(), options(backend, &storage, 1)).unwrap());
-        let mut acked = BTreeMap::new();
-        // Three segments and the first spare published.
-        let mut tag = 0;
-        while common::segment_lsns(dir.path()).len() < 3 {
-            commit_through_rotation(&wal, &mut acked, tag);
-            tag += 1;
-        }
-        wait_for("published a spare", || spare_ready(dir.path()));
+        // Three segments and the next spare published.
+        let Started {
+            dir,
+            storage,
+            wal,
+            mut acked,
+        } = started(backend, 1);
         // The next rotation takes the ready spare; its replacement fails.
         storage.fail.store(true, SeqCst);
         commit_through_rotation(&wal, &mut acked, 100);
@@ -164,17 +188,13 @@ fn a_failed_fill_retried_since_does_not_fail_a_later_rotation() {
 #[test]
 fn failed_fills_leave_no_files_while_the_log_goes_on_in_recycled_ones() {
     for backend in common::backends() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(FlakyPublish::default());
-        let wal =
-            Arc::new(keel_recovery::open_wal(dir.path(), options(backend, &storage, 2)).unwrap());
-        let mut acked = BTreeMap::new();
-        let mut tag = 0;
-        while common::segment_lsns(dir.path()).len() < 3 {
-            commit_through_rotation(&wal, &mut acked, tag);
-            tag += 1;
-        }
-        wait_for("published a spare", || spare_ready(dir.path()));
+        // Three segments and the next spare published.
+        let Started {
+            dir,
+            storage,
+            wal,
+            mut acked,
+        } = started(backend, 2);
         storage.fail.store(true, SeqCst);
         // The ready spare, then recycled ones only.
         // Each rotation's fill has failed (and the thread is idle) before the next rotation,

@@ -8,9 +8,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::within;
 use keel_sim::Faults;
 use keel_wal::{BackendChoice, Durability, Error, Lsn, Wal, WalOptions};
 
@@ -22,20 +22,6 @@ fn options(backend: BackendChoice) -> WalOptions {
         witness_idle: None,
         ..common::small_options(backend)
     }
-}
-
-/// Runs `f` on a thread; fails the test if it takes longer than `limit` (a lost wake-up
-/// leaves a commit waiting for ever).
-fn within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (done, outcome) = mpsc::channel();
-    std::thread::spawn(move || done.send(f()).unwrap());
-    outcome
-        .recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("{what}: not resolved within {limit:?} (a lost wake-up?)"))
 }
 
 fn wait_until_idle(wal: &Wal) {

@@ -2,8 +2,31 @@
 #![allow(dead_code, reason = "each test file uses its own subset")]
 
 use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use keel_wal::{BackendChoice, LogReader, Lsn, RunId, WalEntry, WalOptions};
+
+pub mod gate;
+
+/// How long a test waits for what must happen (a commit, a parked thread) before it fails.
+pub const LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs `f` on a thread; fails the test when it takes longer than `limit` (a stranded
+/// commit, a lost wake-up or a deadlock).
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, outcome) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    outcome
+        .recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?} (a hang?)"))
+}
 
 /// Every backend this build can run; each test runs on all of them.
 pub fn backends() -> Vec<BackendChoice> {
