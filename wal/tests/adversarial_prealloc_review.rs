@@ -1,0 +1,167 @@
+//! Adversarial review of the preallocator's handling of spares (helper-46): the error of a
+//! background fill that failed before a rotation asked for a spare (the speculative fill
+//! `replenish` starts after every rotation) must not decide that rotation when a fill made
+//! for it would succeed, and a fill that keeps failing must still fail the rotation (no hang).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use common::{LIMIT, within};
+use keel_wal::{BackendChoice, Durability, Lsn, Wal, WalEntry, WalOptions};
+
+/// A storage whose publishing of a spare (the rename to `.ready`) fails while `fail` is set,
+/// as on a disk that is full for a while; it counts the failures.
+#[derive(Debug, Default)]
+struct FullForAWhile {
+    fail: AtomicBool,
+    failures: AtomicU64,
+}
+
+impl keel_wal::Storage for FullForAWhile {
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        if to.to_string_lossy().ends_with(".ready") && self.fail.load(SeqCst) {
+            self.failures.fetch_add(1, SeqCst);
+            return Err(std::io::Error::other(
+                "injected: no space left to publish a spare",
+            ));
+        }
+        std::fs::rename(from, to)
+    }
+}
+
+fn options(backend: BackendChoice, storage: &Arc<FullForAWhile>) -> WalOptions {
+    WalOptions {
+        durability: Durability::Strict,
+        witness_idle: None,
+        storage: Arc::clone(storage) as _,
+        ..common::small_options(backend)
+    }
+}
+
+/// Waits (polling a condition, not ordering anything) until `done`.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < LIMIT, "never {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn spare_ready(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
+}
+
+/// Commits until one more rotation has happened; returns the first commit that failed.
+fn commit_through_rotation(
+    wal: &Arc<Wal>,
+    acked: &mut BTreeMap<Lsn, WalEntry>,
+    tag: u64,
+) -> Result<(), String> {
+    let wal = Arc::clone(wal);
+    let (mine, outcome) = within(LIMIT, "commits through a rotation", move || {
+        let mut mine = BTreeMap::new();
+        let before = wal.stats().rotations;
+        let mut i = 0;
+        while wal.stats().rotations == before {
+            let e = common::write(1, tag << 32 | i, "k", 6000);
+            i += 1;
+            match wal.append_wait(std::slice::from_ref(&e)) {
+                Ok(lsn) => mine.insert(lsn, e),
+                Err(error) => return (mine, Err(format!("commit {tag}/{i} failed: {error}"))),
+            };
+        }
+        (mine, Ok(()))
+    });
+    acked.extend(mine);
+    outcome
+}
+
+/// A log on a [`FullForAWhile`] storage: two segments written and the next spare published.
+fn started(backend: BackendChoice) -> (tempfile::TempDir, Arc<FullForAWhile>, Arc<Wal>) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(FullForAWhile::default());
+    let wal = Arc::new(keel_recovery::open_wal(dir.path(), options(backend, &storage)).unwrap());
+    let mut acked = BTreeMap::new();
+    let mut tag = 0;
+    while common::segment_lsns(dir.path()).len() < 2 {
+        commit_through_rotation(&wal, &mut acked, tag).unwrap();
+        tag += 1;
+    }
+    wait_for("published a spare", || spare_ready(dir.path()));
+    (dir, storage, wal)
+}
+
+fn check_acked(dir: &std::path::Path, acked: &BTreeMap<Lsn, WalEntry>) {
+    let oldest = common::segment_lsns(dir)[0];
+    let recovered: BTreeMap<Lsn, WalEntry> = common::read_all(dir).into_iter().collect();
+    for (lsn, e) in acked.range(oldest..) {
+        assert_eq!(recovered.get(lsn), Some(e), "commit {lsn} lost");
+    }
+}
+
+/// A rotation takes the ready spare, and the fill that replaces it (started by the rotation,
+/// speculatively) fails on a disk full for a moment; nothing retries it while the log has no
+/// rotation to make. By the next rotation the disk has room: a spare can be made, and no
+/// segment was freed (nothing to recycle). That rotation must ask for a fill of its own, not
+/// fail with the error the earlier one left (which poisons a healthy log: the error of a
+/// fill nobody waited for, "a stale one" in docs/DESIGN.md "When a spare cannot be made";
+/// before the fix every commit from then on was refused).
+#[test]
+fn a_fill_that_failed_before_the_rotation_asked_does_not_poison_it() {
+    for backend in common::backends() {
+        let (dir, storage, wal) = started(backend);
+        let mut acked = BTreeMap::new();
+        storage.fail.store(true, SeqCst);
+        commit_through_rotation(&wal, &mut acked, 100).unwrap();
+        wait_for("failed the speculative fill", || {
+            storage.failures.load(SeqCst) >= 1
+        });
+        // The disk has room again.
+        storage.fail.store(false, SeqCst);
+        if let Err(error) = commit_through_rotation(&wal, &mut acked, 101) {
+            panic!(
+                "{backend:?}: a rotation failed with an earlier fill's error, a spare could be made: {error}"
+            );
+        }
+        commit_through_rotation(&wal, &mut acked, 102).unwrap();
+        Arc::into_inner(wal).unwrap().close().unwrap();
+        check_acked(dir.path(), &acked);
+    }
+}
+
+/// The other side of the above: on a disk that stays full, the rotation's own fill fails
+/// too, and the rotation fails (the log is poisoned, nothing acknowledged is touched)
+/// instead of waiting for ever; no failed fill's file stays behind.
+#[test]
+fn a_fill_that_keeps_failing_still_fails_the_rotation() {
+    for backend in common::backends() {
+        let (dir, storage, wal) = started(backend);
+        let mut acked = BTreeMap::new();
+        storage.fail.store(true, SeqCst);
+        commit_through_rotation(&wal, &mut acked, 100).unwrap();
+        wait_for("failed the speculative fill", || {
+            storage.failures.load(SeqCst) >= 1
+        });
+        let error = commit_through_rotation(&wal, &mut acked, 101)
+            .expect_err("a rotation with no spare to be had went on");
+        assert!(error.contains("injected"), "{backend:?}: {error}");
+        let wal = Arc::into_inner(wal).unwrap();
+        assert!(
+            wal.close().is_err(),
+            "{backend:?}: the log was not poisoned"
+        );
+        let tmps: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(tmps.is_empty(), "{backend:?}: failed fills left {tmps:?}");
+        check_acked(dir.path(), &acked);
+    }
+}
