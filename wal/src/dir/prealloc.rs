@@ -70,7 +70,10 @@ struct State {
     /// The background thread is making a spare (asked for already: asking again would make
     /// a second one, and the first would be left on disk unused).
     making: bool,
-    failed: Option<String>,
+    /// Fills the background thread has started, counted from 1.
+    fills: u64,
+    /// The error of the last fill that failed, with its number (see [`State::fills`]).
+    failed: Option<(u64, String)>,
     /// The background thread ended by a panic (a [`Storage`] that panics): no spare will
     /// come from it, and a rotation waiting for one fails instead of waiting for ever.
     gone: bool,
@@ -185,10 +188,13 @@ impl Preallocator {
     /// Takes the oldest recycled spare, else the ready spare, waiting for the background
     /// thread (or, without one, making it here). A segment recycled while it waits is taken
     /// as soon as it is there, and before the error of a spare that could not be made (a
-    /// full disk: freed segments are what lets the log go on). Returns the spare and whether
-    /// the caller had to wait.
+    /// full disk: freed segments are what lets the log go on). Only a fill started after this
+    /// call fails it: one started before (the fill [`Self::replenish`] asked for, which may
+    /// have failed long ago, on a disk full then) is retried first. Returns the spare and
+    /// whether the caller had to wait.
     pub(crate) fn take(&self) -> Result<(Spare, bool)> {
         let mut state = lock(&self.shared.state);
+        let started_before = state.fills;
         let mut waited = false;
         loop {
             if let Some(spare) = state.recycled.pop_front() {
@@ -197,7 +203,9 @@ impl Preallocator {
             if let Some(spare) = state.ready.take() {
                 return Ok((spare, waited));
             }
-            if let Some(why) = state.failed.take() {
+            if let Some((fill, why)) = state.failed.take()
+                && fill > started_before
+            {
                 state.wanted = true;
                 self.shared.changed.notify_all();
                 return Err(Error::io(
@@ -265,7 +273,7 @@ impl Shared {
     fn run(&self) {
         let _gone = GoneOnPanic(self);
         loop {
-            let sequence = {
+            let (fill, sequence) = {
                 let mut state = lock(&self.state);
                 while !state.stopping && !state.wanted {
                     state = self
@@ -281,8 +289,9 @@ impl Shared {
                 // A new fill: the error of an earlier one (the log went on in recycled
                 // spares meanwhile) is not this one's, and a rotation waits for this one.
                 state.failed = None;
+                state.fills += 1;
                 state.sequence += 1;
-                state.sequence - 1
+                (state.fills, state.sequence - 1)
             };
             let made = self.make(sequence);
             let mut state = lock(&self.state);
@@ -291,7 +300,7 @@ impl Shared {
                 Ok(spare) => state.ready = Some(spare),
                 Err(error) => {
                     tracing::warn!(%error, "could not preallocate a segment");
-                    state.failed = Some(error.to_string());
+                    state.failed = Some((fill, error.to_string()));
                 }
             }
             self.changed.notify_all();
