@@ -165,3 +165,146 @@ fn a_fill_that_keeps_failing_still_fails_the_rotation() {
         check_acked(dir.path(), &acked);
     }
 }
+
+/// A storage whose publishing of a spare (the rename to `.ready`) can be held at a gate, and
+/// fails for the next `fail_next` publishings (a disk full for exactly that many fills).
+#[derive(Debug, Default)]
+struct GatedFull {
+    gate: common::gate::Gate,
+    fail_next: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl keel_wal::Storage for GatedFull {
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        if to.to_string_lossy().ends_with(".ready") {
+            self.gate.pass(Some(to));
+            let failing = self
+                .fail_next
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                self.failures.fetch_add(1, SeqCst);
+                return Err(std::io::Error::other(
+                    "injected: no space left to publish a spare",
+                ));
+            }
+        }
+        std::fs::rename(from, to)
+    }
+}
+
+/// A log on a [`GatedFull`] storage with two segments written and the next spare published,
+/// then one more rotation, whose speculative fill is held at its publishing (the gate parked):
+/// the next rotation will find no spare and that fill in progress, started before it asked.
+fn parked_fill(backend: BackendChoice, fail: u64) -> (tempfile::TempDir, Arc<GatedFull>, Arc<Wal>) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(GatedFull::default());
+    let options = WalOptions {
+        durability: Durability::Strict,
+        witness_idle: None,
+        storage: Arc::clone(&storage) as _,
+        ..common::small_options(backend)
+    };
+    let wal = Arc::new(keel_recovery::open_wal(dir.path(), options).unwrap());
+    let mut acked = BTreeMap::new();
+    let mut tag = 0;
+    while common::segment_lsns(dir.path()).len() < 2 {
+        commit_through_rotation(&wal, &mut acked, tag).unwrap();
+        tag += 1;
+    }
+    wait_for("published a spare", || spare_ready(dir.path()));
+    storage.gate.arm("keel-wal-prealloc", Some(".ready"));
+    storage.fail_next.store(fail, SeqCst);
+    commit_through_rotation(&wal, &mut acked, 50).unwrap();
+    storage.gate.wait_parked();
+    check_acked(dir.path(), &acked);
+    (dir, storage, wal)
+}
+
+fn tmp_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect()
+}
+
+/// The fill in progress when a rotation asks (started before it) fails; the disk has room
+/// for the next. The rotation must drop that fill's error, ask for a fill of its own and go
+/// on in it, not wait for ever (no fill asked after the stale error is dropped) nor fail.
+/// The gate opens while the rotation runs, in whatever order against its wait: the outcome
+/// must be the same in every order (the failed fill started before the rotation either way).
+#[test]
+fn a_fill_in_progress_when_the_rotation_asks_that_fails_is_retried() {
+    for backend in common::backends() {
+        let (dir, storage, wal) = parked_fill(backend, 1);
+        let mut acked = BTreeMap::new();
+        let rotating = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                let mut acked = BTreeMap::new();
+                let outcome = commit_through_rotation(&wal, &mut acked, 101);
+                (acked, outcome)
+            })
+        };
+        storage.gate.open();
+        let (mine, outcome) = rotating.join().unwrap();
+        acked.extend(mine);
+        if let Err(error) = outcome {
+            panic!("{backend:?}: a rotation failed with a fill started before it: {error}");
+        }
+        assert_eq!(storage.failures.load(SeqCst), 1, "{backend:?}");
+        commit_through_rotation(&wal, &mut acked, 102).unwrap();
+        Arc::into_inner(wal).unwrap().close().unwrap();
+        assert!(
+            tmp_files(dir.path()).is_empty(),
+            "{backend:?}: {:?}",
+            tmp_files(dir.path())
+        );
+        check_acked(dir.path(), &acked);
+    }
+}
+
+/// The same on a disk that stays full: the fill in progress fails, the one the rotation
+/// asks for fails too, and the rotation fails after exactly that one retry (bounded: not a
+/// retry loop while the disk is full), poisoning the log with nothing acknowledged lost and
+/// no failed fill's file left.
+#[test]
+fn a_fill_in_progress_that_fails_on_a_disk_that_stays_full_fails_the_rotation_once_retried() {
+    for backend in common::backends() {
+        let (dir, storage, wal) = parked_fill(backend, u64::MAX);
+        let mut acked = BTreeMap::new();
+        let rotating = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                let mut acked = BTreeMap::new();
+                let outcome = commit_through_rotation(&wal, &mut acked, 101);
+                (acked, outcome)
+            })
+        };
+        storage.gate.open();
+        let (mine, outcome) = rotating.join().unwrap();
+        acked.extend(mine);
+        let error = outcome.expect_err("a rotation with no spare to be had went on");
+        assert!(error.contains("injected"), "{backend:?}: {error}");
+        let wal = Arc::into_inner(wal).unwrap();
+        assert!(
+            wal.close().is_err(),
+            "{backend:?}: the log was not poisoned"
+        );
+        // The fill in progress, the rotation's own, and at most the one its failure asks
+        // for after it (made in the background while the log closes).
+        let failures = storage.failures.load(SeqCst);
+        assert!(
+            (2..=3).contains(&failures),
+            "{backend:?}: {failures} failed fills"
+        );
+        assert!(
+            tmp_files(dir.path()).is_empty(),
+            "{backend:?}: {:?}",
+            tmp_files(dir.path())
+        );
+        check_acked(dir.path(), &acked);
+    }
+}
