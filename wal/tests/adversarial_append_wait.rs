@@ -12,7 +12,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex, TryLockError, mpsc};
-use std::time::Duration;
 
 use common::gate::Gate;
 use common::{LIMIT, within};
@@ -75,14 +74,6 @@ impl Storage for GatedStorage {
     }
 }
 
-fn wait_until_idle(wal: &Wal) {
-    let started = std::time::Instant::now();
-    while !wal.writer_idle() {
-        assert!(started.elapsed() < LIMIT, "the writer never went idle");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// A committer, holding `order` (its own lock, say the one that orders its commits), calls
 /// `append_wait` while the writer is idle, so it drives; parked at the gate before its take,
 /// it lets `foreign` queue another component's commit. Returns what the committer's
@@ -110,7 +101,7 @@ fn drive_beside(
         ..common::small_options(backend)
     };
     let wal = Arc::new(keel_recovery::open_wal(dir.path(), options).unwrap());
-    wait_until_idle(&wal);
+    common::wait_until_idle(&wal);
     gate.arm(COMMITTER, None);
     let committer = {
         let (wal, order) = (Arc::clone(&wal), Arc::clone(order));

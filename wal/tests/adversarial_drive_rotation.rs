@@ -45,18 +45,6 @@ fn open_on(
     Arc::new(keel_recovery::open_wal(dir, options).unwrap())
 }
 
-/// Waits until the preallocator has published a spare in `dir`.
-fn wait_for_a_ready_spare(dir: &std::path::Path) {
-    let started = Instant::now();
-    while !std::fs::read_dir(dir)
-        .unwrap()
-        .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
-    {
-        assert!(started.elapsed() < LIMIT, "no spare published");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 fn xorshift(rng: &mut u64) -> u64 {
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
@@ -245,14 +233,6 @@ impl keel_wal::Storage for GatedRenames {
     }
 }
 
-fn wait_until_idle(wal: &keel_wal::Wal) {
-    let started = Instant::now();
-    while !wal.writer_idle() {
-        assert!(started.elapsed() < LIMIT, "the writer never went idle");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// A committer that drives is parked inside its rotation (`at`: installing the new segment,
 /// or waiting for the preallocator to publish a spare). Meanwhile other committers (one that
 /// would drive, one handing off, a sync), a removal of everything below the next LSN (with
@@ -286,7 +266,7 @@ fn parked_rotation(backend: BackendChoice, at: &'static str) {
             acked.insert(wal.append_wait(std::slice::from_ref(&e)).unwrap(), e);
         }
         // The preallocator is making the next spare, or has: wait until it did.
-        wait_for_a_ready_spare(dir.path());
+        common::wait_for("published a spare", || common::spare_ready(dir.path()));
     }
     gate.arm(&thread, Some(suffix));
     let driver = {
@@ -302,7 +282,7 @@ fn parked_rotation(backend: BackendChoice, at: &'static str) {
                 let wanted = if at == "prealloc" { 2 } else { 1 };
                 let mut i = 0;
                 while wal.stats().rotations < rotations + wanted {
-                    wait_until_idle(&wal);
+                    common::wait_until_idle(&wal);
                     let e = entry(1, i, 6000);
                     mine.insert(wal.append_wait(std::slice::from_ref(&e)).unwrap(), e);
                     i += 1;
@@ -437,7 +417,7 @@ fn a_storage_panic_on_the_preallocator_thread_does_not_hang_a_driven_rotation() 
         let storage = Arc::new(PanickingPreallocation::default());
         let wal = open_on(dir.path(), backend, Arc::clone(&storage) as _);
         // The spare made at open is published before the panic is armed.
-        wait_for_a_ready_spare(dir.path());
+        common::wait_for("published a spare", || common::spare_ready(dir.path()));
         storage.armed.store(true, SeqCst);
         let (acked, failed) = within(LIMIT, "commits across two rotations", {
             let wal = Arc::clone(&wal);
@@ -446,7 +426,7 @@ fn a_storage_panic_on_the_preallocator_thread_does_not_hang_a_driven_rotation() 
                 // The first rotation takes the ready spare (its replacement's sync panics);
                 // the second needs that replacement.
                 for i in 0..60 {
-                    wait_until_idle(&wal);
+                    common::wait_until_idle(&wal);
                     let e = entry(1, i, 6000);
                     match wal.append_wait(std::slice::from_ref(&e)) {
                         Ok(lsn) => {
@@ -521,7 +501,7 @@ fn a_rotation_waiting_for_a_spare_takes_a_recycled_one_that_arrives_meanwhile() 
         while common::segment_lsns(dir.path()).len() < 3 {
             commit(&wal, &mut acked);
         }
-        wait_for_a_ready_spare(dir.path());
+        common::wait_for("published a spare", || common::spare_ready(dir.path()));
         // The next rotation takes that spare; the one after waits for its replacement,
         // which the gate parks as it is published.
         storage.gate.arm("keel-wal-prealloc", Some(".ready"));

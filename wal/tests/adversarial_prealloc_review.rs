@@ -8,7 +8,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::time::{Duration, Instant};
 
 use common::{LIMIT, within};
 use keel_wal::{BackendChoice, Durability, Lsn, Wal, WalEntry, WalOptions};
@@ -40,21 +39,6 @@ fn options(backend: BackendChoice, storage: &Arc<FullForAWhile>) -> WalOptions {
         storage: Arc::clone(storage) as _,
         ..common::small_options(backend)
     }
-}
-
-/// Waits (polling a condition, not ordering anything) until `done`.
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < LIMIT, "never {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn spare_ready(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
 }
 
 /// Commits until one more rotation has happened; returns the first commit that failed.
@@ -93,16 +77,8 @@ fn started(backend: BackendChoice) -> (tempfile::TempDir, Arc<FullForAWhile>, Ar
         commit_through_rotation(&wal, &mut acked, tag).unwrap();
         tag += 1;
     }
-    wait_for("published a spare", || spare_ready(dir.path()));
+    common::wait_for("published a spare", || common::spare_ready(dir.path()));
     (dir, storage, wal)
-}
-
-fn check_acked(dir: &std::path::Path, acked: &BTreeMap<Lsn, WalEntry>) {
-    let oldest = common::segment_lsns(dir)[0];
-    let recovered: BTreeMap<Lsn, WalEntry> = common::read_all(dir).into_iter().collect();
-    for (lsn, e) in acked.range(oldest..) {
-        assert_eq!(recovered.get(lsn), Some(e), "commit {lsn} lost");
-    }
 }
 
 /// A rotation takes the ready spare, and the fill that replaces it (started by the rotation,
@@ -119,7 +95,7 @@ fn a_fill_that_failed_before_the_rotation_asked_does_not_poison_it() {
         let mut acked = BTreeMap::new();
         storage.fail.store(true, SeqCst);
         commit_through_rotation(&wal, &mut acked, 100).unwrap();
-        wait_for("failed the speculative fill", || {
+        common::wait_for("failed the speculative fill", || {
             storage.failures.load(SeqCst) >= 1
         });
         // The disk has room again.
@@ -131,7 +107,7 @@ fn a_fill_that_failed_before_the_rotation_asked_does_not_poison_it() {
         }
         commit_through_rotation(&wal, &mut acked, 102).unwrap();
         Arc::into_inner(wal).unwrap().close().unwrap();
-        check_acked(dir.path(), &acked);
+        common::check_acked(dir.path(), &acked);
     }
 }
 
@@ -145,7 +121,7 @@ fn a_fill_that_keeps_failing_still_fails_the_rotation() {
         let mut acked = BTreeMap::new();
         storage.fail.store(true, SeqCst);
         commit_through_rotation(&wal, &mut acked, 100).unwrap();
-        wait_for("failed the speculative fill", || {
+        common::wait_for("failed the speculative fill", || {
             storage.failures.load(SeqCst) >= 1
         });
         let error = commit_through_rotation(&wal, &mut acked, 101)
@@ -156,13 +132,9 @@ fn a_fill_that_keeps_failing_still_fails_the_rotation() {
             wal.close().is_err(),
             "{backend:?}: the log was not poisoned"
         );
-        let tmps: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name.ends_with(".tmp"))
-            .collect();
+        let tmps = common::tmp_files(dir.path());
         assert!(tmps.is_empty(), "{backend:?}: failed fills left {tmps:?}");
-        check_acked(dir.path(), &acked);
+        common::check_acked(dir.path(), &acked);
     }
 }
 
@@ -213,21 +185,35 @@ fn parked_fill(backend: BackendChoice, fail: u64) -> (tempfile::TempDir, Arc<Gat
         commit_through_rotation(&wal, &mut acked, tag).unwrap();
         tag += 1;
     }
-    wait_for("published a spare", || spare_ready(dir.path()));
+    common::wait_for("published a spare", || common::spare_ready(dir.path()));
     storage.gate.arm("keel-wal-prealloc", Some(".ready"));
     storage.fail_next.store(fail, SeqCst);
     commit_through_rotation(&wal, &mut acked, 50).unwrap();
     storage.gate.wait_parked();
-    check_acked(dir.path(), &acked);
+    common::check_acked(dir.path(), &acked);
     (dir, storage, wal)
 }
 
-fn tmp_files(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".tmp"))
-        .collect()
+/// Commits through one more rotation on another thread while this one opens the parked
+/// fill's gate, in whatever order against the rotation's wait for a spare.
+fn rotate_opening_the_gate(
+    storage: &GatedFull,
+    wal: &Arc<Wal>,
+    acked: &mut BTreeMap<Lsn, WalEntry>,
+    tag: u64,
+) -> Result<(), String> {
+    let rotating = {
+        let wal = Arc::clone(wal);
+        std::thread::spawn(move || {
+            let mut mine = BTreeMap::new();
+            let outcome = commit_through_rotation(&wal, &mut mine, tag);
+            (mine, outcome)
+        })
+    };
+    storage.gate.open();
+    let (mine, outcome) = rotating.join().unwrap();
+    acked.extend(mine);
+    outcome
 }
 
 /// The fill in progress when a rotation asks (started before it) fails; the disk has room
@@ -240,29 +226,16 @@ fn a_fill_in_progress_when_the_rotation_asks_that_fails_is_retried() {
     for backend in common::backends() {
         let (dir, storage, wal) = parked_fill(backend, 1);
         let mut acked = BTreeMap::new();
-        let rotating = {
-            let wal = Arc::clone(&wal);
-            std::thread::spawn(move || {
-                let mut acked = BTreeMap::new();
-                let outcome = commit_through_rotation(&wal, &mut acked, 101);
-                (acked, outcome)
-            })
-        };
-        storage.gate.open();
-        let (mine, outcome) = rotating.join().unwrap();
-        acked.extend(mine);
+        let outcome = rotate_opening_the_gate(&storage, &wal, &mut acked, 101);
         if let Err(error) = outcome {
             panic!("{backend:?}: a rotation failed with a fill started before it: {error}");
         }
         assert_eq!(storage.failures.load(SeqCst), 1, "{backend:?}");
         commit_through_rotation(&wal, &mut acked, 102).unwrap();
         Arc::into_inner(wal).unwrap().close().unwrap();
-        assert!(
-            tmp_files(dir.path()).is_empty(),
-            "{backend:?}: {:?}",
-            tmp_files(dir.path())
-        );
-        check_acked(dir.path(), &acked);
+        let tmps = common::tmp_files(dir.path());
+        assert!(tmps.is_empty(), "{backend:?}: failed fills left {tmps:?}");
+        common::check_acked(dir.path(), &acked);
     }
 }
 
@@ -275,17 +248,7 @@ fn a_fill_in_progress_that_fails_on_a_disk_that_stays_full_fails_the_rotation_on
     for backend in common::backends() {
         let (dir, storage, wal) = parked_fill(backend, u64::MAX);
         let mut acked = BTreeMap::new();
-        let rotating = {
-            let wal = Arc::clone(&wal);
-            std::thread::spawn(move || {
-                let mut acked = BTreeMap::new();
-                let outcome = commit_through_rotation(&wal, &mut acked, 101);
-                (acked, outcome)
-            })
-        };
-        storage.gate.open();
-        let (mine, outcome) = rotating.join().unwrap();
-        acked.extend(mine);
+        let outcome = rotate_opening_the_gate(&storage, &wal, &mut acked, 101);
         let error = outcome.expect_err("a rotation with no spare to be had went on");
         assert!(error.contains("injected"), "{backend:?}: {error}");
         let wal = Arc::into_inner(wal).unwrap();
@@ -300,11 +263,8 @@ fn a_fill_in_progress_that_fails_on_a_disk_that_stays_full_fails_the_rotation_on
             (2..=3).contains(&failures),
             "{backend:?}: {failures} failed fills"
         );
-        assert!(
-            tmp_files(dir.path()).is_empty(),
-            "{backend:?}: {:?}",
-            tmp_files(dir.path())
-        );
-        check_acked(dir.path(), &acked);
+        let tmps = common::tmp_files(dir.path());
+        assert!(tmps.is_empty(), "{backend:?}: failed fills left {tmps:?}");
+        common::check_acked(dir.path(), &acked);
     }
 }

@@ -55,21 +55,6 @@ fn options(backend: BackendChoice, storage: &Arc<FlakyPublish>, keep: usize) -> 
     }
 }
 
-/// Whether a published spare is on disk, ready for the next rotation.
-fn spare_ready(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
-}
-
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < LIMIT, "never {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Commits until one more rotation has happened; every commit must be acknowledged.
 fn commit_through_rotation(wal: &Wal, acked: &mut BTreeMap<Lsn, WalEntry>, tag: u64) {
     let before = wal.stats().rotations;
@@ -104,20 +89,12 @@ fn started(backend: BackendChoice, keep: usize) -> Started {
         commit_through_rotation(&wal, &mut acked, tag);
         tag += 1;
     }
-    wait_for("published a spare", || spare_ready(dir.path()));
+    common::wait_for("published a spare", || common::spare_ready(dir.path()));
     Started {
         dir,
         storage,
         wal,
         acked,
-    }
-}
-
-fn check_acked(dir: &std::path::Path, acked: &BTreeMap<Lsn, WalEntry>) {
-    let oldest = common::segment_lsns(dir)[0];
-    let recovered: BTreeMap<Lsn, WalEntry> = common::read_all(dir).into_iter().collect();
-    for (lsn, e) in acked.range(oldest..) {
-        assert_eq!(recovered.get(lsn), Some(e), "commit {lsn} lost");
     }
 }
 
@@ -138,7 +115,7 @@ fn a_failed_fill_retried_since_does_not_fail_a_later_rotation() {
         // The next rotation takes the ready spare; its replacement fails.
         storage.fail.store(true, SeqCst);
         commit_through_rotation(&wal, &mut acked, 100);
-        wait_for("failed a fill", || storage.failures.load(SeqCst) >= 1);
+        common::wait_for("failed a fill", || storage.failures.load(SeqCst) >= 1);
         std::thread::sleep(Duration::from_millis(20));
         // A removal recycles a freed segment; the disk has room again.
         let freed = wal.remove_segments_before(wal.durable_lsn()).unwrap();
@@ -148,11 +125,13 @@ fn a_failed_fill_retried_since_does_not_fail_a_later_rotation() {
         let recycled = wal.stats().segments_recycled;
         commit_through_rotation(&wal, &mut acked, 101);
         assert_eq!(wal.stats().segments_recycled, recycled + 1, "{backend:?}");
-        wait_for("published the retried spare", || spare_ready(dir.path()));
+        common::wait_for("published the retried spare", || {
+            common::spare_ready(dir.path())
+        });
         // This rotation takes that spare; the next fill is held as it publishes.
         storage.hold.store(true, SeqCst);
         commit_through_rotation(&wal, &mut acked, 102);
-        wait_for("held the next fill", || storage.held.load(SeqCst));
+        common::wait_for("held the next fill", || storage.held.load(SeqCst));
         // A rotation now waits for the held fill (released shortly), and goes on.
         let driver = {
             let wal = Arc::clone(&wal);
@@ -177,7 +156,7 @@ fn a_failed_fill_retried_since_does_not_fail_a_later_rotation() {
             ),
         }
         Arc::into_inner(wal).unwrap().close().unwrap();
-        check_acked(dir.path(), &acked);
+        common::check_acked(dir.path(), &acked);
     }
 }
 
@@ -200,21 +179,17 @@ fn failed_fills_leave_no_files_while_the_log_goes_on_in_recycled_ones() {
         // Each rotation's fill has failed (and the thread is idle) before the next rotation,
         // so that each one asks for a fill of its own.
         commit_through_rotation(&wal, &mut acked, 100);
-        wait_for("failed a fill", || storage.failures.load(SeqCst) >= 1);
+        common::wait_for("failed a fill", || storage.failures.load(SeqCst) >= 1);
         for round in 0..6u64 {
             std::thread::sleep(Duration::from_millis(5));
             wal.remove_segments_before(wal.durable_lsn()).unwrap();
             commit_through_rotation(&wal, &mut acked, 200 + round);
-            wait_for("failed the fills", || {
+            common::wait_for("failed the fills", || {
                 storage.failures.load(SeqCst) >= round + 2
             });
         }
         std::thread::sleep(Duration::from_millis(20));
-        let tmps: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name.ends_with(".tmp"))
-            .collect();
+        let tmps = common::tmp_files(dir.path());
         println!(
             "{backend:?}: {} failed fills, left: {tmps:?}",
             storage.failures.load(SeqCst)
@@ -226,6 +201,6 @@ fn failed_fills_leave_no_files_while_the_log_goes_on_in_recycled_ones() {
             tmps.len()
         );
         Arc::into_inner(wal).unwrap().close().unwrap();
-        check_acked(dir.path(), &acked);
+        common::check_acked(dir.path(), &acked);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::within;
 use keel_sim::Faults;
-use keel_wal::{BackendChoice, Durability, Error, Lsn, Wal, WalOptions};
+use keel_wal::{BackendChoice, Durability, Error, Lsn, WalOptions};
 
 /// No idle witness: nothing but the appends wakes the writer thread, so a lone committer
 /// finds it idle every time.
@@ -24,18 +24,12 @@ fn options(backend: BackendChoice) -> WalOptions {
     }
 }
 
-fn wait_until_idle(wal: &Wal) {
-    while !wal.writer_idle() {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn a_lone_committer_writes_its_own_commits_and_they_are_durable() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
         let wal = keel_recovery::open_wal(dir.path(), options(backend)).unwrap();
-        wait_until_idle(&wal);
+        common::wait_until_idle(&wal);
         let mut lsns = Vec::new();
         for i in 0..300 {
             // 300 × 2 KiB crosses several 64 KiB segments: drives rotate too.
@@ -66,7 +60,7 @@ fn a_batched_commit_written_by_its_committer_is_synced_by_the_timer() {
     for backend in common::backends() {
         let dir = tempfile::tempdir().unwrap();
         let wal = Arc::new(keel_recovery::open_wal(dir.path(), options(backend)).unwrap());
-        wait_until_idle(&wal);
+        common::wait_until_idle(&wal);
         let batched = Durability::Batched {
             max_delay: Duration::from_millis(20),
             max_bytes: u64::MAX,
@@ -83,7 +77,7 @@ fn a_batched_commit_written_by_its_committer_is_synced_by_the_timer() {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             });
-            wait_until_idle(&wal);
+            common::wait_until_idle(&wal);
         }
         assert!(wal.stats().driven >= 1, "{backend:?}");
         Arc::into_inner(wal).unwrap().close().unwrap();
@@ -163,7 +157,7 @@ fn a_failure_while_a_committer_drives_poisons_the_log() {
                 },
             )
             .unwrap();
-            wait_until_idle(&wal);
+            common::wait_until_idle(&wal);
             for i in 0..5 {
                 wal.append_wait(&[common::write(1, i, "ok", 50)]).unwrap();
             }

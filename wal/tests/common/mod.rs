@@ -1,11 +1,12 @@
 //! Helpers shared by keel-wal's integration tests.
 #![allow(dead_code, reason = "each test file uses its own subset")]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use keel_wal::{BackendChoice, LogReader, Lsn, RunId, WalEntry, WalOptions};
+use keel_wal::{BackendChoice, LogReader, Lsn, RunId, Wal, WalEntry, WalOptions};
 
 pub mod gate;
 
@@ -126,4 +127,43 @@ pub fn last_segment(dir: &Path) -> std::path::PathBuf {
         .expect("a segment")
         .path
         .clone()
+}
+
+/// Polls `done` (a condition, not an ordering) until it holds; fails the test after [`LIMIT`].
+pub fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < LIMIT, "never {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether a published spare is on disk in `dir`, ready for the next rotation.
+pub fn spare_ready(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".ready"))
+}
+
+/// The names of the unfinished spares (`spare-<n>.tmp`) in `dir`.
+pub fn tmp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect()
+}
+
+/// Checks that every acknowledged commit at or above the oldest segment in `dir` reads back.
+pub fn check_acked(dir: &Path, acked: &BTreeMap<Lsn, WalEntry>) {
+    let oldest = segment_lsns(dir)[0];
+    let recovered: BTreeMap<Lsn, WalEntry> = read_all(dir).into_iter().collect();
+    for (lsn, e) in acked.range(oldest..) {
+        assert_eq!(recovered.get(lsn), Some(e), "commit {lsn} lost");
+    }
+}
+
+/// Waits until the log's writer waits for work (the point a deterministic test steps from).
+pub fn wait_until_idle(wal: &Wal) {
+    wait_for("the writer went idle", || wal.writer_idle());
 }
