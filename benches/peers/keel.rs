@@ -10,12 +10,11 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::Arc;
 
 use keel_wal::{BackendChoice, Durability, RunId, Wal, WalEntry, WalOptions};
+
+use keel_bench::Trimmer;
 
 use crate::harness::Peer;
 
@@ -59,55 +58,6 @@ pub fn open(
         handoff: log == Log::TrimmedHandoff,
         trimmer,
     }))
-}
-
-/// Removes the log behind its durable LSN every 20 ms, on its own thread, until dropped.
-struct Trimmer {
-    stop: Arc<AtomicBool>,
-    failed: Arc<Mutex<Option<String>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Trimmer {
-    fn start(wal: Arc<Wal>) -> Trimmer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(Mutex::new(None));
-        let thread = {
-            let (stop, failed) = (Arc::clone(&stop), Arc::clone(&failed));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20));
-                    if let Err(e) = wal.remove_segments_before(wal.durable_lsn()) {
-                        *failed.lock().unwrap_or_else(PoisonError::into_inner) =
-                            Some(e.to_string());
-                        return;
-                    }
-                }
-            })
-        };
-        Trimmer {
-            stop,
-            failed,
-            thread: Some(thread),
-        }
-    }
-
-    /// Why removing log failed, if it did (commits fail with it from then on).
-    fn failure(&self) -> Option<String> {
-        self.failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-impl Drop for Trimmer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// Recovers the log (counting the entries of every committed transaction), then opens it.

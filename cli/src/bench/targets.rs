@@ -11,7 +11,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
-use keel_bench::{RawGroupLog, RawLog};
+use keel_bench::{RawGroupLog, RawLog, Trimmer};
 use keel_wal::{RunId, WalEntry};
 
 use super::Cell;
@@ -88,21 +88,6 @@ impl Trim {
     }
 }
 
-/// Removes the log's covered segments every 20 ms until `stop`, as checkpoints would.
-fn trimmer(
-    wal: Arc<keel_wal::Wal>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Result<(), String>> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            wal.remove_segments_before(wal.durable_lsn())
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    })
-}
-
 /// `cell.writers` committers, each appending one `Write` entry of `cell.value_size` bytes and
 /// waiting for it (as `--mode` and `--committers` say), on a log opened in `dir`, its covered
 /// segments treated as `trim` says.
@@ -120,8 +105,7 @@ pub(super) fn keel(
         ..args.wal_options(cell.backend)
     };
     let wal = Arc::new(keel_recovery::open_wal(dir, options).map_err(|e| e.to_string())?);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trimming = (trim != Trim::Keep).then(|| trimmer(Arc::clone(&wal), Arc::clone(&stop)));
+    let trimming = (trim != Trim::Keep).then(|| Trimmer::start(Arc::clone(&wal)));
     let backend = wal.backend().name();
     let value = vec![0x6b; cell.value_size];
     let record_bytes = keel_wal::EncodedBatch::encode(&[entry(0, 0, &value)], u32::MAX >> 6)
@@ -146,10 +130,7 @@ pub(super) fn keel(
             committer.append(&[entry(writer, sequence, &value)])
         })?,
     };
-    stop.store(true, Ordering::Relaxed);
-    if let Some(trimming) = trimming {
-        trimming.join().map_err(|_| "the trimmer panicked")??;
-    }
+    trimming.map_or(Ok(()), Trimmer::finish)?;
     let stats = wal.stats();
     Arc::into_inner(wal)
         .ok_or("the log is still shared")?
