@@ -19,6 +19,10 @@ use crate::ids::Lsn;
 /// Bytes read from the file at a time (a record larger than this is read whole).
 pub(crate) const READ_CHUNK: usize = 1 << 20;
 
+/// The least a reader at the live end of a log reads at a time
+/// ([`SegmentReader::forget_read_ahead`]).
+const LIVE_READ_CHUNK: usize = 16 << 10;
+
 /// Where one record sits: enough to read it back alone with [`crate::Wal::read_record`].
 /// Reported by [`crate::Wal::append_placed`] and by [`RecordRef::position`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -181,6 +185,8 @@ pub struct SegmentReader {
     buf: AlignedVec<16>,
     buf_offset: u64,
     next_offset: u64,
+    /// Bytes the next refill reads (at least): [`READ_CHUNK`], or less at a live end.
+    chunk: usize,
 }
 
 impl SegmentReader {
@@ -212,6 +218,7 @@ impl SegmentReader {
             buf: AlignedVec::with_capacity(READ_CHUNK),
             buf_offset: HEADER_BLOCK_LEN,
             next_offset: HEADER_BLOCK_LEN,
+            chunk: READ_CHUNK,
         })
     }
 
@@ -248,7 +255,15 @@ impl SegmentReader {
     /// Drops what was read ahead of the position, so the next read goes to the file: for a
     /// reader of a segment that is still being written, whose read-ahead may predate
     /// records written since.
+    ///
+    /// The next read is then about as large as what was read since the last one (the log's
+    /// growth between two looks), not a whole [`READ_CHUNK`]: a tail that follows a log
+    /// group commit by group commit would otherwise copy and zero a megabyte for every few
+    /// kilobytes written. Reads grow again as the reader keeps finding records.
     pub(crate) fn forget_read_ahead(&mut self) {
+        let read = self.next_offset.saturating_sub(self.buf_offset);
+        let read = usize::try_from(read).unwrap_or(READ_CHUNK);
+        self.chunk = read.clamp(LIVE_READ_CHUNK, READ_CHUNK);
         self.buf.clear();
         self.buf_offset = self.next_offset;
     }
@@ -372,8 +387,10 @@ impl SegmentReader {
         };
         self.buf.resize(keep, 0);
         self.buf_offset = offset;
-        let want = (len.max(READ_CHUNK) as u64).min(self.end - offset);
+        let want = (len.max(self.chunk) as u64).min(self.end - offset);
         let want = usize::try_from(want).expect("bounded by the chunk or record size");
+        // A reader that keeps finding records reads more at a time, up to a whole chunk.
+        self.chunk = self.chunk.saturating_mul(2).min(READ_CHUNK);
         if want > keep {
             self.buf.resize(want, 0);
             self.file
