@@ -95,6 +95,9 @@ struct Inner {
     /// deletes snapshots and segments the other may be looking at).
     snapshot_turn: tokio::sync::Mutex<()>,
     spill_txn_bytes: usize,
+    /// [`Options::feed_max_lag_bytes`]: also the most a subscription holds of transactions
+    /// open in the log.
+    feed_max_lag_bytes: u64,
     /// Spilled transactions whose heads the log must keep (see `retention`). Changed under
     /// the `pending` lock, with the append that begins or commits one.
     spills: Mutex<Spills>,

@@ -243,6 +243,23 @@ pub enum Error {
     /// The bytes given as a snapshot image are not one: nothing was changed.
     #[error("not a valid snapshot image: {0}")]
     InvalidSnapshotImage(String),
+    /// A [`Subscription`] ended at `position`: the transactions it had read that are still
+    /// open in the log (spilled ones, which it delivers whole at their commit) held
+    /// `held_bytes` in its memory, over [`Options::feed_max_lag_bytes`] (`max_bytes`).
+    /// Nothing of them was delivered. Bootstrap from a snapshot taken after they commit or
+    /// abort ([`Database::newest_snapshot`]) and subscribe from its LSN plus one, or raise
+    /// the option.
+    #[error(
+        "the change feed ended at LSN {position}: transactions still open in the log held {held_bytes} bytes of it, over Options::feed_max_lag_bytes ({max_bytes}); bootstrap from a snapshot taken after they end, or raise the option"
+    )]
+    FeedHeldTooMuch {
+        /// The LSN the subscription would have read next.
+        position: Lsn,
+        /// The bytes of open transactions it held.
+        held_bytes: u64,
+        /// [`Options::feed_max_lag_bytes`].
+        max_bytes: u64,
+    },
     /// A transaction's commit was refused, nothing of it logged: a commit made after its
     /// first read changed `key` (in `run`), which it read or scanned (under
     /// [`Isolation::Serializable`]) or writes (under [`Isolation::Snapshot`]). Run it again

@@ -308,3 +308,62 @@ fn a_slow_subscription_holds_the_log_within_its_lag_and_is_let_go_past_it() {
         db.close().unwrap();
     }
 }
+
+/// A subscription holds the transactions it has read and that are still open (spilled ones,
+/// delivered whole at their commit): within `feed_max_lag_bytes`, as the log it keeps is.
+/// One that spills past it ends the stream with `FeedHeldTooMuch`, after everything before
+/// it was delivered; one within it is delivered whole.
+#[test]
+fn a_subscription_holds_open_transactions_within_its_bound() {
+    const MAX: u64 = 16 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        feed_max_lag_bytes: MAX,
+        ..options()
+    };
+    let db = Database::open(dir.path(), options).unwrap();
+    let run = block_on(db.begin_run("feed")).unwrap();
+    let mut feed = db.subscribe(db.stats().wal.durable_lsn + 1);
+    let spill = |name: &str, count: u8| {
+        let mut txn = db.transaction(run).unwrap();
+        for p in 0..count {
+            txn.put(format!("{name}-{p:02}").as_bytes(), vec![p; 700])
+                .unwrap();
+        }
+        assert!(txn.spilled());
+        block_on(txn.commit()).unwrap()
+    };
+    // About 4 KiB, then about 28 KiB, spilled.
+    let small = spill("small", 6);
+    spill("large", 40);
+    let after = commit_some(&db, run, 0, 2);
+    match block_on(feed.next()) {
+        Some(Ok(FeedEvent::Commit(commit))) => {
+            assert_eq!(commit.commit_lsn, small);
+            assert_eq!(commit.changes.len(), 6);
+        }
+        other => panic!(
+            "expected the small transaction, got {:?}",
+            other.map(|event| event.map(|event| event.lsn()))
+        ),
+    }
+    match block_on(feed.next()) {
+        Some(Err(keel::Error::FeedHeldTooMuch {
+            held_bytes,
+            max_bytes,
+            ..
+        })) => {
+            assert_eq!(max_bytes, MAX);
+            assert!(held_bytes > MAX && held_bytes < MAX + 2048, "{held_bytes}");
+        }
+        other => panic!(
+            "expected FeedHeldTooMuch, got {:?}",
+            other.map(|event| event.map(|event| event.lsn()))
+        ),
+    }
+    assert!(block_on(feed.next()).is_none(), "the stream ended");
+    // From after the large one, the rest is delivered.
+    let mut feed = db.subscribe(after[0].1);
+    assert_eq!(block_on(feed.next()).unwrap().unwrap().lsn(), after[0].1);
+    db.close().unwrap();
+}

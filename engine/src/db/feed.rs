@@ -101,6 +101,8 @@ pub struct Subscription {
     ready: VecDeque<FeedEvent>,
     /// Nothing at or below this is delivered: below `from`, or delivered already.
     delivered_through: Lsn,
+    /// The most the assembler may hold of open transactions ([`Error::FeedHeldTooMuch`]).
+    max_held: u64,
 }
 
 impl Database {
@@ -119,7 +121,10 @@ impl Database {
     /// short reads on the polling thread, as a file read would be. It keeps the log it has
     /// still to read from being removed, within [`crate::Options::feed_max_lag_bytes`]:
     /// from `from`, or from the head of a spilled transaction begun below `from` that it
-    /// will deliver (its records are read, not delivered, from there).
+    /// will deliver (its records are read, not delivered, from there). Its memory is the
+    /// transactions it has read that are still open in the log (a spilled one is delivered
+    /// whole at its commit), within the same bound: past it the stream ends with
+    /// [`Error::FeedHeldTooMuch`].
     pub fn subscribe(&self, from: Lsn) -> Subscription {
         let from = from.max(1);
         // A spill that began below `from` and commits at or above it is delivered whole:
@@ -134,6 +139,7 @@ impl Database {
             assembler: TxnAssembler::new(start, from - 1),
             ready: VecDeque::new(),
             delivered_through: from - 1,
+            max_held: self.inner.feed_max_lag_bytes,
         }
     }
 }
@@ -160,6 +166,16 @@ impl Subscription {
             record.payload(),
             &mut sink,
         )?;
+        // What it holds is the transactions read and still open: bounded as the log it
+        // keeps is, or a transaction spilled without end would grow it without end.
+        let held = self.assembler.held_bytes() as u64;
+        if held > self.max_held {
+            return Err(Error::FeedHeldTooMuch {
+                position: record.lsn() + 1,
+                held_bytes: held,
+                max_bytes: self.max_held,
+            });
+        }
         match finding {
             None => Ok(()),
             Some(Finding::PartialTransaction {

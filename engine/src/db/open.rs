@@ -329,6 +329,7 @@ fn assemble(
         checkpoints: AtomicU64::new(0),
         snapshot_turn: tokio::sync::Mutex::new(()),
         spill_txn_bytes: options.spill_txn_bytes.max(1),
+        feed_max_lag_bytes: options.feed_max_lag_bytes,
         spills: Mutex::new(recovered.spills),
         last_install_marker: AtomicU64::new(recovered.last_install_marker),
         failed_installs: Arc::new(Mutex::new(recovered.failed_installs.into_iter().collect())),

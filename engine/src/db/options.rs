@@ -49,6 +49,9 @@ pub struct Options {
     /// How much log a [`Subscription`](super::Subscription) may keep from removal behind
     /// its position: one further behind when a checkpoint removes log ends with
     /// `keel_wal::Error::TailFellBehind`, and the log goes. Writers never wait for one.
+    /// Also the most a subscription holds in memory of the transactions it has read and
+    /// that are still open in the log (spilled ones, delivered whole at their commit): past
+    /// it, it ends with [`Error::FeedHeldTooMuch`](crate::Error::FeedHeldTooMuch).
     pub feed_max_lag_bytes: u64,
     /// How many log segments a checkpoint frees are kept and written over by later ones
     /// instead of deleted and zero-filled anew (see `keel_wal::WalOptions::recycle_segments`);
