@@ -1,21 +1,20 @@
 //! A read replica on the change feed: a primary and a follower database in two directories.
 //!
 //! The follower bootstraps from the primary's snapshot (`checkpoint`, `read_snapshot`,
-//! `install_snapshot`), then applies the primary's feed (`subscribe`) while the primary
-//! keeps committing. Midway it is stopped (closed) and restarted: it resumes from the
-//! primary LSN it stored in its own database. At the end both states are compared by digest.
+//! `install_snapshot`), then applies the primary's feed (`subscribe`, `apply_feed_commit`)
+//! while the primary keeps committing, begins a run, ends one and deletes another. Midway it
+//! is stopped (closed) and restarted: it resumes from the primary LSN it stored in its own
+//! database. At the end both states (runs, keys, values) are compared by digest.
 //!
 //! The follower stores the last applied primary LSN every few commits, not with each one: a
-//! restart may then apply again the commits after the stored LSN, which changes nothing,
-//! because puts and deletes applied again in commit order leave the same state. Runs are
-//! begun on the primary before the bootstrap (the snapshot carries them); the feed's system
-//! commits (runs begun or ended later) are counted here, not applied.
+//! restart may then apply again the commits after the stored LSN, which changes nothing once
+//! it has caught up (`Database::apply_feed_commit` says why).
 //!
 //! `cargo run --release -p keel --example replica`
 
 use futures::StreamExt;
 use futures::executor::block_on;
-use keel::{Database, FeedChange, FeedEvent, Lsn, Options, RunId};
+use keel::{Database, FeedEvent, Lsn, Options, RunId, RunState};
 
 /// Where the follower keeps its own bookkeeping (not a primary run).
 const REPLICATION: &str = "replication";
@@ -28,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let primary = Database::open(&primary_dir, Options::default())?;
     let orders = block_on(primary.begin_run("orders"))?;
     let users = block_on(primary.begin_run("users"))?;
-    write(&primary, orders, users, 0..400)?;
+    write(&primary, &[orders, users], 0..400)?;
 
     // Bootstrap: the primary's newest snapshot, installed; then the feed from its LSN on.
     let snapshot = block_on(primary.checkpoint())?;
@@ -39,8 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     store_applied(&replica, bookkeeping, snapshot)?;
     println!("bootstrapped the replica from the primary's snapshot at LSN {snapshot}");
 
-    // The follower applies the feed while the primary commits 400 more, then stops.
-    write(&primary, orders, users, 400..800)?;
+    // The follower applies the feed while the primary commits 400 more, in a run begun
+    // after the bootstrap too, then stops.
+    let events = block_on(primary.begin_run("events"))?;
+    write(&primary, &[orders, users, events], 400..800)?;
     let first = follow(&primary, &replica, bookkeeping, Some(300))?;
     println!(
         "follower stopped after {} commits (applied through primary LSN {})",
@@ -48,19 +49,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     replica.close()?;
 
-    // Restarted: resumes from the LSN it stored, while the primary commits 400 more.
-    write(&primary, orders, users, 800..1200)?;
+    // Restarted: resumes from the LSN it stored, while the primary ends one run, begins and
+    // deletes another, and commits 400 more.
+    block_on(primary.end_run(users))?;
+    let scratch = block_on(primary.begin_run("scratch"))?;
+    write(&primary, &[orders, events, scratch], 800..1000)?;
+    block_on(primary.delete_run(scratch))?;
+    write(&primary, &[orders, events], 1000..1200)?;
     let replica = Database::open(&replica_dir, Options::default())?;
     let bookkeeping = run_named(&replica, REPLICATION).ok_or("the replica's bookkeeping run")?;
     let stored = applied(&replica, bookkeeping)?;
     println!("follower restarted: resumes after primary LSN {stored}");
     let second = follow(&primary, &replica, bookkeeping, None)?;
     println!(
-        "follower caught up: {} more commits applied (through primary LSN {}), {} system commits seen",
-        second.applied,
-        second.through,
-        first.system + second.system
+        "follower caught up: {} more commits applied (through primary LSN {}), {} of them run changes",
+        second.applied, second.through, second.system
     );
+    let runs = |db: &Database| {
+        let mut runs: Vec<String> = db
+            .list_runs()
+            .into_iter()
+            .map(|r| {
+                let state = if r.state == RunState::Active {
+                    "active"
+                } else {
+                    "ended"
+                };
+                format!("{} ({state})", r.name)
+            })
+            .collect();
+        runs.sort();
+        runs
+    };
+    println!("runs on the replica: {:?}", runs(&replica));
 
     let (primary_digest, replica_digest) = (digest(&primary), digest(&replica));
     println!("primary digest {primary_digest:016x}, replica digest {replica_digest:016x}");
@@ -73,15 +94,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Commits `range` transactions on the primary: puts in both runs, some deletes.
-fn write(
-    db: &Database,
-    orders: RunId,
-    users: RunId,
-    range: std::ops::Range<u32>,
-) -> keel::Result<()> {
+/// Commits `range` transactions on the primary, in `runs` in turn: a put each, some deletes.
+fn write(db: &Database, runs: &[RunId], range: std::ops::Range<u32>) -> keel::Result<()> {
     for i in range {
-        let run = if i % 3 == 0 { users } else { orders };
+        let run = runs[i as usize % runs.len()];
         let mut txn = db.transaction(run)?;
         txn.put(
             format!("key-{:04}", i % 500).as_bytes(),
@@ -121,17 +137,10 @@ fn follow(
         let event = block_on(feed.next()).ok_or("the primary closed")??;
         through = event.lsn();
         match event {
-            FeedEvent::Commit(commit) if commit.is_system() => done.system += 1,
             FeedEvent::Commit(commit) => {
-                let mut txn = replica.transaction(commit.run)?;
-                for change in &commit.changes {
-                    match change {
-                        FeedChange::Put { key, value } => txn.put(key, value)?,
-                        FeedChange::Delete { key } => txn.delete(key)?,
-                    }
-                }
-                block_on(txn.commit())?;
+                block_on(replica.apply_feed_commit(&commit))?;
                 done.applied += 1;
+                done.system += u64::from(commit.is_system());
             }
             FeedEvent::Installed { lsn } => {
                 return Err(
@@ -166,7 +175,8 @@ fn run_named(db: &Database, name: &str) -> Option<RunId> {
         .map(|r| r.id)
 }
 
-/// A digest of every user run's name, keys and values (versions are each database's own).
+/// A digest of every user run's id, name, state (active or ended), keys and values
+/// (versions are each database's own).
 fn digest(db: &Database) -> u64 {
     let mut runs: Vec<_> = db
         .list_runs()
@@ -177,7 +187,9 @@ fn digest(db: &Database) -> u64 {
     let mut hasher = crc32fast::Hasher::new();
     let mut count = 0u64;
     for run in runs {
+        hasher.update(&run.id.as_u128().to_le_bytes());
         hasher.update(run.name.as_bytes());
+        hasher.update(&[u8::from(run.state == RunState::Active)]);
         for (key, value) in db.scan(run.id, b"").unwrap_or_default() {
             hasher.update(&key);
             hasher.update(&value.value);

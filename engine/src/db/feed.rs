@@ -20,6 +20,7 @@ use keel_wal::{ArchivedWalEntry, Lsn, RunId, Tail, TxnId};
 
 use super::Database;
 use super::sync::lock;
+use crate::state::{Change, RunRecord, RunState, SYSTEM_RUN, run_of_key};
 use crate::{Error, Result};
 
 /// One change of a delivered transaction.
@@ -141,6 +142,72 @@ impl Database {
             delivered_through: from - 1,
             max_held: self.inner.feed_max_lag_bytes,
         }
+    }
+}
+
+impl Database {
+    /// Applies here a commit another database's feed delivered: for a replica that follows
+    /// a primary ([`Database::subscribe`] there), bootstrapped from its snapshot and applying
+    /// its feed in order from the snapshot's LSN plus one. A user run's writes and deletes
+    /// commit as one transaction in the same run (it came with the snapshot, or with an
+    /// earlier system commit); a system commit's run records (runs begun, ended, deleted on
+    /// the primary) take effect here under the same run ids. Returns the LSN of the commit
+    /// made here, `None` when it was in effect already.
+    ///
+    /// Applying again what a replica applied before (it resumes from a position it stored
+    /// before its last applied commit) leaves the same state once it has caught up: puts and
+    /// deletes in commit order do; a commit to a run that has ended here, or that is not here
+    /// (deleted), came before that end or delete on the primary and is skipped; a run record
+    /// already in effect here (a begun run that exists, ended or not; an ended one that has
+    /// ended; a deleted one that is gone) is skipped. So a replica must start from the
+    /// primary's snapshot: one that did not would skip the commits of the runs it lacks. A system commit holding anything but run records is refused
+    /// ([`Error::Metadata`]): it did not come from a Keel feed.
+    pub async fn apply_feed_commit(&self, commit: &FeedCommit) -> Result<Option<Lsn>> {
+        if !commit.is_system() {
+            // A run ended or deleted here took that record after every commit to it (the
+            // primary refuses commits behind a run's end): this one is in effect already.
+            let here = self.run_info(commit.run).map(|info| info.state);
+            if here != Some(RunState::Active) {
+                return Ok(None);
+            }
+            let mut txn = self.transaction(commit.run)?;
+            for change in &commit.changes {
+                match change {
+                    FeedChange::Put { key, value } => txn.put(key, value)?,
+                    FeedChange::Delete { key } => txn.delete(key)?,
+                }
+            }
+            return txn.commit().await.map(Some);
+        }
+        let mut changes = Vec::new();
+        for change in &commit.changes {
+            let not_a_run_record = || {
+                Error::Metadata(format!(
+                    "the system commit at LSN {} of another database holds something other \
+                     than run records: {change:?}",
+                    commit.commit_lsn
+                ))
+            };
+            let FeedChange::Put { key, value } = change else {
+                return Err(not_a_run_record());
+            };
+            let run = run_of_key(key).ok_or_else(not_a_run_record)?;
+            let record = RunRecord::decode(value).map_err(|_| not_a_run_record())?;
+            let here = self.run_info(run).map(|info| info.state);
+            let in_effect = match here {
+                None => record.deleted,
+                Some(RunState::Active) => !record.ended,
+                // Begun again only where it is applied again: never re-opened here.
+                Some(RunState::Ended(_)) => !record.deleted,
+            };
+            if !in_effect {
+                changes.push(Change::Put(key.to_vec(), value.to_vec()));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        self.commit_changes(SYSTEM_RUN, changes).await.map(Some)
     }
 }
 
