@@ -138,6 +138,31 @@ fn a_replica_applies_the_feed_runs_included_and_applying_it_again_changes_nothin
         Err(Error::Metadata(message)) => assert!(message.contains("run records"), "{message}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // Nor is a run record of the system run itself.
+    let mut key = b"run/".to_vec();
+    key.extend_from_slice(&0u128.to_be_bytes());
+    let forged = FeedCommit {
+        changes: vec![FeedChange::Put {
+            key: Bytes::from(key),
+            value: Bytes::from_static(b"\0system"),
+        }],
+        ..forged
+    };
+    match block_on(replica.apply_feed_commit(&forged)) {
+        Err(Error::Metadata(message)) => assert!(message.contains("run records"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A run begun on the primary under the name of one active here.
+    let clash = block_on(primary.begin_run("replica's own")).unwrap();
+    let mut feed = primary.subscribe(primary.stats().wal.durable_lsn);
+    let FeedEvent::Commit(begun) = block_on(feed.next()).unwrap().unwrap() else {
+        panic!("the run's record");
+    };
+    match block_on(replica.apply_feed_commit(&begun)) {
+        Err(Error::RunNameTaken { run, .. }) => assert_eq!(run, own),
+        other => panic!("expected RunNameTaken, got {other:?}"),
+    }
+    assert!(replica.run_info(clash).is_none());
     replica.close().unwrap();
     primary.close().unwrap();
 }

@@ -160,7 +160,9 @@ impl Database {
     /// (deleted), came before that end or delete on the primary and is skipped; a run record
     /// already in effect here (a begun run that exists, ended or not; an ended one that has
     /// ended; a deleted one that is gone) is skipped. So a replica must start from the
-    /// primary's snapshot: one that did not would skip the commits of the runs it lacks. A system commit holding anything but run records is refused
+    /// primary's snapshot: one that did not would skip the commits of the runs it lacks. A
+    /// run begun on the primary under the name of a run active here (the replica's own) is
+    /// refused with [`Error::RunNameTaken`]. A system commit holding anything but run records is refused
     /// ([`Error::Metadata`]): it did not come from a Keel feed.
     pub async fn apply_feed_commit(&self, commit: &FeedCommit) -> Result<Option<Lsn>> {
         if !commit.is_system() {
@@ -191,7 +193,9 @@ impl Database {
             let FeedChange::Put { key, value } = change else {
                 return Err(not_a_run_record());
             };
-            let run = run_of_key(key).ok_or_else(not_a_run_record)?;
+            let run = run_of_key(key)
+                .filter(|run| run.as_u128() != SYSTEM_RUN)
+                .ok_or_else(not_a_run_record)?;
             let record = RunRecord::decode(value).map_err(|_| not_a_run_record())?;
             let here = self.run_info(run).map(|info| info.state);
             let in_effect = match here {
