@@ -1,0 +1,91 @@
+//! Adversarial review of the change feed (engine/src/db/feed.rs).
+//!
+//! 1. A failed install's marker below the snapshot a reopen loads. An install logs its marker
+//!    at `M` and then fails to write `M.snap`: the install never happened, and the feed must
+//!    not deliver `Installed { lsn: M }` (it names a snapshot that does not exist). Recovery
+//!    notes the failed markers it replays past, but only those *above* the snapshot it loaded:
+//!    once a later checkpoint's snapshot is above `M`, a reopened database no longer knows
+//!    `M` failed, and a subscriber from below `M` (the log still holds it) receives it.
+
+use futures::StreamExt;
+use futures::executor::block_on;
+use keel::{BackendChoice, Database, FeedEvent, Options, RunId};
+
+fn options() -> Options {
+    Options {
+        segment_bytes: 64 * 1024,
+        max_record_bytes: 16 * 1024,
+        backend: BackendChoice::Std,
+        checkpoint_log_bytes: 0,
+        ..Options::default()
+    }
+}
+
+fn put(db: &Database, run: RunId, key: &str, value: &str) -> u64 {
+    let mut txn = db.transaction(run).unwrap();
+    txn.put(key.as_bytes(), value.as_bytes()).unwrap();
+    block_on(txn.commit()).unwrap()
+}
+
+/// Polls `feed` for its next event, giving up (a failure, not a hang) after 10 s.
+fn next_event(feed: &mut keel::Subscription) -> FeedEvent {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let event = block_on(feed.next());
+            let _ = tx.send(event);
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(event) => event.expect("the feed ended").expect("a feed event"),
+            Err(_) => {
+                eprintln!("watchdog: no feed event within 10 s");
+                std::process::abort();
+            }
+        }
+    })
+}
+
+#[test]
+fn a_failed_install_below_the_loaded_snapshot_is_not_delivered_after_a_reopen() {
+    let source = tempfile::tempdir().unwrap();
+    let image = {
+        let db = Database::open(source.path(), options()).unwrap();
+        let run = block_on(db.begin_run("source")).unwrap();
+        put(&db, run, "from-image", "x");
+        let lsn = block_on(db.checkpoint()).unwrap();
+        let bytes = db.read_snapshot(lsn).unwrap();
+        db.close().unwrap();
+        bytes
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let run = block_on(db.begin_run("local")).unwrap();
+    let last = put(&db, run, "k", "before");
+    // The marker goes at `last + 1`; its snapshot's temporary file cannot be created.
+    let marker = last + 1;
+    let blocker = dir
+        .path()
+        .join("snapshots")
+        .join(format!("{marker:020}.snap.tmp"));
+    std::fs::create_dir_all(&blocker).unwrap();
+    assert!(block_on(db.install_snapshot(&image)).is_err());
+    std::fs::remove_dir(&blocker).unwrap();
+    assert!(db.read_snapshot(marker).is_err(), "no snapshot at {marker}");
+    let after = put(&db, run, "k", "after");
+    // A checkpoint above the marker: the snapshot a reopen loads.
+    let checkpoint = block_on(db.checkpoint()).unwrap();
+    assert!(checkpoint > marker);
+    db.close().unwrap();
+
+    let db = Database::open(dir.path(), options()).unwrap();
+    assert!(db.read_snapshot(marker).is_err(), "still no snapshot at {marker}");
+    let mut feed = db.subscribe(last + 1);
+    let first = next_event(&mut feed);
+    assert!(
+        matches!(&first, FeedEvent::Commit(c) if c.commit_lsn == after),
+        "after a reopen that loaded the snapshot at {checkpoint}, the failed install at \
+         {marker} is delivered: {first:?}"
+    );
+    db.close().unwrap();
+}
