@@ -89,3 +89,85 @@ fn a_failed_install_below_the_loaded_snapshot_is_not_delivered_after_a_reopen() 
     );
     db.close().unwrap();
 }
+
+/// The first LSNs of the log's segments, in order.
+fn segment_lsns(db_dir: &std::path::Path) -> Vec<u64> {
+    keel_wal::dir::list_directory(&db_dir.join("wal"))
+        .unwrap()
+        .segments
+        .iter()
+        .map(|s| s.first_lsn)
+        .collect()
+}
+
+/// 2. A transaction written at its commit whose records straddle a segment boundary (the log
+///    rotates inside an append when a record does not fit). A subscription from inside it,
+///    at the first LSN of the second segment, holds the log from there; it reads the commit,
+///    finds the transaction began below its first record, and reads again from the first
+///    LSN the commit names (the module's "or `from` inside a commit's records"). A
+///    checkpoint between the subscribe and that read may remove the segment that LSN is in:
+///    nothing held it. The subscription, whose own position was never removed and which is
+///    well within its lag, ends with `LsnRemoved` for an LSN it never asked for.
+#[test]
+fn a_subscription_from_inside_a_transaction_that_straddles_segments_delivers_it() {
+    let options = Options {
+        spill_txn_bytes: 1 << 20,
+        ..options()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options.clone()).unwrap();
+    let run = block_on(db.begin_run("feed")).unwrap();
+    // Transactions of 8 puts of 3000 bytes (about 24 KiB of log each) until one straddles.
+    let (first, second, commit) = loop {
+        let mut txn = db.transaction(run).unwrap();
+        let start = db.stats().wal.durable_lsn + 1;
+        for p in 0..8u8 {
+            txn.put(format!("key-{start}-{p}").as_bytes(), [p; 3000])
+                .unwrap();
+        }
+        assert!(!txn.spilled());
+        let commit = block_on(txn.commit()).unwrap();
+        let first = commit - 8;
+        if let Some(&second) = segment_lsns(dir.path())
+            .iter()
+            .find(|&&s| first < s && s <= commit)
+        {
+            break (first, second, commit);
+        }
+        assert!(commit < 1000, "no transaction straddled a segment boundary: {:?}", segment_lsns(dir.path()));
+    };
+    println!("transaction {first}..={commit}, second segment from {second}");
+    let mut feed = db.subscribe(second);
+    // More log, and two checkpoints: the second one's fallback holds the commit.
+    for i in 0..4 {
+        let mut txn = db.transaction(run).unwrap();
+        txn.put(format!("after-{i}").as_bytes(), [b'a'; 3000]).unwrap();
+        block_on(txn.commit()).unwrap();
+    }
+    block_on(db.checkpoint()).unwrap();
+    block_on(db.checkpoint()).unwrap();
+    println!("segments after the checkpoints: {:?}", segment_lsns(dir.path()));
+    assert!(
+        segment_lsns(dir.path()).iter().any(|&s| s <= second),
+        "the subscription's position {second} is still in the log"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = tx.send(block_on(feed.next()));
+        });
+        let event = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| {
+                eprintln!("watchdog: no feed event within 10 s");
+                std::process::abort()
+            });
+        assert!(
+            matches!(&event, Some(Ok(FeedEvent::Commit(c))) if c.commit_lsn == commit
+                && c.changes.len() == 8),
+            "the subscription from {second} (inside the transaction {first}..={commit}) \
+             did not deliver it: {event:?}"
+        );
+    });
+    db.close().unwrap();
+}
