@@ -101,6 +101,13 @@ impl Tail {
         }
     }
 
+    /// Keeps the log from `lsn` on from removal too, below the tail's position, for a
+    /// reader that may [`Tail::seek`] back to it (`None`: no longer). Counts in the tail's
+    /// lag as its position does: a tail let go keeps nothing.
+    pub fn keep_from(&mut self, lsn: Option<Lsn>) {
+        self.hold.kept_from.store(lsn.unwrap_or(Lsn::MAX), Relaxed);
+    }
+
     /// The LSN of the next record this tail yields.
     pub fn next_lsn(&self) -> Lsn {
         self.next_lsn

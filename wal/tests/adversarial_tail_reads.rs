@@ -49,7 +49,10 @@ fn expected(lsn: Lsn, len: usize) -> WalEntry {
 
 fn check(record: &keel_wal::OwnedRecord, lens: &[usize], wal: &Wal) {
     let lsn = record.lsn();
-    assert!(lsn <= wal.durable_lsn(), "record {lsn} yielded before it is durable");
+    assert!(
+        lsn <= wal.durable_lsn(),
+        "record {lsn} yielded before it is durable"
+    );
     let len = lens[usize::try_from(lsn).unwrap()];
     assert_eq!(
         record.entry().to_owned_entry(),
@@ -191,25 +194,42 @@ fn run_racing(backend: BackendChoice, seed: u64, threads: u64, per_thread: u64) 
     let mut next = 1;
     let mut seen = std::collections::HashMap::new();
     while next <= total {
-        assert!(std::time::Instant::now() < deadline, "watchdog: tail stuck at {next}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watchdog: tail stuck at {next}"
+        );
         match tail.try_next() {
             Ok(Some(record)) => {
                 assert_eq!(record.lsn(), next);
                 assert!(next <= wal.durable_lsn());
-                let WalEntry::Write { run_id, txn_id, key, value } =
-                    record.entry().to_owned_entry()
+                let WalEntry::Write {
+                    run_id,
+                    txn_id,
+                    key,
+                    value,
+                } = record.entry().to_owned_entry()
                 else {
                     panic!("not a write")
                 };
                 let t = u64::try_from(run_id.as_u128()).unwrap();
-                let want = common::write(u128::from(t), txn_id, &format!("{t}-{txn_id}"), value.len());
+                let want =
+                    common::write(u128::from(t), txn_id, &format!("{t}-{txn_id}"), value.len());
                 assert_eq!(
-                    WalEntry::Write { run_id, txn_id, key, value },
+                    WalEntry::Write {
+                        run_id,
+                        txn_id,
+                        key,
+                        value
+                    },
                     want,
                     "record {next}"
                 );
                 let last = seen.insert(t, txn_id);
-                assert_eq!(last.map_or(0, |l| l + 1), txn_id, "committer {t} out of order");
+                assert_eq!(
+                    last.map_or(0, |l| l + 1),
+                    txn_id,
+                    "committer {t} out of order"
+                );
                 next += 1;
                 if next % 64 == 0 {
                     wal.remove_segments_before(next).unwrap();
@@ -222,7 +242,10 @@ fn run_racing(backend: BackendChoice, seed: u64, threads: u64, per_thread: u64) 
     for c in committers {
         c.join().unwrap();
     }
-    println!("{backend:?}: {total} records, {} recycled", wal.stats().segments_recycled);
+    println!(
+        "{backend:?}: {total} records, {} recycled",
+        wal.stats().segments_recycled
+    );
     drop(tail);
     Arc::try_unwrap(wal).unwrap().close().unwrap();
 }

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::Stream;
 use keel_recovery::{CommittedTxn, Finding, Replay, ReplayError, TxnAssembler};
-use keel_wal::{ArchivedWalEntry, Lsn, RunId, Tail, TxnId};
+use keel_wal::{ArchivedWalEntry, EntryKind, Lsn, RunId, Tail, TxnId};
 
 use super::Database;
 use super::sync::lock;
@@ -104,6 +104,9 @@ pub struct Subscription {
     delivered_through: Lsn,
     /// The most the assembler may hold of open transactions ([`Error::FeedHeldTooMuch`]).
     max_held: u64,
+    /// The tail keeps the log from where the unit holding its first record may have begun
+    /// ([`Database::unit_start_bound`]), until a record that ends a unit is read.
+    keeping: bool,
 }
 
 impl Database {
@@ -134,14 +137,47 @@ impl Database {
         let start = lock(&self.inner.spills)
             .oldest_head_for(from)
             .map_or(from, |head| head.min(from));
+        let mut tail = self.inner.wal.tail(start);
+        let kept = self.unit_start_bound(start);
+        tail.keep_from(kept);
         Subscription {
-            tail: Some(self.inner.wal.tail(start)),
+            tail: Some(tail),
             failed_installs: Arc::clone(&self.inner.failed_installs),
             assembler: TxnAssembler::new(start, from - 1),
             ready: VecDeque::new(),
             delivered_through: from - 1,
             max_held: self.inner.feed_max_lag_bytes,
+            keeping: kept.is_some(),
         }
+    }
+
+    /// The lowest LSN the unit of records holding `start` may have begun at, when below it.
+    ///
+    /// A transaction written at its commit is one append, and the log may split an append
+    /// across segments (a record that does not fit starts the next one). A subscription that
+    /// starts inside one reads its commit, finds it began earlier, and reads again from
+    /// there (`Subscription::take`): that log must still be there, though its position never
+    /// held it (`tests/adversarial_feed_review.rs`). Such a unit holds at most
+    /// `spill_txn_bytes` of writes, one more write and its commit record (a larger one
+    /// spills, and a spill's head is held from `subscribe`): the segments before the one
+    /// holding `start` are counted back until they hold that many bytes.
+    fn unit_start_bound(&self, start: Lsn) -> Option<Lsn> {
+        let segments = keel_wal::dir::list_directory(self.inner.wal.dir())
+            .ok()?
+            .segments;
+        let at = segments.iter().rposition(|s| s.first_lsn <= start)?;
+        let most = self.inner.spill_txn_bytes as u64 + 2 * u64::from(self.inner.max_record_bytes);
+        let mut bytes = 0;
+        let mut bound = None;
+        for segment in segments[..at].iter().rev() {
+            if bytes >= most {
+                break;
+            }
+            // Unknown, it counts for nothing: the bound goes back further.
+            bytes += std::fs::metadata(&segment.path).map_or(0, |m| m.len());
+            bound = Some(segment.first_lsn);
+        }
+        bound
     }
 }
 
@@ -247,6 +283,28 @@ impl Subscription {
                 max_bytes: self.max_held,
             });
         }
+        // The unit holding the first record read has ended by the first record that ends
+        // one (a commit, an abort, or a record that is a unit of its own): gone back for by
+        // now if it began earlier (below), it needs no more keeping.
+        let ends_unit = matches!(
+            record.entry().kind(),
+            EntryKind::CommitTxn
+                | EntryKind::CommitSpan
+                | EntryKind::AbortTxn
+                | EntryKind::Checkpoint
+                | EntryKind::Payload
+        );
+        if self.keeping && ends_unit {
+            self.keeping = false;
+            let seek_back = matches!(
+                &finding,
+                Some(Finding::PartialTransaction { first_lsn: Some(first), .. })
+                    if *first < record.lsn()
+            );
+            if let Some(tail) = self.tail.as_mut().filter(|_| !seek_back) {
+                tail.keep_from(None);
+            }
+        }
         match finding {
             None => Ok(()),
             Some(Finding::PartialTransaction {
@@ -258,6 +316,7 @@ impl Subscription {
                 self.assembler = TxnAssembler::new(first, self.delivered_through);
                 if let Some(tail) = &mut self.tail {
                     tail.seek(first);
+                    tail.keep_from(None);
                 }
                 Ok(())
             }

@@ -13,6 +13,9 @@ use crate::writer::sync::{AtomicBool, AtomicU64, Mutex, lock};
 pub(crate) struct Hold {
     /// The LSN the tail reads next.
     pub position: AtomicU64,
+    /// An LSN below the position the tail's owner may go back to ([`crate::Tail::keep_from`]):
+    /// the log is kept from the lower of the two. `Lsn::MAX`: none.
+    pub kept_from: AtomicU64,
     /// Set when a removal let the tail go; `lag` says how far behind it was.
     pub fell_behind: AtomicBool,
     pub lag: AtomicU64,
@@ -28,6 +31,7 @@ impl Holds {
     pub(crate) fn add(&self, position: Lsn) -> Arc<Hold> {
         let hold = Arc::new(Hold::default());
         hold.position.store(position, Relaxed);
+        hold.kept_from.store(Lsn::MAX, Relaxed);
         lock(&self.live).push(Arc::clone(&hold));
         hold
     }
@@ -52,6 +56,7 @@ impl Holds {
         let mut let_go = false;
         live.retain(|hold| {
             let position = hold.position.load(Relaxed);
+            let position = position.min(hold.kept_from.load(Relaxed));
             if position >= lsn {
                 return true;
             }
