@@ -210,6 +210,9 @@ enum Item {
     Checkpoint {
         lsn: Lsn,
         snapshot_lsn: Lsn,
+        /// The record of an install that never took effect (`keel::ABANDONED_INSTALL_RUN`),
+        /// naming its marker.
+        abandoned: bool,
     },
 }
 
@@ -308,9 +311,23 @@ impl Printer {
                     }
                 }
             }
-            Item::Checkpoint { lsn, snapshot_lsn } => {
+            Item::Checkpoint {
+                lsn,
+                snapshot_lsn,
+                abandoned,
+            } => {
                 let installed = snapshot_lsn == lsn;
-                if self.json {
+                if abandoned {
+                    if self.json {
+                        let line =
+                            serde_json::json!({ "lsn": lsn, "abandoned_install": snapshot_lsn });
+                        println!("{line}");
+                    } else {
+                        println!(
+                            "{lsn:>10}  the install marked at LSN {snapshot_lsn} never took effect (its snapshot write failed)"
+                        );
+                    }
+                } else if self.json {
                     let line = if installed {
                         serde_json::json!({ "installed_snapshot": lsn })
                     } else {
@@ -353,11 +370,16 @@ impl Replay for Printer {
     }
 
     fn checkpoint(&mut self, lsn: Lsn, entry: &ArchivedWalEntry) -> Result<(), ReplayError> {
-        if let ArchivedWalEntry::Checkpoint { snapshot_lsn, .. } = entry {
+        if let ArchivedWalEntry::Checkpoint {
+            snapshot_lsn,
+            run_id,
+        } = entry
+        {
             self.printed_through = self.printed_through.max(lsn);
             self.held.push(Item::Checkpoint {
                 lsn,
                 snapshot_lsn: snapshot_lsn.to_native(),
+                abandoned: run_id.as_u128() == keel::ABANDONED_INSTALL_RUN,
             });
         }
         Ok(())

@@ -104,11 +104,12 @@ struct Inner {
     /// LSN of the newest install marker in the log (0: none seen): no checkpoint may take
     /// its snapshot at it.
     last_install_marker: AtomicU64,
-    /// Install markers in the log whose install never took effect (its snapshot write
-    /// failed; at open: replayed past, their snapshot absent). An install holds the lock from
-    /// before it logs its marker until its outcome is noted, so a change feed that read a
-    /// marker learns the outcome by taking it. Taken under `pending` (never the reverse).
-    failed_installs: Arc<Mutex<BTreeSet<Lsn>>>,
+    /// What became of the installs whose markers this process knows: failed (the snapshot
+    /// write failed; at open: replayed past, their snapshot absent), or taken effect here.
+    /// An install holds the lock from before it logs its marker until its outcome is noted,
+    /// so a change feed that read a marker learns the outcome by taking it. Taken under
+    /// `pending` (never the reverse).
+    installs: Arc<Mutex<install::InstallOutcomes>>,
     /// Snapshots known to read back whole (loaded at open, or checked as a fallback).
     verified_snapshots: Mutex<BTreeSet<Lsn>>,
     /// Automatic checkpoints that failed (the commit that ran one still succeeded), and the
@@ -178,7 +179,8 @@ impl Database {
             let random = keel_wal::DatabaseId::random()
                 .map_err(|e| keel_wal::Error::io("generating a run id", &self.inner.path, e))?;
             let id = RunId::from_u128(u128::from_le_bytes(random.0));
-            if id.as_u128() != SYSTEM_RUN && self.run_info(id).is_none() {
+            let reserved = [SYSTEM_RUN, crate::state::ABANDONED_INSTALL_RUN];
+            if !reserved.contains(&id.as_u128()) && self.run_info(id).is_none() {
                 break id;
             }
         };

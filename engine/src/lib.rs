@@ -115,7 +115,7 @@ pub use keel_wal::{
     BackendChoice, CorruptionReason, Durability, DurableProof, Error as WalError, Lsn, PoisonCause,
     RunId,
 };
-pub use state::{RunInfo, RunState, Versioned};
+pub use state::{ABANDONED_INSTALL_RUN, RunInfo, RunState, Versioned};
 pub use view::Snapshot;
 
 /// Reads every snapshot in the database at `path` (newest first) and says whether it reads

@@ -240,6 +240,24 @@ pub(crate) fn is_install_marker(entry_lsn: Lsn, snapshot_lsn: Lsn) -> bool {
     entry_lsn == snapshot_lsn
 }
 
+/// The run id of the `Checkpoint` entry that records an install that never took effect
+/// (its snapshot write failed): `Checkpoint { run_id: ABANDONED_INSTALL_RUN, snapshot_lsn }`
+/// names the install's marker, and lands after it and before every later commit or
+/// checkpoint. To recovery it is a checkpoint's entry (above the LSN it names), which changes
+/// nothing; the change feed reads it as the install's outcome. No run has this id.
+pub const ABANDONED_INSTALL_RUN: u128 = u128::MAX;
+
+/// The install marker an abandoned-install record names, when `entry` is one.
+pub(crate) fn abandoned_install(entry: &ArchivedWalEntry) -> Option<Lsn> {
+    match entry {
+        ArchivedWalEntry::Checkpoint {
+            run_id,
+            snapshot_lsn,
+        } if run_id.as_u128() == ABANDONED_INSTALL_RUN => Some(snapshot_lsn.to_native()),
+        _ => None,
+    }
+}
+
 /// Whether replay may go on past the install marker at `marker_lsn`, given the snapshot the
 /// state was loaded from (`after`, 0 for none) and the snapshot files found unreadable:
 ///
@@ -268,6 +286,9 @@ pub(crate) struct StateReplay<'a> {
     /// Install markers above `after` replayed past: their snapshot is absent, the install
     /// never happened.
     pub failed_installs: Vec<Lsn>,
+    /// The markers named by abandoned-install records above `after`
+    /// ([`ABANDONED_INSTALL_RUN`]).
+    pub abandoned: Vec<Lsn>,
 }
 
 impl Replay for StateReplay<'_> {
@@ -277,6 +298,10 @@ impl Replay for StateReplay<'_> {
         let ArchivedWalEntry::Checkpoint { snapshot_lsn, .. } = entry else {
             return Ok(());
         };
+        if let Some(marker) = abandoned_install(entry) {
+            self.abandoned.push(marker);
+            return Ok(());
+        }
         if !is_install_marker(lsn, snapshot_lsn.to_native()) {
             return Ok(());
         }

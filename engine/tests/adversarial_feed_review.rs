@@ -6,7 +6,9 @@
 //!    notes the failed markers it replays past, but only those *above* the snapshot it loaded:
 //!    once a later checkpoint's snapshot is above `M`, a reopened database no longer knows
 //!    `M` failed, and a subscriber from below `M` (the log still holds it) receives it.
-//!    Not fixed: the test is ignored and the limit documented (docs/ENGINE.md).
+//!    Fixed: a failed install logs an abandoned-install record naming its marker, before
+//!    any later commit or checkpoint, and the feed reads the outcome of a marker from before
+//!    a reopen from the log; the test failed with `Installed { lsn: 5 }` before.
 //! 2. A subscription from inside a transaction that straddles segments (below). Fixed: the
 //!    subscription keeps the log from where such a unit may have begun until it has read
 //!    past it (`Tail::keep_from`); the test failed with `LsnRemoved` before.
@@ -50,7 +52,6 @@ fn next_event(feed: &mut keel::Subscription) -> FeedEvent {
 }
 
 #[test]
-#[ignore = "known defect, not fixed: a failed install's outcome is not kept across a reopen once a later snapshot is loaded (docs/ENGINE.md, the change feed)"]
 fn a_failed_install_below_the_loaded_snapshot_is_not_delivered_after_a_reopen() {
     let source = tempfile::tempdir().unwrap();
     let image = {
@@ -185,5 +186,124 @@ fn a_subscription_from_inside_a_transaction_that_straddles_segments_delivers_it(
              did not deliver it: {event:?}"
         );
     });
+    db.close().unwrap();
+}
+
+/// 1b. The other outcomes across a reopen. An install that took effect before the reopen is
+///     delivered after it (at the next commit, once the log shows the install ended); one
+///     that failed is not, whether the snapshot loaded is below its marker (the reopen finds
+///     it failed) or above it (its abandoned-install record says so).
+#[test]
+fn installs_from_before_a_reopen_are_delivered_as_they_turned_out() {
+    let source = tempfile::tempdir().unwrap();
+    let image = {
+        let db = Database::open(source.path(), options()).unwrap();
+        let run = block_on(db.begin_run("source")).unwrap();
+        put(&db, run, "from-image", "x");
+        let lsn = block_on(db.checkpoint()).unwrap();
+        let bytes = db.read_snapshot(lsn).unwrap();
+        db.close().unwrap();
+        bytes
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let local = block_on(db.begin_run("local")).unwrap();
+    let first = put(&db, local, "k", "before");
+    // A failed install (its snapshot's temporary file cannot be created), then one that
+    // takes effect, with no commit after it.
+    let failed = first + 1;
+    let blocker = dir
+        .path()
+        .join("snapshots")
+        .join(format!("{failed:020}.snap.tmp"));
+    std::fs::create_dir_all(&blocker).unwrap();
+    assert!(block_on(db.install_snapshot(&image)).is_err());
+    std::fs::remove_dir(&blocker).unwrap();
+    let installed = block_on(db.install_snapshot(&image)).unwrap();
+    assert!(installed > failed);
+    db.close().unwrap();
+
+    // Reopened on the installed snapshot: both markers are at or below it.
+    let db = Database::open(dir.path(), options()).unwrap();
+    let run = db.find_run("source").expect("the image's run");
+    let mut feed = db.subscribe(failed);
+    let after = put(&db, run, "k", "after the reopen");
+    assert_eq!(
+        next_event(&mut feed),
+        FeedEvent::Installed { lsn: installed }
+    );
+    match next_event(&mut feed) {
+        FeedEvent::Commit(commit) => assert_eq!(commit.commit_lsn, after),
+        other => panic!("expected the commit at {after}, got {other:?}"),
+    }
+
+    // The failed install is not delivered when read again after the reopen either.
+    let mut feed = db.subscribe(failed);
+    assert_eq!(
+        next_event(&mut feed),
+        FeedEvent::Installed { lsn: installed }
+    );
+    // An install that took effect as the log's last record: after a reopen, its outcome is
+    // known at the end of the log, when the database closes.
+    let last = block_on(db.install_snapshot(&image)).unwrap();
+    db.close().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let mut feed = db.subscribe(last);
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        db.close().unwrap();
+    });
+    let mut events = Vec::new();
+    while let Some(event) = block_on(feed.next()) {
+        events.push(event.unwrap());
+    }
+    closer.join().unwrap();
+    assert_eq!(events, vec![FeedEvent::Installed { lsn: last }]);
+}
+
+/// 1c. A crash between a failed install's marker and its abandoned-install record (or a log
+///     written before the record existed): the next open finds the marker without its
+///     snapshot, and logs the record then, so the outcome survives later checkpoints.
+#[test]
+fn an_open_records_a_failed_install_it_finds_without_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let run = block_on(db.begin_run("local")).unwrap();
+    put(&db, run, "k", "before");
+    db.close().unwrap();
+    // What a crash right after an install's durable marker leaves: the marker alone.
+    let marker = {
+        let wal_options = keel_wal::WalOptions {
+            segment_bytes: 64 * 1024,
+            max_record_bytes: 16 * 1024,
+            backend: BackendChoice::Std,
+            ..keel_wal::WalOptions::default()
+        };
+        let wal = keel_recovery::open_wal(dir.path().join("wal"), wal_options).unwrap();
+        let appended = wal.append_closed_by(
+            keel_wal::EncodedBatch::default(),
+            keel_wal::Durability::Strict,
+            |snapshot_lsn| keel_wal::WalEntry::Checkpoint {
+                run_id: RunId::from_u128(0),
+                snapshot_lsn,
+            },
+        );
+        let marker = appended.future.wait().unwrap();
+        wal.close().unwrap();
+        marker
+    };
+    // Opened: the install never happened. A commit, and a checkpoint above the marker.
+    let db = Database::open(dir.path(), options()).unwrap();
+    let after = put(&db, run, "k", "after");
+    assert!(block_on(db.checkpoint()).unwrap() > marker);
+    db.close().unwrap();
+    // Opened on that checkpoint: the marker is below it, and its outcome comes from the log.
+    let db = Database::open(dir.path(), options()).unwrap();
+    let mut feed = db.subscribe(marker);
+    let first = next_event(&mut feed);
+    assert!(
+        matches!(&first, FeedEvent::Commit(c) if c.commit_lsn == after),
+        "the install marked at {marker} never happened, and is delivered: {first:?}"
+    );
     db.close().unwrap();
 }

@@ -8,7 +8,7 @@
 //! the subscription's first record (a spilled one, or `from` inside a commit's records), the
 //! subscription reads again from the first LSN its commit names, delivering nothing twice.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -19,8 +19,9 @@ use keel_recovery::{CommittedTxn, Finding, Replay, ReplayError, TxnAssembler};
 use keel_wal::{ArchivedWalEntry, EntryKind, Lsn, RunId, Tail, TxnId};
 
 use super::Database;
+use super::install::InstallOutcomes;
 use super::sync::lock;
-use crate::state::{Change, RunRecord, RunState, SYSTEM_RUN, run_of_key};
+use crate::state::{Change, RunRecord, RunState, SYSTEM_RUN, abandoned_install, run_of_key};
 use crate::{Error, Result};
 
 /// One change of a delivered transaction.
@@ -95,8 +96,12 @@ impl FeedEvent {
 pub struct Subscription {
     /// `None` once the subscription ended: its hold on the log is gone with it.
     tail: Option<Tail>,
-    /// The database's failed installs (see `Inner::failed_installs`).
-    failed_installs: Arc<Mutex<BTreeSet<Lsn>>>,
+    /// What became of the database's installs (see `Inner::installs`).
+    installs: Arc<Mutex<InstallOutcomes>>,
+    /// An install marker read whose outcome this process does not know (logged before a
+    /// reopen): delivered at the next commit or checkpoint entry, or at the end of the
+    /// log, unless its abandoned-install record comes first ([`Sink::checkpoint`]).
+    deferred_install: Option<Lsn>,
     assembler: TxnAssembler,
     /// Events assembled and not yet taken, in order.
     ready: VecDeque<FeedEvent>,
@@ -142,7 +147,8 @@ impl Database {
         tail.keep_from(kept);
         Subscription {
             tail: Some(tail),
-            failed_installs: Arc::clone(&self.inner.failed_installs),
+            installs: Arc::clone(&self.inner.installs),
+            deferred_install: None,
             assembler: TxnAssembler::new(start, from - 1),
             ready: VecDeque::new(),
             delivered_through: from - 1,
@@ -263,9 +269,10 @@ impl Subscription {
     /// read, reads again from its first LSN.
     fn take(&mut self, record: &keel_wal::OwnedRecord) -> Result<()> {
         let mut sink = Sink {
-            failed_installs: &self.failed_installs,
+            installs: &self.installs,
             ready: &mut self.ready,
             delivered_through: &mut self.delivered_through,
+            deferred_install: &mut self.deferred_install,
         };
         let finding = self.assembler.record(
             record.position(),
@@ -314,6 +321,8 @@ impl Subscription {
                 // Everything at or below `delivered_through` was delivered (or is below
                 // `from`): reading again from `first` delivers only what follows.
                 self.assembler = TxnAssembler::new(first, self.delivered_through);
+                // Read again, a marker not delivered yet is met again.
+                self.deferred_install = None;
                 if let Some(tail) = &mut self.tail {
                     tail.seek(first);
                     tail.keep_from(None);
@@ -343,6 +352,12 @@ impl Stream for Subscription {
             let record = match Pin::new(tail).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
+                    // The log is closed and all of it durable: an install whose abandoned
+                    // record did not follow its marker took effect.
+                    if let Some(lsn) = subscription.deferred_install.take() {
+                        subscription.ready.push_back(FeedEvent::Installed { lsn });
+                        subscription.delivered_through = lsn;
+                    }
                     subscription.tail = None;
                     continue;
                 }
@@ -362,13 +377,27 @@ impl Stream for Subscription {
 
 /// Where the assembler hands committed transactions and checkpoints.
 struct Sink<'a> {
-    failed_installs: &'a Mutex<BTreeSet<Lsn>>,
+    installs: &'a Mutex<InstallOutcomes>,
     ready: &'a mut VecDeque<FeedEvent>,
     delivered_through: &'a mut Lsn,
+    deferred_install: &'a mut Option<Lsn>,
+}
+
+impl Sink<'_> {
+    /// Delivers the install whose outcome was deferred: a record that follows its install's
+    /// end was read, and its abandoned-install record was not.
+    fn deliver_deferred_install(&mut self) {
+        if let Some(lsn) = self.deferred_install.take() {
+            self.ready.push_back(FeedEvent::Installed { lsn });
+            *self.delivered_through = lsn;
+        }
+    }
 }
 
 impl Replay for Sink<'_> {
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError> {
+        // Commits are appended under the lock an install holds until its outcome is logged.
+        self.deliver_deferred_install();
         let changes = txn
             .entries()
             .map(|(_, entry)| match entry {
@@ -399,16 +428,35 @@ impl Replay for Sink<'_> {
         entry: &ArchivedWalEntry,
     ) -> std::result::Result<(), ReplayError> {
         // An install's marker names its own LSN; a checkpoint's entry names the snapshot
-        // below it, and changes nothing a consumer sees. A marker is durable before its
-        // install's snapshot is: the outcome is known once the install lets go of the lock
-        // (a short wait on the polling thread, as a commit's during an install), and an
-        // install that failed never happened.
-        if let ArchivedWalEntry::Checkpoint { snapshot_lsn, .. } = entry
-            && snapshot_lsn.to_native() == lsn
-            && !lock(self.failed_installs).contains(&lsn)
-        {
+        // below it, and changes nothing a consumer sees; an abandoned-install record names
+        // the marker of an install that failed. A marker is durable before its install's
+        // snapshot is: the outcome is known once the install lets go of the lock (a short
+        // wait on the polling thread, as a commit's during an install), and an install that
+        // failed never happened. The outcome of a marker logged before a reopen is in the
+        // log: its abandoned record follows it before any commit or checkpoint entry does.
+        let ArchivedWalEntry::Checkpoint { snapshot_lsn, .. } = entry else {
+            return Ok(());
+        };
+        if let Some(marker) = abandoned_install(entry) {
+            if *self.deferred_install == Some(marker) {
+                *self.deferred_install = None;
+            }
+            return Ok(());
+        }
+        // Checkpoints and installs wait for an install's end.
+        self.deliver_deferred_install();
+        if snapshot_lsn.to_native() != lsn {
+            return Ok(());
+        }
+        let outcomes = lock(self.installs);
+        if outcomes.failed.contains(&lsn) {
+            return Ok(());
+        }
+        if outcomes.took_effect.contains(&lsn) {
             self.ready.push_back(FeedEvent::Installed { lsn });
             *self.delivered_through = lsn;
+        } else {
+            *self.deferred_install = Some(lsn);
         }
         Ok(())
     }

@@ -1,16 +1,17 @@
 //! Snapshot installs: a whole state from another database's snapshot image, put in place of
 //! this one's through the checkpoint machinery (docs/ENGINE.md, "Snapshot images").
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use keel_wal::{Durability, EncodedBatch, Lsn, RunId, Storage, WalEntry, fsutil};
+use keel_wal::{Durability, EncodedBatch, Lsn, RunId, Storage, Wal, WalEntry, fsutil};
 
 use super::Database;
 use super::commit::PendingQueue;
 use super::sync::{lock, write};
 use crate::snapshot;
-use crate::state::SYSTEM_RUN;
+use crate::state::{ABANDONED_INSTALL_RUN, SYSTEM_RUN};
 use crate::{Error, Result, SnapshotImage};
 
 impl Database {
@@ -84,7 +85,7 @@ impl Database {
         let (mut state, image_max_txn_id) = image.into_parts();
         let mut pending = lock(&self.inner.pending);
         // Held until the outcome is noted: a feed that read the marker waits for it here.
-        let mut failed_installs = lock(&self.inner.failed_installs);
+        let mut outcomes = lock(&self.inner.installs);
         let lsn = self.log_install_marker(&mut pending)?;
         state.rebase(lsn);
         let local_max_txn_id = self.inner.next_txn_id.load(Ordering::Relaxed) - 1;
@@ -94,10 +95,14 @@ impl Database {
             Ok(written) => written,
             Err(error) => {
                 discard_snapshot(storage, dir, lsn);
-                failed_installs.insert(lsn);
+                // In the log too, before any later commit (`pending` is held): a feed
+                // reading the marker after a reopen learns the outcome from it.
+                log_abandoned_install(&self.inner.wal, lsn);
+                outcomes.failed.insert(lsn);
                 return Err(error);
             }
         };
+        outcomes.took_effect.insert(lsn);
         self.inner.snapshot_bytes.store(written, Ordering::Relaxed);
         self.inner
             .next_txn_id
@@ -148,4 +153,27 @@ fn discard_snapshot(storage: &dyn Storage, dir: &Path, lsn: Lsn) {
     if let Err(error) = outcome {
         tracing::error!(snapshot = %path.display(), %error, "could not remove the snapshot of a failed install; a reopen may load it");
     }
+}
+
+/// What became of the install markers a database knows (`Inner::installs`).
+#[derive(Debug, Default)]
+pub(super) struct InstallOutcomes {
+    /// Installs that never took effect: their snapshot write failed, or (found at open)
+    /// their snapshot is absent.
+    pub failed: BTreeSet<Lsn>,
+    /// Installs that took effect in this process.
+    pub took_effect: BTreeSet<Lsn>,
+}
+
+/// Logs that the install whose marker is at `marker` never took effect
+/// ([`ABANDONED_INSTALL_RUN`]), as the next record: called under the `pending` lock, or at
+/// open before anything else is appended. Not waited for: a later commit's sync makes it
+/// durable, and a crash before that leaves the marker without its snapshot, which the next
+/// open finds failed and records again. A refusal (a poisoned log) is left to that open too.
+pub(super) fn log_abandoned_install(wal: &Wal, marker: Lsn) {
+    let entry = WalEntry::Checkpoint {
+        run_id: RunId::from_u128(ABANDONED_INSTALL_RUN),
+        snapshot_lsn: marker,
+    };
+    drop(wal.append_with(&[entry], Durability::Strict));
 }

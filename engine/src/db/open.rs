@@ -15,6 +15,7 @@ use keel_wal::{ArchivedWalEntry, Lsn, RecordPosition, Storage, TxnId, Wal, WalOp
 
 use super::checkpointer::{Checkpointer, Signal};
 use super::commit::NONE_PENDING;
+use super::install::{InstallOutcomes, log_abandoned_install};
 use super::{Database, Inner, Options};
 use crate::retention::Spills;
 use crate::snapshot;
@@ -38,6 +39,8 @@ struct Recovered {
     spills: Spills,
     last_install_marker: Lsn,
     failed_installs: Vec<Lsn>,
+    /// The markers named by abandoned-install records replayed.
+    abandoned_installs: Vec<Lsn>,
     next_txn_id: TxnId,
 }
 
@@ -97,6 +100,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
         spills: Vec::new(),
         last_install_marker: 0,
         failed_installs: Vec::new(),
+        abandoned: Vec::new(),
     };
     let mut sink = OpenSink {
         wal_dir,
@@ -109,6 +113,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
     let replayed_bytes = sink.replayed_bytes;
     let last_install_marker = replay.last_install_marker;
     let failed_installs = std::mem::take(&mut replay.failed_installs);
+    let abandoned_installs = std::mem::take(&mut replay.abandoned);
     let mut spills = Spills::default();
     for (txn_id, head, commit) in std::mem::take(&mut replay.spills) {
         spills.committed(txn_id, head, commit);
@@ -124,6 +129,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
         spills,
         last_install_marker,
         failed_installs,
+        abandoned_installs,
         next_txn_id,
     };
     Ok((recovered, wal))
@@ -332,7 +338,10 @@ fn assemble(
         feed_max_lag_bytes: options.feed_max_lag_bytes,
         spills: Mutex::new(recovered.spills),
         last_install_marker: AtomicU64::new(recovered.last_install_marker),
-        failed_installs: Arc::new(Mutex::new(recovered.failed_installs.into_iter().collect())),
+        installs: Arc::new(Mutex::new(InstallOutcomes {
+            failed: recovered.failed_installs.iter().copied().collect(),
+            took_effect: BTreeSet::new(),
+        })),
         verified_snapshots: Mutex::new(snapshot_lsn.into_iter().collect::<BTreeSet<Lsn>>()),
         auto_checkpoint_failures: AtomicU64::new(0),
         last_auto_checkpoint_error: Mutex::new(None),
@@ -340,6 +349,12 @@ fn assemble(
         _lock: lock,
     };
     let inner = Arc::new(inner);
+    // A failed install a crash cut before its abandoned-install record was durable: that
+    // record now, before anything else is appended (the feed reads it as the outcome).
+    let unrecorded = recovered.failed_installs.iter();
+    for &marker in unrecorded.filter(|m| !recovered.abandoned_installs.contains(m)) {
+        log_abandoned_install(&inner.wal, marker);
+    }
     if options.checkpoint_log_bytes == 0 {
         return Ok(Database { inner, owner: None });
     }
