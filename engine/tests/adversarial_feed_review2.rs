@@ -174,3 +174,64 @@ fn a_subscription_at_the_head_of_the_log_survives_a_checkpoint() {
     }
     db.close().unwrap();
 }
+
+/// 4. `unit_start_bound` counts back `spill_txn_bytes` plus two records of log, but a
+///    transaction's spill threshold counts keys and values only: a transaction of many small
+///    writes stays under it and is one append many times larger in the log (each write's
+///    record has its framing), spanning several segments. A subscription from the first LSN
+///    of its last segment keeps the log back one segment, not to the transaction's head; a
+///    checkpoint removes the head, and the subscription, reading the commit and going back
+///    for the head, ends with `LsnRemoved`.
+#[test]
+fn a_subscription_inside_a_transaction_of_small_writes_spanning_segments_delivers_it() {
+    let options = Options {
+        spill_txn_bytes: 8192,
+        ..options()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options).unwrap();
+    let run = block_on(db.begin_run("feed")).unwrap();
+    let segments = |dir: &std::path::Path| -> Vec<u64> {
+        keel_wal::dir::list_directory(&dir.join("wal"))
+            .unwrap()
+            .segments
+            .iter()
+            .map(|s| s.first_lsn)
+            .collect()
+    };
+    // 2000 writes of 4-byte keys and no value: 8000 bytes buffered, under the threshold.
+    let mut txn = db.transaction(run).unwrap();
+    for i in 0..2000u32 {
+        txn.put(format!("{i:04x}").as_bytes(), b"").unwrap();
+    }
+    assert!(!txn.spilled());
+    let commit = block_on(txn.commit()).unwrap();
+    let first = commit - 2000;
+    let inside: Vec<u64> = segments(dir.path())
+        .into_iter()
+        .filter(|&s| first < s && s <= commit)
+        .collect();
+    println!("transaction {first}..={commit}, segments from {inside:?} inside it");
+    assert!(inside.len() >= 2, "it spans at least two boundaries");
+    let last = *inside.last().unwrap();
+    let mut feed = db.subscribe(last);
+    for i in 0..4 {
+        put(&db, run, &format!("after-{i}"), &[b'a'; 3000]);
+    }
+    block_on(db.checkpoint()).unwrap();
+    block_on(db.checkpoint()).unwrap();
+    println!("segments after the checkpoints: {:?}", segments(dir.path()));
+    assert!(
+        segments(dir.path()).iter().any(|&s| s <= last),
+        "the subscription's position {last} is still in the log"
+    );
+    match next_item(&mut feed) {
+        Some(Ok(FeedEvent::Commit(c))) if c.commit_lsn == commit && c.changes.len() == 2000 => {}
+        other => panic!(
+            "the subscription from {last} (inside the transaction {first}..={commit}) did not \
+             deliver it: {:?}",
+            other.map(|r| r.map(|e| e.lsn()))
+        ),
+    }
+    db.close().unwrap();
+}
