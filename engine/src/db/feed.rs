@@ -241,7 +241,8 @@ impl Database {
             let record = RunRecord::decode(value).map_err(|_| not_a_run_record())?;
             let here = self.run_info(run).map(|info| info.state);
             let in_effect = match here {
-                None => record.deleted,
+                // Ended or deleted since: a record that ends it came before that.
+                None => record.ended,
                 Some(RunState::Active) => !record.ended,
                 // Begun again only where it is applied again: never re-opened here.
                 Some(RunState::Ended(_)) => !record.deleted,

@@ -54,19 +54,32 @@ impl Holds {
         let mut live = lock(&self.live);
         let mut clamped = lsn;
         let mut let_go = false;
-        live.retain(|hold| {
-            let position = hold.position.load(Relaxed);
-            let position = position.min(hold.kept_from.load(Relaxed));
-            if position >= lsn {
-                return true;
-            }
-            // The segments the tail keeps: from the one holding `position` to the one
-            // holding `lsn`, that one excluded (it stays anyway).
+        // The segments a tail at `position` keeps: from the one holding `position` to the
+        // one holding `lsn`, that one excluded (it stays anyway).
+        let lag_of = |position: Lsn| {
             let kept = segments
                 .windows(2)
                 .filter(|pair| pair[1].first_lsn > position && pair[1].first_lsn <= lsn)
                 .count() as u64;
-            let lag = kept * segment_bytes;
+            kept * segment_bytes
+        };
+        live.retain(|hold| {
+            let own = hold.position.load(Relaxed);
+            let mut position = own.min(hold.kept_from.load(Relaxed));
+            if position >= lsn {
+                return true;
+            }
+            let mut lag = lag_of(position);
+            if lag > max_lag && position < own {
+                // What the tail keeps below its position is what puts it past its lag: that
+                // keep goes (a seek back to it finds the log removed), not the tail.
+                hold.kept_from.store(Lsn::MAX, Relaxed);
+                position = own;
+                if position >= lsn {
+                    return true;
+                }
+                lag = lag_of(position);
+            }
             if lag > max_lag {
                 hold.lag.store(lag, Relaxed);
                 hold.fell_behind.store(true, Relaxed);
