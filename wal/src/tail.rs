@@ -103,7 +103,9 @@ impl Tail {
 
     /// Keeps the log from `lsn` on from removal too, below the tail's position, for a
     /// reader that may [`Tail::seek`] back to it (`None`: no longer). Counts in the tail's
-    /// lag as its position does: a tail let go keeps nothing.
+    /// lag as its position does, except that a removal that would let the tail go for it
+    /// drops the keep instead (a seek back then finds the log removed); a tail let go keeps
+    /// nothing.
     pub fn keep_from(&mut self, lsn: Option<Lsn>) {
         self.hold.kept_from.store(lsn.unwrap_or(Lsn::MAX), Relaxed);
     }
