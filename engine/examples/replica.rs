@@ -6,9 +6,10 @@
 //! is stopped (closed) and restarted: it resumes from the primary LSN it stored in its own
 //! database. At the end both states (runs, keys, values) are compared by digest.
 //!
-//! The follower stores the last applied primary LSN every few commits, not with each one: a
-//! restart may then apply again the commits after the stored LSN, which changes nothing once
-//! it has caught up (`Database::apply_feed_commit` says why).
+//! The follower stores the last applied primary LSN every few commits, not with each one, and
+//! after every run change: a restart may then apply again the commits after the stored LSN
+//! (at most one run change among them), which changes nothing once it has caught up
+//! (`Database::apply_feed_commit` says why).
 //!
 //! `cargo run --release -p keel --example replica`
 
@@ -136,11 +137,12 @@ fn follow(
     while through < target && limit.is_none_or(|limit| done.applied < limit) {
         let event = block_on(feed.next()).ok_or("the primary closed")??;
         through = event.lsn();
+        let system = matches!(&event, FeedEvent::Commit(commit) if commit.is_system());
         match event {
             FeedEvent::Commit(commit) => {
                 block_on(replica.apply_feed_commit(&commit))?;
                 done.applied += 1;
-                done.system += u64::from(commit.is_system());
+                done.system += u64::from(system);
             }
             FeedEvent::Installed { lsn } => {
                 return Err(
@@ -148,7 +150,9 @@ fn follow(
                 );
             }
         }
-        if done.applied.is_multiple_of(STORE_EVERY) {
+        // After every run change too: a restart then applies at most that one again
+        // (`Database::apply_feed_commit` says why).
+        if system || done.applied.is_multiple_of(STORE_EVERY) {
             store_applied(replica, bookkeeping, through)?;
         }
     }

@@ -250,7 +250,8 @@ fn a_spill_whose_write_fails_poisons_the_transaction() {
     let run = block_on(db.begin_run("r")).unwrap();
     faults.fail_write_after(0);
     let mut txn = db.transaction(run).unwrap();
-    for i in 0..12u8 {
+    // One spill (each write counts about 200 bytes as logged), and two writes after it.
+    for i in 0..7u8 {
         txn.put([b'a', i], [i; 100]).unwrap();
     }
     assert!(txn.spilled(), "the spill was queued");

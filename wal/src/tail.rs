@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -57,10 +57,11 @@ impl Tail {
         database_id: DatabaseId,
         from: Lsn,
         max_lag: u64,
+        keep_from: Option<Lsn>,
     ) -> Tail {
         let id = shared.watch.new_id();
         let from = from.max(1);
-        let hold = shared.holds.add(from);
+        let hold = shared.holds.add(from, keep_from.unwrap_or(Lsn::MAX));
         Tail {
             shared,
             dir,
@@ -94,10 +95,10 @@ impl Tail {
         self.ended = false;
         if self.hold.fell_behind.load(Relaxed) || !self.held {
             // Let go, or ended: held again, from here.
-            self.hold = self.shared.holds.add(self.next_lsn);
+            self.hold = self.shared.holds.add(self.next_lsn, Lsn::MAX);
             self.held = true;
         } else {
-            self.hold.position.store(self.next_lsn, Relaxed);
+            self.hold.position.store(self.next_lsn, Release);
         }
     }
 
@@ -107,7 +108,7 @@ impl Tail {
     /// drops the keep instead (a seek back then finds the log removed); a tail let go keeps
     /// nothing.
     pub fn keep_from(&mut self, lsn: Option<Lsn>) {
-        self.hold.kept_from.store(lsn.unwrap_or(Lsn::MAX), Relaxed);
+        self.hold.kept_from.store(lsn.unwrap_or(Lsn::MAX), Release);
     }
 
     /// The LSN of the next record this tail yields.

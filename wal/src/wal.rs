@@ -342,12 +342,19 @@ impl Wal {
     /// and ends when the log is closed (see [`Tail`]). Reading does not hold the log back:
     /// a position a checkpoint removed is [`Error::LsnRemoved`].
     pub fn tail(&self, from: Lsn) -> Tail {
+        self.tail_keeping(from, None)
+    }
+
+    /// [`Wal::tail`], keeping the log from `keep_from` on too from the start, as
+    /// [`Tail::keep_from`] does once the tail exists (no removal comes between the two).
+    pub fn tail_keeping(&self, from: Lsn, keep_from: Option<Lsn>) -> Tail {
         Tail::new(
             Arc::clone(&self.shared),
             self.dir.clone(),
             self.database_id,
             from,
             self.tail_max_lag_bytes,
+            keep_from,
         )
     }
 

@@ -142,11 +142,9 @@ impl Database {
         let start = lock(&self.inner.spills)
             .oldest_head_for(from)
             .map_or(from, |head| head.min(from));
-        let mut tail = self.inner.wal.tail(start);
         let kept = self.unit_start_bound(start);
-        tail.keep_from(kept);
         Subscription {
-            tail: Some(tail),
+            tail: Some(self.inner.wal.tail_keeping(start, kept)),
             installs: Arc::clone(&self.inner.installs),
             deferred_install: None,
             assembler: TxnAssembler::new(start, from - 1),
@@ -200,12 +198,17 @@ impl Database {
     /// before its last applied commit) leaves the same state once it has caught up: puts and
     /// deletes in commit order do; a commit to a run that has ended here, or that is not here
     /// (deleted), came before that end or delete on the primary and is skipped; a run record
-    /// already in effect here (a begun run that exists, ended or not; an ended one that has
-    /// ended; a deleted one that is gone) is skipped. So a replica must start from the
-    /// primary's snapshot: one that did not would skip the commits of the runs it lacks. A
-    /// run begun on the primary under the name of a run active here (the replica's own) is
-    /// refused with [`Error::RunNameTaken`]. A system commit holding anything but run records is refused
-    /// ([`Error::Metadata`]): it did not come from a Keel feed.
+    /// already in effect here (a begun run that exists, ended or not; an ended or deleted
+    /// one that has ended or is gone) is skipped. So a replica must start from the primary's
+    /// snapshot: one that did not would skip the commits of the runs it lacks.
+    ///
+    /// A run begun on the primary under the name of a run active here (the replica's own) is
+    /// refused with [`Error::RunNameTaken`]; so is the beginning of a run applied again after
+    /// the primary deleted it and began another under its name, which cannot be told from
+    /// that clash. A replica that stores the position it applied through after every system
+    /// commit applies at most the last one again, and never meets it. A system commit holding
+    /// anything but run records is refused ([`Error::Metadata`]): it did not come from a Keel
+    /// feed.
     pub async fn apply_feed_commit(&self, commit: &FeedCommit) -> Result<Option<Lsn>> {
         if !commit.is_system() {
             // A run ended or deleted here took that record after every commit to it (the

@@ -44,7 +44,8 @@ pub struct Options {
     pub checkpoint_log_percent: u64,
     /// A transaction whose buffered writes pass this many bytes writes them to the log ahead
     /// of its commit (after a `BeginTxn`), so its memory stays bounded; an abandoned one is
-    /// closed with an `AbortTxn`.
+    /// closed with an `AbortTxn`. Writes count as they are logged: key, value and about 100
+    /// bytes of framing each.
     pub spill_txn_bytes: usize,
     /// How much log a [`Subscription`](super::Subscription) may keep from removal behind
     /// its position: one further behind when a checkpoint removes log ends with
@@ -108,3 +109,11 @@ impl Default for Options {
 /// The most a `Write` entry's archive adds to its key and value: the 48-byte archived entry
 /// and alignment padding of the two byte strings (checked by a test against the encoder).
 pub(crate) const WRITE_ENTRY_OVERHEAD: u64 = 64;
+
+/// The most one write's log record adds to its key and value: the entry's overhead
+/// ([`WRITE_ENTRY_OVERHEAD`], 64), the record header and the record's alignment. A transaction counts its buffered writes with
+/// it ([`Options::spill_txn_bytes`]), so what it logs in one append at its commit is at most
+/// the threshold, one write and the commit record, however small its writes (the change
+/// feed relies on that bound: `Database::unit_start_bound`).
+pub(crate) const LOGGED_WRITE_OVERHEAD: usize = 64 + keel_wal::record::RECORD_HEADER_LEN + 8;
+const _: () = assert!(WRITE_ENTRY_OVERHEAD == 64);

@@ -12,6 +12,7 @@ use keel_wal::{Durability, Lsn, RunId, WalEntry};
 
 use super::Database;
 use super::commit::CommitAs;
+use super::options::LOGGED_WRITE_OVERHEAD;
 use super::sync::lock;
 use crate::iter::Iter;
 use crate::range::{self, KeyRange};
@@ -88,8 +89,9 @@ impl Transaction {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.db.check_write_size(key.len(), value.len())?;
         let previous = self.writes.insert(key.to_vec(), Some(value.to_vec()));
-        self.buffered_bytes += key.len() + value.len();
-        self.spill_or_undo(key, previous, key.len() + value.len())
+        let added = key.len() + value.len() + LOGGED_WRITE_OVERHEAD;
+        self.buffered_bytes += added;
+        self.spill_or_undo(key, previous, added)
     }
 
     /// Deletes `key` (in this transaction); refused and undone as [`Transaction::put`] is.
@@ -97,8 +99,9 @@ impl Transaction {
         let key = key.as_ref();
         self.db.check_write_size(key.len(), 0)?;
         let previous = self.writes.insert(key.to_vec(), None);
-        self.buffered_bytes += key.len();
-        self.spill_or_undo(key, previous, key.len())
+        let added = key.len() + LOGGED_WRITE_OVERHEAD;
+        self.buffered_bytes += added;
+        self.spill_or_undo(key, previous, added)
     }
 
     /// Spills when the buffer is large; when that fails, takes back the write of `key` that

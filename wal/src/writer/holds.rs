@@ -2,7 +2,7 @@
 //! within its lag (see the tail module's retention notes).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use crate::format::segment::SegmentFile;
 use crate::ids::Lsn;
@@ -28,10 +28,12 @@ pub(crate) struct Holds {
 }
 
 impl Holds {
-    pub(crate) fn add(&self, position: Lsn) -> Arc<Hold> {
+    /// A hold at `position`, keeping the log from `kept_from` too (`Lsn::MAX`: nothing
+    /// below the position), both set before any removal can see it.
+    pub(crate) fn add(&self, position: Lsn, kept_from: Lsn) -> Arc<Hold> {
         let hold = Arc::new(Hold::default());
         hold.position.store(position, Relaxed);
-        hold.kept_from.store(Lsn::MAX, Relaxed);
+        hold.kept_from.store(kept_from, Relaxed);
         lock(&self.live).push(Arc::clone(&hold));
         hold
     }
@@ -64,8 +66,12 @@ impl Holds {
             kept * segment_bytes
         };
         live.retain(|hold| {
-            let own = hold.position.load(Relaxed);
-            let mut position = own.min(hold.kept_from.load(Relaxed));
+            // The keep first: a reader that moves back and then lets its keep go stores its
+            // position before the keep (`Release`), so a removal that sees the keep gone
+            // (`Acquire`) sees the position it moved back to.
+            let kept_from = hold.kept_from.load(Acquire);
+            let own = hold.position.load(Acquire);
+            let mut position = own.min(kept_from);
             if position >= lsn {
                 return true;
             }
