@@ -51,18 +51,30 @@ fn next_event(feed: &mut keel::Subscription) -> FeedEvent {
     })
 }
 
+/// A snapshot image of another database, one run with one key.
+fn image() -> Vec<u8> {
+    let source = tempfile::tempdir().unwrap();
+    let db = Database::open(source.path(), options()).unwrap();
+    let run = block_on(db.begin_run("source")).unwrap();
+    put(&db, run, "from-image", "x");
+    let lsn = block_on(db.checkpoint()).unwrap();
+    let bytes = db.read_snapshot(lsn).unwrap();
+    db.close().unwrap();
+    bytes
+}
+
+/// Installs `image` into `db` (in `dir`) with its snapshot's temporary file made impossible
+/// to create: the install logs its marker at `marker`, then fails.
+fn fail_install(db: &Database, dir: &std::path::Path, image: &[u8], marker: u64) {
+    let blocker = dir.join("snapshots").join(format!("{marker:020}.snap.tmp"));
+    std::fs::create_dir_all(&blocker).unwrap();
+    assert!(block_on(db.install_snapshot(image)).is_err());
+    std::fs::remove_dir(&blocker).unwrap();
+}
+
 #[test]
 fn a_failed_install_below_the_loaded_snapshot_is_not_delivered_after_a_reopen() {
-    let source = tempfile::tempdir().unwrap();
-    let image = {
-        let db = Database::open(source.path(), options()).unwrap();
-        let run = block_on(db.begin_run("source")).unwrap();
-        put(&db, run, "from-image", "x");
-        let lsn = block_on(db.checkpoint()).unwrap();
-        let bytes = db.read_snapshot(lsn).unwrap();
-        db.close().unwrap();
-        bytes
-    };
+    let image = image();
 
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path(), options()).unwrap();
@@ -70,13 +82,7 @@ fn a_failed_install_below_the_loaded_snapshot_is_not_delivered_after_a_reopen() 
     let last = put(&db, run, "k", "before");
     // The marker goes at `last + 1`; its snapshot's temporary file cannot be created.
     let marker = last + 1;
-    let blocker = dir
-        .path()
-        .join("snapshots")
-        .join(format!("{marker:020}.snap.tmp"));
-    std::fs::create_dir_all(&blocker).unwrap();
-    assert!(block_on(db.install_snapshot(&image)).is_err());
-    std::fs::remove_dir(&blocker).unwrap();
+    fail_install(&db, dir.path(), &image, marker);
     assert!(db.read_snapshot(marker).is_err(), "no snapshot at {marker}");
     let after = put(&db, run, "k", "after");
     // A checkpoint above the marker: the snapshot a reopen loads.
@@ -195,16 +201,7 @@ fn a_subscription_from_inside_a_transaction_that_straddles_segments_delivers_it(
 ///     it failed) or above it (its abandoned-install record says so).
 #[test]
 fn installs_from_before_a_reopen_are_delivered_as_they_turned_out() {
-    let source = tempfile::tempdir().unwrap();
-    let image = {
-        let db = Database::open(source.path(), options()).unwrap();
-        let run = block_on(db.begin_run("source")).unwrap();
-        put(&db, run, "from-image", "x");
-        let lsn = block_on(db.checkpoint()).unwrap();
-        let bytes = db.read_snapshot(lsn).unwrap();
-        db.close().unwrap();
-        bytes
-    };
+    let image = image();
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path(), options()).unwrap();
     let local = block_on(db.begin_run("local")).unwrap();
@@ -212,13 +209,7 @@ fn installs_from_before_a_reopen_are_delivered_as_they_turned_out() {
     // A failed install (its snapshot's temporary file cannot be created), then one that
     // takes effect, with no commit after it.
     let failed = first + 1;
-    let blocker = dir
-        .path()
-        .join("snapshots")
-        .join(format!("{failed:020}.snap.tmp"));
-    std::fs::create_dir_all(&blocker).unwrap();
-    assert!(block_on(db.install_snapshot(&image)).is_err());
-    std::fs::remove_dir(&blocker).unwrap();
+    fail_install(&db, dir.path(), &image, failed);
     let installed = block_on(db.install_snapshot(&image)).unwrap();
     assert!(installed > failed);
     db.close().unwrap();
@@ -249,15 +240,11 @@ fn installs_from_before_a_reopen_are_delivered_as_they_turned_out() {
     db.close().unwrap();
     let db = Database::open(dir.path(), options()).unwrap();
     let mut feed = db.subscribe(last);
-    let closer = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        db.close().unwrap();
-    });
+    db.close().unwrap();
     let mut events = Vec::new();
     while let Some(event) = block_on(feed.next()) {
         events.push(event.unwrap());
     }
-    closer.join().unwrap();
     assert_eq!(events, vec![FeedEvent::Installed { lsn: last }]);
 }
 
