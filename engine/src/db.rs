@@ -84,6 +84,12 @@ struct Inner {
     log_bytes_at_open: u64,
     /// [`Database::log_bytes`] when the last checkpoint took its view.
     checkpointed_at_bytes: AtomicU64,
+    /// [`State::data_bytes`] of the state the newest snapshot holds (written, installed or
+    /// loaded; 0: none).
+    checkpointed_state_bytes: AtomicU64,
+    /// [`State::data_bytes`] of `state`, stored after each change to it: read by every
+    /// commit's [`Database::maybe_checkpoint`] without the state's lock.
+    state_bytes: AtomicU64,
     /// The size of the newest snapshot (written, installed or loaded; 0: none).
     snapshot_bytes: AtomicU64,
     /// An automatic checkpoint is asked for or running.

@@ -133,7 +133,12 @@ pub(crate) enum Change {
 /// Cheap to clone (see the module doc).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct State {
+    /// Changed only through [`State::put`] and [`State::remove`] (outside tests), which keep
+    /// `data_bytes`.
     pub data: OrdMap<Key, Stored>,
+    /// The keys' and values' bytes in `data`: what the state adds to a snapshot, less its
+    /// framing (automatic checkpoints compare its growth with the log's).
+    pub data_bytes: u64,
     pub runs: OrdMap<u128, RunInfo>,
     /// Commits applied, through this LSN.
     pub applied_through: Lsn,
@@ -148,20 +153,39 @@ impl State {
                 Change::Put(key, value) => {
                     if run == SYSTEM_RUN && self.apply_run_record(&key, &value, version)? {
                         // A deleted run leaves no record.
-                        self.data.remove(&(run, Bytes::from(key)));
+                        self.remove(&(run, Bytes::from(key)));
                         continue;
                     }
                     let value = Bytes::from(value);
-                    self.data
-                        .insert((run, Bytes::from(key)), Stored { value, version });
+                    self.put((run, Bytes::from(key)), Stored { value, version });
                 }
                 Change::Delete(key) => {
-                    self.data.remove(&(run, Bytes::from(key)));
+                    self.remove(&(run, Bytes::from(key)));
                 }
             }
         }
         self.applied_through = self.applied_through.max(version);
         Ok(())
+    }
+
+    /// Sets `key` to `stored`, keeping [`State::data_bytes`].
+    pub fn put(&mut self, key: Key, stored: Stored) {
+        let key_len = key.1.len();
+        let added = (key_len + stored.value.len()) as u64;
+        let replaced = self.data.insert(key, stored);
+        self.data_bytes = self.data_bytes.saturating_add(added);
+        if let Some(old) = replaced {
+            let gone = (key_len + old.value.len()) as u64;
+            self.data_bytes = self.data_bytes.saturating_sub(gone);
+        }
+    }
+
+    /// Removes `key`, keeping [`State::data_bytes`].
+    pub fn remove(&mut self, key: &Key) {
+        if let Some(old) = self.data.remove(key) {
+            let gone = (key.1.len() + old.value.len()) as u64;
+            self.data_bytes = self.data_bytes.saturating_sub(gone);
+        }
     }
 
     /// The committed value of `key` in `run`.
@@ -215,7 +239,7 @@ impl State {
                 .map(|(key, _)| (run, key.clone()))
                 .collect();
             for key in keys {
-                self.data.remove(&key);
+                self.remove(&key);
             }
             return Ok(true);
         }
@@ -452,5 +476,53 @@ mod tests {
             1,
             "only run 6's record is left"
         );
+    }
+
+    /// The sum `data_bytes` keeps, recomputed.
+    fn counted(state: &State) -> u64 {
+        let bytes = state
+            .data
+            .iter()
+            .map(|((_, key), s)| key.len() + s.value.len());
+        bytes.sum::<usize>() as u64
+    }
+
+    #[test]
+    fn data_bytes_follows_puts_overwrites_deletes_and_run_deletes() {
+        let mut state = State::default();
+        for id in [5u128, 6] {
+            let record = RunRecord {
+                name: format!("r{id}"),
+                ended: false,
+                deleted: false,
+            };
+            let begin = vec![Change::Put(run_key(RunId::from_u128(id)), record.encode())];
+            state.apply(SYSTEM_RUN, 1, begin).unwrap();
+        }
+        let mut lsn = 2;
+        // Deterministic: keys 0..40 in two runs, values of changing lengths.
+        for step in 0u32..400 {
+            let run = u128::from(5 + step % 2);
+            let key = vec![(step * 7 % 40) as u8];
+            let change = if step % 5 == 0 {
+                Change::Delete(key)
+            } else {
+                Change::Put(key, vec![0; (step * 13 % 97) as usize])
+            };
+            state.apply(run, lsn, vec![change]).unwrap();
+            lsn += 1;
+            assert_eq!(state.data_bytes, counted(&state), "after step {step}");
+        }
+        assert!(state.data_bytes > 0);
+        let delete = RunRecord {
+            name: "r5".into(),
+            ended: true,
+            deleted: true,
+        };
+        let delete = vec![Change::Put(run_key(RunId::from_u128(5)), delete.encode())];
+        state.apply(SYSTEM_RUN, lsn, delete).unwrap();
+        assert_eq!(state.data_bytes, counted(&state), "after run 5's delete");
+        state.rebase(lsn + 1);
+        assert_eq!(state.data_bytes, counted(&state), "after a rebase");
     }
 }

@@ -188,13 +188,20 @@ fn log_written_during_a_checkpoint_counts_toward_the_next() {
     let threshold = 512 * 1024;
     let db = Database::open(dir.path(), options(threshold)).unwrap();
     let run = block_on(db.begin_run("r")).unwrap();
-    // Commits of about 1 KiB; 300 of them are about 300 KiB of log.
+    // Commits of about 1 KiB; 300 of them are about 300 KiB of log. The first 300 give
+    // the snapshot its keys, so every commit after it overwrites one: all its log counts
+    // toward the next checkpoint (a new key's would not; see
+    // `a_state_that_only_grows_is_not_rewritten_for_every_threshold`).
+    commit_many(&db, run, 0, 300);
+    db.wait_for_automatic_checkpoint();
+    assert_eq!(db.stats().checkpoints, 0, "new keys alone ask for none");
+    let base = db.stats().wal.bytes_written;
     let mut explicit = Box::pin(db.checkpoint());
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     // Polled once: it takes its view and writes its snapshot, then waits for its entry.
     assert!(explicit.as_mut().poll(&mut cx).is_pending());
-    commit_many(&db, run, 0, 300);
-    let during = db.stats().wal.bytes_written;
+    commit_many(&db, run, 300, 300);
+    let during = db.stats().wal.bytes_written - base;
     block_on(explicit).unwrap();
     db.wait_for_automatic_checkpoint();
     assert_eq!(
@@ -203,9 +210,9 @@ fn log_written_during_a_checkpoint_counts_toward_the_next() {
         "nothing asked for a second one yet"
     );
     // Another 300 KiB: past the threshold counted from the view, not from the end.
-    commit_many(&db, run, 300, 300);
+    commit_many(&db, run, 600, 300);
     db.wait_for_automatic_checkpoint();
-    let written = db.stats().wal.bytes_written;
+    let written = db.stats().wal.bytes_written - base;
     assert!(
         written > threshold + 4096 && during < threshold,
         "{during} then {written}"
@@ -276,4 +283,72 @@ fn automatic_checkpoints_wait_for_a_log_in_proportion_to_the_snapshot() {
         assert_eq!(db.stats().checkpoints, 0, "after a reopen");
         db.close().unwrap();
     }
+}
+
+/// A checkpoint is asked for when it would drop the threshold from what a recovery reads,
+/// not for every threshold of log: a state that only grows (every key new) would otherwise
+/// be rewritten whole each time, a snapshot as large as all the log before it, and a
+/// recovery would read as much as before. Overwrites and deletes count in full, across a
+/// reopen too.
+#[test]
+fn a_state_that_only_grows_is_not_rewritten_for_every_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        checkpoint_log_percent: 0,
+        ..options(256 * 1024)
+    };
+    let value = |i: u32| i.to_le_bytes().repeat(1000);
+    let put = |db: &Database, run: RunId, keys: std::ops::Range<u32>, of: fn(u32) -> u32| {
+        for i in keys {
+            let mut txn = db.transaction(run).unwrap();
+            txn.put(format!("k{i:05}").as_bytes(), value(of(i)))
+                .unwrap();
+            block_on(txn.commit()).unwrap();
+        }
+    };
+    let db = Database::open(dir.path(), options.clone()).unwrap();
+    let run = block_on(db.begin_run("r")).unwrap();
+    // 512 new keys of 4000 bytes: 2 MiB of log, 8 times the threshold (and about 100 KiB
+    // of framing, which a checkpoint would drop).
+    put(&db, run, 0..512, |i| i);
+    db.wait_for_automatic_checkpoint();
+    let written = db.stats().wal.bytes_written;
+    assert!(written > 2 << 20, "{written} bytes of log");
+    assert_eq!(
+        db.stats().checkpoints,
+        0,
+        "{written} bytes of log, all of it new keys: a checkpoint would drop only framing"
+    );
+    db.close().unwrap();
+    // Another life: more new keys take none; the log a reopen replayed counts as it did.
+    let db = Database::open(dir.path(), options.clone()).unwrap();
+    put(&db, run, 512..768, |i| i);
+    db.wait_for_automatic_checkpoint();
+    assert_eq!(db.stats().checkpoints, 0, "new keys after a reopen");
+    // Overwrites count in full: 64 of them (256 KiB, with the framing before) are past it.
+    put(&db, run, 0..64, |i| i + 1);
+    db.wait_for_automatic_checkpoint();
+    assert_eq!(db.stats().checkpoints, 1, "256 KiB of overwrites");
+    db.close().unwrap();
+    // Deletes count the state they drop: 72 deletes are a few KiB of log, 288 KiB of state.
+    let db = Database::open(dir.path(), options.clone()).unwrap();
+    for i in 100..172 {
+        let mut txn = db.transaction(run).unwrap();
+        txn.delete(format!("k{i:05}").as_bytes()).unwrap();
+        block_on(txn.commit()).unwrap();
+    }
+    db.wait_for_automatic_checkpoint();
+    assert_eq!(db.stats().checkpoints, 1, "288 KiB of state deleted");
+    db.close().unwrap();
+    let db = Database::open(dir.path(), options).unwrap();
+    for i in 0..768 {
+        let got = db.get(run, format!("k{i:05}").as_bytes()).unwrap();
+        let expected = match i {
+            0..64 => Some(value(i + 1)),
+            100..172 => None,
+            _ => Some(value(i)),
+        };
+        assert_eq!(got.map(|v| v.value), expected, "key {i}");
+    }
+    db.close().unwrap();
 }

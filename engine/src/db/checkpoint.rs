@@ -42,6 +42,7 @@ impl Database {
         // The log the snapshot holds: what commits write from here on counts toward the next
         // automatic checkpoint, though this one is still being written.
         let snapshot_bytes = self.log_bytes();
+        let state_bytes = view.data_bytes;
         let signal = &self.inner.checkpoint_signal;
         let storage = self.inner.storage.as_ref();
         let written =
@@ -65,6 +66,9 @@ impl Database {
         self.inner
             .checkpointed_at_bytes
             .store(snapshot_bytes, Ordering::Relaxed);
+        self.inner
+            .checkpointed_state_bytes
+            .store(state_bytes, Ordering::Relaxed);
         self.inner.snapshot_bytes.store(written, Ordering::Relaxed);
         self.inner.checkpoints.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.inner.path.display(), lsn, "checkpoint written");
@@ -194,27 +198,44 @@ impl Database {
         snapshot::newest_bytes(&self.snapshot_dir())
     }
 
-    /// Asks the checkpointer thread for a checkpoint when the log has grown past the
-    /// threshold since the last one. Called after a commit's acknowledgement; it neither
-    /// waits for the checkpoint nor can fail the commit.
+    /// Asks the checkpointer thread for a checkpoint when one would now drop at least the
+    /// threshold (see [`Database::droppable_bytes`]). Called after a commit's
+    /// acknowledgement; it neither waits for the checkpoint nor can fail the commit.
     pub(super) fn maybe_checkpoint(&self) {
         let threshold = self.inner.checkpoint_log_bytes;
         if threshold == 0 {
             return;
         }
         let threshold = threshold.max(self.proportional_threshold());
-        // A checkpoint finishing meanwhile may store a count newer than the one read here.
-        let grown = self
-            .log_bytes()
-            .saturating_sub(self.inner.checkpointed_at_bytes.load(Ordering::Relaxed));
-        if grown < threshold || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
+        if self.droppable_bytes() < threshold
+            || self.inner.checkpointing.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         self.inner.checkpoint_signal.request();
     }
 
+    /// About how many bytes a checkpoint taken now would drop from what a recovery reads
+    /// (the newest snapshot and the log above it): the log written since that snapshot's
+    /// view, less what the state grew by since. Values overwritten or deleted, aborted
+    /// transactions and the log's framing count; a new key's key and value do not, since
+    /// the new snapshot would hold them again. So a state that only grows (every key new)
+    /// is not rewritten whole for every threshold of log it grows by: that checkpoint would
+    /// write as much as the log did and leave a recovery as much to read.
+    pub(super) fn droppable_bytes(&self) -> u64 {
+        // A checkpoint finishing meanwhile may store counts newer than the ones read here.
+        let grown = self
+            .log_bytes()
+            .saturating_sub(self.inner.checkpointed_at_bytes.load(Ordering::Relaxed));
+        let state_now = self.inner.state_bytes.load(Ordering::Relaxed);
+        let state_then = self.inner.checkpointed_state_bytes.load(Ordering::Relaxed);
+        let dropped = i128::from(grown) - (i128::from(state_now) - i128::from(state_then));
+        u64::try_from(dropped.max(0)).unwrap_or(u64::MAX)
+    }
+
     /// Log bytes written since the loaded snapshot as automatic checkpoints count them: this
-    /// process's, after the commits replayed at open (their keys and values).
+    /// process's, after the commits replayed at open (counted as transactions count their
+    /// writes).
     pub(super) fn log_bytes(&self) -> u64 {
         self.inner
             .wal

@@ -476,6 +476,9 @@ impl Database {
                 tracing::error!(%error, lsn = commit.last_lsn, "could not apply a commit");
             }
         }
+        self.inner
+            .state_bytes
+            .store(state.data_bytes, Ordering::Relaxed);
         drop(state);
         let first = pending.front().map_or(NONE_PENDING, pack_front);
         self.inner.first_pending.store(first, Ordering::Release);

@@ -107,6 +107,12 @@ impl Database {
         self.inner
             .next_txn_id
             .fetch_max(max_txn_id.saturating_add(1), Ordering::Relaxed);
+        self.inner
+            .checkpointed_state_bytes
+            .store(state.data_bytes, Ordering::Relaxed);
+        self.inner
+            .state_bytes
+            .store(state.data_bytes, Ordering::Relaxed);
         *write(&self.inner.state) = state;
         Ok(lsn)
     }

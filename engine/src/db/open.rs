@@ -16,6 +16,7 @@ use keel_wal::{ArchivedWalEntry, Lsn, RecordPosition, Storage, TxnId, Wal, WalOp
 use super::checkpointer::{Checkpointer, Signal};
 use super::commit::NONE_PENDING;
 use super::install::{InstallOutcomes, log_abandoned_install};
+use super::options::LOGGED_WRITE_OVERHEAD;
 use super::{Database, Inner, Options};
 use crate::retention::Spills;
 use crate::snapshot;
@@ -31,9 +32,12 @@ struct Recovered {
     snapshot_lsn: Option<Lsn>,
     /// The size of the snapshot at `snapshot_lsn` (0: none).
     snapshot_bytes: u64,
-    /// Key and value bytes of the commits replayed above it: at least that much log was
-    /// written since that snapshot, by earlier processes.
+    /// The log the commits replayed above it took, as transactions count their writes (key,
+    /// value and framing each): about that much log was written since that snapshot, by
+    /// earlier processes.
     replayed_bytes: u64,
+    /// [`State::data_bytes`] as the snapshot left it, before the replay.
+    loaded_state_bytes: u64,
     snapshots_skipped: Skipped,
     report: RecoveryReport,
     spills: Spills,
@@ -89,6 +93,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
         Some(loaded) => (loaded.state, loaded.max_txn_id),
         None => (State::default(), 0),
     };
+    let loaded_state_bytes = state.data_bytes;
     let unreadable: Vec<Lsn> = snapshots_skipped
         .iter()
         .filter_map(|(path, _)| snapshot::lsn_of(path))
@@ -124,6 +129,7 @@ fn recover(path: &Path, wal_dir: &Path, options: &Options) -> Result<(Recovered,
         snapshot_lsn,
         snapshot_bytes,
         replayed_bytes,
+        loaded_state_bytes,
         snapshots_skipped,
         report,
         spills,
@@ -154,14 +160,17 @@ impl Replay for OpenSink<'_, '_> {
 
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError> {
         if Some(txn.commit_lsn) > self.snapshot_lsn {
+            // The commit's record too.
+            let mut bytes = LOGGED_WRITE_OVERHEAD;
             for (_, entry) in txn.entries() {
-                let bytes = match entry {
-                    ArchivedWalEntry::Write { key, value, .. } => key.len() + value.len(),
-                    ArchivedWalEntry::Delete { key, .. } => key.len(),
-                    _ => 0,
-                };
-                self.replayed_bytes = self.replayed_bytes.saturating_add(bytes as u64);
+                bytes += LOGGED_WRITE_OVERHEAD
+                    + match entry {
+                        ArchivedWalEntry::Write { key, value, .. } => key.len() + value.len(),
+                        ArchivedWalEntry::Delete { key, .. } => key.len(),
+                        _ => 0,
+                    };
             }
+            self.replayed_bytes = self.replayed_bytes.saturating_add(bytes as u64);
         }
         self.replay.apply(txn)
     }
@@ -318,6 +327,7 @@ fn assemble(
         durability: options.durability,
         isolation: options.isolation,
         max_record_bytes,
+        state_bytes: AtomicU64::new(recovered.state.data_bytes),
         state: RwLock::new(recovered.state),
         pending: Mutex::new(VecDeque::new()),
         first_pending: AtomicU64::new(NONE_PENDING),
@@ -329,6 +339,7 @@ fn assemble(
         checkpoint_log_percent: options.checkpoint_log_percent,
         log_bytes_at_open: recovered.replayed_bytes,
         checkpointed_at_bytes: AtomicU64::new(0),
+        checkpointed_state_bytes: AtomicU64::new(recovered.loaded_state_bytes),
         snapshot_bytes: AtomicU64::new(recovered.snapshot_bytes),
         checkpointing: AtomicBool::new(false),
         checkpoint_signal: Arc::clone(&signal),

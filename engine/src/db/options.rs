@@ -29,15 +29,19 @@ pub struct Options {
     /// Create the database when the directory holds none.
     pub create_if_missing: bool,
     /// An automatic checkpoint is asked for (by the commit that crosses it; it runs on a
-    /// thread of its own) once the log has grown by this many bytes since the last one,
-    /// bounding recovery time and disk use; 0 turns automatic checkpoints off.
+    /// thread of its own) once it would drop this many bytes from what a recovery reads:
+    /// the log written since the last one, less what the state grew by since (so values
+    /// overwritten or deleted, aborted transactions and the log's framing count, and a new
+    /// key's bytes do not: a checkpoint would write them again). This bounds recovery time
+    /// and disk use to about the state plus the threshold; 0 turns automatic checkpoints
+    /// off.
     pub checkpoint_log_bytes: u64,
-    /// ... and by at least this percentage of the newest snapshot's size: each checkpoint
+    /// ... and at least this percentage of the newest snapshot's size: each checkpoint
     /// writes the whole state, so with a fixed threshold alone a large state would be
-    /// rewritten for every `checkpoint_log_bytes` of log (a 10 GiB state every 256 MiB: 40
-    /// bytes of snapshot per byte of log). At 100 a checkpoint writes at most about as much
-    /// as the log did since the last one, however large the state grows, and recovery
-    /// replays at most about a snapshot's worth of log. 0: only `checkpoint_log_bytes`.
+    /// rewritten for every `checkpoint_log_bytes` it could drop (a 10 GiB state every
+    /// 256 MiB: 40 bytes of snapshot per byte dropped). At 100 a checkpoint writes at most
+    /// about as much as it drops, however large the state grows, and recovery reads at most
+    /// about twice the state. 0: only `checkpoint_log_bytes`.
     /// At most [`Options::MAX_CHECKPOINT_LOG_PERCENT`]: a larger value would let the log
     /// (and the replay at open) grow to many times the state before a checkpoint, which is
     /// what turning them off says (`checkpoint_log_bytes: 0`).

@@ -274,7 +274,7 @@ fn load<R: Read>(input: R) -> std::result::Result<Loaded, String> {
             let key = (row.0.to_native(), Bytes::copy_from_slice(row.1.as_slice()));
             let value = Bytes::copy_from_slice(row.2.as_slice());
             let version = row.3.to_native();
-            state.data.insert(key, Stored { value, version });
+            state.put(key, Stored { value, version });
         }
         Ok(())
     };
