@@ -3,10 +3,17 @@
 //!
 //! 1. Fills a new database with `--state-mib` of values (`--value-size` each, distinct keys),
 //!    with automatic checkpoints off, so that only the checkpoints measured here run.
-//! 2. **A checkpoint alone**: its time and peak resident memory with nothing else running.
-//! 3. **Without a checkpoint**: `--writers` threads overwrite random keys of that state, one
+//! 2. **With `--reopen`, recovery from the log, then from a snapshot**: reopens the database,
+//!    replaying the whole fill from the log (what an open reads of a state that only grew,
+//!    which automatic checkpoints leave in the log since they would drop nothing); then,
+//!    after the checkpoint of step 3, reopens it from that snapshot. Both read what the fill
+//!    left in the page cache, so they compare the work of an open, not the device. The
+//!    memory figures after a reopen include the first state's memory, freed but kept by the
+//!    allocator: measure memory without it.
+//! 3. **A checkpoint alone**: its time and peak resident memory with nothing else running.
+//! 4. **Without a checkpoint**: `--writers` threads overwrite random keys of that state, one
 //!    put per durable commit, for `--window` seconds: commit latency percentiles.
-//! 4. **During a checkpoint**: the same committers while a checkpoint of the whole state
+//! 5. **During a checkpoint**: the same committers while a checkpoint of the whole state
 //!    runs on another thread; only commits that began while it ran count. Reports how long
 //!    the checkpoint took and the peak resident memory meanwhile (Linux: `VmHWM`, reset
 //!    just before), against the state's own bytes.
@@ -42,6 +49,10 @@ pub struct CheckpointBenchArgs {
     /// Directory to run in; default: a new temporary directory.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Also time an open that replays the whole fill from the log, and one from the
+    /// snapshot (the resident figures after it include freed memory the allocator kept).
+    #[arg(long)]
+    reopen: bool,
 }
 
 type Db = Arc<keel::Database>;
@@ -64,7 +75,9 @@ pub fn run(args: &CheckpointBenchArgs) -> Result<(), String> {
         },
         ..keel::Options::default()
     };
-    let db = Arc::new(keel::Database::open(temp.path(), options).map_err(|e| e.to_string())?);
+    let db = Arc::new(
+        keel::Database::open(temp.path(), options.clone()).map_err(|e| e.to_string())?,
+    );
     let run =
         futures::executor::block_on(db.begin_run("checkpoint-bench")).map_err(|e| e.to_string())?;
     let keys = (args.state_mib << 20) / args.value_size as u64;
@@ -78,6 +91,18 @@ pub fn run(args: &CheckpointBenchArgs) -> Result<(), String> {
         args.state_mib,
         mib(rss_filled)
     );
+
+    let mut db = db;
+    let mut log_secs = 0.0;
+    if args.reopen {
+        (db, log_secs) = reopen(db, temp.path(), &options)?;
+        let replayed = db.recovery_report().bytes;
+        println!(
+            "open from the log alone: {log_secs:.2} s ({} MiB of log replayed, {:.0} MiB/s)",
+            replayed >> 20,
+            (replayed >> 20) as f64 / log_secs.max(1e-9)
+        );
+    }
 
     // A checkpoint with nothing else running: its own time and memory.
     reset_peak();
@@ -94,6 +119,14 @@ pub fn run(args: &CheckpointBenchArgs) -> Result<(), String> {
         mib(idle_peak.map(|p| p.saturating_sub(rss_idle.unwrap_or(0))))
     );
     print_goal("alone", idle_peak, args.state_mib << 20);
+    if args.reopen {
+        let snapshot_secs;
+        (db, snapshot_secs) = reopen(db, temp.path(), &options)?;
+        println!(
+            "open from the snapshot: {snapshot_secs:.2} s ({:.2} of the open from the log)",
+            snapshot_secs / log_secs.max(1e-9)
+        );
+    }
 
     let quiet = commit_window(&db, run, keys, args, None)?;
     print_window("without a checkpoint", &quiet);
@@ -126,6 +159,15 @@ pub fn run(args: &CheckpointBenchArgs) -> Result<(), String> {
     );
     drop(Arc::into_inner(db).ok_or("the database is still shared")?);
     Ok(())
+}
+
+/// Closes `db` and opens it again: the new handle and the open's seconds.
+fn reopen(db: Db, path: &std::path::Path, options: &keel::Options) -> Result<(Db, f64), String> {
+    let db = Arc::into_inner(db).ok_or("the database is still shared")?;
+    db.close().map_err(|e| e.to_string())?;
+    let began = Instant::now();
+    let db = keel::Database::open(path, options.clone()).map_err(|e| e.to_string())?;
+    Ok((Arc::new(db), began.elapsed().as_secs_f64()))
 }
 
 /// Writes `keys` keys of `value_size` bytes, 16 to a transaction, from 4 threads.
