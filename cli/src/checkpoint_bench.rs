@@ -75,9 +75,8 @@ pub fn run(args: &CheckpointBenchArgs) -> Result<(), String> {
         },
         ..keel::Options::default()
     };
-    let db = Arc::new(
-        keel::Database::open(temp.path(), options.clone()).map_err(|e| e.to_string())?,
-    );
+    let db =
+        Arc::new(keel::Database::open(temp.path(), options.clone()).map_err(|e| e.to_string())?);
     let run =
         futures::executor::block_on(db.begin_run("checkpoint-bench")).map_err(|e| e.to_string())?;
     let keys = (args.state_mib << 20) / args.value_size as u64;

@@ -94,6 +94,9 @@ struct Inner {
     snapshot_bytes: AtomicU64,
     /// An automatic checkpoint is asked for or running.
     checkpointing: AtomicBool,
+    /// One was found due while `checkpointing` was set: the checkpointer looks again after
+    /// the one running.
+    checkpoint_missed: AtomicBool,
     /// How commits ask the checkpointer thread for one.
     checkpoint_signal: Arc<checkpointer::Signal>,
     checkpoints: AtomicU64,

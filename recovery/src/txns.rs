@@ -59,6 +59,13 @@ pub trait Replay {
         Ok(())
     }
 
+    /// Every valid record recovery reads, in LSN order, with its size on disk, before it is
+    /// dealt with (covered by the snapshot or not, whatever its transaction becomes): for a
+    /// sink that counts the log it recovered (the engine's automatic checkpoints).
+    fn read(&mut self, lsn: Lsn, record_bytes: u64) {
+        let _ = (lsn, record_bytes);
+    }
+
     /// One committed transaction: called in commit-LSN order, the order the live engine
     /// applied them.
     fn apply(&mut self, txn: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError>;

@@ -445,6 +445,12 @@ impl Wal {
         self.shared.counters.bytes_written.load(Relaxed)
     }
 
+    /// Bytes of every record appended since open, written yet or still queued (a
+    /// `Batched` append waits for its timer): what the log will have grown by.
+    pub fn bytes_appended(&self) -> u64 {
+        self.shared.queue.appended_bytes()
+    }
+
     /// The LSN the next appended entry gets.
     pub fn next_lsn(&self) -> Lsn {
         self.shared.queue.next_lsn()

@@ -207,9 +207,12 @@ impl Database {
             return;
         }
         let threshold = threshold.max(self.proportional_threshold());
-        if self.droppable_bytes() < threshold
-            || self.inner.checkpointing.swap(true, Ordering::AcqRel)
-        {
+        if self.droppable_bytes() < threshold {
+            return;
+        }
+        if self.inner.checkpointing.swap(true, Ordering::AcqRel) {
+            // The running one looks again when it ends.
+            self.inner.checkpoint_missed.store(true, Ordering::Release);
             return;
         }
         self.inner.checkpoint_signal.request();
@@ -233,13 +236,13 @@ impl Database {
         u64::try_from(dropped.max(0)).unwrap_or(u64::MAX)
     }
 
-    /// Log bytes written since the loaded snapshot as automatic checkpoints count them: this
-    /// process's, after the commits replayed at open (counted as transactions count their
-    /// writes).
+    /// Log bytes since the loaded snapshot as automatic checkpoints count them: every record
+    /// this process appended (written yet or still queued, as spills wait for a timer),
+    /// after the log a reopen replayed above that snapshot.
     pub(super) fn log_bytes(&self) -> u64 {
         self.inner
             .wal
-            .bytes_written()
+            .bytes_appended()
             .saturating_add(self.inner.log_bytes_at_open)
     }
 
@@ -271,7 +274,9 @@ impl Database {
     /// checkpoint.
     ///
     /// [`Stats::auto_checkpoint_failures`]: super::Stats::auto_checkpoint_failures
-    pub(super) async fn run_auto_checkpoint(&self) {
+    ///
+    /// Returns whether it was written.
+    pub(super) async fn run_auto_checkpoint(&self) -> bool {
         use futures::FutureExt;
         let outcome = std::panic::AssertUnwindSafe(self.checkpoint())
             .catch_unwind()
@@ -284,6 +289,7 @@ impl Database {
                 panic_message(&*panic)
             )),
         };
+        let written = failure.is_none();
         if let Some(error) = failure {
             if self.inner.checkpoint_signal.stopping() {
                 tracing::info!(path = %self.inner.path.display(), %error, "automatic checkpoint stopped: the database is closing");
@@ -296,6 +302,7 @@ impl Database {
             }
         }
         self.inner.checkpointing.store(false, Ordering::Release);
+        written
     }
 }
 

@@ -16,7 +16,6 @@ use keel_wal::{ArchivedWalEntry, Lsn, RecordPosition, Storage, TxnId, Wal, WalOp
 use super::checkpointer::{Checkpointer, Signal};
 use super::commit::NONE_PENDING;
 use super::install::{InstallOutcomes, log_abandoned_install};
-use super::options::LOGGED_WRITE_OVERHEAD;
 use super::{Database, Inner, Options};
 use crate::retention::Spills;
 use crate::snapshot;
@@ -32,9 +31,8 @@ struct Recovered {
     snapshot_lsn: Option<Lsn>,
     /// The size of the snapshot at `snapshot_lsn` (0: none).
     snapshot_bytes: u64,
-    /// The log the commits replayed above it took, as transactions count their writes (key,
-    /// value and framing each): about that much log was written since that snapshot, by
-    /// earlier processes.
+    /// The log above it, record by record (commits, spills aborted or left open, checkpoint
+    /// entries): what earlier processes wrote since that snapshot.
     replayed_bytes: u64,
     /// [`State::data_bytes`] as the snapshot left it, before the replay.
     loaded_state_bytes: u64,
@@ -158,20 +156,13 @@ impl Replay for OpenSink<'_, '_> {
             .map_err(|e| -> ReplayError { Box::new(e) })
     }
 
-    fn apply(&mut self, txn: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError> {
-        if Some(txn.commit_lsn) > self.snapshot_lsn {
-            // The commit's record too.
-            let mut bytes = LOGGED_WRITE_OVERHEAD;
-            for (_, entry) in txn.entries() {
-                bytes += LOGGED_WRITE_OVERHEAD
-                    + match entry {
-                        ArchivedWalEntry::Write { key, value, .. } => key.len() + value.len(),
-                        ArchivedWalEntry::Delete { key, .. } => key.len(),
-                        _ => 0,
-                    };
-            }
-            self.replayed_bytes = self.replayed_bytes.saturating_add(bytes as u64);
+    fn read(&mut self, lsn: Lsn, record_bytes: u64) {
+        if Some(lsn) > self.snapshot_lsn {
+            self.replayed_bytes = self.replayed_bytes.saturating_add(record_bytes);
         }
+    }
+
+    fn apply(&mut self, txn: &CommittedTxn<'_>) -> std::result::Result<(), ReplayError> {
         self.replay.apply(txn)
     }
 
@@ -342,6 +333,7 @@ fn assemble(
         checkpointed_state_bytes: AtomicU64::new(recovered.loaded_state_bytes),
         snapshot_bytes: AtomicU64::new(recovered.snapshot_bytes),
         checkpointing: AtomicBool::new(false),
+        checkpoint_missed: AtomicBool::new(false),
         checkpoint_signal: Arc::clone(&signal),
         checkpoints: AtomicU64::new(0),
         snapshot_turn: tokio::sync::Mutex::new(()),

@@ -436,6 +436,9 @@ impl Drop for Transaction {
                 tracing::warn!(%error, txn_id = spill.txn_id, "could not log the abort of a spilled transaction; recovery will drop it as incomplete");
             }
             lock(&self.db.inner.spills).abandon(spill.txn_id);
+            // Its log is what a checkpoint drops: a workload of aborts alone would otherwise
+            // never ask for one (`tests/adversarial_checkpoint_drop.rs`).
+            self.db.maybe_checkpoint();
         }
     }
 }

@@ -149,6 +149,7 @@ impl<R: Replay> Walk<'_, R> {
         self.report.first_lsn.get_or_insert(record.lsn);
         self.report.last_lsn = Some(record.lsn);
         let offset = record.offset;
+        self.replay.read(record.lsn, record.len);
         let partial =
             self.txns
                 .record(record.position(), record.entry, record.payload, self.replay)?;

@@ -14,6 +14,7 @@ use crate::options::{AckLevel, Durability};
 use crate::writer::completion::{CommitFuture, Resolver};
 use crate::writer::sync::{Condvar, Mutex, MutexGuard, lock};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The caller's report of where an append's records went.
 type PlacedFn = dyn FnOnce(&[RecordPosition]) + Send;
@@ -87,6 +88,8 @@ pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 #[derive(Debug)]
 pub(crate) struct Queue {
     state: Mutex<QueueState>,
+    /// Bytes of every batch queued since open (added under `state`'s lock, read without it).
+    appended_bytes: AtomicU64,
     writer_wake: Condvar,
     backend_waker: BackendWaker,
 }
@@ -122,9 +125,15 @@ impl Queue {
         };
         Queue {
             state: Mutex::new(state),
+            appended_bytes: AtomicU64::new(0),
             writer_wake: Condvar::new(),
             backend_waker: BackendWaker(backend_waker),
         }
+    }
+
+    /// Bytes of every batch queued since open, written or not yet.
+    pub(crate) fn appended_bytes(&self) -> u64 {
+        self.appended_bytes.load(Ordering::Relaxed)
     }
 
     /// Wakes the writer after new work was queued under `state`'s lock (released here).
@@ -274,6 +283,8 @@ impl Queue {
         }
         assert!(!batch.is_empty(), "an append holds at least one record");
         state.queued_bytes += batch.byte_len();
+        self.appended_bytes
+            .fetch_add(batch.byte_len() as u64, Ordering::Relaxed);
         if ack == AckLevel::Enqueued && state.queued_bytes > MAX_QUEUED_BYTES {
             ack = AckLevel::Written;
         }
