@@ -132,9 +132,12 @@ fn adversarial_checkpoint_drop_aborted_spills_in_one_process_stay_bounded() {
 /// that was asked for again while it ran looks again when it ends (a burst that ends during
 /// one asks for nothing after it).
 ///
-/// Each round is a burst of about 1.1 MiB that outruns the checkpoints: the newest
-/// snapshot's fallback keeps its log, taken early in the burst, so about one burst stays on
-/// disk; what must not happen is the log growing with every round.
+/// Each round is a life: a burst of about 1.1 MiB (17 segments) that outruns the
+/// checkpoints, then a close, which writes what the log still queues (spills wait for a
+/// timer). The newest snapshot's fallback keeps its log, and where the views fall depends on
+/// the checkpointer thread's timing, so up to about two bursts may stay on disk (28 segments
+/// seen on a loaded machine). What must not happen is the log growing with every round, as
+/// it did without the abort's ask: a burst per round.
 #[test]
 fn adversarial_checkpoint_drop_aborted_spills_without_commits_stay_bounded() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,22 +148,25 @@ fn adversarial_checkpoint_drop_aborted_spills_without_commits_stay_bounded() {
         put(&db, run, i.to_be_bytes(), [1u8; 1000]);
     }
     block_on(db.checkpoint()).unwrap();
-    for round in 0..4 {
+    db.close().unwrap();
+    let mut checkpoints = 1;
+    for round in 0..5 {
+        let db = Database::open(dir.path(), options(threshold, 100)).unwrap();
         // About 1.1 MiB of aborted spills: 8 thresholds.
         aborted_spills(&db, run, round, 100);
         db.wait_for_automatic_checkpoint();
-        let checkpoints = db.stats().checkpoints;
+        checkpoints += db.stats().checkpoints;
+        db.close().unwrap();
         let most = segments(dir.path());
         let log = wal_bytes(dir.path());
         assert!(
-            most <= 24,
+            most <= 40,
             "round {round}: {most} segments of 64 KiB ({log} bytes of log) on disk after \
              {} aborted spills of about 11 KiB, {checkpoints} checkpoint(s) (1: the explicit \
              one alone)",
             (round + 1) * 100
         );
     }
-    db.close().unwrap();
 }
 
 /// Sound (kept): an install resets both counts to the installed state. New keys after it
@@ -178,7 +184,12 @@ fn adversarial_checkpoint_drop_install_resets_the_counts() {
     let primary = Database::open(primary_dir.path(), options(0, 0)).unwrap();
     let prun = block_on(primary.begin_run("p")).unwrap();
     for i in 0..512u32 {
-        put(&primary, prun, format!("k{i:05}"), i.to_le_bytes().repeat(250));
+        put(
+            &primary,
+            prun,
+            format!("k{i:05}"),
+            i.to_le_bytes().repeat(250),
+        );
     }
     block_on(primary.checkpoint()).unwrap();
     let (_, image) = primary.newest_snapshot().unwrap().unwrap();
