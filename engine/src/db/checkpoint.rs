@@ -34,14 +34,11 @@ impl Database {
         let _turn = self.inner.snapshot_turn.lock().await;
         let dir = self.snapshot_dir();
         self.move_off_install_marker().await?;
-        let (lsn, view, max_txn_id) = self.snapshot_view();
+        let (lsn, view, max_txn_id, snapshot_bytes) = self.snapshot_view();
         // A crash could otherwise leave a log that restarts below the snapshot.
         if self.inner.wal.durable_lsn() < lsn {
             self.inner.wal.sync().await?;
         }
-        // The log the snapshot holds: what commits write from here on counts toward the next
-        // automatic checkpoint, though this one is still being written.
-        let snapshot_bytes = self.log_bytes();
         let state_bytes = view.data_bytes;
         let signal = &self.inner.checkpoint_signal;
         let storage = self.inner.storage.as_ref();
@@ -97,8 +94,14 @@ impl Database {
 
     /// The state as of the snapshot LSN, under the `pending` lock (held only for this):
     /// applies what is visible, takes the LSN, and an immutable view of the state there (an
-    /// O(1) clone that later commits do not change), with the transaction-id high mark.
-    fn snapshot_view(&self) -> (Lsn, State, TxnId) {
+    /// O(1) clone that later commits do not change), with the transaction-id high mark and
+    /// the log the snapshot holds ([`Database::log_bytes`] now: what is appended from here on
+    /// counts toward the next automatic checkpoint, though this one is still being written).
+    /// Read under the lock, with the view: read after the log's sync, it counted commits
+    /// acknowledged meanwhile (`Async`) as in the snapshot
+    /// (`tests/adversarial_checkpoint_drop2.rs`). Commits queued and not yet visible still
+    /// count as in it: at most a group commit.
+    fn snapshot_view(&self) -> (Lsn, State, TxnId, u64) {
         let mut pending = lock(&self.inner.pending);
         let lsn = self.applied_through_locked(&mut pending);
         assert_ne!(
@@ -108,7 +111,7 @@ impl Database {
         );
         let view = read(&self.inner.state).clone();
         let max_txn_id = self.inner.next_txn_id.load(Ordering::Relaxed) - 1;
-        (lsn, view, max_txn_id)
+        (lsn, view, max_txn_id, self.log_bytes())
     }
 
     /// After the snapshot at `newest` is durable: keeps the newest older snapshot that reads
@@ -210,9 +213,11 @@ impl Database {
         if self.droppable_bytes() < threshold {
             return;
         }
+        // Before the swap: should the swap find one running, the checkpointer looks again
+        // after it (it clears `checkpointing`, then takes this flag). Set after the swap, a
+        // checkpoint ending between the two missed it.
+        self.inner.checkpoint_missed.store(true, Ordering::Release);
         if self.inner.checkpointing.swap(true, Ordering::AcqRel) {
-            // The running one looks again when it ends.
-            self.inner.checkpoint_missed.store(true, Ordering::Release);
             return;
         }
         self.inner.checkpoint_signal.request();
