@@ -77,8 +77,8 @@ struct Inner {
     snapshots_skipped: Vec<(PathBuf, String)>,
     checkpoint_log_bytes: u64,
     checkpoint_log_percent: u64,
-    /// Log above the loaded snapshot that earlier processes wrote (at least; see
-    /// [`Database::log_bytes`]): it counts toward the first automatic checkpoint, or a
+    /// Log above the loaded snapshot that earlier processes wrote, every record recovery read
+    /// there (see [`Database::log_bytes`]): it counts toward the first automatic checkpoint, or a
     /// database reopened between bursts under the threshold never took one and its log grew
     /// without bound (`tests/adversarial_checkpoint_percent.rs`).
     log_bytes_at_open: u64,
