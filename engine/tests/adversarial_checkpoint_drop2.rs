@@ -191,7 +191,6 @@ fn adversarial_checkpoint_drop2_failed_checkpoint_leaves_missed_set() {
 
     // Much later: one commit, one checkpoint asked for.
     gate.fail.store(false, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(100));
     put(&db, run, b"c", b"3");
     let after = assert_settles(&db, "after the failure");
     assert_eq!(
