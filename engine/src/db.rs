@@ -53,7 +53,9 @@ struct Inner {
     /// Transactions' isolation unless they choose one.
     isolation: Isolation,
     max_record_bytes: u32,
-    state: RwLock<State>,
+    /// Shared with the log's acknowledgement hook, as are `pending`, `first_pending` and
+    /// `state_bytes` (`commit::apply_on_acknowledgement`).
+    state: Arc<RwLock<State>>,
     /// Commits queued in the log and not yet applied, in LSN order. The lock orders the
     /// appends that change the engine's own state with those changes, so that no one sees
     /// one without the other:
@@ -66,10 +68,10 @@ struct Inner {
     ///
     /// The log itself says where each append went (`keel_wal::Appended`); appends that
     /// change no engine state (later spills, aborts, a checkpoint's entry) do not take it.
-    pending: Mutex<PendingQueue>,
+    pending: Arc<Mutex<PendingQueue>>,
     /// The last LSN of the first commit in `pending` (`NONE_PENDING`: none), stored under
     /// its lock; read without it (see `Database::apply_visible`).
-    first_pending: AtomicU64,
+    first_pending: Arc<AtomicU64>,
     next_txn_id: AtomicU64,
     report: RecoveryReport,
     /// The snapshot the state was loaded from, and damaged newer ones passed over.
@@ -89,7 +91,7 @@ struct Inner {
     checkpointed_state_bytes: AtomicU64,
     /// [`State::data_bytes`] of `state`, stored after each change to it: read by every
     /// commit's [`Database::maybe_checkpoint`] without the state's lock.
-    state_bytes: AtomicU64,
+    state_bytes: Arc<AtomicU64>,
     /// The size of the newest snapshot (written, installed or loaded; 0: none).
     snapshot_bytes: AtomicU64,
     /// An automatic checkpoint is asked for or running.

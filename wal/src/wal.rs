@@ -451,6 +451,19 @@ impl Wal {
         self.shared.queue.appended_bytes()
     }
 
+    /// Registers `hook`, called with the written and the durable LSNs each time either
+    /// moves: after they are published (so [`Wal::durable_lsn`] reads them) and before the
+    /// commits they cover resolve. False when a hook is registered already (it stays).
+    ///
+    /// It runs on the writer's thread, or on a committer's that drives the writer
+    /// ([`Wal::append_wait`]), so it must not block: it may try a lock, never wait for one,
+    /// and never wait for the log. A panic in it is logged; the commits resolve regardless.
+    /// An engine applies its acknowledged commits there, so that the committers woken next
+    /// find them applied.
+    pub fn on_acknowledged(&self, hook: impl Fn(Lsn, Lsn) + Send + Sync + 'static) -> bool {
+        self.shared.acknowledged.set(Box::new(hook))
+    }
+
     /// The LSN the next appended entry gets.
     pub fn next_lsn(&self) -> Lsn {
         self.shared.queue.next_lsn()

@@ -16,14 +16,17 @@
 
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use keel_wal::{CommitFuture, Durability, Lsn, RunId, TxnId, WalEntry, WriterWake};
+
+mod runs;
 
 use super::Database;
 use super::sync::{lock, read, write};
 use super::transaction::{Isolation, Reads};
-use crate::state::{Change, RunRecord, RunState, SYSTEM_RUN, run_of_key};
+use crate::state::{Change, SYSTEM_RUN, State};
 use crate::{Error, Result};
 
 /// A commit queued in the log and not yet applied to the state.
@@ -306,89 +309,6 @@ impl Database {
         barriers
     }
 
-    /// Refuses a commit to `run` unless the run is active as of this commit's place in the log
-    /// ([`Database::run_state_locked`]: a run's end the log took and has not acknowledged is
-    /// not in the state yet; `tests/adversarial_run_end_race.rs`).
-    fn check_writable_locked(&self, run: RunId, pending: &PendingQueue) -> Result<()> {
-        match self.run_state_locked(run.as_u128(), pending) {
-            None => Err(Error::UnknownRun(run)),
-            Some(true) => Err(Error::RunEnded(run)),
-            Some(false) => Ok(()),
-        }
-    }
-
-    /// Whether run `id` has ended (`None`: unknown, or deleted) as of the place in the log of
-    /// the commit being appended: in the state, then after each run record queued before it.
-    /// Under the `pending` lock of the append.
-    fn run_state_locked(&self, id: u128, pending: &PendingQueue) -> Option<bool> {
-        let state = read(&self.inner.state);
-        let mut ended = state
-            .runs
-            .get(&id)
-            .map(|info| info.state != RunState::Active);
-        drop(state);
-        let queued = pending.iter().filter(|commit| commit.run == SYSTEM_RUN);
-        for (other, queued) in queued.flat_map(|commit| run_records(&commit.changes)) {
-            if other == id {
-                ended = (!queued.deleted).then_some(queued.ended);
-            }
-        }
-        ended
-    }
-
-    /// Refuses a run record that begins a run under the name of another active run, in the
-    /// state or in the commits queued before it (so two `begin_run`s of one name racing each
-    /// other cannot both commit). Under the `pending` lock of the append.
-    fn check_run_names_locked(&self, changes: &[Change], pending: &PendingQueue) -> Result<()> {
-        for (id, record) in run_records(changes) {
-            if record.ended {
-                continue;
-            }
-            let state = read(&self.inner.state);
-            let mut active: std::collections::BTreeMap<u128, bool> = state
-                .runs
-                .values()
-                .filter(|info| info.name == record.name)
-                .map(|info| (info.id.as_u128(), info.state == RunState::Active))
-                .collect();
-            drop(state);
-            let queued = pending.iter().filter(|commit| commit.run == SYSTEM_RUN);
-            for (other, queued) in queued.flat_map(|commit| run_records(&commit.changes)) {
-                if queued.name == record.name || active.contains_key(&other) {
-                    active.insert(other, !queued.ended);
-                }
-            }
-            if let Some((&other, _)) = active.iter().find(|(other, live)| **other != id && **live) {
-                return Err(Error::RunNameTaken {
-                    name: record.name,
-                    run: RunId::from_u128(other),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Refuses a record that ends or deletes a run unless the run is there as of this
-    /// record's place in the log: in the state, after the run records queued before it. A
-    /// run deleted there is unknown; one ended there cannot end again (it may be deleted).
-    /// Without this, an `end_run` that read the state while a `delete_run` was queued and not
-    /// yet acknowledged was appended after it and put the deleted run back
-    /// (`tests/adversarial_run_record_race.rs`). Under the `pending` lock of the append.
-    fn check_run_ends_locked(&self, changes: &[Change], pending: &PendingQueue) -> Result<()> {
-        for (id, record) in run_records(changes) {
-            if !record.ended {
-                continue;
-            }
-            let run = RunId::from_u128(id);
-            match self.run_state_locked(id, pending) {
-                None => return Err(Error::UnknownRun(run)),
-                Some(true) if !record.deleted => return Err(Error::RunEnded(run)),
-                Some(_) => {}
-            }
-        }
-        Ok(())
-    }
-
     /// Records a commit the log took at `lsns`: queued for the state, and a spilled
     /// transaction's commit noted for retention. Under the `pending` lock of its append.
     fn note_queued(
@@ -465,23 +385,18 @@ impl Database {
 
     /// [`Database::apply_visible`], under the `pending` lock the caller holds.
     pub(super) fn apply_visible_locked(&self, pending: &mut PendingQueue) {
-        let applicable = |p: &Pending| p.last_lsn <= self.visible_lsn(p.visible);
-        if !pending.front().is_some_and(applicable) {
-            return;
+        let visible_lsn = |visible| self.visible_lsn(visible);
+        if front_applicable(pending, &visible_lsn) {
+            let mut state = write(&self.inner.state);
+            let inner = &self.inner;
+            apply_front(
+                pending,
+                &mut state,
+                &visible_lsn,
+                &inner.state_bytes,
+                &inner.first_pending,
+            );
         }
-        let mut state = write(&self.inner.state);
-        while pending.front().is_some_and(applicable) {
-            let commit = pending.pop_front().expect("checked");
-            if let Err(error) = state.apply(commit.run, commit.last_lsn, commit.changes) {
-                tracing::error!(%error, lsn = commit.last_lsn, "could not apply a commit");
-            }
-        }
-        self.inner
-            .state_bytes
-            .store(state.data_bytes, Ordering::Relaxed);
-        drop(state);
-        let first = pending.front().map_or(NONE_PENDING, pack_front);
-        self.inner.first_pending.store(first, Ordering::Release);
     }
 
     /// Applies what is visible, then returns the last LSN before the first commit still
@@ -529,20 +444,91 @@ impl Database {
     }
 }
 
-/// The run records among `changes` (puts to `run/<id>` keys of the system run), by run id.
-fn run_records(changes: &[Change]) -> Vec<(u128, RunRecord)> {
-    let records = changes.iter().filter_map(|change| match change {
-        Change::Put(key, value) => Some((run_of_key(key)?, RunRecord::decode(value).ok()?)),
-        Change::Delete(_) => None,
-    });
-    records.map(|(id, record)| (id.as_u128(), record)).collect()
-}
-
 /// The change an entry of [`Database::entries`] holds, moved back out.
 fn change_of(entry: WalEntry) -> Change {
     match entry {
         WalEntry::Write { key, value, .. } => Change::Put(key, value),
         WalEntry::Delete { key, .. } => Change::Delete(key),
         other => unreachable!("entries() makes writes and deletes only, not {other:?}"),
+    }
+}
+
+/// Whether the front of `pending` is acknowledged at its visibility point, as `visible_lsn`
+/// tells where each point is.
+fn front_applicable(pending: &PendingQueue, visible_lsn: &dyn Fn(Visibility) -> Lsn) -> bool {
+    pending
+        .front()
+        .is_some_and(|p| p.last_lsn <= visible_lsn(p.visible))
+}
+
+/// Applies the front of `pending`, in LSN order, while it is applicable; then stores the
+/// state's size in `state_bytes` and the new front in `first_pending` (after the apply, so
+/// a reader that finds the front moved finds the state changed). Under the `pending` lock and
+/// the state's write lock.
+fn apply_front(
+    pending: &mut PendingQueue,
+    state: &mut State,
+    visible_lsn: &dyn Fn(Visibility) -> Lsn,
+    state_bytes: &AtomicU64,
+    first_pending: &AtomicU64,
+) {
+    while front_applicable(pending, visible_lsn) {
+        let commit = pending.pop_front().expect("checked");
+        if let Err(error) = state.apply(commit.run, commit.last_lsn, commit.changes) {
+            tracing::error!(%error, lsn = commit.last_lsn, "could not apply a commit");
+        }
+    }
+    state_bytes.store(state.data_bytes, Ordering::Relaxed);
+    let first = pending.front().map_or(NONE_PENDING, pack_front);
+    first_pending.store(first, Ordering::Release);
+}
+
+/// The log's acknowledgement hook ([`keel_wal::Wal::on_acknowledged`]): applies the
+/// commits the new written and durable positions make applicable, before their committers
+/// are woken. Each of them then finds its commit applied in `first_pending` and returns
+/// without the `pending` lock. Before this, the first committer of a group to wake applied
+/// it while the others woke into its lock and queued behind it, each with one more sleep;
+/// meanwhile they could not append, so the next group was smaller.
+///
+/// It never waits: it runs on the log's writer thread (or a committer's driving it), which
+/// must not wait for a committer that holds `pending` while appending. It tries the locks,
+/// and when either is taken (or poisoned) it leaves the commits to their committers
+/// ([`Database::apply_visible`]), as before. It holds the state and the queue, not the
+/// database: the log it is registered on belongs to the database.
+pub(super) fn apply_on_acknowledgement(inner: &super::Inner) -> impl Fn(Lsn, Lsn) + use<> {
+    let pending = Arc::clone(&inner.pending);
+    let state = Arc::clone(&inner.state);
+    let state_bytes = Arc::clone(&inner.state_bytes);
+    let first_pending = Arc::clone(&inner.first_pending);
+    move |written, durable| {
+        // A commit queued is in the log's queue: visible at `Queued` (its append returned).
+        let visible_lsn = |visible| match visible {
+            Visibility::Queued => Lsn::MAX,
+            Visibility::Written => written,
+            Visibility::Durable => durable,
+        };
+        let front = first_pending.load(Ordering::Acquire);
+        if front == NONE_PENDING || {
+            let (visible, last_lsn) = unpack_front(front);
+            last_lsn > visible_lsn(visible)
+        } {
+            return;
+        }
+        let Ok(mut queue) = pending.try_lock() else {
+            return;
+        };
+        if !front_applicable(&queue, &visible_lsn) {
+            return;
+        }
+        let Ok(mut state) = state.try_write() else {
+            return;
+        };
+        apply_front(
+            &mut queue,
+            &mut state,
+            &visible_lsn,
+            &state_bytes,
+            &first_pending,
+        );
     }
 }

@@ -14,7 +14,7 @@ use keel_recovery::{CommittedTxn, RecoveryReport, Replay, ReplayError};
 use keel_wal::{ArchivedWalEntry, Lsn, RecordPosition, Storage, TxnId, Wal, WalOptions, fsutil};
 
 use super::checkpointer::{Checkpointer, Signal};
-use super::commit::NONE_PENDING;
+use super::commit::{NONE_PENDING, apply_on_acknowledgement};
 use super::install::{InstallOutcomes, log_abandoned_install};
 use super::{Database, Inner, Options};
 use crate::retention::Spills;
@@ -318,10 +318,10 @@ fn assemble(
         durability: options.durability,
         isolation: options.isolation,
         max_record_bytes,
-        state_bytes: AtomicU64::new(recovered.state.data_bytes),
-        state: RwLock::new(recovered.state),
-        pending: Mutex::new(VecDeque::new()),
-        first_pending: AtomicU64::new(NONE_PENDING),
+        state_bytes: Arc::new(AtomicU64::new(recovered.state.data_bytes)),
+        state: Arc::new(RwLock::new(recovered.state)),
+        pending: Arc::new(Mutex::new(VecDeque::new())),
+        first_pending: Arc::new(AtomicU64::new(NONE_PENDING)),
         next_txn_id: AtomicU64::new(recovered.next_txn_id),
         report: recovered.report,
         snapshot_lsn,
@@ -352,6 +352,8 @@ fn assemble(
         _lock: lock,
     };
     let inner = Arc::new(inner);
+    let registered = inner.wal.on_acknowledged(apply_on_acknowledgement(&inner));
+    debug_assert!(registered, "a log opened here has no hook yet");
     // A failed install a crash cut before its abandoned-install record was durable: that
     // record now, before anything else is appended (the feed reads it as the outcome).
     let unrecorded = recovered.failed_installs.iter();

@@ -266,6 +266,7 @@ fn new_shared(backend: &dyn Backend, next_lsn: Lsn) -> Arc<Shared> {
         watch: DurableWatch::default(),
         holds: crate::writer::holds::Holds::default(),
         buffers: crate::writer::buffers::BufferPool::default(),
+        acknowledged: crate::writer::ack_hook::AckHook::default(),
     });
     shared
         .counters

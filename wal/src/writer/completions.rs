@@ -79,8 +79,8 @@ impl Writer {
         }
         crate::writer::watermark::publish(
             &self.shared.counters,
-            self.written.through(),
-            self.durable.through(),
+            (self.written.through(), self.durable.through()),
+            &|written, durable| self.shared.acknowledged.call(written, durable),
             &mut self.written_waiters,
             &mut self.durable_waiters,
         );

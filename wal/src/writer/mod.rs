@@ -29,6 +29,7 @@
 //! chains), [`completions`] (reaping them, poisoning), [`rotation`] (the rotation barrier and
 //! installing segments) and [`witness_timer`] (when the durable witness is written).
 
+pub(crate) mod ack_hook;
 pub(crate) mod baton;
 pub(crate) mod buffers;
 mod chains;
@@ -155,6 +156,8 @@ pub(crate) struct Shared {
     pub holds: crate::writer::holds::Holds,
     /// Encode buffers the writer is done with, for the next appends.
     pub buffers: crate::writer::buffers::BufferPool,
+    /// Called as the written or durable position moves, before its commits resolve.
+    pub acknowledged: crate::writer::ack_hook::AckHook,
 }
 
 #[derive(Debug)]

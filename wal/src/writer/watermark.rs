@@ -12,19 +12,20 @@ use crate::writer::stats::Counters;
 /// Commits waiting for an LSN to be written or durable, in LSN order.
 pub(crate) type Waiters = VecDeque<(Lsn, Resolver)>;
 
-/// Publishes the watermarks, then releases the waiters they cover, oldest first. The
-/// counters are stored before any resolution, so whoever learns of a commit from its
-/// resolution reads counters at or past it; they only grow, since the watermarks do and
-/// only the writer thread stores them.
+/// Publishes the watermarks, calls `acknowledged` with them, then releases the waiters they
+/// cover, oldest first. The counters are stored before any resolution, so whoever learns of
+/// a commit from its resolution reads counters at or past it (and what the hook did); they
+/// only grow, since the watermarks do and only the writer thread stores them.
 pub(crate) fn publish(
     counters: &Counters,
-    written: Lsn,
-    durable: Lsn,
+    (written, durable): (Lsn, Lsn),
+    acknowledged: &dyn Fn(Lsn, Lsn),
     written_waiters: &mut Waiters,
     durable_waiters: &mut Waiters,
 ) {
     counters.written_lsn.store(written, Relaxed);
     counters.durable_lsn.store(durable, Relaxed);
+    acknowledged(written, durable);
     for (waiters, through) in [(written_waiters, written), (durable_waiters, durable)] {
         while waiters.front().is_some_and(|(lsn, _)| *lsn <= through) {
             let (lsn, resolver) = waiters.pop_front().expect("checked");
@@ -130,8 +131,8 @@ mod loom_models {
                 loom::thread::spawn(move || {
                     let mut written = Waiters::new();
                     let mut durable: Waiters = [(1, r1), (2, r2)].into_iter().collect();
-                    publish(&counters, 1, 1, &mut written, &mut durable);
-                    publish(&counters, 2, 2, &mut written, &mut durable);
+                    publish(&counters, (1, 1), &|_, _| {}, &mut written, &mut durable);
+                    publish(&counters, (2, 2), &|_, _| {}, &mut written, &mut durable);
                     assert!(durable.is_empty());
                 })
             };
