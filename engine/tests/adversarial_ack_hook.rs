@@ -1,0 +1,197 @@
+//! Adversarial review of 427aa37 (commits applied by the log's acknowledgement hook).
+// The counting allocator below (the only way to see what a closed database keeps) is unsafe.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::executor::block_on;
+use keel::{BackendChoice, Database, Durability, Lsn, Options};
+
+fn options(durability: Durability) -> Options {
+    Options {
+        durability,
+        segment_bytes: 256 * 1024,
+        backend: BackendChoice::Std,
+        checkpoint_log_bytes: 0,
+        ..Options::default()
+    }
+}
+
+const ASYNC: Durability = Durability::Async {
+    max_delay: Duration::from_millis(2),
+};
+const BATCHED: Durability = Durability::Batched {
+    max_delay: Duration::from_millis(1),
+    max_bytes: 1 << 20,
+};
+
+/// A small seeded generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Committers in every mode (per-commit durabilities, blocking ones that drive the writer,
+/// async ones that do not) each write their own key; every commit must be visible to its
+/// committer when it returns, and every snapshot taken meanwhile must hold a prefix of the
+/// log: no commit below the highest version a snapshot shows may be missing from it.
+#[test]
+fn commits_are_visible_on_return_and_snapshots_are_log_prefixes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = std::env::var("KEEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1234_u64);
+    println!("seed {seed}");
+    for db_mode in [Durability::Strict, BATCHED, ASYNC] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), options(db_mode)).unwrap();
+        let run = block_on(db.begin_run("r")).unwrap();
+        let threads = 4;
+        let commits = 150;
+        let stop = Arc::new(AtomicBool::new(false));
+        let snapshots = {
+            let db = db.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut taken = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let snap = db.snapshot();
+                    let versions: Vec<Option<Lsn>> = (0..threads)
+                        .map(|t| snap.get(run, key(t)).unwrap().map(|v| v.version))
+                        .collect();
+                    taken.push(versions);
+                    std::thread::yield_now();
+                }
+                taken
+            })
+        };
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let db = db.clone();
+                let mut rng = Rng(seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                std::thread::spawn(move || {
+                    let mut lsns = Vec::new();
+                    for i in 0..commits {
+                        let mut txn = db.transaction(run).unwrap();
+                        txn.put(key(t), i.to_string()).unwrap();
+                        let choice = rng.next() % 8;
+                        let lsn = match choice {
+                            0 => block_on(txn.commit_with(Durability::Strict)),
+                            1 => block_on(txn.commit_with(BATCHED)),
+                            2 => block_on(txn.commit_with(ASYNC)),
+                            3 | 4 => txn.commit_blocking(),
+                            _ => block_on(txn.commit()),
+                        }
+                        .unwrap();
+                        let got = db.get(run, key(t)).unwrap().expect("read-your-writes");
+                        assert_eq!(
+                            got.version, lsn,
+                            "{db_mode:?} choice {choice}: commit {lsn} returned before visible"
+                        );
+                        lsns.push(lsn);
+                    }
+                    lsns
+                })
+            })
+            .collect();
+        let lsns: Vec<Vec<Lsn>> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        stop.store(true, Ordering::Relaxed);
+        let taken = snapshots.join().unwrap();
+        for versions in &taken {
+            let highest = versions.iter().flatten().copied().max().unwrap_or(0);
+            for (t, own) in lsns.iter().enumerate() {
+                let below = own.iter().copied().filter(|l| *l <= highest).max();
+                if let Some(below) = below {
+                    let seen = versions[t].unwrap_or(0);
+                    assert!(
+                        seen >= below,
+                        "{db_mode:?}: a snapshot shows LSN {highest} but not thread {t}'s commit {below} (has {seen})"
+                    );
+                }
+            }
+        }
+        println!("{db_mode:?}: {} snapshots checked", taken.len());
+        db.close().unwrap();
+    }
+}
+
+fn key(t: usize) -> String {
+    format!("k{t}")
+}
+
+/// Counts the bytes allocated and not yet freed, process-wide.
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The tests of this file run one at a time: the leak test counts the process's memory.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A subscription is not a handle: it ends when the database closes. Closing the database
+/// (last handle) must free its state; the subscription left behind may keep the log's shared
+/// parts, not every key and value the database held. With the hook, the log's shared parts
+/// (which a live tail holds) hold the hook, which holds the state and the queue of commits.
+#[test]
+fn a_subscription_left_after_close_does_not_keep_the_state() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        segment_bytes: 8 << 20,
+        backend: BackendChoice::Std,
+        checkpoint_log_bytes: 0,
+        ..Options::default()
+    };
+    let db = Database::open(dir.path(), options).unwrap();
+    let run = block_on(db.begin_run("r")).unwrap();
+    let values = 256;
+    let value_bytes = 128 * 1024;
+    for i in 0..values {
+        let mut txn = db.transaction(run).unwrap();
+        txn.put(format!("k{i}"), vec![i as u8; value_bytes])
+            .unwrap();
+        txn.commit_blocking().unwrap();
+    }
+    let state_bytes = values * value_bytes;
+    let subscription = db.subscribe(1);
+    db.close().unwrap();
+    let after_close = LIVE_BYTES.load(Ordering::SeqCst);
+    drop(subscription);
+    let after_drop = LIVE_BYTES.load(Ordering::SeqCst);
+    let kept = after_close.saturating_sub(after_drop);
+    println!("state {state_bytes} bytes; the closed database's subscription kept {kept} bytes");
+    assert!(
+        kept < state_bytes / 4,
+        "after close, a subscription kept {kept} bytes alive (the state holds {state_bytes})"
+    );
+}
