@@ -494,10 +494,13 @@ fn apply_front(
 /// must not wait for a committer that holds `pending` while appending. It tries the locks,
 /// and when either is taken (or poisoned) it leaves the commits to their committers
 /// ([`Database::apply_visible`]), as before. It holds the state and the queue, not the
-/// database: the log it is registered on belongs to the database.
+/// database: the log it is registered on belongs to the database. It holds them weakly: a
+/// live tail (a [`super::Subscription`], which outlives the database) keeps the log's
+/// shared parts, hook included, and must not keep every key and value once the database is
+/// gone (`tests/adversarial_ack_hook.rs`).
 pub(super) fn apply_on_acknowledgement(inner: &super::Inner) -> impl Fn(Lsn, Lsn) + use<> {
-    let pending = Arc::clone(&inner.pending);
-    let state = Arc::clone(&inner.state);
+    let pending = Arc::downgrade(&inner.pending);
+    let state = Arc::downgrade(&inner.state);
     let state_bytes = Arc::clone(&inner.state_bytes);
     let first_pending = Arc::clone(&inner.first_pending);
     move |written, durable| {
@@ -514,6 +517,9 @@ pub(super) fn apply_on_acknowledgement(inner: &super::Inner) -> impl Fn(Lsn, Lsn
         } {
             return;
         }
+        let (Some(pending), Some(state)) = (pending.upgrade(), state.upgrade()) else {
+            return;
+        };
         let Ok(mut queue) = pending.try_lock() else {
             return;
         };
