@@ -1,14 +1,13 @@
 //! Adversarial review of 427aa37 (commits applied by the log's acknowledgement hook).
-// The counting allocator below (the only way to see what a closed database keeps) is unsafe.
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::alloc::System;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::executor::block_on;
 use keel::{BackendChoice, Database, Durability, Lsn, Options};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 fn options(durability: Durability) -> Options {
     Options {
@@ -225,31 +224,9 @@ fn key(t: usize) -> String {
     format!("k{t}")
 }
 
-/// Counts the bytes allocated and not yet freed, process-wide.
-struct Counting;
-
-static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+/// Counts the bytes allocated and freed, process-wide (`stats_alloc`).
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// The tests of this file run one at a time: the leak test counts the process's memory.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -284,10 +261,14 @@ fn a_subscription_left_after_close_does_not_keep_the_state() {
     let state_bytes = values * value_bytes;
     let subscription = db.subscribe(1);
     db.close().unwrap();
-    let after_close = LIVE_BYTES.load(Ordering::SeqCst);
+    let region = Region::new(GLOBAL);
     drop(subscription);
-    let after_drop = LIVE_BYTES.load(Ordering::SeqCst);
-    let kept = after_close.saturating_sub(after_drop);
+    let change = region.change();
+    // What the drop freed, net of what it allocated and of what reallocations grew.
+    let freed = change.bytes_deallocated as isize
+        - change.bytes_allocated as isize
+        - change.bytes_reallocated;
+    let kept = usize::try_from(freed).unwrap_or(0);
     println!("state {state_bytes} bytes; the closed database's subscription kept {kept} bytes");
     assert!(
         kept < state_bytes / 4,
