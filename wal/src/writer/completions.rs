@@ -20,6 +20,10 @@ impl Writer {
         // A failure poisons the log once every completion of the turn has moved the
         // watermarks: a chain synced in the same turn is durable, whatever the order the
         // backend reported them in, and its waiters resolve `Ok`.
+        // A sync that succeeds in a turn where another chain failed may have run after the
+        // failed sync dropped the pages of the writes it covers (fsyncgate): only its own
+        // write counts durable then, not the earlier writes it covers.
+        let trust_covers = completions.iter().all(|c| c.result.is_ok());
         let mut failed = None;
         for completion in completions {
             let info = self
@@ -36,7 +40,7 @@ impl Writer {
                 self.witness_timer.in_flight = false;
             }
             match completion.result {
-                Ok(()) => self.completed(&info),
+                Ok(()) => self.completed(&info, trust_covers),
                 Err(failure) => {
                     failed.get_or_insert(PoisonCause {
                         operation: failure.operation,
@@ -52,7 +56,7 @@ impl Writer {
         }
     }
 
-    fn completed(&mut self, info: &ChainInfo) {
+    fn completed(&mut self, info: &ChainInfo, trust_covers: bool) {
         if let Some(witness) = info.witness {
             // The rotation barrier drains every chain before the segment changes.
             assert!(Arc::ptr_eq(&info.file, &self.active.file));
@@ -63,11 +67,18 @@ impl Writer {
                 .witness_lsn
                 .store(witness.durable_lsn, Relaxed);
         }
+        // Nothing moves past a poison: a chain completing after it may hold a sync that ran
+        // after the failed one and covers what that one dropped; and its position would be
+        // told to nobody but a wait staged later (`stage`), against unpublished positions.
+        if self.poisoned.is_some() {
+            return;
+        }
         if let Some((first, last)) = info.write {
             self.written.complete(first, last);
         }
         if info.sync {
-            for &(first, last) in info.covers.iter().chain(&info.write) {
+            let covers = if trust_covers { &info.covers[..] } else { &[] };
+            for &(first, last) in covers.iter().chain(&info.write) {
                 self.durable.complete(first, last);
             }
         }
