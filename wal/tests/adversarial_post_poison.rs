@@ -371,9 +371,9 @@ fn a_barrier_after_a_failed_sync_never_resolves_ok_for_records_it_dropped() {
 /// sync runs first and fails, dropping the first chain's write too (it completed before that
 /// sync started); the first chain's sync then succeeds over nothing. Reaped in one turn, the
 /// first commit resolves `Ok` and `durable_lsn` is published over it; a power loss loses it.
-/// Reported, not fixed: the writer cannot tell from one turn which sync ran first.
+/// The writer cannot tell from one turn which sync ran first, so no sync of a turn with a
+/// failure counts (failed before the fix, with its first part: `Ok(1)` published).
 #[test]
-#[ignore = "documents a limit of the same-turn rule; see the report"]
 fn a_sync_that_ran_after_a_failed_one_in_the_same_turn_is_not_proof() {
     // A seed whose latencies put the second sync ahead of the first (found by trying seeds
     // from 0; the trace check below says when a seed no longer does).
@@ -390,7 +390,11 @@ fn a_sync_that_ran_after_a_failed_one_in_the_same_turn_is_not_proof() {
 }
 
 /// One run; `None` when the seed's latencies do not order the second sync first.
-fn same_turn_own_write(seed: u64) -> Option<(Option<Result<Lsn, String>>, Lsn, Lsn)> {
+/// A run's outcome: how the first commit resolved (if it did), the durable LSN published, and
+/// the last LSN a power loss keeps.
+type Outcome = (Option<Result<Lsn, String>>, Lsn, Lsn);
+
+fn same_turn_own_write(seed: u64) -> Option<Outcome> {
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("wal");
     let sim = Sim::new(&dir, seed).unwrap();

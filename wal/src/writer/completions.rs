@@ -17,13 +17,14 @@ impl Writer {
         }
         let mut completions = Vec::new();
         self.backend.wait(usize::from(block), &mut completions);
-        // A failure poisons the log once every completion of the turn has moved the
-        // watermarks: a chain synced in the same turn is durable, whatever the order the
-        // backend reported them in, and its waiters resolve `Ok`.
-        // A sync that succeeds in a turn where another chain failed may have run after the
-        // failed sync dropped the pages of the writes it covers (fsyncgate): only its own
-        // write counts durable then, not the earlier writes it covers.
-        let trust_covers = completions.iter().all(|c| c.result.is_ok());
+        // A failure poisons the log once every completion of the turn is handled. A sync
+        // that succeeds in a turn where another chain failed proves nothing: it may have run
+        // after the failed sync dropped the pages it covers (its own write's too, when that
+        // write completed before the failed sync ran), and a file reports a writeback error
+        // to one sync only (fsyncgate). So in such a turn no sync counts: its waiters fail
+        // with the poison, and nothing it covered is published durable
+        // (`tests/adversarial_post_poison.rs`). What was published before the turn stays.
+        let trust_syncs = completions.iter().all(|c| c.result.is_ok());
         let mut failed = None;
         for completion in completions {
             let info = self
@@ -40,7 +41,7 @@ impl Writer {
                 self.witness_timer.in_flight = false;
             }
             match completion.result {
-                Ok(()) => self.completed(&info, trust_covers),
+                Ok(()) => self.completed(&info, trust_syncs),
                 Err(failure) => {
                     failed.get_or_insert(PoisonCause {
                         operation: failure.operation,
@@ -56,7 +57,7 @@ impl Writer {
         }
     }
 
-    fn completed(&mut self, info: &ChainInfo, trust_covers: bool) {
+    fn completed(&mut self, info: &ChainInfo, trust_syncs: bool) {
         if let Some(witness) = info.witness {
             // The rotation barrier drains every chain before the segment changes.
             assert!(Arc::ptr_eq(&info.file, &self.active.file));
@@ -76,9 +77,8 @@ impl Writer {
         if let Some((first, last)) = info.write {
             self.written.complete(first, last);
         }
-        if info.sync {
-            let covers = if trust_covers { &info.covers[..] } else { &[] };
-            for &(first, last) in covers.iter().chain(&info.write) {
+        if info.sync && trust_syncs {
+            for &(first, last) in info.covers.iter().chain(&info.write) {
                 self.durable.complete(first, last);
             }
         }
