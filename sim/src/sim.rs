@@ -325,6 +325,48 @@ impl Sim {
         Ok(())
     }
 
+    /// [`keel_wal::Storage::rewrite`]: the same bytes written again make the pages a failed
+    /// sync dropped dirty again, so the next sync writes them: those ranges are no longer
+    /// dropped. Until that sync they are unsynced, as any write.
+    pub(crate) fn rewrite(
+        &self,
+        file: &File,
+        path: &Path,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let mut state = self.lock();
+        std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+            .map_err(|e| Error::io("rewriting", path, e))?;
+        let ino = file
+            .metadata()
+            .map_err(|e| Error::io("reading metadata of", path, e))?
+            .ino();
+        let end = offset + bytes.len() as u64;
+        let model = state.files.entry(ino).or_default();
+        let dropped = std::mem::take(&mut model.dropped);
+        for (at, len) in dropped {
+            let stop = at + len as u64;
+            if stop <= offset || at >= end {
+                model.dropped.push((at, len));
+                continue;
+            }
+            if at < offset {
+                model
+                    .dropped
+                    .push((at, usize::try_from(offset - at).expect("fits")));
+            }
+            if stop > end {
+                model
+                    .dropped
+                    .push((end, usize::try_from(stop - end).expect("fits")));
+            }
+        }
+        let line = format!("rewrite {} @{offset}+{}", state.rel(path), bytes.len());
+        state.note(line);
+        Ok(())
+    }
+
     /// [`keel_wal::Storage::sync_dir`].
     pub(crate) fn sync_dir(&self, dir: &Path) -> Result<()> {
         let mut state = self.lock();

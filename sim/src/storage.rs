@@ -40,6 +40,13 @@ impl Storage for Sim {
         Ok(Box::new(SimBackend::new(sim, io_depth)))
     }
 
+    fn rewrite(&self, file: &File, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        match self.covers(path) {
+            true => Sim::rewrite(self, file, path, offset, bytes).map_err(io_error),
+            false => FileSystem.rewrite(file, path, offset, bytes),
+        }
+    }
+
     fn sync_file(&self, file: &File, path: &Path, all: bool) -> io::Result<()> {
         match self.covers(path) {
             true => Sim::sync_file(self, file, path).map_err(io_error),

@@ -37,6 +37,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         }
     }
 
+    /// Writes `bytes` at `offset` of `file` again, the bytes it holds there, so that the next
+    /// sync writes them to the disk even where the cache holds them in pages the kernel counts
+    /// clean without having written them (after a failed sync: fsyncgate).
+    fn rewrite(&self, file: &File, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let _ = path;
+        std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+    }
+
     /// Makes the directory's entries (creations, renames, unlinks) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()

@@ -447,7 +447,19 @@ impl FreshSegment<'_> {
     }
 }
 
-/// The last segment, open for appends at `end`.
+/// The last segment, open for appends at `end`, with every record recovery found in it
+/// durable.
+///
+/// A sync alone does not make them durable when they sit in pages the kernel counts clean
+/// without having written them: after a failed fdatasync (fsyncgate) it marks the pages it
+/// failed to write clean and keeps them in the cache, so a reopen reads the records back and
+/// a sync writes nothing. The first record appended then claims them in its durable mark, and
+/// a power loss leaves that acknowledged record behind a hole the default policy refuses to
+/// open past (review helper-54: `tests/adversarial_post_poison2.rs`). So what nothing proves
+/// durable (past the newest durable witness; all of it without one) is written again, the
+/// same bytes ([`Storage::rewrite`]), before the sync. After a clean close the witness covers
+/// every record and nothing is written; after a crash, at most what was written in one
+/// segment since the writer was last idle.
 fn open_last_segment(
     storage: &dyn Storage,
     segment: &segment::SegmentFile,
@@ -458,6 +470,21 @@ fn open_last_segment(
         .write(true)
         .open(&segment.path)
         .map_err(|e| Error::io("opening segment", &segment.path, e))?;
+    let proven = end.witness.map_or(HEADER_BLOCK_LEN, |w| w.end_offset);
+    let from = proven.max(HEADER_BLOCK_LEN);
+    if from < end.offset {
+        let len = usize::try_from(end.offset - from).expect("a segment fits in memory");
+        let mut bytes = vec![0u8; len];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, from)
+            .and_then(|()| storage.rewrite(&file, &segment.path, from, &bytes))
+            .map_err(|e| {
+                Error::io(
+                    "writing again the records to make durable in",
+                    &segment.path,
+                    e,
+                )
+            })?;
+    }
     // What recovery found may still sit only in the page cache (after a process crash):
     // make it durable before new records claim it in their durable marks.
     fsutil::sync_file(storage, &file, &segment.path, false)?;
