@@ -72,7 +72,7 @@ pub(crate) fn finish<R: Replay>(
         describe(segments, &plan, &mut report)?;
         None
     } else {
-        let applied = apply(storage, dir, segments, &plan, &mut report)?;
+        let applied = apply(storage, dir, segments, &plan, &walk.ends, &mut report)?;
         Some(repaired(segments, &plan, &walk.ends, applied)?)
     };
     let txns = &walk.txns;
@@ -280,6 +280,7 @@ fn apply(
     dir: &Path,
     segments: &[SegmentFile],
     plan: &Plan,
+    ends: &BTreeMap<usize, SegmentEnd>,
     report: &mut RecoveryReport,
 ) -> Result<Applied> {
     let mut applied = Applied::default();
@@ -321,9 +322,21 @@ fn apply(
         }
         // The segment the log's read ended in takes no more appends: what a dead process
         // wrote to it may still be in the page cache only, and the commits replayed from it
-        // must be durable before the fresh segment lets new ones be acknowledged.
+        // must be durable before the fresh segment lets new ones be acknowledged. A sync
+        // alone does not make durable what sits in pages a failed sync left clean without
+        // writing them (fsyncgate): what nothing proves durable is written again first, as
+        // the open does for the segment appends continue in (`fsutil::rewrite_and_sync`).
         if let Some(index) = last_kept(segments, &plan.aside) {
-            sync_segment(storage, &segments[index].path)?;
+            let path = &segments[index].path;
+            let file = open_segment(path)?;
+            let (from, to) = ends.get(&index).map_or((0, 0), |end| {
+                (
+                    end.witness
+                        .map_or(segment::HEADER_BLOCK_LEN, |w| w.end_offset),
+                    end.offset,
+                )
+            });
+            fsutil::rewrite_and_sync(storage, &file, path, from, to)?;
         }
         let (path, header) =
             keel_wal::dir::create_empty(storage, dir, database_id, first_lsn, bytes)?;
@@ -349,13 +362,6 @@ fn open_segment(path: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(path)
         .map_err(|e| keel_wal::Error::io("opening segment", path, e))?)
-}
-
-/// Makes a segment's data durable.
-fn sync_segment(storage: &dyn Storage, path: &Path) -> Result<()> {
-    let file = open_segment(path)?;
-    fsutil::sync_file(storage, &file, path, false)?;
-    Ok(())
 }
 
 /// The name a segment is set aside under: `<name>.discarded`, or `<name>.<n>.discarded`

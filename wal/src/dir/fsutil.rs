@@ -91,6 +91,29 @@ pub fn create_dir_all_durably(storage: &dyn Storage, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes the records of the segment `file` between `from` (at least past its header block)
+/// and `to` again, the same bytes ([`Storage::rewrite`]), then syncs its data: what a reopen
+/// read back from pages the kernel counts clean without having written them (after a failed
+/// sync: fsyncgate) is then durable, which a sync alone does not make it. `from` is where
+/// nothing proves the records durable (the newest durable witness's end, or the header).
+pub fn rewrite_and_sync(
+    storage: &dyn Storage,
+    file: &File,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> Result<()> {
+    let from = from.max(crate::format::segment::HEADER_BLOCK_LEN);
+    if from < to {
+        let len = usize::try_from(to - from).expect("a segment fits in memory");
+        let mut bytes = vec![0u8; len];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, from)
+            .and_then(|()| storage.rewrite(file, path, from, &bytes))
+            .map_err(|e| Error::io("writing again the records to make durable in", path, e))?;
+    }
+    sync_file(storage, file, path, false)
+}
+
 /// Makes `file`'s data durable (`fdatasync`; with `all`, its metadata too: `fsync`). Every
 /// sync outside the IO backends goes through here.
 pub fn sync_file(storage: &dyn Storage, file: &File, path: &Path, all: bool) -> Result<()> {

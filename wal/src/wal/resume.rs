@@ -471,23 +471,9 @@ fn open_last_segment(
         .open(&segment.path)
         .map_err(|e| Error::io("opening segment", &segment.path, e))?;
     let proven = end.witness.map_or(HEADER_BLOCK_LEN, |w| w.end_offset);
-    let from = proven.max(HEADER_BLOCK_LEN);
-    if from < end.offset {
-        let len = usize::try_from(end.offset - from).expect("a segment fits in memory");
-        let mut bytes = vec![0u8; len];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, from)
-            .and_then(|()| storage.rewrite(&file, &segment.path, from, &bytes))
-            .map_err(|e| {
-                Error::io(
-                    "writing again the records to make durable in",
-                    &segment.path,
-                    e,
-                )
-            })?;
-    }
     // What recovery found may still sit only in the page cache (after a process crash):
     // make it durable before new records claim it in their durable marks.
-    fsutil::sync_file(storage, &file, &segment.path, false)?;
+    fsutil::rewrite_and_sync(storage, &file, &segment.path, proven, end.offset)?;
     Ok(ActiveSegment {
         file: Arc::new(IoFile {
             file,
