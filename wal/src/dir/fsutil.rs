@@ -103,13 +103,18 @@ pub fn rewrite_and_sync(
     from: u64,
     to: u64,
 ) -> Result<()> {
-    let from = from.max(crate::format::segment::HEADER_BLOCK_LEN);
-    if from < to {
-        let len = usize::try_from(to - from).expect("a segment fits in memory");
-        let mut bytes = vec![0u8; len];
-        std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, from)
-            .and_then(|()| storage.rewrite(file, path, from, &bytes))
+    // In pieces, so that an open after a crash holds at most this much, whatever the
+    // segment size.
+    const PIECE: u64 = 1 << 20;
+    let mut at = from.max(crate::format::segment::HEADER_BLOCK_LEN);
+    let mut bytes = Vec::new();
+    while at < to {
+        let len = usize::try_from((to - at).min(PIECE)).expect("a piece fits in memory");
+        bytes.resize(len, 0);
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, at)
+            .and_then(|()| storage.rewrite(file, path, at, &bytes))
             .map_err(|e| Error::io("writing again the records to make durable in", path, e))?;
+        at += len as u64;
     }
     sync_file(storage, file, path, false)
 }
