@@ -58,9 +58,10 @@ fn every_unproven_byte_is_written_again_in_bounded_pieces_then_synced() {
                 "{from}..{to}: a piece of {}",
                 bytes.len()
             );
-            let end = *offset as usize + bytes.len();
-            assert_eq!(&content[*offset as usize..end], &bytes[..], "{from}..{to}");
-            at = end as u64;
+            let start_at = usize::try_from(*offset).unwrap();
+            let end = start_at + bytes.len();
+            assert_eq!(&content[start_at..end], &bytes[..], "{from}..{to}");
+            at = u64::try_from(end).unwrap();
         }
         assert_eq!(at, to.max(start), "{from}..{to}: everything up to the end");
         assert_eq!(
