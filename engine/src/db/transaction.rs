@@ -7,11 +7,12 @@ mod spill;
 use std::collections::BTreeMap;
 use std::ops::RangeBounds;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use keel_wal::{Durability, Lsn, RunId, WalEntry};
 
 use super::Database;
-use super::commit::CommitAs;
+use super::commit::{CommitAs, Queued};
 use super::options::LOGGED_WRITE_OVERHEAD;
 use super::sync::lock;
 use crate::iter::Iter;
@@ -285,7 +286,7 @@ impl Transaction {
         if self.spill.is_none() {
             let logged = self.take_writes();
             let txn_id = self.db.new_txn_id();
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let (queued, wake) = {
                 let reads = lock(&self.reads);
                 let how = CommitAs {
@@ -301,7 +302,7 @@ impl Transaction {
             let wake = wake.filter(|_| blocking);
             self.release_view();
             queued.drive(wake);
-            return self.db.finish_commit(queued, started).await;
+            return self.finish(queued, started, blocking).await;
         }
         // The spilled writes, read back in LSN order, for the state. The spill stays in
         // `self` until the commit is queued, so a drop before then aborts it.
@@ -314,7 +315,7 @@ impl Transaction {
         let spill = self.spill.as_ref().expect("checked above");
         let (txn_id, head) = (spill.txn_id, spill::written(spill.head));
         let logged = self.take_writes();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         // Forgotten before the append, and put back only if nothing was queued: once the log
         // took the commit, its outcome is the log's, and a drop must not abort it, also when
         // `queue_commit` panics after the append (the writer's wake, made once `pending` is
@@ -341,7 +342,17 @@ impl Transaction {
         let wake = wake.filter(|_| blocking);
         self.release_view();
         queued.drive(wake);
-        self.db.finish_commit(queued, started).await
+        self.finish(queued, started, blocking).await
+    }
+
+    /// Waits for a queued commit's acknowledgement: blocking the thread when `blocking`
+    /// ([`Transaction::commit_blocking`]), else as the future's awaiter.
+    async fn finish(&self, queued: Queued, started: Instant, blocking: bool) -> Result<Lsn> {
+        if blocking {
+            self.db.finish_commit_blocking(queued, started)
+        } else {
+            self.db.finish_commit(queued, started).await
+        }
     }
 
     /// Drops the view once the commit is checked and queued, not after its acknowledgement:
