@@ -314,6 +314,12 @@ fn a_writer_thread_panic_while_blocking_committers_wait() {
                 !failed.is_empty(),
                 "{backend:?}: the writer died, nobody failed"
             );
+            // A weak commit acknowledged when queued may have gone with the writer: `close`
+            // must not report success over it (`wal/tests/adversarial_writer_panic_close.rs`).
+            assert!(
+                closed.is_err(),
+                "{backend:?}: the writer died, and close returned {closed:?}"
+            );
         }
         // A weak (`Async`) commit acknowledged once queued may be lost with the writer, but
         // never while a strict commit after it survives (the log keeps their order).

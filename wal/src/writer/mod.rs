@@ -198,6 +198,11 @@ pub(crate) struct Writer {
     returned_buffers: Vec<Vec<u8>>,
     /// Salts the records' body checksums, a delta per record length (see [`Salter`]).
     salter: Salter,
+    /// It stopped as asked: closing, with everything queued written and synced (or failed).
+    /// Dropped without it (a panic on its thread, or in a committer driving it), it poisons
+    /// the log, so that `close` cannot report success over records acknowledged at enqueue
+    /// (`Async`) that were never written (`tests/adversarial_writer_panic_close.rs`).
+    finished: bool,
     /// The requests a driving committer takes ([`baton`]), kept for the next drive.
     driven_requests: Vec<Request>,
 }
@@ -270,6 +275,7 @@ impl Writer {
             returned_buffers: Vec::new(),
             salter: Salter::new(0),
             driven_requests: Vec::new(),
+            finished: false,
         }
     }
 
@@ -302,6 +308,7 @@ impl Writer {
         }
         if closing && self.settled() {
             self.write_witness_at_close();
+            self.finished = true;
             return Turn::Stop;
         }
         Turn::Continue
@@ -352,8 +359,22 @@ impl Writer {
 
 impl Drop for Writer {
     /// However the writer stops (a panic included), later and queued requests are refused
-    /// instead of waiting for a thread that is gone.
+    /// instead of waiting for a thread that is gone; stopped without finishing, it poisons the
+    /// log first ([`Writer::finished`]).
     fn drop(&mut self) {
+        if !self.finished {
+            let error = std::io::Error::other(
+                "the writer thread panicked, or a committer panicked while writing: \
+                 what was queued and not yet written is lost",
+            );
+            self.shared
+                .queue
+                .poison_unless_poisoned(Arc::new(PoisonCause {
+                    operation: "writer thread",
+                    path: self.dir.clone(),
+                    error,
+                }));
+        }
         self.shared.queue.writer_stopped();
         self.shared.watch.notify();
     }

@@ -343,6 +343,11 @@ impl Queue {
         lock(&self.state).poisoned = Some(cause);
     }
 
+    /// [`Queue::poison`], keeping an earlier cause (the first failure is the one to report).
+    pub(crate) fn poison_unless_poisoned(&self, cause: Arc<PoisonCause>) {
+        lock(&self.state).poisoned.get_or_insert(cause);
+    }
+
     /// Asks the writer to finish what is queued, sync, and stop.
     pub(crate) fn close(&self) {
         let mut state = lock(&self.state);
