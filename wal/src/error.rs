@@ -129,19 +129,39 @@ pub enum CorruptionReason {
     Identity(&'static str),
 }
 
-/// The cause that poisoned a log: the first failed write or sync.
+/// The cause that poisoned a log: the first failed write or sync, or a writer that stopped
+/// without finishing (a panic).
 #[derive(Debug)]
 pub struct PoisonCause {
-    /// The operation that failed (`"write"`, `"fdatasync"`, `"rotate"`, ...).
+    /// The operation that failed (`"write"`, `"fdatasync"`, `"rotate"`, `"writer thread"`,
+    /// ...).
     pub operation: &'static str,
-    /// The file it failed on.
+    /// The file it failed on (the log's directory for the writer; empty when not known).
     pub path: PathBuf,
-    /// The error the operating system returned.
+    /// The error the operating system returned, or what stopped the writer.
     pub error: io::Error,
+}
+
+impl PoisonCause {
+    /// The writer of the log in `dir` stopped without finishing what it was given: its
+    /// thread panicked, or a committer did while driving it.
+    pub(crate) fn writer_panicked(dir: PathBuf) -> PoisonCause {
+        PoisonCause {
+            operation: "writer thread",
+            path: dir,
+            error: io::Error::other(
+                "the writer thread panicked, or a committer panicked while writing: \
+                 what was queued and not yet written is lost",
+            ),
+        }
+    }
 }
 
 impl std::fmt::Display for PoisonCause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.as_os_str().is_empty() {
+            return write!(f, "{} failed: {}", self.operation, self.error);
+        }
         write!(
             f,
             "{} on {} failed: {}",

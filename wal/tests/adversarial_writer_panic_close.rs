@@ -152,3 +152,40 @@ fn close_after_a_driving_committer_panicked_is_an_error() {
         );
     }
 }
+
+/// The append the writer was writing when it died (staged, waiting for its sync, its batch
+/// the one that rotated) fails with the log's cause, `Poisoned`, as the ones queued behind it
+/// and later ones do; its dropped resolver said `Closed` before, which the engine reports as
+/// a database closed by its user.
+#[test]
+fn the_append_the_writer_was_writing_when_it_died_fails_poisoned() {
+    for backend in common::backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(PanicsOnRotation::default());
+        let options = WalOptions {
+            durability: Durability::Strict,
+            storage: Arc::clone(&storage) as Arc<dyn keel_wal::Storage>,
+            ..common::small_options(backend)
+        };
+        let wal = keel_recovery::open_wal(dir.path(), options).unwrap();
+        storage.armed.store(true, Ordering::SeqCst);
+        let failed = within(LIMIT, "appends", move || {
+            // One at a time through the writer thread (`append`, not `append_wait`): the
+            // append whose batch rotates is the one in the writer's hands when it panics.
+            for i in 0..2_000u64 {
+                if let Err(error) = wal.append(&[common::write(1, i, "k", 1024)]).wait() {
+                    return Some(error);
+                }
+            }
+            None
+        });
+        assert!(
+            storage.fired.load(Ordering::SeqCst),
+            "{backend:?}: no rotation"
+        );
+        assert!(
+            matches!(&failed, Some(Error::Poisoned { .. })),
+            "{backend:?}: the append in the dying writer's hands failed {failed:?}"
+        );
+    }
+}

@@ -2,15 +2,15 @@
 //!
 //! The writer holds a [`Resolver`] for each pending commit and the caller a [`CommitFuture`];
 //! both point at one [`Slot`]. A slot is resolved exactly once: by the writer, or, if the
-//! writer drops its resolver without resolving (a writer that panicked), with
-//! [`Error::Closed`], so no caller waits forever.
+//! writer drops its resolver without resolving, with [`Error::Poisoned`] as a panic unwinds
+//! (a writer that panicked) and [`Error::Closed`] otherwise, so no caller waits forever.
 
 use std::future::Future;
 use std::ops::RangeInclusive;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, PoisonCause, Result};
 use crate::ids::Lsn;
 use crate::writer::sync::{Condvar, Mutex, lock};
 use std::sync::Arc;
@@ -95,7 +95,19 @@ impl Resolver {
 impl Drop for Resolver {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            Self::deliver(&slot, Err(Error::Closed));
+            // Dropped unresolved as a panic unwinds (the writer thread's, or a driving
+            // committer's, with the commit in its hands): that panic poisons the log as the
+            // writer drops, and this commit fails as the queued and later ones then do,
+            // `Poisoned`, not as after a close.
+            let error = if std::thread::panicking() {
+                let cause = PoisonCause::writer_panicked(std::path::PathBuf::new());
+                Error::Poisoned {
+                    cause: Arc::new(cause),
+                }
+            } else {
+                Error::Closed
+            };
+            Self::deliver(&slot, Err(error));
         }
     }
 }

@@ -363,17 +363,13 @@ impl Drop for Writer {
     /// log first ([`Writer::finished`]).
     fn drop(&mut self) {
         if !self.finished {
-            let error = std::io::Error::other(
-                "the writer thread panicked, or a committer panicked while writing: \
-                 what was queued and not yet written is lost",
-            );
-            self.shared
-                .queue
-                .poison_unless_poisoned(Arc::new(PoisonCause {
-                    operation: "writer thread",
-                    path: self.dir.clone(),
-                    error,
-                }));
+            let cause = PoisonCause::writer_panicked(self.dir.clone());
+            self.shared.queue.poison_unless_poisoned(Arc::new(cause));
+        }
+        // The commits it was writing fail with the log's cause, as the ones queued behind
+        // them and later ones do (dropped, their resolvers would say `Closed`).
+        if let Some(cause) = self.shared.queue.poisoned() {
+            self.fail_waiters(&cause);
         }
         self.shared.queue.writer_stopped();
         self.shared.watch.notify();

@@ -348,23 +348,33 @@ impl Queue {
         lock(&self.state).poisoned.get_or_insert(cause);
     }
 
-    /// Asks the writer to finish what is queued, sync, and stop.
+    /// Asks the writer to finish what is queued, sync, and stop. It ends a hold
+    /// ([`Queue::hold`]): held, the writer would take nothing, find itself closing with
+    /// nothing staged, and stop with the queue unwritten, `Async` appends in it
+    /// acknowledged (`tests/adversarial_writer_panic_review.rs`).
     pub(crate) fn close(&self) {
         let mut state = lock(&self.state);
         state.closing = true;
+        state.held = false;
         self.wake_writer(state);
     }
 
-    /// The writer thread is gone: refuse everything from now on, and what is still queued.
+    /// The writer thread is gone: refuse everything from now on, and what is still queued
+    /// (with the poison cause when the log is poisoned, else `Closed`).
     pub(crate) fn writer_stopped(&self) {
-        let queued = {
+        let (queued, poisoned) = {
             let mut state = lock(&self.state);
             state.closing = true;
             state.stopped = true;
-            std::mem::take(&mut state.requests)
+            (std::mem::take(&mut state.requests), state.poisoned.clone())
         };
         for request in queued {
-            refuse(request, || Error::Closed);
+            refuse(request, || match &poisoned {
+                Some(cause) => Error::Poisoned {
+                    cause: Arc::clone(cause),
+                },
+                None => Error::Closed,
+            });
         }
     }
 
