@@ -188,7 +188,9 @@ impl Wal {
     /// found the writer idle, the drive writes it on the caller's thread, as
     /// [`Wal::append_wait`] does. A driver may write other committers' appends made this way
     /// too, and resolve their futures: give such a future no [`CommitFuture::on_resolved`]
-    /// callback (it would run on whichever committer drove it).
+    /// callback. A driver leaves an append whose future has one to the writer thread, but a
+    /// callback given after a driver took the append runs on that driver's thread (a panic
+    /// in it is caught there, as on the writer thread).
     pub fn append_closed_by_driving(
         &self,
         batch: EncodedBatch,

@@ -55,6 +55,14 @@ pub(crate) struct Resolver {
 }
 
 impl Resolver {
+    /// Whether its caller gave the future an [`CommitFuture::on_resolved`] callback: a
+    /// driving committer leaves such a commit to the writer thread, which runs callbacks.
+    pub(crate) fn has_callback(&self) -> bool {
+        self.slot
+            .as_ref()
+            .is_some_and(|slot| lock(&slot.state).callback.is_some())
+    }
+
     /// A new pending commit: the writer's end and the caller's end.
     pub(crate) fn pair() -> (Resolver, CommitFuture) {
         let slot = Arc::new(Slot::default());
@@ -77,7 +85,14 @@ impl Resolver {
             state.resolved = true;
             if let Some(callback) = state.callback.take() {
                 drop(state);
-                callback(outcome);
+                // A caller's callback runs on the writer thread (or on a driving committer's
+                // with its own commit resolved): its panic stops there. Unwound, it killed
+                // the writer with the rest of its group still in its hands, durable or not
+                // (`tests/adversarial_writer_panic_review2.rs`).
+                let call = std::panic::AssertUnwindSafe(|| callback(outcome));
+                if std::panic::catch_unwind(call).is_err() {
+                    tracing::error!("a commit's on_resolved callback panicked");
+                }
                 return;
             }
             state.outcome = Some(outcome);

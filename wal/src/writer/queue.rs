@@ -45,6 +45,17 @@ pub(crate) struct AppendRequest {
     pub waited: bool,
 }
 
+impl AppendRequest {
+    /// Whether a driving committer may write it: queued to be waited on, and its future
+    /// given no `on_resolved` callback since (a caller that broke that rule of
+    /// `Wal::append_closed_by_driving` would have its callback run inside another
+    /// committer's `append_wait`; `tests/adversarial_writer_panic_review2.rs`). A callback
+    /// given after a driver took the append still runs on that driver, caught if it panics.
+    fn drivable(&self) -> bool {
+        self.waited && !self.resolver.as_ref().is_some_and(Resolver::has_callback)
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum Request {
     Append(AppendRequest),
@@ -423,7 +434,7 @@ impl Queue {
         let mine = state
             .requests
             .iter()
-            .position(|request| !matches!(request, Request::Append(a) if a.waited))
+            .position(|request| !matches!(request, Request::Append(a) if a.drivable()))
             .unwrap_or(state.requests.len());
         let mut bytes = 0;
         for request in state.requests.drain(..mine) {
