@@ -12,8 +12,9 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::{Error, PoisonCause, Result};
 use crate::ids::Lsn;
-use crate::writer::sync::{Condvar, Mutex, lock};
+use crate::writer::sync::{AtomicBool, Condvar, Mutex, lock};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Called with a commit's outcome by whoever resolves it (see [`CommitFuture::on_resolved`]).
 type ResolvedFn = Box<dyn FnOnce(Result<Lsn>) + Send>;
@@ -46,6 +47,11 @@ impl std::fmt::Debug for SlotState {
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
     ready: Condvar,
+    /// Set once the caller gave an [`CommitFuture::on_resolved`] callback: read by a driving
+    /// committer under the queue's lock ([`Resolver::has_callback`]), which must not take
+    /// the slot's lock there (a waker dropped under the slot's lock may take the queue's:
+    /// `tests/adversarial_callback_review.rs`).
+    has_callback: AtomicBool,
 }
 
 /// The writer's end of a commit.
@@ -60,7 +66,7 @@ impl Resolver {
     pub(crate) fn has_callback(&self) -> bool {
         self.slot
             .as_ref()
-            .is_some_and(|slot| lock(&slot.state).callback.is_some())
+            .is_some_and(|slot| slot.has_callback.load(Ordering::Acquire))
     }
 
     /// A new pending commit: the writer's end and the caller's end.
@@ -219,6 +225,7 @@ impl CommitFuture {
                     None => {
                         assert!(!state.resolved, "polled after completion");
                         state.callback = Some(Box::new(callback));
+                        slot.has_callback.store(true, Ordering::Release);
                     }
                 }
             }
@@ -257,10 +264,13 @@ impl Future for CommitFuture {
                     return Poll::Ready(outcome);
                 }
                 assert!(!state.resolved, "polled after completion");
-                match &state.waker {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    _ => state.waker = Some(cx.waker().clone()),
-                }
+                let replaced = match &state.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => None,
+                    _ => state.waker.replace(cx.waker().clone()),
+                };
+                // A waker's drop is the caller's code: not under the slot's lock.
+                drop(state);
+                drop(replaced);
                 Poll::Pending
             }
         }
