@@ -15,7 +15,7 @@
 //! under a watchdog instead of hanging.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, mpsc};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -23,52 +23,14 @@ use futures::executor::block_on;
 use keel::{BackendChoice, CloseError, Database, Durability, FeedEvent, Lsn, Options, RunId};
 
 mod common;
+use common::blocking::{Rng, within};
 use common::gated::{GatedStorage, Release};
 
-const WATCHDOG: Duration = Duration::from_secs(60);
-
-/// Runs `f` on a thread of its own and returns what it returned, or panics naming `what`
-/// once the watchdog expires (the thread is left behind: the test fails instead of hanging).
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, outcome) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match outcome.recv_timeout(WATCHDOG) {
-        Ok(Ok(value)) => value,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("{what}: not done within {WATCHDOG:?} (a hang)"),
-    }
-}
-
-/// A small deterministic generator (xorshift64*), seeded per test.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
+/// The shared small options, with automatic checkpoints off.
 fn options(backend: BackendChoice, durability: Durability) -> Options {
     Options {
-        backend,
-        durability,
-        segment_bytes: 64 * 1024,
-        max_record_bytes: 16 * 1024,
         checkpoint_log_bytes: 0,
-        checkpoint_log_percent: 0,
-        spill_txn_bytes: 6 * 1024,
-        feed_max_lag_bytes: 1 << 30,
-        recycle_segments: 2,
-        ..Options::default()
+        ..common::blocking::options(backend, durability)
     }
 }
 
