@@ -373,19 +373,16 @@ impl Queue {
     /// The writer thread is gone: refuse everything from now on, and what is still queued
     /// (with the poison cause when the log is poisoned, else `Closed`).
     pub(crate) fn writer_stopped(&self) {
-        let (queued, poisoned) = {
+        let refused: Vec<_> = {
             let mut state = lock(&self.state);
             state.closing = true;
             state.stopped = true;
-            (std::mem::take(&mut state.requests), state.poisoned.clone())
+            let queued = std::mem::take(&mut state.requests);
+            let why = || Self::refusal(&state).expect("closing");
+            queued.into_iter().map(|request| (request, why())).collect()
         };
-        for request in queued {
-            refuse(request, || match &poisoned {
-                Some(cause) => Error::Poisoned {
-                    cause: Arc::clone(cause),
-                },
-                None => Error::Closed,
-            });
+        for (request, error) in refused {
+            refuse(request, || error);
         }
     }
 
@@ -551,7 +548,7 @@ impl Queue {
 }
 
 /// Fails a request that can no longer be carried out.
-pub(crate) fn refuse(request: Request, error: impl Fn() -> Error) {
+pub(crate) fn refuse(request: Request, error: impl FnOnce() -> Error) {
     match request {
         Request::Append(AppendRequest {
             resolver: Some(resolver),
